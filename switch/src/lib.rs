@@ -1,1 +1,26 @@
-//! placeholder
+//! vswitch's pure datapath. A frame (plain Ethernet: the I/O edge strips the virtio-net
+//! header), its ingress port and the current time go in; an [`Action`] comes out. No sockets,
+//! no clock and no threads live here, so the forwarding logic is unit tested and benchmarked
+//! without root, and one [`Switch`] is shared by `&self` between all worker threads.
+
+mod arp;
+mod fdb;
+mod frame;
+mod hash;
+mod mac;
+mod port;
+mod stats;
+mod switch;
+
+pub use fdb::FdbEntry;
+pub use mac::{MacAddr, ParseMacError};
+pub use port::{PortId, PortInfo};
+pub use stats::SwitchStats;
+pub use switch::{Action, Config, DropReason, Switch};
+
+/// Monotonic time in milliseconds, supplied by the caller.
+pub type Millis = u64;
+
+/// Size of `struct virtio_net_hdr`, which precedes every frame on the ports. The edge strips
+/// it before [`Switch::process`] and writes a zeroed one before frames the switch generates.
+pub const VNET_HDR_LEN: usize = 10;
