@@ -1,1 +1,283 @@
-fn main() {}
+//! `vswitch`: a userspace virtual switch for Linux containers.
+
+mod control;
+mod daemon;
+mod datapath;
+mod ipam;
+mod netlink;
+mod netns;
+mod packet;
+mod port;
+mod tap;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::control::{FdbView, PortView, Request};
+use crate::ipam::Ipv4Net;
+
+#[derive(Parser)]
+#[command(
+    name = "vswitch",
+    version,
+    about = "A userspace virtual switch for Linux containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ControlArg {
+    /// Control socket of the daemon.
+    #[arg(
+        long,
+        env = "VSWITCH_CONTROL",
+        default_value = "/run/vswitch/vswitch.sock",
+        global = true
+    )]
+    control: PathBuf,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct TargetArg {
+    /// Process whose network namespace is the container's.
+    pid: Option<u32>,
+    /// A named network namespace file instead of a pid (e.g. /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the switch daemon in the foreground.
+    Run {
+        /// The containers' subnet, e.g. 10.1.1.0/24.
+        #[arg(long)]
+        subnet: Ipv4Net,
+        /// The gateway address held by the TAP (default: the subnet's first host address).
+        #[arg(long)]
+        gateway: Option<Ipv4Addr>,
+        /// Name of the TAP device, the host's port on the switch.
+        #[arg(long, default_value = "vsw0")]
+        tap: String,
+        /// MTU of the TAP and of every container interface.
+        #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(576..=65521))]
+        mtu: u32,
+        /// Seconds after which an unused learned MAC address is forgotten.
+        #[arg(long, default_value_t = 300)]
+        fdb_age: u64,
+        /// Most MAC addresses the forwarding table holds.
+        #[arg(long, default_value_t = 8192)]
+        fdb_size: usize,
+        /// Datapath worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Attach a container's network namespace to the switch.
+    Plug {
+        #[command(flatten)]
+        target: TargetArg,
+        /// Address to give the container (default: the next free one).
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        /// MAC address of the container's interface (default: derived from its address).
+        #[arg(long)]
+        mac: Option<String>,
+        /// Name of the interface inside the container.
+        #[arg(long)]
+        ifname: Option<String>,
+        /// Print the new port as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Detach a container and delete its interface.
+    Unplug {
+        #[command(flatten)]
+        target: TargetArg,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// List the switch's ports and their counters.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// List the learned MAC addresses.
+    Fdb {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: what failed and why.
+            eprintln!("vswitch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            subnet,
+            gateway,
+            tap,
+            mtu,
+            fdb_age,
+            fdb_size,
+            workers,
+            control,
+        } => daemon::run(daemon::Config {
+            subnet,
+            gateway: gateway.unwrap_or_else(|| subnet.first_host()),
+            tap,
+            mtu,
+            control: control.control,
+            fdb_age_secs: fdb_age,
+            fdb_size,
+            workers: workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }),
+        Command::Plug {
+            target,
+            ip,
+            mac,
+            ifname,
+            json,
+            control,
+        } => {
+            let request = Request::Plug {
+                pid: target.pid,
+                netns: target.netns.map(absolute).transpose()?,
+                ip,
+                mac,
+                ifname,
+            };
+            let data = control::call(&control.control, &request)?;
+            let port: PortView = serde_json::from_value(data.clone()).context("daemon reply")?;
+            if json {
+                println!("{data}");
+            } else {
+                println!(
+                    "plugged {}: {} {}/{} mac {} gw {} (host port {})",
+                    describe(&port),
+                    port.ifname.as_deref().unwrap_or("?"),
+                    port.ip,
+                    port.prefix,
+                    port.mac,
+                    port.gateway,
+                    port.host_ifname
+                );
+            }
+            Ok(())
+        }
+        Command::Unplug { target, control } => {
+            let request = Request::Unplug {
+                pid: target.pid,
+                netns: target.netns.map(absolute).transpose()?,
+            };
+            let data = control::call(&control.control, &request)?;
+            let port: PortView = serde_json::from_value(data).context("daemon reply")?;
+            println!(
+                "unplugged {} (host port {}, {} released)",
+                describe(&port),
+                port.host_ifname,
+                port.ip
+            );
+            Ok(())
+        }
+        Command::Ls { json, control } => {
+            let data = control::call(&control.control, &Request::Ls)?;
+            if json {
+                println!("{data}");
+                return Ok(());
+            }
+            let ports: Vec<PortView> = serde_json::from_value(data).context("daemon reply")?;
+            println!(
+                "{:<5} {:<10} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
+                "PORT",
+                "CONTAINER",
+                "HOST-IF",
+                "IF",
+                "IP",
+                "MAC",
+                "RX-FRAMES",
+                "RX-BYTES",
+                "TX-FRAMES",
+                "TX-BYTES",
+                "DROPS"
+            );
+            for p in ports {
+                println!(
+                    "{:<5} {:<10} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
+                    p.port,
+                    describe(&p),
+                    p.host_ifname,
+                    p.ifname.as_deref().unwrap_or("-"),
+                    format!("{}/{}", p.ip, p.prefix),
+                    p.mac,
+                    p.rx_frames,
+                    p.rx_bytes,
+                    p.tx_frames,
+                    p.tx_bytes,
+                    p.drops
+                );
+            }
+            Ok(())
+        }
+        Command::Fdb { json, control } => {
+            let data = control::call(&control.control, &Request::Fdb)?;
+            if json {
+                println!("{data}");
+                return Ok(());
+            }
+            let entries: Vec<FdbView> = serde_json::from_value(data).context("daemon reply")?;
+            println!(
+                "{:<18} {:<5} {:<15} {:>8}",
+                "MAC", "PORT", "PORT-NAME", "AGE(s)"
+            );
+            for e in entries {
+                println!(
+                    "{:<18} {:<5} {:<15} {:>8.1}",
+                    e.mac,
+                    e.port,
+                    e.port_name,
+                    e.age_ms as f64 / 1000.0
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How a port's container is named to the user: `pid 4242`, `netns /run/netns/x`, or `host`.
+fn describe(p: &PortView) -> String {
+    match (&p.pid, &p.netns) {
+        (Some(pid), _) => format!("pid {pid}"),
+        (None, Some(ns)) => format!("netns {ns}"),
+        _ => "host".to_string(),
+    }
+}
+
+/// The daemon may run with another working directory: send it absolute paths.
+fn absolute(path: PathBuf) -> Result<PathBuf> {
+    std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
+}

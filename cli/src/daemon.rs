@@ -1,0 +1,561 @@
+//! `vswitch run`: startup, the manager thread and shutdown.
+//!
+//! The manager thread is the only owner of the control-plane state (address book, plugged
+//! containers); control connections and the lifecycle timer reach it through crossbeam channels,
+//! so plugs and unplugs happen one at a time and never race each other.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use crossbeam_channel::{select, tick, Receiver};
+use nix::sys::signal::{SigSet, Signal};
+use vswitch_switch::{MacAddr, PortId, PortInfo, Switch, VNET_HDR_LEN};
+
+use crate::control::{self, Call, FdbView, PortView, Request, Target};
+use crate::datapath::{now_ms, Datapath};
+use crate::ipam::{Ipam, Ipv4Net};
+use crate::netlink::Netlink;
+use crate::netns;
+use crate::packet::PacketSocket;
+use crate::port::{Counters, Port};
+use crate::tap::Tap;
+
+/// The TAP (the host's own port on the switch) is always port 0.
+const TAP_PORT: PortId = PortId(0);
+/// How often the manager looks for containers that went away.
+const LIFECYCLE_TICK: Duration = Duration::from_millis(250);
+
+pub struct Config {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub tap: String,
+    pub mtu: u32,
+    pub control: PathBuf,
+    pub fdb_age_secs: u64,
+    pub fdb_size: usize,
+    pub workers: usize,
+}
+
+/// A plugged container.
+struct Container {
+    port: PortId,
+    target: Target,
+    netns_id: (u64, u64),
+    host_ifname: String,
+    host_index: u32,
+    ifname: String,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+}
+
+struct Manager {
+    ipam: Ipam,
+    mtu: u32,
+    tap_name: String,
+    gateway_mac: MacAddr,
+    own_netns: (u64, u64),
+    nl: Netlink,
+    datapath: Datapath,
+    containers: Vec<Container>,
+}
+
+pub fn run(cfg: Config) -> Result<()> {
+    // Signals are taken synchronously by the main thread (sigwait); block them before any other
+    // thread exists so that every thread inherits the mask.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().context("blocking signals")?;
+
+    let ipam = Ipam::new(cfg.subnet, cfg.gateway)?;
+    let listener = control::bind(&cfg.control)
+        .with_context(|| format!("control socket {}", cfg.control.display()))?;
+    let started = start(&cfg, ipam);
+    let manager = match started {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&cfg.control);
+            return Err(e);
+        }
+    };
+    let (calls_tx, calls_rx) = crossbeam_channel::bounded::<Call>(64);
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    std::thread::Builder::new()
+        .name("vswitch-ctl".into())
+        .spawn(move || control::serve(listener, calls_tx))?;
+    let manager = std::thread::Builder::new()
+        .name("vswitch-mgr".into())
+        .spawn(move || manager.run(calls_rx, stop_rx))?;
+    println!(
+        "vswitch: serving {} on {} (gateway {}/{}), control socket {}",
+        cfg.subnet,
+        cfg.tap,
+        cfg.gateway,
+        cfg.subnet.prefix,
+        cfg.control.display()
+    );
+
+    let signal = signals.wait().context("waiting for signals")?;
+    eprintln!("vswitch: {signal}: shutting down");
+    let _ = stop_tx.send(());
+    let _ = manager.join();
+    let _ = std::fs::remove_file(&cfg.control);
+    Ok(())
+}
+
+/// Creates the TAP with the gateway address and starts the datapath.
+fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
+    let tap = Tap::create(&cfg.tap).with_context(|| format!("creating TAP {}", cfg.tap))?;
+    let mut nl = Netlink::open().context("opening netlink")?;
+    let gateway_mac = MacAddr::from_ipv4(cfg.gateway);
+    let index = nl
+        .link_index(&cfg.tap)?
+        .with_context(|| format!("TAP {} vanished", cfg.tap))?;
+    nl.set_link(index, true, false, Some(cfg.mtu), Some(gateway_mac.0))
+        .with_context(|| format!("configuring TAP {}", cfg.tap))?;
+    nl.add_address(index, cfg.gateway, cfg.subnet.prefix)
+        .with_context(|| {
+            format!(
+                "adding {}/{} to {}",
+                cfg.gateway, cfg.subnet.prefix, cfg.tap
+            )
+        })?;
+
+    let switch = Arc::new(Switch::new(vswitch_switch::Config {
+        fdb_capacity: cfg.fdb_size,
+        fdb_age_ms: cfg.fdb_age_secs.saturating_mul(1000),
+    }));
+    switch.add_port(
+        TAP_PORT,
+        PortInfo {
+            mac: gateway_mac,
+            ip: Some(cfg.gateway),
+        },
+    );
+    let mut datapath = Datapath::start(switch, cfg.workers).context("starting workers")?;
+    datapath.add_port(Arc::new(Port {
+        id: TAP_PORT,
+        name: cfg.tap.clone(),
+        io: Box::new(tap),
+        counters: Counters::default(),
+    }))?;
+    let own = std::fs::File::open("/proc/self/ns/net").context("opening own netns")?;
+    Ok(Manager {
+        ipam,
+        mtu: cfg.mtu,
+        tap_name: cfg.tap.clone(),
+        gateway_mac,
+        own_netns: netns::netns_id(own.as_fd())?,
+        nl,
+        datapath,
+        containers: Vec::new(),
+    })
+}
+
+impl Manager {
+    fn run(mut self, calls: Receiver<Call>, stop: Receiver<()>) {
+        let ticker = tick(LIFECYCLE_TICK);
+        loop {
+            select! {
+                recv(calls) -> call => {
+                    let Ok(call) = call else { break };
+                    let answer = self.handle(call.request);
+                    let _ = call.reply.send(answer);
+                }
+                recv(ticker) -> _ => self.tick(),
+                recv(stop) -> _ => break,
+            }
+        }
+        self.shutdown();
+    }
+
+    fn handle(&mut self, request: Request) -> Result<serde_json::Value, String> {
+        match request {
+            Request::Plug {
+                pid,
+                netns,
+                ip,
+                mac,
+                ifname,
+            } => {
+                let target = Target::from_parts(pid, netns)?;
+                let view = self.plug(target, ip, mac, ifname)?;
+                Ok(json(&view))
+            }
+            Request::Unplug { pid, netns } => {
+                let target = Target::from_parts(pid, netns)?;
+                let view = self.unplug(&target)?;
+                Ok(json(&view))
+            }
+            Request::Ls => Ok(json(&self.ls())),
+            Request::Fdb => Ok(json(&self.fdb())),
+        }
+    }
+
+    fn plug(
+        &mut self,
+        target: Target,
+        ip: Option<Ipv4Addr>,
+        mac: Option<String>,
+        ifname: Option<String>,
+    ) -> Result<PortView, String> {
+        let what = format!("plug {target}");
+        let ns = match &target {
+            Target::Pid(pid) => netns::open_pid_netns(*pid).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => format!("{what}: no such process"),
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("{what}: permission denied opening /proc/{pid}/ns/net")
+                }
+                _ => format!("{what}: opening its network namespace: {e}"),
+            })?,
+            Target::Netns(path) => netns::open_netns_path(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => format!("{what}: no such namespace file"),
+                _ => format!("{what}: {e}"),
+            })?,
+        };
+        let netns_id = netns::netns_id(ns.as_fd()).map_err(|e| format!("{what}: {e}"))?;
+        if netns_id == self.own_netns {
+            return Err(format!(
+                "{what}: it shares the daemon's own (host) network namespace; \
+                 start the container with a network namespace of its own"
+            ));
+        }
+        if let Some(c) = self.containers.iter().find(|c| c.netns_id == netns_id) {
+            return Err(format!(
+                "{what}: already plugged (host port {}, {})",
+                c.host_ifname, c.ip
+            ));
+        }
+        let ifname = ifname.unwrap_or_else(|| "eth0".to_string());
+        check_ifname(&ifname).map_err(|e| format!("{what}: {e}"))?;
+        let mac = match mac {
+            None => None,
+            Some(text) => {
+                let mac: MacAddr = text
+                    .parse()
+                    .map_err(|_| format!("{what}: invalid MAC address {text:?}"))?;
+                if mac.is_multicast() || mac.is_zero() {
+                    return Err(format!(
+                        "{what}: MAC address {mac} is not a unicast address"
+                    ));
+                }
+                Some(mac)
+            }
+        };
+        let host_ifname = host_ifname(&target);
+        match self.nl.link_index(&host_ifname) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Err(format!(
+                    "{what}: host interface {host_ifname} already exists"
+                ))
+            }
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+        let ip = self.ipam.reserve(ip).map_err(|e| format!("{what}: {e}"))?;
+        let mac = mac.unwrap_or_else(|| MacAddr::from_ipv4(ip));
+
+        // From here on, every failure undoes what was made: the veth (deleting the host end
+        // deletes both) and the address reservation.
+        let mut host_index = None;
+        let result = self.build_port(&ns, &host_ifname, &ifname, ip, mac, &mut host_index);
+        let port = match result {
+            Ok(port) => port,
+            Err(e) => {
+                if let Some(index) = host_index {
+                    let _ = self.nl.delete_link(index);
+                }
+                self.ipam.release(ip);
+                return Err(format!("{what}: {e}"));
+            }
+        };
+        let id = port.id;
+        let container = Container {
+            port: id,
+            target,
+            netns_id,
+            host_ifname,
+            host_index: host_index.unwrap_or_default(),
+            ifname,
+            ip,
+            mac,
+        };
+        // Announce the newcomer so that peers (and the host) update stale neighbour entries.
+        let mut garp = [0u8; VNET_HDR_LEN + 64];
+        if let Some(len) = self
+            .datapath
+            .switch()
+            .gratuitous_arp(id, &mut garp[VNET_HDR_LEN..])
+        {
+            self.datapath.flood(id, &garp[..VNET_HDR_LEN + len]);
+        }
+        eprintln!(
+            "vswitch: plugged {}: {} {}/{} mac {} (host port {})",
+            container.target,
+            container.ifname,
+            ip,
+            self.ipam.net().prefix,
+            mac,
+            container.host_ifname
+        );
+        self.containers.push(container);
+        Ok(self.view(self.containers.last().expect("just pushed")))
+    }
+
+    /// Creates the veth, configures both ends and attaches the host end to the switch.
+    fn build_port(
+        &mut self,
+        ns: &std::os::fd::OwnedFd,
+        host_ifname: &str,
+        ifname: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        host_index: &mut Option<u32>,
+    ) -> Result<Arc<Port>, String> {
+        let index = self
+            .nl
+            .create_veth(host_ifname, ifname, ns.as_fd(), mac.0, self.mtu)
+            .map_err(|e| match e.errno() {
+                Some(libc::EEXIST) => {
+                    format!("the container already has an interface named {ifname}")
+                }
+                _ => e.to_string(),
+            })?;
+        *host_index = Some(index);
+        // The host end must stay inert: no IPv6, no ARP (see ARCHITECTURE.md).
+        netns::disable_ipv6(host_ifname)
+            .map_err(|e| format!("disabling IPv6 on {host_ifname}: {e}"))?;
+        self.nl
+            .set_link(index, true, true, None, None)
+            .map_err(|e| e.to_string())?;
+
+        let (prefix, gateway) = (self.ipam.net().prefix, self.ipam.gateway());
+        let ifname_owned = ifname.to_string();
+        netns::run_in_netns(ns, move || -> Result<(), String> {
+            let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+            if let Some(lo) = nl.link_index("lo").map_err(|e| e.to_string())? {
+                nl.set_link(lo, true, false, None, None)
+                    .map_err(|e| e.to_string())?;
+            }
+            let index = nl
+                .link_index(&ifname_owned)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{ifname_owned} did not appear in the container"))?;
+            nl.add_address(index, ip, prefix)
+                .map_err(|e| e.to_string())?;
+            nl.set_link(index, true, false, None, None)
+                .map_err(|e| e.to_string())?;
+            nl.add_default_route(gateway).map_err(|e| match e.errno() {
+                Some(libc::EEXIST) => "the container already has a default route".to_string(),
+                _ => e.to_string(),
+            })
+        })
+        .map_err(|e| format!("entering the container's namespace: {e}"))??;
+
+        let socket = PacketSocket::open(index)
+            .map_err(|e| format!("opening a packet socket on {host_ifname}: {e}"))?;
+        let id = self.free_port_id().ok_or("too many ports")?;
+        let port = Arc::new(Port {
+            id,
+            name: host_ifname.to_string(),
+            io: Box::new(socket),
+            counters: Counters::default(),
+        });
+        self.datapath
+            .switch()
+            .add_port(id, PortInfo { mac, ip: Some(ip) });
+        if let Err(e) = self.datapath.add_port(port.clone()) {
+            self.datapath.switch().remove_port(id);
+            return Err(format!("adding the port to a worker: {e}"));
+        }
+        Ok(port)
+    }
+
+    fn free_port_id(&self) -> Option<PortId> {
+        (1..=u16::MAX)
+            .map(PortId)
+            .find(|id| self.containers.iter().all(|c| c.port != *id))
+    }
+
+    fn unplug(&mut self, target: &Target) -> Result<PortView, String> {
+        let what = format!("unplug {target}");
+        let pos = match target {
+            Target::Pid(_) => self.containers.iter().position(|c| &c.target == target),
+            Target::Netns(path) => {
+                let by_path = self.containers.iter().position(|c| &c.target == target);
+                by_path.or_else(|| {
+                    let ns = netns::open_netns_path(path).ok()?;
+                    let id = netns::netns_id(ns.as_fd()).ok()?;
+                    self.containers.iter().position(|c| c.netns_id == id)
+                })
+            }
+        };
+        let pos = pos.ok_or_else(|| format!("{what}: not plugged"))?;
+        let view = self.view(&self.containers[pos]);
+        let c = self.containers.remove(pos);
+        if let Err(e) = self.nl.delete_link(c.host_index) {
+            if e.errno() != Some(libc::ENODEV) {
+                eprintln!("vswitch: deleting {}: {e}", c.host_ifname);
+            }
+        }
+        self.forget(&c);
+        eprintln!(
+            "vswitch: unplugged {} (host port {})",
+            c.target, c.host_ifname
+        );
+        Ok(view)
+    }
+
+    /// Takes a container's port out of the datapath and frees its address.
+    fn forget(&mut self, c: &Container) {
+        self.datapath.remove_port(c.port);
+        self.datapath.switch().remove_port(c.port);
+        self.ipam.release(c.ip);
+    }
+
+    /// Removes the ports of containers whose namespace is gone (their veth went with it).
+    fn tick(&mut self) {
+        let gone: Vec<usize> = self
+            .containers
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| link_index_by_name(&c.host_ifname) != Some(c.host_index))
+            .map(|(i, _)| i)
+            .collect();
+        for i in gone.into_iter().rev() {
+            let c = self.containers.remove(i);
+            self.forget(&c);
+            eprintln!(
+                "vswitch: {} is gone: removed port {} and released {}",
+                c.target, c.host_ifname, c.ip
+            );
+        }
+        self.datapath.switch().expire(now_ms());
+    }
+
+    fn view(&self, c: &Container) -> PortView {
+        let mut view = self.port_view(c.port, "container", c.ip, c.mac, &c.host_ifname);
+        match &c.target {
+            Target::Pid(pid) => view.pid = Some(*pid),
+            Target::Netns(path) => view.netns = Some(path.display().to_string()),
+        }
+        view.ifname = Some(c.ifname.clone());
+        view
+    }
+
+    fn port_view(
+        &self,
+        id: PortId,
+        kind: &str,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        name: &str,
+    ) -> PortView {
+        use std::sync::atomic::Ordering::Relaxed;
+        let table = self.datapath.ports();
+        let counters = table.get(id.0 as usize).and_then(|p| p.as_ref());
+        let read = |f: fn(&Counters) -> &std::sync::atomic::AtomicU64| {
+            counters.map(|p| f(&p.counters).load(Relaxed)).unwrap_or(0)
+        };
+        PortView {
+            port: id.0,
+            kind: kind.to_string(),
+            pid: None,
+            netns: None,
+            host_ifname: name.to_string(),
+            ifname: None,
+            ip,
+            prefix: self.ipam.net().prefix,
+            gateway: self.ipam.gateway(),
+            mac: mac.to_string(),
+            rx_frames: read(|c| &c.rx_frames),
+            rx_bytes: read(|c| &c.rx_bytes),
+            tx_frames: read(|c| &c.tx_frames),
+            tx_bytes: read(|c| &c.tx_bytes),
+            drops: read(|c| &c.drops),
+        }
+    }
+
+    fn ls(&self) -> Vec<PortView> {
+        let gateway = self.ipam.gateway();
+        let mut list =
+            vec![self.port_view(TAP_PORT, "tap", gateway, self.gateway_mac, &self.tap_name)];
+        list.extend(self.containers.iter().map(|c| self.view(c)));
+        list
+    }
+
+    fn fdb(&self) -> Vec<FdbView> {
+        let table = self.datapath.ports();
+        self.datapath
+            .switch()
+            .fdb_entries(now_ms())
+            .into_iter()
+            .map(|e| FdbView {
+                mac: e.mac.to_string(),
+                port: e.port.0,
+                port_name: table
+                    .get(e.port.0 as usize)
+                    .and_then(|p| p.as_ref())
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                age_ms: e.age_ms,
+            })
+            .collect()
+    }
+
+    /// Deletes every veth the daemon made; the TAP goes when its descriptor closes.
+    fn shutdown(mut self) {
+        for c in std::mem::take(&mut self.containers) {
+            let _ = self.nl.delete_link(c.host_index);
+            self.forget(&c);
+        }
+        self.datapath.remove_port(TAP_PORT);
+        self.datapath.stop();
+    }
+}
+
+/// The host end's name: `vsw-<pid>` or `vsw-<netns name>`, within the 15-byte kernel limit.
+fn host_ifname(target: &Target) -> String {
+    let tail = match target {
+        Target::Pid(pid) => pid.to_string(),
+        Target::Netns(path) => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect(),
+    };
+    let mut name = format!("vsw-{tail}");
+    name.truncate(15);
+    name
+}
+
+fn check_ifname(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        bail!("invalid interface name {name:?} (1 to 15 characters, no '/', ':' or spaces)");
+    }
+    Ok(())
+}
+
+fn link_index_by_name(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).expect("views always serialize")
+}
