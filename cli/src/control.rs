@@ -192,12 +192,12 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
 /// Errors seen by the command-line client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the daemon at {path}: is `vswitch run` running? ({source})")]
-    NotRunning { path: String, source: io::Error },
+    #[error("cannot reach the daemon at {path}: is `vswitch run` running? ({err})")]
+    NotRunning { path: String, err: io::Error },
     #[error("permission denied on the control socket {path}: vswitch commands need root")]
     Permission { path: String },
-    #[error("talking to the daemon at {path}: {source}")]
-    Io { path: String, source: io::Error },
+    #[error("talking to the daemon at {path}: {err}")]
+    Io { path: String, err: io::Error },
     #[error("the daemon sent a malformed reply: {0}")]
     BadReply(String),
     #[error("{0}")]
@@ -211,12 +211,12 @@ pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, ClientE
         io::ErrorKind::PermissionDenied => ClientError::Permission { path: p.clone() },
         _ => ClientError::NotRunning {
             path: p.clone(),
-            source,
+            err: source,
         },
     })?;
-    let io_err = |source| ClientError::Io {
+    let io_err = |err| ClientError::Io {
         path: p.clone(),
-        source,
+        err,
     };
     let mut line = serde_json::to_vec(request).expect("requests always serialize");
     line.push(b'\n');

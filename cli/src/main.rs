@@ -27,6 +27,8 @@ use crate::ipam::Ipv4Net;
     about = "A userspace virtual switch for Linux containers"
 )]
 struct Cli {
+    #[command(flatten)]
+    control: ControlArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,8 +80,6 @@ enum Command {
         /// Datapath worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
-        #[command(flatten)]
-        control: ControlArg,
     },
     /// Attach a container's network namespace to the switch.
     Plug {
@@ -97,29 +97,21 @@ enum Command {
         /// Print the new port as JSON.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        control: ControlArg,
     },
     /// Detach a container and delete its interface.
     Unplug {
         #[command(flatten)]
         target: TargetArg,
-        #[command(flatten)]
-        control: ControlArg,
     },
     /// List the switch's ports and their counters.
     Ls {
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        control: ControlArg,
     },
     /// List the learned MAC addresses.
     Fdb {
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        control: ControlArg,
     },
 }
 
@@ -144,13 +136,12 @@ fn run(cli: Cli) -> Result<()> {
             fdb_age,
             fdb_size,
             workers,
-            control,
         } => daemon::run(daemon::Config {
             subnet,
             gateway: gateway.unwrap_or_else(|| subnet.first_host()),
             tap,
             mtu,
-            control: control.control,
+            control: cli.control.control,
             fdb_age_secs: fdb_age,
             fdb_size,
             workers: workers
@@ -162,7 +153,6 @@ fn run(cli: Cli) -> Result<()> {
             mac,
             ifname,
             json,
-            control,
         } => {
             let request = Request::Plug {
                 pid: target.pid,
@@ -171,7 +161,7 @@ fn run(cli: Cli) -> Result<()> {
                 mac,
                 ifname,
             };
-            let data = control::call(&control.control, &request)?;
+            let data = control::call(&cli.control.control, &request)?;
             let port: PortView = serde_json::from_value(data.clone()).context("daemon reply")?;
             if json {
                 println!("{data}");
@@ -189,12 +179,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Unplug { target, control } => {
+        Command::Unplug { target } => {
             let request = Request::Unplug {
                 pid: target.pid,
                 netns: target.netns.map(absolute).transpose()?,
             };
-            let data = control::call(&control.control, &request)?;
+            let data = control::call(&cli.control.control, &request)?;
             let port: PortView = serde_json::from_value(data).context("daemon reply")?;
             println!(
                 "unplugged {} (host port {}, {} released)",
@@ -204,8 +194,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Ls { json, control } => {
-            let data = control::call(&control.control, &Request::Ls)?;
+        Command::Ls { json } => {
+            let data = control::call(&cli.control.control, &Request::Ls)?;
             if json {
                 println!("{data}");
                 return Ok(());
@@ -243,8 +233,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Fdb { json, control } => {
-            let data = control::call(&control.control, &Request::Fdb)?;
+        Command::Fdb { json } => {
+            let data = control::call(&cli.control.control, &Request::Fdb)?;
             if json {
                 println!("{data}");
                 return Ok(());

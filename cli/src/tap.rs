@@ -51,7 +51,14 @@ impl Tap {
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: `req` is a properly laid out struct ifreq for TUNSETIFF.
         if unsafe { libc::ioctl(fd, libc::TUNSETIFF, &mut req) } < 0 {
-            return Err(io::Error::last_os_error());
+            let err = io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EBUSY | libc::EEXIST) => io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("an interface named {name} already exists"),
+                ),
+                _ => err,
+            });
         }
         let hdr_len = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ takes a pointer to an int.
