@@ -1,0 +1,352 @@
+//! End-to-end tests of the error cases (issue 2 §2, §3, §8, §9), as root. Every failing command
+//! must exit non-zero with one clear `vswitch: ` line on stderr and leave nothing half-made
+//! behind: no orphan veth in the host namespace and no reserved address.
+
+mod common;
+
+use common::{
+    assert_mentions, command, exists, host_ip, run, run_timeout, try_run, Container, Json, NetNs,
+    Sandbox, SandboxOptions, GATEWAY, VSWITCH,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// A pid that no process has right now.
+fn unused_pid() -> u32 {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    (300..max)
+        .rev()
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid")
+}
+
+/// After an error: only the plugged ports exist, and the next plug gets `next_ip`.
+#[track_caller]
+fn assert_nothing_left_behind(sb: &Sandbox, plugged: &[&Container], next_ip: &str) {
+    sb.assert_host_links(plugged);
+    let ports = sb.ls();
+    assert_eq!(
+        ports.len(),
+        plugged.len() + 1,
+        "ls should list the TAP and {} container(s): {ports:?}",
+        plugged.len()
+    );
+    let probe = Container::plain();
+    let port = sb.plug(&probe, &[]);
+    assert_eq!(
+        port.str("ip"),
+        next_ip,
+        "an address stayed reserved: {port}"
+    );
+    sb.vswitch(&["unplug", &probe.pid.to_string()]).ok();
+}
+
+#[test]
+fn plugging_a_nonexistent_pid_fails_cleanly() {
+    let sb = Sandbox::start();
+    let pid = unused_pid().to_string();
+    let err = sb.vswitch(&["plug", &pid]).vswitch_error();
+    assert_mentions(&err, &["no such process"]);
+    assert!(err.contains(&pid), "the error should name the pid: {err}");
+    assert_nothing_left_behind(&sb, &[], &host_ip(2));
+}
+
+#[test]
+fn commands_fail_clearly_when_the_daemon_is_not_running() {
+    common::require_root();
+    let dir = common::TempDir::new(&common::unique_name());
+    let control = dir.path.join("ctl.sock");
+    let control = control.to_str().unwrap();
+    let c = Container::plain();
+    let pid = c.pid.to_string();
+    for args in [
+        vec!["ls", "--control", control],
+        vec!["fdb", "--control", control],
+        vec!["plug", "--control", control, &pid],
+        vec!["unplug", "--control", control, &pid],
+    ] {
+        let err = run(&mut command(VSWITCH, &args)).vswitch_error();
+        assert_mentions(&err, &["not running", "cannot reach"]);
+        assert!(
+            err.contains(control),
+            "the error should name the socket: {err}"
+        );
+    }
+    // The environment variable works as well as --control.
+    let err = run(command(VSWITCH, &["ls"]).env("VSWITCH_CONTROL", control)).vswitch_error();
+    assert!(err.contains(control), "VSWITCH_CONTROL was not used: {err}");
+    assert_eq!(c.links(), vec!["lo".to_string()]);
+}
+
+#[test]
+fn plugging_twice_fails_and_keeps_the_first_port() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    sb.plug(&a, &[]);
+    let err = sb.vswitch(&["plug", &a.pid.to_string()]).vswitch_error();
+    assert_mentions(&err, &["already plugged"]);
+    // Also when the same namespace is named by path.
+    let err = sb
+        .vswitch(&["plug", "--netns", &a.netns_path()])
+        .vswitch_error();
+    assert_mentions(&err, &["already plugged"]);
+    assert!(a.ping(GATEWAY), "the first port stopped working");
+    assert_nothing_left_behind(&sb, &[&a], &host_ip(3));
+}
+
+#[test]
+fn a_taken_address_is_refused() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let b = Container::plain();
+    sb.plug(&a, &[]);
+    let err = sb
+        .vswitch(&["plug", &b.pid.to_string(), "--ip", &host_ip(2)])
+        .vswitch_error();
+    assert_mentions(&err, &["in use"]);
+    assert!(
+        err.contains(&host_ip(2)),
+        "the error should name the address: {err}"
+    );
+    // The gateway is taken by the TAP.
+    let err = sb
+        .vswitch(&["plug", &b.pid.to_string(), "--ip", GATEWAY])
+        .vswitch_error();
+    assert_mentions(&err, &["in use", "gateway"]);
+    // Outside the subnet.
+    sb.vswitch(&["plug", &b.pid.to_string(), "--ip", "10.2.2.2"])
+        .vswitch_error();
+    assert_eq!(
+        b.links(),
+        vec!["lo".to_string()],
+        "b got a half-made interface"
+    );
+    assert!(a.ping(GATEWAY), "a stopped working");
+    assert_nothing_left_behind(&sb, &[&a], &host_ip(3));
+}
+
+#[test]
+fn a_full_subnet_is_refused() {
+    // A /30 has two host addresses: the gateway and one container.
+    let sb = Sandbox::start_subnet("10.9.9.0/30");
+    let a = Container::plain();
+    let b = Container::plain();
+    assert_eq!(sb.plug(&a, &[]).str("ip"), "10.9.9.2");
+    let err = sb.vswitch(&["plug", &b.pid.to_string()]).vswitch_error();
+    assert_mentions(&err, &["full"]);
+    assert_eq!(
+        b.links(),
+        vec!["lo".to_string()],
+        "b got a half-made interface"
+    );
+    sb.assert_host_links(&[&a]);
+
+    // Once a leaves, b fits.
+    sb.vswitch(&["unplug", &a.pid.to_string()]).ok();
+    assert_eq!(sb.plug(&b, &[]).str("ip"), "10.9.9.2");
+    assert!(b.ping("10.9.9.1"), "b cannot ping the gateway");
+}
+
+#[test]
+fn an_unprivileged_user_gets_permission_denied() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let control = sb.control.to_str().unwrap().to_string();
+    let pid = a.pid.to_string();
+    let out = run(&mut command(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            VSWITCH,
+            "plug",
+            "--control",
+            &control,
+            &pid,
+        ],
+    ));
+    let err = out.vswitch_error();
+    assert_mentions(&err, &["permission"]);
+    assert_eq!(a.links(), vec!["lo".to_string()]);
+    assert_nothing_left_behind(&sb, &[], &host_ip(2));
+}
+
+/// Sends raw bytes on a fresh control connection and returns the first reply line.
+fn raw_request(control: &Path, request: Vec<u8>) -> String {
+    let stream = UnixStream::connect(control).expect("connect to the control socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    // Write from another thread: the daemon may answer (and close) before reading it all.
+    let w = std::thread::spawn(move || {
+        let _ = writer.write_all(&request);
+    });
+    let mut line = String::new();
+    let _ = BufReader::new(&stream).read_line(&mut line);
+    drop(stream);
+    let _ = w.join();
+    line
+}
+
+#[test]
+fn malformed_control_requests_get_an_error_reply() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let huge = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(100 * 1024)).into_bytes();
+    let requests: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"this is not json\n".to_vec()),
+        ("binary garbage", b"\x00\xff\xfe{{{\n".to_vec()),
+        ("unknown command", b"{\"cmd\":\"frobnicate\"}\n".to_vec()),
+        (
+            "unknown command",
+            b"{\"command\":\"frobnicate\"}\n".to_vec(),
+        ),
+        ("wrong type", b"[1,2,3]\n".to_vec()),
+        ("line over 64 KiB", huge),
+    ];
+    for (what, request) in requests {
+        let reply = raw_request(&sb.control, request);
+        let parsed = Json::parse(reply.trim())
+            .unwrap_or_else(|e| panic!("{what}: the reply is not one JSON line ({e}): {reply:?}"));
+        assert!(
+            parsed["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: the reply has no error: {reply}"
+        );
+        assert_ne!(parsed["ok"].as_bool(), Some(true), "{what}: {reply}");
+        // The daemon still serves.
+        sb.ls();
+    }
+    // A client that connects and hangs up without a word does no harm either.
+    drop(UnixStream::connect(&sb.control).unwrap());
+    sb.plug(&a, &[]);
+    assert!(a.ping(GATEWAY), "the switch stopped working");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_fails_clearly() {
+    let first = Sandbox::start();
+    let second_host = NetNs::new(&common::unique_name());
+    let control = first.control.to_str().unwrap();
+    let out = try_run(
+        &mut second_host.cmd(
+            VSWITCH,
+            &["run", "--subnet", "10.1.2.0/24", "--control", control],
+        ),
+        Duration::from_secs(10),
+    )
+    .expect("a second `vswitch run` on the same control socket kept running");
+    let err = out.vswitch_error();
+    assert_mentions(&err, &["already", "running", "in use"]);
+    assert!(
+        err.contains(control),
+        "the error should name the socket: {err}"
+    );
+    assert_eq!(
+        second_host.links(),
+        vec!["lo".to_string()],
+        "the second daemon left its TAP"
+    );
+
+    // The first daemon keeps its socket and keeps working.
+    assert!(exists(&first.control), "the socket was removed");
+    let a = Container::plain();
+    first.plug(&a, &[]);
+    assert!(a.ping(GATEWAY), "the first switch stopped working");
+}
+
+#[test]
+fn a_stale_socket_of_a_killed_daemon_is_replaced() {
+    let mut killed = Sandbox::start();
+    let a = Container::plain();
+    killed.plug(&a, &[]);
+    let status = killed.stop_daemon("KILL");
+    assert!(!status.success());
+    assert!(
+        exists(&killed.control),
+        "test premise: a SIGKILLed daemon leaves its socket file"
+    );
+
+    // A new daemon (in a fresh host namespace) with the same socket path starts fine.
+    let fresh = Sandbox::start_with(SandboxOptions {
+        control: Some(killed.control.clone()),
+        ..SandboxOptions::default()
+    });
+    let ports = fresh.ls();
+    assert_eq!(
+        ports.len(),
+        1,
+        "the new daemon should only have its TAP: {ports:?}"
+    );
+    let b = Container::plain();
+    assert_eq!(fresh.plug(&b, &[]).str("ip"), host_ip(2));
+    assert!(b.ping(GATEWAY), "the new switch does not work");
+    assert!(fresh.host_ping(&host_ip(2)), "the new host cannot ping b");
+}
+
+#[test]
+fn sigterm_removes_the_tap_the_veths_and_the_socket() {
+    let mut sb = Sandbox::start();
+    let a = Container::plain();
+    let b = Container::runtime_like();
+    sb.plug(&a, &[]);
+    sb.plug(&b, &[]);
+    sb.assert_host_links(&[&a, &b]);
+
+    let status = sb.stop_daemon("TERM");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
+    assert_eq!(
+        sb.host_links(),
+        vec!["lo".to_string()],
+        "the TAP or a veth survived SIGTERM"
+    );
+    assert!(!exists(&sb.control), "the control socket survived SIGTERM");
+    assert_eq!(a.links(), vec!["lo".to_string()]);
+    assert_eq!(b.links(), vec!["lo".to_string()]);
+
+    // And the daemon is really gone: commands say so.
+    let err = sb.vswitch(&["ls"]).vswitch_error();
+    assert_mentions(&err, &["not running", "cannot reach"]);
+}
+
+#[test]
+fn sigint_also_cleans_up() {
+    let mut sb = Sandbox::start();
+    let a = Container::plain();
+    sb.plug(&a, &[]);
+    let status = sb.stop_daemon("INT");
+    assert_eq!(status.code(), Some(0), "exit status after SIGINT: {status}");
+    assert_eq!(sb.host_links(), vec!["lo".to_string()]);
+    assert!(!exists(&sb.control), "the control socket survived SIGINT");
+}
+
+#[test]
+fn bad_arguments_to_run_fail_clearly() {
+    let ns = NetNs::new(&common::unique_name());
+    let dir = common::TempDir::new(&common::unique_name());
+    let control = dir.path.join("ctl.sock");
+    let control = control.to_str().unwrap();
+    for subnet in ["10.1.1.0/33", "not-a-subnet"] {
+        let out = run_timeout(
+            &mut ns.cmd(VSWITCH, &["run", "--subnet", subnet, "--control", control]),
+            Duration::from_secs(10),
+        );
+        assert!(!out.success(), "`vswitch run --subnet {subnet}` succeeded");
+        assert!(
+            out.stderr.contains("subnet") || out.stderr.contains(subnet),
+            "{}",
+            out.describe()
+        );
+    }
+    assert_eq!(ns.links(), vec!["lo".to_string()]);
+}

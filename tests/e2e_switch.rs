@@ -1,0 +1,371 @@
+//! End-to-end tests of the switch (issue 2 §9), as root: a namespace plays the host and runs
+//! `vswitch run`; containers are processes in fresh namespaces plugged into it.
+
+mod common;
+
+use common::{
+    default_mac, host_ip, ping_all, ping_cmd, poll, tcp_transfer, Container, Json, NetNs, Sandbox,
+    GATEWAY,
+};
+use std::time::{Duration, Instant};
+
+const MB50: u64 = 50 * 1024 * 1024;
+
+/// Inside the container: eth0 with the address and MAC, lo up, default route via the gateway.
+#[track_caller]
+fn assert_container_configured(c: &Container, ip: &str) {
+    let addr = c
+        .run("ip", &["-o", "-4", "addr", "show", "dev", "eth0"])
+        .ok()
+        .stdout;
+    assert!(
+        addr.contains(&format!("inet {ip}/24")),
+        "container {} should have {ip}/24 on eth0: {addr}",
+        c.pid
+    );
+    let link = c
+        .run("ip", &["-o", "link", "show", "dev", "eth0"])
+        .ok()
+        .stdout;
+    assert!(
+        link.contains(&format!("link/ether {}", default_mac(ip))),
+        "container {} eth0 should have MAC {}: {link}",
+        c.pid,
+        default_mac(ip)
+    );
+    assert!(link.contains(",UP"), "eth0 of {} is not up: {link}", c.pid);
+    let lo = c
+        .run("ip", &["-o", "link", "show", "dev", "lo"])
+        .ok()
+        .stdout;
+    assert!(lo.contains(",UP"), "lo of {} is not up: {lo}", c.pid);
+    let routes = c.run("ip", &["-4", "route", "show", "default"]).ok().stdout;
+    assert!(
+        routes.contains(&format!("default via {GATEWAY} dev eth0")),
+        "container {} should have a default route via {GATEWAY}: {routes}",
+        c.pid
+    );
+}
+
+/// The `ls --json` entry of a plugged container has the fields a user expects.
+#[track_caller]
+fn assert_port_entry(p: &Json, c: &Container, ip: &str) {
+    assert_eq!(p.str("kind"), "container", "{p}");
+    assert_eq!(p.num("pid"), u64::from(c.pid), "{p}");
+    assert_eq!(p.str("host_ifname"), c.host_port(), "{p}");
+    assert_eq!(p.str("ifname"), "eth0", "{p}");
+    assert_eq!(p.str("ip"), ip, "{p}");
+    assert_eq!(p.str("mac").to_lowercase(), default_mac(ip), "{p}");
+    for counter in [
+        "port",
+        "rx_frames",
+        "rx_bytes",
+        "tx_frames",
+        "tx_bytes",
+        "drops",
+    ] {
+        p.num(counter);
+    }
+}
+
+#[test]
+fn four_containers_ping_and_transfer_through_the_switch_without_a_bridge() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let b = Container::plain();
+    let c = Container::plain();
+    let d = Container::runtime_like();
+
+    // The first plug with the human-readable output, the others with --json.
+    let out = sb.vswitch(&["plug", &a.pid.to_string()]).ok();
+    let line = out.stdout.trim();
+    for part in [
+        format!("plugged pid {}", a.pid),
+        "eth0 10.1.1.2/24".to_string(),
+        default_mac("10.1.1.2"),
+        format!("gw {GATEWAY}"),
+        a.host_port(),
+    ] {
+        assert!(
+            line.contains(&part),
+            "plug output should mention {part:?}: {line}"
+        );
+    }
+    for (ct, n) in [(&b, 3), (&c, 4), (&d, 5)] {
+        let port = sb.plug(ct, &[]);
+        assert_port_entry(&port, ct, &host_ip(n));
+    }
+    let containers = [
+        (&a, host_ip(2)),
+        (&b, host_ip(3)),
+        (&c, host_ip(4)),
+        (&d, host_ip(5)),
+    ];
+    for (ct, ip) in &containers {
+        assert_container_configured(ct, ip);
+    }
+
+    // No kernel bridge anywhere: the host ends are plain veths, the host's port is a TAP.
+    let links = common::run(&mut sb.host_cmd("ip", &["-d", "link", "show"]))
+        .ok()
+        .stdout;
+    assert!(
+        !links.contains("bridge"),
+        "a bridge in the host namespace:\n{links}"
+    );
+    for (ct, _) in &containers {
+        let l = ct.run("ip", &["-d", "link", "show"]).ok().stdout;
+        assert!(
+            !l.contains("bridge"),
+            "a bridge in container {}:\n{l}",
+            ct.pid
+        );
+    }
+
+    // All pairs ping, each pings the gateway, the host pings each.
+    let mut jobs = Vec::new();
+    for (from, from_ip) in &containers {
+        for (_, to_ip) in &containers {
+            if from_ip != to_ip {
+                jobs.push((
+                    format!("{from_ip} -> {to_ip}"),
+                    ping_cmd(from.cmd("ping", &[]), to_ip),
+                ));
+            }
+        }
+        jobs.push((
+            format!("{from_ip} -> gateway"),
+            ping_cmd(from.cmd("ping", &[]), GATEWAY),
+        ));
+        jobs.push((
+            format!("host -> {from_ip}"),
+            ping_cmd(sb.host_cmd("ping", &[]), from_ip),
+        ));
+    }
+    let failed = ping_all(jobs);
+    assert!(failed.is_empty(), "pings without reply: {failed:?}");
+
+    // 50 MB container -> container (into the runtime-like one), and host -> container.
+    tcp_transfer(&a, &d, &host_ip(5), MB50);
+    tcp_transfer(&sb, &b, &host_ip(3), MB50);
+
+    // ls: the TAP and the four containers, with counters that moved.
+    let ports = sb.ls();
+    assert_eq!(
+        ports.len(),
+        5,
+        "ls should list the TAP and 4 containers: {ports:?}"
+    );
+    let tap = sb.tap_port();
+    assert_eq!(tap.str("ip"), GATEWAY, "{tap}");
+    assert_eq!(tap.str("host_ifname"), "vsw0", "{tap}");
+    assert!(tap["pid"].is_null(), "{tap}");
+    let mut port_numbers = vec![tap.num("port")];
+    for (ct, ip) in &containers {
+        let p = sb
+            .port_of(ct.pid)
+            .unwrap_or_else(|| panic!("{} not in ls: {ports:?}", ct.pid));
+        assert_port_entry(&p, ct, ip);
+        assert!(
+            p.num("rx_frames") > 0 && p.num("tx_frames") > 0,
+            "counters did not move: {p}"
+        );
+        port_numbers.push(p.num("port"));
+    }
+    port_numbers.sort();
+    port_numbers.dedup();
+    assert_eq!(
+        port_numbers.len(),
+        5,
+        "port numbers are not distinct: {ports:?}"
+    );
+    let port = |pid: u32| sb.port_of(pid).unwrap();
+    assert!(
+        port(a.pid).num("rx_bytes") > MB50,
+        "sender a: {}",
+        port(a.pid)
+    );
+    assert!(
+        port(d.pid).num("tx_bytes") > MB50,
+        "receiver d: {}",
+        port(d.pid)
+    );
+    assert!(tap.num("rx_bytes") > MB50, "sender host (TAP): {tap}");
+    assert!(
+        port(b.pid).num("tx_bytes") > MB50,
+        "receiver b: {}",
+        port(b.pid)
+    );
+
+    // fdb: every container's MAC learned on its own port; the TAP's MAC on the TAP.
+    let fdb = sb.fdb();
+    let mut expected: Vec<(String, u64, String)> = containers
+        .iter()
+        .map(|(ct, ip)| (default_mac(ip), port(ct.pid).num("port"), ct.host_port()))
+        .collect();
+    expected.push((
+        tap.str("mac").to_lowercase(),
+        tap.num("port"),
+        "vsw0".into(),
+    ));
+    for (mac, port_no, name) in expected {
+        let e = fdb
+            .iter()
+            .find(|e| e.str("mac").to_lowercase() == mac)
+            .unwrap_or_else(|| panic!("{mac} not in fdb: {fdb:?}"));
+        assert_eq!(e.num("port"), port_no, "{e}");
+        assert_eq!(e.str("port_name"), name, "{e}");
+        assert!(e.num("age_ms") < 300_000, "{e}");
+    }
+}
+
+#[test]
+fn unplug_removes_the_port() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let b = Container::plain();
+    sb.plug(&a, &[]);
+    sb.plug(&b, &[]);
+    assert!(a.ping(&host_ip(3)), "a cannot ping b before unplug");
+
+    sb.vswitch(&["unplug", &b.pid.to_string()]).ok();
+
+    assert!(sb.port_of(b.pid).is_none(), "b still in ls: {:?}", sb.ls());
+    sb.assert_host_links(&[&a]);
+    assert_eq!(
+        b.links(),
+        vec!["lo".to_string()],
+        "b still has its interface"
+    );
+    assert!(!a.ping(&host_ip(3)), "a still reaches b's old address");
+    assert!(
+        !sb.host_ping(&host_ip(3)),
+        "the host still reaches b's old address"
+    );
+    assert!(a.ping(GATEWAY), "a lost the gateway after b was unplugged");
+    assert!(
+        !sb.fdb()
+            .iter()
+            .any(|e| e["port_name"].as_str() == Some(&b.host_port())),
+        "fdb still has entries on b's port: {:?}",
+        sb.fdb()
+    );
+
+    // Unplugging again is an error; plugging again works.
+    let err = sb.vswitch(&["unplug", &b.pid.to_string()]).vswitch_error();
+    assert!(err.contains(&b.pid.to_string()), "{err}");
+    sb.plug(&b, &[]);
+    assert!(a.ping(&host_ip(3)), "a cannot ping b after re-plugging it");
+}
+
+#[test]
+fn container_exit_removes_its_port_and_frees_its_address() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let mut b = Container::plain();
+    let c = Container::runtime_like();
+    sb.plug(&a, &[]);
+    sb.plug(&b, &[]);
+    sb.plug(&c, &[]);
+    assert_eq!(sb.port_of(b.pid).unwrap().str("ip"), host_ip(3));
+
+    // The container exits; nobody tells vswitch.
+    let b_pid = b.pid;
+    b.kill();
+    let started = Instant::now();
+    let removed = poll(Duration::from_secs(3), || {
+        sb.port_of(b_pid).is_none().then(|| started.elapsed())
+    });
+    let elapsed = removed.unwrap_or_else(|| {
+        panic!(
+            "port of exited container {b_pid} still listed after 3 s: {:?}",
+            sb.ls()
+        )
+    });
+    assert!(
+        elapsed <= Duration::from_millis(2500),
+        "port of exited container removed only after {elapsed:?} (must be within 2 s)"
+    );
+    sb.assert_host_links(&[&a, &c]);
+
+    // The freed address goes to the next container.
+    let e = Container::plain();
+    let port = sb.plug(&e, &[]);
+    assert_eq!(
+        port.str("ip"),
+        host_ip(3),
+        "the freed address was not reused: {port}"
+    );
+    assert!(e.ping(&host_ip(2)), "the new container cannot ping a");
+
+    // The runtime-like container exits too.
+    let c_pid = c.pid;
+    drop(c);
+    let removed = poll(Duration::from_secs(3), || {
+        sb.port_of(c_pid).is_none().then_some(())
+    });
+    assert!(
+        removed.is_some(),
+        "port of exited runtime-like container still listed"
+    );
+}
+
+#[test]
+fn plug_a_named_namespace_by_path() {
+    let sb = Sandbox::start();
+    let ns = NetNs::new(&common::unique_name());
+    let a = Container::plain();
+    sb.plug(&a, &[]);
+
+    let out = sb
+        .vswitch(&["plug", "--netns", &ns.path(), "--json", "--ifname", "net0"])
+        .ok();
+    let port = Json::parse(out.stdout.trim()).expect("plug --json prints JSON");
+    assert_eq!(port.str("ip"), host_ip(3), "{port}");
+    assert_eq!(port.str("ifname"), "net0", "{port}");
+    assert!(ns.links().contains(&"net0".to_string()), "{:?}", ns.links());
+    assert!(
+        ns.ping(GATEWAY),
+        "the named namespace cannot ping the gateway"
+    );
+    assert!(ns.ping(&host_ip(2)), "the named namespace cannot ping a");
+
+    sb.vswitch(&["unplug", "--netns", &ns.path()]).ok();
+    assert_eq!(ns.links(), vec!["lo".to_string()]);
+    sb.assert_host_links(&[&a]);
+}
+
+#[test]
+fn plug_with_chosen_address_mac_and_interface_name() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let port = sb.plug(
+        &a,
+        &[
+            "--ip",
+            "10.1.1.77",
+            "--mac",
+            "02:aa:bb:cc:dd:ee",
+            "--ifname",
+            "veth9",
+        ],
+    );
+    assert_eq!(port.str("ip"), "10.1.1.77", "{port}");
+    assert_eq!(
+        port.str("mac").to_lowercase(),
+        "02:aa:bb:cc:dd:ee",
+        "{port}"
+    );
+    assert_eq!(port.str("ifname"), "veth9", "{port}");
+    let link = a
+        .run("ip", &["-o", "link", "show", "dev", "veth9"])
+        .ok()
+        .stdout;
+    assert!(link.contains("link/ether 02:aa:bb:cc:dd:ee"), "{link}");
+    assert!(sb.host_ping("10.1.1.77"), "the host cannot ping 10.1.1.77");
+
+    // The next automatic address is still the first free one.
+    let b = Container::plain();
+    assert_eq!(sb.plug(&b, &[]).str("ip"), host_ip(2));
+    assert!(b.ping("10.1.1.77"), "b cannot ping a");
+}

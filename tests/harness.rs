@@ -1,0 +1,107 @@
+//! Checks of the test harness itself (no daemon needed): the JSON reader, the root check,
+//! and that namespaces and container processes are cleaned up, also when a test panics.
+
+mod common;
+
+use common::{command, run, Container, Json, NetNs};
+use std::path::Path;
+
+fn netns_exists(name: &str) -> bool {
+    run(command("ip", &["netns", "list"]))
+        .ok()
+        .stdout
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name))
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A reaped process has no /proc entry; a zombie would still have one but Drop reaps.
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn json_reader_parses_what_vswitch_prints() {
+    let v = Json::parse(
+        r#" [{"port": 1, "kind": "container", "pid": 42, "netns": null, "ok": true,
+              "ip": "10.1.1.2", "rx_bytes": 52428800, "x": -1.5e3, "s": "a\"\u00e9\n"}, []] "#,
+    )
+    .unwrap();
+    let a = v.as_array().unwrap();
+    assert_eq!(a[0].num("port"), 1);
+    assert_eq!(a[0].str("kind"), "container");
+    assert!(a[0]["netns"].is_null());
+    assert!(a[0]["missing"].is_null());
+    assert_eq!(a[0]["ok"].as_bool(), Some(true));
+    assert_eq!(a[0].num("rx_bytes"), 52_428_800);
+    assert_eq!(a[0]["x"], Json::Num(-1500.0));
+    assert_eq!(a[0].str("s"), "a\"é\n");
+    assert_eq!(a[1], Json::Arr(vec![]));
+    assert!(Json::parse("{\"a\":1} x").is_err());
+    assert!(Json::parse("garbage").is_err());
+    assert!(Json::parse("{\"a\":}").is_err());
+    assert!(Json::parse("[1,").is_err());
+}
+
+#[test]
+fn default_mac_is_02_76_and_the_address() {
+    assert_eq!(common::default_mac("10.1.1.2"), "02:76:0a:01:01:02");
+    assert_eq!(common::default_mac("192.168.255.254"), "02:76:c0:a8:ff:fe");
+}
+
+#[test]
+fn runs_as_root() {
+    // Fails (does not skip) when not root: the e2e suite needs root.
+    common::require_root();
+}
+
+#[test]
+fn namespaces_and_containers_are_created_and_removed() {
+    let name = common::unique_name();
+    let ns = NetNs::new(&name);
+    assert!(netns_exists(&name));
+    assert_eq!(ns.links(), vec!["lo".to_string()]);
+
+    let plain = Container::plain();
+    let runtime = Container::runtime_like();
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    for c in [&plain, &runtime] {
+        assert_ne!(std::fs::read_link(c.netns_path()).unwrap(), own);
+        assert_eq!(c.links(), vec!["lo".to_string()]);
+    }
+    // The runtime-like container's process lives in its own pid namespace.
+    let own_pid_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let inner = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", runtime.pid))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{inner}/ns/pid")).unwrap(),
+        own_pid_ns
+    );
+
+    let pids = [plain.pid, runtime.pid, inner.parse().unwrap()];
+    drop(plain);
+    drop(runtime);
+    drop(ns);
+    assert!(!netns_exists(&name), "namespace {name} left behind");
+    // The runtime-like container's inner process dies with it (--kill-child).
+    let gone = common::poll(std::time::Duration::from_secs(3), || {
+        pids.iter().all(|&p| !process_alive(p)).then_some(())
+    });
+    assert!(gone.is_some(), "container processes left behind: {pids:?}");
+}
+
+#[test]
+fn cleanup_also_happens_when_a_test_panics() {
+    let name = common::unique_name();
+    let mut pid = 0;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ns = NetNs::new(&name);
+        let c = Container::plain();
+        pid = c.pid;
+        panic!("a failing test");
+    }));
+    assert!(result.is_err());
+    assert!(!netns_exists(&name), "namespace {name} left behind");
+    assert!(!process_alive(pid), "container {pid} left behind");
+}
