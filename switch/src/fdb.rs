@@ -1,15 +1,16 @@
 //! The forwarding database: MAC -> port, learned from source addresses, bounded and aged.
 //!
 //! It is read-mostly, because nearly every frame comes from a MAC already learned on the same
-//! port: that case takes only the read lock, and refreshes the entry's timestamp with a relaxed
-//! store at most once per [`REFRESH_MS`], so cores forwarding the same flows don't bounce the
-//! entry's cache line. Only a new or moved MAC takes the write lock. A full table first drops
+//! port: that case takes only the read side of a [`BrLock`] (no cache line shared between
+//! cores), and refreshes the entry's timestamp with a relaxed store at most once per
+//! [`REFRESH_MS`], so cores forwarding the same flows don't bounce the entry's cache line.
+//! Only a new or moved MAC takes the write lock. A full table first drops
 //! aged entries, then refuses to learn (unknown unicast is flooded, so traffic still flows).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::brlock::{BrLock, ReadGuard, WriteGuard};
 use crate::hash::MacHashBuilder;
 use crate::mac::MacAddr;
 use crate::port::{PortId, Ports};
@@ -58,7 +59,7 @@ struct Table {
 
 #[derive(Debug)]
 pub(crate) struct Fdb {
-    table: RwLock<Table>,
+    table: BrLock<Table>,
     capacity: usize,
     age_ms: u64,
 }
@@ -102,7 +103,7 @@ impl Fdb {
         let map =
             HashMap::with_capacity_and_hasher(capacity.min(1 << 16), MacHashBuilder::random());
         Fdb {
-            table: RwLock::new(Table {
+            table: BrLock::new(Table {
                 map,
                 oldest: u64::MAX,
             }),
@@ -111,12 +112,12 @@ impl Fdb {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Table> {
-        self.table.read().unwrap_or_else(PoisonError::into_inner)
+    fn read(&self) -> ReadGuard<'_, Table> {
+        self.table.read()
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Table> {
-        self.table.write().unwrap_or_else(PoisonError::into_inner)
+    fn write(&self) -> WriteGuard<'_, Table> {
+        self.table.write()
     }
 
     /// Learns `src` on `ingress`, then looks up `dst` (if given): the port it lives on, if live.

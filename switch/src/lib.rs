@@ -4,11 +4,13 @@
 //! without root, and one [`Switch`] is shared by `&self` between all worker threads.
 
 mod arp;
+mod brlock;
 mod fdb;
 mod frame;
 mod hash;
 mod mac;
 mod port;
+mod slot;
 mod stats;
 mod switch;
 

@@ -1,6 +1,10 @@
-//! Datapath counters: relaxed atomics bumped on the hot path, read as one snapshot.
+//! Datapath counters: relaxed atomics bumped on the hot path, one set per thread slot (every
+//! frame bumps `frames`: a single shared counter would bounce between cores), summed into
+//! one snapshot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::slot::{thread_slot, CachePadded, SLOTS};
 
 /// A snapshot of the switch's counters since it was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,8 +43,14 @@ impl Counter {
     }
 }
 
+/// One set of counters per thread slot.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    slots: [CachePadded<Slot>; SLOTS],
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
     pub frames: Counter,
     pub malformed: Counter,
     pub outgoing: Counter,
@@ -53,17 +63,25 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// This thread's counters.
+    #[inline]
+    pub fn mine(&self) -> &Slot {
+        &self.slots[thread_slot() % SLOTS].0
+    }
+
     pub fn snapshot(&self) -> SwitchStats {
-        SwitchStats {
-            frames: self.frames.get(),
-            malformed: self.malformed.get(),
-            outgoing: self.outgoing.get(),
-            hairpin: self.hairpin.get(),
-            flooded: self.flooded.get(),
-            arp_replies: self.arp_replies.get(),
-            fdb_full: self.fdb_full.get(),
-            learned: self.learned.get(),
-            moved: self.moved.get(),
+        let mut s = SwitchStats::default();
+        for CachePadded(c) in &self.slots {
+            s.frames += c.frames.get();
+            s.malformed += c.malformed.get();
+            s.outgoing += c.outgoing.get();
+            s.hairpin += c.hairpin.get();
+            s.flooded += c.flooded.get();
+            s.arp_replies += c.arp_replies.get();
+            s.fdb_full += c.fdb_full.get();
+            s.learned += c.learned.get();
+            s.moved += c.moved.get();
         }
+        s
     }
 }

@@ -108,7 +108,7 @@ impl Switch {
         now: Millis,
         reply_buf: &mut [u8],
     ) -> Action {
-        let c = &self.counters;
+        let c = self.counters.mine();
         c.frames.inc();
         if outgoing {
             c.outgoing.inc();
@@ -171,7 +171,7 @@ impl Switch {
 
     #[cold]
     fn malformed(&self) -> Action {
-        self.counters.malformed.inc();
+        self.counters.mine().malformed.inc();
         Action::Drop(DropReason::Malformed)
     }
 
