@@ -350,3 +350,47 @@ fn bad_arguments_to_run_fail_clearly() {
     }
     assert_eq!(ns.links(), vec!["lo".to_string()]);
 }
+
+/// Sends malformed frames out of eth0 with a packet socket.
+const BAD_FRAMES: &str = r#"
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+own = open("/sys/class/net/eth0/address").read().strip()
+own = bytes(int(x, 16) for x in own.split(":"))
+bcast = b"\xff" * 6
+for f in [
+    bcast + b"\x01\x00\x5e\x00\x00\x01" + b"\x08\x00" + bytes(46),  # multicast source MAC
+    bcast + bytes(6) + b"\x08\x00" + bytes(46),                     # zero source MAC
+    bcast + own + b"\x08\x06" + b"\x00\x01\x08\x00\x06",            # truncated ARP
+]:
+    s.send(f)
+print("sent", flush=True)
+"#;
+
+#[test]
+fn malformed_frames_are_dropped_and_counted() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let b = Container::plain();
+    sb.plug(&a, &[]);
+    sb.plug(&b, &[]);
+    let before = sb.port_of(a.pid).unwrap().num("drops");
+
+    let out = a.run("python3", &["-c", BAD_FRAMES]).ok();
+    assert_eq!(out.stdout.trim(), "sent");
+
+    let counted = common::poll(Duration::from_secs(2), || {
+        let drops = sb.port_of(a.pid)?.num("drops");
+        (drops >= before + 3).then_some(drops)
+    });
+    assert!(
+        counted.is_some(),
+        "3 malformed frames from a were not counted as drops on its port: {:?}",
+        sb.port_of(a.pid)
+    );
+    assert!(
+        a.ping(&host_ip(3)),
+        "the switch stopped working after malformed frames"
+    );
+}

@@ -369,3 +369,81 @@ fn plug_with_chosen_address_mac_and_interface_name() {
     assert_eq!(sb.plug(&b, &[]).str("ip"), host_ip(2));
     assert!(b.ping("10.1.1.77"), "b cannot ping a");
 }
+
+/// Prints the ARP frames received on eth0 (not those sent) for argv[1] seconds, one line each:
+/// "<op> <sender ip> <target ip> <sender mac>".
+const ARP_SNIFFER: &str = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("eth0", 0x0806))
+s.settimeout(0.1)
+print("ready", flush=True)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    try:
+        data, addr = s.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if addr[2] == socket.PACKET_OUTGOING or len(data) < 42:
+        continue
+    op = struct.unpack(">H", data[20:22])[0]
+    mac = ":".join("%02x" % b for b in data[22:28])
+    print(op, socket.inet_ntoa(data[28:32]), socket.inet_ntoa(data[38:42]), mac, flush=True)
+"#;
+
+#[test]
+fn the_switch_answers_arp_itself_and_announces_new_ports() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let b = Container::plain();
+    sb.plug(&a, &[]);
+    sb.plug(&b, &[]);
+
+    // b watches the ARP frames that reach it while a resolves b's address and c is plugged.
+    let mut sniffer = b
+        .cmd("python3", &["-c", ARP_SNIFFER, "3"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the ARP sniffer");
+    let mut stdout = std::io::BufReader::new(sniffer.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert_eq!(first.trim(), "ready");
+
+    a.run("ip", &["neigh", "flush", "dev", "eth0"]).ok();
+    assert!(a.ping(&host_ip(3)), "a cannot ping b");
+    let c = Container::plain();
+    sb.plug(&c, &[]);
+
+    let status = sniffer.wait().unwrap();
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut seen).unwrap();
+    assert!(status.success(), "the ARP sniffer failed: {seen}");
+    eprintln!("ARP frames seen by b:\n{seen}");
+    let frames: Vec<Vec<&str>> = seen.lines().map(|l| l.split(' ').collect()).collect();
+
+    // a got b's MAC from the switch...
+    let neigh = a.run("ip", &["neigh", "show", &host_ip(3)]).ok().stdout;
+    assert!(
+        neigh.contains(&format!("lladdr {}", default_mac(&host_ip(3)))),
+        "a did not learn b's MAC: {neigh}"
+    );
+    // ...without its request being flooded to b.
+    let flooded = frames
+        .iter()
+        .any(|f| f[0] == "1" && f[1] == host_ip(2) && f[2] == host_ip(3));
+    assert!(
+        !flooded,
+        "a's ARP request for b reached b (flooded): {seen}"
+    );
+    // c announced itself with a gratuitous ARP.
+    let c_ip = host_ip(4);
+    let announced = frames
+        .iter()
+        .any(|f| f[1] == c_ip && f[2] == c_ip && f[3] == default_mac(&c_ip));
+    assert!(
+        announced,
+        "no gratuitous ARP for {c_ip} reached b: {seen:?}"
+    );
+}
