@@ -158,13 +158,16 @@ fn an_unprivileged_user_gets_permission_denied() {
     let a = Container::plain();
     let control = sb.control.to_str().unwrap().to_string();
     let pid = a.pid.to_string();
+    // A copy of the binary that nobody can run wherever the work tree is.
+    let client = sb.dir.path.join("vswitch");
+    std::fs::copy(VSWITCH, &client).expect("copy the vswitch binary");
     let out = run(&mut command(
         "setpriv",
         &[
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            VSWITCH,
+            client.to_str().unwrap(),
             "plug",
             "--control",
             &control,
