@@ -397,3 +397,52 @@ fn malformed_frames_are_dropped_and_counted() {
         "the switch stopped working after malformed frames"
     );
 }
+
+#[test]
+fn an_interface_name_taken_in_the_container_is_refused_cleanly() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    // The container already has an eth0 of its own (one end of a veth pair inside it).
+    a.run(
+        "ip",
+        &["link", "add", "eth0", "type", "veth", "peer", "name", "x0"],
+    )
+    .ok();
+    let err = sb.vswitch(&["plug", &a.pid.to_string()]).vswitch_error();
+    assert!(
+        err.contains("eth0"),
+        "the error should name the interface: {err}"
+    );
+    let mut links = a.links();
+    links.sort();
+    assert_eq!(
+        links,
+        vec!["eth0", "lo", "x0"],
+        "the container's own links changed"
+    );
+    assert_nothing_left_behind(&sb, &[], &host_ip(2));
+    // Under another name it plugs fine.
+    let port = sb.plug(&a, &["--ifname", "eth1"]);
+    assert_eq!(port.str("ip"), host_ip(2));
+    assert!(a.ping(GATEWAY), "a cannot ping the gateway over eth1");
+}
+
+#[test]
+fn invalid_plug_arguments_are_refused_cleanly() {
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let pid = a.pid.to_string();
+    for args in [
+        vec!["--ifname", "averyveryverylongname"],
+        vec!["--mac", "01:00:5e:00:00:01"],
+        vec!["--mac", "00:00:00:00:00:00"],
+        vec!["--ip", "10.1.1.0"],
+        vec!["--ip", "10.1.1.255"],
+    ] {
+        let mut full = vec!["plug", pid.as_str()];
+        full.extend_from_slice(&args);
+        sb.vswitch(&full).vswitch_error();
+        assert_eq!(a.links(), vec!["lo".to_string()], "after {args:?}");
+    }
+    assert_nothing_left_behind(&sb, &[], &host_ip(2));
+}
