@@ -265,7 +265,7 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
     }
 }
 
-/// Interface names in a network namespace, from `ip -o link show` run by `ip_prefix`.
+/// Interface names from the output of `ip -o link show`.
 fn parse_link_names(ip_output: &str) -> Vec<String> {
     ip_output
         .lines()
