@@ -280,7 +280,7 @@ mod tests {
             "",
             "garbage",
             r#"{"cmd":"reboot"}"#,
-            r#"{"cmd":"ls","extra":1}"#,
+            r#"{"cmd":"plug","pid":1,"colour":"red"}"#,
             r#"{"cmd":"plug","pid":-1}"#,
             r#"{"cmd":"plug","pid":1,"ip":"not-an-ip"}"#,
         ] {

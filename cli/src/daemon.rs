@@ -258,6 +258,10 @@ impl Manager {
         }
         let ip = self.ipam.reserve(ip).map_err(|e| format!("{what}: {e}"))?;
         let mac = mac.unwrap_or_else(|| MacAddr::from_ipv4(ip));
+        if mac == self.gateway_mac || self.containers.iter().any(|c| c.mac == mac) {
+            self.ipam.release(ip);
+            return Err(format!("{what}: MAC address {mac} is already in use"));
+        }
 
         // From here on, every failure undoes what was made: the veth (deleting the host end
         // deletes both) and the address reservation.
@@ -383,17 +387,20 @@ impl Manager {
 
     fn unplug(&mut self, target: &Target) -> Result<PortView, String> {
         let what = format!("unplug {target}");
-        let pos = match target {
-            Target::Pid(_) => self.containers.iter().position(|c| &c.target == target),
-            Target::Netns(path) => {
-                let by_path = self.containers.iter().position(|c| &c.target == target);
-                by_path.or_else(|| {
-                    let ns = netns::open_netns_path(path).ok()?;
-                    let id = netns::netns_id(ns.as_fd()).ok()?;
-                    self.containers.iter().position(|c| c.netns_id == id)
-                })
-            }
-        };
+        // By the name it was plugged with, else by namespace: another process of the same
+        // container, or another path to the same namespace file, names the same port.
+        let pos = self
+            .containers
+            .iter()
+            .position(|c| &c.target == target)
+            .or_else(|| {
+                let ns = match target {
+                    Target::Pid(pid) => netns::open_pid_netns(*pid).ok()?,
+                    Target::Netns(path) => netns::open_netns_path(path).ok()?,
+                };
+                let id = netns::netns_id(ns.as_fd()).ok()?;
+                self.containers.iter().position(|c| c.netns_id == id)
+            });
         let pos = pos.ok_or_else(|| format!("{what}: not plugged"))?;
         let view = self.view(&self.containers[pos]);
         let c = self.containers.remove(pos);
