@@ -30,6 +30,9 @@ pub enum Request {
         mac: Option<String>,
         #[serde(default)]
         ifname: Option<String>,
+        /// `[HOSTIP:]HOSTPORT:CPORT[/tcp|/udp]`, as on the command line.
+        #[serde(default)]
+        publish: Vec<String>,
     },
     Unplug {
         #[serde(default)]
@@ -39,6 +42,7 @@ pub enum Request {
     },
     Ls,
     Fdb,
+    Conntrack,
 }
 
 /// Which container: a process (its network namespace) or a named namespace file.
@@ -86,6 +90,40 @@ pub struct PortView {
     pub tx_frames: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+    /// Published ports, `HOSTPORT:CPORT/PROTO`.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// NAT flows of this container now, and its traffic through the NAT so far.
+    #[serde(default)]
+    pub nat_flows: u64,
+    #[serde(default)]
+    pub nat_packets_out: u64,
+    #[serde(default)]
+    pub nat_packets_in: u64,
+    #[serde(default)]
+    pub nat_bytes_out: u64,
+    #[serde(default)]
+    pub nat_bytes_in: u64,
+    /// What `plug` did about the container's resolv.conf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv: Option<String>,
+}
+
+/// One NAT flow as `vswitch conntrack` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowRow {
+    pub proto: String,
+    /// The container's address and port (ICMP: its echo identifier).
+    pub inside: String,
+    /// The destination of an outgoing flow, or the client of a published one.
+    pub outside: String,
+    pub published: bool,
+    pub state: String,
+    pub timeout_s: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
 }
 
 /// One learned MAC as `vswitch fdb` shows it.
@@ -252,11 +290,12 @@ mod tests {
             ip: Some(Ipv4Addr::new(10, 1, 1, 9)),
             mac: None,
             ifname: None,
+            publish: vec![],
         };
         let text = serde_json::to_string(&plug).unwrap();
         assert_eq!(
             text,
-            r#"{"cmd":"plug","pid":42,"netns":null,"ip":"10.1.1.9","mac":null,"ifname":null}"#
+            r#"{"cmd":"plug","pid":42,"netns":null,"ip":"10.1.1.9","mac":null,"ifname":null,"publish":[]}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), plug);
         let unplug: Request =

@@ -15,17 +15,20 @@ use crossbeam_channel::{select, tick, Receiver};
 use nix::sys::signal::{SigSet, Signal};
 use vswitch_switch::{MacAddr, PortId, PortInfo, Switch, VNET_HDR_LEN};
 
-use crate::control::{self, Call, FdbView, PortView, Request, Target};
-use crate::datapath::{now_ms, Datapath};
+use vswitch_nat::{Nat, NatConfig};
+
+use crate::control::{self, Call, FdbView, FlowRow, PortView, Request, Target};
+use crate::datapath::{now_ms, Datapath, Fabric, NatHook, TAP_PORT};
 use crate::ipam::{Ipam, Ipv4Net};
+use crate::natd::{self, NatJob, NatMailbox, NatService, PublishSpec};
 use crate::netlink::Netlink;
-use crate::netns;
 use crate::packet::PacketSocket;
 use crate::port::{Counters, Port};
 use crate::tap::Tap;
+use crate::{dns, netns, resolv};
 
-/// The TAP (the host's own port on the switch) is always port 0.
-const TAP_PORT: PortId = PortId(0);
+/// Relay listeners for containers' outgoing TCP (see `natd::bind_relays`).
+const RELAY_PORTS: usize = 4;
 /// How often the manager looks for containers that went away.
 const LIFECYCLE_TICK: Duration = Duration::from_millis(250);
 
@@ -38,6 +41,11 @@ pub struct Config {
     pub fdb_age_secs: u64,
     pub fdb_size: usize,
     pub workers: usize,
+    /// Upstream resolvers given with `--dns` (else the host's).
+    pub dns: Vec<std::net::IpAddr>,
+    /// Serve no DNS forwarder on the gateway.
+    pub no_dns: bool,
+    pub max_flows: usize,
 }
 
 /// A plugged container.
@@ -50,6 +58,7 @@ struct Container {
     ifname: String,
     ip: Ipv4Addr,
     mac: MacAddr,
+    publish: Vec<PublishSpec>,
 }
 
 struct Manager {
@@ -61,6 +70,10 @@ struct Manager {
     nl: Netlink,
     datapath: Datapath,
     containers: Vec<Container>,
+    nat: Arc<Nat>,
+    nat_jobs: NatMailbox,
+    /// The host's resolv.conf, for the containers' search domains.
+    host_resolv: String,
 }
 
 pub fn run(cfg: Config) -> Result<()> {
@@ -107,7 +120,8 @@ pub fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-/// Creates the TAP with the gateway address and starts the datapath.
+/// Creates the TAP with the gateway address and starts the datapath, the NAT service and the
+/// DNS forwarder.
 fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
     let tap = Tap::create(&cfg.tap).with_context(|| format!("creating TAP {}", cfg.tap))?;
     let mut nl = Netlink::open().context("opening netlink")?;
@@ -125,6 +139,18 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
             )
         })?;
 
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if !cfg.no_dns {
+        let fallback = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+        let upstreams = resolv::upstreams(&cfg.dns, &host_resolv, fallback.as_deref());
+        if upstreams.is_empty() {
+            eprintln!("vswitch: no upstream DNS resolver known (give --dns): containers' queries will go unanswered");
+        }
+        dns::start(cfg.gateway, upstreams).with_context(|| {
+            format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway)
+        })?;
+    }
+
     let switch = Arc::new(Switch::new(vswitch_switch::Config {
         fdb_capacity: cfg.fdb_size,
         fdb_age_ms: cfg.fdb_age_secs.saturating_mul(1000),
@@ -136,7 +162,31 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
             ip: Some(cfg.gateway),
         },
     );
-    let mut datapath = Datapath::start(switch, cfg.workers).context("starting workers")?;
+    let fabric = Fabric::new(switch);
+    let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
+    let nat = Arc::new(Nat::new(NatConfig {
+        max_flows: cfg.max_flows,
+        ..NatConfig::new(
+            cfg.gateway,
+            gateway_mac.0,
+            cfg.subnet.network,
+            cfg.subnet.prefix,
+            relays.iter().map(|(_, port)| *port).collect(),
+        )
+    }));
+    let (service, nat_jobs) =
+        NatService::new(nat.clone(), fabric.clone(), cfg.subnet, cfg.gateway, relays)
+            .context("starting the NAT service")?;
+    std::thread::Builder::new()
+        .name("vswitch-nat".into())
+        .spawn(move || service.run())?;
+    let hook = NatHook {
+        nat: nat.clone(),
+        gateway_mac: gateway_mac.0,
+        service: nat_jobs.clone(),
+    };
+    let mut datapath =
+        Datapath::start(fabric, Some(hook), cfg.workers).context("starting workers")?;
     datapath.add_port(Arc::new(Port {
         id: TAP_PORT,
         name: cfg.tap.clone(),
@@ -153,6 +203,9 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         nl,
         datapath,
         containers: Vec::new(),
+        nat,
+        nat_jobs,
+        host_resolv,
     })
 }
 
@@ -181,9 +234,10 @@ impl Manager {
                 ip,
                 mac,
                 ifname,
+                publish,
             } => {
                 let target = Target::from_parts(pid, netns)?;
-                let view = self.plug(target, ip, mac, ifname)?;
+                let view = self.plug(target, ip, mac, ifname, publish)?;
                 Ok(json(&view))
             }
             Request::Unplug { pid, netns } => {
@@ -193,6 +247,7 @@ impl Manager {
             }
             Request::Ls => Ok(json(&self.ls())),
             Request::Fdb => Ok(json(&self.fdb())),
+            Request::Conntrack => Ok(json(&self.conntrack())),
         }
     }
 
@@ -202,8 +257,14 @@ impl Manager {
         ip: Option<Ipv4Addr>,
         mac: Option<String>,
         ifname: Option<String>,
+        publish: Vec<String>,
     ) -> Result<PortView, String> {
         let what = format!("plug {target}");
+        let publish = publish
+            .iter()
+            .map(|p| p.parse::<PublishSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{what}: {e}"))?;
         let ns = match &target {
             Target::Pid(pid) => netns::open_pid_netns(*pid).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => format!("{what}: no such process"),
@@ -263,8 +324,20 @@ impl Manager {
             return Err(format!("{what}: MAC address {mac} is already in use"));
         }
 
+        // Published ports are bound first: a port in use fails the plug before anything exists.
+        let mut listeners = Vec::new();
+        for spec in &publish {
+            match spec.bind() {
+                Ok(l) => listeners.push((l, spec.container_port)),
+                Err(e) => {
+                    self.ipam.release(ip);
+                    return Err(format!("{what}: {e}"));
+                }
+            }
+        }
+
         // From here on, every failure undoes what was made: the veth (deleting the host end
-        // deletes both) and the address reservation.
+        // deletes both), the listeners (dropped) and the address reservation.
         let mut host_index = None;
         let result = self.build_port(&ns, &host_ifname, &ifname, ip, mac, &mut host_index);
         let port = match result {
@@ -287,7 +360,15 @@ impl Manager {
             ifname,
             ip,
             mac,
+            publish,
         };
+        if !listeners.is_empty() {
+            self.nat_jobs.send(NatJob::Publish {
+                container: ip,
+                mac: mac.0,
+                ports: listeners,
+            });
+        }
         // Announce the newcomer so that peers (and the host) update stale neighbour entries.
         let mut garp = [0u8; VNET_HDR_LEN + 64];
         if let Some(len) = self
@@ -306,8 +387,11 @@ impl Manager {
             mac,
             container.host_ifname
         );
+        let resolv = self.write_resolv(&container.target);
         self.containers.push(container);
-        Ok(self.view(self.containers.last().expect("just pushed")))
+        let mut view = self.view(self.containers.last().expect("just pushed"));
+        view.resolv = Some(resolv);
+        Ok(view)
     }
 
     /// Creates the veth, configures both ends and attaches the host end to the switch.
@@ -379,6 +463,19 @@ impl Manager {
         Ok(port)
     }
 
+    /// Writes the container's resolv.conf where it has one of its own; says what happened.
+    fn write_resolv(&self, target: &Target) -> String {
+        let content = resolv::container_conf(self.ipam.gateway(), &self.host_resolv);
+        let written = match target {
+            Target::Pid(pid) => resolv::write_for_pid(*pid, &content),
+            Target::Netns(path) => resolv::write_for_netns(path, &content),
+        };
+        match written {
+            Ok(w) => w.to_string(),
+            Err(e) => format!("resolv.conf not written: {e}"),
+        }
+    }
+
     fn free_port_id(&self) -> Option<PortId> {
         (1..=u16::MAX)
             .map(PortId)
@@ -422,6 +519,13 @@ impl Manager {
         self.datapath.remove_port(c.port);
         self.datapath.switch().remove_port(c.port);
         self.ipam.release(c.ip);
+        if !c.publish.is_empty() {
+            self.nat_jobs.send(NatJob::Unpublish { container: c.ip });
+        }
+        let flows = self.nat.forget_container(c.ip);
+        if !flows.is_empty() {
+            self.nat_jobs.send(NatJob::Forget(flows));
+        }
     }
 
     /// Removes the ports of containers whose namespace is gone (their veth went with it).
@@ -441,7 +545,12 @@ impl Manager {
                 c.target, c.host_ifname, c.ip
             );
         }
-        self.datapath.switch().expire(now_ms());
+        let now = now_ms();
+        self.datapath.switch().expire(now);
+        let flows = self.nat.expire(now);
+        if !flows.is_empty() {
+            self.nat_jobs.send(NatJob::Forget(flows));
+        }
     }
 
     fn view(&self, c: &Container) -> PortView {
@@ -451,6 +560,13 @@ impl Manager {
             Target::Netns(path) => view.netns = Some(path.display().to_string()),
         }
         view.ifname = Some(c.ifname.clone());
+        view.publish = c.publish.iter().map(|p| p.to_string()).collect();
+        let nat = self.nat.container_stats(c.ip);
+        view.nat_flows = nat.flows as u64;
+        view.nat_packets_out = nat.packets_out;
+        view.nat_packets_in = nat.packets_in;
+        view.nat_bytes_out = nat.bytes_out;
+        view.nat_bytes_in = nat.bytes_in;
         view
     }
 
@@ -484,6 +600,13 @@ impl Manager {
             tx_frames: read(|c| &c.tx_frames),
             tx_bytes: read(|c| &c.tx_bytes),
             drops: read(|c| &c.drops),
+            publish: Vec::new(),
+            nat_flows: 0,
+            nat_packets_out: 0,
+            nat_packets_in: 0,
+            nat_bytes_out: 0,
+            nat_bytes_in: 0,
+            resolv: None,
         }
     }
 
@@ -510,6 +633,25 @@ impl Manager {
                     .map(|p| p.name.clone())
                     .unwrap_or_default(),
                 age_ms: e.age_ms,
+            })
+            .collect()
+    }
+
+    fn conntrack(&self) -> Vec<FlowRow> {
+        self.nat
+            .entries(now_ms())
+            .into_iter()
+            .map(|f| FlowRow {
+                proto: f.proto.as_str().to_string(),
+                inside: f.inside.to_string(),
+                outside: f.outside.to_string(),
+                published: f.published,
+                state: f.state.to_string(),
+                timeout_s: f.timeout_ms / 1000,
+                packets_out: f.packets_out,
+                packets_in: f.packets_in,
+                bytes_out: f.bytes_out,
+                bytes_in: f.bytes_in,
             })
             .collect()
     }

@@ -15,12 +15,87 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use vswitch_nat::{Nat, Verdict};
 use vswitch_switch::{Action, DropReason, Millis, PortId, Switch, VNET_HDR_LEN};
 
+use crate::natd::{NatJob, NatMailbox};
 use crate::port::{Port, RxBatch};
 
 /// Ports indexed by `PortId`.
 pub type PortTable = Vec<Option<Arc<Port>>>;
+
+/// The TAP (the host's own port on the switch) is always port 0.
+pub const TAP_PORT: PortId = PortId(0);
+
+/// What every thread that moves frames shares: the switch and the published port table.
+#[derive(Clone)]
+pub struct Fabric {
+    pub switch: Arc<Switch>,
+    pub table: Arc<ArcSwap<PortTable>>,
+}
+
+impl Fabric {
+    pub fn new(switch: Arc<Switch>) -> Fabric {
+        Fabric {
+            switch,
+            table: Arc::new(ArcSwap::from_pointee(Vec::new())),
+        }
+    }
+
+    /// Switches one frame (`[virtio_net_hdr][Ethernet]`) that arrived on `ingress`.
+    pub fn switch_frame(
+        &self,
+        table: &PortTable,
+        ingress: &Port,
+        frame: &[u8],
+        outgoing: bool,
+        now: Millis,
+        reply: &mut [u8],
+    ) {
+        let eth = &frame[VNET_HDR_LEN..];
+        let action =
+            self.switch
+                .process(ingress.id, eth, outgoing, now, &mut reply[VNET_HDR_LEN..]);
+        match action {
+            Action::Forward(out) => {
+                if let Some(Some(egress)) = table.get(out.0 as usize) {
+                    egress.transmit(frame);
+                }
+            }
+            Action::Flood => {
+                for egress in table.iter().flatten() {
+                    if egress.id != ingress.id {
+                        egress.transmit(frame);
+                    }
+                }
+            }
+            Action::Reply { len } => {
+                reply[..VNET_HDR_LEN].fill(0);
+                ingress.transmit(&reply[..VNET_HDR_LEN + len]);
+            }
+            Action::Drop(DropReason::Malformed | DropReason::UnknownPort) => {
+                ingress.counters.drop_one()
+            }
+            Action::Drop(_) => {}
+        }
+    }
+
+    /// Delivers a frame the daemon wrote for a container (NAT replies) as if the host sent it.
+    pub fn to_containers(&self, frame: &[u8]) {
+        let table = self.table.load();
+        if let Some(Some(tap)) = table.get(TAP_PORT.0 as usize) {
+            let mut reply = [0u8; VNET_HDR_LEN + 128];
+            self.switch_frame(&table, tap, frame, false, now_ms(), &mut reply);
+        }
+    }
+
+    /// Hands a frame to the host kernel through the TAP.
+    pub fn to_host(&self, frame: &[u8]) {
+        if let Some(Some(tap)) = self.table.load().get(TAP_PORT.0 as usize) {
+            tap.transmit(frame);
+        }
+    }
+}
 
 /// Frames read from one port per system call.
 const BATCH: usize = 32;
@@ -43,8 +118,7 @@ struct Worker {
 }
 
 pub struct Datapath {
-    switch: Arc<Switch>,
-    table: Arc<ArcSwap<PortTable>>,
+    fabric: Fabric,
     workers: Vec<Worker>,
     placement: HashMap<PortId, usize>,
     stop: Arc<AtomicBool>,
@@ -69,8 +143,7 @@ fn epoll_ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, data: u64) -> io::Result<
 
 impl Datapath {
     /// Starts `workers` threads with no ports yet.
-    pub fn start(switch: Arc<Switch>, workers: usize) -> io::Result<Datapath> {
-        let table: Arc<ArcSwap<PortTable>> = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    pub fn start(fabric: Fabric, nat: Option<NatHook>, workers: usize) -> io::Result<Datapath> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut list = Vec::new();
         for i in 0..workers.max(1) {
@@ -91,8 +164,8 @@ impl Datapath {
                 WAKE,
             )?;
             let ctx = WorkerCtx {
-                switch: switch.clone(),
-                table: table.clone(),
+                fabric: fabric.clone(),
+                nat: nat.clone(),
                 epoll: epoll.clone(),
                 stop: stop.clone(),
             };
@@ -107,8 +180,7 @@ impl Datapath {
             });
         }
         Ok(Datapath {
-            switch,
-            table,
+            fabric,
             workers: list,
             placement: HashMap::new(),
             stop,
@@ -116,25 +188,25 @@ impl Datapath {
     }
 
     pub fn switch(&self) -> &Switch {
-        &self.switch
+        &self.fabric.switch
     }
 
     /// The current port table (a snapshot).
     pub fn ports(&self) -> Arc<PortTable> {
-        self.table.load_full()
+        self.fabric.table.load_full()
     }
 
     /// Publishes `port` and hands it to the least busy worker.
     pub fn add_port(&mut self, port: Arc<Port>) -> io::Result<()> {
         let id = port.id;
         let fd = port.io.fd();
-        let mut table = (*self.table.load_full()).clone();
+        let mut table = (*self.fabric.table.load_full()).clone();
         let slot = id.0 as usize;
         if table.len() <= slot {
             table.resize(slot + 1, None);
         }
         table[slot] = Some(port);
-        self.table.store(Arc::new(table));
+        self.fabric.table.store(Arc::new(table));
         let (index, worker) = self
             .workers
             .iter_mut()
@@ -174,15 +246,15 @@ impl Datapath {
     }
 
     fn unpublish(&self, id: PortId) -> Option<Arc<Port>> {
-        let mut table = (*self.table.load_full()).clone();
+        let mut table = (*self.fabric.table.load_full()).clone();
         let port = table.get_mut(id.0 as usize)?.take()?;
-        self.table.store(Arc::new(table));
+        self.fabric.table.store(Arc::new(table));
         Some(port)
     }
 
     /// Sends a frame the switch made itself (e.g. a gratuitous ARP) out of every port but `except`.
     pub fn flood(&self, except: PortId, frame: &[u8]) {
-        for port in self.table.load().iter().flatten() {
+        for port in self.fabric.table.load().iter().flatten() {
             if port.id != except {
                 port.transmit(frame);
             }
@@ -203,9 +275,18 @@ impl Datapath {
     }
 }
 
+/// What the workers need to hand NAT traffic over: the translation engine, the gateway's MAC
+/// (frames to it are the ones that may leave the subnet) and the NAT service's mailbox.
+#[derive(Clone)]
+pub struct NatHook {
+    pub nat: Arc<Nat>,
+    pub gateway_mac: [u8; 6],
+    pub service: NatMailbox,
+}
+
 struct WorkerCtx {
-    switch: Arc<Switch>,
-    table: Arc<ArcSwap<PortTable>>,
+    fabric: Fabric,
+    nat: Option<NatHook>,
     epoll: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
 }
@@ -235,7 +316,7 @@ impl WorkerCtx {
 
     /// Drains (a fair share of) one port's receive queue.
     fn serve_port(&self, id: PortId, batch: &mut RxBatch, reply: &mut [u8]) {
-        let table = self.table.load();
+        let table = self.fabric.table.load();
         let Some(Some(port)) = table.get(id.0 as usize) else {
             return;
         };
@@ -251,47 +332,100 @@ impl WorkerCtx {
             };
             let now = now_ms();
             for i in 0..got {
-                let frame = &batch.bufs[i][..batch.lens[i]];
+                let frame = &mut batch.bufs[i][..batch.lens[i]];
                 if batch.truncated[i] || frame.len() < VNET_HDR_LEN {
                     port.counters.drop_one();
                     continue;
                 }
-                let eth_len = frame.len() - VNET_HDR_LEN;
-                if !batch.outgoing[i] {
-                    port.counters.rx(eth_len);
-                }
-                let action = self.switch.process(
-                    id,
-                    &frame[VNET_HDR_LEN..],
-                    batch.outgoing[i],
-                    now,
-                    &mut reply[VNET_HDR_LEN..],
-                );
-                match action {
-                    Action::Forward(out) => {
-                        if let Some(Some(egress)) = table.get(out.0 as usize) {
-                            egress.transmit(frame);
+                let outgoing = batch.outgoing[i];
+                if !outgoing {
+                    port.counters.rx(frame.len() - VNET_HDR_LEN);
+                    if let Some(hook) = &self.nat {
+                        if !hook.translate(id, frame, now) {
+                            continue;
                         }
                     }
-                    Action::Flood => {
-                        for egress in table.iter().flatten() {
-                            if egress.id != id {
-                                egress.transmit(frame);
-                            }
-                        }
-                    }
-                    Action::Reply { len } => {
-                        reply[..VNET_HDR_LEN].fill(0);
-                        port.transmit(&reply[..VNET_HDR_LEN + len]);
-                    }
-                    Action::Drop(DropReason::Malformed | DropReason::UnknownPort) => {
-                        port.counters.drop_one()
-                    }
-                    Action::Drop(_) => {}
                 }
+                self.fabric
+                    .switch_frame(&table, port, frame, outgoing, now, reply);
             }
             if got < batch.bufs.len() {
                 return;
+            }
+        }
+    }
+}
+
+impl NatHook {
+    /// Runs a frame through the NAT. Returns whether the switch should still forward it (as is
+    /// or rewritten); frames the NAT service carries through host sockets, or drops, are done.
+    fn translate(&self, ingress: PortId, frame: &mut [u8], now: Millis) -> bool {
+        let eth = &frame[VNET_HDR_LEN..];
+        let ipv4 = eth.len() >= 34 && eth[12..14] == [0x08, 0x00];
+        if !ipv4 {
+            return true;
+        }
+        let verdict = if ingress == TAP_PORT {
+            self.nat.from_host(frame, now)
+        } else if eth[..6] == self.gateway_mac {
+            self.nat.outbound(frame, now)
+        } else {
+            return true;
+        };
+        match verdict {
+            Verdict::Pass | Verdict::Rewritten => true,
+            Verdict::Pending | Verdict::Drop(_) => false,
+            Verdict::TcpConnect { flow, dst } => {
+                self.service.send(NatJob::TcpConnect {
+                    flow,
+                    dst,
+                    syn: frame.to_vec(),
+                });
+                false
+            }
+            Verdict::UdpOut {
+                flow,
+                dst,
+                payload,
+                gso_size,
+                ..
+            } => {
+                self.service.send(NatJob::UdpOut {
+                    flow,
+                    dst,
+                    payload: frame[payload].to_vec(),
+                    gso_size,
+                });
+                false
+            }
+            Verdict::EchoOut {
+                dst,
+                ident,
+                seq,
+                payload,
+                ..
+            } => {
+                self.service.send(NatJob::EchoOut {
+                    dst,
+                    ident,
+                    seq,
+                    payload: frame[payload].to_vec(),
+                });
+                false
+            }
+            Verdict::UdpToClient {
+                publish_id,
+                client,
+                payload,
+                gso_size,
+            } => {
+                self.service.send(NatJob::UdpToClient {
+                    publish_id,
+                    client,
+                    payload: frame[payload].to_vec(),
+                    gso_size,
+                });
+                false
             }
         }
     }

@@ -3,11 +3,15 @@
 mod control;
 mod daemon;
 mod datapath;
+mod dns;
 mod ipam;
+mod natd;
 mod netlink;
 mod netns;
 mod packet;
 mod port;
+mod relay;
+mod resolv;
 mod tap;
 
 use std::net::Ipv4Addr;
@@ -17,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::{FdbView, PortView, Request};
+use crate::control::{FdbView, FlowRow, PortView, Request};
 use crate::ipam::Ipv4Net;
 
 #[derive(Parser)]
@@ -80,6 +84,15 @@ enum Command {
         /// Datapath worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// Upstream DNS resolver for the containers (repeatable; default: the host's).
+        #[arg(long)]
+        dns: Vec<std::net::IpAddr>,
+        /// Run no DNS forwarder on the gateway address.
+        #[arg(long)]
+        no_dns: bool,
+        /// Most NAT flows tracked at once; new flows are refused past it.
+        #[arg(long, default_value_t = vswitch_nat::DEFAULT_MAX_FLOWS)]
+        max_flows: usize,
     },
     /// Attach a container's network namespace to the switch.
     Plug {
@@ -94,6 +107,9 @@ enum Command {
         /// Name of the interface inside the container.
         #[arg(long)]
         ifname: Option<String>,
+        /// Publish a container port on the host: [HOSTIP:]HOSTPORT:CPORT[/tcp|/udp] (repeatable).
+        #[arg(long, short = 'p')]
+        publish: Vec<String>,
         /// Print the new port as JSON.
         #[arg(long)]
         json: bool,
@@ -110,6 +126,11 @@ enum Command {
     },
     /// List the learned MAC addresses.
     Fdb {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the NAT's connection-tracking table (like `conntrack -L`).
+    Conntrack {
         #[arg(long)]
         json: bool,
     },
@@ -136,6 +157,9 @@ fn run(cli: Cli) -> Result<()> {
             fdb_age,
             fdb_size,
             workers,
+            dns,
+            no_dns,
+            max_flows,
         } => daemon::run(daemon::Config {
             subnet,
             gateway: gateway.unwrap_or_else(|| subnet.first_host()),
@@ -146,12 +170,16 @@ fn run(cli: Cli) -> Result<()> {
             fdb_size,
             workers: workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            dns,
+            no_dns,
+            max_flows,
         }),
         Command::Plug {
             target,
             ip,
             mac,
             ifname,
+            publish,
             json,
         } => {
             let request = Request::Plug {
@@ -160,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
                 ip,
                 mac,
                 ifname,
+                publish,
             };
             let data = control::call(&cli.control.control, &request)?;
             let port: PortView = serde_json::from_value(data.clone()).context("daemon reply")?;
@@ -176,6 +205,12 @@ fn run(cli: Cli) -> Result<()> {
                     port.gateway,
                     port.host_ifname
                 );
+                if !port.publish.is_empty() {
+                    println!("published: {}", port.publish.join(", "));
+                }
+                if let Some(resolv) = &port.resolv {
+                    println!("{resolv}");
+                }
             }
             Ok(())
         }
@@ -233,6 +268,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Conntrack { json } => {
+            let data = control::call(&cli.control.control, &Request::Conntrack)?;
+            if json {
+                println!("{data}");
+                return Ok(());
+            }
+            print_conntrack(data)
+        }
         Command::Fdb { json } => {
             let data = control::call(&cli.control.control, &Request::Fdb)?;
             if json {
@@ -256,6 +299,42 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_conntrack(data: serde_json::Value) -> Result<()> {
+    let flows: Vec<FlowRow> = serde_json::from_value(data).context("daemon reply")?;
+    println!(
+        "{:<5} {:<22} {:<22} {:<12} {:>8} {:>9} {:>12} {:>9} {:>12}",
+        "PROTO",
+        "INSIDE",
+        "OUTSIDE",
+        "STATE",
+        "TIMEOUT",
+        "PKTS-OUT",
+        "BYTES-OUT",
+        "PKTS-IN",
+        "BYTES-IN"
+    );
+    for f in flows {
+        let outside = if f.published {
+            format!("{} (in)", f.outside)
+        } else {
+            f.outside
+        };
+        println!(
+            "{:<5} {:<22} {:<22} {:<12} {:>8} {:>9} {:>12} {:>9} {:>12}",
+            f.proto,
+            f.inside,
+            outside,
+            f.state,
+            f.timeout_s,
+            f.packets_out,
+            f.bytes_out,
+            f.packets_in,
+            f.bytes_in
+        );
+    }
+    Ok(())
 }
 
 /// How a port's container is named to the user: `pid 4242`, `netns /run/netns/x`, or `host`.

@@ -1,0 +1,126 @@
+//! DNS forwarder on the gateway address: containers' queries go to the host's upstream
+//! resolvers, over UDP and over TCP (for answers too large for a datagram).
+//!
+//! The forwarder listens on the gateway's address in the host namespace; queries arrive through
+//! the TAP like any traffic to the host. Upstreams are reached with ordinary host sockets, so a
+//! loopback stub such as 127.0.0.53 works too when it is all the host has.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Queries forwarded at once; past this, new queries are dropped (the client retries).
+const MAX_INFLIGHT: usize = 256;
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Binds UDP and TCP port 53 on `gateway` and serves them on background threads.
+pub fn start(gateway: Ipv4Addr, upstreams: Vec<SocketAddr>) -> io::Result<()> {
+    let udp = UdpSocket::bind((gateway, 53))?;
+    let tcp = TcpListener::bind((gateway, 53))?;
+    let upstreams = Arc::new(upstreams);
+    let up = upstreams.clone();
+    std::thread::Builder::new()
+        .name("vswitch-dns-udp".into())
+        .spawn(move || serve_udp(udp, up))?;
+    std::thread::Builder::new()
+        .name("vswitch-dns-tcp".into())
+        .spawn(move || serve_tcp(tcp, upstreams))?;
+    Ok(())
+}
+
+fn serve_udp(socket: UdpSocket, upstreams: Arc<Vec<SocketAddr>>) {
+    let socket = Arc::new(socket);
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let mut buf = [0u8; 65536];
+    loop {
+        let Ok((len, client)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        if len < 12 || inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT {
+            continue; // not a DNS message, or overloaded: drop, the client retries
+        }
+        let query = buf[..len].to_vec();
+        let (socket, upstreams, count) = (socket.clone(), upstreams.clone(), inflight.clone());
+        inflight.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("vswitch-dns-q".into())
+            .spawn(move || {
+                if let Some(answer) = ask_udp(&query, &upstreams) {
+                    let _ = socket.send_to(&answer, client);
+                }
+                count.fetch_sub(1, Ordering::Relaxed);
+            });
+        if spawned.is_err() {
+            inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Asks each upstream in turn; the first answer carrying the query's ID wins.
+fn ask_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    for upstream in upstreams {
+        let local: SocketAddr = if upstream.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let Ok(sock) = UdpSocket::bind(local) else {
+            continue;
+        };
+        if sock.connect(upstream).is_err() || sock.send(query).is_err() {
+            continue;
+        }
+        let _ = sock.set_read_timeout(Some(UPSTREAM_TIMEOUT));
+        let mut buf = vec![0u8; 65536];
+        while let Ok(len) = sock.recv(&mut buf) {
+            if len >= 12 && buf[..2] == query[..2] {
+                buf.truncate(len);
+                return Some(buf);
+            }
+        }
+    }
+    None
+}
+
+fn serve_tcp(listener: TcpListener, upstreams: Arc<Vec<SocketAddr>>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let upstreams = upstreams.clone();
+        let _ = std::thread::Builder::new()
+            .name("vswitch-dns-tcp".into())
+            .spawn(move || relay_tcp(conn, &upstreams));
+    }
+}
+
+/// DNS over TCP: the stream is relayed as is to the first upstream that accepts.
+fn relay_tcp(client: TcpStream, upstreams: &[SocketAddr]) {
+    let Some(upstream) = upstreams
+        .iter()
+        .find_map(|addr| TcpStream::connect_timeout(addr, UPSTREAM_TIMEOUT).ok())
+    else {
+        return;
+    };
+    let idle = Some(Duration::from_secs(30));
+    for s in [&client, &upstream] {
+        let _ = s.set_read_timeout(idle);
+    }
+    let (Ok(client2), Ok(upstream2)) = (client.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    let back = std::thread::spawn(move || pump(upstream2, client2));
+    pump(client, upstream);
+    let _ = back.join();
+}
+
+/// Copies until end of stream, then passes the half-close on.
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
