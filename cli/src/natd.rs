@@ -89,6 +89,9 @@ const DYNAMIC_BASE: u64 = 1024;
 /// How long a connected upstream waits for the container's side to reach the relay.
 const ACCEPT_WAIT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A loopback client of a published UDP port is forgotten after this long without traffic
+/// (the NAT's timeout for a replied UDP flow).
+const LOCAL_UDP_IDLE: Duration = Duration::from_secs(120);
 
 enum Entry {
     /// Upstream connect in progress, the container's SYN held.
@@ -111,6 +114,16 @@ enum Entry {
         container: SocketAddrV4,
         mac: [u8; 6],
     },
+    /// A client of published UDP port `id` that the container could not answer directly (the
+    /// host itself, over loopback): its datagrams go to the container from this socket on the
+    /// gateway, and the answers go back to `client` from the published socket.
+    PubUdpLocal {
+        sock: UdpSocket,
+        id: u32,
+        container: SocketAddrV4,
+        client: SocketAddr,
+        last: Instant,
+    },
 }
 
 pub struct NatService {
@@ -127,6 +140,8 @@ pub struct NatService {
     next_token: u64,
     udp_by_flow: HashMap<FlowId, u64>,
     pub_udp_by_id: HashMap<u32, u64>,
+    /// Loopback clients of published UDP ports, by (publish id, client).
+    pub_udp_local: HashMap<(u32, SocketAddr), u64>,
     next_publish_id: u32,
     /// Upstream connections waiting for the container's connection to reach the relay.
     waiting: HashMap<FlowId, (TcpStream, Instant)>,
@@ -238,6 +253,7 @@ impl NatService {
                 next_token: DYNAMIC_BASE,
                 udp_by_flow: HashMap::new(),
                 pub_udp_by_id: HashMap::new(),
+                pub_udp_local: HashMap::new(),
                 next_publish_id: 1,
                 waiting: HashMap::new(),
                 buf: vec![0; 65536],
@@ -282,6 +298,18 @@ impl NatService {
             let now = Instant::now();
             self.waiting
                 .retain(|_, (_, since)| now.duration_since(*since) < ACCEPT_WAIT);
+            let idle: Vec<u64> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| match e {
+                    Entry::PubUdpLocal { last, .. } => now.duration_since(*last) > LOCAL_UDP_IDLE,
+                    _ => false,
+                })
+                .map(|(t, _)| *t)
+                .collect();
+            for token in idle {
+                self.remove_local_udp(token);
+            }
         }
     }
 
@@ -297,7 +325,9 @@ impl NatService {
         let entry = self.entries.remove(&token)?;
         let fd = match &entry {
             Entry::Connecting { stream, .. } => stream.as_raw_fd(),
-            Entry::Udp { sock, .. } | Entry::PubUdp { sock, .. } => sock.as_raw_fd(),
+            Entry::Udp { sock, .. }
+            | Entry::PubUdp { sock, .. }
+            | Entry::PubUdpLocal { sock, .. } => sock.as_raw_fd(),
             Entry::PubTcp { listener, .. } => listener.as_raw_fd(),
         };
         epoll_del(self.epoll.as_raw_fd(), fd);
@@ -367,19 +397,26 @@ impl NatService {
                 }
             }
             NatJob::Unpublish { container } => {
-                let tokens: Vec<u64> =
-                    self.entries
-                        .iter()
-                        .filter(|(_, e)| match e {
-                            Entry::PubTcp { container: c, .. }
-                            | Entry::PubUdp { container: c, .. } => *c.ip() == container,
-                            _ => false,
-                        })
-                        .map(|(t, _)| *t)
-                        .collect();
+                let tokens: Vec<u64> = self
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| match e {
+                        Entry::PubTcp { container: c, .. }
+                        | Entry::PubUdp { container: c, .. }
+                        | Entry::PubUdpLocal { container: c, .. } => *c.ip() == container,
+                        _ => false,
+                    })
+                    .map(|(t, _)| *t)
+                    .collect();
                 for token in tokens {
-                    if let Some(Entry::PubUdp { id, .. }) = self.remove_entry(token) {
-                        self.pub_udp_by_id.remove(&id);
+                    match self.remove_entry(token) {
+                        Some(Entry::PubUdp { id, .. }) => {
+                            self.pub_udp_by_id.remove(&id);
+                        }
+                        Some(Entry::PubUdpLocal { id, client, .. }) => {
+                            self.pub_udp_local.remove(&(id, client));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -493,12 +530,14 @@ impl NatService {
                 mac,
             } => {
                 let (id, container, mac) = (*id, *container, *mac);
+                let mut local = Vec::new();
                 while let Ok((n, peer)) = sock.recv_from(&mut self.buf) {
                     let SocketAddr::V4(client) = peer else {
                         continue;
                     };
                     if !self.rewritable(*client.ip()) {
-                        continue; // see `rewritable`: such clients cannot be answered
+                        local.push((peer, self.buf[..n].to_vec()));
+                        continue;
                     }
                     if let Ok(len) = self.nat.publish_udp_in(
                         id,
@@ -512,7 +551,72 @@ impl NatService {
                         self.fabric.to_containers(&self.out[..len]);
                     }
                 }
+                for (client, datagram) in local {
+                    self.local_udp_in(id, container, client, &datagram);
+                }
             }
+            Entry::PubUdpLocal {
+                sock, id, client, ..
+            } => {
+                let (id, client) = (*id, *client);
+                let published = self
+                    .pub_udp_by_id
+                    .get(&id)
+                    .and_then(|t| self.entries.get(t));
+                while let Ok(n) = sock.recv(&mut self.buf) {
+                    if let Some(Entry::PubUdp { sock: out, .. }) = published {
+                        let _ = out.send_to(&self.buf[..n], client);
+                    }
+                }
+                if let Some(Entry::PubUdpLocal { last, .. }) = self.entries.get_mut(&token) {
+                    *last = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// A datagram from a loopback client of a published UDP port: relayed from a socket of its
+    /// own on the gateway (the container sees the gateway as the source).
+    fn local_udp_in(
+        &mut self,
+        id: u32,
+        container: SocketAddrV4,
+        client: SocketAddr,
+        datagram: &[u8],
+    ) {
+        let token = match self.pub_udp_local.get(&(id, client)) {
+            Some(t) => *t,
+            None => {
+                let Ok(sock) = UdpSocket::bind((self.gateway, 0)) else {
+                    return;
+                };
+                if sock.connect(container).is_err() || sock.set_nonblocking(true).is_err() {
+                    return;
+                }
+                let fd = sock.as_raw_fd();
+                let entry = Entry::PubUdpLocal {
+                    sock,
+                    id,
+                    container,
+                    client,
+                    last: Instant::now(),
+                };
+                let Some(token) = self.add_entry(fd, libc::EPOLLIN as u32, entry) else {
+                    return;
+                };
+                self.pub_udp_local.insert((id, client), token);
+                token
+            }
+        };
+        if let Some(Entry::PubUdpLocal { sock, last, .. }) = self.entries.get_mut(&token) {
+            let _ = sock.send(datagram);
+            *last = Instant::now();
+        }
+    }
+
+    fn remove_local_udp(&mut self, token: u64) {
+        if let Some(Entry::PubUdpLocal { id, client, .. }) = self.remove_entry(token) {
+            self.pub_udp_local.remove(&(id, client));
         }
     }
 
