@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::NatDrop;
-use crate::hash::{hash64, random_seed, KeyHashBuilder};
+use crate::hash::{fingerprint, hash64, random_seed, IdentityBuild};
 use crate::tcp_state::{TcpState, TcpTracker};
 
 /// Identifies a flow for the edge: stable for the flow's life, never reused soon after (a slot
@@ -275,8 +275,6 @@ pub(crate) struct Flow {
     /// Remote address and port (destination, or published client; for ICMP port 0).
     pub rip: u32,
     pub rport: u16,
-    /// The container's MAC, for the frames the NAT writes to it.
-    pub mac: [u8; 6],
     pub tcp: TcpTracker,
     pub replied: bool,
     pub expires_at: u64,
@@ -284,19 +282,32 @@ pub(crate) struct Flow {
     pub packets_in: u64,
     pub bytes_out: u64,
     pub bytes_in: u64,
+}
+
+/// What the NAT keeps of a flow for the frames it writes to the container, apart from the
+/// per-packet data so that a flow's hot part fits one cache line.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Extra {
+    /// The container's MAC.
+    pub mac: [u8; 6],
     /// The container's first packet, for ICMP errors about the flow.
     pub quote: Option<[u8; QUOTE_LEN]>,
 }
 
+impl Extra {
+    pub fn mac(mac: [u8; 6]) -> Extra {
+        Extra { mac, quote: None }
+    }
+}
+
 impl Flow {
-    pub fn new(kind: Kind, cip: u32, cport: u16, rip: u32, rport: u16, mac: [u8; 6]) -> Flow {
+    pub fn new(kind: Kind, cip: u32, cport: u16, rip: u32, rport: u16) -> Flow {
         Flow {
             kind,
             cip,
             cport,
             rip,
             rport,
-            mac,
             tcp: TcpTracker::new(),
             replied: false,
             expires_at: 0,
@@ -304,7 +315,6 @@ impl Flow {
             packets_in: 0,
             bytes_out: 0,
             bytes_in: 0,
-            quote: None,
         }
     }
 
@@ -358,18 +368,29 @@ impl Flow {
     }
 }
 
+/// A flow's hot part, in a cache line of its own.
+#[repr(align(64))]
 #[derive(Debug)]
-struct Slot {
+struct Slot(Option<Flow>);
+
+/// The rest of a slot, read on the slow paths only.
+#[derive(Debug)]
+struct Cold {
     generation: u32,
-    flow: Option<Flow>,
+    extra: Extra,
 }
 
 /// One shard: an index from both keys to slots, and the slots.
 #[derive(Debug)]
 pub(crate) struct Shard {
     index: usize,
-    keys: HashMap<u128, u32, KeyHashBuilder>,
+    /// The fingerprints of both keys of each flow, to the flow's id (whose low 32 bits are
+    /// its slot).
+    keys: HashMap<u64, FlowId, IdentityBuild>,
+    /// Seed of the fingerprints (the same in every shard).
+    seed: u64,
     slots: Vec<Slot>,
+    cold: Vec<Cold>,
     free: Vec<u32>,
     /// Flows reclaimed or replaced outside `expire`, reported by the next `expire`.
     reaped: Vec<Expired>,
@@ -380,11 +401,13 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    fn new(index: usize, hasher: KeyHashBuilder) -> Shard {
+    fn new(index: usize, seed: u64) -> Shard {
         Shard {
             index,
-            keys: HashMap::with_hasher(hasher),
+            keys: HashMap::with_hasher(IdentityBuild),
+            seed,
             slots: Vec::new(),
+            cold: Vec::new(),
             free: Vec::new(),
             reaped: Vec::new(),
             retired: HashMap::new(),
@@ -394,23 +417,37 @@ impl Shard {
 
     #[inline]
     pub fn flow(&self, slot: u32) -> Option<&Flow> {
-        self.slots.get(slot as usize)?.flow.as_ref()
+        self.slots.get(slot as usize)?.0.as_ref()
     }
 
     #[inline]
     pub fn flow_mut(&mut self, slot: u32) -> Option<&mut Flow> {
-        self.slots.get_mut(slot as usize)?.flow.as_mut()
+        self.slots.get_mut(slot as usize)?.0.as_mut()
     }
 
-    pub fn id_of(&self, slot: u32) -> FlowId {
-        let generation = self.slots.get(slot as usize).map_or(0, |s| s.generation);
+    pub fn extra(&self, slot: u32) -> Extra {
+        self.cold
+            .get(slot as usize)
+            .map_or_else(Extra::default, |c| c.extra)
+    }
+
+    pub fn extra_mut(&mut self, slot: u32) -> Option<&mut Extra> {
+        self.cold.get_mut(slot as usize).map(|c| &mut c.extra)
+    }
+
+    fn id_of(&self, slot: u32) -> FlowId {
+        let generation = self.cold.get(slot as usize).map_or(0, |c| c.generation);
         make_id(generation, self.index, slot)
     }
 
-    /// The slot a key maps to, expired or not.
+    /// The slot and id of the flow a key maps to, expired or not.
     #[inline]
-    pub fn get(&self, key: u128) -> Option<u32> {
-        self.keys.get(&key).copied()
+    pub fn get(&self, key: u128) -> Option<(u32, FlowId)> {
+        let &id = self.keys.get(&fingerprint(self.seed, key))?;
+        let slot = id as u32;
+        let f = self.flow(slot)?;
+        // A fingerprint is not the key: check the flow's.
+        (f.inside_key() == key || f.outside_key() == Some(key)).then_some((slot, id))
     }
 
     pub fn next_relay_cursor(&mut self) -> usize {
@@ -472,7 +509,6 @@ struct Counters {
     bad_address: AtomicU64,
 }
 
-#[derive(Debug)]
 pub(crate) struct Table {
     shards: Box<[Padded<Mutex<Shard>>]>,
     side: Mutex<Side>,
@@ -483,12 +519,23 @@ pub(crate) struct Table {
     counters: Counters,
 }
 
+impl std::fmt::Debug for Table {
+    /// A summary: the flows themselves are listed by `entries`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("flows", &self.live.load(Relaxed))
+            .field("max_flows", &self.max_flows)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Table {
     pub fn new(max_flows: usize, timeouts: Timeouts) -> Table {
-        let hasher = KeyHashBuilder::random();
+        let seed = random_seed(0x6e61_7420_6b65_7973);
         Table {
             shards: (0..SHARDS)
-                .map(|i| Padded(Mutex::new(Shard::new(i, hasher))))
+                .map(|i| Padded(Mutex::new(Shard::new(i, seed))))
                 .collect(),
             side: Mutex::new(Side::default()),
             live: AtomicUsize::new(0),
@@ -526,11 +573,10 @@ impl Table {
             return None;
         }
         let mut sh = self.lock(shard);
-        let s = sh.slots.get(slot as usize)?;
-        let flow = s.flow.as_ref()?;
-        if s.generation != generation {
+        if sh.cold.get(slot as usize)?.generation != generation {
             return None;
         }
+        let flow = sh.flow(slot)?;
         if now.is_some_and(|now| flow.expires_at <= now) {
             self.reap(&mut sh, slot);
             return None;
@@ -538,12 +584,12 @@ impl Table {
         Some((sh, slot))
     }
 
-    /// The live flow a key maps to. A flow found expired is reclaimed.
+    /// The slot and id of the live flow a key maps to. A flow found expired is reclaimed.
     #[inline]
-    pub fn lookup(&self, sh: &mut Shard, key: u128, now: u64) -> Option<u32> {
-        let slot = sh.get(key)?;
+    pub fn lookup(&self, sh: &mut Shard, key: u128, now: u64) -> Option<(u32, FlowId)> {
+        let (slot, id) = sh.get(key)?;
         match sh.flow(slot) {
-            Some(f) if f.expires_at > now => Some(slot),
+            Some(f) if f.expires_at > now => Some((slot, id)),
             _ => {
                 self.reap(sh, slot);
                 None
@@ -570,17 +616,30 @@ impl Table {
 
     /// Inserts a new flow under its keys, which the caller has checked are free. For an echo
     /// flow the translated identifier is allocated here (the `nat_ident` given is ignored).
-    pub fn create(&self, sh: &mut Shard, mut flow: Flow, now: u64) -> Result<FlowId, CreateError> {
+    pub fn create(
+        &self,
+        sh: &mut Shard,
+        mut flow: Flow,
+        extra: Extra,
+        now: u64,
+    ) -> Result<FlowId, CreateError> {
         if self.live.fetch_add(1, Relaxed) >= self.max_flows {
             self.live.fetch_sub(1, Relaxed);
             self.counters.table_full.fetch_add(1, Relaxed);
             return Err(CreateError::TableFull);
         }
         let (slot, generation) = match sh.free.last() {
-            Some(&s) => (s, sh.slots.get(s as usize).map_or(0, |s| s.generation)),
+            Some(&s) => (s, sh.cold.get(s as usize).map_or(0, |c| c.generation)),
             None => (sh.slots.len() as u32, 0),
         };
         let id = make_id(generation, sh.index, slot);
+        let fp_in = fingerprint(sh.seed, flow.inside_key());
+        let fp_out = flow.outside_key().map(|k| fingerprint(sh.seed, k));
+        if sh.keys.contains_key(&fp_in) || fp_out.is_some_and(|k| sh.keys.contains_key(&k)) {
+            // Taken (the caller did not check), or a 64-bit fingerprint collision.
+            self.live.fetch_sub(1, Relaxed);
+            return Err(CreateError::InUse);
+        }
         match flow.kind {
             Kind::Echo { .. } => match self.side().alloc_ident(id) {
                 Some(nat_ident) => flow.kind = Kind::Echo { nat_ident },
@@ -601,18 +660,20 @@ impl Table {
             _ => {}
         }
         self.refresh(&mut flow, now);
-        sh.keys.insert(flow.inside_key(), slot);
-        if let Some(k) = flow.outside_key() {
-            sh.keys.insert(k, slot);
+        sh.keys.insert(fp_in, id);
+        if let Some(k) = fp_out {
+            sh.keys.insert(k, id);
         }
         sh.retired.entry(flow.cip).or_default().flows_created += 1;
         if sh.free.pop().is_none() {
-            sh.slots.push(Slot {
-                generation,
-                flow: Some(flow),
-            });
-        } else if let Some(s) = sh.slots.get_mut(slot as usize) {
-            s.flow = Some(flow);
+            sh.slots.push(Slot(Some(flow)));
+            sh.cold.push(Cold { generation, extra });
+        } else if let (Some(s), Some(c)) = (
+            sh.slots.get_mut(slot as usize),
+            sh.cold.get_mut(slot as usize),
+        ) {
+            s.0 = Some(flow);
+            c.extra = extra;
         }
         self.counters.created.fetch_add(1, Relaxed);
         Ok(id)
@@ -621,16 +682,18 @@ impl Table {
     /// Removes a flow and its keys; its counters go to its container's retired totals.
     pub fn remove(&self, sh: &mut Shard, slot: u32) -> Option<Expired> {
         let id = sh.id_of(slot);
-        let s = sh.slots.get_mut(slot as usize)?;
-        let flow = s.flow.take()?;
-        s.generation = (s.generation + 1) & GEN_MASK;
+        let flow = sh.slots.get_mut(slot as usize)?.0.take()?;
+        if let Some(c) = sh.cold.get_mut(slot as usize) {
+            c.generation = (c.generation + 1) & GEN_MASK;
+        }
         sh.free.push(slot);
-        let k = flow.inside_key();
-        if sh.keys.get(&k) == Some(&slot) {
+        let k = fingerprint(sh.seed, flow.inside_key());
+        if sh.keys.get(&k) == Some(&id) {
             sh.keys.remove(&k);
         }
         if let Some(k) = flow.outside_key() {
-            if sh.keys.get(&k) == Some(&slot) {
+            let k = fingerprint(sh.seed, k);
+            if sh.keys.get(&k) == Some(&id) {
                 sh.keys.remove(&k);
             }
         }
@@ -736,7 +799,7 @@ impl Table {
         for i in 0..SHARDS {
             let sh = self.lock(i);
             for (slot, s) in sh.slots.iter().enumerate() {
-                let Some(f) = &s.flow else { continue };
+                let Some(f) = &s.0 else { continue };
                 if f.expires_at <= now {
                     continue;
                 }
@@ -745,7 +808,7 @@ impl Table {
                     _ => f.remote(),
                 };
                 out.push(FlowView {
-                    flow: make_id(s.generation, i, slot as u32),
+                    flow: sh.id_of(slot as u32),
                     proto: f.kind.proto(),
                     inside: f.inside(),
                     outside,
@@ -773,7 +836,7 @@ impl Table {
                 totals.bytes_out += s.bytes_out;
                 totals.bytes_in += s.bytes_in;
             }
-            for f in sh.slots.iter().filter_map(|s| s.flow.as_ref()) {
+            for f in sh.slots.iter().filter_map(|s| s.0.as_ref()) {
                 f.add_to(&mut totals);
             }
         }
@@ -808,7 +871,7 @@ impl Table {
                 total.bytes_out += r.bytes_out;
                 total.bytes_in += r.bytes_in;
             }
-            for f in sh.slots.iter().filter_map(|s| s.flow.as_ref()) {
+            for f in sh.slots.iter().filter_map(|s| s.0.as_ref()) {
                 if f.cip == cip {
                     total.flows += 1;
                     f.add_to(&mut total);
@@ -822,6 +885,11 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flow_fits_a_cache_line() {
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
+    }
 
     #[test]
     fn flow_ids_round_trip() {
@@ -845,12 +913,13 @@ mod tests {
     fn slots_are_reused_with_a_new_generation() {
         let t = Table::new(10, Timeouts::default());
         let mut sh = t.lock(3);
-        let f = Flow::new(Kind::UdpEgress, 1, 2, 3, 4, [0; 6]);
-        let id1 = t.create(&mut sh, f.clone(), 0).unwrap();
-        let slot = sh.get(f.inside_key()).unwrap();
+        let f = Flow::new(Kind::UdpEgress, 1, 2, 3, 4);
+        let id1 = t.create(&mut sh, f.clone(), Extra::default(), 0).unwrap();
+        let (slot, id) = sh.get(f.inside_key()).unwrap();
+        assert_eq!(id, id1);
         t.remove(&mut sh, slot).unwrap();
         assert_eq!(sh.get(f.inside_key()), None);
-        let id2 = t.create(&mut sh, f, 0).unwrap();
+        let id2 = t.create(&mut sh, f, Extra::default(), 0).unwrap();
         assert_ne!(id1, id2);
         assert_eq!(id1 & 0xffff_ffff, id2 & 0xffff_ffff);
         drop(sh);

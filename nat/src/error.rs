@@ -32,6 +32,8 @@ pub enum NatDrop {
 pub enum NatError {
     #[error("no flow {0:#x} (expired or removed)")]
     UnknownFlow(FlowId),
+    #[error("no echo flow with identifier {0}")]
+    UnknownEchoIdent(u16),
     #[error("flow {0:#x} is not of the kind this call needs")]
     WrongFlowKind(FlowId),
     #[error("flow {0:#x} is not waiting for its connect")]

@@ -17,15 +17,17 @@
 //!
 //! Fragmented IPv4 packets to the outside are dropped (counted): the flow of a non-first
 //! fragment cannot be known without reassembly. Containers fragment only UDP datagrams larger
-//! than their MTU, which is rare (DNS falls back to TCP).
+//! than their MTU, which is rare (DNS falls back to TCP). Likewise the frames the NAT writes
+//! (UDP and echo replies) are not fragmented, and ICMP errors the host kernel itself sends about
+//! relayed segments are not translated (the relay listeners make them unlikely).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 
 use crate::checksum::{self, Delta};
 use crate::conntrack::{
-    inside_key, outside_key, ContainerStats, CreateError, Expired, Flow, FlowId, FlowView, Kind,
-    NatStats, Proto, Shard, Table, Timeouts, DEFAULT_MAX_FLOWS, QUOTE_LEN,
+    inside_key, outside_key, ContainerStats, CreateError, Expired, Extra, Flow, FlowId, FlowView,
+    Kind, NatStats, Proto, Shard, Table, Timeouts, DEFAULT_MAX_FLOWS, QUOTE_LEN,
 };
 use crate::craft::{self, Ends};
 use crate::error::{NatDrop, NatError};
@@ -300,7 +302,7 @@ impl Nat {
         };
         let key = inside_key(Proto::Tcp, pkt.src, tcp.sport, pkt.dst, tcp.dport);
         let mut sh = self.table.lock(self.table.shard_of(pkt.src, tcp.sport));
-        let Some(slot) = self.table.lookup(&mut sh, key, now) else {
+        let Some((slot, _)) = self.table.lookup(&mut sh, key, now) else {
             if is_new_syn(tcp.flags) {
                 return self.tcp_new(&mut sh, frame, pkt, &tcp, now);
             }
@@ -364,9 +366,9 @@ impl Nat {
             relay,
             connecting: true,
         };
-        let mut flow = Flow::new(kind, pkt.src, tcp.sport, pkt.dst, tcp.dport, src_mac(frame));
+        let mut flow = Flow::new(kind, pkt.src, tcp.sport, pkt.dst, tcp.dport);
         flow.tcp.update(Dir::Orig, tcp.flags);
-        match self.table.create(sh, flow, now) {
+        match self.table.create(sh, flow, Extra::mac(src_mac(frame)), now) {
             Ok(flow) => Verdict::TcpConnect {
                 flow,
                 dst: sock(pkt.dst, tcp.dport),
@@ -383,8 +385,7 @@ impl Nat {
         let gso_size = if pkt.is_gso() { pkt.gso_size } else { 0 };
         let key = inside_key(Proto::Udp, pkt.src, udp.sport, pkt.dst, udp.dport);
         let mut sh = self.table.lock(self.table.shard_of(pkt.src, udp.sport));
-        if let Some(slot) = self.table.lookup(&mut sh, key, now) {
-            let id = sh.id_of(slot);
+        if let Some((slot, id)) = self.table.lookup(&mut sh, key, now) {
             let Some(flow) = sh.flow_mut(slot) else {
                 return self.drop(NatDrop::NoFlow);
             };
@@ -411,17 +412,13 @@ impl Nat {
             self.table.refresh(flow, now);
             return verdict;
         }
-        let mut flow = Flow::new(
-            Kind::UdpEgress,
-            pkt.src,
-            udp.sport,
-            pkt.dst,
-            udp.dport,
-            src_mac(frame),
-        );
-        flow.quote = Some(quote(frame, pkt));
+        let mut flow = Flow::new(Kind::UdpEgress, pkt.src, udp.sport, pkt.dst, udp.dport);
         flow.count_out(pkt.l3_len());
-        match self.table.create(&mut sh, flow, now) {
+        let extra = Extra {
+            mac: src_mac(frame),
+            quote: Some(quote(frame, pkt)),
+        };
+        match self.table.create(&mut sh, flow, extra, now) {
             Ok(flow) => Verdict::UdpOut {
                 flow,
                 dst: sock(pkt.dst, udp.dport),
@@ -444,8 +441,7 @@ impl Nat {
         let key = inside_key(Proto::Icmp, pkt.src, icmp.ident, pkt.dst, 0);
         let mut sh = self.table.lock(self.table.shard_of(pkt.src, icmp.ident));
         let (flow, ident) = match self.table.lookup(&mut sh, key, now) {
-            Some(slot) => {
-                let id = sh.id_of(slot);
+            Some((slot, id)) => {
                 let Some(flow) = sh.flow_mut(slot) else {
                     return self.drop(NatDrop::NoFlow);
                 };
@@ -458,10 +454,13 @@ impl Nat {
             }
             None => {
                 let kind = Kind::Echo { nat_ident: 0 };
-                let mut flow = Flow::new(kind, pkt.src, icmp.ident, pkt.dst, 0, src_mac(frame));
-                flow.quote = Some(quote(frame, pkt));
+                let mut flow = Flow::new(kind, pkt.src, icmp.ident, pkt.dst, 0);
                 flow.count_out(pkt.l3_len());
-                let id = match self.table.create(&mut sh, flow, now) {
+                let extra = Extra {
+                    mac: src_mac(frame),
+                    quote: Some(quote(frame, pkt)),
+                };
+                let id = match self.table.create(&mut sh, flow, extra, now) {
                     Ok(id) => id,
                     Err(e) => return self.drop(self.create_error(e)),
                 };
@@ -495,7 +494,7 @@ impl Nat {
         };
         let key = outside_key(pkt.dst, tcp.dport, tcp.sport);
         let mut sh = self.table.lock(self.table.shard_of(pkt.dst, tcp.dport));
-        let Some(slot) = self.table.lookup(&mut sh, key, now) else {
+        let Some((slot, _)) = self.table.lookup(&mut sh, key, now) else {
             return Verdict::Pass;
         };
         let Some(flow) = sh.flow_mut(slot) else {
@@ -562,11 +561,11 @@ impl Nat {
     pub fn relay_lookup(&self, container: SocketAddrV4, relay_port: u16) -> Option<RelayFlow> {
         let (cip, cport) = (u32::from(*container.ip()), container.port());
         let sh = self.table.lock(self.table.shard_of(cip, cport));
-        let slot = sh.get(outside_key(cip, cport, relay_port))?;
+        let (slot, flow) = sh.get(outside_key(cip, cport, relay_port))?;
         let f = sh.flow(slot)?;
         match f.kind {
             Kind::TcpEgress { .. } => Some(RelayFlow {
-                flow: sh.id_of(slot),
+                flow,
                 dst: f.remote(),
             }),
             _ => None,
@@ -666,7 +665,7 @@ impl Nat {
             inside_key(Proto::Tcp, cip, cport, rip, rport),
             outside_key(cip, cport, gateway_port),
         ] {
-            if let Some(slot) = self.table.lookup(&mut sh, key, now) {
+            if let Some((slot, _)) = self.table.lookup(&mut sh, key, now) {
                 match sh.flow(slot) {
                     Some(f) if f.kind.proto() == Proto::Tcp && f.tcp.state().is_closed() => {
                         self.table.reap(&mut sh, slot);
@@ -675,19 +674,16 @@ impl Nat {
                 }
             }
         }
-        let flow = Flow::new(
-            Kind::TcpPublished { eph: gateway_port },
-            cip,
-            cport,
-            rip,
-            rport,
-            [0; 6],
-        );
-        self.table.create(&mut sh, flow, now).map_err(|e| match e {
-            CreateError::TableFull => NatError::TableFull,
-            CreateError::NoEchoIdent => NatError::NoEchoIdent,
-            CreateError::InUse => NatError::InUse,
-        })
+        let kind = Kind::TcpPublished { eph: gateway_port };
+        let flow = Flow::new(kind, cip, cport, rip, rport);
+        let extra = Extra::default();
+        self.table
+            .create(&mut sh, flow, extra, now)
+            .map_err(|e| match e {
+                CreateError::TableFull => NatError::TableFull,
+                CreateError::NoEchoIdent => NatError::NoEchoIdent,
+                CreateError::InUse => NatError::InUse,
+            })
     }
 
     /// The published connection from `GATEWAY:gateway_port` is over: removes its flow.
@@ -730,24 +726,29 @@ impl Nat {
         let key = inside_key(Proto::Udp, cip, cport, rip, rport);
         let l3_len = craft::UDP_FRAME_OVERHEAD - IP_OFF + payload.len();
         match self.table.lookup(&mut sh, key, now) {
-            Some(slot) => {
+            Some((slot, _)) => {
                 let f = sh.flow_mut(slot).ok_or(NatError::InUse)?;
                 if !matches!(f.kind, Kind::UdpPublished { .. }) {
                     return Err(NatError::InUse);
                 }
                 f.kind = Kind::UdpPublished { publish_id };
-                f.mac = container_mac;
                 f.count_in(l3_len);
                 self.table.refresh(f, now);
+                if let Some(x) = sh.extra_mut(slot) {
+                    x.mac = container_mac;
+                }
             }
             None => {
                 let kind = Kind::UdpPublished { publish_id };
-                let mut f = Flow::new(kind, cip, cport, rip, rport, container_mac);
+                let mut f = Flow::new(kind, cip, cport, rip, rport);
                 f.count_in(l3_len);
-                self.table.create(&mut sh, f, now).map_err(|e| match e {
-                    CreateError::TableFull => NatError::TableFull,
-                    _ => NatError::InUse,
-                })?;
+                let extra = Extra::mac(container_mac);
+                self.table
+                    .create(&mut sh, f, extra, now)
+                    .map_err(|e| match e {
+                        CreateError::TableFull => NatError::TableFull,
+                        _ => NatError::InUse,
+                    })?;
             }
         }
         drop(sh);
@@ -761,7 +762,9 @@ impl Nat {
     }
 
     /// A datagram the flow's host socket received: writes the frame from the flow's
-    /// destination to the container into `out` and returns its length.
+    /// destination to the container into `out` and returns its length. The frame is not
+    /// fragmented: a datagram larger than the container's MTU (less 28 bytes of headers) is the
+    /// edge's to drop or answer with an ICMP error.
     pub fn udp_reply(
         &self,
         flow: FlowId,
@@ -781,13 +784,13 @@ impl Nat {
         f.replied = true;
         f.count_in(craft::UDP_FRAME_OVERHEAD - IP_OFF + payload.len());
         self.table.refresh(f, now);
+        let (src, dst, sport, dport) = (f.rip, f.cip, f.rport, f.cport);
         let e = Ends {
             src_mac: self.gateway_mac,
-            dst_mac: f.mac,
-            src: f.rip,
-            dst: f.cip,
+            dst_mac: sh.extra(slot).mac,
+            src,
+            dst,
         };
-        let (sport, dport) = (f.rport, f.cport);
         drop(sh);
         craft::udp(out, &e, sport, dport, payload)
     }
@@ -806,7 +809,7 @@ impl Nat {
         let id = self
             .table
             .echo_flow(ident)
-            .ok_or(NatError::UnknownFlow(u64::from(ident)))?;
+            .ok_or(NatError::UnknownEchoIdent(ident))?;
         let (mut sh, slot) = self
             .table
             .lock_id(id, Some(now))
@@ -818,13 +821,14 @@ impl Nat {
         f.replied = true;
         f.count_in(craft::ECHO_FRAME_OVERHEAD - IP_OFF + payload.len());
         self.table.refresh(f, now);
+        let (src, dst) = (f.rip, f.cip);
+        let rest = (u32::from(f.cport) << 16 | u32::from(seq)).to_be_bytes();
         let e = Ends {
             src_mac: self.gateway_mac,
-            dst_mac: f.mac,
-            src: f.rip,
-            dst: f.cip,
+            dst_mac: sh.extra(slot).mac,
+            src,
+            dst,
         };
-        let rest = (u32::from(f.cport) << 16 | u32::from(seq)).to_be_bytes();
         drop(sh);
         craft::icmp(out, &e, ICMP_ECHO_REPLY, 0, rest, payload)
     }
@@ -843,12 +847,13 @@ impl Nat {
             .table
             .lock_id(flow, None)
             .ok_or(NatError::UnknownFlow(flow))?;
+        let extra = sh.extra(slot);
+        let quote = extra.quote.ok_or(NatError::WrongFlowKind(flow))?;
         let f = sh.flow_mut(slot).ok_or(NatError::UnknownFlow(flow))?;
-        let quote = f.quote.ok_or(NatError::WrongFlowKind(flow))?;
         f.count_in(craft::ECHO_FRAME_OVERHEAD - IP_OFF + QUOTE_LEN);
         let e = Ends {
             src_mac: self.gateway_mac,
-            dst_mac: f.mac,
+            dst_mac: extra.mac,
             src: f.rip,
             dst: f.cip,
         };

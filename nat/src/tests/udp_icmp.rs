@@ -238,7 +238,10 @@ fn echo_identifiers_are_translated_per_flow() {
     assert_eq!(&r.l4[4..8], &[0x12, 0x34, 0, 1]);
     assert_eq!(&r.l4[8..], b"ping-two");
     let unknown = (0..=u16::MAX).find(|i| ![i1, i2, i3].contains(i)).unwrap();
-    assert!(nat.echo_reply(unknown, 1, b"", &mut out, T0).is_err());
+    assert_eq!(
+        nat.echo_reply(unknown, 1, b"", &mut out, T0),
+        Err(NatError::UnknownEchoIdent(unknown))
+    );
 
     let e = nat.entries(T0 + 5);
     let e2 = e.iter().find(|e| e.flow == f2).unwrap();
