@@ -599,7 +599,7 @@ impl Manager {
             rx_bytes: read(|c| &c.rx_bytes),
             tx_frames: read(|c| &c.tx_frames),
             tx_bytes: read(|c| &c.tx_bytes),
-            drops: read(|c| &c.drops),
+            drops: read(|c| &c.drops) + counters.map(|p| p.io.kernel_drops()).unwrap_or(0),
             publish: Vec::new(),
             nat_flows: 0,
             nat_packets_out: 0,
@@ -667,21 +667,34 @@ impl Manager {
     }
 }
 
-/// The host end's name: `vsw-<pid>` or `vsw-<netns name>`, within the 15-byte kernel limit.
+/// The host end's name: `vsw-<pid>` or `vsw-<netns name>`, within the 15-byte kernel limit. A
+/// namespace name too long for that is cut and given a hash of the whole path, so that
+/// `ctr-long-name-1` and `ctr-long-name-2` do not collide.
 fn host_ifname(target: &Target) -> String {
-    let tail = match target {
-        Target::Pid(pid) => pid.to_string(),
-        Target::Netns(path) => path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect(),
-    };
-    let mut name = format!("vsw-{tail}");
-    name.truncate(15);
-    name
+    match target {
+        Target::Pid(pid) => format!("vsw-{pid}"),
+        Target::Netns(path) => {
+            let name: String = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            if name.len() <= 11 {
+                return format!("vsw-{name}");
+            }
+            // FNV-1a: stable across runs, which a name should be.
+            let hash = path
+                .as_os_str()
+                .as_encoded_bytes()
+                .iter()
+                .fold(0x811c9dc5u32, |h, b| {
+                    (h ^ u32::from(*b)).wrapping_mul(0x01000193)
+                });
+            format!("vsw-{}{:05x}", &name[..6], hash & 0xfffff)
+        }
+    }
 }
 
 fn check_ifname(name: &str) -> Result<()> {
@@ -703,6 +716,25 @@ fn link_index_by_name(name: &str) -> Option<u32> {
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_fit_and_do_not_collide() {
+        assert_eq!(host_ifname(&Target::Pid(4242)), "vsw-4242");
+        assert_eq!(
+            host_ifname(&Target::Netns("/run/netns/web".into())),
+            "vsw-web"
+        );
+        let a = host_ifname(&Target::Netns("/run/netns/vswt26245-c1".into()));
+        let b = host_ifname(&Target::Netns("/run/netns/vswt26245-c2".into()));
+        assert_ne!(a, b);
+        assert!(a.len() <= 15 && b.len() <= 15, "{a} {b}");
+        assert!(a.starts_with("vsw-vswt26"));
+    }
 }
 
 fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {

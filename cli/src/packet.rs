@@ -9,11 +9,14 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::port::{PortIo, RxBatch};
 
 pub struct PacketSocket {
     fd: OwnedFd,
+    /// Kernel drops read so far (reading PACKET_STATISTICS resets the kernel's counters).
+    drops: AtomicU64,
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -82,7 +85,10 @@ impl PacketSocket {
         mreq.mr_ifindex = ifindex as i32;
         mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)?;
-        Ok(PacketSocket { fd })
+        Ok(PacketSocket {
+            fd,
+            drops: AtomicU64::new(0),
+        })
     }
 }
 
@@ -133,6 +139,26 @@ impl PortIo for PacketSocket {
             batch.outgoing[i] = addrs[i].sll_pkttype == libc::PACKET_OUTGOING;
         }
         Ok(got)
+    }
+
+    fn kernel_drops(&self) -> u64 {
+        // SAFETY: all-zero is a valid tpacket_stats.
+        let mut stats: libc::tpacket_stats = unsafe { zeroed() };
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `stats` and `len` are live and sized for PACKET_STATISTICS.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                &mut stats as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if ret == 0 {
+            self.drops.fetch_add(u64::from(stats.tp_drops), Relaxed);
+        }
+        self.drops.load(Relaxed)
     }
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {

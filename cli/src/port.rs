@@ -47,6 +47,10 @@ pub trait PortIo: Send + Sync {
     fn recv_batch(&self, batch: &mut RxBatch) -> io::Result<usize>;
     /// Sends one frame (`[virtio_net_hdr][Ethernet]`) without blocking.
     fn send(&self, frame: &[u8]) -> io::Result<()>;
+    /// Frames the kernel dropped before we could read them (receive queue full), so far.
+    fn kernel_drops(&self) -> u64 {
+        0
+    }
 }
 
 /// Per-port counters, updated by the workers with relaxed atomics.
