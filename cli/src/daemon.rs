@@ -718,6 +718,10 @@ fn link_index_by_name(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).expect("views always serialize")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,8 +739,4 @@ mod tests {
         assert!(a.len() <= 15 && b.len() <= 15, "{a} {b}");
         assert!(a.starts_with("vsw-vswt26"));
     }
-}
-
-fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).expect("views always serialize")
 }
