@@ -642,21 +642,24 @@ impl NatService {
                 let Ok((socket, eph)) = bound_tcp_socket(gateway) else {
                     return;
                 };
-                let mapped = client_v4
-                    .map(|c| nat.publish_tcp(eph, container, c, now_ms()).is_ok())
-                    .unwrap_or(false);
-                let done = move || {
-                    if mapped {
-                        nat.publish_tcp_done(eph);
-                    }
-                };
+                // The mapping lives until the connection's own close has been translated (the
+                // NAT expires it after TIME_WAIT); a leftover mapping of an ephemeral port the
+                // host has since reused is replaced.
+                let mapped = client_v4.is_some_and(|c| {
+                    let now = now_ms();
+                    nat.publish_tcp(eph, container, c, now).is_ok()
+                        || (nat.publish_tcp_done(eph)
+                            && nat.publish_tcp(eph, container, c, now).is_ok())
+                });
                 match connect_blocking(socket, container, CONNECT_TIMEOUT) {
                     Ok(upstream) => {
-                        let _ = relay::spawn(client, upstream, done);
+                        let _ = relay::spawn(client, upstream, || {});
                     }
                     Err(_) => {
                         relay::linger_zero(&client); // refused: the client sees a reset
-                        done();
+                        if mapped {
+                            nat.publish_tcp_done(eph);
+                        }
                     }
                 }
             });
