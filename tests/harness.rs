@@ -105,3 +105,35 @@ fn cleanup_also_happens_when_a_test_panics() {
     assert!(!netns_exists(&name), "namespace {name} left behind");
     assert!(!process_alive(pid), "container {pid} left behind");
 }
+
+#[test]
+fn the_wan_is_linked_to_the_host_and_removed_with_its_servers() {
+    use common::wan::{Wan, HOST_WAN_IP, UDP_SERVER, WAN_IP};
+    let host = NetNs::new(&common::unique_name());
+    let wan = Wan::new();
+    wan.link(&host, &["198.51.100.3"]);
+    assert!(
+        host.links().contains(&"wan0".to_string()),
+        "{:?}",
+        host.links()
+    );
+    for ip in [WAN_IP, "198.51.100.3"] {
+        assert!(host.ping(ip), "the host cannot ping the wan's {ip}");
+    }
+    assert!(wan.ns.ping(HOST_WAN_IP), "the wan cannot ping the host");
+
+    // A server started in the wan runs in its own process group, killed with its children.
+    let server = wan.python(UDP_SERVER, &["7007", "echo"]);
+    let pid = server.pid();
+    assert!(process_alive(pid));
+    let name = wan.ns.name.clone();
+    drop(server);
+    assert!(!process_alive(pid), "wan server {pid} left behind");
+    drop(wan);
+    assert!(!netns_exists(&name), "wan namespace {name} left behind");
+    assert_eq!(
+        host.links(),
+        vec!["lo".to_string()],
+        "the veth outlived the wan"
+    );
+}

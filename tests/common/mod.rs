@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod json;
+pub mod wan;
 
 pub use json::Json;
 
@@ -309,6 +310,7 @@ pub struct NetNs {
 impl NetNs {
     pub fn new(name: &str) -> NetNs {
         require_root();
+        etc_netns_existed(); // snapshot before any plug can create it
         run(command("ip", &["netns", "add", name])).ok();
         let ns = NetNs {
             name: name.to_string(),
@@ -350,7 +352,22 @@ impl Drop for NetNs {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        // `plug --netns /run/netns/NAME` writes /etc/netns/NAME/resolv.conf: remove it, and
+        // /etc/netns itself if it is empty and did not exist before these tests ran.
+        let etc = Path::new("/etc/netns").join(&self.name);
+        if exists(&etc) {
+            let _ = fs::remove_dir_all(&etc);
+            if !etc_netns_existed() {
+                let _ = fs::remove_dir("/etc/netns");
+            }
+        }
     }
+}
+
+/// Whether /etc/netns existed when this test process first made a namespace.
+fn etc_netns_existed() -> bool {
+    static EXISTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *EXISTED.get_or_init(|| exists(Path::new("/etc/netns")))
 }
 
 fn ping_with(cmd: Command, ip: &str) -> bool {
@@ -411,10 +428,17 @@ impl Sandbox {
     }
 
     pub fn start_with(opts: SandboxOptions) -> Sandbox {
+        Sandbox::start_prepared(opts, |_| {})
+    }
+
+    /// Like [`Sandbox::start_with`], but runs `prepare` on the fresh host namespace before the
+    /// daemon starts in it (e.g. to give the host an uplink, or pin a sysctl).
+    pub fn start_prepared(opts: SandboxOptions, prepare: impl FnOnce(&NetNs)) -> Sandbox {
         require_root();
         let name = unique_name();
         let dir = TempDir::new(&name);
         let host = NetNs::new(&name);
+        prepare(&host);
         let control = opts.control.unwrap_or_else(|| dir.path.join("ctl.sock"));
         let log = dir.path.join("daemon.log");
         let log_file = fs::File::create(&log).expect("create daemon log");
@@ -897,4 +921,152 @@ impl Drop for KillOnDrop<'_> {
 /// Returns true if `path` exists (as anything, sockets included).
 pub fn exists(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Background processes that talk in lines (servers, interactive clients)
+// ---------------------------------------------------------------------------------------------
+
+/// A process running in the background in a process group of its own, its stdout read line by
+/// line and its stderr collected. The whole group is killed on drop.
+pub struct Proc {
+    pub what: String,
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with piped stdin and stdout.
+    pub fn spawn(mut cmd: Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let what = describe_cmd(&cmd);
+        let mut child = cmd
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut err_pipe, sink) = (child.stderr.take().unwrap(), stderr.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc {
+            what,
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Starts `cmd` and waits for its first line, which must be `ready`.
+    #[track_caller]
+    pub fn spawn_ready(cmd: Command) -> Proc {
+        let p = Proc::spawn(cmd);
+        let line = p.line(Duration::from_secs(20));
+        assert_eq!(line, "ready", "{} did not get ready", p.what);
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The next line of its stdout, if one comes within `timeout`.
+    pub fn try_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// The next line of its stdout; panics (with its stderr) if none comes within `timeout`.
+    #[track_caller]
+    pub fn line(&self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(_) => {
+                // Give the stderr reader a moment to catch a traceback.
+                thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "{} printed no line within {timeout:?}; stderr:\n{}",
+                    self.what,
+                    self.stderr()
+                )
+            }
+        }
+    }
+
+    /// Every line printed so far, without waiting.
+    pub fn lines_so_far(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// Writes one line to its stdin.
+    #[track_caller]
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing to {}: {e}", self.what));
+    }
+
+    /// Waits for it to exit; panics if it does not within `timeout`.
+    #[track_caller]
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        self.stdin.take();
+        wait_timeout(&mut self.child, timeout).unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within {timeout:?}; stderr:\n{}",
+                self.what,
+                self.stderr()
+            )
+        })
+    }
+
+    /// Kills the whole process group and reaps the process.
+    pub fn kill(&mut self) {
+        self.stdin.take();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
