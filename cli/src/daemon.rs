@@ -22,8 +22,8 @@ use crate::datapath::{now_ms, Datapath, Fabric, NatHook, TAP_PORT};
 use crate::ipam::{Ipam, Ipv4Net};
 use crate::natd::{self, NatJob, NatMailbox, NatService, PublishSpec};
 use crate::netlink::Netlink;
-use crate::packet::PacketSocket;
-use crate::port::{Counters, Port};
+use crate::packet::{PacketSocket, Spread};
+use crate::port::{Counters, Port, PortIo};
 use crate::tap::Tap;
 use crate::{dns, netns, resolv};
 
@@ -46,6 +46,7 @@ pub struct Config {
     /// Serve no DNS forwarder on the gateway.
     pub no_dns: bool,
     pub max_flows: usize,
+    pub spread: Spread,
 }
 
 /// A plugged container.
@@ -59,11 +60,14 @@ struct Container {
     ip: Ipv4Addr,
     mac: MacAddr,
     publish: Vec<PublishSpec>,
+    /// The `/etc/netns/NAME/resolv.conf` plug wrote, and whether it made the directory.
+    netns_conf: Option<(PathBuf, bool)>,
 }
 
 struct Manager {
     ipam: Ipam,
     mtu: u32,
+    spread: Spread,
     tap_name: String,
     gateway_mac: MacAddr,
     own_netns: (u64, u64),
@@ -84,6 +88,7 @@ pub fn run(cfg: Config) -> Result<()> {
     signals.add(Signal::SIGTERM);
     signals.thread_block().context("blocking signals")?;
 
+    raise_fd_limit();
     let ipam = Ipam::new(cfg.subnet, cfg.gateway)?;
     let listener = control::bind(&cfg.control)
         .with_context(|| format!("control socket {}", cfg.control.display()))?;
@@ -120,10 +125,20 @@ pub fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// Every NAT flow and published connection holds host sockets: allow as many descriptors as
+/// the hard limit permits rather than the usual soft 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 /// Creates the TAP with the gateway address and starts the datapath, the NAT service and the
 /// DNS forwarder.
 fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
-    let tap = Tap::create(&cfg.tap).with_context(|| format!("creating TAP {}", cfg.tap))?;
+    let taps = Tap::create_queues(&cfg.tap, cfg.workers)
+        .with_context(|| format!("creating TAP {}", cfg.tap))?;
     let mut nl = Netlink::open().context("opening netlink")?;
     let gateway_mac = MacAddr::from_ipv4(cfg.gateway);
     let index = nl
@@ -185,18 +200,23 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         gateway_mac: gateway_mac.0,
         service: nat_jobs.clone(),
     };
+    let pin = cfg.spread == Spread::Cpu;
     let mut datapath =
-        Datapath::start(fabric, Some(hook), cfg.workers).context("starting workers")?;
+        Datapath::start(fabric, Some(hook), cfg.workers, pin).context("starting workers")?;
     datapath.add_port(Arc::new(Port {
         id: TAP_PORT,
         name: cfg.tap.clone(),
-        io: Box::new(tap),
+        queues: taps
+            .into_iter()
+            .map(|t| Box::new(t) as Box<dyn PortIo>)
+            .collect(),
         counters: Counters::default(),
     }))?;
     let own = std::fs::File::open("/proc/self/ns/net").context("opening own netns")?;
     Ok(Manager {
         ipam,
         mtu: cfg.mtu,
+        spread: cfg.spread,
         tap_name: cfg.tap.clone(),
         gateway_mac,
         own_netns: netns::netns_id(own.as_fd())?,
@@ -361,6 +381,7 @@ impl Manager {
             ip,
             mac,
             publish,
+            netns_conf: None,
         };
         if !listeners.is_empty() {
             self.nat_jobs.send(NatJob::Publish {
@@ -387,7 +408,11 @@ impl Manager {
             mac,
             container.host_ifname
         );
-        let resolv = self.write_resolv(&container.target);
+        let (resolv, netns_conf) = self.write_resolv(&container.target);
+        let container = Container {
+            netns_conf,
+            ..container
+        };
         self.containers.push(container);
         let mut view = self.view(self.containers.last().expect("just pushed"));
         view.resolv = Some(resolv);
@@ -444,13 +469,16 @@ impl Manager {
         })
         .map_err(|e| format!("entering the container's namespace: {e}"))??;
 
-        let socket = PacketSocket::open(index)
-            .map_err(|e| format!("opening a packet socket on {host_ifname}: {e}"))?;
+        let sockets = PacketSocket::open_queues(index, self.datapath.queues(), self.spread)
+            .map_err(|e| format!("opening packet sockets on {host_ifname}: {e}"))?;
         let id = self.free_port_id().ok_or("too many ports")?;
         let port = Arc::new(Port {
             id,
             name: host_ifname.to_string(),
-            io: Box::new(socket),
+            queues: sockets
+                .into_iter()
+                .map(|s| Box::new(s) as Box<dyn PortIo>)
+                .collect(),
             counters: Counters::default(),
         });
         self.datapath
@@ -464,15 +492,23 @@ impl Manager {
     }
 
     /// Writes the container's resolv.conf where it has one of its own; says what happened.
-    fn write_resolv(&self, target: &Target) -> String {
+    fn write_resolv(&self, target: &Target) -> (String, Option<(PathBuf, bool)>) {
         let content = resolv::container_conf(self.ipam.gateway(), &self.host_resolv);
         let written = match target {
             Target::Pid(pid) => resolv::write_for_pid(*pid, &content),
             Target::Netns(path) => resolv::write_for_netns(path, &content),
         };
         match written {
-            Ok(w) => w.to_string(),
-            Err(e) => format!("resolv.conf not written: {e}"),
+            Ok(w) => {
+                let undo = match &w {
+                    resolv::Written::NetnsEtc { file, created_dir } => {
+                        Some((file.clone(), *created_dir))
+                    }
+                    _ => None,
+                };
+                (w.to_string(), undo)
+            }
+            Err(e) => (format!("resolv.conf not written: {e}"), None),
         }
     }
 
@@ -525,6 +561,9 @@ impl Manager {
         let flows = self.nat.forget_container(c.ip);
         if !flows.is_empty() {
             self.nat_jobs.send(NatJob::Forget(flows));
+        }
+        if let Some((file, created_dir)) = &c.netns_conf {
+            resolv::remove_netns_conf(file, *created_dir);
         }
     }
 
@@ -599,7 +638,7 @@ impl Manager {
             rx_bytes: read(|c| &c.rx_bytes),
             tx_frames: read(|c| &c.tx_frames),
             tx_bytes: read(|c| &c.tx_bytes),
-            drops: read(|c| &c.drops) + counters.map(|p| p.io.kernel_drops()).unwrap_or(0),
+            drops: read(|c| &c.drops) + counters.map(|p| p.kernel_drops()).unwrap_or(0),
             publish: Vec::new(),
             nat_flows: 0,
             nat_packets_out: 0,

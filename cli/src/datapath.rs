@@ -6,7 +6,6 @@
 //! are never handed between threads. The port table is published read-copy-update style
 //! (`ArcSwap`): workers read it without locks, the manager swaps in a new one on plug/unplug.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,19 +58,19 @@ impl Fabric {
         match action {
             Action::Forward(out) => {
                 if let Some(Some(egress)) = table.get(out.0 as usize) {
-                    egress.transmit(frame);
+                    egress.transmit(0, frame);
                 }
             }
             Action::Flood => {
                 for egress in table.iter().flatten() {
                     if egress.id != ingress.id {
-                        egress.transmit(frame);
+                        egress.transmit(0, frame);
                     }
                 }
             }
             Action::Reply { len } => {
                 reply[..VNET_HDR_LEN].fill(0);
-                ingress.transmit(&reply[..VNET_HDR_LEN + len]);
+                ingress.transmit(0, &reply[..VNET_HDR_LEN + len]);
             }
             Action::Drop(DropReason::Malformed | DropReason::UnknownPort) => {
                 ingress.counters.drop_one()
@@ -92,7 +91,7 @@ impl Fabric {
     /// Hands a frame to the host kernel through the TAP.
     pub fn to_host(&self, frame: &[u8]) {
         if let Some(Some(tap)) = self.table.load().get(TAP_PORT.0 as usize) {
-            tap.transmit(frame);
+            tap.transmit(0, frame);
         }
     }
 }
@@ -114,13 +113,11 @@ struct Worker {
     epoll: Arc<OwnedFd>,
     wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
-    ports: usize,
 }
 
 pub struct Datapath {
     fabric: Fabric,
     workers: Vec<Worker>,
-    placement: HashMap<PortId, usize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -142,8 +139,14 @@ fn epoll_ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, data: u64) -> io::Result<
 }
 
 impl Datapath {
-    /// Starts `workers` threads with no ports yet.
-    pub fn start(fabric: Fabric, nat: Option<NatHook>, workers: usize) -> io::Result<Datapath> {
+    /// Starts `workers` threads with no ports yet; `pin`: each worker stays on the CPU whose
+    /// frames its queues receive (`Spread::Cpu`).
+    pub fn start(
+        fabric: Fabric,
+        nat: Option<NatHook>,
+        workers: usize,
+        pin: bool,
+    ) -> io::Result<Datapath> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut list = Vec::new();
         for i in 0..workers.max(1) {
@@ -164,10 +167,16 @@ impl Datapath {
                 WAKE,
             )?;
             let ctx = WorkerCtx {
+                index: i,
                 fabric: fabric.clone(),
                 nat: nat.clone(),
                 epoll: epoll.clone(),
                 stop: stop.clone(),
+                cpu: if pin {
+                    cpu_for_queue(i, workers.max(1))
+                } else {
+                    None
+                },
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vswitch-dp{i}"))
@@ -176,15 +185,18 @@ impl Datapath {
                 epoll,
                 wake,
                 thread: Some(thread),
-                ports: 0,
             });
         }
         Ok(Datapath {
             fabric,
             workers: list,
-            placement: HashMap::new(),
             stop,
         })
+    }
+
+    /// How many receive queues each port should have: one per worker.
+    pub fn queues(&self) -> usize {
+        self.workers.len()
     }
 
     pub fn switch(&self) -> &Switch {
@@ -196,59 +208,43 @@ impl Datapath {
         self.fabric.table.load_full()
     }
 
-    /// Publishes `port` and hands it to the least busy worker.
+    /// Publishes `port` and gives its receive queues to the workers: queue `i` to worker
+    /// `i % workers`, so every worker serves every port (a port with one queue, one worker).
     pub fn add_port(&mut self, port: Arc<Port>) -> io::Result<()> {
         let id = port.id;
-        let fd = port.io.fd();
         let mut table = (*self.fabric.table.load_full()).clone();
         let slot = id.0 as usize;
         if table.len() <= slot {
             table.resize(slot + 1, None);
         }
-        table[slot] = Some(port);
+        table[slot] = Some(port.clone());
         self.fabric.table.store(Arc::new(table));
-        let (index, worker) = self
-            .workers
-            .iter_mut()
-            .enumerate()
-            .min_by_key(|(_, w)| w.ports)
-            .expect("at least one worker");
-        if let Err(e) = epoll_ctl(
-            worker.epoll.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            fd,
-            id.0 as u64,
-        ) {
-            self.unpublish(id);
-            return Err(e);
+        for (q, io) in port.queues.iter().enumerate() {
+            let worker = &self.workers[q % self.workers.len()];
+            if let Err(e) = epoll_ctl(
+                worker.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                io.fd(),
+                token(id, q),
+            ) {
+                self.remove_port(id);
+                return Err(e);
+            }
         }
-        worker.ports += 1;
-        self.placement.insert(id, index);
         Ok(())
     }
 
-    /// Takes `id` out of its worker and the table. The port's descriptor closes when the last
+    /// Takes `id` out of the workers and the table. The port's descriptors close when the last
     /// worker still holding it lets go.
     pub fn remove_port(&mut self, id: PortId) -> Option<Arc<Port>> {
-        let port = self.unpublish(id)?;
-        if let Some(index) = self.placement.remove(&id) {
-            let worker = &mut self.workers[index];
-            // ENOENT is fine: a worker drops a port whose socket failed from its set itself.
-            let _ = epoll_ctl(
-                worker.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                port.io.fd(),
-                0,
-            );
-            worker.ports -= 1;
-        }
-        Some(port)
-    }
-
-    fn unpublish(&self, id: PortId) -> Option<Arc<Port>> {
         let mut table = (*self.fabric.table.load_full()).clone();
         let port = table.get_mut(id.0 as usize)?.take()?;
         self.fabric.table.store(Arc::new(table));
+        for (q, io) in port.queues.iter().enumerate() {
+            let worker = &self.workers[q % self.workers.len()];
+            // ENOENT is fine: a worker drops a queue whose socket failed from its set itself.
+            let _ = epoll_ctl(worker.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, io.fd(), 0);
+        }
         Some(port)
     }
 
@@ -256,7 +252,7 @@ impl Datapath {
     pub fn flood(&self, except: PortId, frame: &[u8]) {
         for port in self.fabric.table.load().iter().flatten() {
             if port.id != except {
-                port.transmit(frame);
+                port.transmit(0, frame);
             }
         }
     }
@@ -275,6 +271,11 @@ impl Datapath {
     }
 }
 
+/// epoll user data of a port's receive queue.
+fn token(id: PortId, queue: usize) -> u64 {
+    (queue as u64) << 16 | u64::from(id.0)
+}
+
 /// What the workers need to hand NAT traffic over: the translation engine, the gateway's MAC
 /// (frames to it are the ones that may leave the subnet) and the NAT service's mailbox.
 #[derive(Clone)]
@@ -285,16 +286,49 @@ pub struct NatHook {
 }
 
 struct WorkerCtx {
+    index: usize,
     fabric: Fabric,
     nat: Option<NatHook>,
     epoll: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
+    /// The CPU this worker stays on, whose frames its queues receive (`Spread::Cpu`).
+    cpu: Option<usize>,
+}
+
+/// The CPU for worker `queue` of `queues` under CPU fanout, which hands a frame received on CPU
+/// `c` to queue `c % queues`: the first CPU we may run on with that remainder.
+fn cpu_for_queue(queue: usize, queues: usize) -> Option<usize> {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    (0..nix::sched::CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .find(|c| c % queues == queue)
+}
+
+/// A worker's reusable buffers.
+struct Scratch {
+    rx: RxBatch,
+    /// The switch's own replies (ARP), one slot per received frame.
+    replies: Vec<[u8; VNET_HDR_LEN + 64]>,
+    /// Length of each reply written.
+    reply_lens: Vec<usize>,
+    /// What to send where after a batch: (egress port, frame index, reply?) in arrival order.
+    sends: Vec<(PortId, u16, bool)>,
 }
 
 impl WorkerCtx {
     fn run(self) {
-        let mut batch = RxBatch::new(BATCH);
-        let mut reply = [0u8; VNET_HDR_LEN + 128];
+        if let Some(cpu) = self.cpu {
+            let mut set = nix::sched::CpuSet::new();
+            if set.set(cpu).is_ok() {
+                let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+            }
+        }
+        let mut scratch = Scratch {
+            rx: RxBatch::new(BATCH),
+            replies: vec![[0u8; VNET_HDR_LEN + 64]; BATCH],
+            reply_lens: vec![0; BATCH],
+            sends: Vec::with_capacity(BATCH * 4),
+        };
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
         while !self.stop.load(Ordering::Relaxed) {
@@ -309,49 +343,107 @@ impl WorkerCtx {
                 if data == WAKE {
                     continue; // the loop condition checks `stop`
                 }
-                self.serve_port(PortId(data as u16), &mut batch, &mut reply);
+                let (id, queue) = (PortId(data as u16), (data >> 16) as usize);
+                self.serve_queue(id, queue, &mut scratch);
             }
         }
     }
 
-    /// Drains (a fair share of) one port's receive queue.
-    fn serve_port(&self, id: PortId, batch: &mut RxBatch, reply: &mut [u8]) {
+    /// Drains (a fair share of) one receive queue of a port.
+    fn serve_queue(&self, id: PortId, queue: usize, s: &mut Scratch) {
         let table = self.fabric.table.load();
         let Some(Some(port)) = table.get(id.0 as usize) else {
             return;
         };
+        let Some(io) = port.queues.get(queue) else {
+            return;
+        };
         for _ in 0..ROUNDS {
-            let got = match port.io.recv_batch(batch) {
+            let got = match io.recv_batch(&mut s.rx) {
                 Ok(got) => got,
                 Err(_) => {
                     // The interface went away (container exited): stop polling it; the manager
                     // notices the missing link and removes the port.
-                    let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, port.io.fd(), 0);
+                    let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, io.fd(), 0);
                     return;
                 }
             };
-            let now = now_ms();
-            for i in 0..got {
-                let frame = &mut batch.bufs[i][..batch.lens[i]];
-                if batch.truncated[i] || frame.len() < VNET_HDR_LEN {
-                    port.counters.drop_one();
-                    continue;
+            self.switch_batch(&table, port, got, s);
+            if got < s.rx.bufs.len() {
+                return;
+            }
+        }
+    }
+
+    /// Decides every frame of a batch, then sends them grouped by egress port, one system call
+    /// per port and batch.
+    fn switch_batch(&self, table: &PortTable, port: &Port, got: usize, s: &mut Scratch) {
+        let now = now_ms();
+        s.sends.clear();
+        for i in 0..got {
+            let frame = &mut s.rx.bufs[i][..s.rx.lens[i]];
+            if s.rx.truncated[i] || frame.len() < VNET_HDR_LEN {
+                port.counters.drop_one();
+                continue;
+            }
+            let outgoing = s.rx.outgoing[i];
+            if !outgoing {
+                port.counters.rx(frame.len() - VNET_HDR_LEN);
+                if let Some(hook) = &self.nat {
+                    if !hook.translate(port.id, frame, now) {
+                        continue;
+                    }
                 }
-                let outgoing = batch.outgoing[i];
-                if !outgoing {
-                    port.counters.rx(frame.len() - VNET_HDR_LEN);
-                    if let Some(hook) = &self.nat {
-                        if !hook.translate(id, frame, now) {
-                            continue;
+            }
+            let reply = &mut s.replies[i];
+            let action = self.fabric.switch.process(
+                port.id,
+                &frame[VNET_HDR_LEN..],
+                outgoing,
+                now,
+                &mut reply[VNET_HDR_LEN..],
+            );
+            let i = i as u16;
+            match action {
+                Action::Forward(out) => s.sends.push((out, i, false)),
+                Action::Flood => {
+                    for egress in table.iter().flatten() {
+                        if egress.id != port.id {
+                            s.sends.push((egress.id, i, false));
                         }
                     }
                 }
-                self.fabric
-                    .switch_frame(&table, port, frame, outgoing, now, reply);
+                Action::Reply { len } => {
+                    reply[..VNET_HDR_LEN].fill(0);
+                    s.reply_lens[usize::from(i)] = VNET_HDR_LEN + len;
+                    s.sends.push((port.id, i, true));
+                }
+                Action::Drop(DropReason::Malformed | DropReason::UnknownPort) => {
+                    port.counters.drop_one()
+                }
+                Action::Drop(_) => {}
             }
-            if got < batch.bufs.len() {
-                return;
+        }
+        // Stable by egress: each port's frames keep their arrival order.
+        s.sends.sort_by_key(|(out, _, _)| *out);
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(s.sends.len());
+        let mut start = 0;
+        while start < s.sends.len() {
+            let out = s.sends[start].0;
+            let end = start + s.sends[start..].iter().take_while(|e| e.0 == out).count();
+            frames.clear();
+            for &(_, i, is_reply) in &s.sends[start..end] {
+                let i = usize::from(i);
+                frames.push(if is_reply {
+                    &s.replies[i][..s.reply_lens[i]]
+                } else {
+                    &s.rx.bufs[i][..s.rx.lens[i]]
+                });
             }
+            if let Some(Some(egress)) = table.get(out.0 as usize) {
+                egress.transmit_batch(self.index, &frames);
+            }
+            start = end;
         }
     }
 }

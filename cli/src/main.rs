@@ -93,6 +93,10 @@ enum Command {
         /// Most NAT flows tracked at once; new flows are refused past it.
         #[arg(long, default_value_t = vswitch_nat::DEFAULT_MAX_FLOWS)]
         max_flows: usize,
+        /// How a port's frames are spread over the workers: by receiving CPU (workers pinned,
+        /// frames switched where they were sent) or by flow hash.
+        #[arg(long, value_enum, default_value_t = packet::Spread::Cpu)]
+        spread: packet::Spread,
     },
     /// Attach a container's network namespace to the switch.
     Plug {
@@ -160,6 +164,7 @@ fn run(cli: Cli) -> Result<()> {
             dns,
             no_dns,
             max_flows,
+            spread,
         } => daemon::run(daemon::Config {
             subnet,
             gateway: gateway.unwrap_or_else(|| subnet.first_host()),
@@ -173,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
             dns,
             no_dns,
             max_flows,
+            spread,
         }),
         Command::Plug {
             target,

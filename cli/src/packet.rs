@@ -13,6 +13,19 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::port::{PortIo, RxBatch};
 
+/// How a port's frames are spread over its queues (one per worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Spread {
+    /// By the CPU that received the frame: queue `cpu % queues`, served by the worker pinned to
+    /// that CPU. The frame is switched on the CPU the sender ran on, like a kernel bridge does:
+    /// no cross-CPU wake-up, caches stay warm. A flow whose sender migrates may see brief
+    /// reordering.
+    Cpu,
+    /// By flow hash: a flow always stays on one queue (never reordered), at the price of waking
+    /// a worker on another CPU half of the time.
+    Hash,
+}
+
 pub struct PacketSocket {
     fd: OwnedFd,
     /// Kernel drops read so far (reading PACKET_STATISTICS resets the kernel's counters).
@@ -42,6 +55,60 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
 }
 
 impl PacketSocket {
+    /// Opens `queues` non-blocking AF_PACKET sockets bound to interface `ifindex`. With more
+    /// than one they form a fanout group, so that several workers serve the port (see
+    /// [`Spread`]).
+    pub fn open_queues(
+        ifindex: u32,
+        queues: usize,
+        spread: Spread,
+    ) -> io::Result<Vec<PacketSocket>> {
+        let sockets: Vec<PacketSocket> = (0..queues.max(1))
+            .map(|_| PacketSocket::open(ifindex))
+            .collect::<Result<_, _>>()?;
+        if sockets.len() > 1 {
+            // Fanout group ids are shared by the whole network namespace: start from a
+            // per-process pseudo-random id and move on when one is taken.
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let base = std::process::id().wrapping_mul(2654435761) >> 16;
+            let mut joined = false;
+            for _ in 0..64 {
+                let id = (base + NEXT.fetch_add(1, Relaxed)) & 0xffff;
+                let mode = match spread {
+                    Spread::Cpu => libc::PACKET_FANOUT_CPU,
+                    Spread::Hash => libc::PACKET_FANOUT_HASH,
+                };
+                let arg: u32 = id | (mode << 16);
+                if setsockopt(
+                    sockets[0].fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_FANOUT,
+                    &arg,
+                )
+                .is_ok()
+                {
+                    for s in &sockets[1..] {
+                        setsockopt(
+                            s.fd.as_raw_fd(),
+                            libc::SOL_PACKET,
+                            libc::PACKET_FANOUT,
+                            &arg,
+                        )?;
+                    }
+                    joined = true;
+                    break;
+                }
+            }
+            if !joined {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "no free fanout group id",
+                ));
+            }
+        }
+        Ok(sockets)
+    }
+
     /// Opens a non-blocking AF_PACKET socket bound to interface `ifindex`.
     pub fn open(ifindex: u32) -> io::Result<PacketSocket> {
         // Protocol 0 at creation: the socket receives nothing until it is bound to the one
@@ -59,6 +126,8 @@ impl PacketSocket {
         let one: libc::c_int = 1;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)?;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
+        // Transmit straight to the device: a veth has no queue worth going through.
+        let _ = setsockopt(raw, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one);
         // Room for bursts: a few MiB, as root even past rmem_max.
         let size: libc::c_int = 8 << 20;
         if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size).is_err() {
@@ -159,6 +228,40 @@ impl PortIo for PacketSocket {
             self.drops.fetch_add(u64::from(stats.tp_drops), Relaxed);
         }
         self.drops.load(Relaxed)
+    }
+
+    fn send_batch(&self, frames: &[&[u8]]) -> (usize, u64) {
+        const MAX: usize = 64;
+        let (mut next, mut sent, mut bytes) = (0, 0, 0u64);
+        while next < frames.len() {
+            let chunk = &frames[next..frames.len().min(next + MAX)];
+            // SAFETY: all-zero is valid for these plain C structs.
+            let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
+            let mut msgs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
+            for (i, frame) in chunk.iter().enumerate() {
+                iovs[i] = libc::iovec {
+                    iov_base: frame.as_ptr() as *mut libc::c_void,
+                    iov_len: frame.len(),
+                };
+                msgs[i].msg_hdr.msg_iov = &mut iovs[i];
+                msgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: every mmsghdr points at live iovecs over live frames.
+            let ret = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    chunk.len() as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            // A frame that fails is skipped (counted as a drop), the rest still go.
+            let ok = ret.max(0) as usize;
+            sent += ok;
+            bytes += chunk[..ok].iter().map(|f| f.len() as u64).sum::<u64>();
+            next += ok + usize::from(ok < chunk.len());
+        }
+        (sent, bytes)
     }
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {

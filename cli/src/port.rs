@@ -47,6 +47,18 @@ pub trait PortIo: Send + Sync {
     fn recv_batch(&self, batch: &mut RxBatch) -> io::Result<usize>;
     /// Sends one frame (`[virtio_net_hdr][Ethernet]`) without blocking.
     fn send(&self, frame: &[u8]) -> io::Result<()>;
+    /// Sends frames in order without blocking; returns how many went out and their bytes (a
+    /// frame that cannot go is skipped: the caller counts it as dropped).
+    fn send_batch(&self, frames: &[&[u8]]) -> (usize, u64) {
+        let mut sent = (0, 0);
+        for frame in frames {
+            if self.send(frame).is_ok() {
+                sent.0 += 1;
+                sent.1 += frame.len() as u64;
+            }
+        }
+        sent
+    }
     /// Frames the kernel dropped before we could read them (receive queue full), so far.
     fn kernel_drops(&self) -> u64 {
         0
@@ -68,31 +80,46 @@ impl Counters {
         self.rx_frames.fetch_add(1, Relaxed);
         self.rx_bytes.fetch_add(bytes as u64, Relaxed);
     }
-    pub fn tx(&self, bytes: usize) {
-        self.tx_frames.fetch_add(1, Relaxed);
-        self.tx_bytes.fetch_add(bytes as u64, Relaxed);
-    }
     pub fn drop_one(&self) {
         self.drops.fetch_add(1, Relaxed);
     }
 }
 
-/// A port as the datapath sees it. Dropping the last reference closes its descriptor, so a
+/// A port as the datapath sees it. Dropping the last reference closes its descriptors, so a
 /// worker that still holds a port while it is being unplugged never writes to a reused fd.
 pub struct Port {
     pub id: PortId,
     pub name: String,
-    pub io: Box<dyn PortIo>,
+    /// Receive queues, one per worker where the backend has several (AF_PACKET fanout,
+    /// multi-queue TAP); any of them can send.
+    pub queues: Vec<Box<dyn PortIo>>,
     pub counters: Counters,
 }
 
 impl Port {
+    fn queue(&self, hint: usize) -> &dyn PortIo {
+        &*self.queues[hint % self.queues.len()]
+    }
+
     /// Sends a frame and counts it; a full or vanished egress is a drop on that port, not an
-    /// error for the sender.
-    pub fn transmit(&self, frame: &[u8]) {
-        match self.io.send(frame) {
-            Ok(()) => self.counters.tx(frame.len() - VNET_HDR_LEN),
-            Err(_) => self.counters.drop_one(),
+    /// error for the sender. `hint` picks the queue (a worker uses its own).
+    pub fn transmit(&self, hint: usize, frame: &[u8]) {
+        self.transmit_batch(hint, &[frame]);
+    }
+
+    pub fn transmit_batch(&self, hint: usize, frames: &[&[u8]]) {
+        let (sent, bytes) = self.queue(hint).send_batch(frames);
+        let c = &self.counters;
+        c.tx_frames.fetch_add(sent as u64, Relaxed);
+        c.tx_bytes
+            .fetch_add(bytes - (sent * VNET_HDR_LEN) as u64, Relaxed);
+        if sent < frames.len() {
+            c.drops.fetch_add((frames.len() - sent) as u64, Relaxed);
         }
+    }
+
+    /// Frames the kernel dropped on this port's receive queues.
+    pub fn kernel_drops(&self) -> u64 {
+        self.queues.iter().map(|q| q.kernel_drops()).sum()
     }
 }

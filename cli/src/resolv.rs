@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 pub enum Written {
     /// Inside the container's own root filesystem (path as seen from the container).
     ContainerRoot,
-    /// `/etc/netns/NAME/resolv.conf`, which `ip netns exec NAME` shows as `/etc/resolv.conf`.
-    NetnsEtc(PathBuf),
+    /// `/etc/netns/NAME/resolv.conf`, which `ip netns exec NAME` shows as `/etc/resolv.conf`;
+    /// the directory is removed with the file on unplug if `plug` created it.
+    NetnsEtc { file: PathBuf, created_dir: bool },
     /// Nothing written, and why.
     Skipped(String),
 }
@@ -29,7 +30,7 @@ impl std::fmt::Display for Written {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Written::ContainerRoot => write!(f, "wrote /etc/resolv.conf in the container's root"),
-            Written::NetnsEtc(path) => write!(f, "wrote {}", path.display()),
+            Written::NetnsEtc { file, .. } => write!(f, "wrote {}", file.display()),
             Written::Skipped(why) => write!(f, "resolv.conf not written: {why}"),
         }
     }
@@ -119,10 +120,25 @@ pub fn write_for_netns(netns: &Path, content: &str) -> io::Result<Written> {
         )));
     }
     let dir = Path::new("/etc/netns").join(name);
+    let created_dir = !dir.exists();
     std::fs::create_dir_all(&dir)?;
     let etc = File::open(&dir)?;
     write_in_root(etc.as_fd(), Path::new("resolv.conf"), content)?;
-    Ok(Written::NetnsEtc(dir.join("resolv.conf")))
+    Ok(Written::NetnsEtc {
+        file: dir.join("resolv.conf"),
+        created_dir,
+    })
+}
+
+/// Undoes `write_for_netns` when the container goes: the file, and the directory if `plug`
+/// made it and nothing else lives there.
+pub fn remove_netns_conf(file: &Path, created_dir: bool) {
+    let _ = std::fs::remove_file(file);
+    if created_dir {
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// Creates or replaces `path` below directory `root`, resolving every component (symlinks

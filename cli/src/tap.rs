@@ -27,8 +27,16 @@ struct IfReq {
 }
 
 impl Tap {
-    /// Creates TAP `name` (which must not exist yet) with virtio-net headers and offloads.
-    pub fn create(name: &str) -> io::Result<Tap> {
+    /// Creates TAP `name` (which must not exist yet) with `queues` queues, virtio-net headers
+    /// and offloads. The kernel spreads the host's flows over the queues by hash.
+    pub fn create_queues(name: &str, queues: usize) -> io::Result<Vec<Tap>> {
+        let multi = queues > 1;
+        (0..queues.max(1))
+            .map(|i| Tap::open(name, multi, i == 0))
+            .collect()
+    }
+
+    fn open(name: &str, multi_queue: bool, exclusive: bool) -> io::Result<Tap> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -41,11 +49,16 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
         let fd = file.as_raw_fd();
+        let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if exclusive {
+            flags |= libc::IFF_TUN_EXCL; // fail rather than attach to someone else's device
+        }
+        if multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            // IFF_TUN_EXCL: fail instead of silently attaching to an existing device.
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_TUN_EXCL)
-                as libc::c_short,
+            flags: flags as libc::c_short,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
