@@ -89,6 +89,50 @@ fn unicast(c: &mut Criterion) {
     group.finish();
 }
 
+/// A switch with ports 1..=`ports` (each with its station, learned on it) and background hosts
+/// learned over those ports up to 64 MACs in all: only the number of ports varies.
+fn switch_ports(ports: u16) -> Switch {
+    const MACS: u32 = 64;
+    let sw = Switch::new(Config::default());
+    let learn = |port: u16, mac: MacAddr| {
+        let f = frame(MacAddr::BROADCAST, mac, 0x0800);
+        sw.process(PortId(port), &f, false, NOW, &mut [0u8; 64]);
+    };
+    for p in 1..=ports {
+        let info = PortInfo {
+            mac: station(p),
+            ip: Some(ip(p.into())),
+        };
+        sw.add_port(PortId(p), info);
+        learn(p, station(p));
+    }
+    for i in 0..MACS - u32::from(ports) {
+        learn((i % u32::from(ports)) as u16 + 1, host(i));
+    }
+    assert_eq!(sw.fdb_len(), MACS as usize);
+    sw
+}
+
+/// Station 1 -> station 2 with 2, 16 or 64 ports registered and 64 MACs learned: the per-frame
+/// cost must not grow with the number of ports.
+fn unicast_ports(c: &mut Criterion) {
+    let mut group = c.benchmark_group("unicast_ports");
+    group.throughput(Throughput::Elements(1));
+    for ports in [2, 16, 64] {
+        let sw = switch_ports(ports);
+        let f = frame(station(2), station(1), 0x0800);
+        let mut reply = [0u8; 64];
+        assert_eq!(
+            process(&sw, PortId(1), &f, &mut reply),
+            Action::Forward(PortId(2))
+        );
+        group.bench_function(BenchmarkId::from_parameter(ports), |b| {
+            b.iter(|| process(&sw, PortId(1), &f, &mut reply))
+        });
+    }
+    group.finish();
+}
+
 /// 4096 learned hosts, each frame a different (source, destination) pair: table lookups that
 /// miss the CPU cache more often than one flow repeated.
 fn unicast_mix(c: &mut Criterion) {
@@ -198,6 +242,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = unicast, unicast_mix, flood, arp_reply, contended
+    targets = unicast, unicast_ports, unicast_mix, flood, arp_reply, contended
 }
 criterion_main!(benches);

@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 #   iproute2 (ip, netns), iputils-ping, python3 (transfers with checksums), util-linux (unshare,
 #   nsenter, setpriv), procps (kill), build-essential + pkg-config (C linker for Rust crates),
 #   curl + ca-certificates (the rustup installer, only if no Rust toolchain is found).
-VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps build-essential pkg-config curl ca-certificates)
+VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool build-essential pkg-config curl ca-certificates)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }

@@ -776,6 +776,77 @@ pub fn ping_all(jobs: Vec<(String, Command)>) -> Vec<String> {
         .collect()
 }
 
+/// Adds the arguments of a single quick probe to a `ping` command: one echo, 2 s to answer.
+/// For pinging many targets at once with [`ping_batches`], which retries a failure once.
+pub fn ping_once_cmd(mut cmd: Command, ip: &str) -> Command {
+    cmd.args(["-c", "1", "-W", "2", "-q", ip]);
+    cmd
+}
+
+/// A ping job for [`ping_batches`]: a label and a way to build its command (it may be run twice).
+pub type PingJob<'a> = (String, Box<dyn Fn() -> Command + Send + Sync + 'a>);
+
+/// Runs ping jobs concurrently, at most `batch` at a time; every job that got no reply is run
+/// once more (again in batches) after the first round. Returns the labels of the jobs that got no
+/// reply either time, and prints how many needed the retry.
+pub fn ping_batches(jobs: &[PingJob<'_>], batch: usize) -> Vec<String> {
+    let first = ping_round(jobs.iter().collect(), batch);
+    if first.is_empty() {
+        return Vec::new();
+    }
+    eprintln!(
+        "{} of {} pings got no reply the first time, retrying: {:?}",
+        first.len(),
+        jobs.len(),
+        first.iter().map(|(label, _)| label).collect::<Vec<_>>()
+    );
+    ping_round(first, batch)
+        .into_iter()
+        .map(|(label, _)| label.clone())
+        .collect()
+}
+
+/// One round of [`ping_batches`]: returns the jobs that got no reply.
+fn ping_round<'j, 'a>(jobs: Vec<&'j PingJob<'a>>, batch: usize) -> Vec<&'j PingJob<'a>> {
+    let mut failed = Vec::new();
+    for chunk in jobs.chunks(batch.max(1)) {
+        let results: Vec<bool> = thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|(_, make)| s.spawn(move || run(&mut make()).success()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("ping thread"))
+                .collect()
+        });
+        failed.extend(
+            chunk
+                .iter()
+                .zip(results)
+                .filter(|(_, ok)| !ok)
+                .map(|(job, _)| *job),
+        );
+    }
+    failed
+}
+
+/// Panics with a clear message unless `program` is on the PATH: tells which Debian package to
+/// install (scripts/lib.sh installs it with the others).
+#[track_caller]
+pub fn require_program(program: &str, package: &str) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        fs::metadata(dir.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    assert!(
+        found,
+        "`{program}` is not installed (not found on PATH): this test needs it. Install it, e.g. \
+         `apt-get install {package}` (`sudo ./scripts/test.sh` installs it with the other packages)."
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bulk TCP transfer with checksums (python3 on both ends)
 // ---------------------------------------------------------------------------------------------
