@@ -28,7 +28,7 @@ use crate::tap::Tap;
 use crate::{dns, netns, resolv};
 
 /// Relay listeners for containers' outgoing TCP (see `natd::bind_relays`).
-const RELAY_PORTS: usize = 4;
+const RELAY_PORTS: usize = 16;
 /// How often the manager looks for containers that went away.
 const LIFECYCLE_TICK: Duration = Duration::from_millis(250);
 
@@ -78,6 +78,8 @@ struct Manager {
     nat_jobs: NatMailbox,
     /// The host's resolv.conf, for the containers' search domains.
     host_resolv: String,
+    /// When the FDB and the flow table were last swept.
+    last_expiry: u64,
 }
 
 pub fn run(cfg: Config) -> Result<()> {
@@ -226,6 +228,7 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         nat,
         nat_jobs,
         host_resolv,
+        last_expiry: 0,
     })
 }
 
@@ -584,7 +587,12 @@ impl Manager {
                 c.target, c.host_ifname, c.ip
             );
         }
+        // Expiry scans whole tables: once a second is plenty.
         let now = now_ms();
+        if now < self.last_expiry + 1000 {
+            return;
+        }
+        self.last_expiry = now;
         self.datapath.switch().expire(now);
         let flows = self.nat.expire(now);
         if !flows.is_empty() {

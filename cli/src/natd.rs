@@ -93,6 +93,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// (the NAT's timeout for a replied UDP flow).
 const LOCAL_UDP_IDLE: Duration = Duration::from_secs(120);
 
+/// A connected upstream whose container side has not reached the relay yet.
+struct Waiting {
+    upstream: TcpStream,
+    /// The container's address and port.
+    from: SocketAddrV4,
+    since: Instant,
+}
+
 enum Entry {
     /// Upstream connect in progress, the container's SYN held.
     Connecting {
@@ -144,7 +152,7 @@ pub struct NatService {
     pub_udp_local: HashMap<(u32, SocketAddr), u64>,
     next_publish_id: u32,
     /// Upstream connections waiting for the container's connection to reach the relay.
-    waiting: HashMap<FlowId, (TcpStream, Instant)>,
+    waiting: HashMap<FlowId, Waiting>,
     buf: Vec<u8>,
     out: Vec<u8>,
 }
@@ -297,7 +305,7 @@ impl NatService {
             }
             let now = Instant::now();
             self.waiting
-                .retain(|_, (_, since)| now.duration_since(*since) < ACCEPT_WAIT);
+                .retain(|_, w| now.duration_since(w.since) < ACCEPT_WAIT);
             let idle: Vec<u64> = self
                 .entries
                 .iter()
@@ -432,6 +440,23 @@ impl NatService {
     }
 
     fn tcp_connect(&mut self, flow: FlowId, dst: SocketAddrV4, syn: Vec<u8>) {
+        // A new connection from the same container address and port replaces one that never
+        // reached the relay (e.g. the host still held the previous connection's TIME_WAIT and
+        // the container reset and retried): reset its upstream now, so the destination does not
+        // keep serving a connection nobody will use.
+        if let Some(from) = tcp_source(&syn) {
+            let stale: Vec<FlowId> = self
+                .waiting
+                .iter()
+                .filter(|(_, w)| w.from == from)
+                .map(|(f, _)| *f)
+                .collect();
+            for f in stale {
+                if let Some(w) = self.waiting.remove(&f) {
+                    relay::linger_zero(&w.upstream);
+                }
+            }
+        }
         match connect_nonblocking(dst) {
             Ok(stream) => {
                 let fd = stream.as_raw_fd();
@@ -477,7 +502,11 @@ impl NatService {
                     Ok(None) => {
                         if self.nat.tcp_connected(flow, &mut syn, now_ms()).is_ok() {
                             let _ = stream.set_nonblocking(false);
-                            self.waiting.insert(flow, (stream, Instant::now()));
+                            if let Some(from) = tcp_source(&syn) {
+                                let since = Instant::now();
+                                let upstream = stream;
+                                self.waiting.insert(flow, Waiting { upstream, from, since });
+                            }
                             self.fabric.to_host(&syn);
                         }
                     }
@@ -676,7 +705,7 @@ impl NatService {
                 .nat
                 .relay_lookup(peer, relay_port)
                 .and_then(|rf| self.waiting.remove(&rf.flow))
-                .map(|(s, _)| s);
+                .map(|w| w.upstream);
             match upstream {
                 Some(upstream) => {
                     let _ = conn.set_nonblocking(false);
@@ -777,6 +806,15 @@ impl NatService {
             }
         }
     }
+}
+
+/// The container's address and port in a frame carrying its TCP SYN.
+fn tcp_source(frame: &[u8]) -> Option<SocketAddrV4> {
+    let ip = frame.get(vswitch_nat::VNET_HDR_LEN + 14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    let src = Ipv4Addr::new(*ip.get(12)?, ip[13], ip[14], ip[15]);
+    let port = u16::from_be_bytes([*ip.get(ihl)?, *ip.get(ihl + 1)?]);
+    Some(SocketAddrV4::new(src, port))
 }
 
 /// Sends `payload`, cut into `gso_size` pieces when it is a UDP GSO super-datagram.

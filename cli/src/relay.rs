@@ -125,7 +125,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
                 to,
                 std::ptr::null_mut(),
                 len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
+                libc::SPLICE_F_MOVE,
             )
         };
         if ret >= 0 {
