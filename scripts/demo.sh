@@ -3,8 +3,11 @@
 # sandbox: a network namespace plays the host and runs the daemon, two sample containers
 # (processes in fresh network namespaces) are plugged, they ping each other, the gateway and
 # the host, send each other 20 MB over TCP with a checksum, and `vswitch ls` / `vswitch fdb`
-# are printed. Everything is removed afterwards, also on failure or Ctrl-C. Nothing is added
-# to the machine's own network namespace.
+# are printed. Then the NAT: a second namespace plays the outside world (198.51.100.2, a
+# documentation address); a container downloads from it and pings it through vswitch's own NAT
+# (the host namespace keeps ip_forward=0 and has no firewall rule), and the outside reaches a
+# container's published port. Everything is removed afterwards, also on failure or Ctrl-C.
+# Nothing is added to the machine's own network namespace.
 # Usage: sudo ./scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,18 +25,21 @@ VSW=$PWD/target/release/vswitch
 SUBNET=10.77.0.0/24
 GW=10.77.0.1
 HOSTNS=vswdemo$$
+WANNS=vswdemowan$$
 WORK=$(mktemp -d /tmp/vswitch-demo.XXXXXX)
 export VSWITCH_CONTROL=$WORK/ctl.sock
 DAEMON=
 C1=
 C2=
 SINK=
+WEB=
 
 cleanup() {
     local status=$? i
     set +e
     log "cleaning up"
-    for pid in $SINK $C1 $C2; do kill "$pid" 2>/dev/null; done
+    for pid in $SINK $WEB $C1 $C2; do kill "$pid" 2>/dev/null; done
+    ip netns pids "$WANNS" 2>/dev/null | xargs -r kill 2>/dev/null
     if [ -n "$DAEMON" ] && kill -0 "$DAEMON" 2>/dev/null; then
         kill -TERM "$DAEMON"
         for i in $(seq 50); do kill -0 "$DAEMON" 2>/dev/null || break; sleep 0.1; done
@@ -45,8 +51,9 @@ cleanup() {
         cat "$WORK/daemon.log" >&2
     fi
     ip netns del "$HOSTNS" 2>/dev/null
+    ip netns del "$WANNS" 2>/dev/null
     rm -rf "$WORK"
-    echo "removed namespace $HOSTNS, the sample containers and $WORK" >&2
+    echo "removed namespaces $HOSTNS and $WANNS, the sample containers and $WORK" >&2
     exit "$status"
 }
 trap cleanup EXIT
@@ -75,7 +82,21 @@ in_ct() { local pid=$1; shift; nsenter --net="/proc/$pid/ns/net" "$@"; }
 log "a namespace playing the host: $HOSTNS, running: vswitch run --subnet $SUBNET"
 ip netns add "$HOSTNS"
 ip -n "$HOSTNS" link set lo up
-ip netns exec "$HOSTNS" "$VSW" run --subnet "$SUBNET" >"$WORK/daemon.log" 2>&1 </dev/null &
+log "a namespace playing the outside world: $WANNS (198.51.100.2), the host has 198.51.100.1"
+ip netns add "$WANNS"
+ip -n "$WANNS" link set lo up
+ip -n "$HOSTNS" link add wan0 type veth peer name eth0 netns "$WANNS"
+ip -n "$HOSTNS" addr add 198.51.100.1/24 dev wan0
+ip -n "$HOSTNS" link set wan0 up
+ip -n "$WANNS" addr add 198.51.100.2/24 dev eth0
+ip -n "$WANNS" link set eth0 up
+ip netns exec "$HOSTNS" sysctl -qw net.ipv4.ip_forward=0
+mkdir "$WORK/www"
+head -c 10000000 /dev/urandom >"$WORK/www/file"
+(cd "$WORK/www" && exec ip netns exec "$WANNS" python3 -m http.server 80 >/dev/null 2>&1 </dev/null) &
+WEB=$!
+ip netns exec "$HOSTNS" "$VSW" run --subnet "$SUBNET" --dns 198.51.100.2 \
+    >"$WORK/daemon.log" 2>&1 </dev/null &
 DAEMON=$!
 for _ in $(seq 100); do
     "$VSW" ls >/dev/null 2>&1 && break
@@ -133,5 +154,29 @@ show "$VSW" fdb
 
 log "no kernel bridge in the host namespace: a TAP for the host, plain veths for the containers"
 show ip -n "$HOSTNS" -br link show
+
+log "NAT: the host namespace forwards nothing itself"
+show ip netns exec "$HOSTNS" sysctl net.ipv4.ip_forward
+log "container $C1 downloads 10 MB from the outside world (http://198.51.100.2/file) and pings it"
+in_ct "$C1" python3 -c '
+import hashlib, sys, urllib.request
+data = urllib.request.urlopen("http://198.51.100.2/file", timeout=10).read()
+print("downloaded", len(data), "bytes, sha256", hashlib.sha256(data).hexdigest())
+' | tee "$WORK/download.out"
+[ "$(awk '{print $5}' "$WORK/download.out")" = "$(sha256sum "$WORK/www/file" | cut -d" " -f1)" ] ||
+    die "the download is corrupt"
+echo "matches the server's file"
+show in_ct "$C1" ping -c 2 -i 0.2 198.51.100.2
+show "$VSW" conntrack
+
+log "a published port: container $C2 serves HTTP on port 80, published on the host as 8080"
+show "$VSW" unplug "$C2"
+show "$VSW" plug "$C2" --publish 8080:80
+mkdir "$WORK/site" && echo "hello from container $C2" >"$WORK/site/index.html"
+kill "$SINK" 2>/dev/null || true
+(cd "$WORK/site" && exec nsenter --net="/proc/$C2/ns/net" python3 -m http.server 80 >/dev/null 2>&1 </dev/null) &
+SINK=$!
+for _ in $(seq 50); do in_ct "$C2" python3 -c 'import socket; socket.create_connection(("127.0.0.1", 80), 1)' 2>/dev/null && break; sleep 0.1; done
+show ip netns exec "$WANNS" python3 -c 'import urllib.request; print(urllib.request.urlopen("http://198.51.100.1:8080/", timeout=5).read().decode(), end="")'
 
 log "demo finished"

@@ -180,6 +180,9 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         },
     );
     let fabric = Fabric::new(switch);
+    let pin = cfg.spread == Spread::Cpu;
+    let mut datapath =
+        Datapath::new(fabric.clone(), cfg.workers, pin).context("preparing workers")?;
     let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
     let nat = Arc::new(Nat::new(NatConfig {
         max_flows: cfg.max_flows,
@@ -191,9 +194,15 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
             relays.iter().map(|(_, port)| *port).collect(),
         )
     }));
-    let (service, nat_jobs) =
-        NatService::new(nat.clone(), fabric.clone(), cfg.subnet, cfg.gateway, relays)
-            .context("starting the NAT service")?;
+    let (service, nat_jobs) = NatService::new(
+        nat.clone(),
+        fabric,
+        datapath.relays(),
+        cfg.subnet,
+        cfg.gateway,
+        relays,
+    )
+    .context("starting the NAT service")?;
     std::thread::Builder::new()
         .name("vswitch-nat".into())
         .spawn(move || service.run())?;
@@ -202,9 +211,7 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         gateway_mac: gateway_mac.0,
         service: nat_jobs.clone(),
     };
-    let pin = cfg.spread == Spread::Cpu;
-    let mut datapath =
-        Datapath::start(fabric, Some(hook), cfg.workers, pin).context("starting workers")?;
+    datapath.run(Some(hook)).context("starting workers")?;
     datapath.add_port(Arc::new(Port {
         id: TAP_PORT,
         name: cfg.tap.clone(),

@@ -19,6 +19,7 @@ use vswitch_switch::{Action, DropReason, Millis, PortId, Switch, VNET_HDR_LEN};
 
 use crate::natd::{NatJob, NatMailbox};
 use crate::port::{Port, RxBatch};
+use crate::relay::{self, RelayPool};
 
 /// Ports indexed by `PortId`.
 pub type PortTable = Vec<Option<Arc<Port>>>;
@@ -119,6 +120,8 @@ pub struct Datapath {
     fabric: Fabric,
     workers: Vec<Worker>,
     stop: Arc<AtomicBool>,
+    relays: RelayPool,
+    pin: bool,
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -139,17 +142,11 @@ fn epoll_ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, data: u64) -> io::Result<
 }
 
 impl Datapath {
-    /// Starts `workers` threads with no ports yet; `pin`: each worker stays on the CPU whose
-    /// frames its queues receive (`Spread::Cpu`).
-    pub fn start(
-        fabric: Fabric,
-        nat: Option<NatHook>,
-        workers: usize,
-        pin: bool,
-    ) -> io::Result<Datapath> {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// Prepares `workers` workers with no ports yet (their threads start with [`Datapath::run`]);
+    /// `pin`: each worker stays on the CPU whose frames its queues receive (`Spread::Cpu`).
+    pub fn new(fabric: Fabric, workers: usize, pin: bool) -> io::Result<Datapath> {
         let mut list = Vec::new();
-        for i in 0..workers.max(1) {
+        for _ in 0..workers.max(1) {
             // SAFETY: plain system calls returning fresh descriptors that we own.
             let epoll = Arc::new(unsafe {
                 OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?)
@@ -166,14 +163,40 @@ impl Datapath {
                 wake.as_raw_fd(),
                 WAKE,
             )?;
+            list.push(Worker {
+                epoll,
+                wake,
+                thread: None,
+            });
+        }
+        let epolls: Vec<Arc<OwnedFd>> = list.iter().map(|w| w.epoll.clone()).collect();
+        Ok(Datapath {
+            fabric,
+            workers: list,
+            stop: Arc::new(AtomicBool::new(false)),
+            relays: RelayPool::new(&epolls),
+            pin,
+        })
+    }
+
+    /// The relay for NAT'd TCP connections, served by these workers.
+    pub fn relays(&self) -> RelayPool {
+        self.relays.clone()
+    }
+
+    /// Starts the worker threads.
+    pub fn run(&mut self, nat: Option<NatHook>) -> io::Result<()> {
+        let count = self.workers.len();
+        for (i, worker) in self.workers.iter_mut().enumerate() {
             let ctx = WorkerCtx {
                 index: i,
-                fabric: fabric.clone(),
+                fabric: self.fabric.clone(),
                 nat: nat.clone(),
-                epoll: epoll.clone(),
-                stop: stop.clone(),
-                cpu: if pin {
-                    cpu_for_queue(i, workers.max(1))
+                relays: self.relays.clone(),
+                epoll: worker.epoll.clone(),
+                stop: self.stop.clone(),
+                cpu: if self.pin {
+                    cpu_for_queue(i, count)
                 } else {
                     None
                 },
@@ -181,17 +204,9 @@ impl Datapath {
             let thread = std::thread::Builder::new()
                 .name(format!("vswitch-dp{i}"))
                 .spawn(move || ctx.run())?;
-            list.push(Worker {
-                epoll,
-                wake,
-                thread: Some(thread),
-            });
+            worker.thread = Some(thread);
         }
-        Ok(Datapath {
-            fabric,
-            workers: list,
-            stop,
-        })
+        Ok(())
     }
 
     /// How many receive queues each port should have: one per worker.
@@ -289,6 +304,7 @@ struct WorkerCtx {
     index: usize,
     fabric: Fabric,
     nat: Option<NatHook>,
+    relays: RelayPool,
     epoll: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
     /// The CPU this worker stays on, whose frames its queues receive (`Spread::Cpu`).
@@ -342,6 +358,10 @@ impl WorkerCtx {
                 let data = ev.u64;
                 if data == WAKE {
                     continue; // the loop condition checks `stop`
+                }
+                if data & relay::TOKEN_FLAG != 0 {
+                    self.relays.service(self.index, data);
+                    continue;
                 }
                 let (id, queue) = (PortId(data as u16), (data >> 16) as usize);
                 self.serve_queue(id, queue, &mut scratch);
@@ -497,12 +517,7 @@ impl NatHook {
                 payload,
                 ..
             } => {
-                self.service.send(NatJob::EchoOut {
-                    dst,
-                    ident,
-                    seq,
-                    payload: frame[payload].to_vec(),
-                });
+                self.service.send_echo(dst, ident, seq, &frame[payload]);
                 false
             }
             Verdict::UdpToClient {

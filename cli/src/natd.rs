@@ -34,12 +34,6 @@ pub enum NatJob {
         payload: Vec<u8>,
         gso_size: u16,
     },
-    EchoOut {
-        dst: Ipv4Addr,
-        ident: u16,
-        seq: u16,
-        payload: Vec<u8>,
-    },
     UdpToClient {
         publish_id: u32,
         client: SocketAddrV4,
@@ -69,9 +63,43 @@ pub enum Listener {
 pub struct NatMailbox {
     tx: Sender<NatJob>,
     wake: Arc<OwnedFd>,
+    /// The raw ICMP socket echo requests leave through (none without CAP_NET_RAW).
+    icmp: Option<Arc<OwnedFd>>,
 }
 
 impl NatMailbox {
+    /// Sends a container's echo request out, translated, straight from the worker: one thread
+    /// hop less on a ping's way.
+    pub fn send_echo(&self, dst: Ipv4Addr, ident: u16, seq: u16, payload: &[u8]) {
+        let Some(icmp) = &self.icmp else { return };
+        let mut packet = Vec::with_capacity(8 + payload.len());
+        packet.extend_from_slice(&[8, 0, 0, 0]);
+        packet.extend_from_slice(&ident.to_be_bytes());
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(payload);
+        let sum = internet_checksum(&packet);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(dst).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: `packet` and `addr` are live for the call's duration.
+        unsafe {
+            libc::sendto(
+                icmp.as_raw_fd(),
+                packet.as_ptr() as *const libc::c_void,
+                packet.len(),
+                libc::MSG_DONTWAIT,
+                &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+    }
+
     pub fn send(&self, job: NatJob) {
         if self.tx.send(job).is_ok() {
             let one: u64 = 1;
@@ -143,7 +171,9 @@ pub struct NatService {
     rx: Receiver<NatJob>,
     wake: Arc<OwnedFd>,
     relays: Vec<(TcpListener, u16)>,
-    icmp: Option<OwnedFd>,
+    /// Threads that splice relayed connections.
+    pool: relay::RelayPool,
+    icmp: Option<Arc<OwnedFd>>,
     entries: HashMap<u64, Entry>,
     next_token: u64,
     udp_by_flow: HashMap<FlowId, u64>,
@@ -195,6 +225,7 @@ impl NatService {
     pub fn new(
         nat: Arc<Nat>,
         fabric: Fabric,
+        pool: relay::RelayPool,
         subnet: Ipv4Net,
         gateway: Ipv4Addr,
         relays: Vec<(TcpListener, u16)>,
@@ -232,7 +263,7 @@ impl NatService {
             )
         })
         .ok()
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        .map(|fd| Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }));
         if let Some(fd) = &icmp {
             epoll_add(
                 epoll.as_raw_fd(),
@@ -245,6 +276,7 @@ impl NatService {
         let mailbox = NatMailbox {
             tx,
             wake: wake.clone(),
+            icmp: icmp.clone(),
         };
         Ok((
             NatService {
@@ -256,6 +288,7 @@ impl NatService {
                 rx,
                 wake,
                 relays,
+                pool,
                 icmp,
                 entries: HashMap::new(),
                 next_token: DYNAMIC_BASE,
@@ -351,12 +384,6 @@ impl NatService {
                 payload,
                 gso_size,
             } => self.udp_out(flow, dst, &payload, gso_size),
-            NatJob::EchoOut {
-                dst,
-                ident,
-                seq,
-                payload,
-            } => self.echo_out(dst, ident, seq, &payload),
             NatJob::UdpToClient {
                 publish_id,
                 client,
@@ -501,11 +528,17 @@ impl NatService {
                 match stream.take_error() {
                     Ok(None) => {
                         if self.nat.tcp_connected(flow, &mut syn, now_ms()).is_ok() {
-                            let _ = stream.set_nonblocking(false);
                             if let Some(from) = tcp_source(&syn) {
                                 let since = Instant::now();
                                 let upstream = stream;
-                                self.waiting.insert(flow, Waiting { upstream, from, since });
+                                self.waiting.insert(
+                                    flow,
+                                    Waiting {
+                                        upstream,
+                                        from,
+                                        since,
+                                    },
+                                );
                             }
                             self.fabric.to_host(&syn);
                         }
@@ -662,7 +695,7 @@ impl NatService {
             SocketAddr::V4(a) if self.rewritable(*a.ip()) => Some(a),
             _ => None,
         };
-        let (nat, gateway) = (self.nat.clone(), self.gateway);
+        let (nat, gateway, pool) = (self.nat.clone(), self.gateway, self.pool.clone());
         let _ = std::thread::Builder::new()
             .name("vswitch-publish".into())
             .stack_size(128 * 1024)
@@ -681,9 +714,7 @@ impl NatService {
                             && nat.publish_tcp(eph, container, c, now).is_ok())
                 });
                 match connect_blocking(socket, container, CONNECT_TIMEOUT) {
-                    Ok(upstream) => {
-                        let _ = relay::spawn(client, upstream, || {});
-                    }
+                    Ok(upstream) => pool.relay(client, upstream, || {}),
                     Err(_) => {
                         relay::linger_zero(&client); // refused: the client sees a reset
                         if mapped {
@@ -707,10 +738,7 @@ impl NatService {
                 .and_then(|rf| self.waiting.remove(&rf.flow))
                 .map(|w| w.upstream);
             match upstream {
-                Some(upstream) => {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = relay::spawn(conn, upstream, || {});
-                }
+                Some(upstream) => self.pool.relay(conn, upstream, || {}),
                 None => relay::linger_zero(&conn), // no such flow: reset
             }
         }
@@ -739,36 +767,6 @@ impl NatService {
         if let Some(Entry::Udp { sock, .. }) = self.entries.get(&token) {
             send_segments(|chunk| sock.send(chunk), payload, gso_size);
         }
-    }
-
-    fn echo_out(&mut self, dst: Ipv4Addr, ident: u16, seq: u16, payload: &[u8]) {
-        let Some(icmp) = &self.icmp else { return };
-        let mut packet = Vec::with_capacity(8 + payload.len());
-        packet.extend_from_slice(&[8, 0, 0, 0]);
-        packet.extend_from_slice(&ident.to_be_bytes());
-        packet.extend_from_slice(&seq.to_be_bytes());
-        packet.extend_from_slice(payload);
-        let sum = internet_checksum(&packet);
-        packet[2..4].copy_from_slice(&sum.to_be_bytes());
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(dst).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: `packet` and `addr` are live for the call's duration.
-        unsafe {
-            libc::sendto(
-                icmp.as_raw_fd(),
-                packet.as_ptr() as *const libc::c_void,
-                packet.len(),
-                libc::MSG_DONTWAIT,
-                &addr as *const libc::sockaddr_in as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
     }
 
     fn icmp_readable(&mut self) {

@@ -1,67 +1,113 @@
-//! Byte relay between two connected TCP sockets, one thread per direction.
+//! Byte relay between pairs of connected TCP sockets (a container's connection and its
+//! upstream), served by the datapath workers: each worker's epoll set also holds relayed
+//! sockets, and the worker calls [`RelayPool::service`] for their events.
 //!
-//! Data moves with `splice` through a pipe, so it never enters user space. End of stream on one
-//! side becomes a half-close (`shutdown(SHUT_WR)`) on the other; a reset on one side becomes a
-//! reset on the other (close with a zero linger), so the container sees what the far end did.
+//! Data moves with `splice` through a pipe per direction, so it never enters user space. End of
+//! stream on one side becomes a half-close (`shutdown(SHUT_WR)`) on the other; a reset on one
+//! side becomes a reset on the other, so each end sees what the far end did. A pair costs no
+//! thread of its own: it is registered straight into the epoll set of the worker pinned to the
+//! caller's CPU, which wakes only when bytes (or a FIN) arrive. Sharing the workers' threads
+//! matters for request/response traffic: the worker that hands a container's segment to the host
+//! finds the host's socket readable on its next poll, without waking another thread.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Bytes a pipe may hold; larger pipes mean fewer `splice` calls per byte.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
-/// Relays `a` <-> `b` until both directions are finished, then calls `done`.
-pub fn spawn(a: TcpStream, b: TcpStream, done: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    let a = Arc::new(a);
-    let b = Arc::new(b);
-    let (a2, b2) = (a.clone(), b.clone());
-    let back = std::thread::Builder::new()
-        .name("vswitch-relay".into())
-        .stack_size(64 * 1024)
-        .spawn(move || pump(&b2, &a2))?;
-    std::thread::Builder::new()
-        .name("vswitch-relay".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            pump(&a, &b);
-            let _ = back.join();
+/// Called once when a pair is finished (both directions closed or reset).
+pub type Done = Box<dyn FnOnce() + Send>;
+
+/// Marks relay tokens in a worker's epoll set (port queues use the low 32 bits).
+pub const TOKEN_FLAG: u64 = 1 << 63;
+
+/// One worker's share: its epoll set and the pairs registered in it.
+struct Shared {
+    epoll: Arc<OwnedFd>,
+    pairs: Mutex<Pairs>,
+}
+
+#[derive(Default)]
+struct Pairs {
+    map: HashMap<u64, Pair>,
+    next_id: u64,
+}
+
+/// The relay threads. Cloning shares them.
+#[derive(Clone)]
+pub struct RelayPool {
+    threads: Arc<Vec<Arc<Shared>>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl RelayPool {
+    /// A pool over the workers' epoll sets (worker `i` polls `epolls[i]`).
+    pub fn new(epolls: &[Arc<OwnedFd>]) -> RelayPool {
+        let list = epolls
+            .iter()
+            .map(|epoll| {
+                Arc::new(Shared {
+                    epoll: epoll.clone(),
+                    pairs: Mutex::new(Pairs::default()),
+                })
+            })
+            .collect();
+        RelayPool {
+            threads: Arc::new(list),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Relays `a` <-> `b` until both directions are finished, then calls `done`. The pair goes
+    /// to the worker of the caller's CPU when workers are pinned (`queue_of_cpu`), else round
+    /// robin.
+    pub fn relay(&self, a: TcpStream, b: TcpStream, done: impl FnOnce() + Send + 'static) {
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        let i = if cpu >= 0 {
+            cpu as usize % self.threads.len()
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len()
+        };
+        let shared = &self.threads[i];
+        let mut pairs = shared.pairs.lock().unwrap_or_else(|e| e.into_inner());
+        let id = pairs.next_id;
+        pairs.next_id += 1;
+        // Readable and hung-up only: a socket is writable at once, and asking for that would
+        // wake the thread for nothing. Writability is asked for when a write would block.
+        let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        let ok = [&a, &b].into_iter().enumerate().all(|(side, s)| {
+            s.set_nonblocking(true).is_ok()
+                && epoll_ctl(
+                    &shared.epoll,
+                    libc::EPOLL_CTL_ADD,
+                    s,
+                    events,
+                    token(id, side),
+                )
+                .is_ok()
+        });
+        if !ok {
+            for s in [&a, &b] {
+                let _ = epoll_ctl(&shared.epoll, libc::EPOLL_CTL_DEL, s, 0, 0);
+                linger_zero(s);
+            }
+            drop(pairs);
             done();
-        })?;
-    Ok(())
-}
-
-/// How one direction ended.
-enum End {
-    /// The source closed cleanly: pass a FIN on.
-    Eof,
-    /// The source was reset (or failed): reset the destination too.
-    Reset,
-    /// The destination failed: stop reading the source.
-    SinkGone,
-}
-
-fn pump(from: &TcpStream, to: &TcpStream) {
-    let end = match Pipe::new() {
-        Ok(pipe) => splice_loop(from, to, &pipe),
-        Err(_) => End::Reset,
-    };
-    match end {
-        End::Eof => {
-            let _ = to.shutdown(Shutdown::Write);
+            return;
         }
-        End::Reset => {
-            // A zero linger turns the close into a RST. Shutting down both ways wakes the
-            // other direction's thread, which then finds its socket reset or closed.
-            linger_zero(to);
-            reset(to);
-            let _ = from.shutdown(Shutdown::Both);
-        }
-        End::SinkGone => {
-            linger_zero(from);
-            reset(from);
-        }
+        let pair = Pair {
+            socks: [a, b],
+            flows: Default::default(),
+            done: Some(Box::new(done)),
+            wants_out: [false; 2],
+        };
+        pairs.map.insert(id, pair);
     }
 }
 
@@ -83,34 +129,131 @@ pub fn linger_zero(s: &TcpStream) {
     }
 }
 
-/// Sends a RST now (close with zero linger), while keeping the descriptor open for the other
-/// thread: `shutdown` alone would send a FIN, so the socket is disconnected with AF_UNSPEC.
-fn reset(s: &TcpStream) {
-    // SAFETY: connect() with an AF_UNSPEC address on a TCP socket aborts the connection (RST when
-    // SO_LINGER is zero) and leaves the descriptor valid.
-    unsafe {
-        let addr: libc::sockaddr = std::mem::zeroed();
-        libc::connect(
-            s.as_raw_fd(),
-            &addr,
-            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-        );
+/// One direction of a pair: bytes from `from` to `to` through `pipe`.
+#[derive(Default)]
+struct Flow {
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe not yet written to `to`.
+    queued: usize,
+    /// `from` reached end of stream and the FIN was passed on.
+    finished: bool,
+}
+
+struct Pair {
+    socks: [TcpStream; 2],
+    /// `flows[0]`: socks[0] -> socks[1]; `flows[1]`: socks[1] -> socks[0].
+    flows: [Flow; 2],
+    done: Option<Done>,
+    /// Whether writability of each socket is being watched.
+    wants_out: [bool; 2],
+}
+
+enum Step {
+    /// Nothing more to do until the next readiness event.
+    Idle,
+    /// The destination's buffer is full: wait until it is writable.
+    Blocked,
+    /// One side was reset (or failed): reset the other and drop the pair.
+    Reset,
+}
+
+fn token(id: u64, side: usize) -> u64 {
+    TOKEN_FLAG | id << 1 | side as u64
+}
+
+impl RelayPool {
+    /// Serves an epoll event of worker `worker` that carries a relay token.
+    pub fn service(&self, worker: usize, token: u64) {
+        if let Some(shared) = self.threads.get(worker) {
+            service(shared, (token & !TOKEN_FLAG) >> 1);
+        }
     }
 }
 
-fn splice_loop(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> End {
-    loop {
-        let n = match splice(from.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE as usize) {
-            Ok(0) => return End::Eof,
-            Ok(n) => n,
-            Err(_) => return End::Reset,
-        };
-        let mut left = n;
-        while left > 0 {
-            match splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left) {
-                Ok(0) | Err(_) => return End::SinkGone,
-                Ok(m) => left -= m,
+/// Moves whatever can move in both directions of pair `id`, and retires it when finished.
+fn service(shared: &Shared, id: u64) {
+    let mut pairs = shared.pairs.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pair) = pairs.map.get_mut(&id) else {
+        return;
+    };
+    let mut reset = false;
+    for dir in 0..2 {
+        match pump(pair, dir) {
+            Step::Idle => {}
+            Step::Blocked => {
+                let to = 1 - dir;
+                if !pair.wants_out[to] {
+                    pair.wants_out[to] = true;
+                    let events =
+                        (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+                    let token = token(id, to);
+                    let _ = epoll_ctl(
+                        &shared.epoll,
+                        libc::EPOLL_CTL_MOD,
+                        &pair.socks[to],
+                        events,
+                        token,
+                    );
+                }
             }
+            Step::Reset => {
+                reset = true;
+                break;
+            }
+        }
+    }
+    let finished = pair.flows.iter().all(|f| f.finished && f.queued == 0);
+    if reset || finished {
+        let mut pair = pairs.map.remove(&id).expect("present");
+        drop(pairs);
+        for s in &pair.socks {
+            if reset {
+                linger_zero(s);
+            }
+            let _ = epoll_ctl(&shared.epoll, libc::EPOLL_CTL_DEL, s, 0, 0);
+        }
+        if let Some(done) = pair.done.take() {
+            done();
+        }
+    }
+}
+
+/// Moves bytes of one direction until the kernel says "would block" on either side.
+fn pump(pair: &mut Pair, dir: usize) -> Step {
+    let (from, to) = (pair.socks[dir].as_raw_fd(), pair.socks[1 - dir].as_raw_fd());
+    let flow = &mut pair.flows[dir];
+    loop {
+        // First drain what the pipe holds.
+        while flow.queued > 0 {
+            let pipe = flow.pipe.as_ref().expect("queued bytes live in a pipe");
+            match splice(pipe.read.as_raw_fd(), to, flow.queued) {
+                Ok(0) => return Step::Reset,
+                Ok(n) => flow.queued -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Blocked,
+                Err(_) => return Step::Reset, // the destination is gone: reset the source
+            }
+        }
+        if flow.finished {
+            return Step::Idle;
+        }
+        if flow.pipe.is_none() {
+            match Pipe::new() {
+                Ok(p) => flow.pipe = Some(p),
+                Err(_) => return Step::Reset,
+            }
+        }
+        let pipe = flow.pipe.as_ref().expect("just made");
+        match splice(from, pipe.write.as_raw_fd(), PIPE_SIZE as usize) {
+            Ok(0) => {
+                // End of stream: pass the FIN on (the pipe is empty here).
+                flow.finished = true;
+                // SAFETY: plain system call on a descriptor we hold.
+                unsafe { libc::shutdown(to, libc::SHUT_WR) };
+                return Step::Idle;
+            }
+            Ok(n) => flow.queued = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
+            Err(_) => return Step::Reset, // the source was reset
         }
     }
 }
@@ -125,7 +268,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
                 to,
                 std::ptr::null_mut(),
                 len,
-                libc::SPLICE_F_MOVE,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
             )
         };
         if ret >= 0 {
@@ -147,7 +290,7 @@ impl Pipe {
     fn new() -> io::Result<Pipe> {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 returns.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: both descriptors are fresh and ours.
@@ -159,12 +302,55 @@ impl Pipe {
     }
 }
 
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn epoll_ctl(
+    epoll: &OwnedFd,
+    op: libc::c_int,
+    s: &TcpStream,
+    events: u32,
+    token: u64,
+) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` is a valid epoll_event for the call's duration.
+    cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, s.as_raw_fd(), &mut ev) }).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::net::TcpListener;
+    use std::net::{Shutdown, TcpListener};
     use std::time::Duration;
+
+    /// A pool served by `n` threads of its own, as the workers would.
+    fn pool(n: usize) -> RelayPool {
+        let epolls: Vec<Arc<OwnedFd>> = (0..n)
+            .map(|_| {
+                // SAFETY: plain system call returning a fresh descriptor.
+                Arc::new(unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) })
+            })
+            .collect();
+        let pool = RelayPool::new(&epolls);
+        for (i, epoll) in epolls.into_iter().enumerate() {
+            let pool = pool.clone();
+            std::thread::spawn(move || loop {
+                // SAFETY: all-zero epoll_events are valid; the array is live.
+                let mut events: [libc::epoll_event; 16] = unsafe { std::mem::zeroed() };
+                let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 16, -1) };
+                for ev in &events[..n.max(0) as usize] {
+                    pool.service(i, ev.u64);
+                }
+            });
+        }
+        pool
+    }
 
     /// A connected pair of loopback sockets.
     fn pair() -> (TcpStream, TcpStream) {
@@ -176,15 +362,23 @@ mod tests {
 
     #[test]
     fn relays_both_ways_and_passes_half_close_on() {
+        let pool = pool(2);
         let (mut client, relay_a) = pair();
         let (relay_b, mut server) = pair();
         let (tx, rx) = std::sync::mpsc::channel();
-        spawn(relay_a, relay_b, move || tx.send(()).unwrap()).unwrap();
+        pool.relay(relay_a, relay_b, move || tx.send(()).unwrap());
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        client.write_all(&data).unwrap();
-        client.shutdown(Shutdown::Write).unwrap();
+        let writer = {
+            let data = data.clone();
+            let mut client = client.try_clone().unwrap();
+            std::thread::spawn(move || {
+                client.write_all(&data).unwrap();
+                client.shutdown(Shutdown::Write).unwrap();
+            })
+        };
         let mut got = Vec::new();
         server.read_to_end(&mut got).unwrap(); // ends: the half-close came through
+        writer.join().unwrap();
         assert!(got == data);
         server.write_all(b"reply").unwrap();
         drop(server);
@@ -196,9 +390,11 @@ mod tests {
 
     #[test]
     fn passes_a_reset_on() {
+        let pool = pool(1);
         let (mut client, relay_a) = pair();
         let (relay_b, server) = pair();
-        spawn(relay_a, relay_b, || {}).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        pool.relay(relay_a, relay_b, move || tx.send(()).unwrap());
         linger_zero(&server);
         drop(server); // RST
         let mut buf = [0u8; 16];
@@ -207,5 +403,24 @@ mod tests {
             .unwrap();
         let err = client.read(&mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn many_short_connections() {
+        let pool = pool(2);
+        for i in 0..200u32 {
+            let (mut client, relay_a) = pair();
+            let (relay_b, mut server) = pair();
+            pool.relay(relay_a, relay_b, || {});
+            client.write_all(&i.to_be_bytes()).unwrap();
+            let mut b = [0u8; 4];
+            server.read_exact(&mut b).unwrap();
+            server.write_all(&b).unwrap();
+            drop(server);
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).unwrap();
+            assert_eq!(back, i.to_be_bytes());
+        }
     }
 }
