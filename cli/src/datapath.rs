@@ -7,7 +7,7 @@
 //! (`ArcSwap`): workers read it without locks, the manager swaps in a new one on plug/unplug.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -20,6 +20,7 @@ use vswitch_switch::{Action, DropReason, Millis, PortId, Switch, VNET_HDR_LEN};
 use crate::natd::{NatJob, NatMailbox};
 use crate::port::{Port, RxBatch};
 use crate::relay::{self, RelayPool};
+use crate::sys;
 
 /// Ports indexed by `PortId`.
 pub type PortTable = Vec<Option<Arc<Port>>>;
@@ -124,21 +125,9 @@ pub struct Datapath {
     pin: bool,
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn epoll_ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, data: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: data,
-    };
-    // SAFETY: `ev` is a valid epoll_event for the call's duration.
-    cvt(unsafe { libc::epoll_ctl(epoll, op, fd, &mut ev) }).map(drop)
+/// Registers (or removes) `fd` for readability in a worker's epoll set.
+fn epoll_ctl(epoll: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
+    sys::epoll_ctl(epoll, op, fd, libc::EPOLLIN as u32, token)
 }
 
 impl Datapath {
@@ -147,22 +136,9 @@ impl Datapath {
     pub fn new(fabric: Fabric, workers: usize, pin: bool) -> io::Result<Datapath> {
         let mut list = Vec::new();
         for _ in 0..workers.max(1) {
-            // SAFETY: plain system calls returning fresh descriptors that we own.
-            let epoll = Arc::new(unsafe {
-                OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?)
-            });
-            let wake = Arc::new(unsafe {
-                OwnedFd::from_raw_fd(cvt(libc::eventfd(
-                    0,
-                    libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
-                ))?)
-            });
-            epoll_ctl(
-                epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                wake.as_raw_fd(),
-                WAKE,
-            )?;
+            let epoll = Arc::new(sys::epoll_create()?);
+            let wake = Arc::new(sys::eventfd()?);
+            epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, wake.as_raw_fd(), WAKE)?;
             list.push(Worker {
                 epoll,
                 wake,
@@ -236,12 +212,7 @@ impl Datapath {
         self.fabric.table.store(Arc::new(table));
         for (q, io) in port.queues.iter().enumerate() {
             let worker = &self.workers[q % self.workers.len()];
-            if let Err(e) = epoll_ctl(
-                worker.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                io.fd(),
-                token(id, q),
-            ) {
+            if let Err(e) = epoll_ctl(&worker.epoll, libc::EPOLL_CTL_ADD, io.fd(), token(id, q)) {
                 self.remove_port(id);
                 return Err(e);
             }
@@ -258,7 +229,7 @@ impl Datapath {
         for (q, io) in port.queues.iter().enumerate() {
             let worker = &self.workers[q % self.workers.len()];
             // ENOENT is fine: a worker drops a queue whose socket failed from its set itself.
-            let _ = epoll_ctl(worker.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, io.fd(), 0);
+            let _ = epoll_ctl(&worker.epoll, libc::EPOLL_CTL_DEL, io.fd(), 0);
         }
         Some(port)
     }
@@ -276,9 +247,7 @@ impl Datapath {
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for worker in &mut self.workers {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes from a live u64 to an eventfd.
-            unsafe { libc::write(worker.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
+            sys::wake(&worker.wake);
             if let Some(thread) = worker.thread.take() {
                 let _ = thread.join();
             }
@@ -348,13 +317,7 @@ impl WorkerCtx {
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
         while !self.stop.load(Ordering::Relaxed) {
-            // SAFETY: `events` is a live array of the length we pass.
-            let n =
-                unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, -1) };
-            if n < 0 {
-                continue; // EINTR
-            }
-            for ev in &events[..n as usize] {
+            for ev in sys::epoll_wait(&self.epoll, &mut events, -1) {
                 let data = ev.u64;
                 if data == WAKE {
                     continue; // the loop condition checks `stop`
@@ -384,7 +347,7 @@ impl WorkerCtx {
                 Err(_) => {
                     // The interface went away (container exited): stop polling it; the manager
                     // notices the missing link and removes the port.
-                    let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, io.fd(), 0);
+                    let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, io.fd(), 0);
                     return;
                 }
             };

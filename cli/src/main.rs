@@ -12,6 +12,7 @@ mod packet;
 mod port;
 mod relay;
 mod resolv;
+mod sys;
 mod tap;
 
 use std::net::Ipv4Addr;

@@ -19,6 +19,7 @@ use vswitch_nat::{Expired, FlowId, Nat, ICMP_DEST_UNREACH};
 use crate::datapath::{now_ms, Fabric};
 use crate::ipam::Ipv4Net;
 use crate::relay;
+use crate::sys::{self, cvt};
 
 /// Work the datapath and the manager hand to the NAT service.
 pub enum NatJob {
@@ -102,9 +103,7 @@ impl NatMailbox {
 
     pub fn send(&self, job: NatJob) {
         if self.tx.send(job).is_ok() {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes from a live u64 to an eventfd.
-            unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
+            sys::wake(&self.wake);
         }
     }
 }
@@ -187,23 +186,8 @@ pub struct NatService {
     out: Vec<u8>,
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn epoll_add(epoll: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: token };
-    // SAFETY: `ev` is a valid epoll_event for the call's duration.
-    cvt(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
-}
-
-fn epoll_del(epoll: RawFd, fd: RawFd) {
-    // SAFETY: plain system call; a stale fd is harmless (ENOENT/EBADF).
-    unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+fn epoll_add(epoll: &OwnedFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    sys::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, events, token)
 }
 
 /// Binds the TCP relay listeners on the gateway address (the host kernel terminates the
@@ -230,27 +214,12 @@ impl NatService {
         gateway: Ipv4Addr,
         relays: Vec<(TcpListener, u16)>,
     ) -> io::Result<(NatService, NatMailbox)> {
-        // SAFETY: plain system calls returning fresh descriptors that we own.
-        let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
-        let wake = Arc::new(unsafe {
-            OwnedFd::from_raw_fd(cvt(libc::eventfd(
-                0,
-                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
-            ))?)
-        });
-        epoll_add(
-            epoll.as_raw_fd(),
-            wake.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            WAKE,
-        )?;
+        let epoll = sys::epoll_create()?;
+        let wake = Arc::new(sys::eventfd()?);
+        let readable = libc::EPOLLIN as u32;
+        epoll_add(&epoll, wake.as_raw_fd(), readable, WAKE)?;
         for (i, (l, _)) in relays.iter().enumerate() {
-            epoll_add(
-                epoll.as_raw_fd(),
-                l.as_raw_fd(),
-                libc::EPOLLIN as u32,
-                RELAY_BASE + i as u64,
-            )?;
+            epoll_add(&epoll, l.as_raw_fd(), readable, RELAY_BASE + i as u64)?;
         }
         // Echo goes through a raw socket: ping sockets need a ping_group_range that includes us,
         // which the host may not have. Without CAP_NET_RAW, pings out simply don't work.
@@ -265,12 +234,7 @@ impl NatService {
         .ok()
         .map(|fd| Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }));
         if let Some(fd) = &icmp {
-            epoll_add(
-                epoll.as_raw_fd(),
-                fd.as_raw_fd(),
-                libc::EPOLLIN as u32,
-                ICMP,
-            )?;
+            epoll_add(&epoll, fd.as_raw_fd(), readable, ICMP)?;
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let mailbox = NatMailbox {
@@ -309,19 +273,10 @@ impl NatService {
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
         loop {
-            // SAFETY: `events` is a live array of the length we pass.
-            let n =
-                unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, 1000) };
-            for ev in &events[..n.max(0) as usize] {
+            for ev in sys::epoll_wait(&self.epoll, &mut events, 1000) {
                 let (token, flags) = (ev.u64, ev.events);
                 match token {
-                    WAKE => {
-                        let mut v = 0u64;
-                        // SAFETY: reading 8 bytes into a live u64 from an eventfd.
-                        unsafe {
-                            libc::read(self.wake.as_raw_fd(), &mut v as *mut u64 as *mut _, 8)
-                        };
-                    }
+                    WAKE => sys::drain(&self.wake),
                     ICMP => self.icmp_readable(),
                     t if (RELAY_BASE..DYNAMIC_BASE).contains(&t) => {
                         self.relay_accept((t - RELAY_BASE) as usize)
@@ -357,7 +312,7 @@ impl NatService {
     fn add_entry(&mut self, fd: RawFd, events: u32, entry: Entry) -> Option<u64> {
         let token = self.next_token;
         self.next_token += 1;
-        epoll_add(self.epoll.as_raw_fd(), fd, events, token).ok()?;
+        epoll_add(&self.epoll, fd, events, token).ok()?;
         self.entries.insert(token, entry);
         Some(token)
     }
@@ -371,7 +326,7 @@ impl NatService {
             | Entry::PubUdpLocal { sock, .. } => sock.as_raw_fd(),
             Entry::PubTcp { listener, .. } => listener.as_raw_fd(),
         };
-        epoll_del(self.epoll.as_raw_fd(), fd);
+        let _ = sys::epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, fd, 0, 0);
         Some(entry)
     }
 

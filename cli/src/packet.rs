@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::port::{PortIo, RxBatch};
+use crate::sys::cvt;
 
 /// How a port's frames are spread over its queues (one per worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,14 +33,6 @@ pub struct PacketSocket {
     drops: AtomicU64,
 }
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` points to a live T of the size we pass.
     let ret = unsafe {
@@ -51,7 +44,7 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
             size_of::<T>() as libc::socklen_t,
         )
     };
-    check(ret).map(drop)
+    cvt(ret).map(drop)
 }
 
 impl PacketSocket {
@@ -114,7 +107,7 @@ impl PacketSocket {
         // Protocol 0 at creation: the socket receives nothing until it is bound to the one
         // interface, so no frame of another interface ever slips in.
         // SAFETY: plain system call.
-        let raw = check(unsafe {
+        let raw = cvt(unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -141,7 +134,7 @@ impl PacketSocket {
         sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
         sll.sll_ifindex = ifindex as i32;
         // SAFETY: `sll` is a valid sockaddr_ll of the size we pass.
-        check(unsafe {
+        cvt(unsafe {
             libc::bind(
                 raw,
                 &sll as *const _ as *const libc::sockaddr,

@@ -17,6 +17,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::sys;
+
 /// Bytes a pipe may hold; larger pipes mean fewer `splice` calls per byte.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
@@ -302,14 +304,6 @@ impl Pipe {
     }
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
 fn epoll_ctl(
     epoll: &OwnedFd,
     op: libc::c_int,
@@ -317,9 +311,7 @@ fn epoll_ctl(
     events: u32,
     token: u64,
 ) -> io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: token };
-    // SAFETY: `ev` is a valid epoll_event for the call's duration.
-    cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, s.as_raw_fd(), &mut ev) }).map(drop)
+    sys::epoll_ctl(epoll, op, s.as_raw_fd(), events, token)
 }
 
 #[cfg(test)]
@@ -332,19 +324,15 @@ mod tests {
     /// A pool served by `n` threads of its own, as the workers would.
     fn pool(n: usize) -> RelayPool {
         let epolls: Vec<Arc<OwnedFd>> = (0..n)
-            .map(|_| {
-                // SAFETY: plain system call returning a fresh descriptor.
-                Arc::new(unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) })
-            })
+            .map(|_| Arc::new(sys::epoll_create().unwrap()))
             .collect();
         let pool = RelayPool::new(&epolls);
         for (i, epoll) in epolls.into_iter().enumerate() {
             let pool = pool.clone();
             std::thread::spawn(move || loop {
-                // SAFETY: all-zero epoll_events are valid; the array is live.
+                // SAFETY: all-zero epoll_events are valid.
                 let mut events: [libc::epoll_event; 16] = unsafe { std::mem::zeroed() };
-                let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 16, -1) };
-                for ev in &events[..n.max(0) as usize] {
+                for ev in sys::epoll_wait(&epoll, &mut events, -1) {
                     pool.service(i, ev.u64);
                 }
             });
