@@ -272,6 +272,7 @@ impl NatService {
     pub fn run(mut self) {
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
+        let mut last_sweep = Instant::now();
         loop {
             for ev in sys::epoll_wait(&self.epoll, &mut events, 1000) {
                 let (token, flags) = (ev.u64, ev.events);
@@ -291,7 +292,12 @@ impl NatService {
                     Err(crossbeam_channel::TryRecvError::Disconnected) => return,
                 }
             }
+            // Timeouts are in seconds: sweep once a second, not after every event.
             let now = Instant::now();
+            if now.duration_since(last_sweep) < Duration::from_secs(1) {
+                continue;
+            }
+            last_sweep = now;
             self.waiting
                 .retain(|_, w| now.duration_since(w.since) < ACCEPT_WAIT);
             let idle: Vec<u64> = self
