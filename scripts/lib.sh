@@ -6,7 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Debian packages the daemon, the demo and the tests use:
 #   iproute2 (ip, netns), iputils-ping, python3 (transfers with checksums), util-linux (unshare,
-#   nsenter, setpriv), procps (kill), build-essential + pkg-config (C linker for Rust crates),
+#   nsenter, setpriv), procps (kill), ethtool (offload checks), build-essential + pkg-config (C linker for Rust crates),
 #   curl + ca-certificates (the rustup installer, only if no Rust toolchain is found).
 VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool build-essential pkg-config curl ca-certificates)
 
