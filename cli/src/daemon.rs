@@ -194,15 +194,9 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
             relays.iter().map(|(_, port)| *port).collect(),
         )
     }));
-    let (service, nat_jobs) = NatService::new(
-        nat.clone(),
-        fabric,
-        datapath.relays(),
-        cfg.subnet,
-        cfg.gateway,
-        relays,
-    )
-    .context("starting the NAT service")?;
+    let (service, nat_jobs) =
+        NatService::new(nat.clone(), fabric, datapath.relays(), cfg.gateway, relays)
+            .context("starting the NAT service")?;
     std::thread::Builder::new()
         .name("vswitch-nat".into())
         .spawn(move || service.run())?;

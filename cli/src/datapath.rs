@@ -100,6 +100,8 @@ impl Fabric {
 
 /// Frames read from one port per system call.
 const BATCH: usize = 32;
+/// Frames handed to one `send_batch` call (one `sendmmsg` on a packet socket).
+const SEND_CHUNK: usize = 64;
 /// Batches read from one port before the worker looks at its other ports (fairness).
 const ROUNDS: usize = 8;
 /// epoll user data that marks the worker's wake-up eventfd rather than a port.
@@ -409,22 +411,24 @@ impl WorkerCtx {
         }
         // Stable by egress: each port's frames keep their arrival order.
         s.sends.sort_by_key(|(out, _, _)| *out);
-        let mut frames: Vec<&[u8]> = Vec::with_capacity(s.sends.len());
+        // Up to one sendmmsg's worth of frames at a time, on the stack: no allocation per batch.
+        let mut frames: [&[u8]; SEND_CHUNK] = [&[]; SEND_CHUNK];
         let mut start = 0;
         while start < s.sends.len() {
             let out = s.sends[start].0;
             let end = start + s.sends[start..].iter().take_while(|e| e.0 == out).count();
-            frames.clear();
-            for &(_, i, is_reply) in &s.sends[start..end] {
-                let i = usize::from(i);
-                frames.push(if is_reply {
-                    &s.replies[i][..s.reply_lens[i]]
-                } else {
-                    &s.rx.bufs[i][..s.rx.lens[i]]
-                });
-            }
             if let Some(Some(egress)) = table.get(out.0 as usize) {
-                egress.transmit_batch(self.index, &frames);
+                for chunk in s.sends[start..end].chunks(SEND_CHUNK) {
+                    for (slot, &(_, i, is_reply)) in frames.iter_mut().zip(chunk) {
+                        let i = usize::from(i);
+                        *slot = if is_reply {
+                            &s.replies[i][..s.reply_lens[i]]
+                        } else {
+                            &s.rx.bufs[i][..s.rx.lens[i]]
+                        };
+                    }
+                    egress.transmit_batch(self.index, &frames[..chunk.len()]);
+                }
             }
             start = end;
         }

@@ -3,7 +3,8 @@
 //!
 //! One thread with an epoll set owns the non-blocking sockets: relay listeners, upstream TCP
 //! connects in progress, one UDP socket per UDP flow, a raw ICMP socket for echo, and the
-//! published ports' listeners. Established TCP connections are handed to `relay` threads.
+//! published ports' listeners. Established TCP connections are handed to the `relay`, which
+//! splices them on the datapath workers.
 //! Datapath workers send it jobs through a crossbeam channel plus an eventfd to wake it.
 
 use std::collections::HashMap;
@@ -14,10 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use vswitch_nat::{Expired, FlowId, Nat, ICMP_DEST_UNREACH};
+use vswitch_nat::{Expired, FlowId, Nat, NatError, ICMP_DEST_UNREACH};
 
 use crate::datapath::{now_ms, Fabric};
-use crate::ipam::Ipv4Net;
 use crate::relay;
 use crate::sys::{self, cvt};
 
@@ -164,7 +164,6 @@ enum Entry {
 pub struct NatService {
     nat: Arc<Nat>,
     fabric: Fabric,
-    subnet: Ipv4Net,
     gateway: Ipv4Addr,
     epoll: OwnedFd,
     rx: Receiver<NatJob>,
@@ -210,7 +209,6 @@ impl NatService {
         nat: Arc<Nat>,
         fabric: Fabric,
         pool: relay::RelayPool,
-        subnet: Ipv4Net,
         gateway: Ipv4Addr,
         relays: Vec<(TcpListener, u16)>,
     ) -> io::Result<(NatService, NatMailbox)> {
@@ -246,7 +244,6 @@ impl NatService {
             NatService {
                 nat,
                 fabric,
-                subnet,
                 gateway,
                 epoll,
                 rx,
@@ -558,11 +555,9 @@ impl NatService {
                     let SocketAddr::V4(client) = peer else {
                         continue;
                     };
-                    if !self.rewritable(*client.ip()) {
-                        local.push((peer, self.buf[..n].to_vec()));
-                        continue;
-                    }
-                    if let Ok(len) = self.nat.publish_udp_in(
+                    // The NAT refuses clients the container could not answer (loopback, its
+                    // subnet): those go through a relay socket on the gateway instead.
+                    match self.nat.publish_udp_in(
                         id,
                         container,
                         client,
@@ -571,7 +566,9 @@ impl NatService {
                         &mut self.out,
                         now_ms(),
                     ) {
-                        self.fabric.to_containers(&self.out[..len]);
+                        Ok(len) => self.fabric.to_containers(&self.out[..len]),
+                        Err(NatError::LocalClient) => local.push((peer, self.buf[..n].to_vec())),
+                        Err(_) => {}
                     }
                 }
                 for (client, datagram) in local {
@@ -643,18 +640,13 @@ impl NatService {
         }
     }
 
-    /// Whether a client's address can be shown to the container as the source: not one the
-    /// container would take for itself (loopback) or for a neighbour (its subnet).
-    fn rewritable(&self, client: Ipv4Addr) -> bool {
-        !client.is_loopback() && !self.subnet.contains(client) && client != self.gateway
-    }
-
     /// A client reached a published TCP port: connect to the container from the gateway and
-    /// relay. The container sees the client's real address where that can work.
+    /// relay. The container sees the client's real address where that can work (the NAT
+    /// refuses loopback and in-subnet clients, which then appear as the gateway).
     fn publish_accept(&self, client: TcpStream, peer: SocketAddr, container: SocketAddrV4) {
         let client_v4 = match peer {
-            SocketAddr::V4(a) if self.rewritable(*a.ip()) => Some(a),
-            _ => None,
+            SocketAddr::V4(a) => Some(a),
+            SocketAddr::V6(_) => None,
         };
         let (nat, gateway, pool) = (self.nat.clone(), self.gateway, self.pool.clone());
         let _ = std::thread::Builder::new()
@@ -670,9 +662,14 @@ impl NatService {
                 // host has since reused is replaced.
                 let mapped = client_v4.is_some_and(|c| {
                     let now = now_ms();
-                    nat.publish_tcp(eph, container, c, now).is_ok()
-                        || (nat.publish_tcp_done(eph)
-                            && nat.publish_tcp(eph, container, c, now).is_ok())
+                    match nat.publish_tcp(eph, container, c, now) {
+                        Ok(_) => true,
+                        Err(NatError::InUse) => {
+                            nat.publish_tcp_done(eph)
+                                && nat.publish_tcp(eph, container, c, now).is_ok()
+                        }
+                        Err(_) => false,
+                    }
                 });
                 match connect_blocking(socket, container, CONNECT_TIMEOUT) {
                     Ok(upstream) => pool.relay(client, upstream, || {}),

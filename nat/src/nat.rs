@@ -652,14 +652,7 @@ impl Nat {
         client: SocketAddrV4,
         now: u64,
     ) -> Result<FlowId, NatError> {
-        let (cip, cport) = (u32::from(*container.ip()), container.port());
-        let (rip, rport) = (u32::from(*client.ip()), client.port());
-        if !self.in_subnet(cip) {
-            return Err(NatError::NotInSubnet);
-        }
-        if self.in_subnet(rip) || rip >> 24 == 127 {
-            return Err(NatError::LocalClient);
-        }
+        let (cip, cport, rip, rport) = self.publish_ends(container, client)?;
         let mut sh = self.table.lock(self.table.shard_of(cip, cport));
         for key in [
             inside_key(Proto::Tcp, cip, cport, rip, rport),
@@ -684,6 +677,24 @@ impl Nat {
                 CreateError::NoEchoIdent => NatError::NoEchoIdent,
                 CreateError::InUse => NatError::InUse,
             })
+    }
+
+    /// A published flow's ends as numbers, if the container is ours and the client is one the
+    /// container can answer (not loopback, not in its subnet).
+    fn publish_ends(
+        &self,
+        container: SocketAddrV4,
+        client: SocketAddrV4,
+    ) -> Result<(u32, u16, u32, u16), NatError> {
+        let (cip, cport) = (u32::from(*container.ip()), container.port());
+        let (rip, rport) = (u32::from(*client.ip()), client.port());
+        if !self.in_subnet(cip) {
+            return Err(NatError::NotInSubnet);
+        }
+        if self.in_subnet(rip) || rip >> 24 == 127 {
+            return Err(NatError::LocalClient);
+        }
+        Ok((cip, cport, rip, rport))
     }
 
     /// The published connection from `GATEWAY:gateway_port` is over: removes its flow.
@@ -713,14 +724,7 @@ impl Nat {
         out: &mut [u8],
         now: u64,
     ) -> Result<usize, NatError> {
-        let (cip, cport) = (u32::from(*container.ip()), container.port());
-        let (rip, rport) = (u32::from(*client.ip()), client.port());
-        if !self.in_subnet(cip) {
-            return Err(NatError::NotInSubnet);
-        }
-        if self.in_subnet(rip) || rip >> 24 == 127 {
-            return Err(NatError::LocalClient);
-        }
+        let (cip, cport, rip, rport) = self.publish_ends(container, client)?;
         check_room(out, craft::UDP_FRAME_OVERHEAD, payload)?;
         let mut sh = self.table.lock(self.table.shard_of(cip, cport));
         let key = inside_key(Proto::Udp, cip, cport, rip, rport);
