@@ -447,3 +447,39 @@ fn the_switch_answers_arp_itself_and_announces_new_ports() {
         "no gratuitous ARP for {c_ip} reached b: {seen:?}"
     );
 }
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn workers_poll_only_while_traffic_flows() {
+    // The workers poll for a while after each frame (`--poll-us`); once traffic stops, the
+    // daemon must go back to sleep and cost nothing.
+    let sb = Sandbox::start();
+    let a = Container::plain();
+    let b = Container::plain();
+    sb.plug(&a, &[]);
+    sb.plug(&b, &[]);
+    let pid = sb.daemon_pid();
+
+    let before = cpu_ticks(pid);
+    tcp_transfer(&a, &b, &host_ip(3), MB50);
+    let busy = cpu_ticks(pid) - before;
+    assert!(busy > 0, "the daemon used no CPU time to forward 50 MB");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let start = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = cpu_ticks(pid) - start;
+    // 100 ticks per second of one core on Linux: 6 ticks in 3 s is 2 % of a core.
+    assert!(
+        idle <= 6,
+        "an idle daemon used {idle} clock ticks in 3 s (forwarding 50 MB took {busy})"
+    );
+}

@@ -47,6 +47,8 @@ pub struct Config {
     pub no_dns: bool,
     pub max_flows: usize,
     pub spread: Spread,
+    /// How long a datapath worker polls after its last frame before sleeping.
+    pub poll: std::time::Duration,
 }
 
 /// A plugged container.
@@ -180,9 +182,8 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         },
     );
     let fabric = Fabric::new(switch);
-    let pin = cfg.spread == Spread::Cpu;
     let mut datapath =
-        Datapath::new(fabric.clone(), cfg.workers, pin).context("preparing workers")?;
+        Datapath::new(fabric.clone(), cfg.workers, cfg.poll).context("preparing workers")?;
     let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
     let nat = Arc::new(Nat::new(NatConfig {
         max_flows: cfg.max_flows,

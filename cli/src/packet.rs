@@ -17,9 +17,9 @@ use crate::sys::cvt;
 /// How a port's frames are spread over its queues (one per worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Spread {
-    /// By the CPU that received the frame: queue `cpu % queues`, served by the worker pinned to
-    /// that CPU. The frame is switched on the CPU the sender ran on, like a kernel bridge does:
-    /// no cross-CPU wake-up, caches stay warm. A flow whose sender migrates may see brief
+    /// By the CPU that received the frame (the sender's): queue `cpu % queues`. All traffic a
+    /// sender emits from one CPU, every connection included, lands on one worker, which then
+    /// stays warm (see the datapath's polling). A flow whose sender migrates may see brief
     /// reordering.
     Cpu,
     /// By flow hash: a flow always stays on one queue (never reordered), at the price of waking

@@ -5,8 +5,8 @@
 //! Data moves with `splice` through a pipe per direction, so it never enters user space. End of
 //! stream on one side becomes a half-close (`shutdown(SHUT_WR)`) on the other; a reset on one
 //! side becomes a reset on the other, so each end sees what the far end did. A pair costs no
-//! thread of its own: it is registered straight into the epoll set of the worker pinned to the
-//! caller's CPU, which wakes only when bytes (or a FIN) arrive. Sharing the workers' threads
+//! thread of its own: it is registered straight into the epoll set of a worker (the one whose
+//! index matches the caller's CPU), which wakes only when bytes (or a FIN) arrive. Sharing the workers' threads
 //! matters for request/response traffic: the worker that hands a container's segment to the host
 //! finds the host's socket readable on its next poll, without waking another thread.
 
@@ -66,8 +66,8 @@ impl RelayPool {
     }
 
     /// Relays `a` <-> `b` until both directions are finished, then calls `done`. The pair goes
-    /// to the worker of the caller's CPU when workers are pinned (`queue_of_cpu`), else round
-    /// robin.
+    /// to worker `cpu % workers` for the caller's CPU, the same worker that CPU fanout gives the
+    /// frames sent from there (round robin if the CPU is unknown).
     pub fn relay(&self, a: TcpStream, b: TcpStream, done: impl FnOnce() + Send + 'static) {
         // SAFETY: sched_getcpu has no preconditions.
         let cpu = unsafe { libc::sched_getcpu() };
