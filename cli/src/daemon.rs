@@ -182,8 +182,9 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         },
     );
     let fabric = Fabric::new(switch);
+    let homes = cfg.spread == Spread::Cpu;
     let mut datapath =
-        Datapath::new(fabric.clone(), cfg.workers, cfg.poll).context("preparing workers")?;
+        Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
     let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
     let nat = Arc::new(Nat::new(NatConfig {
         max_flows: cfg.max_flows,
@@ -195,12 +196,13 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
             relays.iter().map(|(_, port)| *port).collect(),
         )
     }));
+    let poll = cfg.poll;
     let (service, nat_jobs) =
         NatService::new(nat.clone(), fabric, datapath.relays(), cfg.gateway, relays)
             .context("starting the NAT service")?;
     std::thread::Builder::new()
         .name("vswitch-nat".into())
-        .spawn(move || service.run())?;
+        .spawn(move || service.run(poll))?;
     let hook = NatHook {
         nat: nat.clone(),
         gateway_mac: gateway_mac.0,

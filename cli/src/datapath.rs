@@ -21,6 +21,7 @@ use crate::natd::{NatJob, NatMailbox};
 use crate::port::{Port, RxBatch};
 use crate::relay::{self, RelayPool};
 use crate::sys;
+use crate::wait::Waiter;
 
 /// Ports indexed by `PortId`.
 pub type PortTable = Vec<Option<Arc<Port>>>;
@@ -125,6 +126,8 @@ pub struct Datapath {
     stop: Arc<AtomicBool>,
     relays: RelayPool,
     poll: Duration,
+    /// Workers have home CPUs (CPU fanout): see [`Waiter`].
+    homes: bool,
 }
 
 /// Registers (or removes) `fd` for readability in a worker's epoll set.
@@ -134,8 +137,14 @@ fn epoll_ctl(epoll: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64) -> io::Res
 
 impl Datapath {
     /// Prepares `workers` workers with no ports yet (their threads start with [`Datapath::run`]).
-    /// `poll`: how long a worker keeps polling after its last frame before it sleeps.
-    pub fn new(fabric: Fabric, workers: usize, poll: Duration) -> io::Result<Datapath> {
+    /// `poll`: how long a worker keeps polling after its last frame before it sleeps; `homes`:
+    /// each worker calls home the CPU whose frames its queues receive (CPU fanout).
+    pub fn new(
+        fabric: Fabric,
+        workers: usize,
+        poll: Duration,
+        homes: bool,
+    ) -> io::Result<Datapath> {
         let mut list = Vec::new();
         for _ in 0..workers.max(1) {
             let epoll = Arc::new(sys::epoll_create()?);
@@ -154,6 +163,7 @@ impl Datapath {
             stop: Arc::new(AtomicBool::new(false)),
             relays: RelayPool::new(&epolls),
             poll,
+            homes,
         })
     }
 
@@ -164,6 +174,7 @@ impl Datapath {
 
     /// Starts the worker threads.
     pub fn run(&mut self, nat: Option<NatHook>) -> io::Result<()> {
+        let count = self.workers.len();
         for (i, worker) in self.workers.iter_mut().enumerate() {
             let ctx = WorkerCtx {
                 index: i,
@@ -173,6 +184,11 @@ impl Datapath {
                 epoll: worker.epoll.clone(),
                 stop: self.stop.clone(),
                 poll: self.poll,
+                home: if self.homes {
+                    Waiter::home_cpu(i, count)
+                } else {
+                    None
+                },
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vswitch-dp{i}"))
@@ -274,6 +290,7 @@ struct WorkerCtx {
     epoll: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
     poll: Duration,
+    home: Option<usize>,
 }
 
 /// A worker's reusable buffers.
@@ -297,23 +314,9 @@ impl WorkerCtx {
         };
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
-        // Adaptive polling: for `poll` after its last frame a worker checks its queues without
-        // sleeping, yielding the CPU to any other runnable thread in between. Request/response
-        // traffic (a TCP handshake, an RPC) then finds the worker awake: no wake-up, which costs
-        // two context switches and, when the CPU had gone idle, an inter-processor interrupt (a
-        // VM exit on a virtual machine). With no traffic the worker sleeps: idle costs nothing.
-        let mut last_frame = Instant::now();
+        let mut waiter = Waiter::new(self.poll, self.home);
         while !self.stop.load(Ordering::Relaxed) {
-            let polling = last_frame.elapsed() < self.poll;
-            let ready = sys::epoll_wait(&self.epoll, &mut events, if polling { 0 } else { -1 });
-            if ready.is_empty() {
-                if polling {
-                    std::thread::yield_now();
-                }
-                continue;
-            }
-            last_frame = Instant::now();
-            for ev in ready {
+            for ev in waiter.wait(&self.epoll, &mut events, -1) {
                 let data = ev.u64;
                 if data == WAKE {
                     continue; // the loop condition checks `stop`

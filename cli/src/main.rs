@@ -14,6 +14,7 @@ mod relay;
 mod resolv;
 mod sys;
 mod tap;
+mod wait;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

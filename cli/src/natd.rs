@@ -20,6 +20,7 @@ use vswitch_nat::{Expired, FlowId, Nat, NatError, ICMP_DEST_UNREACH};
 use crate::datapath::{now_ms, Fabric};
 use crate::relay;
 use crate::sys::{self, cvt};
+use crate::wait::Waiter;
 
 /// Work the datapath and the manager hand to the NAT service.
 pub enum NatJob {
@@ -265,13 +266,15 @@ impl NatService {
         ))
     }
 
-    /// Serves until every mailbox is dropped.
-    pub fn run(mut self) {
+    /// Serves until every mailbox is dropped, polling for `poll` after each event before it
+    /// sleeps (see [`Waiter`]).
+    pub fn run(mut self, poll: Duration) {
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
         let mut last_sweep = Instant::now();
+        let mut waiter = Waiter::new(poll, None);
         loop {
-            for ev in sys::epoll_wait(&self.epoll, &mut events, 1000) {
+            for ev in waiter.wait(&self.epoll, &mut events, 1000) {
                 let (token, flags) = (ev.u64, ev.events);
                 match token {
                     WAKE => sys::drain(&self.wake),

@@ -17,10 +17,10 @@ use crate::sys::cvt;
 /// How a port's frames are spread over its queues (one per worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Spread {
-    /// By the CPU that received the frame (the sender's): queue `cpu % queues`. All traffic a
-    /// sender emits from one CPU, every connection included, lands on one worker, which then
-    /// stays warm (see the datapath's polling). A flow whose sender migrates may see brief
-    /// reordering.
+    /// By the CPU that received the frame (the sender's): queue `cpu % queues`, whose worker
+    /// waits on that CPU (see `wait`). All traffic a sender emits from one CPU, every connection
+    /// included, lands on one worker, which then stays warm. A flow whose sender migrates may
+    /// see brief reordering.
     Cpu,
     /// By flow hash: a flow always stays on one queue (never reordered), at the price of waking
     /// a worker on another CPU half of the time.

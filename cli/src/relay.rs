@@ -69,13 +69,7 @@ impl RelayPool {
     /// to worker `cpu % workers` for the caller's CPU, the same worker that CPU fanout gives the
     /// frames sent from there (round robin if the CPU is unknown).
     pub fn relay(&self, a: TcpStream, b: TcpStream, done: impl FnOnce() + Send + 'static) {
-        // SAFETY: sched_getcpu has no preconditions.
-        let cpu = unsafe { libc::sched_getcpu() };
-        let i = if cpu >= 0 {
-            cpu as usize % self.threads.len()
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len()
-        };
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
         let shared = &self.threads[i];
         let mut pairs = shared.pairs.lock().unwrap_or_else(|e| e.into_inner());
         let id = pairs.next_id;

@@ -1,0 +1,196 @@
+//! How a thread that serves an epoll set (a datapath worker, the NAT service) waits for work.
+//!
+//! - Adaptive polling: for a short window after its last event the thread checks for more
+//!   without sleeping, yielding the CPU to any other runnable thread in between. The next frame
+//!   of a request/response exchange (a TCP handshake, an RPC) then finds it awake: no wake-up,
+//!   which costs two context switches and, when the CPU had gone idle, an inter-processor
+//!   interrupt (a VM exit on a virtual machine). With no traffic the thread sleeps: an idle
+//!   daemon costs nothing.
+//! - Placement (datapath workers under CPU fanout): a worker that sleeps, or serves sparse
+//!   traffic, stays on its home CPU, the one whose frames its queues receive. The sender that
+//!   wakes it is about to block on that same CPU, so the wake-up needs no interrupt and the
+//!   frame crosses the switch at once. Once frames have kept coming without a pause for a
+//!   while it may run on any CPU, so that the scheduler can give it an idle core rather than
+//!   make it share the sender's; it goes home when the traffic stops.
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+
+use crate::sys;
+
+/// Events closer together than this belong to one stretch of traffic...
+const GAP: Duration = Duration::from_millis(1);
+/// ...and a stretch this long lets the worker leave its home CPU.
+const SUSTAINED: Duration = Duration::from_millis(2);
+/// Away from home and quiet this long: go home, then sleep.
+const GRACE_MS: i32 = 2;
+
+pub struct Waiter {
+    poll: Duration,
+    last_event: Instant,
+    /// When the current stretch of traffic began.
+    stretch_start: Instant,
+    /// The home CPU's set, and the set the thread may use when away from it.
+    home: Option<(CpuSet, CpuSet)>,
+    at_home: bool,
+}
+
+impl Waiter {
+    /// A waiter for the calling thread; with `home_cpu`, the thread moves there now.
+    pub fn new(poll: Duration, home_cpu: Option<usize>) -> Waiter {
+        let home = home_cpu.and_then(|cpu| {
+            let everywhere = sched_getaffinity(Pid::from_raw(0)).ok()?;
+            let mut home = CpuSet::new();
+            home.set(cpu).ok()?;
+            Some((home, everywhere))
+        });
+        let mut waiter = Waiter {
+            poll,
+            last_event: Instant::now(),
+            stretch_start: Instant::now(),
+            home,
+            at_home: false,
+        };
+        waiter.go_home(true);
+        waiter
+    }
+
+    /// The CPU that `worker` of `workers` calls home under CPU fanout, which hands a frame
+    /// received on CPU `c` to queue `c % workers`: the first CPU we may use with that remainder.
+    pub fn home_cpu(worker: usize, workers: usize) -> Option<usize> {
+        let allowed = sched_getaffinity(Pid::from_raw(0)).ok()?;
+        (0..CpuSet::count())
+            .filter(|&c| allowed.is_set(c).unwrap_or(false))
+            .find(|c| c % workers == worker)
+    }
+
+    /// Waits for events on `epoll`, sleeping at most `timeout_ms` (-1: forever) once the polling
+    /// window is over. Returns the filled part of `events`, empty on timeout.
+    pub fn wait<'a>(
+        &mut self,
+        epoll: &OwnedFd,
+        events: &'a mut [libc::epoll_event],
+        timeout_ms: i32,
+    ) -> &'a [libc::epoll_event] {
+        loop {
+            let polling = self.last_event.elapsed() < self.poll;
+            let away = self.home.is_some() && !self.at_home;
+            let timeout = match (polling, away) {
+                (true, _) => 0,
+                (false, true) => GRACE_MS,
+                (false, false) => timeout_ms,
+            };
+            let n = sys::epoll_wait(epoll, events, timeout).len();
+            if n > 0 {
+                let now = Instant::now();
+                if now.duration_since(self.last_event) > GAP {
+                    self.stretch_start = now;
+                }
+                self.last_event = now;
+                if self.at_home && now.duration_since(self.stretch_start) >= SUSTAINED {
+                    self.go_home(false);
+                }
+                return &events[..n];
+            }
+            if polling {
+                std::thread::yield_now();
+            } else if away {
+                self.go_home(true);
+            } else {
+                return &events[..0];
+            }
+        }
+    }
+
+    fn go_home(&mut self, home: bool) {
+        if let Some((cpu, everywhere)) = &self.home {
+            let set = if home { cpu } else { everywhere };
+            // Best effort: a thread that cannot move still works, only slower.
+            let _ = sched_setaffinity(Pid::from_raw(0), set);
+            self.at_home = home;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn allowed() -> usize {
+        sched_getaffinity(Pid::from_raw(0))
+            .map(|set| {
+                (0..CpuSet::count())
+                    .filter(|&c| set.is_set(c).unwrap_or(false))
+                    .count()
+            })
+            .unwrap()
+    }
+
+    /// Runs in a thread of its own: the test moves its thread between CPUs.
+    #[test]
+    fn a_worker_leaves_home_under_sustained_traffic_and_returns_when_it_stops() {
+        std::thread::spawn(|| {
+            let everywhere = allowed();
+            let epoll = sys::epoll_create().unwrap();
+            let fd = sys::eventfd().unwrap();
+            sys::epoll_ctl(
+                &epoll,
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                libc::EPOLLIN as u32,
+                7,
+            )
+            .unwrap();
+            let home = Waiter::home_cpu(0, 1).unwrap();
+            let mut waiter = Waiter::new(Duration::from_micros(200), Some(home));
+            assert_eq!(allowed(), 1, "a new waiter moves its thread home");
+            let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+
+            // Sparse events (further apart than GAP) never add up to a stretch.
+            for _ in 0..3 {
+                std::thread::sleep(GAP * 2);
+                sys::wake(&fd);
+                let token = { waiter.wait(&epoll, &mut events, -1)[0].u64 };
+                assert_eq!(token, 7);
+                sys::drain(&fd);
+                assert_eq!(allowed(), 1, "sparse traffic keeps the worker home");
+            }
+
+            // Back-to-back events for longer than SUSTAINED: free to run anywhere.
+            // (Up to a second: a preempted test thread restarts the stretch.)
+            let start = Instant::now();
+            while allowed() != everywhere && start.elapsed() < Duration::from_secs(1) {
+                sys::wake(&fd);
+                assert_eq!(waiter.wait(&epoll, &mut events, -1).len(), 1);
+                sys::drain(&fd);
+            }
+            assert_eq!(
+                allowed(),
+                everywhere,
+                "sustained traffic lets the worker leave"
+            );
+
+            // Quiet: the waiter goes home before it sleeps (here: until its 50 ms timeout).
+            assert!(waiter.wait(&epoll, &mut events, 50).is_empty());
+            assert_eq!(allowed(), 1, "the worker is home again once traffic stops");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn polling_ends_and_the_timeout_is_kept() {
+        let epoll = sys::epoll_create().unwrap();
+        let mut waiter = Waiter::new(Duration::from_millis(5), None);
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        let start = Instant::now();
+        assert!(waiter.wait(&epoll, &mut events, 20).is_empty());
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(20), "returned after {took:?}");
+        assert!(took < Duration::from_secs(2), "returned after {took:?}");
+    }
+}
