@@ -107,6 +107,8 @@ const SEND_CHUNK: usize = 64;
 const ROUNDS: usize = 8;
 /// epoll user data that marks the worker's wake-up eventfd rather than a port.
 const WAKE: u64 = u64::MAX;
+/// epoll user data of the NAT's raw ICMP socket (echo replies).
+const ECHO: u64 = u64::MAX - 1;
 
 /// Milliseconds on the daemon's monotonic clock, the time base of the switch's FDB.
 pub fn now_ms() -> Millis {
@@ -176,6 +178,12 @@ impl Datapath {
     pub fn run(&mut self, nat: Option<NatHook>) -> io::Result<()> {
         let count = self.workers.len();
         for (i, worker) in self.workers.iter_mut().enumerate() {
+            if let Some(fd) = nat.as_ref().and_then(|hook| hook.service.icmp_fd()) {
+                // Exclusive: a reply wakes one sleeping worker, not all of them (a polling
+                // worker finds it anyway).
+                let events = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
+                sys::epoll_ctl(&worker.epoll, libc::EPOLL_CTL_ADD, fd, events, ECHO)?;
+            }
             let ctx = WorkerCtx {
                 index: i,
                 fabric: self.fabric.clone(),
@@ -302,15 +310,21 @@ struct Scratch {
     reply_lens: Vec<usize>,
     /// What to send where after a batch: (egress port, frame index, reply?) in arrival order.
     sends: Vec<(PortId, u16, bool)>,
+    /// An echo reply read from the NAT's raw socket, and the frame made of it.
+    echo_in: Vec<u8>,
+    echo_out: Vec<u8>,
 }
 
 impl WorkerCtx {
     fn run(self) {
+        let nat_buffer = |len| vec![0; if self.nat.is_some() { len } else { 0 }];
         let mut scratch = Scratch {
             rx: RxBatch::new(BATCH),
             replies: vec![[0u8; VNET_HDR_LEN + 64]; BATCH],
             reply_lens: vec![0; BATCH],
             sends: Vec::with_capacity(BATCH * 4),
+            echo_in: nat_buffer(65536),
+            echo_out: nat_buffer(65536 + 128),
         };
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
@@ -320,6 +334,13 @@ impl WorkerCtx {
                 let data = ev.u64;
                 if data == WAKE {
                     continue; // the loop condition checks `stop`
+                }
+                if data == ECHO {
+                    if let Some(hook) = &self.nat {
+                        let (buf, out) = (&mut scratch.echo_in, &mut scratch.echo_out);
+                        hook.service.echo_replies(&hook.nat, &self.fabric, buf, out);
+                    }
+                    continue;
                 }
                 if data & relay::TOKEN_FLAG != 0 {
                     self.relays.service(self.index, data);

@@ -2,9 +2,10 @@
 //! published ports. The translation itself is the pure `vswitch-nat` crate; this is its edge.
 //!
 //! One thread with an epoll set owns the non-blocking sockets: relay listeners, upstream TCP
-//! connects in progress, one UDP socket per UDP flow, a raw ICMP socket for echo, and the
-//! published ports' listeners. Established TCP connections are handed to the `relay`, which
-//! splices them on the datapath workers.
+//! connects in progress, one UDP socket per UDP flow and the published ports' listeners.
+//! Established TCP connections are handed to the `relay`, which splices them on the datapath
+//! workers; echo requests leave through a raw ICMP socket straight from the workers, which also
+//! read the replies.
 //! Datapath workers send it jobs through a crossbeam channel plus an eventfd to wake it.
 
 use std::collections::HashMap;
@@ -102,6 +103,46 @@ impl NatMailbox {
         };
     }
 
+    /// The raw ICMP socket, for the workers to poll: echo replies are read by whichever worker
+    /// is awake (see [`NatMailbox::echo_replies`]).
+    pub fn icmp_fd(&self) -> Option<RawFd> {
+        self.icmp.as_ref().map(|fd| fd.as_raw_fd())
+    }
+
+    /// Reads the echo replies waiting on the raw ICMP socket and hands each, translated back,
+    /// to its container. `buf` and `out` are the caller's scratch (64 KiB and a bit more).
+    pub fn echo_replies(&self, nat: &Nat, fabric: &Fabric, buf: &mut [u8], out: &mut [u8]) {
+        let Some(icmp) = &self.icmp else { return };
+        loop {
+            // SAFETY: reading into the caller's live buffer.
+            let n = unsafe {
+                libc::recv(
+                    icmp.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                return;
+            }
+            let packet = &buf[..n as usize];
+            // A raw socket hands us the IPv4 header too.
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            let Some(icmp) = packet.get(ihl..) else {
+                continue;
+            };
+            if icmp.len() < 8 || icmp[0] != 0 {
+                continue; // only echo replies; errors for our UDP flows come through their sockets
+            }
+            let ident = u16::from_be_bytes([icmp[4], icmp[5]]);
+            let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
+            if let Ok(len) = nat.echo_reply(ident, seq, &icmp[8..], out, now_ms()) {
+                fabric.to_containers(&out[..len]);
+            }
+        }
+    }
+
     pub fn send(&self, job: NatJob) {
         if self.tx.send(job).is_ok() {
             sys::wake(&self.wake);
@@ -111,7 +152,6 @@ impl NatMailbox {
 
 /// epoll tokens below this are fixed; sockets created on the fly get tokens above it.
 const WAKE: u64 = 0;
-const ICMP: u64 = 1;
 const RELAY_BASE: u64 = 16;
 const DYNAMIC_BASE: u64 = 1024;
 /// How long a connected upstream waits for the container's side to reach the relay.
@@ -172,7 +212,6 @@ pub struct NatService {
     relays: Vec<(TcpListener, u16)>,
     /// Threads that splice relayed connections.
     pool: relay::RelayPool,
-    icmp: Option<Arc<OwnedFd>>,
     entries: HashMap<u64, Entry>,
     next_token: u64,
     udp_by_flow: HashMap<FlowId, u64>,
@@ -232,9 +271,6 @@ impl NatService {
         })
         .ok()
         .map(|fd| Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }));
-        if let Some(fd) = &icmp {
-            epoll_add(&epoll, fd.as_raw_fd(), readable, ICMP)?;
-        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let mailbox = NatMailbox {
             tx,
@@ -251,7 +287,6 @@ impl NatService {
                 wake,
                 relays,
                 pool,
-                icmp,
                 entries: HashMap::new(),
                 next_token: DYNAMIC_BASE,
                 udp_by_flow: HashMap::new(),
@@ -278,7 +313,6 @@ impl NatService {
                 let (token, flags) = (ev.u64, ev.events);
                 match token {
                     WAKE => sys::drain(&self.wake),
-                    ICMP => self.icmp_readable(),
                     t if (RELAY_BASE..DYNAMIC_BASE).contains(&t) => {
                         self.relay_accept((t - RELAY_BASE) as usize)
                     }
@@ -727,42 +761,6 @@ impl NatService {
         };
         if let Some(Entry::Udp { sock, .. }) = self.entries.get(&token) {
             send_segments(|chunk| sock.send(chunk), payload, gso_size);
-        }
-    }
-
-    fn icmp_readable(&mut self) {
-        let Some(icmp) = &self.icmp else { return };
-        let fd = icmp.as_raw_fd();
-        loop {
-            // SAFETY: reading into our live buffer.
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                return;
-            }
-            let packet = &self.buf[..n as usize];
-            // A raw socket hands us the IPv4 header too.
-            let ihl = usize::from(packet[0] & 0x0f) * 4;
-            let Some(icmp) = packet.get(ihl..) else {
-                continue;
-            };
-            if icmp.len() < 8 || icmp[0] != 0 {
-                continue; // only echo replies; errors for our UDP flows come through their sockets
-            }
-            let ident = u16::from_be_bytes([icmp[4], icmp[5]]);
-            let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-            if let Ok(len) = self
-                .nat
-                .echo_reply(ident, seq, &icmp[8..], &mut self.out, now_ms())
-            {
-                self.fabric.to_containers(&self.out[..len]);
-            }
         }
     }
 }
