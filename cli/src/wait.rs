@@ -54,7 +54,7 @@ impl Waiter {
             home,
             at_home: false,
         };
-        waiter.go_home(true);
+        waiter.place(true);
         waiter
     }
 
@@ -91,21 +91,22 @@ impl Waiter {
                 }
                 self.last_event = now;
                 if self.at_home && now.duration_since(self.stretch_start) >= SUSTAINED {
-                    self.go_home(false);
+                    self.place(false);
                 }
                 return &events[..n];
             }
             if polling {
                 std::thread::yield_now();
             } else if away {
-                self.go_home(true);
+                self.place(true);
             } else {
                 return &events[..0];
             }
         }
     }
 
-    fn go_home(&mut self, home: bool) {
+    /// Moves the thread home (`true`) or lets it run on any CPU it may use.
+    fn place(&mut self, home: bool) {
         if let Some((cpu, everywhere)) = &self.home {
             let set = if home { cpu } else { everywhere };
             // Best effort: a thread that cannot move still works, only slower.
