@@ -5,10 +5,10 @@
 //! Data moves with `splice` through a pipe per direction, so it never enters user space. End of
 //! stream on one side becomes a half-close (`shutdown(SHUT_WR)`) on the other; a reset on one
 //! side becomes a reset on the other, so each end sees what the far end did. A pair costs no
-//! thread of its own: it is registered straight into the epoll set of a worker (the one whose
-//! index matches the caller's CPU), which wakes only when bytes (or a FIN) arrive. Sharing the workers' threads
-//! matters for request/response traffic: the worker that hands a container's segment to the host
-//! finds the host's socket readable on its next poll, without waking another thread.
+//! thread of its own: it is registered straight into the epoll set of a worker (round robin),
+//! which wakes only when bytes (or a FIN) arrive. Sharing the workers' threads matters for
+//! request/response traffic: a worker that hands a container's segment to the host is often
+//! still polling when the host's socket becomes readable, and no other thread has to wake.
 
 use std::collections::HashMap;
 use std::io;
@@ -65,9 +65,9 @@ impl RelayPool {
         }
     }
 
-    /// Relays `a` <-> `b` until both directions are finished, then calls `done`. The pair goes
-    /// to worker `cpu % workers` for the caller's CPU, the same worker that CPU fanout gives the
-    /// frames sent from there (round robin if the CPU is unknown).
+    /// Relays `a` <-> `b` until both directions are finished, then calls `done`. Pairs go to
+    /// the workers round robin: the thread that accepts them (the NAT service) runs on any CPU,
+    /// so its CPU says nothing about where the flow's frames are served.
     pub fn relay(&self, a: TcpStream, b: TcpStream, done: impl FnOnce() + Send + 'static) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
         let shared = &self.threads[i];
