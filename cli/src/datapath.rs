@@ -383,6 +383,7 @@ impl WorkerCtx {
     fn switch_batch(&self, table: &PortTable, port: &Port, got: usize, s: &mut Scratch) {
         let now = now_ms();
         s.sends.clear();
+        let mut posted = false;
         for i in 0..got {
             let frame = &mut s.rx.bufs[i][..s.rx.lens[i]];
             if s.rx.truncated[i] || frame.len() < VNET_HDR_LEN {
@@ -393,7 +394,7 @@ impl WorkerCtx {
             if !outgoing {
                 port.counters.rx(frame.len() - VNET_HDR_LEN);
                 if let Some(hook) = &self.nat {
-                    if !hook.translate(port.id, frame, now) {
+                    if !hook.translate(port.id, frame, now, &mut posted) {
                         continue;
                     }
                 }
@@ -427,6 +428,12 @@ impl WorkerCtx {
                 Action::Drop(_) => {}
             }
         }
+        // The NAT service's jobs of the whole batch, behind one wake-up.
+        if posted {
+            if let Some(hook) = &self.nat {
+                hook.service.wake();
+            }
+        }
         // Stable by egress: each port's frames keep their arrival order.
         s.sends.sort_by_key(|(out, _, _)| *out);
         // Up to one sendmmsg's worth of frames at a time, on the stack: no allocation per batch.
@@ -456,7 +463,8 @@ impl WorkerCtx {
 impl NatHook {
     /// Runs a frame through the NAT. Returns whether the switch should still forward it (as is
     /// or rewritten); frames the NAT service carries through host sockets, or drops, are done.
-    fn translate(&self, ingress: PortId, frame: &mut [u8], now: Millis) -> bool {
+    /// Sets `posted` when it queued a job for the NAT service (the caller wakes it once).
+    fn translate(&self, ingress: PortId, frame: &mut [u8], now: Millis, posted: &mut bool) -> bool {
         let eth = &frame[VNET_HDR_LEN..];
         let ipv4 = eth.len() >= 34 && eth[12..14] == [0x08, 0x00];
         if !ipv4 {
@@ -473,7 +481,7 @@ impl NatHook {
             Verdict::Pass | Verdict::Rewritten => true,
             Verdict::Pending | Verdict::Drop(_) => false,
             Verdict::TcpConnect { flow, dst } => {
-                self.service.send(NatJob::TcpConnect {
+                *posted |= self.service.post(NatJob::TcpConnect {
                     flow,
                     dst,
                     syn: frame.to_vec(),
@@ -487,7 +495,7 @@ impl NatHook {
                 gso_size,
                 ..
             } => {
-                self.service.send(NatJob::UdpOut {
+                *posted |= self.service.post(NatJob::UdpOut {
                     flow,
                     dst,
                     payload: frame[payload].to_vec(),
@@ -511,7 +519,7 @@ impl NatHook {
                 payload,
                 gso_size,
             } => {
-                self.service.send(NatJob::UdpToClient {
+                *posted |= self.service.post(NatJob::UdpToClient {
                     publish_id,
                     client,
                     payload: frame[payload].to_vec(),

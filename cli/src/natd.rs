@@ -143,10 +143,21 @@ impl NatMailbox {
         }
     }
 
+    /// Queues a job and wakes the service.
     pub fn send(&self, job: NatJob) {
-        if self.tx.send(job).is_ok() {
-            sys::wake(&self.wake);
+        if self.post(job) {
+            self.wake();
         }
+    }
+
+    /// Queues a job without waking the service: a worker posts a whole batch's jobs, then
+    /// wakes the service once (one eventfd write per batch, not per datagram).
+    pub fn post(&self, job: NatJob) -> bool {
+        self.tx.send(job).is_ok()
+    }
+
+    pub fn wake(&self) {
+        sys::wake(&self.wake);
     }
 }
 
