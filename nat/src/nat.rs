@@ -777,26 +777,9 @@ impl Nat {
         now: u64,
     ) -> Result<usize, NatError> {
         check_room(out, craft::UDP_FRAME_OVERHEAD, payload)?;
-        let (mut sh, slot) = self
-            .table
-            .lock_id(flow, Some(now))
-            .ok_or(NatError::UnknownFlow(flow))?;
-        let f = sh.flow_mut(slot).ok_or(NatError::UnknownFlow(flow))?;
-        if f.kind != Kind::UdpEgress {
-            return Err(NatError::WrongFlowKind(flow));
-        }
-        f.replied = true;
-        f.count_in(craft::UDP_FRAME_OVERHEAD - IP_OFF + payload.len());
-        self.table.refresh(f, now);
-        let (src, dst, sport, dport) = (f.rip, f.cip, f.rport, f.cport);
-        let e = Ends {
-            src_mac: self.gateway_mac,
-            dst_mac: sh.extra(slot).mac,
-            src,
-            dst,
-        };
-        drop(sh);
-        craft::udp(out, &e, sport, dport, payload)
+        let bytes = craft::UDP_FRAME_OVERHEAD - IP_OFF + payload.len();
+        let (e, rport, cport) = self.reply_from_remote(flow, Kind::UdpEgress, bytes, now)?;
+        craft::udp(out, &e, rport, cport, payload)
     }
 
     /// An echo reply received for translated identifier `ident`: writes the reply frame to the
@@ -814,27 +797,42 @@ impl Nat {
             .table
             .echo_flow(ident)
             .ok_or(NatError::UnknownEchoIdent(ident))?;
+        let kind = Kind::Echo { nat_ident: ident };
+        let bytes = craft::ECHO_FRAME_OVERHEAD - IP_OFF + payload.len();
+        let (e, _, cident) = self.reply_from_remote(id, kind, bytes, now)?;
+        let rest = (u32::from(cident) << 16 | u32::from(seq)).to_be_bytes();
+        craft::icmp(out, &e, ICMP_ECHO_REPLY, 0, rest, payload)
+    }
+
+    /// A reply of `bytes` from flow `id`'s destination, which must be a flow of `kind`: marks
+    /// the flow replied, counts and refreshes it. Returns the ends of the frame to the container
+    /// and the flow's remote and container ports (identifiers for echo).
+    fn reply_from_remote(
+        &self,
+        id: FlowId,
+        kind: Kind,
+        bytes: usize,
+        now: u64,
+    ) -> Result<(Ends, u16, u16), NatError> {
         let (mut sh, slot) = self
             .table
             .lock_id(id, Some(now))
             .ok_or(NatError::UnknownFlow(id))?;
         let f = sh.flow_mut(slot).ok_or(NatError::UnknownFlow(id))?;
-        if f.kind != (Kind::Echo { nat_ident: ident }) {
+        if f.kind != kind {
             return Err(NatError::WrongFlowKind(id));
         }
         f.replied = true;
-        f.count_in(craft::ECHO_FRAME_OVERHEAD - IP_OFF + payload.len());
+        f.count_in(bytes);
         self.table.refresh(f, now);
-        let (src, dst) = (f.rip, f.cip);
-        let rest = (u32::from(f.cport) << 16 | u32::from(seq)).to_be_bytes();
+        let (src, dst, rport, cport) = (f.rip, f.cip, f.rport, f.cport);
         let e = Ends {
             src_mac: self.gateway_mac,
             dst_mac: sh.extra(slot).mac,
             src,
             dst,
         };
-        drop(sh);
-        craft::icmp(out, &e, ICMP_ECHO_REPLY, 0, rest, payload)
+        Ok((e, rport, cport))
     }
 
     /// An ICMP error for a UDP or echo flow (the edge learnt it from its socket's error queue):
