@@ -224,57 +224,55 @@ fn translate(c: &mut Criterion) {
 
 /// Flow creation, in batches of fresh tables (so the table never fills).
 fn setup(c: &mut Criterion) {
-    const BATCH: u32 = 50_000;
     let mut group = c.benchmark_group("setup");
     group.throughput(Throughput::Elements(1));
-    let udp_frames: Vec<Vec<u8>> = (0..BATCH)
+    let udp_frames: Vec<Vec<u8>> = (0..SETUP_BATCH)
         .map(|i| udp(container(i), outside(i), b"query"))
         .collect();
     group.bench_function("udp_flow", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let k = left.min(u64::from(BATCH)) as usize;
-                let nat = Nat::new(config(BATCH as usize));
-                let mut frames = udp_frames[..k].to_vec();
-                let start = Instant::now();
-                for f in &mut frames {
-                    let v = nat.outbound(black_box(f), NOW);
-                    debug_assert!(matches!(v, Verdict::UdpOut { new: true, .. }));
-                    black_box(v);
-                }
-                total += start.elapsed();
-                left -= k as u64;
-            }
-            total
+            time_new_flows(iters, &udp_frames, |nat, f| {
+                let v = nat.outbound(black_box(f), NOW);
+                debug_assert!(matches!(v, Verdict::UdpOut { new: true, .. }));
+                black_box(v);
+            })
         })
     });
-    let syns: Vec<Vec<u8>> = (0..BATCH)
+    let syns: Vec<Vec<u8>> = (0..SETUP_BATCH)
         .map(|i| tcp(container(i), outside(i), SYN, b""))
         .collect();
     group.bench_function("tcp_connect", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let k = left.min(u64::from(BATCH)) as usize;
-                let nat = Nat::new(config(BATCH as usize));
-                let mut frames = syns[..k].to_vec();
-                let start = Instant::now();
-                for f in &mut frames {
-                    let Verdict::TcpConnect { flow, .. } = nat.outbound(black_box(f), NOW) else {
-                        panic!("no connect")
-                    };
-                    nat.tcp_connected(flow, f, NOW).unwrap();
-                }
-                total += start.elapsed();
-                left -= k as u64;
-            }
-            total
+            time_new_flows(iters, &syns, |nat, f| {
+                let Verdict::TcpConnect { flow, .. } = nat.outbound(black_box(f), NOW) else {
+                    panic!("no connect")
+                };
+                nat.tcp_connected(flow, f, NOW).unwrap();
+            })
         })
     });
     group.finish();
+}
+
+const SETUP_BATCH: u32 = 50_000;
+
+/// Times `per_frame` over `iters` frames, each the first of a new flow: `frames` in turn, in a
+/// fresh table for each batch of them (untimed: building the table and copying the frames).
+fn time_new_flows(iters: u64, frames: &[Vec<u8>], per_frame: impl Fn(&Nat, &mut [u8])) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let k = left.min(frames.len() as u64) as usize;
+        let nat = Nat::new(config(frames.len()));
+        let mut batch = frames[..k].to_vec();
+        let start = Instant::now();
+        for f in &mut batch {
+            per_frame(&nat, f);
+        }
+        total += start.elapsed();
+        left -= k as u64;
+    }
+    total
 }
 
 /// Two threads (one per core) translating different flows of one table of 100 000: wall time
