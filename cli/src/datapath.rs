@@ -384,6 +384,8 @@ impl WorkerCtx {
         let now = now_ms();
         s.sends.clear();
         let mut posted = false;
+        // Received frames and bytes, added to the port's shared counters once per batch.
+        let (mut rx_frames, mut rx_bytes) = (0, 0);
         for i in 0..got {
             let frame = &mut s.rx.bufs[i][..s.rx.lens[i]];
             if s.rx.truncated[i] || frame.len() < VNET_HDR_LEN {
@@ -392,7 +394,8 @@ impl WorkerCtx {
             }
             let outgoing = s.rx.outgoing[i];
             if !outgoing {
-                port.counters.rx(frame.len() - VNET_HDR_LEN);
+                rx_frames += 1;
+                rx_bytes += frame.len() - VNET_HDR_LEN;
                 if let Some(hook) = &self.nat {
                     if !hook.translate(port.id, frame, now, &mut posted) {
                         continue;
@@ -428,6 +431,7 @@ impl WorkerCtx {
                 Action::Drop(_) => {}
             }
         }
+        port.counters.rx(rx_frames, rx_bytes);
         // The NAT service's jobs of the whole batch, behind one wake-up.
         if posted {
             if let Some(hook) = &self.nat {

@@ -76,8 +76,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn rx(&self, bytes: usize) {
-        self.rx_frames.fetch_add(1, Relaxed);
+    pub fn rx(&self, frames: usize, bytes: usize) {
+        self.rx_frames.fetch_add(frames as u64, Relaxed);
         self.rx_bytes.fetch_add(bytes as u64, Relaxed);
     }
     pub fn drop_one(&self) {
