@@ -182,7 +182,7 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         },
     );
     let fabric = Fabric::new(switch);
-    let homes = cfg.spread == Spread::Cpu;
+    let homes = cfg.spread != Spread::Hash;
     let mut datapath =
         Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
     let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;

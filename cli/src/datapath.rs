@@ -128,7 +128,7 @@ pub struct Datapath {
     stop: Arc<AtomicBool>,
     relays: RelayPool,
     poll: Duration,
-    /// Workers have home CPUs (CPU fanout): see [`Waiter`].
+    /// Workers have home CPUs (small frames spread by CPU): see [`Waiter`].
     homes: bool,
 }
 
@@ -140,7 +140,7 @@ fn epoll_ctl(epoll: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64) -> io::Res
 impl Datapath {
     /// Prepares `workers` workers with no ports yet (their threads start with [`Datapath::run`]).
     /// `poll`: how long a worker keeps polling after its last frame before it sleeps; `homes`:
-    /// each worker calls home the CPU whose frames its queues receive (CPU fanout).
+    /// each worker calls home the CPU whose (small) frames its queues receive.
     pub fn new(
         fabric: Fabric,
         workers: usize,

@@ -95,9 +95,9 @@ enum Command {
         /// Most NAT flows tracked at once; new flows are refused past it.
         #[arg(long, default_value_t = vswitch_nat::DEFAULT_MAX_FLOWS)]
         max_flows: usize,
-        /// How a port's frames are spread over the workers: by the CPU that sent them or by
-        /// flow hash.
-        #[arg(long, value_enum, default_value_t = packet::Spread::Cpu)]
+        /// How a port's frames are spread over the workers: bulk frames by flow and the rest by
+        /// the CPU that sent them (auto), all by CPU, or all by flow hash.
+        #[arg(long, value_enum, default_value_t = packet::Spread::Auto)]
         spread: packet::Spread,
         /// Microseconds a worker keeps polling for frames after its last one before it sleeps
         /// (0: sleep at once). Cuts request/response latency; costs CPU only while traffic flows.
@@ -250,8 +250,10 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let ports: Vec<PortView> = serde_json::from_value(data).context("daemon reply")?;
+            // "netns /run/netns/NAME" and "pid N" vary in length: size the column to fit.
+            let w = ports.iter().map(|p| describe(p).len()).fold(10, usize::max);
             println!(
-                "{:<5} {:<10} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
+                "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
                 "PORT",
                 "CONTAINER",
                 "HOST-IF",
@@ -266,7 +268,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             for p in ports {
                 println!(
-                    "{:<5} {:<10} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
+                    "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
                     p.port,
                     describe(&p),
                     p.host_ifname,

@@ -17,15 +17,50 @@ use crate::sys::cvt;
 /// How a port's frames are spread over its queues (one per worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Spread {
+    /// Bulk frames (over [`BULK_LEN`] bytes) by flow, the rest by CPU. A bulk TCP stream is never
+    /// reordered even when its sender migrates between CPUs (reordering costs TCP spurious
+    /// retransmits and a smaller window), while the small frames of request/response traffic
+    /// (handshakes, ACKs, pings, RPCs) reach the worker waiting on their sender's CPU.
+    Auto,
     /// By the CPU that received the frame (the sender's): queue `cpu % queues`, whose worker
     /// waits on that CPU (see `wait`). All traffic a sender emits from one CPU, every connection
-    /// included, lands on one worker, which then stays warm. A flow whose sender migrates may
-    /// see brief reordering.
+    /// included, lands on one worker, which then stays warm. A flow whose sender migrates is
+    /// reordered.
     Cpu,
     /// By flow hash: a flow always stays on one queue (never reordered), at the price of waking
     /// a worker on another CPU half of the time.
     Hash,
 }
+
+/// Network-layer length above which `Spread::Auto` treats a frame as bulk data: more than any
+/// handshake, ACK or small request, less than a full-size segment.
+pub const BULK_LEN: u32 = 1024;
+
+/// The classic BPF program behind `Spread::Auto`, run by the kernel's fanout for every frame; it
+/// returns the queue (the kernel takes it modulo the number of queues).
+fn auto_fanout_program() -> [libc::sock_filter; 6] {
+    const LD_ABS_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ancillary = |field: libc::c_int| (libc::SKF_AD_OFF + field) as u32;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    [
+        // A = skb->len (from the network header on).
+        op((libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16, 0, 0, 0),
+        // Small: by CPU.
+        op(JGT, 0, 2, BULK_LEN),
+        // Bulk: the flow hash the sending socket set (TCP always sets one)...
+        op(LD_ABS_W, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
+        // ...or, when there is none, by CPU after all.
+        op(JEQ, 0, 1, 0),
+        op(LD_ABS_W, 0, 0, ancillary(libc::SKF_AD_CPU)),
+        op((libc::BPF_RET | libc::BPF_A) as u16, 0, 0, 0),
+    ]
+}
+
+// From <linux/if_packet.h>; not in every libc release.
+const PACKET_FANOUT_CBPF: u32 = 6;
+const PACKET_FANOUT_DATA: libc::c_int = 22;
 
 pub struct PacketSocket {
     fd: OwnedFd,
@@ -68,6 +103,7 @@ impl PacketSocket {
             for _ in 0..64 {
                 let id = (base + NEXT.fetch_add(1, Relaxed)) & 0xffff;
                 let mode = match spread {
+                    Spread::Auto => PACKET_FANOUT_CBPF,
                     Spread::Cpu => libc::PACKET_FANOUT_CPU,
                     Spread::Hash => libc::PACKET_FANOUT_HASH,
                 };
@@ -86,6 +122,20 @@ impl PacketSocket {
                             libc::SOL_PACKET,
                             libc::PACKET_FANOUT,
                             &arg,
+                        )?;
+                    }
+                    if spread == Spread::Auto {
+                        // The program belongs to the group: set once, through any member.
+                        let program = auto_fanout_program();
+                        let fprog = libc::sock_fprog {
+                            len: program.len() as u16,
+                            filter: program.as_ptr() as *mut libc::sock_filter,
+                        };
+                        setsockopt(
+                            sockets[0].fd.as_raw_fd(),
+                            libc::SOL_PACKET,
+                            PACKET_FANOUT_DATA,
+                            &fprog,
                         )?;
                     }
                     joined = true;

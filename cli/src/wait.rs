@@ -6,12 +6,12 @@
 //!   which costs two context switches and, when the CPU had gone idle, an inter-processor
 //!   interrupt (a VM exit on a virtual machine). With no traffic the thread sleeps: an idle
 //!   daemon costs nothing.
-//! - Placement (datapath workers under CPU fanout): a worker that sleeps, or serves sparse
-//!   traffic, stays on its home CPU, the one whose frames its queues receive. The sender that
-//!   wakes it is about to block on that same CPU, so the wake-up needs no interrupt and the
-//!   frame crosses the switch at once. Once frames have kept coming without a pause for a
-//!   while it may run on any CPU, so that the scheduler can give it an idle core rather than
-//!   make it share the sender's; it goes home when the traffic stops.
+//! - Placement (datapath workers, when small frames are spread by CPU): a worker that sleeps,
+//!   or serves sparse traffic, stays on its home CPU, the one whose frames its queues receive.
+//!   The sender that wakes it is about to block on that same CPU, so the wake-up needs no
+//!   interrupt and the frame crosses the switch at once. Once frames have kept coming without a
+//!   pause for a while it may run on any CPU, so that the scheduler can give it an idle core
+//!   rather than make it share the sender's; it goes home when the traffic stops.
 
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
