@@ -49,7 +49,7 @@ fn auto_fanout_program() -> [libc::sock_filter; 6] {
         op((libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16, 0, 0, 0),
         // Small: by CPU.
         op(JGT, 0, 2, BULK_LEN),
-        // Bulk: the flow hash the sending socket set (TCP always sets one)...
+        // Bulk: the flow hash the sending socket set (TCP and connected UDP sockets do)...
         op(LD_ABS_W, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
         // ...or, when there is none, by CPU after all.
         op(JEQ, 0, 1, 0),
