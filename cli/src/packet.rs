@@ -17,18 +17,22 @@ use crate::sys::cvt;
 /// How a port's frames are spread over its queues (one per worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Spread {
-    /// Bulk frames (over [`BULK_LEN`] bytes) by flow, the rest by CPU. A bulk TCP stream is never
-    /// reordered even when its sender migrates between CPUs (reordering costs TCP spurious
-    /// retransmits and a smaller window), while the small frames of request/response traffic
-    /// (handshakes, ACKs, pings, RPCs) reach the worker waiting on their sender's CPU.
+    /// Bulk frames by flow, the rest by the sending CPU.
+    ///
+    /// Bulk frames (over `BULK_LEN` bytes): a TCP stream is never reordered even when its sender
+    /// migrates between CPUs (reordering costs TCP spurious retransmits and a smaller window),
+    /// while the small frames of request/response traffic (handshakes, ACKs, pings, RPCs)
+    /// reach the worker waiting on their sender's CPU.
     Auto,
-    /// By the CPU that received the frame (the sender's): queue `cpu % queues`, whose worker
-    /// waits on that CPU (see `wait`). All traffic a sender emits from one CPU, every connection
-    /// included, lands on one worker, which then stays warm. A flow whose sender migrates is
-    /// reordered.
+    /// All frames by the sending CPU (a stream whose sender migrates is reordered).
+    ///
+    /// Queue `cpu % queues`, whose worker waits on that CPU (see `wait`). All traffic a sender
+    /// emits from one CPU, every connection included, lands on one worker, which stays warm.
     Cpu,
-    /// By flow hash: a flow always stays on one queue (never reordered), at the price of waking
-    /// a worker on another CPU half of the time.
+    /// All frames by flow hash (never reordered, but often wakes a worker on another CPU).
+    ///
+    /// A flow always stays on one queue, at the price of waking a worker on another CPU half of
+    /// the time.
     Hash,
 }
 
