@@ -5,7 +5,8 @@
 //!   gateway, a sample of pairs reach each other, `ls`/`fdb` hold them all, unplugging some
 //!   leaves the others working;
 //! - GSO/TSO super-frames cross the switch unsegmented (container -> container and
-//!   host -> container through the TAP) and the payload arrives intact.
+//!   host -> container through the TAP) and the payload arrives intact;
+//! - a port that cannot take super-frames (offloads off) gets them segmented, payload intact.
 
 mod common;
 
@@ -348,4 +349,61 @@ fn super_frames_cross_the_switch_intact() {
         "mean frame size the switch sent to c2 during the host's transfer is {c2_tx_mean} bytes \
          (<= {SUPER_FRAME_MEAN}): the switch segmented the super-frames: {c2_after}"
     );
+}
+
+/// (rx_packets, rx_bytes) of the container's eth0, from its own /proc/net/dev (/sys would
+/// show the namespace that mounted it).
+fn eth0_rx(c: &Container) -> (u64, u64) {
+    let dev = c.run("cat", &["/proc/net/dev"]).ok().stdout;
+    let line = dev
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("eth0:"))
+        .unwrap_or_else(|| panic!("no eth0 in the container's /proc/net/dev:\n{dev}"));
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    (fields[1], fields[0])
+}
+
+#[test]
+fn super_frames_reach_a_port_that_cannot_take_them_segmented() {
+    // With segmentation and checksum offload off on c2's host-side veth, the super-frames the
+    // switch forwards from c1 must be cut into MTU-size frames (and their checksums completed)
+    // on the way out, not dropped: the transfer completes intact.
+    require_program("ethtool", "ethtool");
+    let sb = Sandbox::start_subnet(SUBNET);
+    let c1 = Container::plain();
+    let c2 = Container::plain();
+    sb.plug(&c1, &[]);
+    sb.plug(&c2, &[]);
+    let off = [
+        "-K",
+        &c2.host_port(),
+        "tso",
+        "off",
+        "gso",
+        "off",
+        "tx",
+        "off",
+    ];
+    common::run(&mut sb.host_cmd("ethtool", &off)).ok();
+
+    let port = |c: &Container| sb.port_of(c.pid).unwrap();
+    let (c1_before, c2_before) = (counters(&port(&c1)), eth0_rx(&c2));
+    tcp_transfer(&c1, &c2, &nth_ip(1), MB64 / 4);
+    let (c1_after, c2_after) = (port(&c1), eth0_rx(&c2));
+    let (c1_rx_mean, _) = mean_frame_sizes(c1_before, counters(&c1_after));
+    let c2_rx_mean = (c2_after.1 - c2_before.1) / (c2_after.0 - c2_before.0).max(1);
+    eprintln!("mean frame from c1 {c1_rx_mean} bytes, into c2's eth0 {c2_rx_mean} bytes");
+    assert!(
+        c1_rx_mean > SUPER_FRAME_MEAN,
+        "the switch received no super-frames from c1 (mean {c1_rx_mean} bytes): {c1_after}"
+    );
+    assert!(
+        c2_rx_mean > 0 && c2_rx_mean <= 1514,
+        "c2's eth0 received frames of {c2_rx_mean} bytes on average: not segmented"
+    );
+    let c2_port = port(&c2);
+    assert_eq!(c2_port.num("drops"), 0, "frames to c2 dropped: {c2_port}");
 }

@@ -5,11 +5,14 @@
 //! - `PACKET_IGNORE_OUTGOING`: an `ETH_P_ALL` socket would also see every frame it transmits;
 //!   the kernel filters those for us (the packet type is checked as well, belt and braces).
 //! - Batched `recvmmsg`: one system call for up to a batch of frames.
+//! - `PACKET_QDISC_BYPASS`: frames go straight to the device, until a device refuses a
+//!   super-frame (segmentation offload turned off): that socket then takes the full transmit
+//!   path, where the kernel segments super-frames in software (and completes checksums).
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::port::{PortIo, RxBatch};
 use crate::sys::cvt;
@@ -62,6 +65,12 @@ fn auto_fanout_program() -> [libc::sock_filter; 6] {
     ]
 }
 
+/// Whether `frame` (`[virtio_net_hdr][Ethernet]`) is a GSO super-frame.
+fn is_super_frame(frame: &[u8]) -> bool {
+    // virtio_net_hdr: flags, then gso_type (VIRTIO_NET_HDR_GSO_NONE = 0).
+    frame.get(1).is_some_and(|&gso_type| gso_type != 0)
+}
+
 // From <linux/if_packet.h>; not in every libc release.
 const PACKET_FANOUT_CBPF: u32 = 6;
 const PACKET_FANOUT_DATA: libc::c_int = 22;
@@ -70,6 +79,9 @@ pub struct PacketSocket {
     fd: OwnedFd,
     /// Kernel drops read so far (reading PACKET_STATISTICS resets the kernel's counters).
     drops: AtomicU64,
+    /// Transmitting straight to the device (`PACKET_QDISC_BYPASS`), until it refuses a
+    /// super-frame (see `send_batch`).
+    bypass: AtomicBool,
 }
 
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
@@ -174,7 +186,7 @@ impl PacketSocket {
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)?;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
         // Transmit straight to the device: a veth has no queue worth going through.
-        let _ = setsockopt(raw, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one);
+        let bypass = setsockopt(raw, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one).is_ok();
         // Room for bursts: a few MiB, as root even past rmem_max.
         let size: libc::c_int = 8 << 20;
         if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size).is_err() {
@@ -204,6 +216,7 @@ impl PacketSocket {
         Ok(PacketSocket {
             fd,
             drops: AtomicU64::new(0),
+            bypass: AtomicBool::new(bypass),
         })
     }
 }
@@ -302,29 +315,32 @@ impl PortIo for PacketSocket {
                     libc::MSG_DONTWAIT,
                 )
             };
-            // A frame that fails is skipped (counted as a drop), the rest still go.
             let ok = ret.max(0) as usize;
             sent += ok;
             bytes += chunk[..ok].iter().map(|f| f.len() as u64).sum::<u64>();
-            next += ok + usize::from(ok < chunk.len());
+            next += ok;
+            if ok < chunk.len() {
+                // The direct path drops a super-frame that the device cannot take as one (its
+                // segmentation offload is off): leave it for good, the full transmit path
+                // segments such frames in software. Then the failed frame is tried again.
+                if is_super_frame(chunk[ok]) && self.bypass.swap(false, Relaxed) {
+                    let zero: libc::c_int = 0;
+                    let fd = self.fd.as_raw_fd();
+                    if setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &zero).is_ok() {
+                        continue;
+                    }
+                }
+                // Otherwise it is skipped (counted as a drop), the rest still go.
+                next += 1;
+            }
         }
         (sent, bytes)
     }
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is a live buffer of the given length.
-        let ret = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
+        match self.send_batch(&[frame]) {
+            (1, _) => Ok(()),
+            _ => Err(io::Error::last_os_error()),
         }
     }
 }
