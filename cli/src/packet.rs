@@ -52,15 +52,17 @@ fn auto_fanout_program() -> [libc::sock_filter; 6] {
     let ancillary = |field: libc::c_int| (libc::SKF_AD_OFF + field) as u32;
     let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     [
-        // A = skb->len (from the network header on).
+        // 0: A = skb->len (from the network header on)
         op((libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16, 0, 0, 0),
-        // Small: by CPU.
+        // 1: bulk (A > BULK_LEN)? 2 : 4
         op(JGT, 0, 2, BULK_LEN),
-        // Bulk: the flow hash the sending socket set (TCP and connected UDP sockets do)...
+        // 2: A = skb->hash, the flow hash the sending socket set (TCP and connected UDP do)
         op(LD_ABS_W, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
-        // ...or, when there is none, by CPU after all.
+        // 3: no hash (A == 0)? 4 : 5
         op(JEQ, 0, 1, 0),
+        // 4: A = the CPU the frame arrived on (the sender's)
         op(LD_ABS_W, 0, 0, ancillary(libc::SKF_AD_CPU)),
+        // 5: return A
         op((libc::BPF_RET | libc::BPF_A) as u16, 0, 0, 0),
     ]
 }
@@ -342,5 +344,33 @@ impl PortIo for PacketSocket {
             (1, _) => Ok(()),
             _ => Err(io::Error::last_os_error()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_accepts_the_fanout_program() {
+        // The checker the kernel runs on a fanout program is the socket filter's: attach it to
+        // a plain UDP socket (no privilege needed) to catch a bad jump or instruction.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let program = auto_fanout_program();
+        let fprog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        let fd = udp.as_raw_fd();
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog).unwrap();
+    }
+
+    #[test]
+    fn super_frames_are_told_by_their_gso_type() {
+        let mut frame = [0u8; vswitch_switch::VNET_HDR_LEN + 60];
+        assert!(!is_super_frame(&frame));
+        frame[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+        assert!(is_super_frame(&frame));
+        assert!(!is_super_frame(&[]));
     }
 }
