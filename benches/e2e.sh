@@ -32,6 +32,7 @@
 #          daemon_cpu_tcp1  %core    the same CPU time as a share of one core over the transfer
 #   tcp1r  tcp_1stream_rev  Gbit/s   iperf3 -R: server -> c1 (the "download" direction)
 #   tcp4   tcp_4stream      Gbit/s   iperf3 -P 4
+#          tcp4_retrans     count    segments the senders retransmitted (reordering shows here)
 #   udp64  udp64_rx_rate    pkt/s    iperf3 -u -l 64 -b 0: datagrams received per second
 #          udp64_tx_rate    pkt/s    datagrams sent per second
 #          udp64_loss       %        (sent - received) / sent
@@ -98,7 +99,7 @@ WAN_SCENARIOS=(vswitch kbridge-nat slirp pasta)
 L2_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,host
 WAN_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr
 declare -A MNAMES=([tcp1]="tcp_1stream:Gbit/s" [tcp1r]="tcp_1stream_rev:Gbit/s"
-  [tcp4]="tcp_4stream:Gbit/s" [udp64]="udp64_rx_rate:pkt/s udp64_tx_rate:pkt/s udp64_loss:%"
+  [tcp4]="tcp_4stream:Gbit/s tcp4_retrans:count" [udp64]="udp64_rx_rate:pkt/s udp64_tx_rate:pkt/s udp64_loss:%"
   [udprr]="udp_rtt_mean:us udp_rtt_p99:us" [icmp]="icmp_rtt_mean:us icmp_rtt_p99:us"
   [conn]="tcp_conn_rate:conn/s tcp_conn_fail:count" [crr]="tcp_crr_rate:conn/s tcp_crr_fail:count"
   [host]="host_tcp:Gbit/s" [hostr]="host_tcp_rev:Gbit/s")
@@ -299,9 +300,11 @@ def load_iperf(path):
         sys.exit('iperf3 error: ' + d['error'])
     return d
 
-def iperf_tcp(path):  # -> Gbit/s bytes seconds (receiver side)
-    r = load_iperf(path)['end']['sum_received']
-    print('%.4f %d %.3f' % (r['bits_per_second'] / 1e9, r['bytes'], r['seconds']))
+def iperf_tcp(path):  # -> Gbit/s bytes seconds (receiver side), retransmitted segments (sender)
+    end = load_iperf(path)['end']
+    r = end['sum_received']
+    retrans = end['sum_sent'].get('retransmits', 0)
+    print('%.4f %d %.3f %d' % (r['bits_per_second'] / 1e9, r['bytes'], r['seconds'], retrans))
 
 def iperf_udp(path):  # -> tx_pps rx_pps loss%
     d = load_iperf(path)['end']
@@ -397,7 +400,7 @@ def probe(mode, host, port, secs, tmo='1.0'):
 
 # ---- summary: medians, ratios vswitch/reference, issue 4 targets
 ORDER = [  # metric, better ('hi', 'lo' or '' = informative)
-    ('tcp_1stream', 'hi'), ('tcp_1stream_rev', 'hi'), ('tcp_4stream', 'hi'),
+    ('tcp_1stream', 'hi'), ('tcp_1stream_rev', 'hi'), ('tcp_4stream', 'hi'), ('tcp4_retrans', 'lo'),
     ('udp64_rx_rate', 'hi'), ('udp64_tx_rate', ''), ('udp64_loss', 'lo'),
     ('udp_rtt_mean', 'lo'), ('udp_rtt_p99', 'lo'), ('icmp_rtt_mean', 'lo'), ('icmp_rtt_p99', 'lo'),
     ('tcp_conn_rate', 'hi'), ('tcp_conn_fail', 'lo'), ('tcp_crr_rate', 'hi'), ('tcp_crr_fail', 'lo'),
@@ -649,7 +652,14 @@ m_tcp1() {  # also the daemon's CPU time per GB forwarded
   fi
 }
 m_tcp1r() { iperf_gbps tcp1r tcp_1stream_rev "$NS_C1" "$SRV_NS" "$TARGET" -P 1 -R; }
-m_tcp4()  { iperf_gbps tcp4 tcp_4stream "$NS_C1" "$SRV_NS" "$TARGET" -P 4; }
+m_tcp4() {  # also the retransmits: a switch that reorders a stream makes TCP retransmit
+  local v
+  iperf_run tcp4 "$NS_C1" "$SRV_NS" "$TARGET" -P 4 || return 1
+  v=$(H iperf-tcp "$LOGP.iperf-tcp4.json") || return 1
+  set -- $v
+  emit tcp_4stream "$1" Gbit/s
+  emit tcp4_retrans "$4" count
+}
 m_host()  { iperf_gbps host host_tcp "$NS_HOST" "$NS_C1" "$C1_IP" -P 1; }
 m_hostr() { iperf_gbps hostr host_tcp_rev "$NS_HOST" "$NS_C1" "$C1_IP" -P 1 -R; }
 m_udp64() {
