@@ -12,16 +12,20 @@
 //! python3 scripts, started as [`Proc`]s that print `ready` once listening.
 
 use super::{command, run, unique_name, NetNs, Out, Proc, Sandbox, SandboxOptions};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 /// The host's address on the wan link.
 pub const HOST_WAN_IP: &str = "198.51.100.1";
 /// The wan's first address, where its servers listen.
 pub const WAN_IP: &str = "198.51.100.2";
 
-/// The wan namespace. Deleting it (on drop) deletes the veth with it.
+/// The wan namespace. On drop, the veth is deleted from the host's side first (a deleted
+/// namespace takes its devices down asynchronously), then the namespace.
 pub struct Wan {
     pub ns: NetNs,
+    /// The host namespace `wan0` was created in, once linked.
+    host: OnceLock<String>,
 }
 
 impl Wan {
@@ -29,6 +33,7 @@ impl Wan {
     pub fn new() -> Wan {
         Wan {
             ns: NetNs::new(&unique_name()),
+            host: OnceLock::new(),
         }
     }
 
@@ -52,6 +57,7 @@ impl Wan {
             h,
             &["addr", "add", &format!("{HOST_WAN_IP}/24"), "dev", "wan0"],
         );
+        let _ = self.host.set(h.to_string());
         ip(h, &["link", "set", "wan0", "up"]);
         for addr in std::iter::once(&WAN_IP).chain(extra) {
             ip(w, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
@@ -327,3 +333,14 @@ for _ in range(an):
         print("A", socket.inet_ntoa(r[i:i + rdlen]))
     i += rdlen
 "#;
+
+impl Drop for Wan {
+    fn drop(&mut self) {
+        if let Some(host) = self.host.get() {
+            let _ = command("ip", &["-n", host, "link", "del", "wan0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
