@@ -22,10 +22,11 @@ use crate::sys::cvt;
 pub enum Spread {
     /// Bulk frames by flow, the rest by the sending CPU.
     ///
-    /// Bulk frames (over `BULK_LEN` bytes): a TCP stream is never reordered even when its sender
-    /// migrates between CPUs (reordering costs TCP spurious retransmits and a smaller window),
-    /// while the small frames of request/response traffic (handshakes, ACKs, pings, RPCs)
-    /// reach the worker waiting on their sender's CPU.
+    /// Bulk frames (over `BULK_LEN` bytes) go by the sending socket's flow hash, or by address
+    /// pair where the socket set none (unconnected UDP): a stream is never reordered even when
+    /// its sender migrates between CPUs (reordering costs TCP spurious retransmits and a
+    /// smaller window), while the small frames of request/response traffic (handshakes, ACKs,
+    /// pings, RPCs) reach the worker waiting on their sender's CPU.
     Auto,
     /// All frames by the sending CPU (a stream whose sender migrates is reordered).
     ///
@@ -45,25 +46,50 @@ pub const BULK_LEN: u32 = 1024;
 
 /// The classic BPF program behind `Spread::Auto`, run by the kernel's fanout for every frame; it
 /// returns the queue (the kernel takes it modulo the number of queues).
-fn auto_fanout_program() -> [libc::sock_filter; 6] {
-    const LD_ABS_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+fn auto_fanout_program() -> [libc::sock_filter; 18] {
+    const LD_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+    const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
+    const XOR_X: u16 = (libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X) as u16;
+    const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
     let ancillary = |field: libc::c_int| (libc::SKF_AD_OFF + field) as u32;
+    let net = |offset: libc::c_int| (libc::SKF_NET_OFF + offset) as u32;
     let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    // Jump offsets count from the next instruction.
     [
         // 0: A = skb->len (from the network header on)
         op((libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16, 0, 0, 0),
-        // 1: bulk (A > BULK_LEN)? 2 : 4
-        op(JGT, 0, 2, BULK_LEN),
+        // 1: bulk (A > BULK_LEN)? 2 : 16
+        op(JGT, 0, 14, BULK_LEN),
         // 2: A = skb->hash, the flow hash the sending socket set (TCP and connected UDP do)
-        op(LD_ABS_W, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
-        // 3: no hash (A == 0)? 4 : 5
-        op(JEQ, 0, 1, 0),
-        // 4: A = the CPU the frame arrived on (the sender's)
-        op(LD_ABS_W, 0, 0, ancillary(libc::SKF_AD_CPU)),
-        // 5: return A
-        op((libc::BPF_RET | libc::BPF_A) as u16, 0, 0, 0),
+        op(LD_W, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
+        // 3: no hash (A == 0)? 4 : 15
+        op(JEQ, 0, 11, 0),
+        // 4: no hash (unconnected UDP...): by address pair. A = the EtherType
+        op(LD_W, 0, 0, ancillary(libc::SKF_AD_PROTOCOL)),
+        // 5: IPv4? 6 : 10
+        op(JEQ, 0, 4, libc::ETH_P_IP as u32),
+        // 6-8: X = source, A = destination
+        op(LD_W, 0, 0, net(12)),
+        op(TAX, 0, 0, 0),
+        op(LD_W, 0, 0, net(16)),
+        // 9: to 14
+        op(JA, 0, 0, 4),
+        // 10: IPv6? 11 : 16
+        op(JEQ, 0, 5, libc::ETH_P_IPV6 as u32),
+        // 11-13: X = last word of the source, A = last word of the destination
+        op(LD_W, 0, 0, net(20)),
+        op(TAX, 0, 0, 0),
+        op(LD_W, 0, 0, net(36)),
+        // 14: A ^= X
+        op(XOR_X, 0, 0, 0),
+        // 15: return A
+        op(RET_A, 0, 0, 0),
+        // 16: A = the CPU the frame arrived on (the sender's); 17: return A
+        op(LD_W, 0, 0, ancillary(libc::SKF_AD_CPU)),
+        op(RET_A, 0, 0, 0),
     ]
 }
 
