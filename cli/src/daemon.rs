@@ -216,6 +216,7 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
             .into_iter()
             .map(|t| Box::new(t) as Box<dyn PortIo>)
             .collect(),
+        by_flow: true,
         counters: Counters::default(),
     }))?;
     let own = std::fs::File::open("/proc/self/ns/net").context("opening own netns")?;
@@ -486,6 +487,7 @@ impl Manager {
                 .into_iter()
                 .map(|s| Box::new(s) as Box<dyn PortIo>)
                 .collect(),
+            by_flow: false,
             counters: Counters::default(),
         });
         self.datapath

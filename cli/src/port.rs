@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use vswitch_switch::{PortId, VNET_HDR_LEN};
+use vswitch_switch::{flow_hash, PortId, VNET_HDR_LEN};
 
 /// Largest frame a port can hand us: a 64 KiB GSO super-frame plus Ethernet/VLAN headers and the
 /// virtio-net header. Receive buffers are this big so that nothing is ever silently truncated.
@@ -93,6 +93,10 @@ pub struct Port {
     /// Receive queues, one per worker where the backend has several (AF_PACKET fanout,
     /// multi-queue TAP); any of them can send.
     pub queues: Vec<Box<dyn PortIo>>,
+    /// Send each frame through the queue its flow picks, not the sender's own (the TAP: the
+    /// kernel sends a flow's frames back through the queue the flow's frames last came in by,
+    /// and one flow read from two queues by two workers would be reordered).
+    pub by_flow: bool,
     pub counters: Counters,
 }
 
@@ -108,7 +112,15 @@ impl Port {
     }
 
     pub fn transmit_batch(&self, hint: usize, frames: &[&[u8]]) {
-        let (sent, bytes) = self.queue(hint).send_batch(frames);
+        let (sent, bytes) = if self.by_flow && self.queues.len() > 1 {
+            frames.iter().fold((0, 0), |(sent, bytes), frame| {
+                let flow = flow_hash(frame.get(VNET_HDR_LEN..).unwrap_or_default());
+                let (s, b) = self.queue(flow as usize).send_batch(&[frame]);
+                (sent + s, bytes + b)
+            })
+        } else {
+            self.queue(hint).send_batch(frames)
+        };
         let c = &self.counters;
         c.tx_frames.fetch_add(sent as u64, Relaxed);
         c.tx_bytes

@@ -6,6 +6,7 @@
 mod arp;
 mod brlock;
 mod fdb;
+mod flow;
 mod frame;
 mod hash;
 mod mac;
@@ -15,6 +16,7 @@ mod stats;
 mod switch;
 
 pub use fdb::FdbEntry;
+pub use flow::flow_hash;
 pub use mac::{MacAddr, ParseMacError};
 pub use port::{PortId, PortInfo};
 pub use stats::SwitchStats;
