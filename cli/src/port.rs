@@ -106,7 +106,8 @@ impl Port {
     }
 
     /// Sends a frame and counts it; a full or vanished egress is a drop on that port, not an
-    /// error for the sender. `hint` picks the queue (a worker uses its own).
+    /// error for the sender. `hint` picks the queue (a worker uses its own), except on a port
+    /// that sends by flow.
     pub fn transmit(&self, hint: usize, frame: &[u8]) {
         self.transmit_batch(hint, &[frame]);
     }
