@@ -189,6 +189,8 @@ teardown_run() {  # idempotent: our PIDs (daemon first, it unplugs), leftovers i
   local ns
   for ns in "${ALL_NS[@]}"; do ns_exists "$ns" && kill_pids $(ip netns pids "$ns" 2>/dev/null); done
   for ns in "${ALL_NS[@]}"; do ns_exists "$ns" && ip netns del "$ns" 2>/dev/null; done
+  # The resolv.conf `vswitch plug --netns` wrote, left behind if the daemon died before unplugging.
+  for ns in "${ALL_NS[@]}"; do [[ -d /etc/netns/$ns ]] && rm -rf "/etc/netns/$ns"; done
   [[ -n $RUNDIR ]] && rm -rf "$RUNDIR/vde.ctl" "$RUNDIR/ctl.sock"
   set -eu
 }
@@ -776,6 +778,7 @@ cmd_cleanup() {  # namespaces of runs whose process is gone
     fi
     kill_pids $(ip netns pids "$ns")
     ip netns del "$ns" && log "deleted stale netns $ns"
+    if [[ -d /etc/netns/$ns ]]; then rm -rf "/etc/netns/$ns"; fi
   done
 }
 
