@@ -374,10 +374,8 @@ print("sent", flush=True)
 #[test]
 fn malformed_frames_are_dropped_and_counted() {
     let sb = Sandbox::start();
-    let a = Container::plain();
-    let b = Container::plain();
-    sb.plug(&a, &[]);
-    sb.plug(&b, &[]);
+    let a = sb.plug_plain();
+    let _b = sb.plug_plain(); // pinged at the end (10.1.1.3)
     let before = sb.port_of(a.pid).unwrap().num("drops");
 
     let out = a.run("python3", &["-c", BAD_FRAMES]).ok();

@@ -285,10 +285,8 @@ const MB64: u64 = 64 * 1024 * 1024;
 fn super_frames_cross_the_switch_intact() {
     require_program("ethtool", "ethtool");
     let sb = Sandbox::start_subnet(SUBNET);
-    let c1 = Container::plain();
-    let c2 = Container::plain();
-    sb.plug(&c1, &[]);
-    sb.plug(&c2, &[]);
+    let c1 = sb.plug_plain();
+    let c2 = sb.plug_plain();
     let c2_ip = nth_ip(1);
 
     // The containers' eth0 (and the host's TAP) hand the switch unsegmented TCP super-frames
@@ -373,10 +371,8 @@ fn super_frames_reach_a_port_that_cannot_take_them_segmented() {
     // on the way out, not dropped: the transfer completes intact.
     require_program("ethtool", "ethtool");
     let sb = Sandbox::start_subnet(SUBNET);
-    let c1 = Container::plain();
-    let c2 = Container::plain();
-    sb.plug(&c1, &[]);
-    sb.plug(&c2, &[]);
+    let c1 = sb.plug_plain();
+    let c2 = sb.plug_plain();
     let off = [
         "-K",
         &c2.host_port(),

@@ -222,10 +222,8 @@ fn four_containers_ping_and_transfer_through_the_switch_without_a_bridge() {
 #[test]
 fn unplug_removes_the_port() {
     let sb = Sandbox::start();
-    let a = Container::plain();
-    let b = Container::plain();
-    sb.plug(&a, &[]);
-    sb.plug(&b, &[]);
+    let a = sb.plug_plain();
+    let b = sb.plug_plain();
     assert!(a.ping(&host_ip(3)), "a cannot ping b before unplug");
 
     sb.vswitch(&["unplug", &b.pid.to_string()]).ok();
@@ -394,10 +392,8 @@ while time.time() < end:
 #[test]
 fn the_switch_answers_arp_itself_and_announces_new_ports() {
     let sb = Sandbox::start();
-    let a = Container::plain();
-    let b = Container::plain();
-    sb.plug(&a, &[]);
-    sb.plug(&b, &[]);
+    let a = sb.plug_plain();
+    let b = sb.plug_plain();
 
     // b watches the ARP frames that reach it while a resolves b's address and c is plugged.
     let mut sniffer = b
@@ -462,10 +458,8 @@ fn workers_poll_only_while_traffic_flows() {
     // The workers poll for a while after each frame (`--poll-us`); once traffic stops, the
     // daemon must go back to sleep and cost nothing.
     let sb = Sandbox::start();
-    let a = Container::plain();
-    let b = Container::plain();
-    sb.plug(&a, &[]);
-    sb.plug(&b, &[]);
+    let a = sb.plug_plain();
+    let b = sb.plug_plain();
     let pid = sb.daemon_pid();
 
     let before = cpu_ticks(pid);
@@ -571,10 +565,8 @@ fn parallel_bulk_streams_are_not_reordered() {
     // the ACKs went in through the queue of whichever worker forwarded them, 0 since each
     // flow's go through one queue; 0.3 % in this test).
     let sb = Sandbox::start();
-    let a = Container::plain();
-    let b = Container::plain();
-    sb.plug(&a, &[]);
-    sb.plug(&b, &[]);
+    let a = sb.plug_plain();
+    let b = sb.plug_plain();
 
     for (what, source) in [("container", &a as &dyn Endpoint), ("host", &sb)] {
         let (received, out, retrans) = four_streams(source, &b, &host_ip(3));
@@ -632,10 +624,8 @@ fn bulk_datagrams_without_a_flow_hash_stay_in_order() {
     // sets none, so the switch falls back to the address pair. Spread by the sending CPU
     // instead, a sender moving between CPUs had a quarter of its datagrams overtaken.
     let sb = Sandbox::start();
-    let a = Container::plain();
-    let b = Container::plain();
-    sb.plug(&a, &[]);
-    sb.plug(&b, &[]);
+    let a = sb.plug_plain();
+    let b = sb.plug_plain();
 
     let sink = Proc::spawn_ready(b.cmd("python3", &["-c", UDP_ORDER, "sink", "6001"]));
     run_timeout(

@@ -543,6 +543,14 @@ impl Sandbox {
         })
     }
 
+    /// A new plain container, plugged with the defaults.
+    #[track_caller]
+    pub fn plug_plain(&self) -> Container {
+        let c = Container::plain();
+        self.plug(&c, &[]);
+        c
+    }
+
     /// `vswitch ls --json`, parsed.
     #[track_caller]
     pub fn ls(&self) -> Vec<Json> {
