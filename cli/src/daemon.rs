@@ -17,6 +17,7 @@ use vswitch_switch::{MacAddr, PortId, PortInfo, Switch, VNET_HDR_LEN};
 
 use vswitch_nat::{Nat, NatConfig};
 
+use crate::bpf::SpreadProgram;
 use crate::control::{self, Call, FdbView, FlowRow, PortView, Request, Target};
 use crate::datapath::{now_ms, Datapath, Fabric, NatHook, TAP_PORT};
 use crate::ipam::{Ipam, Ipv4Net};
@@ -70,6 +71,7 @@ struct Manager {
     ipam: Ipam,
     mtu: u32,
     spread: Spread,
+    spread_program: Option<Arc<SpreadProgram>>,
     tap_name: String,
     gateway_mac: MacAddr,
     own_netns: (u64, u64),
@@ -181,7 +183,16 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
             ip: Some(cfg.gateway),
         },
     );
-    let fabric = Fabric::new(switch);
+    let spread_program = (cfg.spread == Spread::Auto && cfg.workers > 1)
+        .then(|| match SpreadProgram::load((cfg.workers / 2) as u32) {
+            Ok(program) => Some(Arc::new(program)),
+            Err(e) => {
+                eprintln!("vswitch: no eBPF fanout program ({e}): small frames stay spread by CPU");
+                None
+            }
+        })
+        .flatten();
+    let fabric = Fabric::new(switch, spread_program.clone());
     let homes = cfg.spread != Spread::Hash;
     let mut datapath =
         Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
@@ -224,6 +235,7 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         ipam,
         mtu: cfg.mtu,
         spread: cfg.spread,
+        spread_program,
         tap_name: cfg.tap.clone(),
         gateway_mac,
         own_netns: netns::netns_id(own.as_fd())?,
@@ -477,8 +489,10 @@ impl Manager {
         })
         .map_err(|e| format!("entering the container's namespace: {e}"))??;
 
-        let sockets = PacketSocket::open_queues(index, self.datapath.queues(), self.spread)
-            .map_err(|e| format!("opening packet sockets on {host_ifname}: {e}"))?;
+        let program = self.spread_program.as_deref();
+        let sockets =
+            PacketSocket::open_queues(index, self.datapath.queues(), self.spread, program)
+                .map_err(|e| format!("opening packet sockets on {host_ifname}: {e}"))?;
         let id = self.free_port_id().ok_or("too many ports")?;
         let port = Arc::new(Port {
             id,

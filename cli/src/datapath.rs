@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use vswitch_nat::{Nat, Verdict};
 use vswitch_switch::{Action, DropReason, Millis, PortId, Switch, VNET_HDR_LEN};
 
+use crate::bpf::SpreadProgram;
 use crate::natd::{NatJob, NatMailbox};
 use crate::port::{Port, RxBatch};
 use crate::relay::{self, RelayPool};
@@ -34,13 +35,19 @@ pub const TAP_PORT: PortId = PortId(0);
 pub struct Fabric {
     pub switch: Arc<Switch>,
     pub table: Arc<ArcSwap<PortTable>>,
+    /// The ports' fanout program, whose mode the workers flip (see `bpf`).
+    pub spread: Option<Arc<SpreadProgram>>,
+    /// Workers under sustained traffic: while any, the fanout program is in dense mode.
+    pub sustained: Arc<AtomicUsize>,
 }
 
 impl Fabric {
-    pub fn new(switch: Arc<Switch>) -> Fabric {
+    pub fn new(switch: Arc<Switch>, spread: Option<Arc<SpreadProgram>>) -> Fabric {
         Fabric {
             switch,
             table: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            spread,
+            sustained: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -329,8 +336,14 @@ impl WorkerCtx {
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
         let mut waiter = Waiter::new(self.poll, self.home);
+        let mut at_home = waiter.at_home();
         while !self.stop.load(Ordering::Relaxed) {
-            for ev in waiter.wait(&self.epoll, &mut events, -1) {
+            let ready = waiter.wait(&self.epoll, &mut events, -1);
+            if waiter.at_home() != at_home {
+                at_home = waiter.at_home();
+                self.sustained_traffic(!at_home);
+            }
+            for ev in ready {
                 let data = ev.u64;
                 if data == WAKE {
                     continue; // the loop condition checks `stop`
@@ -349,6 +362,20 @@ impl WorkerCtx {
                 let (id, queue) = (PortId(data as u16), (data >> 16) as usize);
                 self.serve_queue(id, queue, &mut scratch);
             }
+        }
+    }
+
+    /// This worker's traffic became sustained (it left its home CPU) or stopped (it went home).
+    /// While any worker's is sustained, small frames go to fewer workers (see `bpf`).
+    fn sustained_traffic(&self, began: bool) {
+        let switch = if began {
+            self.fabric.sustained.fetch_add(1, Ordering::Relaxed) == 0
+        } else {
+            self.fabric.sustained.fetch_sub(1, Ordering::Relaxed) == 1
+        };
+        if let (true, Some(program)) = (switch, &self.fabric.spread) {
+            // Best effort: a failed switch leaves the previous mode, which still works.
+            let _ = program.set_dense(began);
         }
     }
 

@@ -1,5 +1,6 @@
 //! `vswitch`: a userspace virtual switch for Linux containers.
 
+mod bpf;
 mod control;
 mod daemon;
 mod datapath;

@@ -14,6 +14,7 @@ use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+use crate::bpf::SpreadProgram;
 use crate::port::{PortIo, RxBatch};
 use crate::sys::cvt;
 
@@ -26,7 +27,9 @@ pub enum Spread {
     /// pair where the socket set none (unconnected UDP): a stream is never reordered even when
     /// its sender migrates between CPUs (reordering costs TCP spurious retransmits and a
     /// smaller window), while the small frames of request/response traffic (handshakes, ACKs,
-    /// pings, RPCs) reach the worker waiting on their sender's CPU.
+    /// pings, RPCs) reach the worker waiting on their sender's CPU. While traffic is sustained,
+    /// small frames go to half the workers only (see `bpf`; the classic program below stands in
+    /// where eBPF is unavailable, without that mode).
     Auto,
     /// All frames by the sending CPU (a stream whose sender migrates is reordered).
     ///
@@ -101,6 +104,7 @@ fn is_super_frame(frame: &[u8]) -> bool {
 
 // From <linux/if_packet.h>; not in every libc release.
 const PACKET_FANOUT_CBPF: u32 = 6;
+const PACKET_FANOUT_EBPF: u32 = 7;
 const PACKET_FANOUT_DATA: libc::c_int = 22;
 
 pub struct PacketSocket {
@@ -129,11 +133,13 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
 impl PacketSocket {
     /// Opens `queues` non-blocking AF_PACKET sockets bound to interface `ifindex`. With more
     /// than one they form a fanout group, so that several workers serve the port (see
-    /// [`Spread`]).
+    /// [`Spread`]); `Spread::Auto` runs `program` where there is one, else the classic program,
+    /// which always sends small frames by CPU.
     pub fn open_queues(
         ifindex: u32,
         queues: usize,
         spread: Spread,
+        program: Option<&SpreadProgram>,
     ) -> io::Result<Vec<PacketSocket>> {
         let sockets: Vec<PacketSocket> = (0..queues.max(1))
             .map(|_| PacketSocket::open(ifindex))
@@ -147,6 +153,7 @@ impl PacketSocket {
             for _ in 0..64 {
                 let id = (base + NEXT.fetch_add(1, Relaxed)) & 0xffff;
                 let mode = match spread {
+                    Spread::Auto if program.is_some() => PACKET_FANOUT_EBPF,
                     Spread::Auto => PACKET_FANOUT_CBPF,
                     Spread::Cpu => libc::PACKET_FANOUT_CPU,
                     Spread::Hash => libc::PACKET_FANOUT_HASH,
@@ -168,19 +175,22 @@ impl PacketSocket {
                             &arg,
                         )?;
                     }
-                    if spread == Spread::Auto {
-                        // The program belongs to the group: set once, through any member.
-                        let program = auto_fanout_program();
-                        let fprog = libc::sock_fprog {
-                            len: program.len() as u16,
-                            filter: program.as_ptr() as *mut libc::sock_filter,
-                        };
-                        setsockopt(
-                            sockets[0].fd.as_raw_fd(),
-                            libc::SOL_PACKET,
-                            PACKET_FANOUT_DATA,
-                            &fprog,
-                        )?;
+                    // The program belongs to the group: set once, through any member.
+                    let first = sockets[0].fd.as_raw_fd();
+                    match (spread, program) {
+                        (Spread::Auto, Some(program)) => {
+                            let fd = program.fd() as u32;
+                            setsockopt(first, libc::SOL_PACKET, PACKET_FANOUT_DATA, &fd)?;
+                        }
+                        (Spread::Auto, None) => {
+                            let program = auto_fanout_program();
+                            let fprog = libc::sock_fprog {
+                                len: program.len() as u16,
+                                filter: program.as_ptr() as *mut libc::sock_filter,
+                            };
+                            setsockopt(first, libc::SOL_PACKET, PACKET_FANOUT_DATA, &fprog)?;
+                        }
+                        _ => {}
                     }
                     joined = true;
                     break;

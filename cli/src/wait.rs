@@ -98,11 +98,18 @@ impl Waiter {
             if polling {
                 std::thread::yield_now();
             } else if away {
+                // Home again: return (empty), so that the caller sees it.
                 self.place(true);
+                return &events[..0];
             } else {
                 return &events[..0];
             }
         }
+    }
+
+    /// Whether the thread is on its home CPU (never, without one).
+    pub fn at_home(&self) -> bool {
+        self.at_home
     }
 
     /// Moves the thread home (`true`) or lets it run on any CPU it may use.
