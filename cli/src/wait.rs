@@ -68,7 +68,8 @@ impl Waiter {
     }
 
     /// Waits for events on `epoll`, sleeping at most `timeout_ms` (-1: forever) once the polling
-    /// window is over. Returns the filled part of `events`, empty on timeout.
+    /// window is over. Returns the filled part of `events`: empty on timeout, or when the thread
+    /// has just gone home (so that the caller sees `at_home` change).
     pub fn wait<'a>(
         &mut self,
         epoll: &OwnedFd,
