@@ -13,6 +13,7 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 
 use crate::packet::BULK_LEN;
 
@@ -141,6 +142,10 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
 pub struct SpreadProgram {
     prog: OwnedFd,
     map: OwnedFd,
+    /// Workers under sustained traffic; dense mode while any. A lock, not an atomic: the count
+    /// and the map write must change together, or two workers crossing zero at once could leave
+    /// the mode dense with no traffic (rare: only workers leaving or reaching home take it).
+    sustained: Mutex<usize>,
 }
 
 impl SpreadProgram {
@@ -168,6 +173,7 @@ impl SpreadProgram {
             Ok(fd) => Ok(SpreadProgram {
                 prog: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
                 map,
+                sustained: Mutex::new(0),
             }),
             Err(e) => {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
@@ -183,6 +189,22 @@ impl SpreadProgram {
     /// The program's descriptor, for `PACKET_FANOUT_DATA`.
     pub fn fd(&self) -> RawFd {
         self.prog.as_raw_fd()
+    }
+
+    /// A worker's traffic became sustained (it left its home CPU) or stopped (it went home):
+    /// dense mode while any worker's is sustained.
+    pub fn sustained(&self, began: bool) {
+        let mut count = self.sustained.lock().unwrap_or_else(|e| e.into_inner());
+        let was = *count;
+        *count = if began {
+            was + 1
+        } else {
+            was.saturating_sub(1)
+        };
+        if (was == 0) != (*count == 0) {
+            // Best effort: a failed write leaves the previous mode, which still works.
+            let _ = self.set_dense(*count > 0);
+        }
     }
 
     /// Dense traffic (small frames to the first queues) or sparse (by CPU), for every port.
@@ -260,6 +282,21 @@ mod tests {
             assert_eq!(run(&program, &bulk), pair);
             program.set_dense(true).unwrap();
             assert_eq!(run(&program, &bulk), pair);
+            program.set_dense(false).unwrap();
+
+            // Two workers' traffic: dense from the first that is sustained to the last that
+            // stops.
+            program.sustained(true);
+            program.sustained(true);
+            assert_eq!(run(&program, &small), 0, "dense while both are sustained");
+            program.sustained(false);
+            assert_eq!(run(&program, &small), 0, "dense while one still is");
+            program.sustained(false);
+            assert_eq!(
+                run(&program, &small),
+                cpu as u32,
+                "sparse once both stopped"
+            );
         })
         .join()
         .unwrap();

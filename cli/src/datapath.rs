@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,8 +37,6 @@ pub struct Fabric {
     pub table: Arc<ArcSwap<PortTable>>,
     /// The ports' fanout program, whose mode the workers flip (see `bpf`).
     pub spread: Option<Arc<SpreadProgram>>,
-    /// Workers under sustained traffic: while any, the fanout program is in dense mode.
-    pub sustained: Arc<AtomicUsize>,
 }
 
 impl Fabric {
@@ -47,7 +45,6 @@ impl Fabric {
             switch,
             table: Arc::new(ArcSwap::from_pointee(Vec::new())),
             spread,
-            sustained: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -341,7 +338,9 @@ impl WorkerCtx {
             let ready = waiter.wait(&self.epoll, &mut events, -1);
             if waiter.at_home() != at_home {
                 at_home = waiter.at_home();
-                self.sustained_traffic(!at_home);
+                if let Some(program) = &self.fabric.spread {
+                    program.sustained(!at_home);
+                }
             }
             for ev in ready {
                 let data = ev.u64;
@@ -362,20 +361,6 @@ impl WorkerCtx {
                 let (id, queue) = (PortId(data as u16), (data >> 16) as usize);
                 self.serve_queue(id, queue, &mut scratch);
             }
-        }
-    }
-
-    /// This worker's traffic became sustained (it left its home CPU) or stopped (it went home).
-    /// While any worker's is sustained, small frames go to fewer workers (see `bpf`).
-    fn sustained_traffic(&self, began: bool) {
-        let switch = if began {
-            self.fabric.sustained.fetch_add(1, Ordering::Relaxed) == 0
-        } else {
-            self.fabric.sustained.fetch_sub(1, Ordering::Relaxed) == 1
-        };
-        if let (true, Some(program)) = (switch, &self.fabric.spread) {
-            // Best effort: a failed switch leaves the previous mode, which still works.
-            let _ = program.set_dense(began);
         }
     }
 
