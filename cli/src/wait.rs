@@ -98,13 +98,13 @@ impl Waiter {
             }
             if polling {
                 std::thread::yield_now();
-            } else if away {
-                // Home again: return (empty), so that the caller sees it.
-                self.place(true);
-                return &events[..0];
-            } else {
-                return &events[..0];
+                continue;
             }
+            if away {
+                // Home again before the caller sleeps; it sees `at_home` change.
+                self.place(true);
+            }
+            return &events[..0];
         }
     }
 
@@ -183,8 +183,16 @@ mod tests {
                 "sustained traffic lets the worker leave"
             );
 
-            // Quiet: the waiter goes home before it sleeps (here: until its 50 ms timeout).
-            assert!(waiter.wait(&epoll, &mut events, 50).is_empty());
+            // Quiet: the waiter goes home and returns at once, without sleeping out its
+            // (here: 10 s) timeout, so that the caller sees it home before it sleeps.
+            let start = Instant::now();
+            assert!(waiter.wait(&epoll, &mut events, 10_000).is_empty());
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "going home returned after {:?}",
+                start.elapsed()
+            );
+            assert!(waiter.at_home());
             assert_eq!(allowed(), 1, "the worker is home again once traffic stops");
         })
         .join()
