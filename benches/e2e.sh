@@ -16,6 +16,7 @@
 # SCENARIOS (-s, comma-separated; default: every one whose tools are installed)
 #   L2 mode:
 #     vswitch      daemon in netns host (TAP vsw0 = 10.1.1.1/24), c1 and c2 plugged with --netns
+#     vswitch-nofp the same with --no-fast-path: every frame through the daemon's workers
 #     kbridge      Docker-bridge style: c1, c2 each a veth into Linux bridge br0 (10.1.1.1/24) in host
 #     vde          vde_switch in host with 3 taps: one stays in host (10.1.1.1/24), two moved to c1/c2
 #   WAN mode (--wan): host has wan0 198.51.100.1/24 <-veth-> wan:eth0 198.51.100.2/24 (the server;
@@ -94,7 +95,7 @@ P_IPERF=5201 P_CONN=5301 P_CRR=5302 P_SOCKPERF=11111
 PY=/usr/bin/python3; [[ -x $PY ]] || PY=$(command -v python3 || true)
 CLK_TCK=$(getconf CLK_TCK)
 
-L2_SCENARIOS=(vswitch kbridge vde)
+L2_SCENARIOS=(vswitch vswitch-nofp kbridge vde)
 WAN_SCENARIOS=(vswitch kbridge-nat slirp pasta)
 L2_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,host
 WAN_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr
@@ -448,11 +449,12 @@ def summarize(raw, mdpath, scens, refs, header):
     med = {k: statistics.median(v) for k, v in vals.items() if v}
     known = [m for m, _ in ORDER] + sorted(m for m in units if m not in dict(ORDER))
     better = dict(ORDER)
-    refs = [r for r in refs if r in scens and 'vswitch' in scens]
+    subjects = [s for s in scens if s.startswith('vswitch')]
+    pairs = [(s, r) for s in subjects for r in refs if r in scens]
     hdr = '| metric | unit | better | ' + ' | '.join(scens)
     sep = '|---|---|:-:|' + '---:|' * len(scens)
-    for r in refs:
-        hdr += ' | vswitch/%s | target' % r
+    for s, r in pairs:
+        hdr += ' | %s/%s | target' % (s, r)
         sep += '---:|:-:|'
     out = [hdr + ' |', sep]
     misses = []
@@ -467,8 +469,8 @@ def summarize(raw, mdpath, scens, refs, header):
             elif (s, m) in vals: cells.append('NA')
             else: cells.append('')
         row += ' | '.join(cells)
-        for r in refs:
-            v, ref = med.get(('vswitch', m)), med.get((r, m))
+        for subject, r in pairs:
+            v, ref = med.get((subject, m)), med.get((r, m))
             ratio = '%.2f' % (v / ref) if v is not None and ref else ''
             tgt, ok = target_of(r, m, b), ''
             if tgt and v is not None:
@@ -478,7 +480,7 @@ def summarize(raw, mdpath, scens, refs, header):
                 else: good = None
                 if good is not None:
                     ok = (TARGET_TXT[op] % x) + (' ok' if good else ' **MISSED**')
-                    if not good: misses.append('%s vs %s' % (m, r))
+                    if not good: misses.append('%s %s vs %s' % (subject, m, r))
             elif tgt:
                 ok = TARGET_TXT[tgt[0]] % tgt[1]
             row += ' | %s | %s' % (ratio, ok)
@@ -495,7 +497,7 @@ def summarize(raw, mdpath, scens, refs, header):
                     ' '.join(fmt(x) for x in v)))
             else:
                 detail.append('| %s | %s | %s | NA | | | 0 | |' % (s, m, units[m]))
-    notes = ['', 'Medians over the runs. Ratios divide vswitch\'s median by the reference\'s, both from this run;',
+    notes = ['', 'Medians over the runs. Ratios divide vswitch\'s median (vswitch-nofp: without the kernel fast path) by the reference\'s, both from this run;',
              '"better" says which direction is good (for lower-is-better metrics a ratio < 1 is a win).']
     if misses:
         notes.append('Targets missed: ' + ', '.join(misses) + '.')
@@ -528,6 +530,7 @@ start_vswitch() {
   local args=(run --subnet "$SUBNET" --control "$RUNDIR/ctl.sock")
   [[ -n $MTU ]] && args+=(--mtu "$MTU")
   [[ -n $WORKERS ]] && args+=(--workers "$WORKERS")
+  [[ $SCEN == vswitch-nofp ]] && args+=(--no-fast-path)
   start_daemon vswitch "$VSWITCH" "${args[@]}"
   wait_for 10 vsw ls || { warn "vswitch not ready (see $LOGP.vswitch.log)"; return 1; }
 }
@@ -547,6 +550,8 @@ setup_vswitch() {
     fi
   fi
 }
+
+setup_vswitch_nofp() { setup_vswitch; }
 
 mk_bridge() {
   ip -n "$NS_HOST" link add br0 $(link_mtu) type bridge
@@ -736,7 +741,7 @@ run_once() {  # in a background subshell with set -e; RUNDIR/LOGP/RUNLOG/SCEN/RU
       for n in ${MNAMES[$m]}; do emit "${n%%:*}" NA "${n#*:}"; done
     fi
   done
-  if [[ $SCEN == vswitch ]]; then
+  if [[ $SCEN == vswitch* ]]; then
     if vsw ls --json >"$LOGP.ls.json" 2>>"$RUNLOG" && ip -n "$NS_HOST" -j -s link >"$LOGP.links.json" &&
       v=$(H drops "$LOGP.ls.json" "$LOGP.links.json" 2>>"$RUNLOG"); then
       set -- $v
@@ -751,7 +756,7 @@ run_once() {  # in a background subshell with set -e; RUNDIR/LOGP/RUNLOG/SCEN/RU
 
 scenario_available() {  # SCEN -> 0 if its tools are here (else prints why)
   case $1 in
-    vswitch) return 0 ;;
+    vswitch|vswitch-nofp) return 0 ;;
     kbridge) return 0 ;;
     kbridge-nat) have nft || { echo "nft missing (apt-get install nftables)"; return 1; } ;;
     vde) have vde_switch || { echo "vde_switch missing (apt-get install vde2)"; return 1; }

@@ -5,11 +5,20 @@ mod common;
 
 use common::{
     default_mac, host_ip, ping_all, ping_cmd, poll, run_timeout, tcp_transfer, Container, Endpoint,
-    Json, NetNs, Proc, Sandbox, GATEWAY,
+    Json, NetNs, Proc, Sandbox, SandboxOptions, GATEWAY,
 };
 use std::time::{Duration, Instant};
 
 const MB50: u64 = 50 * 1024 * 1024;
+
+/// A sandbox whose daemon switches every frame itself (no kernel fast path): for the tests of
+/// the workers.
+fn start_without_fast_path() -> Sandbox {
+    Sandbox::start_with(SandboxOptions {
+        extra_args: vec!["--no-fast-path".into()],
+        ..SandboxOptions::default()
+    })
+}
 
 /// Inside the container: eth0 with the address and MAC, lo up, default route via the gateway.
 #[track_caller]
@@ -457,7 +466,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn workers_poll_only_while_traffic_flows() {
     // The workers poll for a while after each frame (`--poll-us`); once traffic stops, the
     // daemon must go back to sleep and cost nothing.
-    let sb = Sandbox::start();
+    let sb = start_without_fast_path();
     let a = sb.plug_plain();
     let b = sb.plug_plain();
     let pid = sb.daemon_pid();
@@ -564,7 +573,7 @@ fn parallel_bulk_streams_are_not_reordered() {
     // worker: the one through which the flow's ACKs last came in (1.8 % retransmitted when
     // the ACKs went in through the queue of whichever worker forwarded them, 0 since each
     // flow's go through one queue; 0.3 % in this test).
-    let sb = Sandbox::start();
+    let sb = start_without_fast_path();
     let a = sb.plug_plain();
     let b = sb.plug_plain();
 
@@ -623,7 +632,7 @@ fn bulk_datagrams_without_a_flow_hash_stay_in_order() {
     // Bulk frames go to the worker their socket's flow hash picks; an unconnected UDP socket
     // sets none, so the switch falls back to the address pair. Spread by the sending CPU
     // instead, a sender moving between CPUs had a quarter of its datagrams overtaken.
-    let sb = Sandbox::start();
+    let sb = start_without_fast_path();
     let a = sb.plug_plain();
     let b = sb.plug_plain();
 
@@ -647,5 +656,71 @@ fn bulk_datagrams_without_a_flow_hash_stay_in_order() {
     assert_eq!(
         late, 0,
         "{late} of {received} datagrams arrived out of order"
+    );
+}
+
+#[test]
+fn learned_pairs_take_the_kernel_fast_path_and_their_macs_stay_learned() {
+    // With a short FDB age, the MACs of two containers that only talk to each other (through
+    // the kernel fast path, which the daemon never sees) must stay learned: the fast path
+    // reports them seen. Ping answers once, never twice (the daemon must not also forward what
+    // the fast path took), and the ports' counters include the fast path's frames.
+    let sb = Sandbox::start_with(SandboxOptions {
+        extra_args: vec!["--fdb-age".into(), "2".into()],
+        ..SandboxOptions::default()
+    });
+    let a = sb.plug_plain();
+    let b = sb.plug_plain();
+    let macs = [default_mac(&host_ip(2)), default_mac(&host_ip(3))];
+
+    let ping = a.cmd("ping", &["-c", "60", "-i", "0.1", "-W", "2", &host_ip(3)]);
+    let ping = std::thread::spawn(move || run_timeout(ping, Duration::from_secs(30)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The first frames go through the daemon; from the next manager tick, the fast path.
+    std::thread::sleep(Duration::from_millis(700));
+    while Instant::now() < deadline {
+        let fdb = sb.fdb();
+        for mac in &macs {
+            let entry = fdb.iter().find(|e| e.str("mac").eq_ignore_ascii_case(mac));
+            let age = entry.map(|e| e.num("age_ms"));
+            assert!(
+                age.is_some_and(|age| age < 1600),
+                "{mac}, in traffic every 100 ms, aged to {age:?} of the 2 s FDB age: {fdb:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = ping.join().unwrap().stdout;
+    assert!(
+        out.contains("60 received") && !out.contains("duplicates"),
+        "every echo request answered exactly once: {out}"
+    );
+    let (pa, pb) = (sb.port_of(a.pid).unwrap(), sb.port_of(b.pid).unwrap());
+    for (what, port) in [("a", &pa), ("b", &pb)] {
+        assert!(
+            port.num("fast_rx_frames") >= 40 && port.num("fast_tx_frames") >= 40,
+            "{what}: most of the 120 frames should take the fast path: {port}"
+        );
+        assert!(
+            // 60 echo requests or replies each way, most of them never seen by the daemon.
+            port.num("rx_frames") >= 60 && port.num("tx_frames") >= 60,
+            "{what}: the fast path's frames are counted in the port's: {port}"
+        );
+    }
+
+    // A bulk transfer (super-frames, checksummed end to end) also takes the fast path...
+    let before = pb.num("fast_tx_frames");
+    tcp_transfer(&a, &b, &host_ip(3), MB50);
+    let pb = sb.port_of(b.pid).unwrap();
+    assert!(pb.num("fast_tx_frames") > before + 100, "{pb}");
+    // ...and without the fast path, the daemon carries it all.
+    let sb = start_without_fast_path();
+    let a = sb.plug_plain();
+    let b = sb.plug_plain();
+    tcp_transfer(&a, &b, &host_ip(3), MB50);
+    let pb = sb.port_of(b.pid).unwrap();
+    assert!(
+        pb.num("fast_tx_frames") == 0 && pb.num("tx_bytes") > MB50,
+        "{pb}"
     );
 }

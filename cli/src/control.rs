@@ -90,6 +90,11 @@ pub struct PortView {
     pub tx_frames: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+    /// Of the frames counted above, those the kernel fast path carried (see `fastpath`).
+    #[serde(default)]
+    pub fast_rx_frames: u64,
+    #[serde(default)]
+    pub fast_tx_frames: u64,
     /// Published ports, `HOSTPORT:CPORT/PROTO`.
     #[serde(default)]
     pub publish: Vec<String>,

@@ -4,8 +4,9 @@
 //! containers); control connections and the lifecycle timer reach it through crossbeam channels,
 //! so plugs and unplugs happen one at a time and never race each other.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use vswitch_nat::{Nat, NatConfig};
 use crate::bpf::SpreadProgram;
 use crate::control::{self, Call, FdbView, FlowRow, PortView, Request, Target};
 use crate::datapath::{now_ms, Datapath, Fabric, NatHook, TAP_PORT};
+use crate::fastpath::{self, FastPath, PortCounts, Station};
 use crate::ipam::{Ipam, Ipv4Net};
 use crate::natd::{self, NatJob, NatMailbox, NatService, PublishSpec};
 use crate::netlink::Netlink;
@@ -50,6 +52,8 @@ pub struct Config {
     pub spread: Spread,
     /// How long a datapath worker polls after its last frame before sleeping.
     pub poll: std::time::Duration,
+    /// Forward frames between learned containers in the kernel (see `fastpath`).
+    pub fast_path: bool,
 }
 
 /// A plugged container.
@@ -65,6 +69,8 @@ struct Container {
     publish: Vec<PublishSpec>,
     /// The `/etc/netns/NAME/resolv.conf` plug wrote, and whether it made the directory.
     netns_conf: Option<(PathBuf, bool)>,
+    /// The fast path's program on the host end's ingress (detached when dropped).
+    fast_link: Option<OwnedFd>,
 }
 
 struct Manager {
@@ -84,6 +90,7 @@ struct Manager {
     host_resolv: String,
     /// When the FDB and the flow table were last swept.
     last_expiry: u64,
+    fast_path: Option<FastPath>,
 }
 
 pub fn run(cfg: Config) -> Result<()> {
@@ -192,6 +199,18 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
             }
         })
         .flatten();
+    let fast_path = cfg
+        .fast_path
+        .then(|| match FastPath::load(cfg.fdb_size) {
+            Ok(fast) => Some(fast),
+            Err(e) => {
+                eprintln!(
+                    "vswitch: no kernel fast path ({e}): every frame goes through the daemon"
+                );
+                None
+            }
+        })
+        .flatten();
     let fabric = Fabric::new(switch, spread_program.clone());
     let homes = cfg.spread != Spread::Hash;
     let mut datapath =
@@ -246,6 +265,7 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         nat_jobs,
         host_resolv,
         last_expiry: 0,
+        fast_path,
     })
 }
 
@@ -380,8 +400,8 @@ impl Manager {
         // deletes both), the listeners (dropped) and the address reservation.
         let mut host_index = None;
         let result = self.build_port(&ns, &host_ifname, &ifname, ip, mac, &mut host_index);
-        let port = match result {
-            Ok(port) => port,
+        let (port, fast_link) = match result {
+            Ok(built) => built,
             Err(e) => {
                 if let Some(index) = host_index {
                     let _ = self.nl.delete_link(index);
@@ -402,6 +422,7 @@ impl Manager {
             mac,
             publish,
             netns_conf: None,
+            fast_link,
         };
         if !listeners.is_empty() {
             self.nat_jobs.send(NatJob::Publish {
@@ -448,7 +469,7 @@ impl Manager {
         ip: Ipv4Addr,
         mac: MacAddr,
         host_index: &mut Option<u32>,
-    ) -> Result<Arc<Port>, String> {
+    ) -> Result<(Arc<Port>, Option<OwnedFd>), String> {
         let index = self
             .nl
             .create_veth(host_ifname, ifname, ns.as_fd(), mac.0, self.mtu)
@@ -489,11 +510,24 @@ impl Manager {
         })
         .map_err(|e| format!("entering the container's namespace: {e}"))??;
 
-        let program = self.spread_program.as_deref();
-        let sockets =
-            PacketSocket::open_queues(index, self.datapath.queues(), self.spread, program)
-                .map_err(|e| format!("opening packet sockets on {host_ifname}: {e}"))?;
         let id = self.free_port_id().ok_or("too many ports")?;
+        let fast = self
+            .fast_path
+            .as_ref()
+            .filter(|_| id.0 < fastpath::MAX_PORTS);
+        let program = self.spread_program.as_deref();
+        let filter = fast.map(|f| f.filter());
+        let sockets =
+            PacketSocket::open_queues(index, self.datapath.queues(), self.spread, program, filter)
+                .map_err(|e| format!("opening packet sockets on {host_ifname}: {e}"))?;
+        // Without its program on the port, the port's stations stay out of the fast path's map,
+        // so the sockets' filter lets all its frames through: the daemon switches them.
+        let fast_link = fast.and_then(|f| {
+            f.clear_counts(id)
+                .and_then(|()| f.attach(index))
+                .map_err(|e| eprintln!("vswitch: no kernel fast path on {host_ifname}: {e}"))
+                .ok()
+        });
         let port = Arc::new(Port {
             id,
             name: host_ifname.to_string(),
@@ -511,7 +545,7 @@ impl Manager {
             self.datapath.switch().remove_port(id);
             return Err(format!("adding the port to a worker: {e}"));
         }
-        Ok(port)
+        Ok((port, fast_link))
     }
 
     /// Writes the container's resolv.conf where it has one of its own; says what happened.
@@ -577,6 +611,7 @@ impl Manager {
     fn forget(&mut self, c: &Container) {
         self.datapath.remove_port(c.port);
         self.datapath.switch().remove_port(c.port);
+        self.sync_fast_path();
         self.ipam.release(c.ip);
         if !c.publish.is_empty() {
             self.nat_jobs.send(NatJob::Unpublish { container: c.ip });
@@ -607,16 +642,49 @@ impl Manager {
                 c.target, c.host_ifname, c.ip
             );
         }
+        self.sync_fast_path();
         // Expiry scans whole tables: once a second is plenty.
         let now = now_ms();
         if now < self.last_expiry + 1000 {
             return;
         }
         self.last_expiry = now;
+        if let Some(fast) = &self.fast_path {
+            for (mac, port) in fast.used() {
+                self.datapath.switch().refresh(mac, port, now);
+            }
+        }
         self.datapath.switch().expire(now);
         let flows = self.nat.expire(now);
         if !flows.is_empty() {
             self.nat_jobs.send(NatJob::Forget(flows));
+        }
+    }
+
+    /// Makes the fast path's stations those of the forwarding table on ports it serves: what the
+    /// switch learned since the last tick starts taking the fast path, what it forgot stops.
+    fn sync_fast_path(&mut self) {
+        let Some(fast) = &mut self.fast_path else {
+            return;
+        };
+        let served: HashMap<PortId, u32> = (self.containers.iter())
+            .filter(|c| c.fast_link.is_some())
+            .map(|c| (c.port, c.host_index))
+            .collect();
+        let want = (self.datapath.switch().fdb_entries(now_ms()).into_iter())
+            .filter_map(|e| {
+                let ifindex = *served.get(&e.port)?;
+                Some((
+                    e.mac,
+                    Station {
+                        ifindex,
+                        port: e.port,
+                    },
+                ))
+            })
+            .collect();
+        if let Err(e) = fast.sync(&want) {
+            eprintln!("vswitch: updating the kernel fast path: {e}");
         }
     }
 
@@ -651,6 +719,8 @@ impl Manager {
         let read = |f: fn(&Counters) -> &std::sync::atomic::AtomicU64| {
             counters.map(|p| f(&p.counters).load(Relaxed)).unwrap_or(0)
         };
+        // Frames the kernel fast path carried count as the port's too.
+        let fast = (self.fast_path.as_ref()).map_or_else(PortCounts::default, |f| f.counts(id));
         PortView {
             port: id.0,
             kind: kind.to_string(),
@@ -662,11 +732,13 @@ impl Manager {
             prefix: self.ipam.net().prefix,
             gateway: self.ipam.gateway(),
             mac: mac.to_string(),
-            rx_frames: read(|c| &c.rx_frames),
-            rx_bytes: read(|c| &c.rx_bytes),
-            tx_frames: read(|c| &c.tx_frames),
-            tx_bytes: read(|c| &c.tx_bytes),
+            rx_frames: read(|c| &c.rx_frames) + fast.rx_frames,
+            rx_bytes: read(|c| &c.rx_bytes) + fast.rx_bytes,
+            tx_frames: read(|c| &c.tx_frames) + fast.tx_frames,
+            tx_bytes: read(|c| &c.tx_bytes) + fast.tx_bytes,
             drops: read(|c| &c.drops) + counters.map(|p| p.kernel_drops()).unwrap_or(0),
+            fast_rx_frames: fast.rx_frames,
+            fast_tx_frames: fast.tx_frames,
             publish: Vec::new(),
             nat_flows: 0,
             nat_packets_out: 0,

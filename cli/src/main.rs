@@ -5,6 +5,7 @@ mod control;
 mod daemon;
 mod datapath;
 mod dns;
+mod fastpath;
 mod ipam;
 mod natd;
 mod netlink;
@@ -104,6 +105,10 @@ enum Command {
         /// (0: sleep at once). Cuts request/response latency; costs CPU only while traffic flows.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
         poll_us: u64,
+        /// Switch every frame in the daemon: no kernel fast path for frames between containers
+        /// whose addresses the switch has learned (see ARCHITECTURE.md).
+        #[arg(long)]
+        no_fast_path: bool,
     },
     /// Attach a container's network namespace to the switch.
     Plug {
@@ -173,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
             max_flows,
             spread,
             poll_us,
+            no_fast_path,
         } => daemon::run(daemon::Config {
             subnet,
             gateway: gateway.unwrap_or_else(|| subnet.first_host()),
@@ -188,6 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             max_flows,
             spread,
             poll: std::time::Duration::from_micros(poll_us),
+            fast_path: !no_fast_path,
         }),
         Command::Plug {
             target,

@@ -135,14 +135,16 @@ impl PacketSocket {
     /// than one they form a fanout group, so that several workers serve the port (see
     /// [`Spread`]); `Spread::Auto` runs `program` where there is one, else the classic program,
     /// which always sends small frames by CPU.
+    /// `filter` is a BPF socket filter every socket carries (the fast path's, see `fastpath`).
     pub fn open_queues(
         ifindex: u32,
         queues: usize,
         spread: Spread,
         program: Option<&SpreadProgram>,
+        filter: Option<RawFd>,
     ) -> io::Result<Vec<PacketSocket>> {
         let sockets: Vec<PacketSocket> = (0..queues.max(1))
-            .map(|_| PacketSocket::open(ifindex))
+            .map(|_| PacketSocket::open(ifindex, filter))
             .collect::<Result<_, _>>()?;
         if sockets.len() > 1 {
             // Fanout group ids are shared by the whole network namespace: start from a
@@ -206,8 +208,9 @@ impl PacketSocket {
         Ok(sockets)
     }
 
-    /// Opens a non-blocking AF_PACKET socket bound to interface `ifindex`.
-    pub fn open(ifindex: u32) -> io::Result<PacketSocket> {
+    /// Opens a non-blocking AF_PACKET socket bound to interface `ifindex`, with the eBPF socket
+    /// `filter` if given.
+    pub fn open(ifindex: u32, filter: Option<RawFd>) -> io::Result<PacketSocket> {
         // Protocol 0 at creation: the socket receives nothing until it is bound to the one
         // interface, so no frame of another interface ever slips in.
         // SAFETY: plain system call.
@@ -220,6 +223,10 @@ impl PacketSocket {
         })?;
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if let Some(prog) = filter {
+            // Before binding: no frame gets in unfiltered.
+            setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_BPF, &prog)?;
+        }
         let one: libc::c_int = 1;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)?;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;

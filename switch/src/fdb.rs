@@ -187,6 +187,16 @@ impl Fdb {
         Learned::New
     }
 
+    /// `mac` was seen on `port` by someone else (the kernel fast path): refreshed if it is still
+    /// learned there.
+    pub fn refresh(&self, mac: MacAddr, port: PortId, now: Millis) {
+        if let Some(e) = self.read().map.get(&mac.as_u64()) {
+            if e.port == port {
+                e.seen.fetch_max(now, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Removes aged entries, returns how many. Takes the write lock only if some may have aged.
     pub fn expire(&self, now: Millis) -> usize {
         if !self.read().sweep_due(now, self.age_ms) {
@@ -259,6 +269,27 @@ mod tests {
         assert_eq!(fdb.entries(REFRESH_MS - 1)[0].age_ms, REFRESH_MS - 1);
         fdb.learn_and_lookup(mac(1), p, None, REFRESH_MS, &ports);
         assert_eq!(fdb.entries(REFRESH_MS)[0].age_ms, 0);
+    }
+
+    #[test]
+    fn refresh_keeps_an_entry_alive_only_on_its_own_port() {
+        let (fdb, ports) = (Fdb::new(8, 5_000), ports(3));
+        fdb.learn_and_lookup(mac(1), PortId(1), None, 0, &ports);
+        fdb.refresh(mac(1), PortId(2), 4_000);
+        assert_eq!(
+            fdb.entries(4_000)[0].age_ms,
+            4_000,
+            "seen on another port: no refresh"
+        );
+        fdb.refresh(mac(1), PortId(1), 4_000);
+        fdb.refresh(mac(1), PortId(1), 3_000);
+        assert_eq!(
+            fdb.entries(6_000)[0].age_ms,
+            2_000,
+            "refreshed, never backwards"
+        );
+        fdb.refresh(mac(2), PortId(1), 6_000);
+        assert_eq!(fdb.len(), 1, "refresh learns nothing");
     }
 
     #[test]

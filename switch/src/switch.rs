@@ -5,6 +5,7 @@
 use crate::arp;
 use crate::fdb::{Fdb, FdbEntry, Learned};
 use crate::frame::{Arp, Ethernet, ARP_OP_REQUEST, ETHERTYPE_ARP};
+use crate::mac::MacAddr;
 use crate::port::{ArpTarget, PortId, PortInfo, Ports};
 use crate::stats::{Counters, SwitchStats};
 use crate::Millis;
@@ -181,6 +182,13 @@ impl Switch {
     pub fn gratuitous_arp(&self, id: PortId, buf: &mut [u8]) -> Option<usize> {
         let info = self.ports.info(id)?;
         arp::write_gratuitous(buf, info.mac, info.ip?)
+    }
+
+    /// A frame from `mac` was forwarded from `port` without the switch (the edge's kernel fast
+    /// path, which only carries frames the switch would have forwarded the same way): the entry
+    /// is refreshed as if the switch had seen it, if `mac` is still learned on `port`.
+    pub fn refresh(&self, mac: MacAddr, port: PortId, now: Millis) {
+        self.fdb.refresh(mac, port, now);
     }
 
     /// Removes aged entries, returns how many.
