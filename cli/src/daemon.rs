@@ -455,6 +455,7 @@ impl Manager {
             ..container
         };
         self.containers.push(container);
+        self.sync_fast_path();
         let mut view = self.view(self.containers.last().expect("just pushed"));
         view.resolv = Some(resolv);
         Ok(view)
@@ -651,7 +652,7 @@ impl Manager {
         self.last_expiry = now;
         if let Some(fast) = &self.fast_path {
             for (mac, port) in fast.used() {
-                self.datapath.switch().refresh(mac, port, now);
+                self.datapath.switch().seen(mac, port, now);
             }
         }
         self.datapath.switch().expire(now);
@@ -661,8 +662,11 @@ impl Manager {
         }
     }
 
-    /// Makes the fast path's stations those of the forwarding table on ports it serves: what the
-    /// switch learned since the last tick starts taking the fast path, what it forgot stops.
+    /// Makes the fast path's stations the plugged containers' own MACs (so that two containers
+    /// talk over the fast path from their first frame, with no switch-over to reorder a flow),
+    /// overridden by the forwarding table on the ports the fast path serves: a MAC learned
+    /// elsewhere is the daemon's, a MAC learned on a served port (a container that changed its
+    /// address, or bridges others) is added within a tick, what the switch forgot is removed.
     fn sync_fast_path(&mut self) {
         let Some(fast) = &mut self.fast_path else {
             return;
@@ -671,18 +675,19 @@ impl Manager {
             .filter(|c| c.fast_link.is_some())
             .map(|c| (c.port, c.host_index))
             .collect();
-        let want = (self.datapath.switch().fdb_entries(now_ms()).into_iter())
-            .filter_map(|e| {
-                let ifindex = *served.get(&e.port)?;
-                Some((
-                    e.mac,
-                    Station {
-                        ifindex,
-                        port: e.port,
-                    },
-                ))
-            })
+        let station = |port: PortId| {
+            let ifindex = *served.get(&port)?;
+            Some(Station { ifindex, port })
+        };
+        let mut want: HashMap<MacAddr, Station> = (self.containers.iter())
+            .filter_map(|c| Some((c.mac, station(c.port)?)))
             .collect();
+        for e in self.datapath.switch().fdb_entries(now_ms()) {
+            match station(e.port) {
+                Some(s) => want.insert(e.mac, s),
+                None => want.remove(&e.mac),
+            };
+        }
         if let Err(e) = fast.sync(&want) {
             eprintln!("vswitch: updating the kernel fast path: {e}");
         }

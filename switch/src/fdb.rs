@@ -187,14 +187,17 @@ impl Fdb {
         Learned::New
     }
 
-    /// `mac` was seen on `port` by someone else (the kernel fast path): refreshed if it is still
-    /// learned there.
-    pub fn refresh(&self, mac: MacAddr, port: PortId, now: Millis) {
-        if let Some(e) = self.read().map.get(&mac.as_u64()) {
-            if e.port == port {
-                e.seen.fetch_max(now, Ordering::Relaxed);
-            }
+    /// `mac` was seen on `port` by someone else (the kernel fast path): refreshed if it is
+    /// learned there. Returns whether `mac` is in the table at all (on any port).
+    pub fn refresh(&self, mac: MacAddr, port: PortId, now: Millis) -> bool {
+        let table = self.read();
+        let Some(e) = table.map.get(&mac.as_u64()) else {
+            return false;
+        };
+        if e.port == port {
+            e.seen.fetch_max(now, Ordering::Relaxed);
         }
+        true
     }
 
     /// Removes aged entries, returns how many. Takes the write lock only if some may have aged.
@@ -288,7 +291,7 @@ mod tests {
             2_000,
             "refreshed, never backwards"
         );
-        fdb.refresh(mac(2), PortId(1), 6_000);
+        assert!(!fdb.refresh(mac(2), PortId(1), 6_000));
         assert_eq!(fdb.len(), 1, "refresh learns nothing");
     }
 

@@ -184,11 +184,17 @@ impl Switch {
         arp::write_gratuitous(buf, info.mac, info.ip?)
     }
 
-    /// A frame from `mac` was forwarded from `port` without the switch (the edge's kernel fast
-    /// path, which only carries frames the switch would have forwarded the same way): the entry
-    /// is refreshed as if the switch had seen it, if `mac` is still learned on `port`.
-    pub fn refresh(&self, mac: MacAddr, port: PortId, now: Millis) {
-        self.fdb.refresh(mac, port, now);
+    /// Frames from `mac` came in on `port` and were forwarded without the switch (the edge's
+    /// kernel fast path, which carries only frames the switch would forward the same way): the
+    /// entry is refreshed as if the switch had seen them, or learned if `mac` is unknown. A
+    /// `mac` learned on another port meanwhile stays there (the report may predate the move).
+    pub fn seen(&self, mac: MacAddr, port: PortId, now: Millis) {
+        if !self.fdb.refresh(mac, port, now) {
+            let (learned, _) = self.fdb.learn_and_lookup(mac, port, None, now, &self.ports);
+            if learned == Learned::New {
+                self.counters.mine().learned.inc();
+            }
+        }
     }
 
     /// Removes aged entries, returns how many.

@@ -643,3 +643,24 @@ fn concurrent_learning_never_resurrects_a_removed_port() {
     });
     assert!(sw.fdb_entries(0).iter().all(|e| e.port != PortId(2)));
 }
+
+#[test]
+fn frames_seen_elsewhere_refresh_or_learn_but_never_move() {
+    // The edge's kernel fast path reports the sources it forwarded for.
+    let sw = switch(3);
+    run(&sw, 1, &ipv4(MacAddr::BROADCAST, station(1)), 0);
+    sw.seen(station(1), PortId(1), AGE);
+    let to_1 = ipv4(station(1), station(3));
+    assert_eq!(
+        run(&sw, 3, &to_1, AGE + AGE / 2),
+        Action::Forward(PortId(1))
+    );
+    // Unknown: learned, as from a frame.
+    sw.seen(station(2), PortId(2), AGE);
+    let all = vec![(station(1), 1), (station(2), 2), (station(3), 3)];
+    assert_eq!(fdb(&sw, AGE), all);
+    // Learned on another port since: the report is stale, the entry stays where it is.
+    sw.seen(station(2), PortId(1), AGE + 1);
+    assert_eq!(fdb(&sw, AGE + 1), all);
+    assert_eq!(sw.stats().learned, 3);
+}
