@@ -1,20 +1,22 @@
 //! The kernel fast path: forwarding decisions the switch has already made, replayed in the
 //! kernel so that those frames never cross into the daemon.
 //!
-//! A unicast frame from one container to another, whose source the switch has learned on the
-//! port it came in by and whose destination on another container's port, needs nothing of the
-//! daemon: the switch would send it on unchanged. For those frames a tc program on the host end
-//! of each veth (tcx ingress) looks both MACs up in a BPF hash map that the daemon fills from its
-//! forwarding table (`sync`), counts the frame on both ports and hands it to the destination's
-//! veth peer inside its container (`bpf_redirect_peer`), in the sender's own softirq, as a
-//! kernel bridge would. Everything else (ARP, broadcast, unknown or aged destinations, the TAP
-//! and so the NAT, a MAC that moved) goes to the daemon through the AF_PACKET sockets as
-//! before, and the switch's decisions reach the map within one manager tick.
+//! A unicast frame from one container to another, whose source lives on the port it came in by
+//! and whose destination on another container's port, needs nothing of the daemon: the switch
+//! would send it on unchanged. For those frames a tc program on the host end of each veth (tcx
+//! ingress) looks both MACs up in a BPF hash map of stations that the daemon keeps (`sync`: the
+//! plugged containers' own MACs, and what its forwarding table learned on their ports), counts
+//! the frame on both ports and hands it to the destination's veth peer inside its container
+//! (`bpf_redirect_peer`), in the sender's own softirq, as a kernel bridge would. Everything else
+//! (ARP, broadcast, unknown or aged destinations, the TAP and so the NAT, a MAC that moved) goes
+//! to the daemon through the AF_PACKET sockets as before, and the switch's decisions reach the
+//! map within one manager tick.
 //!
 //! The packet sockets see every frame before tc runs (the kernel delivers to taps first), so a
 //! socket filter that runs the same lookup drops, for the daemon, the frames the fast path
 //! takes. The program marks each source station it forwards for as used; the daemon refreshes
-//! those MACs in its forwarding table, so they age as if the switch had seen their frames.
+//! (or learns) those MACs in its forwarding table, so they age as if the switch had seen their
+//! frames.
 
 use std::collections::HashMap;
 use std::io;
@@ -169,7 +171,8 @@ fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Vec<Insn> {
     p
 }
 
-/// The number of CPUs the kernel may run (a per-CPU map value has one slot per possible CPU).
+/// One more than the highest CPU the kernel may run: at least the number of possible CPUs, of
+/// which a per-CPU map value has one slot each (a sparse CPU list leaves unused zeros).
 fn possible_cpus() -> io::Result<usize> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
     let last = text
@@ -192,9 +195,10 @@ pub struct FastPath {
 }
 
 impl FastPath {
-    /// Creates the maps and loads both programs (needs CAP_BPF and CAP_NET_ADMIN).
-    pub fn load(capacity: usize) -> io::Result<FastPath> {
-        let entries = capacity.clamp(1, 1 << 20) as u32;
+    /// Creates the maps and loads both programs (needs CAP_BPF and CAP_NET_ADMIN). The map
+    /// holds up to `fdb_size` learned MACs and the plugged containers' own.
+    pub fn load(fdb_size: usize) -> io::Result<FastPath> {
+        let entries = fdb_size.clamp(1, 1 << 20) as u32 + u32::from(MAX_PORTS);
         let value = size_of::<Value>() as u32;
         let stations = create_map(BPF_MAP_TYPE_HASH, 8, value, entries)?;
         let counters = create_map(
