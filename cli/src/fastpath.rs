@@ -337,7 +337,8 @@ impl FastPath {
                 && v.used != 0
             {
                 v.used = 0;
-                // A frame counted between the two calls only refreshes the entry a tick late.
+                // A mark set between the two calls is lost: the station's next frame sets it
+                // again, and a last frame only makes the entry age that much sooner.
                 let _ = self.map_op(BPF_MAP_UPDATE_ELEM, &self.stations, k.as_ptr(), value);
                 seen.push((mac, station.port));
             }
