@@ -676,7 +676,7 @@ fn learned_pairs_take_the_kernel_fast_path_and_their_macs_stay_learned() {
     let ping = a.cmd("ping", &["-c", "60", "-i", "0.1", "-W", "2", &host_ip(3)]);
     let ping = std::thread::spawn(move || run_timeout(ping, Duration::from_secs(30)));
     let deadline = Instant::now() + Duration::from_secs(5);
-    // Past the first FDB age check of the entries the first frames (ARP) created.
+    // Let the first exchange (ARP, through the daemon) settle before sampling the table.
     std::thread::sleep(Duration::from_millis(700));
     while Instant::now() < deadline {
         let fdb = sb.fdb();
