@@ -169,6 +169,23 @@ pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c
     }
 }
 
+/// A map element operation (`BPF_MAP_LOOKUP_ELEM`, `_UPDATE_ELEM` with `BPF_ANY`,
+/// `_DELETE_ELEM`); `key` and `value` point to buffers of the map's sizes (`value` unused by a
+/// delete).
+pub(crate) fn map_elem(
+    cmd: libc::c_long,
+    map: RawFd,
+    key: *const u8,
+    value: *mut u8,
+) -> io::Result<()> {
+    // Element operations: map_fd, key, value, flags.
+    let mut attr = [0u64; 16];
+    attr[0] = map as u64;
+    attr[1] = key as u64;
+    attr[2] = value as u64;
+    bpf(cmd, &mut attr).map(drop)
+}
+
 /// Creates a BPF map (needs CAP_BPF).
 pub(crate) fn create_map(kind: u32, key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
     // union bpf_attr, map creation: map_type, key_size, value_size, max_entries.
@@ -248,31 +265,35 @@ impl SpreadProgram {
 
     /// Dense traffic (small frames to the first queues) or sparse (by CPU), for every port.
     pub fn set_dense(&self, dense: bool) -> io::Result<()> {
-        let (key, value) = (0u32, u32::from(dense));
-        // Map update: map_fd, key, value, flags (BPF_ANY).
-        let mut attr = [0u64; 16];
-        attr[0] = self.map.as_raw_fd() as u64;
-        attr[1] = &key as *const u32 as u64;
-        attr[2] = &value as *const u32 as u64;
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+        let (key, mut value) = (0u32, u32::from(dense));
+        let (key, value) = (
+            &key as *const u32 as *const u8,
+            &mut value as *mut u32 as *mut u8,
+        );
+        map_elem(BPF_MAP_UPDATE_ELEM, self.map.as_raw_fd(), key, value)
     }
+}
+
+/// Runs program `prog` once on `frame` (Ethernet, at least 14 bytes) in the kernel, on the
+/// calling thread's CPU; returns its verdict. For tests.
+#[cfg(test)]
+pub(crate) fn test_run(prog: RawFd, frame: &[u8]) -> io::Result<u32> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // Test run: prog_fd, retval, data_size_in, data_size_out, data_in, ...
+    let mut attr = [0u64; 16];
+    attr[0] = prog as u64;
+    attr[1] = frame.len() as u64;
+    attr[2] = frame.as_ptr() as u64;
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok((attr[0] >> 32) as u32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-    /// Runs the program on `frame` (Ethernet) in the kernel, on the calling thread's CPU.
     fn run(program: &SpreadProgram, frame: &[u8]) -> u32 {
-        // Test run: prog_fd, retval, data_size_in, data_size_out, data_in, ...
-        let mut attr = [0u64; 16];
-        attr[0] = program.fd() as u64;
-        attr[1] = frame.len() as u64;
-        attr[2] = frame.as_ptr() as u64;
-        bpf(BPF_PROG_TEST_RUN, &mut attr).unwrap();
-        (attr[0] >> 32) as u32
+        test_run(program.fd(), frame).unwrap()
     }
 
     /// An IPv4 frame of `len` bytes from 10.1.1.11 to 10.1.1.12.

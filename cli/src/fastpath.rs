@@ -60,7 +60,7 @@ pub struct PortCounts {
     pub tx_bytes: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Kind {
     /// The tc program: forwards what it can, passes the rest on (TCX_NEXT).
     Redirect,
@@ -236,34 +236,29 @@ impl FastPath {
         Ok(unsafe { OwnedFd::from_raw_fd(bpf(BPF_LINK_CREATE, &mut attr)? as RawFd) })
     }
 
-    fn map_op(
-        &self,
-        cmd: libc::c_long,
-        map: &OwnedFd,
-        key: *const u8,
-        value: *mut u8,
-    ) -> io::Result<()> {
-        // Element operations: map_fd, key, value, flags (BPF_ANY).
-        let mut attr = [0u64; 16];
-        attr[0] = map.as_raw_fd() as u64;
-        attr[1] = key as u64;
-        attr[2] = value as u64;
-        bpf(cmd, &mut attr).map(drop)
+    /// A station's element: `cmd` on `mac`'s key with `value` (null for a delete).
+    fn station_elem(&self, cmd: libc::c_long, mac: MacAddr, value: *mut Value) -> io::Result<()> {
+        let k = key(mac);
+        map_elem(cmd, self.stations.as_raw_fd(), k.as_ptr(), value as *mut u8)
+    }
+
+    /// A port's counters: `cmd` on its per-CPU slots.
+    fn counter_elem(&self, cmd: libc::c_long, port: PortId, slots: &mut [u64]) -> io::Result<()> {
+        let key = u32::from(port.0);
+        let key = &key as *const u32 as *const u8;
+        map_elem(
+            cmd,
+            self.counters.as_raw_fd(),
+            key,
+            slots.as_mut_ptr() as *mut u8,
+        )
     }
 
     /// A port's fast-path counters, summed over CPUs.
     pub fn counts(&self, port: PortId) -> PortCounts {
         let mut slots = vec![0u64; COUNTERS * self.cpus];
-        let key = u32::from(port.0);
         if port.0 >= MAX_PORTS
-            || self
-                .map_op(
-                    BPF_MAP_LOOKUP_ELEM,
-                    &self.counters,
-                    &key as *const u32 as *const u8,
-                    slots.as_mut_ptr() as *mut u8,
-                )
-                .is_err()
+            || (self.counter_elem(BPF_MAP_LOOKUP_ELEM, port, &mut slots)).is_err()
         {
             return PortCounts::default();
         }
@@ -279,13 +274,7 @@ impl FastPath {
     /// Zeroes a port's counters (a new port reusing a freed id starts from nothing).
     pub fn clear_counts(&self, port: PortId) -> io::Result<()> {
         let mut slots = vec![0u64; COUNTERS * self.cpus];
-        let key = u32::from(port.0);
-        self.map_op(
-            BPF_MAP_UPDATE_ELEM,
-            &self.counters,
-            &key as *const u32 as *const u8,
-            slots.as_mut_ptr() as *mut u8,
-        )
+        self.counter_elem(BPF_MAP_UPDATE_ELEM, port, &mut slots)
     }
 
     /// Makes the stations map hold exactly `want` (MACs of ports below [`MAX_PORTS`]).
@@ -295,13 +284,7 @@ impl FastPath {
             .copied()
             .collect();
         for mac in gone {
-            let k = key(mac);
-            match self.map_op(
-                BPF_MAP_DELETE_ELEM,
-                &self.stations,
-                k.as_ptr(),
-                std::ptr::null_mut(),
-            ) {
+            match self.station_elem(BPF_MAP_DELETE_ELEM, mac, std::ptr::null_mut()) {
                 Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
                 _ => self.installed.remove(&mac),
             };
@@ -310,14 +293,12 @@ impl FastPath {
             if station.port.0 >= MAX_PORTS || self.installed.get(&mac) == Some(&station) {
                 continue;
             }
-            let k = key(mac);
             let mut v = Value {
                 ifindex: station.ifindex,
                 port: u32::from(station.port.0),
                 ..Value::default()
             };
-            let value = &mut v as *mut Value as *mut u8;
-            self.map_op(BPF_MAP_UPDATE_ELEM, &self.stations, k.as_ptr(), value)?;
+            self.station_elem(BPF_MAP_UPDATE_ELEM, mac, &mut v)?;
             self.installed.insert(mac, station);
         }
         Ok(())
@@ -328,18 +309,12 @@ impl FastPath {
     pub fn used(&self) -> Vec<(MacAddr, PortId)> {
         let mut seen = Vec::new();
         for (&mac, station) in &self.installed {
-            let k = key(mac);
             let mut v = Value::default();
-            let value = &mut v as *mut Value as *mut u8;
-            if self
-                .map_op(BPF_MAP_LOOKUP_ELEM, &self.stations, k.as_ptr(), value)
-                .is_ok()
-                && v.used != 0
-            {
+            if self.station_elem(BPF_MAP_LOOKUP_ELEM, mac, &mut v).is_ok() && v.used != 0 {
                 v.used = 0;
                 // A mark set between the two calls is lost: the station's next frame sets it
                 // again, and a last frame only makes the entry age that much sooner.
-                let _ = self.map_op(BPF_MAP_UPDATE_ELEM, &self.stations, k.as_ptr(), value);
+                let _ = self.station_elem(BPF_MAP_UPDATE_ELEM, mac, &mut v);
                 seen.push((mac, station.port));
             }
         }
@@ -350,19 +325,6 @@ impl FastPath {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-    /// Runs a program on `frame` in the kernel, returns its verdict.
-    fn run(prog: &OwnedFd, frame: &[u8]) -> io::Result<u32> {
-        // Test run: prog_fd, retval, data_size_in, data_size_out, data_in, ...
-        let mut attr = [0u64; 16];
-        attr[0] = prog.as_raw_fd() as u64;
-        attr[1] = frame.len() as u64;
-        attr[2] = frame.as_ptr() as u64;
-        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-        Ok((attr[0] >> 32) as u32)
-    }
 
     fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
         let mut f = vec![0u8; 60];
@@ -410,37 +372,18 @@ mod tests {
         // header (it starts a socket filter's frame at the network header), the e2e tests do.
         let (redirected, daemon) = (7, u32::MAX);
         assert!(fast.used().is_empty());
-        assert_eq!(
-            run(&fast.redirect, &frame(b, a)).unwrap(),
-            redirected,
-            "a -> b"
-        );
-        assert_eq!(
-            run(&fast.redirect, &frame(c, a)).unwrap(),
-            daemon,
-            "unknown destination"
-        );
-        assert_eq!(
-            run(&fast.redirect, &frame(a, c)).unwrap(),
-            daemon,
-            "unknown source"
-        );
-        assert_eq!(
-            run(&fast.redirect, &frame(a, b)).unwrap(),
-            daemon,
-            "b came in by a's port"
-        );
         let broadcast = MacAddr([0xff; 6]);
-        assert_eq!(
-            run(&fast.redirect, &frame(broadcast, a)).unwrap(),
-            daemon,
-            "broadcast"
-        );
-        assert_eq!(
-            run(&fast.redirect, &frame(a, a)).unwrap(),
-            daemon,
-            "hairpin"
-        );
+        for (dst, src, verdict, what) in [
+            (b, a, redirected, "a -> b"),
+            (c, a, daemon, "unknown destination"),
+            (a, c, daemon, "unknown source"),
+            (a, b, daemon, "b came in by a's port"),
+            (broadcast, a, daemon, "broadcast"),
+            (a, a, daemon, "hairpin"),
+        ] {
+            let got = test_run(fast.redirect.as_raw_fd(), &frame(dst, src)).unwrap();
+            assert_eq!(got, verdict, "{what}");
+        }
 
         // One frame forwarded: counted on both ports, its source marked seen once.
         let one = PortCounts {
@@ -460,7 +403,10 @@ mod tests {
 
         // Unlearned: back to the daemon; the map holds exactly what is wanted.
         fast.sync(&HashMap::from([(a, want[&a])])).unwrap();
-        assert_eq!(run(&fast.redirect, &frame(b, a)).unwrap(), daemon);
+        assert_eq!(
+            test_run(fast.redirect.as_raw_fd(), &frame(b, a)).unwrap(),
+            daemon
+        );
         assert_eq!(fast.installed.len(), 1);
         fast.clear_counts(pa).unwrap();
         assert_eq!(fast.counts(pa), PortCounts::default());
