@@ -4,19 +4,9 @@ mod bpf;
 mod control;
 mod daemon;
 mod datapath;
-mod dns;
-mod fastpath;
-mod ipam;
+mod kernel;
 mod natd;
-mod netlink;
-mod netns;
-mod packet;
-mod port;
-mod relay;
-mod resolv;
-mod sys;
-mod tap;
-mod wait;
+mod ports;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -26,7 +16,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::control::{FdbView, FlowRow, PortView, Request};
-use crate::ipam::Ipv4Net;
+use crate::daemon::ipam::Ipv4Net;
 
 #[derive(Parser)]
 #[command(
@@ -99,8 +89,8 @@ enum Command {
         max_flows: usize,
         /// How a port's frames are spread over the workers: bulk frames by flow and the rest by
         /// the CPU that sent them (auto), all by CPU, or all by flow hash.
-        #[arg(long, value_enum, default_value_t = packet::Spread::Auto)]
-        spread: packet::Spread,
+        #[arg(long, value_enum, default_value_t = bpf::fanout::Spread::Auto)]
+        spread: bpf::fanout::Spread,
         /// Microseconds a worker keeps polling for frames after its last one before it sleeps
         /// (0: sleep at once). Cuts request/response latency; costs CPU only while traffic flows.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]

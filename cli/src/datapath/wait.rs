@@ -13,13 +13,12 @@
 //!   pause for a while it may run on any CPU, so that the scheduler can give it an idle core
 //!   rather than make it share the sender's; it goes home when the traffic stops.
 
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
-use crate::sys;
+use crate::kernel::epoll::Epoll;
 
 /// Events closer together than this belong to one stretch of traffic...
 const GAP: Duration = Duration::from_millis(1);
@@ -72,7 +71,7 @@ impl Waiter {
     /// has just gone home (so that the caller sees `at_home` change).
     pub fn wait<'a>(
         &mut self,
-        epoll: &OwnedFd,
+        epoll: &Epoll,
         events: &'a mut [libc::epoll_event],
         timeout_ms: i32,
     ) -> &'a [libc::epoll_event] {
@@ -84,7 +83,7 @@ impl Waiter {
                 (false, true) => GRACE_MS,
                 (false, false) => timeout_ms,
             };
-            let n = sys::epoll_wait(epoll, events, timeout).len();
+            let n = epoll.wait(events, timeout).len();
             if n > 0 {
                 let now = Instant::now();
                 if now.duration_since(self.last_event) > GAP {
@@ -127,6 +126,7 @@ impl Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::epoll::{EventFd, IN};
     use std::os::fd::AsRawFd;
 
     fn allowed() -> usize {
@@ -144,16 +144,9 @@ mod tests {
     fn a_worker_leaves_home_under_sustained_traffic_and_returns_when_it_stops() {
         std::thread::spawn(|| {
             let everywhere = allowed();
-            let epoll = sys::epoll_create().unwrap();
-            let fd = sys::eventfd().unwrap();
-            sys::epoll_ctl(
-                &epoll,
-                libc::EPOLL_CTL_ADD,
-                fd.as_raw_fd(),
-                libc::EPOLLIN as u32,
-                7,
-            )
-            .unwrap();
+            let epoll = Epoll::new().unwrap();
+            let fd = EventFd::new().unwrap();
+            epoll.add(fd.as_raw_fd(), IN, 7).unwrap();
             let home = Waiter::home_cpu(0, 1).unwrap();
             let mut waiter = Waiter::new(Duration::from_micros(200), Some(home));
             assert_eq!(allowed(), 1, "a new waiter moves its thread home");
@@ -162,10 +155,10 @@ mod tests {
             // Sparse events (further apart than GAP) never add up to a stretch.
             for _ in 0..3 {
                 std::thread::sleep(GAP * 2);
-                sys::wake(&fd);
+                fd.wake();
                 let token = { waiter.wait(&epoll, &mut events, -1)[0].u64 };
                 assert_eq!(token, 7);
-                sys::drain(&fd);
+                fd.drain();
                 assert_eq!(allowed(), 1, "sparse traffic keeps the worker home");
             }
 
@@ -173,9 +166,9 @@ mod tests {
             // (Up to a second: a preempted test thread restarts the stretch.)
             let start = Instant::now();
             while allowed() != everywhere && start.elapsed() < Duration::from_secs(1) {
-                sys::wake(&fd);
+                fd.wake();
                 assert_eq!(waiter.wait(&epoll, &mut events, -1).len(), 1);
-                sys::drain(&fd);
+                fd.drain();
             }
             assert_eq!(
                 allowed(),
@@ -201,7 +194,7 @@ mod tests {
 
     #[test]
     fn polling_ends_and_the_timeout_is_kept() {
-        let epoll = sys::epoll_create().unwrap();
+        let epoll = Epoll::new().unwrap();
         let mut waiter = Waiter::new(Duration::from_millis(5), None);
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
         let start = Instant::now();

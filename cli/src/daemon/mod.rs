@@ -18,17 +18,20 @@ use vswitch_switch::{MacAddr, PortId, PortInfo, Switch, VNET_HDR_LEN};
 
 use vswitch_nat::{Nat, NatConfig};
 
-use crate::bpf::SpreadProgram;
+use crate::bpf::fanout::{Spread, SpreadProgram};
+use crate::bpf::fastpath::{self, FastPath, PortCounts, Station};
 use crate::control::{self, Call, FdbView, FlowRow, PortView, Request, Target};
-use crate::datapath::{now_ms, Datapath, Fabric, NatHook, TAP_PORT};
-use crate::fastpath::{self, FastPath, PortCounts, Station};
-use crate::ipam::{Ipam, Ipv4Net};
-use crate::natd::{self, NatJob, NatMailbox, NatService, PublishSpec};
-use crate::netlink::Netlink;
-use crate::packet::{PacketSocket, Spread};
-use crate::port::{Counters, Port, PortIo};
-use crate::tap::Tap;
-use crate::{dns, netns, resolv};
+use crate::datapath::{now_ms, Datapath, Fabric, TAP_PORT};
+use crate::kernel::netlink::Netlink;
+use crate::kernel::netns;
+use crate::natd::{self, dns, resolv, NatHook, NatJob, NatMailbox, NatService, PublishSpec};
+use crate::ports::packet::PacketSocket;
+use crate::ports::tap::Tap;
+use crate::ports::{Counters, Port, PortIo};
+
+use ipam::{Ipam, Ipv4Net};
+
+pub mod ipam;
 
 /// Relay listeners for containers' outgoing TCP (see `natd::bind_relays`).
 const RELAY_PORTS: usize = 16;
@@ -238,7 +241,9 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         gateway_mac: gateway_mac.0,
         service: nat_jobs.clone(),
     };
-    datapath.run(Some(hook)).context("starting workers")?;
+    datapath
+        .run(Some(Arc::new(hook)))
+        .context("starting workers")?;
     datapath.add_port(Arc::new(Port {
         id: TAP_PORT,
         name: cfg.tap.clone(),

@@ -17,7 +17,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::sys;
+use crate::kernel::epoll::Epoll;
+
+use super::Token;
 
 /// Bytes a pipe may hold; larger pipes mean fewer `splice` calls per byte.
 const PIPE_SIZE: libc::c_int = 1 << 20;
@@ -25,12 +27,9 @@ const PIPE_SIZE: libc::c_int = 1 << 20;
 /// Called once when a pair is finished (both directions closed or reset).
 pub type Done = Box<dyn FnOnce() + Send>;
 
-/// Marks relay tokens in a worker's epoll set (port queues use the low 32 bits).
-pub const TOKEN_FLAG: u64 = 1 << 63;
-
 /// One worker's share: its epoll set and the pairs registered in it.
 struct Shared {
-    epoll: Arc<OwnedFd>,
+    epoll: Arc<Epoll>,
     pairs: Mutex<Pairs>,
 }
 
@@ -49,7 +48,7 @@ pub struct RelayPool {
 
 impl RelayPool {
     /// A pool over the workers' epoll sets (worker `i` polls `epolls[i]`).
-    pub fn new(epolls: &[Arc<OwnedFd>]) -> RelayPool {
+    pub fn new(epolls: &[Arc<Epoll>]) -> RelayPool {
         let list = epolls
             .iter()
             .map(|epoll| {
@@ -79,18 +78,13 @@ impl RelayPool {
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
         let ok = [&a, &b].into_iter().enumerate().all(|(side, s)| {
             s.set_nonblocking(true).is_ok()
-                && epoll_ctl(
-                    &shared.epoll,
-                    libc::EPOLL_CTL_ADD,
-                    s,
-                    events,
-                    token(id, side),
-                )
-                .is_ok()
+                && (shared.epoll)
+                    .add(s.as_raw_fd(), events, token(id, side))
+                    .is_ok()
         });
         if !ok {
             for s in [&a, &b] {
-                let _ = epoll_ctl(&shared.epoll, libc::EPOLL_CTL_DEL, s, 0, 0);
+                let _ = shared.epoll.delete(s.as_raw_fd());
                 linger_zero(s);
             }
             drop(pairs);
@@ -153,15 +147,19 @@ enum Step {
     Reset,
 }
 
-fn token(id: u64, side: usize) -> u64 {
-    TOKEN_FLAG | id << 1 | side as u64
+fn token(pair: u64, side: usize) -> u64 {
+    Token::Relay {
+        pair,
+        side: side as u8,
+    }
+    .into()
 }
 
 impl RelayPool {
-    /// Serves an epoll event of worker `worker` that carries a relay token.
-    pub fn service(&self, worker: usize, token: u64) {
+    /// Serves an epoll event of worker `worker` about relayed pair `pair`.
+    pub fn service(&self, worker: usize, pair: u64) {
         if let Some(shared) = self.threads.get(worker) {
-            service(shared, (token & !TOKEN_FLAG) >> 1);
+            service(shared, pair);
         }
     }
 }
@@ -183,13 +181,9 @@ fn service(shared: &Shared, id: u64) {
                     let events =
                         (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
                     let token = token(id, to);
-                    let _ = epoll_ctl(
-                        &shared.epoll,
-                        libc::EPOLL_CTL_MOD,
-                        &pair.socks[to],
-                        events,
-                        token,
-                    );
+                    let _ = shared
+                        .epoll
+                        .modify(pair.socks[to].as_raw_fd(), events, token);
                 }
             }
             Step::Reset => {
@@ -206,7 +200,7 @@ fn service(shared: &Shared, id: u64) {
             if reset {
                 linger_zero(s);
             }
-            let _ = epoll_ctl(&shared.epoll, libc::EPOLL_CTL_DEL, s, 0, 0);
+            let _ = shared.epoll.delete(s.as_raw_fd());
         }
         if let Some(done) = pair.done.take() {
             done();
@@ -298,16 +292,6 @@ impl Pipe {
     }
 }
 
-fn epoll_ctl(
-    epoll: &OwnedFd,
-    op: libc::c_int,
-    s: &TcpStream,
-    events: u32,
-    token: u64,
-) -> io::Result<()> {
-    sys::epoll_ctl(epoll, op, s.as_raw_fd(), events, token)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,17 +301,17 @@ mod tests {
 
     /// A pool served by `n` threads of its own, as the workers would.
     fn pool(n: usize) -> RelayPool {
-        let epolls: Vec<Arc<OwnedFd>> = (0..n)
-            .map(|_| Arc::new(sys::epoll_create().unwrap()))
-            .collect();
+        let epolls: Vec<Arc<Epoll>> = (0..n).map(|_| Arc::new(Epoll::new().unwrap())).collect();
         let pool = RelayPool::new(&epolls);
         for (i, epoll) in epolls.into_iter().enumerate() {
             let pool = pool.clone();
             std::thread::spawn(move || loop {
                 // SAFETY: all-zero epoll_events are valid.
                 let mut events: [libc::epoll_event; 16] = unsafe { std::mem::zeroed() };
-                for ev in sys::epoll_wait(&epoll, &mut events, -1) {
-                    pool.service(i, ev.u64);
+                for ev in epoll.wait(&mut events, -1) {
+                    if let Some(Token::Relay { pair, .. }) = Token::decode(ev.u64) {
+                        pool.service(i, pair);
+                    }
                 }
             });
         }

@@ -18,10 +18,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use vswitch_nat::{Expired, FlowId, Nat, NatError, ICMP_DEST_UNREACH};
 
+use crate::datapath::relay;
+use crate::datapath::wait::Waiter;
+use crate::datapath::Token;
 use crate::datapath::{now_ms, Fabric};
-use crate::relay;
-use crate::sys::{self, cvt};
-use crate::wait::Waiter;
+use crate::kernel::epoll::{Epoll, EventFd, IN};
+use crate::kernel::sys::cvt;
+
+pub mod dns;
+mod hook;
+pub mod resolv;
+
+pub use hook::NatHook;
 
 /// Work the datapath and the manager hand to the NAT service.
 pub enum NatJob {
@@ -65,7 +73,7 @@ pub enum Listener {
 #[derive(Clone)]
 pub struct NatMailbox {
     tx: Sender<NatJob>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     /// The raw ICMP socket echo requests leave through (none without CAP_NET_RAW).
     icmp: Option<Arc<OwnedFd>>,
 }
@@ -157,14 +165,10 @@ impl NatMailbox {
     }
 
     pub fn wake(&self) {
-        sys::wake(&self.wake);
+        self.wake.wake();
     }
 }
 
-/// epoll tokens below this are fixed; sockets created on the fly get tokens above it.
-const WAKE: u64 = 0;
-const RELAY_BASE: u64 = 16;
-const DYNAMIC_BASE: u64 = 1024;
 /// How long a connected upstream waits for the container's side to reach the relay.
 const ACCEPT_WAIT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -217,9 +221,9 @@ pub struct NatService {
     nat: Arc<Nat>,
     fabric: Fabric,
     gateway: Ipv4Addr,
-    epoll: OwnedFd,
+    epoll: Epoll,
     rx: Receiver<NatJob>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     relays: Vec<(TcpListener, u16)>,
     /// Threads that splice relayed connections.
     pool: relay::RelayPool,
@@ -234,10 +238,6 @@ pub struct NatService {
     waiting: HashMap<FlowId, Waiting>,
     buf: Vec<u8>,
     out: Vec<u8>,
-}
-
-fn epoll_add(epoll: &OwnedFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-    sys::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, events, token)
 }
 
 /// Binds the TCP relay listeners on the gateway address (the host kernel terminates the
@@ -263,12 +263,11 @@ impl NatService {
         gateway: Ipv4Addr,
         relays: Vec<(TcpListener, u16)>,
     ) -> io::Result<(NatService, NatMailbox)> {
-        let epoll = sys::epoll_create()?;
-        let wake = Arc::new(sys::eventfd()?);
-        let readable = libc::EPOLLIN as u32;
-        epoll_add(&epoll, wake.as_raw_fd(), readable, WAKE)?;
+        let epoll = Epoll::new()?;
+        let wake = Arc::new(EventFd::new()?);
+        epoll.add(wake.as_raw_fd(), IN, Token::Wake.into())?;
         for (i, (l, _)) in relays.iter().enumerate() {
-            epoll_add(&epoll, l.as_raw_fd(), readable, RELAY_BASE + i as u64)?;
+            epoll.add(l.as_raw_fd(), IN, Token::Listener(i as u16).into())?;
         }
         // Echo goes through a raw socket: ping sockets need a ping_group_range that includes us,
         // which the host may not have. Without CAP_NET_RAW, pings out simply don't work.
@@ -299,7 +298,7 @@ impl NatService {
                 relays,
                 pool,
                 entries: HashMap::new(),
-                next_token: DYNAMIC_BASE,
+                next_token: 0,
                 udp_by_flow: HashMap::new(),
                 pub_udp_by_id: HashMap::new(),
                 pub_udp_local: HashMap::new(),
@@ -321,13 +320,11 @@ impl NatService {
         let mut waiter = Waiter::new(poll, None);
         loop {
             for ev in waiter.wait(&self.epoll, &mut events, 1000) {
-                let (token, flags) = (ev.u64, ev.events);
-                match token {
-                    WAKE => sys::drain(&self.wake),
-                    t if (RELAY_BASE..DYNAMIC_BASE).contains(&t) => {
-                        self.relay_accept((t - RELAY_BASE) as usize)
-                    }
-                    t => self.entry_ready(t, flags),
+                match Token::decode(ev.u64) {
+                    Some(Token::Wake) => self.wake.drain(),
+                    Some(Token::Listener(i)) => self.relay_accept(usize::from(i)),
+                    Some(Token::Entry(t)) => self.entry_ready(t, ev.events),
+                    _ => {}
                 }
             }
             loop {
@@ -363,7 +360,9 @@ impl NatService {
     fn add_entry(&mut self, fd: RawFd, events: u32, entry: Entry) -> Option<u64> {
         let token = self.next_token;
         self.next_token += 1;
-        epoll_add(&self.epoll, fd, events, token).ok()?;
+        self.epoll
+            .add(fd, events, Token::Entry(token).into())
+            .ok()?;
         self.entries.insert(token, entry);
         Some(token)
     }
@@ -377,7 +376,7 @@ impl NatService {
             | Entry::PubUdpLocal { sock, .. } => sock.as_raw_fd(),
             Entry::PubTcp { listener, .. } => listener.as_raw_fd(),
         };
-        let _ = sys::epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, fd, 0, 0);
+        let _ = self.epoll.delete(fd);
         Some(entry)
     }
 
@@ -418,7 +417,7 @@ impl NatService {
                                 listener,
                                 container: target,
                             };
-                            self.add_entry(fd, libc::EPOLLIN as u32, entry);
+                            self.add_entry(fd, IN, entry);
                         }
                         Listener::Udp(sock) => {
                             let fd = sock.as_raw_fd();
@@ -430,7 +429,7 @@ impl NatService {
                                 container: target,
                                 mac,
                             };
-                            if let Some(token) = self.add_entry(fd, libc::EPOLLIN as u32, entry) {
+                            if let Some(token) = self.add_entry(fd, IN, entry) {
                                 self.pub_udp_by_id.insert(id, token);
                             }
                         }
@@ -669,7 +668,7 @@ impl NatService {
                     client,
                     last: Instant::now(),
                 };
-                let Some(token) = self.add_entry(fd, libc::EPOLLIN as u32, entry) else {
+                let Some(token) = self.add_entry(fd, IN, entry) else {
                     return;
                 };
                 self.pub_udp_local.insert((id, client), token);
@@ -761,9 +760,7 @@ impl NatService {
                     return;
                 }
                 let fd = sock.as_raw_fd();
-                let Some(token) =
-                    self.add_entry(fd, libc::EPOLLIN as u32, Entry::Udp { flow, sock })
-                else {
+                let Some(token) = self.add_entry(fd, IN, Entry::Udp { flow, sock }) else {
                     return;
                 };
                 self.udp_by_flow.insert(flow, token);

@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use vswitch_switch::VNET_HDR_LEN;
 
-use crate::port::{PortIo, RxBatch};
+use super::port::{PortIo, RxBatch};
 
 pub struct Tap {
     file: File,

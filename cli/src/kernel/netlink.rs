@@ -317,8 +317,8 @@ fn parse_error(flags: u16, payload: &[u8]) -> Result<Option<(i32, Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::run_in_netns;
-    use crate::netns::tests::{run, TestNetns};
+    use crate::kernel::netns::run_in_netns;
+    use crate::kernel::netns::tests::{run, TestNetns};
     use serde_json::Value;
     use std::os::fd::AsFd;
 

@@ -24,7 +24,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use vswitch_switch::{MacAddr, PortId};
 
-use crate::bpf::*;
+use super::sys::*;
 
 /// Ports with an id below this can use the fast path (the counter array is this long).
 pub const MAX_PORTS: u16 = 1024;

@@ -11,100 +11,11 @@
 //! for an RCU grace period, ~8 ms, per port).
 
 use std::io;
-use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
-use crate::packet::BULK_LEN;
+use super::sys::*;
 
-// From <linux/bpf.h>.
-pub(crate) const BPF_MAP_CREATE: libc::c_long = 0;
-pub(crate) const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-pub(crate) const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-pub(crate) const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-pub(crate) const BPF_PROG_LOAD: libc::c_long = 5;
-pub(crate) const BPF_MAP_TYPE_HASH: u32 = 1;
-pub(crate) const BPF_MAP_TYPE_ARRAY: u32 = 2;
-pub(crate) const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
-pub(crate) const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
-pub(crate) const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-pub(crate) const BPF_PSEUDO_MAP_FD: u8 = 1;
-pub(crate) const FN_MAP_LOOKUP_ELEM: i32 = 1;
-pub(crate) const FN_GET_SMP_PROCESSOR_ID: i32 = 8;
-pub(crate) const FN_SKB_LOAD_BYTES: i32 = 26;
-pub(crate) const FN_REDIRECT_PEER: i32 = 155;
-/// Offsets in `struct __sk_buff`.
-pub(crate) const SKB_LEN: i16 = 0;
-pub(crate) const SKB_PROTOCOL: i16 = 16;
-pub(crate) const SKB_IFINDEX: i16 = 40;
-pub(crate) const SKB_HASH: i16 = 68;
-
-// Instruction classes and operations (<linux/bpf_common.h>, <linux/bpf.h>).
-pub(crate) const LD: u32 = 0x00;
-pub(crate) const LDX: u32 = 0x01;
-pub(crate) const ST: u32 = 0x02;
-pub(crate) const STX: u32 = 0x03;
-pub(crate) const ALU: u32 = 0x04;
-pub(crate) const JMP: u32 = 0x05;
-pub(crate) const ALU64: u32 = 0x07;
-pub(crate) const W: u32 = 0x00;
-pub(crate) const H: u32 = 0x08;
-pub(crate) const B: u32 = 0x10;
-pub(crate) const DW: u32 = 0x18;
-pub(crate) const IMM: u32 = 0x00;
-pub(crate) const ABS: u32 = 0x20;
-pub(crate) const MEM: u32 = 0x60;
-pub(crate) const K: u32 = 0x00;
-pub(crate) const X: u32 = 0x08;
-pub(crate) const ADD: u32 = 0x00;
-pub(crate) const OR: u32 = 0x40;
-pub(crate) const AND: u32 = 0x50;
-pub(crate) const LSH: u32 = 0x60;
-pub(crate) const MOD: u32 = 0x90;
-pub(crate) const XOR: u32 = 0xa0;
-pub(crate) const MOV: u32 = 0xb0;
-pub(crate) const JA: u32 = 0x00;
-pub(crate) const JEQ: u32 = 0x10;
-pub(crate) const JGT: u32 = 0x20;
-pub(crate) const JNE: u32 = 0x50;
-pub(crate) const CALL: u32 = 0x80;
-pub(crate) const EXIT: u32 = 0x90;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct Insn {
-    code: u8,
-    /// dst_reg in the low nibble, src_reg in the high one.
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-impl Insn {
-    /// Points a jump at the instruction at `target`, this one being at `at`.
-    pub(crate) fn jump_to(&mut self, at: usize, target: usize) {
-        self.off = (target as isize - at as isize - 1) as i16;
-    }
-}
-
-pub(crate) fn insn(code: u32, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code: code as u8,
-        regs: dst | src << 4,
-        off,
-        imm,
-    }
-}
-
-/// `dst = map` (a 64-bit load: two instructions).
-pub(crate) fn load_map(dst: u8, map: RawFd) -> [Insn; 2] {
-    [
-        insn(LD | DW | IMM, dst, BPF_PSEUDO_MAP_FD, 0, map),
-        insn(0, 0, 0, 0, 0),
-    ]
-}
-
-/// The program; `map_fd` holds the mode (0: by CPU, else dense), `dense_queues` >= 1.
 fn program(map_fd: RawFd, dense_queues: u32) -> Vec<Insn> {
     let net = |offset: i32| libc::SKF_NET_OFF + offset;
     let ipv4 = i32::from((libc::ETH_P_IP as u16).to_be());
@@ -152,73 +63,82 @@ fn program(map_fd: RawFd, dense_queues: u32) -> Vec<Insn> {
     ]
 }
 
-pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a zero-padded `union bpf_attr` of the size we pass.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            size_of::<[u64; 16]>(),
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+/// How a port's frames are spread over its queues (one per worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Spread {
+    /// Bulk frames by flow, the rest by the sending CPU.
+    ///
+    /// Bulk frames (over `BULK_LEN` bytes) go by the sending socket's flow hash, or by address
+    /// pair where the socket set none (unconnected UDP): a stream is never reordered even when
+    /// its sender migrates between CPUs (reordering costs TCP spurious retransmits and a
+    /// smaller window), while the small frames of request/response traffic (handshakes, ACKs,
+    /// pings, RPCs) reach the worker waiting on their sender's CPU. While traffic is sustained,
+    /// small frames go to half the workers only (see `bpf`; the classic program below stands in
+    /// where eBPF is unavailable, without that mode).
+    Auto,
+    /// All frames by the sending CPU (a stream whose sender migrates is reordered).
+    ///
+    /// Queue `cpu % queues`, whose worker waits on that CPU (see `wait`). All traffic a sender
+    /// emits from one CPU, every connection included, lands on one worker, which stays warm.
+    Cpu,
+    /// All frames by flow hash (never reordered, but often wakes a worker on another CPU).
+    ///
+    /// A flow always stays on one queue, at the price of waking a worker on another CPU half of
+    /// the time.
+    Hash,
 }
 
-/// A map element operation (`BPF_MAP_LOOKUP_ELEM`, `_UPDATE_ELEM` with `BPF_ANY`,
-/// `_DELETE_ELEM`); `key` and `value` point to buffers of the map's sizes (`value` unused by a
-/// delete).
-pub(crate) fn map_elem(
-    cmd: libc::c_long,
-    map: RawFd,
-    key: *const u8,
-    value: *mut u8,
-) -> io::Result<()> {
-    // Element operations: map_fd, key, value, flags.
-    let mut attr = [0u64; 16];
-    attr[0] = map as u64;
-    attr[1] = key as u64;
-    attr[2] = value as u64;
-    bpf(cmd, &mut attr).map(drop)
-}
+/// Network-layer length above which `Spread::Auto` treats a frame as bulk data: more than any
+/// handshake, ACK or small request, less than a full-size segment.
+pub const BULK_LEN: u32 = 1024;
 
-/// Creates a BPF map (needs CAP_BPF).
-pub(crate) fn create_map(kind: u32, key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
-    // union bpf_attr, map creation: map_type, key_size, value_size, max_entries.
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(kind) | u64::from(key) << 32;
-    attr[1] = u64::from(value) | u64::from(entries) << 32;
-    // SAFETY: a descriptor the kernel just created for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(bpf(BPF_MAP_CREATE, &mut attr)? as RawFd) })
-}
-
-/// Loads a program (needs CAP_BPF); a rejected one's error carries the verifier's log.
-pub(crate) fn load_program(kind: u32, insns: &[Insn]) -> io::Result<OwnedFd> {
-    let license = c"GPL";
-    let mut log = vec![0u8; 1 << 16];
-    // Program load: prog_type, insn_cnt, insns, license, log_level, log_size, log_buf.
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(kind) | (insns.len() as u64) << 32;
-    attr[1] = insns.as_ptr() as u64;
-    attr[2] = license.as_ptr() as u64;
-    attr[3] = 1 | (log.len() as u64) << 32;
-    attr[4] = log.as_mut_ptr() as u64;
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        // SAFETY: a descriptor the kernel just created for us.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
-        Err(e) => {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            let verifier = String::from_utf8_lossy(&log[..end]);
-            Err(io::Error::new(
-                e.kind(),
-                format!("{e}: {}", verifier.trim()),
-            ))
-        }
-    }
+/// The classic BPF program behind `Spread::Auto`, run by the kernel's fanout for every frame; it
+/// returns the queue (the kernel takes it modulo the number of queues).
+pub(crate) fn auto_fanout_program() -> [libc::sock_filter; 18] {
+    const LD_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+    const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
+    const XOR_X: u16 = (libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X) as u16;
+    const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
+    let ancillary = |field: libc::c_int| (libc::SKF_AD_OFF + field) as u32;
+    let net = |offset: libc::c_int| (libc::SKF_NET_OFF + offset) as u32;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    // Jump offsets count from the next instruction.
+    [
+        // 0: A = skb->len (from the network header on)
+        op((libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16, 0, 0, 0),
+        // 1: bulk (A > BULK_LEN)? 2 : 16
+        op(JGT, 0, 14, BULK_LEN),
+        // 2: A = skb->hash, the flow hash the sending socket set (TCP and connected UDP do)
+        op(LD_W, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
+        // 3: no hash (A == 0)? 4 : 15
+        op(JEQ, 0, 11, 0),
+        // 4: no hash (unconnected UDP...): by address pair. A = the EtherType
+        op(LD_W, 0, 0, ancillary(libc::SKF_AD_PROTOCOL)),
+        // 5: IPv4? 6 : 10
+        op(JEQ, 0, 4, libc::ETH_P_IP as u32),
+        // 6-8: X = source, A = destination
+        op(LD_W, 0, 0, net(12)),
+        op(TAX, 0, 0, 0),
+        op(LD_W, 0, 0, net(16)),
+        // 9: to 14
+        op(JA, 0, 0, 4),
+        // 10: IPv6? 11 : 16
+        op(JEQ, 0, 5, libc::ETH_P_IPV6 as u32),
+        // 11-13: X = last word of the source, A = last word of the destination
+        op(LD_W, 0, 0, net(20)),
+        op(TAX, 0, 0, 0),
+        op(LD_W, 0, 0, net(36)),
+        // 14: A ^= X
+        op(XOR_X, 0, 0, 0),
+        // 15: return A
+        op(RET_A, 0, 0, 0),
+        // 16: A = the CPU the frame arrived on (the sender's); 17: return A
+        op(LD_W, 0, 0, ancillary(libc::SKF_AD_CPU)),
+        op(RET_A, 0, 0, 0),
+    ]
 }
 
 pub struct SpreadProgram {
@@ -272,20 +192,6 @@ impl SpreadProgram {
         );
         map_elem(BPF_MAP_UPDATE_ELEM, self.map.as_raw_fd(), key, value)
     }
-}
-
-/// Runs program `prog` once on `frame` (Ethernet, at least 14 bytes) in the kernel, on the
-/// calling thread's CPU; returns its verdict. For tests.
-#[cfg(test)]
-pub(crate) fn test_run(prog: RawFd, frame: &[u8]) -> io::Result<u32> {
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    // Test run: prog_fd, retval, data_size_in, data_size_out, data_in, ...
-    let mut attr = [0u64; 16];
-    attr[0] = prog as u64;
-    attr[1] = frame.len() as u64;
-    attr[2] = frame.as_ptr() as u64;
-    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-    Ok((attr[0] >> 32) as u32)
 }
 
 #[cfg(test)]
@@ -360,5 +266,29 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn the_kernel_accepts_the_fanout_program() {
+        // The checker the kernel runs on a fanout program is the socket filter's: attach it to
+        // a plain UDP socket (no privilege needed) to catch a bad jump or instruction.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let program = auto_fanout_program();
+        let fprog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        let fd = udp.as_raw_fd();
+        // SAFETY: `fprog` points at the live program for the call's duration.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                &fprog as *const libc::sock_fprog as *const libc::c_void,
+                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
     }
 }

@@ -14,87 +14,10 @@ use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use crate::bpf::SpreadProgram;
-use crate::port::{PortIo, RxBatch};
-use crate::sys::cvt;
+use crate::bpf::fanout::{auto_fanout_program, Spread, SpreadProgram};
+use crate::kernel::sys::cvt;
 
-/// How a port's frames are spread over its queues (one per worker).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Spread {
-    /// Bulk frames by flow, the rest by the sending CPU.
-    ///
-    /// Bulk frames (over `BULK_LEN` bytes) go by the sending socket's flow hash, or by address
-    /// pair where the socket set none (unconnected UDP): a stream is never reordered even when
-    /// its sender migrates between CPUs (reordering costs TCP spurious retransmits and a
-    /// smaller window), while the small frames of request/response traffic (handshakes, ACKs,
-    /// pings, RPCs) reach the worker waiting on their sender's CPU. While traffic is sustained,
-    /// small frames go to half the workers only (see `bpf`; the classic program below stands in
-    /// where eBPF is unavailable, without that mode).
-    Auto,
-    /// All frames by the sending CPU (a stream whose sender migrates is reordered).
-    ///
-    /// Queue `cpu % queues`, whose worker waits on that CPU (see `wait`). All traffic a sender
-    /// emits from one CPU, every connection included, lands on one worker, which stays warm.
-    Cpu,
-    /// All frames by flow hash (never reordered, but often wakes a worker on another CPU).
-    ///
-    /// A flow always stays on one queue, at the price of waking a worker on another CPU half of
-    /// the time.
-    Hash,
-}
-
-/// Network-layer length above which `Spread::Auto` treats a frame as bulk data: more than any
-/// handshake, ACK or small request, less than a full-size segment.
-pub const BULK_LEN: u32 = 1024;
-
-/// The classic BPF program behind `Spread::Auto`, run by the kernel's fanout for every frame; it
-/// returns the queue (the kernel takes it modulo the number of queues).
-fn auto_fanout_program() -> [libc::sock_filter; 18] {
-    const LD_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
-    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
-    const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
-    const XOR_X: u16 = (libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X) as u16;
-    const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
-    let ancillary = |field: libc::c_int| (libc::SKF_AD_OFF + field) as u32;
-    let net = |offset: libc::c_int| (libc::SKF_NET_OFF + offset) as u32;
-    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    // Jump offsets count from the next instruction.
-    [
-        // 0: A = skb->len (from the network header on)
-        op((libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16, 0, 0, 0),
-        // 1: bulk (A > BULK_LEN)? 2 : 16
-        op(JGT, 0, 14, BULK_LEN),
-        // 2: A = skb->hash, the flow hash the sending socket set (TCP and connected UDP do)
-        op(LD_W, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
-        // 3: no hash (A == 0)? 4 : 15
-        op(JEQ, 0, 11, 0),
-        // 4: no hash (unconnected UDP...): by address pair. A = the EtherType
-        op(LD_W, 0, 0, ancillary(libc::SKF_AD_PROTOCOL)),
-        // 5: IPv4? 6 : 10
-        op(JEQ, 0, 4, libc::ETH_P_IP as u32),
-        // 6-8: X = source, A = destination
-        op(LD_W, 0, 0, net(12)),
-        op(TAX, 0, 0, 0),
-        op(LD_W, 0, 0, net(16)),
-        // 9: to 14
-        op(JA, 0, 0, 4),
-        // 10: IPv6? 11 : 16
-        op(JEQ, 0, 5, libc::ETH_P_IPV6 as u32),
-        // 11-13: X = last word of the source, A = last word of the destination
-        op(LD_W, 0, 0, net(20)),
-        op(TAX, 0, 0, 0),
-        op(LD_W, 0, 0, net(36)),
-        // 14: A ^= X
-        op(XOR_X, 0, 0, 0),
-        // 15: return A
-        op(RET_A, 0, 0, 0),
-        // 16: A = the CPU the frame arrived on (the sender's); 17: return A
-        op(LD_W, 0, 0, ancillary(libc::SKF_AD_CPU)),
-        op(RET_A, 0, 0, 0),
-    ]
-}
+use super::port::{PortIo, RxBatch};
 
 /// Whether `frame` (`[virtio_net_hdr][Ethernet]`) is a GSO super-frame.
 fn is_super_frame(frame: &[u8]) -> bool {
@@ -393,20 +316,6 @@ impl PortIo for PacketSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_kernel_accepts_the_fanout_program() {
-        // The checker the kernel runs on a fanout program is the socket filter's: attach it to
-        // a plain UDP socket (no privilege needed) to catch a bad jump or instruction.
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let program = auto_fanout_program();
-        let fprog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_ptr() as *mut libc::sock_filter,
-        };
-        let fd = udp.as_raw_fd();
-        setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog).unwrap();
-    }
 
     #[test]
     fn super_frames_are_told_by_their_gso_type() {

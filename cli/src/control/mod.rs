@@ -1,0 +1,10 @@
+//! The control protocol between the `vswitch` command line and the daemon: newline-delimited
+//! JSON over a root-only Unix socket, one request and one response per connection.
+
+mod client;
+mod protocol;
+mod server;
+
+pub use client::call;
+pub use protocol::{FdbView, FlowRow, PortView, Request, Target};
+pub use server::{bind, serve, Call};

@@ -1,0 +1,106 @@
+//! The daemon's side of the control socket.
+//!
+//! The socket is root-only (mode 0600): whoever can talk to it can reconfigure the network of
+//! any process on the host.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use super::protocol::{Request, MAX_REQUEST};
+
+/// A request on its way to the manager thread, with where to send the answer.
+pub struct Call {
+    pub request: Request,
+    pub reply: Sender<Result<serde_json::Value, String>>,
+}
+
+/// Binds the control socket at `path`, refusing to steal it from a live daemon but replacing a
+/// stale one left by a daemon that was killed.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "another vswitch daemon is already serving {}",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)?; // stale: nobody listens any more
+            }
+            Err(e) => return Err(e),
+        },
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Create it root-only from the start, so there is no window in which others can connect.
+    // SAFETY: umask has no memory-safety preconditions.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts connections until the listener fails; each connection is served on its own short
+/// thread, so a slow or silent client never holds up the others.
+pub fn serve(listener: UnixListener, calls: Sender<Call>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let calls = calls.clone();
+        let _ = std::thread::Builder::new()
+            .name("vswitch-ctl".into())
+            .spawn(move || {
+                let _ = serve_one(conn, &calls);
+            });
+    }
+}
+
+fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = Vec::new();
+    BufReader::new((&conn).take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line)?;
+    let answer = if line.len() > MAX_REQUEST {
+        Err(format!("request longer than {MAX_REQUEST} bytes"))
+    } else {
+        match serde_json::from_slice::<Request>(&line) {
+            Err(e) => Err(format!("malformed request: {e}")),
+            Ok(request) => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let call = Call { request, reply: tx };
+                if calls.send(call).is_err() {
+                    Err("the daemon is shutting down".to_string())
+                } else {
+                    rx.recv()
+                        .unwrap_or_else(|_| Err("the daemon is shutting down".to_string()))
+                }
+            }
+        }
+    };
+    let response = match answer {
+        Ok(data) => serde_json::json!({"ok": true, "data": data}),
+        Err(error) => serde_json::json!({"ok": false, "error": error}),
+    };
+    let mut out = serde_json::to_vec(&response).expect("JSON values always serialize");
+    out.push(b'\n');
+    (&conn).write_all(&out)
+}

@@ -1,0 +1,7 @@
+//! The kernel's interfaces the daemon uses, wrapped once: raw system calls (epoll, eventfd),
+//! rtnetlink, and network namespaces. Nothing here knows about switching.
+
+pub mod epoll;
+pub mod netlink;
+pub mod netns;
+pub mod sys;

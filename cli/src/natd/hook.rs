@@ -1,0 +1,103 @@
+//! The NAT's hook into the datapath: which frames the workers hand to the NAT, and what
+//! becomes of each verdict.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use vswitch_nat::{Nat, Verdict};
+use vswitch_switch::{Millis, PortId, VNET_HDR_LEN};
+
+use crate::datapath::{Fabric, Hook, TAP_PORT};
+
+use super::{NatJob, NatMailbox};
+
+/// What the workers need to hand NAT traffic over: the translation engine, the gateway's MAC
+/// (frames to it are the ones that may leave the subnet) and the NAT service's mailbox.
+pub struct NatHook {
+    pub nat: Arc<Nat>,
+    pub gateway_mac: [u8; 6],
+    pub service: NatMailbox,
+}
+
+impl Hook for NatHook {
+    fn fd(&self) -> Option<RawFd> {
+        self.service.icmp_fd()
+    }
+
+    fn readable(&self, fabric: &Fabric, buf: &mut [u8], out: &mut [u8]) {
+        self.service.echo_replies(&self.nat, fabric, buf, out);
+    }
+
+    fn batch_done(&self) {
+        self.service.wake();
+    }
+
+    /// Runs a frame through the NAT. Returns whether the switch should still forward it (as is
+    /// or rewritten); frames the NAT service carries through host sockets, or drops, are done.
+    /// Sets `posted` when it queued a job for the NAT service (the caller wakes it once).
+    fn frame(&self, ingress: PortId, frame: &mut [u8], now: Millis, posted: &mut bool) -> bool {
+        let eth = &frame[VNET_HDR_LEN..];
+        let ipv4 = eth.len() >= 34 && eth[12..14] == [0x08, 0x00];
+        if !ipv4 {
+            return true;
+        }
+        let verdict = if ingress == TAP_PORT {
+            self.nat.from_host(frame, now)
+        } else if eth[..6] == self.gateway_mac {
+            self.nat.outbound(frame, now)
+        } else {
+            return true;
+        };
+        match verdict {
+            Verdict::Pass | Verdict::Rewritten => true,
+            Verdict::Pending | Verdict::Drop(_) => false,
+            Verdict::TcpConnect { flow, dst } => {
+                *posted |= self.service.post(NatJob::TcpConnect {
+                    flow,
+                    dst,
+                    syn: frame.to_vec(),
+                });
+                false
+            }
+            Verdict::UdpOut {
+                flow,
+                dst,
+                payload,
+                gso_size,
+                ..
+            } => {
+                *posted |= self.service.post(NatJob::UdpOut {
+                    flow,
+                    dst,
+                    payload: frame[payload].to_vec(),
+                    gso_size,
+                });
+                false
+            }
+            Verdict::EchoOut {
+                dst,
+                ident,
+                seq,
+                payload,
+                ..
+            } => {
+                self.service.send_echo(dst, ident, seq, &frame[payload]);
+                false
+            }
+            Verdict::UdpToClient {
+                publish_id,
+                client,
+                payload,
+                gso_size,
+            } => {
+                *posted |= self.service.post(NatJob::UdpToClient {
+                    publish_id,
+                    client,
+                    payload: frame[payload].to_vec(),
+                    gso_size,
+                });
+                false
+            }
+        }
+    }
+}
