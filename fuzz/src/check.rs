@@ -242,6 +242,10 @@ pub fn written(
     let l4 = &ip[20..];
     match proto {
         TCP | UDP => {
+            if proto == UDP {
+                // 0 would mean "no checksum": a sum of 0 is sent as 0xffff (RFC 768).
+                assert_ne!(be16(l4, 6), 0, "written frame: UDP checksum 0");
+            }
             let ps = pseudo(src, dst, proto, l4.len());
             assert_eq!(
                 ones_sum(&[&ps, l4]),

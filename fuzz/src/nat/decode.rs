@@ -14,7 +14,7 @@ use super::{
     container_mac, sa, Kind, Mix, World, CLIENT, CONTAINERS, GW, GW_MAC, MAX_UDP_PAYLOAD, OUT,
     OUT2, RELAYS,
 };
-use crate::check::{ICMP, IP, TCP, UDP};
+use crate::check::{ones_sum, pseudo, ICMP, IP, TCP, UDP};
 use crate::input::Input;
 
 fn container(inp: &mut Input) -> Ipv4Addr {
@@ -181,6 +181,28 @@ impl World {
         f
     }
 
+    /// Sets the first two bytes of a reply's payload so that the UDP checksum of flow `id`'s
+    /// reply sums to exactly 0, which must be sent as 0xffff (0 means "no checksum"): 1 payload
+    /// in 65536 otherwise.
+    fn zero_udp_checksum(&self, id: FlowId, payload: &mut [u8]) {
+        let Some(k) = self.by_id(id).map(|i| &self.flows[i]) else {
+            return;
+        };
+        if payload.len() < 2 || 8 + payload.len() > usize::from(u16::MAX) {
+            return;
+        }
+        payload[..2].fill(0);
+        let len = 8 + payload.len();
+        let ps = pseudo(*k.r.ip(), *k.c.ip(), UDP, len);
+        let mut hdr = [0u8; 8];
+        hdr[..2].copy_from_slice(&k.r.port().to_be_bytes());
+        hdr[2..4].copy_from_slice(&k.c.port().to_be_bytes());
+        hdr[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+        let s = ones_sum(&[&ps, &hdr, payload]);
+        payload[..2].copy_from_slice(&(0xffff - s).to_be_bytes());
+        debug_assert_eq!(ones_sum(&[&ps, &hdr, payload]), 0xffff);
+    }
+
     /// A held SYN: the flow's own, another flow's, or any frame.
     fn held_syn(&self, inp: &mut Input, id: FlowId) -> Vec<u8> {
         match inp.u8() % 4 {
@@ -243,7 +265,10 @@ impl World {
             11 => {
                 let id = self.pick_id(inp);
                 let len = payload_len(inp);
-                let payload = inp.filled(len);
+                let mut payload = inp.filled(len);
+                if mix == Mix::Replies && inp.chance(32) {
+                    self.zero_udp_checksum(id, &mut payload);
+                }
                 let n = out_len(inp, UDP_FRAME_OVERHEAD + payload.len());
                 self.udp_reply(id, &payload, n);
             }
