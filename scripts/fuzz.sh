@@ -3,7 +3,8 @@
 # cargo-fuzz on nightly Rust. The targets and what they check: fuzz/src/lib.rs.
 #
 # Usage: scripts/fuzz.sh [TARGET...] [-runs N | -time SEC] [-- LIBFUZZER_OPTION...]
-#   TARGET      switch_frames, nat_frames, nat_replies (default: all, one after the other)
+#   TARGET      a target of fuzz/Cargo.toml (`cargo fuzz list`): switch_frames, nat_frames,
+#               nat_replies... (default: all, one after the other)
 #   -runs N     inputs per target (default 10000000)
 #   -time SEC   run each target for SEC seconds instead
 #   after --    passed to libFuzzer as is (e.g. -seed=1 -max_len=8192)
@@ -25,7 +26,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(switch_frames nat_frames nat_replies)
 targets=()
 runs=10000000
 time_s=""
@@ -39,12 +39,9 @@ while [ $# -gt 0 ]; do
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         --) shift; extra=("$@"); break ;;
         -*) echo "unknown option $1 (see $0 -h)" >&2; exit 2 ;;
-        *)
-            [[ " ${ALL[*]} " == *" $1 "* ]] || { echo "unknown target $1 (targets: ${ALL[*]})" >&2; exit 2; }
-            targets+=("$1"); shift ;;
+        *) targets+=("$1"); shift ;;
     esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=("${ALL[@]}")
 sanitizer=${FUZZ_SANITIZER:-none}
 niceness=${FUZZ_NICE:-10}
 
@@ -65,6 +62,13 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked </dev/null
 fi
 command -v c++ >/dev/null || { echo "no C++ compiler (c++): libFuzzer needs one (Debian: apt-get install build-essential)" >&2; exit 1; }
+
+mapfile -t ALL < <(cargo fuzz list)
+[ ${#ALL[@]} -gt 0 ] || { echo "cargo fuzz list: no targets" >&2; exit 1; }
+for t in "${targets[@]}"; do
+    [[ " ${ALL[*]} " == *" $t "* ]] || { echo "unknown target $t (targets: ${ALL[*]})" >&2; exit 2; }
+done
+[ ${#targets[@]} -gt 0 ] || targets=("${ALL[@]}")
 
 log "$(cargo +nightly --version), $(cargo fuzz --version)"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

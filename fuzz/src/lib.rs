@@ -14,7 +14,8 @@
 //!
 //! Adding a target: a `pub fn name(data: &[u8])` here, a line in [`TARGETS`], a file in
 //! `fuzz_targets/` and a `[[bin]]` in Cargo.toml (copy an existing one), a `#[test]` in
-//! `tests/smoke.rs`.
+//! `tests/smoke.rs` (a test there checks that none is missing). `scripts/fuzz.sh` finds it
+//! through `cargo fuzz list`.
 
 pub mod check;
 pub mod input;
