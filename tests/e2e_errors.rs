@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    assert_mentions, command, exists, host_ip, run, run_timeout, try_run, Container, Json, NetNs,
-    Sandbox, SandboxOptions, GATEWAY, VSWITCH,
+    assert_mentions, command, exists, host_ip, run, run_timeout, try_run, Container, JsonExt,
+    NetNs, Sandbox, SandboxOptions, GATEWAY, VSWITCH,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -216,7 +216,7 @@ fn malformed_control_requests_get_an_error_reply() {
     ];
     for (what, request) in requests {
         let reply = raw_request(&sb.control, request);
-        let parsed = Json::parse(reply.trim())
+        let parsed = common::parse_json(reply.trim())
             .unwrap_or_else(|e| panic!("{what}: the reply is not one JSON line ({e}): {reply:?}"));
         assert!(
             parsed["error"].as_str().is_some_and(|e| !e.is_empty()),

@@ -11,8 +11,8 @@ use common::wan::{
     nat_sandbox, DNS_QUERY, DNS_SERVER, HOST_WAN_IP, HTTP_SERVER, TCP_SERVER, UDP_SERVER, WAN_IP,
 };
 use common::{
-    assert_mentions, command, exists, host_ip, poll, run, run_timeout, Container, Json, Out, Proc,
-    Sandbox, TempDir, GATEWAY,
+    assert_mentions, command, exists, host_ip, poll, run, run_timeout, Container, Json, JsonExt,
+    Out, Proc, Sandbox, TempDir, GATEWAY,
 };
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -53,10 +53,7 @@ fn py_spawn(c: &Container, script: &str, args: &[&str]) -> Proc {
 #[track_caller]
 fn conntrack(sb: &Sandbox) -> Vec<Json> {
     let out = sb.vswitch(&["conntrack", "--json"]).ok();
-    match Json::parse(out.stdout.trim()) {
-        Ok(Json::Arr(flows)) => flows,
-        other => panic!("`conntrack --json` did not print a JSON array: {other:?}"),
-    }
+    common::json_array(&out.stdout, "conntrack --json")
 }
 
 /// Flows of `proto` whose outside end is `outside`.

@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     default_mac, host_ip, ping_all, ping_cmd, poll, run_timeout, tcp_transfer, Container, Endpoint,
-    Json, NetNs, Proc, Sandbox, SandboxOptions, GATEWAY,
+    Json, JsonExt, NetNs, Proc, Sandbox, SandboxOptions, GATEWAY,
 };
 use std::time::{Duration, Instant};
 
@@ -327,7 +327,7 @@ fn plug_a_named_namespace_by_path() {
     let out = sb
         .vswitch(&["plug", "--netns", &ns.path(), "--json", "--ifname", "net0"])
         .ok();
-    let port = Json::parse(out.stdout.trim()).expect("plug --json prints JSON");
+    let port = common::parse_json(out.stdout.trim()).expect("plug --json prints JSON");
     assert_eq!(port.str("ip"), host_ip(3), "{port}");
     assert_eq!(port.str("ifname"), "net0", "{port}");
     assert!(ns.links().contains(&"net0".to_string()), "{:?}", ns.links());
