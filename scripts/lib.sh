@@ -6,9 +6,10 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Debian packages the daemon, the demo and the tests use:
 #   iproute2 (ip, netns), iputils-ping, python3 (transfers with checksums), util-linux (unshare,
-#   nsenter, setpriv), procps (kill), ethtool (offload checks), build-essential + pkg-config (C linker for Rust crates),
-#   curl + ca-certificates (the rustup installer, only if no Rust toolchain is found).
-VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool build-essential pkg-config curl ca-certificates)
+#   nsenter, setpriv), procps (kill), ethtool (offload checks), nftables + iptables (the NAT
+#   tests check that the host has no firewall rule), build-essential + pkg-config (C linker for
+#   Rust crates), curl + ca-certificates (the rustup installer, only if no Rust toolchain is found).
+VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }

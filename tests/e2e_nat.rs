@@ -11,8 +11,8 @@ use common::wan::{
     nat_sandbox, DNS_QUERY, DNS_SERVER, HOST_WAN_IP, HTTP_SERVER, TCP_SERVER, UDP_SERVER, WAN_IP,
 };
 use common::{
-    assert_mentions, command, exists, host_ip, poll, run, run_timeout, Container, Json, JsonExt,
-    Out, Proc, Sandbox, TempDir, GATEWAY,
+    assert_mentions, command, exists, host_ip, poll, require_program, run, run_timeout, Container,
+    Json, JsonExt, Out, Proc, Sandbox, TempDir, DEADLINE, GATEWAY,
 };
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -87,41 +87,30 @@ fn assert_flow_fields(f: &Json) {
 }
 
 /// The host namespace forwards nothing and has no firewall rule: the NAT is vswitch's own.
-/// A tool that is not installed is skipped (the other checks still run).
+/// nft and iptables-save must be installed (scripts/lib.sh installs them): without them this
+/// check fails rather than pass on half the evidence.
 #[track_caller]
 fn assert_no_kernel_nat(sb: &Sandbox) {
     let fwd = run(sb.host_cmd("sysctl", &["-n", "net.ipv4.ip_forward"]))
         .ok()
         .stdout;
     assert_eq!(fwd.trim(), "0", "ip_forward in the host namespace");
-    if tool_exists("nft") {
-        let rules = run(sb.host_cmd("nft", &["list", "ruleset"])).ok().stdout;
-        assert!(
-            rules.trim().is_empty(),
-            "nftables rules in the host namespace:\n{rules}"
-        );
-    } else {
-        eprintln!("nft is not installed: nftables check skipped");
-    }
-    if tool_exists("iptables-save") {
-        let rules = run(sb.host_cmd("iptables-save", &[])).ok().stdout;
-        let active: Vec<&str> = rules
-            .lines()
-            .filter(|l| l.starts_with("-A") || l.starts_with("-I"))
-            .collect();
-        assert!(
-            active.is_empty(),
-            "iptables rules in the host namespace:\n{rules}"
-        );
-    } else {
-        eprintln!("iptables-save is not installed: iptables check skipped");
-    }
-}
-
-fn tool_exists(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
-        .unwrap_or(false)
+    require_program("nft", "nftables");
+    let rules = run(sb.host_cmd("nft", &["list", "ruleset"])).ok().stdout;
+    assert!(
+        rules.trim().is_empty(),
+        "nftables rules in the host namespace:\n{rules}"
+    );
+    require_program("iptables-save", "iptables");
+    let rules = run(sb.host_cmd("iptables-save", &[])).ok().stdout;
+    let active: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.starts_with("-A") || l.starts_with("-I"))
+        .collect();
+    assert!(
+        active.is_empty(),
+        "iptables rules in the host namespace:\n{rules}"
+    );
 }
 
 /// The host's /etc/resolv.conf, bytes and link, to check that nothing touched it.
@@ -667,12 +656,14 @@ fn five_hundred_concurrent_connections_all_complete() {
 }
 
 #[test]
-fn connecting_to_a_closed_port_is_refused_quickly_and_an_absent_host_is_unreachable() {
+fn connecting_to_a_closed_port_is_refused_and_an_absent_host_is_unreachable() {
     let (sb, _wan) = nat_sandbox(&[], &[]);
     let c = Container::plain();
     sb.plug(&c, &[]);
 
-    let out = py(&c, CMD, CONNECT_PROBE, &[WAN_IP, "9", "5"]).ok();
+    // How fast the refusal comes is a figure for benches/events.sh; here: it is a refusal
+    // (the outside's RST relayed), not a timeout.
+    let out = py(&c, CMD, CONNECT_PROBE, &[WAN_IP, "9", "20"]).ok();
     let words: Vec<&str> = out.stdout.split_whitespace().collect();
     assert_eq!(
         words.first(),
@@ -680,11 +671,9 @@ fn connecting_to_a_closed_port_is_refused_quickly_and_an_absent_host_is_unreacha
         "a closed port must be refused: {}",
         out.stdout
     );
-    let ms: u64 = words[1].parse().unwrap();
-    assert!(ms < 1000, "refused only after {ms} ms");
 
-    // The refused flow is gone at once: it never became a connection.
-    let gone = poll(Duration::from_secs(1), || {
+    // The refused flow goes: it never became a connection.
+    let gone = poll(Duration::from_secs(20), || {
         flows_to(&conntrack(&sb), "tcp", &format!("{WAN_IP}:9"))
             .is_empty()
             .then_some(())
@@ -728,13 +717,13 @@ fn resets_and_half_close_cross_the_nat_and_a_reset_flow_expires() {
         "reset",
         "the server's RST should reach the client"
     );
-    assert_eq!(resetter.line(Duration::from_secs(5)), "reset sent");
+    assert_eq!(resetter.line(DEADLINE), "reset sent");
 
     // The client resets: the server's read fails with ECONNRESET.
     let out = py(&c, CMD, TCP_CLIENT, &[WAN_IP, "9300", "abort"]).ok();
     assert_eq!(out.stdout.trim(), "aborted");
     assert_eq!(
-        watcher.line(Duration::from_secs(10)),
+        watcher.line(DEADLINE),
         "peer reset",
         "the client's RST should reach the server"
     );
@@ -763,7 +752,7 @@ fn resets_and_half_close_cross_the_nat_and_a_reset_flow_expires() {
     assert_eq!(flows[0].str("state"), "CLOSE", "{}", flows[0]);
     assert!(flows[0].num("timeout_s") <= 10, "{}", flows[0]);
     let started = Instant::now();
-    let gone = poll(Duration::from_secs(15), || {
+    let gone = poll(DEADLINE, || {
         flows_to(&conntrack(&sb), "tcp", &to_resetter)
             .is_empty()
             .then(|| started.elapsed())
@@ -810,12 +799,12 @@ fn an_unanswered_udp_flow_expires_after_30_seconds() {
     assert!(gone >= Duration::from_secs(28), "expired after {gone:.2?}");
     eprintln!("unreplied UDP flow expired after {gone:.2?}");
     // The table reclaims it too (on its next sweep): the container counts no flow.
-    let reclaimed = poll(Duration::from_secs(2), || {
+    let reclaimed = poll(DEADLINE, || {
         (port_of(&sb, &c).num("nat_flows") == 0).then_some(())
     });
     assert!(
         reclaimed.is_some(),
-        "the expired flow is still counted in nat_flows 2 s after it left conntrack: {}",
+        "the expired flow is still counted in nat_flows long after it left conntrack: {}",
         port_of(&sb, &c)
     );
 }
@@ -949,11 +938,11 @@ fn published_ports_are_reached_from_outside_from_the_host_and_from_another_conta
     // Unplugging frees the host ports.
     sb.vswitch(&["unplug", &web.pid.to_string()]).ok();
     assert!(
-        host_port_free(&sb, 8080, "tcp", Duration::from_secs(3)),
+        host_port_free(&sb, 8080, "tcp", DEADLINE),
         "host port 8080/tcp still taken after unplug"
     );
     assert!(
-        host_port_free(&sb, 5353, "udp", Duration::from_secs(3)),
+        host_port_free(&sb, 5353, "udp", DEADLINE),
         "host port 5353/udp still taken after unplug"
     );
     let out = run(wan.cmd("python3", &["-c", CONNECT_PROBE, HOST_WAN_IP, "8080", "3"])).ok();
@@ -976,7 +965,7 @@ fn published_udp_port_is_reached_from_the_host_over_loopback() {
     );
 }
 
-/// Within 3 s, no TCP socket of the container is still closing (FIN-WAIT-1, CLOSING,
+/// Soon, no TCP socket of the container is still closing (FIN-WAIT-1, CLOSING,
 /// LAST-ACK): every segment of the close went through.
 #[track_caller]
 fn assert_connections_closed(c: &Container) {
@@ -986,7 +975,7 @@ fn assert_connections_closed(c: &Container) {
         args.extend(["state", s]);
     }
     let mut last = String::new();
-    let closed = poll(Duration::from_secs(3), || {
+    let closed = poll(DEADLINE, || {
         last = c.run("ss", &args).ok().stdout;
         last.trim().is_empty().then_some(())
     });
@@ -1014,11 +1003,11 @@ fn published_ports_go_away_with_the_container() {
     drop(services);
     c.kill();
     assert!(
-        host_port_free(&sb, 8080, "tcp", Duration::from_secs(4)),
+        host_port_free(&sb, 8080, "tcp", DEADLINE),
         "host port 8080/tcp still taken after the container exited"
     );
     assert!(
-        host_port_free(&sb, 5353, "udp", Duration::from_secs(2)),
+        host_port_free(&sb, 5353, "udp", DEADLINE),
         "host port 5353/udp still taken after the container exited"
     );
 }
@@ -1084,7 +1073,7 @@ fn dns_queries_go_through_the_gateway_over_udp_and_tcp() {
             "lookup of {name} over {proto} through {GATEWAY}"
         );
         // The wan's server got it from the host, over the same protocol.
-        let seen = dns.line(Duration::from_secs(5));
+        let seen = dns.line(DEADLINE);
         assert_eq!(seen, format!("{proto} {HOST_WAN_IP} {name}"));
     }
     assert_no_kernel_nat(&sb);
@@ -1266,23 +1255,49 @@ fn resolv_conf_is_written_inside_a_containers_own_root_never_outside_it() {
 }
 
 #[test]
-fn resolv_conf_of_a_named_namespace_goes_to_etc_netns() {
+fn resolv_conf_of_a_named_namespace_goes_to_etc_netns_and_goes_away_with_the_port() {
     let host_resolv = HostResolv::snapshot();
     let (sb, _wan) = nat_sandbox(&[], &[]);
     let ns = common::NetNs::new(&common::unique_name());
+    let dir = Path::new("/etc/netns").join(&ns.name);
+    let file = dir.join("resolv.conf");
     let line = plug_resolv_line(&sb, &["--netns", &ns.path()]);
-    let file = Path::new("/etc/netns").join(&ns.name).join("resolv.conf");
     assert!(line.contains(&file.display().to_string()), "{line}");
     assert_points_at_gateway(&fs::read_to_string(&file).unwrap());
     // `ip netns exec` shows it to the namespace's processes as /etc/resolv.conf.
     let seen = run(ns.cmd("cat", &["/etc/resolv.conf"])).ok().stdout;
     assert_points_at_gateway(&seen);
+
+    // Unplugged: the daemon removes the file and the directory it made (the namespace, and the
+    // test's own cleanup of /etc/netns/NAME, are still to come).
     sb.vswitch(&["unplug", "--netns", &ns.path()]).ok();
-    host_resolv.assert_unchanged();
-    drop(ns);
     assert!(
-        !exists(file.parent().unwrap()),
-        "/etc/netns/NAME left behind"
+        !exists(&dir),
+        "{} left behind by `vswitch unplug`",
+        dir.display()
+    );
+    host_resolv.assert_unchanged();
+
+    // Plugged again, then the namespace is deleted under it (as `ip netns del` does when a
+    // runtime stops a container): once the daemon has removed the port, the file is gone too.
+    plug_resolv_line(&sb, &["--netns", &ns.path()]);
+    assert!(exists(&file), "{} not written again", file.display());
+    run(command("ip", &["netns", "del", &ns.name])).ok();
+    common::wait_for(
+        DEADLINE,
+        || (sb.ls().len() == 1).then_some(()),
+        || {
+            format!(
+                "the port of deleted namespace {} is still listed: {:?}",
+                ns.name,
+                sb.ls()
+            )
+        },
+    );
+    assert!(
+        !exists(&dir),
+        "{} left behind after its namespace was deleted and its port removed",
+        dir.display()
     );
     host_resolv.assert_unchanged();
 }

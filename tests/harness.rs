@@ -91,7 +91,7 @@ fn namespaces_and_containers_are_created_and_removed() {
     drop(ns);
     assert!(!netns_exists(&name), "namespace {name} left behind");
     // The runtime-like container's inner process dies with it (--kill-child).
-    let gone = common::poll(std::time::Duration::from_secs(3), || {
+    let gone = common::poll(common::DEADLINE, || {
         pids.iter().all(|&p| !process_alive(p)).then_some(())
     });
     assert!(gone.is_some(), "container processes left behind: {pids:?}");

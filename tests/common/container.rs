@@ -1,10 +1,9 @@
 //! Containers: processes in fresh namespaces (`unshare --net sleep`, and one with its own mount
 //! and pid namespaces as real runtimes make), killed on drop.
 
-use super::{command, parse_link_names, ping_with, poll, require_root, run, Out};
+use super::{command, parse_link_names, ping_with, poll, require_root, run, Out, DEADLINE};
 use std::fs;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerKind {
@@ -61,7 +60,7 @@ impl Container {
         // Ready once the process is in its own network namespace (and, for the runtime-like
         // one, has forked the process that lives in the new pid namespace).
         let own_ns = fs::read_link("/proc/self/ns/net").expect("readlink /proc/self/ns/net");
-        let ready = poll(Duration::from_secs(10), || {
+        let ready = poll(DEADLINE, || {
             let ns = fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
             if ns == own_ns {
                 return None;

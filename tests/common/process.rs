@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 /// Time allowed for ordinary commands (ip, ping, vswitch subcommands).
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a test waits for something that should happen at once (a port removed, a flow
+/// gone, a line from a server): generous, so that only a feature that does not work, never a
+/// busy machine, runs it out. How fast it happens is for the benchmarks.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
 /// What a finished command did.
 #[derive(Debug)]
 pub struct Out {

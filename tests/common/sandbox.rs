@@ -4,7 +4,7 @@
 
 use super::{
     command, json_array, parse_json, require_root, run, signal, try_run, unique_name, wait_timeout,
-    Container, Json, NetNs, Out, TempDir, SUBNET, VSWITCH,
+    Container, Json, NetNs, Out, TempDir, DEADLINE, SUBNET, VSWITCH,
 };
 use std::fs;
 use std::path::PathBuf;
@@ -86,7 +86,7 @@ impl Sandbox {
             daemon: Some(child),
             daemon_pid,
         };
-        sandbox.wait_ready(Duration::from_secs(10));
+        sandbox.wait_ready(DEADLINE);
         sandbox
     }
 
@@ -124,17 +124,17 @@ impl Sandbox {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends `sig` to the daemon and waits up to 5 s for it to exit.
+    /// Sends `sig` to the daemon and waits for it to exit.
     pub fn stop_daemon(&mut self, sig: &str) -> ExitStatus {
         let mut child = self.daemon.take().expect("daemon already stopped");
         signal(self.daemon_pid, sig);
-        match wait_timeout(&mut child, Duration::from_secs(5)) {
+        match wait_timeout(&mut child, DEADLINE) {
             Some(status) => status,
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "the daemon did not exit within 5 s of SIG{sig}; its output:\n{}",
+                    "the daemon did not exit within {DEADLINE:?} of SIG{sig}; its output:\n{}",
                     self.daemon_log()
                 );
             }
