@@ -626,22 +626,60 @@ fn random_bytes_never_panic() {
 
 #[test]
 fn concurrent_learning_never_resurrects_a_removed_port() {
-    let sw = switch(2);
-    std::thread::scope(|scope| {
-        for worker in 0..2u8 {
-            let sw = &sw;
-            scope.spawn(move || {
-                for k in 0..20_000u32 {
-                    let [_, _, a, b] = k.to_be_bytes();
-                    let src = MacAddr([2, 0xbb, worker, 0, a, b]);
-                    let _ = run(sw, 2, &ipv4(station(1), src), 0);
-                }
-            });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        sw.remove_port(PortId(2));
-    });
-    assert!(sw.fdb_entries(0).iter().all(|e| e.port != PortId(2)));
+    // Two workers learn new MACs on port 2 (every frame takes the table's write path) while
+    // port 2 is removed. The removal is forced into the middle of their work: it starts only
+    // once both have learned for a while, and they go on sending frames on port 2 after it, so
+    // frames in flight meet the removal on every round. No entry on port 2 may survive it.
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    const ROUNDS: u32 = 50;
+    const AFTER: u32 = 2_000;
+    for round in 0..ROUNDS {
+        // Room for everything the workers learn, however long the removal takes to come.
+        let cfg = Config {
+            fdb_capacity: 1 << 22,
+            fdb_age_ms: AGE,
+        };
+        let sw = switch_with(2, cfg);
+        let removed = AtomicBool::new(false);
+        let learned = [AtomicU32::new(0), AtomicU32::new(0)];
+        std::thread::scope(|scope| {
+            for worker in 0..2u8 {
+                let (sw, removed, learned) = (&sw, &removed, &learned);
+                scope.spawn(move || {
+                    let mut after = 0;
+                    for k in 0u32.. {
+                        let [_, a, b, c] = k.to_be_bytes();
+                        let src = MacAddr([2, 0xbb, worker, a, b, c]);
+                        let _ = run(sw, 2, &ipv4(station(1), src), 0);
+                        learned[usize::from(worker)].fetch_add(1, Ordering::Relaxed);
+                        if removed.load(Ordering::Acquire) {
+                            after += 1;
+                            if after == AFTER {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+            while learned.iter().any(|n| n.load(Ordering::Relaxed) < 200) {
+                std::thread::yield_now();
+            }
+            assert!(sw.fdb_len() > 0, "round {round}: nothing learned on port 2");
+            sw.remove_port(PortId(2));
+            removed.store(true, Ordering::Release);
+        });
+        let left: Vec<_> = sw
+            .fdb_entries(0)
+            .into_iter()
+            .filter(|e| e.port == PortId(2))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "round {round}: {} entries on removed port 2, e.g. {:?}",
+            left.len(),
+            left.first()
+        );
+    }
 }
 
 #[test]
