@@ -1,9 +1,17 @@
-//! End-to-end tests of the NAT (issue 3 §7), as root. Each test builds its own world: a
-//! namespace playing the host runs `vswitch run`, linked by a veth to a simulated outside world
-//! (the "wan", 198.51.100.0/24, see `common::wan`) where python3 servers run; containers are
-//! processes in fresh namespaces plugged into the switch. The host namespace forwards nothing
-//! (`ip_forward` 0) and has no firewall rule: the containers reach the wan only through
-//! vswitch's own NAT. No traffic leaves the test's namespaces.
+//! End-to-end tests of the NAT, as root. Each test builds its own world: a namespace playing
+//! the host runs `vswitch run`, linked by a veth to a simulated outside world (the "wan",
+//! 198.51.100.0/24, see `common::wan`) where python3 servers run; containers are processes in
+//! fresh namespaces plugged into the switch. The host namespace forwards nothing (`ip_forward`
+//! 0) and has no firewall rule: the containers reach the wan only through vswitch's own NAT. No
+//! traffic leaves the test's namespaces.
+//!
+//! They show downloads with matching checksums, UDP and ICMP through the NAT, many connections
+//! at once, refusals, resets and half-close crossing it, flows that expire and a full table that
+//! keeps its old flows; that the flows of a container that is unplugged or exits go with it
+//! (also the outside end of its open connection); published ports reached from the outside, the
+//! host and other containers, one published on the host's loopback only reached there; DNS
+//! through the gateway; and resolv.conf written where the container will read it, never on the
+//! host, and removed with the port.
 
 mod common;
 
@@ -1010,6 +1018,175 @@ fn published_ports_go_away_with_the_container() {
         host_port_free(&sb, 5353, "udp", DEADLINE),
         "host port 5353/udp still taken after the container exited"
     );
+}
+
+#[test]
+fn a_port_published_on_the_hosts_loopback_is_reached_there_and_refused_from_outside() {
+    let (sb, wan) = nat_sandbox(&[], &[]);
+    let c = Container::plain();
+    let port = sb.plug(&c, &["--publish", "127.0.0.1:8080:80"]);
+    let _services = py_bg(&c, CONTAINER_SERVICES, &["80", "53"]);
+    let publish: Vec<&str> = port["publish"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no publish list: {port}"))
+        .iter()
+        .filter_map(Json::as_str)
+        .collect();
+    assert!(
+        publish.iter().any(|p| p.starts_with("127.0.0.1:8080:80")),
+        "the port should be listed as published on 127.0.0.1: {port}"
+    );
+
+    // On the host's loopback: reached, the container sees the gateway.
+    let out = run(sb.host_cmd(
+        "python3",
+        &["-c", TCP_ASK, "127.0.0.1", "8080", "from-loopback"],
+    ))
+    .ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("peer {GATEWAY} got from-loopback"),
+        "127.0.0.1:8080 on the host should reach the container's port 80"
+    );
+    // From the outside, at the host's address: nothing listens there.
+    let out = run(wan.cmd("python3", &["-c", CONNECT_PROBE, HOST_WAN_IP, "8080", "10"])).ok();
+    assert!(
+        out.stdout.starts_with("refused"),
+        "a port published on 127.0.0.1 must be refused at {HOST_WAN_IP} from the outside: {}",
+        out.stdout
+    );
+    // Nor on the host's own wan address from the host itself.
+    let out = run(sb.host_cmd("python3", &["-c", CONNECT_PROBE, HOST_WAN_IP, "8080", "10"])).ok();
+    assert!(
+        out.stdout.starts_with("refused"),
+        "a port published on 127.0.0.1 must not listen on {HOST_WAN_IP}: {}",
+        out.stdout
+    );
+    assert_no_kernel_nat(&sb);
+}
+
+/// Connects to the TCP server argv[1]:argv[2], sends a line, prints `ready` and keeps the
+/// connection open (until killed). With argv[3] `abort`, a close (also by the kernel when the
+/// process is killed) resets the connection at once instead of sending a FIN.
+const HOLD_CONNECTION: &str = r#"
+import socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+if sys.argv[3:] == ["abort"]:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.sendall(b"hello\n")
+print("ready", flush=True)
+time.sleep(3600)
+"#;
+
+/// How a container leaves the switch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Leaving {
+    /// `vswitch unplug`: the container goes on running, without its interface.
+    Unplugged,
+    /// Every process of the container is killed: the kernel closes their sockets (a FIN goes
+    /// out), then the namespace and its veth go.
+    Exited,
+    /// The same, but the container's link is down first, as if its last frames were lost, and
+    /// its socket is freed at once (a socket still trying to send its FIN would keep the
+    /// namespace alive for minutes): only the daemon's own cleanup can tell the outside.
+    ExitedSilently,
+}
+
+/// A container with an open TCP connection and a UDP flow to the wan leaves: no flow of its
+/// address is left, the next container on that address starts with none, and the outside end of
+/// the connection is closed (EOF or RST, not a connection left hanging).
+fn flows_go_with_the_container(how: Leaving) {
+    let (sb, wan) = nat_sandbox(&[], &[]);
+    let watcher = wan.python(TCP_SERVER, &["9300", "watch"]);
+    let _sink = wan.python(UDP_SERVER, &["7100", "sink"]);
+    let mut c = Container::plain();
+    sb.plug(&c, &[]);
+    let ip = host_ip(2);
+    let close = if how == Leaving::ExitedSilently {
+        "abort"
+    } else {
+        "fin"
+    };
+    let mut held = py_bg(&c, HOLD_CONNECTION, &[WAN_IP, "9300", close]);
+    py(&c, CMD, UDP_SEND, &[WAN_IP, "7100"]).ok();
+    let from_c = |flows: &[Json]| -> Vec<Json> {
+        flows
+            .iter()
+            .filter(|f| {
+                f["inside"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with(&format!("{ip}:")))
+            })
+            .cloned()
+            .collect()
+    };
+    let flows = conntrack(&sb);
+    assert_eq!(
+        from_c(&flows).len(),
+        2,
+        "a TCP and a UDP flow from {ip} expected: {flows:?}"
+    );
+    assert_eq!(port_of(&sb, &c).num("nat_flows"), 2);
+
+    if how == Leaving::Unplugged {
+        sb.vswitch(&["unplug", &c.pid.to_string()]).ok();
+    } else {
+        if how == Leaving::ExitedSilently {
+            c.run("ip", &["link", "set", "eth0", "down"]).ok();
+        }
+        held.kill();
+        c.kill();
+        let pid = c.pid;
+        common::wait_for(
+            DEADLINE,
+            || sb.port_of(pid).is_none().then_some(()),
+            || format!("{how:?}: the port of exited container {pid} is still listed"),
+        );
+    }
+
+    // No flow of the old address is left.
+    let flows = conntrack(&sb);
+    assert!(
+        from_c(&flows).is_empty(),
+        "{how:?}: flows of {ip} are still tracked: {flows:?}"
+    );
+    // The next container gets the address, and none of the old flows.
+    let next = Container::plain();
+    let port = sb.plug(&next, &[]);
+    assert_eq!(port.str("ip"), ip, "{port}");
+    assert_eq!(
+        port_of(&sb, &next).num("nat_flows"),
+        0,
+        "{how:?}: the next container on {ip} inherited flows"
+    );
+    assert!(from_c(&conntrack(&sb)).is_empty());
+    // The outside end of the open connection learns that it is over.
+    let end = watcher.try_line(DEADLINE);
+    if !matches!(end.as_deref(), Some("peer eof" | "peer reset")) {
+        let open = run(sb.host_cmd("ss", &["-tn", "state", "established"])).ok();
+        panic!(
+            "{how:?}: the outside end of the container's open connection should see EOF or RST \
+             within {DEADLINE:?}, got {end:?} (None: the connection was left open). TCP \
+             connections still established in the host namespace:\n{}",
+            open.stdout
+        );
+    }
+    drop(held);
+}
+
+#[test]
+fn unplugging_a_container_ends_its_flows() {
+    flows_go_with_the_container(Leaving::Unplugged);
+}
+
+#[test]
+fn a_container_that_exits_leaves_no_flows() {
+    flows_go_with_the_container(Leaving::Exited);
+}
+
+#[test]
+fn a_container_that_exits_without_a_word_leaves_no_flows() {
+    flows_go_with_the_container(Leaving::ExitedSilently);
 }
 
 #[test]
