@@ -207,8 +207,10 @@ except OSError as e:
 "#;
 
 /// UDP against an echo server argv[1]:argv[2]: one request/response (`reqresp ok`), then a
-/// stream of argv[3] numbered datagrams of 1000 bytes (`stream sent N received M`), then a
-/// datagram to port argv[4] where nothing listens (`closed refused` on ECONNREFUSED).
+/// stream of argv[3] numbered datagrams of 1000 bytes, at most 32 of them unanswered at a time
+/// (as a UDP protocol would pace itself; a window lost is given 2 s), `stream sent N received
+/// M`, then a datagram to port argv[4] where nothing listens (`closed refused` on
+/// ECONNREFUSED).
 const UDP_CLIENT: &str = r#"
 import socket, struct, sys, time
 host, port, count, closed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -218,24 +220,23 @@ s.connect((host, port))
 s.settimeout(5)
 s.send(b"hello over udp")
 print("reqresp ok" if s.recv(65535) == b"hello over udp" else "reqresp wrong", flush=True)
-got = set()
-def drain(wait):
-    s.settimeout(wait)
-    while True:
-        try:
-            d = s.recv(65535)
-        except (socket.timeout, BlockingIOError):
-            return
-        if len(d) == 1000:
-            got.add(struct.unpack(">I", d[:4])[0])
-        s.settimeout(wait if wait else 0.0)
+got, sent, unanswered = set(), 0, 0
 pad = bytes(996)
-for i in range(count):
-    s.send(struct.pack(">I", i) + pad)
-    if i % 20 == 19:
-        drain(0.0)
-        time.sleep(0.002)
-drain(2.0)
+s.settimeout(2)
+while sent < count or unanswered:
+    while sent < count and unanswered < 32:
+        s.send(struct.pack(">I", sent) + pad)
+        sent += 1
+        unanswered += 1
+    try:
+        d = s.recv(65535)
+    except socket.timeout:
+        unanswered = 0
+        continue
+    i = struct.unpack(">I", d[:4])[0] if len(d) == 1000 else None
+    if i is not None and i not in got:
+        got.add(i)
+        unanswered -= 1
 print("stream sent", count, "received", len(got), flush=True)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.connect((host, closed))
@@ -571,8 +572,8 @@ fn udp_request_response_stream_and_port_unreachable() {
         .unwrap_or_else(|| panic!("no stream result: {}", out.describe()));
     eprintln!("UDP stream: {received} of 2000 datagrams echoed");
     assert!(
-        received >= 1800,
-        "only {received} of 2000 datagrams came back"
+        received >= 1980,
+        "only {received} of 2000 datagrams came back, at most 32 in flight"
     );
     assert_eq!(
         lines.get(2),
@@ -587,7 +588,7 @@ fn udp_request_response_stream_and_port_unreachable() {
     assert_eq!(echo.len(), 1, "one UDP flow expected: {flows:?}");
     assert_flow_fields(&echo[0]);
     assert!(echo[0].num("packets_out") >= 2001, "{}", echo[0]);
-    assert!(echo[0].num("packets_in") >= 1801, "{}", echo[0]);
+    assert!(echo[0].num("packets_in") > received, "{}", echo[0]);
     assert!(echo[0].num("bytes_out") >= 2000 * 1000, "{}", echo[0]);
     assert!(
         echo[0].num("timeout_s") > 30,
