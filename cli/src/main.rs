@@ -84,9 +84,10 @@ pub enum Command {
         /// Run no DNS forwarder on the gateway address.
         #[arg(long)]
         no_dns: bool,
-        /// Most NAT flows tracked at once; new flows are refused past it.
-        #[arg(long, default_value_t = vswitch_nat::DEFAULT_MAX_FLOWS)]
-        max_flows: usize,
+        /// Most NAT flows tracked at once; new flows are refused past it (default: what the
+        /// process's descriptor limit can carry, at most 65536).
+        #[arg(long)]
+        max_flows: Option<usize>,
         /// How a port's frames are spread over the workers: bulk frames by flow and the rest by
         /// the CPU that sent them (auto), all by CPU, or all by flow hash.
         #[arg(long, value_enum, default_value_t = bpf::fanout::Spread::Auto)]
@@ -132,6 +133,11 @@ pub enum Command {
     },
     /// List the learned MAC addresses.
     Fdb {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's counters: descriptors, switch, NAT.
+    Stats {
         #[arg(long)]
         json: bool,
     },

@@ -896,6 +896,11 @@ impl Nat {
         self.table.stats()
     }
 
+    /// The bound on the number of flows.
+    pub fn max_flows(&self) -> usize {
+        self.table.max_flows()
+    }
+
     /// A container's counters (zero for an unknown address).
     pub fn container_stats(&self, ip: Ipv4Addr) -> ContainerStats {
         self.table.container_stats(ip.into())

@@ -108,6 +108,14 @@ pub fn run(cli: Cli) -> Result<()> {
             table::fdb(&entries);
             Ok(())
         }
+        Command::Stats { json } => {
+            let stats = client.stats()?;
+            if json {
+                return print_json(&stats);
+            }
+            table::stats(&stats);
+            Ok(())
+        }
         Command::Conntrack { json } => {
             let flows = client.conntrack()?;
             if json {

@@ -1,6 +1,6 @@
 //! The text output of `ls`, `fdb` and `conntrack`.
 
-use crate::control::{FdbView, FlowRow, PortView};
+use crate::control::{FdbView, FlowRow, PortView, Stats};
 
 /// How a port's container is named to the user: `pid 4242`, `netns /run/netns/x`, or `host`.
 pub fn container(p: &PortView) -> String {
@@ -96,4 +96,32 @@ pub fn conntrack(flows: &[FlowRow]) {
             f.bytes_in
         );
     }
+}
+
+pub fn stats(s: &Stats) {
+    let f = &s.fds;
+    println!("containers      {}", s.containers);
+    println!(
+        "descriptors     limit {}, kept for the daemon {}, leased {}, available {}; \
+         refused {}, exhausted {}",
+        f.limit, f.reserved, f.leased, f.available, f.refused, f.exhausted
+    );
+    let w = &s.switch;
+    println!(
+        "switch          frames {}, flooded {}, malformed {}, hairpin {}, arp replies {}",
+        w.frames, w.flooded, w.malformed, w.hairpin, w.arp_replies
+    );
+    println!(
+        "fdb             entries {}, learned {}, moved {}, not learned (full) {}",
+        w.fdb_entries, w.learned, w.moved, w.fdb_full
+    );
+    let n = &s.nat;
+    println!(
+        "nat             flows {}/{}, created {}, expired {}, removed {}, refused (full) {}",
+        n.flows, n.max_flows, n.created, n.expired, n.removed, n.table_full
+    );
+    println!(
+        "nat drops       malformed {}, fragments {}, no flow {}",
+        n.malformed, n.fragments, n.no_flow
+    );
 }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::protocol::{
     decode_response, encode_request, Failure, FdbView, FlowRow, NoArgs, Plug, PortView, Request,
-    Unplug,
+    Stats, Unplug,
 };
 
 /// Errors seen by the command-line client.
@@ -56,6 +56,10 @@ impl Client {
 
     pub fn conntrack(&self) -> Result<Vec<FlowRow>, ClientError> {
         self.call(&Request::Conntrack(NoArgs {}))
+    }
+
+    pub fn stats(&self) -> Result<Stats, ClientError> {
+        self.call(&Request::Stats(NoArgs {}))
     }
 
     /// Sends one request and decodes the daemon's `data` as `T`.

@@ -34,6 +34,7 @@ pub enum Request {
     Ls(NoArgs),
     Fdb(NoArgs),
     Conntrack(NoArgs),
+    Stats(NoArgs),
 }
 
 /// The body of a request that takes no arguments (any field is refused).
@@ -363,6 +364,63 @@ pub struct FdbView {
     pub age_ms: u64,
 }
 
+/// The daemon as a whole, as `vswitch stats` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Container ports plugged.
+    pub containers: usize,
+    pub fds: FdStats,
+    pub switch: SwitchCounters,
+    pub nat: NatCounters,
+}
+
+/// The descriptor budget (see `natd::budget`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FdStats {
+    /// The process's limit.
+    pub limit: usize,
+    /// Kept for the daemon itself and its ports.
+    pub reserved: usize,
+    /// Held by flows, relayed connections and DNS queries now.
+    pub leased: usize,
+    /// Left for new flows.
+    pub available: usize,
+    /// Flows and queries refused for want of descriptors.
+    pub refused: u64,
+    /// System calls that failed with EMFILE/ENFILE anyway.
+    pub exhausted: u64,
+}
+
+/// The switch's counters since start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SwitchCounters {
+    pub frames: u64,
+    pub malformed: u64,
+    pub flooded: u64,
+    pub hairpin: u64,
+    pub arp_replies: u64,
+    pub learned: u64,
+    pub moved: u64,
+    /// Source MACs not learned because the table was full.
+    pub fdb_full: u64,
+    pub fdb_entries: usize,
+}
+
+/// The NAT's table and counters since start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NatCounters {
+    pub flows: usize,
+    pub max_flows: usize,
+    pub created: u64,
+    pub expired: u64,
+    pub removed: u64,
+    /// New flows refused because the table was full.
+    pub table_full: u64,
+    pub malformed: u64,
+    pub fragments: u64,
+    pub no_flow: u64,
+}
+
 /// What the daemon answers: the `data` of a successful response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -371,6 +429,7 @@ pub enum Reply {
     Ports(Vec<PortView>),
     Fdb(Vec<FdbView>),
     Flows(Vec<FlowRow>),
+    Stats(Box<Stats>),
 }
 
 /// What kind of failure an error response reports, for clients that act on it (the CNI plugin

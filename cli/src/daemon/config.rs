@@ -21,7 +21,8 @@ pub struct Config {
     pub dns: Vec<IpAddr>,
     /// Serve no DNS forwarder on the gateway.
     pub no_dns: bool,
-    pub max_flows: usize,
+    /// Most NAT flows at once (default: from the descriptor limit).
+    pub max_flows: Option<usize>,
     pub spread: Spread,
     /// How long a datapath worker polls after its last frame before sleeping.
     pub poll: Duration,

@@ -14,6 +14,7 @@ use vswitch_switch::{MacAddr, PortId};
 use crate::bpf::fastpath::FastPath;
 use crate::control::{Call, IfName, PublishSpec, Reply, Request, Target};
 use crate::datapath::{Datapath, TAP_PORT};
+use crate::natd::budget::FdBudget;
 use crate::natd::NatMailbox;
 
 use super::ipam::Ipam;
@@ -57,6 +58,8 @@ pub struct Manager {
     /// When the FDB and the flow table were last swept.
     pub last_expiry: u64,
     pub fast_path: Option<FastPath>,
+    /// The descriptors traffic may spend; each port's sockets are kept out of it.
+    pub budget: Arc<FdBudget>,
 }
 
 impl Manager {
@@ -91,6 +94,7 @@ impl Manager {
             Request::Ls(_) => Reply::Ports(self.ls()),
             Request::Fdb(_) => Reply::Fdb(self.fdb()),
             Request::Conntrack(_) => Reply::Flows(self.conntrack()),
+            Request::Stats(_) => Reply::Stats(Box::new(self.stats())),
         })
     }
 

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::control::{self, Call};
+use crate::natd::budget;
 
 pub use config::Config;
 use ipam::Ipam;
@@ -29,11 +30,13 @@ pub fn run(cfg: Config) -> Result<()> {
     signals.add(Signal::SIGTERM);
     signals.thread_block().context("blocking signals")?;
 
-    raise_fd_limit();
+    // Every NAT flow and published connection holds host sockets: allow as many descriptors
+    // as the hard limit permits rather than the usual soft 1024, and budget them.
+    let fd_limit = budget::raise_limit();
     let ipam = Ipam::new(cfg.subnet, cfg.gateway)?;
     let listener = control::bind(&cfg.control)
         .with_context(|| format!("control socket {}", cfg.control.display()))?;
-    let started = startup::start(&cfg, ipam);
+    let started = startup::start(&cfg, ipam, fd_limit);
     let manager = match started {
         Ok(m) => m,
         Err(e) => {
@@ -64,13 +67,4 @@ pub fn run(cfg: Config) -> Result<()> {
     let _ = manager.join();
     let _ = std::fs::remove_file(&cfg.control);
     Ok(())
-}
-
-/// Every NAT flow and published connection holds host sockets: allow as many descriptors as
-/// the hard limit permits rather than the usual soft 1024.
-fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }

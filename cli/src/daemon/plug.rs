@@ -29,6 +29,7 @@ pub struct Undo(Vec<Made>);
 enum Made {
     Address(Ipv4Addr),
     Link(u32),
+    Reserved(usize),
     SwitchPort(PortId),
     DatapathPort(PortId),
 }
@@ -57,6 +58,7 @@ impl Manager {
                 // Deleting the host end deletes both.
                 Made::Link(index) => drop(self.plumbing.delete_link(index)),
                 Made::Address(ip) => self.ipam.release(ip),
+                Made::Reserved(fds) => self.budget.unreserve(fds),
             }
         }
     }
@@ -172,6 +174,8 @@ impl Manager {
             .plumbing
             .open_queues(index, self.datapath.queues(), filter))
         .map_err(|e| DaemonError::io(format!("opening packet sockets on {host_ifname}"), e))?;
+        self.budget.reserve(port_fds(queues.len()));
+        undo.0.push(Made::Reserved(port_fds(queues.len())));
         // Without its program on the port, the port's stations stay out of the fast path's map,
         // so the sockets' filter lets all its frames through: the daemon switches them.
         let fast_link = fast.and_then(|f| {
@@ -269,7 +273,9 @@ impl Manager {
     /// Takes a container's port out of the datapath and frees its address, its published
     /// ports and its NAT flows.
     pub fn forget(&mut self, c: &Container) {
-        self.datapath.remove_port(c.port);
+        if let Some(port) = self.datapath.remove_port(c.port) {
+            self.budget.unreserve(port_fds(port.queues.len()));
+        }
         self.datapath.switch().remove_port(c.port);
         self.sync_fast_path();
         self.ipam.release(c.ip);
@@ -286,6 +292,11 @@ impl Manager {
             resolv::remove_netns_conf(&conf.file, conf.created_dir);
         }
     }
+}
+
+/// Descriptors a port holds: its queues' sockets and the fast path's link.
+fn port_fds(queues: usize) -> usize {
+    queues + 1
 }
 
 /// Binds a published port's host side; a port in use is a clear error.

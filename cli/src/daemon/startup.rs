@@ -11,6 +11,7 @@ use crate::bpf::fanout::{Spread, SpreadProgram};
 use crate::bpf::fastpath::FastPath;
 use crate::datapath::{Datapath, Fabric, TAP_PORT};
 use crate::kernel::netlink::Netlink;
+use crate::natd::budget::{open_now, FdBudget};
 use crate::natd::{self, dns, resolv, NatHook, NatService};
 use crate::ports::tap::Tap;
 use crate::ports::{Counters, Port, PortIo};
@@ -22,10 +23,19 @@ use super::plumbing::{initial_netns, own_netns, Kernel};
 
 /// Relay listeners for containers' outgoing TCP (see `natd::bind_relays`).
 const RELAY_PORTS: usize = 16;
+/// Descriptors kept for the daemon beyond those it holds at start (see `natd::budget`).
+const SLACK: usize = 64;
+
+/// The flow table's default size: what the descriptors can carry (a relayed TCP connection
+/// needs two sockets; pipes are budgeted as they come), at most the NAT's own default.
+fn default_max_flows(fd_limit: usize) -> usize {
+    (fd_limit.saturating_sub(256) / 2).clamp(64, vswitch_nat::DEFAULT_MAX_FLOWS)
+}
 
 /// Creates the TAP with the gateway address and starts the datapath, the NAT service and the
 /// DNS forwarder.
-pub fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
+pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
+    let budget = FdBudget::new(fd_limit);
     let taps = Tap::create_queues(&cfg.tap, cfg.workers)
         .with_context(|| format!("creating TAP {}", cfg.tap))?;
     let mut nl = Netlink::open().context("opening netlink")?;
@@ -50,7 +60,7 @@ pub fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         if upstreams.is_empty() {
             eprintln!("vswitch: no upstream DNS resolver known (give --dns): containers' queries will go unanswered");
         }
-        dns::start(cfg.gateway, upstreams).with_context(|| {
+        dns::start(cfg.gateway, upstreams, budget.clone()).with_context(|| {
             format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway)
         })?;
     }
@@ -92,8 +102,10 @@ pub fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
     let mut datapath =
         Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
     let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
+    let max_flows = cfg.max_flows.unwrap_or_else(|| default_max_flows(fd_limit));
+    eprintln!("vswitch: NAT tracks up to {max_flows} flows (descriptor limit {fd_limit})");
     let nat = Arc::new(Nat::new(NatConfig {
-        max_flows: cfg.max_flows,
+        max_flows,
         ..NatConfig::new(
             cfg.gateway,
             gateway_mac.0,
@@ -103,9 +115,15 @@ pub fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         )
     }));
     let poll = cfg.poll;
-    let (service, nat_jobs) =
-        NatService::new(nat.clone(), fabric, datapath.relays(), cfg.gateway, relays)
-            .context("starting the NAT service")?;
+    let (service, nat_jobs) = NatService::new(
+        nat.clone(),
+        fabric,
+        budget.clone(),
+        datapath.relays(),
+        cfg.gateway,
+        relays,
+    )
+    .context("starting the NAT service")?;
     std::thread::Builder::new()
         .name("vswitch-nat".into())
         .spawn(move || service.run(poll))?;
@@ -132,6 +150,9 @@ pub fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         spread: cfg.spread,
         spread_program,
     };
+    // What the daemon holds open now is its own, plus a slack for control connections and
+    // the threads that open a namespace or a file for a moment.
+    budget.reserve(open_now() + SLACK);
     Ok(Manager {
         ipam,
         mtu: cfg.mtu,
@@ -147,5 +168,6 @@ pub fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
         host_resolv,
         last_expiry: 0,
         fast_path,
+        budget,
     })
 }

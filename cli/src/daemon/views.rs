@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use vswitch_switch::{MacAddr, PortId};
 
 use crate::bpf::fastpath::PortCounts;
-use crate::control::{FdbView, FlowRow, PortView, Target};
+use crate::control::{
+    FdStats, FdbView, FlowRow, NatCounters, PortView, Stats, SwitchCounters, Target,
+};
 use crate::datapath::{now_ms, TAP_PORT};
 use crate::ports::Counters;
 
@@ -95,6 +97,45 @@ impl Manager {
                 age_ms: e.age_ms,
             })
             .collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let fds = self.budget.view();
+        let sw = self.datapath.switch().stats();
+        let nat = self.nat.stats();
+        Stats {
+            containers: self.containers.len(),
+            fds: FdStats {
+                limit: fds.limit,
+                reserved: fds.reserved,
+                leased: fds.leased,
+                available: self.budget.available(),
+                refused: fds.refused,
+                exhausted: fds.exhausted,
+            },
+            switch: SwitchCounters {
+                frames: sw.frames,
+                malformed: sw.malformed,
+                flooded: sw.flooded,
+                hairpin: sw.hairpin,
+                arp_replies: sw.arp_replies,
+                learned: sw.learned,
+                moved: sw.moved,
+                fdb_full: sw.fdb_full,
+                fdb_entries: self.datapath.switch().fdb_len(),
+            },
+            nat: NatCounters {
+                flows: nat.flows,
+                max_flows: self.nat.max_flows(),
+                created: nat.created,
+                expired: nat.expired,
+                removed: nat.removed,
+                table_full: nat.table_full,
+                malformed: nat.malformed,
+                fragments: nat.fragments,
+                no_flow: nat.no_flow,
+            },
+        }
     }
 
     pub fn conntrack(&self) -> Vec<FlowRow> {

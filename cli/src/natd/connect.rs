@@ -12,6 +12,7 @@ use vswitch_nat::FlowId;
 use crate::datapath::now_ms;
 use crate::datapath::relay::linger_zero;
 
+use super::budget::{Lease, TCP_RELAY};
 use super::service::{Entry, NatService};
 use super::sockets::connect_nonblocking;
 
@@ -24,6 +25,7 @@ pub(super) struct Waiting {
     /// The container's address and port.
     from: SocketAddrV4,
     since: Instant,
+    lease: Lease,
 }
 
 impl Waiting {
@@ -53,6 +55,12 @@ impl NatService {
                 linger_zero(&w.upstream);
             }
         }
+        // No descriptors for the connection: refused now, with a reset, rather than failing
+        // later half-way.
+        let Some(lease) = self.budget.lease(TCP_RELAY, "a TCP connection") else {
+            let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+            return self.refuse_syn(flow, &syn, &refused);
+        };
         match connect_nonblocking(dst) {
             Ok(stream) => {
                 let entry = Entry::Connecting {
@@ -60,11 +68,15 @@ impl NatService {
                     from,
                     stream,
                     syn,
+                    lease,
                 };
                 let events = (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32;
                 self.add_entry(events, entry);
             }
-            Err(e) => self.refuse(flow, &syn, &e),
+            Err(e) => {
+                self.budget.check(&e, "connecting upstream");
+                self.refuse_syn(flow, &syn, &e)
+            }
         }
     }
 
@@ -75,6 +87,7 @@ impl NatService {
             from,
             stream,
             mut syn,
+            lease,
         }) = self.remove_entry(token)
         else {
             return;
@@ -86,17 +99,18 @@ impl NatService {
                         upstream: stream,
                         from,
                         since: Instant::now(),
+                        lease,
                     };
                     self.waiting.insert(flow, waiting);
                     self.fabric.to_host(&syn);
                 }
             }
-            Ok(Some(err)) | Err(err) => self.refuse(flow, &syn, &err),
+            Ok(Some(err)) | Err(err) => self.refuse_syn(flow, &syn, &err),
         }
     }
 
     /// Answers a held SYN whose destination could not be reached the way the destination did.
-    fn refuse(&mut self, flow: FlowId, syn: &[u8], err: &io::Error) {
+    fn refuse_syn(&mut self, flow: FlowId, syn: &[u8], err: &io::Error) {
         let out = &mut self.out;
         let len = match err.raw_os_error() {
             Some(libc::ECONNREFUSED) => self.nat.tcp_reset_reply(flow, syn, out),
@@ -116,13 +130,23 @@ impl NatService {
             return;
         };
         let relay_port = *relay_port;
-        while let Ok((conn, peer)) = listener.accept() {
+        loop {
+            let (conn, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    self.budget.check(&e, "accepting on a relay listener");
+                    return;
+                }
+            };
             let SocketAddr::V4(peer) = peer else { continue };
-            let upstream = (self.nat.relay_lookup(peer, relay_port))
-                .and_then(|rf| self.waiting.remove(&rf.flow))
-                .map(|w| w.upstream);
-            match upstream {
-                Some(upstream) => self.pool.relay(conn, upstream, *peer.ip(), || {}),
+            let waiting = (self.nat.relay_lookup(peer, relay_port))
+                .and_then(|rf| self.waiting.remove(&rf.flow));
+            match waiting {
+                Some(w) => {
+                    let lease = w.lease;
+                    self.pool
+                        .relay(conn, w.upstream, *peer.ip(), move || drop(lease))
+                }
                 None => linger_zero(&conn), // no such flow: reset
             }
         }

@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
 use vswitch_nat::{Expired, FlowId};
 
+pub mod budget;
 mod connect;
 pub mod dns;
 mod hook;

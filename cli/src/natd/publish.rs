@@ -17,6 +17,7 @@ use crate::datapath::now_ms;
 use crate::datapath::relay::linger_zero;
 use crate::kernel::epoll::IN;
 
+use super::budget::{Lease, TCP_RELAY, UDP_FLOW};
 use super::service::{Entry, NatService};
 use super::sockets::{bound_tcp_socket, connect_blocking};
 use super::udp::send_segments;
@@ -101,21 +102,39 @@ impl NatService {
     }
 
     pub(super) fn published_tcp_ready(&mut self, token: u64) {
-        let Some(Entry::PubTcp {
-            listener,
-            container,
-        }) = self.entries.get(&token)
-        else {
+        let Some(Entry::PubTcp { container, .. }) = self.entries.get(&token) else {
             return;
         };
-        while let Ok((client, peer)) = listener.accept() {
-            self.publish_accept(client, peer, *container);
+        let container = *container;
+        loop {
+            // Leased before the accept: a client the daemon cannot serve is reset at once.
+            let lease = self.budget.lease(TCP_RELAY, "a published TCP connection");
+            let Some(Entry::PubTcp { listener, .. }) = self.entries.get(&token) else {
+                return;
+            };
+            let (client, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    self.budget.check(&e, "accepting on a published port");
+                    return;
+                }
+            };
+            match lease {
+                Some(lease) => self.publish_accept(client, peer, container, lease),
+                None => linger_zero(&client),
+            }
         }
     }
 
     /// A client reached a published TCP port: connect to the container from the gateway and
     /// relay, on a short thread of its own (the connect blocks).
-    fn publish_accept(&self, client: TcpStream, peer: SocketAddr, container: SocketAddrV4) {
+    fn publish_accept(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        container: SocketAddrV4,
+        lease: Lease,
+    ) {
         let client_v4 = match peer {
             SocketAddr::V4(a) => Some(a),
             SocketAddr::V6(_) => None,
@@ -144,7 +163,9 @@ impl NatService {
                     }
                 });
                 match connect_blocking(socket, container, CONNECT_TIMEOUT) {
-                    Ok(upstream) => pool.relay(client, upstream, *container.ip(), || {}),
+                    Ok(upstream) => {
+                        pool.relay(client, upstream, *container.ip(), move || drop(lease))
+                    }
                     Err(_) => {
                         linger_zero(&client); // refused: the client sees a reset
                         if mapped {
@@ -205,8 +226,16 @@ impl NatService {
         let token = match self.pub_udp_local.get(&(id, client)) {
             Some(t) => *t,
             None => {
-                let Ok(sock) = UdpSocket::bind((self.gateway, 0)) else {
+                let Some(lease) = self.budget.lease(UDP_FLOW, "a published UDP client") else {
                     return;
+                };
+                let sock = match UdpSocket::bind((self.gateway, 0)) {
+                    Ok(sock) => sock,
+                    Err(e) => {
+                        self.budget
+                            .check(&e, "opening a published UDP client's socket");
+                        return;
+                    }
                 };
                 if sock.connect(container).is_err() || sock.set_nonblocking(true).is_err() {
                     return;
@@ -217,6 +246,7 @@ impl NatService {
                     container,
                     client,
                     last: Instant::now(),
+                    _lease: lease,
                 };
                 let Some(token) = self.add_entry(IN, entry) else {
                     return;

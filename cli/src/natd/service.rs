@@ -18,6 +18,7 @@ use crate::datapath::{Fabric, Token};
 use crate::kernel::epoll::{Epoll, EventFd, IN};
 use crate::kernel::sys::cvt;
 
+use super::budget::{FdBudget, Lease};
 use super::connect::Waiting;
 use super::{NatJob, NatMailbox};
 
@@ -33,10 +34,13 @@ pub(super) enum Entry {
         from: SocketAddrV4,
         stream: TcpStream,
         syn: Vec<u8>,
+        /// Pays for the whole relayed connection, given back when the relay ends.
+        lease: Lease,
     },
     Udp {
         flow: FlowId,
         sock: UdpSocket,
+        _lease: Lease,
     },
     PubTcp {
         listener: TcpListener,
@@ -57,6 +61,7 @@ pub(super) enum Entry {
         container: SocketAddrV4,
         client: SocketAddr,
         last: Instant,
+        _lease: Lease,
     },
 }
 
@@ -75,6 +80,7 @@ impl Entry {
 pub struct NatService {
     pub(super) nat: Arc<Nat>,
     pub(super) fabric: Fabric,
+    pub(super) budget: Arc<FdBudget>,
     pub(super) gateway: Ipv4Addr,
     epoll: Epoll,
     rx: Receiver<NatJob>,
@@ -100,6 +106,7 @@ impl NatService {
     pub fn new(
         nat: Arc<Nat>,
         fabric: Fabric,
+        budget: Arc<FdBudget>,
         pool: RelayPool,
         gateway: Ipv4Addr,
         relays: Vec<(TcpListener, u16)>,
@@ -119,6 +126,7 @@ impl NatService {
         let service = NatService {
             nat,
             fabric,
+            budget,
             gateway,
             epoll,
             rx,

@@ -10,6 +10,7 @@ use vswitch_nat::{FlowId, ICMP_DEST_UNREACH};
 use crate::datapath::now_ms;
 use crate::kernel::epoll::IN;
 
+use super::budget::UDP_FLOW;
 use super::service::{Entry, NatService};
 
 impl NatService {
@@ -23,13 +24,25 @@ impl NatService {
         let token = match self.udp_by_flow.get(&flow) {
             Some(t) => *t,
             None => {
-                let Ok(sock) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
-                    return;
+                let Some(lease) = self.budget.lease(UDP_FLOW, "a UDP flow") else {
+                    return self.refuse_udp(flow);
+                };
+                let sock = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) {
+                    Ok(sock) => sock,
+                    Err(e) => {
+                        self.budget.check(&e, "opening a UDP flow's socket");
+                        return self.refuse_udp(flow);
+                    }
                 };
                 if sock.connect(dst).is_err() || sock.set_nonblocking(true).is_err() {
                     return;
                 }
-                let Some(token) = self.add_entry(IN, Entry::Udp { flow, sock }) else {
+                let entry = Entry::Udp {
+                    flow,
+                    sock,
+                    _lease: lease,
+                };
+                let Some(token) = self.add_entry(IN, entry) else {
                     return;
                 };
                 self.udp_by_flow.insert(flow, token);
@@ -39,6 +52,16 @@ impl NatService {
         if let Some(Entry::Udp { sock, .. }) = self.entries.get(&token) {
             send_segments(|chunk| sock.send(chunk), payload, gso_size);
         }
+    }
+
+    /// A UDP flow the daemon cannot carry (out of descriptors): the container is told so, as a
+    /// router that may not forward tells it (ICMP communication administratively prohibited),
+    /// and the flow is forgotten.
+    fn refuse_udp(&mut self, flow: FlowId) {
+        if let Ok(len) = (self.nat).udp_error_reply(flow, ICMP_DEST_UNREACH, 13, &mut self.out) {
+            self.fabric.to_containers(&self.out[..len]);
+        }
+        self.nat.remove_flow(flow);
     }
 
     /// The socket of UDP flow `flow` is readable: replies, or an error the destination sent.

@@ -19,6 +19,7 @@ use crate::daemon::plumbing::{Addressing, NetnsConf, NetnsId, Plumbing};
 use crate::datapath::{Datapath, Fabric};
 use crate::kernel::epoll::EventFd;
 use crate::kernel::netlink::NetlinkError;
+use crate::natd::budget::FdBudget;
 use crate::natd::NatService;
 use crate::ports::{PortIo, RxBatch};
 
@@ -170,8 +171,16 @@ fn harness() -> Harness {
         net.prefix,
         vec![],
     )));
-    let (service, mailbox) =
-        NatService::new(nat.clone(), fabric, datapath.relays(), gateway, vec![]).unwrap();
+    let budget = FdBudget::new(1024);
+    let (service, mailbox) = NatService::new(
+        nat.clone(),
+        fabric,
+        budget.clone(),
+        datapath.relays(),
+        gateway,
+        vec![],
+    )
+    .unwrap();
     let fake = Fake::default();
     let manager = Manager {
         ipam: Ipam::new(net, gateway).unwrap(),
@@ -188,6 +197,7 @@ fn harness() -> Harness {
         host_resolv: String::new(),
         last_expiry: 0,
         fast_path: None,
+        budget,
     };
     Harness {
         manager,
@@ -230,6 +240,11 @@ impl Harness {
             .next()
             .is_none());
         assert_eq!(self.manager.datapath.switch().port_info(PortId(1)), None);
+        assert_eq!(
+            self.manager.budget.view().reserved,
+            0,
+            "descriptors still kept"
+        );
         let ip = self.manager.ipam.reserve_where(None, |_| true).unwrap();
         assert_eq!(
             ip,
