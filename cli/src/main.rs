@@ -88,6 +88,13 @@ pub enum Command {
         /// process's descriptor limit can carry, at most 65536).
         #[arg(long)]
         max_flows: Option<usize>,
+        /// Most NAT flows one container may start at once; past it its new flows are refused
+        /// (default: a quarter of the table, at least 256).
+        #[arg(long)]
+        max_flows_per_container: Option<usize>,
+        /// Most TCP connections of one container still connecting at once (default 1024).
+        #[arg(long)]
+        max_half_open: Option<usize>,
         /// How a port's frames are spread over the workers: bulk frames by flow and the rest by
         /// the CPU that sent them (auto), all by CPU, or all by flow hash.
         #[arg(long, value_enum, default_value_t = bpf::fanout::Spread::Auto)]

@@ -342,6 +342,9 @@ pub struct PortView {
     pub nat_bytes_out: u64,
     #[serde(default)]
     pub nat_bytes_in: u64,
+    /// New NAT flows of this container refused (the table, or its share of it, was full).
+    #[serde(default)]
+    pub nat_refused: u64,
     /// What `plug` did about the container's resolv.conf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolv: Option<String>,
@@ -428,6 +431,14 @@ pub struct NatCounters {
     pub malformed: u64,
     pub fragments: u64,
     pub no_flow: u64,
+    pub bad_checksum: u64,
+    pub bad_length: u64,
+    pub ttl_exceeded: u64,
+    pub tagged: u64,
+    /// New flows refused because the container's share of the table was used up.
+    pub container_limit: u64,
+    /// New TCP connections refused because the container had too many connecting.
+    pub half_open_limit: u64,
 }
 
 /// What the daemon answers: the `data` of a successful response.

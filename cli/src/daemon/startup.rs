@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use vswitch_nat::{Nat, NatConfig};
+use vswitch_nat::{Nat, NatConfig, Shares};
 use vswitch_switch::{MacAddr, PortInfo, Switch};
 
 use crate::bpf::fanout::{Spread, SpreadProgram};
@@ -94,9 +94,14 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
     let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
     let max_flows = cfg.max_flows.unwrap_or_else(|| default_max_flows(fd_limit));
+    let default_shares = Shares::for_table(max_flows);
     eprintln!("vswitch: NAT tracks up to {max_flows} flows (descriptor limit {fd_limit})");
     let nat = Arc::new(Nat::new(NatConfig {
         max_flows,
+        shares: Shares {
+            flows: cfg.max_flows_per_container.unwrap_or(default_shares.flows),
+            half_open: cfg.max_half_open.unwrap_or(default_shares.half_open),
+        },
         ..NatConfig::new(
             cfg.gateway,
             gateway_mac.0,
@@ -108,7 +113,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     let poll = cfg.poll;
     let (service, nat_jobs) = NatService::new(
         nat.clone(),
-        fabric,
+        fabric.clone(),
         budget.clone(),
         datapath.relays(),
         cfg.gateway,
@@ -122,6 +127,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         nat: nat.clone(),
         gateway_mac: gateway_mac.0,
         service: nat_jobs.clone(),
+        fabric,
     };
     datapath
         .run(Some(Arc::new(hook)))

@@ -29,6 +29,7 @@ impl Manager {
         view.nat_packets_in = nat.packets_in;
         view.nat_bytes_out = nat.bytes_out;
         view.nat_bytes_in = nat.bytes_in;
+        view.nat_refused = nat.refused;
         view
     }
 
@@ -70,6 +71,7 @@ impl Manager {
             nat_packets_in: 0,
             nat_bytes_out: 0,
             nat_bytes_in: 0,
+            nat_refused: 0,
             resolv: None,
         }
     }
@@ -134,6 +136,12 @@ impl Manager {
                 malformed: nat.malformed,
                 fragments: nat.fragments,
                 no_flow: nat.no_flow,
+                bad_checksum: nat.bad_checksum,
+                bad_length: nat.bad_length,
+                ttl_exceeded: nat.ttl_exceeded,
+                tagged: nat.tagged,
+                container_limit: nat.container_limit,
+                half_open_limit: nat.half_open_limit,
             },
         }
     }
