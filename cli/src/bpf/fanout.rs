@@ -217,11 +217,7 @@ mod tests {
 
     #[test]
     fn small_frames_go_by_cpu_or_to_the_first_queues_and_bulk_ones_by_address_pair() {
-        // Loading a BPF program needs CAP_BPF: CI runs the tests as root.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: not root (CI runs this as root)");
-            return;
-        }
+        crate::bpf::tests::need_root();
         std::thread::spawn(|| {
             use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
             use nix::unistd::Pid;

@@ -336,11 +336,7 @@ mod tests {
 
     #[test]
     fn frames_between_known_stations_take_the_fast_path_and_are_counted() {
-        // Loading BPF programs needs CAP_BPF: CI runs the tests as root.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: not root (CI runs this as root)");
-            return;
-        }
+        crate::bpf::tests::need_root();
         let mut fast = FastPath::load(16).expect("the kernel accepts both programs");
         let (a, b, c) = (
             MacAddr([2, 0, 0, 0, 0, 0xa]),
