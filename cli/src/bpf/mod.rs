@@ -1,8 +1,10 @@
-//! eBPF: the `bpf(2)` system call, the programs the daemon loads (the ports' fan-out program and
-//! the kernel fast path) and their maps.
+//! eBPF: a small assembler, the `bpf(2)` system call and typed maps, and the programs the daemon
+//! loads (the ports' fan-out program and the kernel fast path).
 
+pub mod asm;
 pub mod fanout;
 pub mod fastpath;
+pub mod map;
 pub mod sys;
 
 #[cfg(test)]
