@@ -21,13 +21,15 @@
 use std::collections::HashMap;
 use std::io;
 use std::mem::offset_of;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
 
 use vswitch_switch::{MacAddr, PortId};
 
 use super::asm::{skb, Asm, AsmError, Helper, Insn, R0, R1, R10, R2, R3, R4, R6, R7, R8};
 use super::map::{Map, PerCpuMap, Pod};
-use super::sys::{load_program, tcx_attach, ProgType};
+use super::sys::{load_program, tcx_attach, tcx_supported, ProgType};
+use crate::kernel::netlink::{Netlink, NetlinkError};
 
 /// Ports with an id below this can use the fast path (the counter array is this long).
 pub const MAX_PORTS: u16 = 1024;
@@ -88,11 +90,12 @@ const DST_KEY: i16 = -24;
 const SRC_KEY: i16 = -32;
 const PORT_KEY: i16 = -36;
 
-/// The tc program's verdict for a frame it leaves alone: `TCX_NEXT`, "go on" (to the next
-/// program, then the stack, where the packet sockets already have the frame).
+/// The tc program's verdict for a frame it leaves alone: `TCX_NEXT` on a tcx link and
+/// `TC_ACT_UNSPEC` in a direct-action cls_bpf filter, both -1 and both "go on" (to the next
+/// program or filter, then the stack, where the packet sockets already have the frame).
 const TC_NEXT: i32 = -1;
 /// What `bpf_redirect_peer` returns on success and the program returns in turn:
-/// `TC_ACT_REDIRECT` (`TCX_REDIRECT` is the same 7).
+/// `TC_ACT_REDIRECT`, which both hooks carry out (`TCX_REDIRECT` is the same 7).
 #[cfg(test)]
 const TC_ACT_REDIRECT: u32 = 7;
 
@@ -194,6 +197,140 @@ fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Result<Vec<Insn>, As
     a.finish()
 }
 
+/// How the fast path's program goes on the ports (`vswitch run --fast-path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// tcx where the kernel has it (Linux 6.6), else a clsact qdisc and a cls_bpf filter.
+    Auto,
+    /// A tcx link on each port (Linux 6.6).
+    Tcx,
+    /// A clsact qdisc with a direct-action cls_bpf filter on each port (Linux 5.10).
+    Tc,
+    /// No fast path: the daemon switches every frame.
+    Off,
+}
+
+/// The hook a port's program sits on, as `vswitch ls --json` names it (`fast_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Tcx,
+    Tc,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Tcx => "tcx",
+            Hook::Tc => "tc",
+        }
+    }
+}
+
+/// The cls_bpf filter's priority on the clsact ingress hook, and its name there.
+const TC_PRIO: u16 = 1;
+const TC_NAME: &str = "vswitch_fast";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("zeroing its counters: {0}")]
+    Counters(#[source] io::Error),
+    #[error("tcx link: {0}")]
+    Tcx(#[source] io::Error),
+    #[error("clsact qdisc and cls_bpf filter: {0}")]
+    Tc(#[source] NetlinkError),
+}
+
+/// The fast path's program on a port's ingress, until dropped (or the port's veth goes, and the
+/// program with it).
+pub struct Attachment {
+    how: Attached,
+}
+
+enum Attached {
+    /// The link holds the program: closing it detaches.
+    Tcx(#[allow(dead_code)] OwnedFd),
+    Tc {
+        nl: Arc<Mutex<Netlink>>,
+        ifindex: u32,
+        /// Whether the daemon made the link's clsact qdisc (then it deletes it too).
+        own_qdisc: bool,
+    },
+}
+
+impl Attachment {
+    pub fn hook(&self) -> Hook {
+        match self.how {
+            Attached::Tcx(_) => Hook::Tcx,
+            Attached::Tc { .. } => Hook::Tc,
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if let Attached::Tc {
+            nl,
+            ifindex,
+            own_qdisc,
+        } = &self.how
+        {
+            // Best effort: when the veth went first, filter and qdisc went with it (and its
+            // ifindex is not reused: the kernel hands out ever larger ones until they wrap).
+            let mut nl = nl.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = nl.delete_ingress_bpf(*ifindex, TC_PRIO);
+            if *own_qdisc {
+                let _ = nl.delete_clsact(*ifindex);
+            }
+        }
+    }
+}
+
+/// Loads the fast path for `mode` and chooses its hook, or says why there is none. Either way
+/// returns a line for the daemon's log that says which hook and why. The tc hook is set through
+/// a netlink socket opened here: call this in the network namespace of the ports.
+pub fn start(mode: Mode, fdb_size: usize) -> (Option<FastPath>, String) {
+    const OFF: &str = "every frame goes through the daemon";
+    if mode == Mode::Off {
+        return (None, format!("off (--fast-path off): {OFF}"));
+    }
+    let mut fast = match FastPath::load(fdb_size) {
+        Ok(fast) => fast,
+        Err(e) => return (None, format!("off ({e}): {OFF}")),
+    };
+    let tcx = tcx_supported(&fast.redirect);
+    let (hooks, why) = match (mode, tcx) {
+        (Mode::Auto, Ok(())) => (
+            vec![Hook::Tcx, Hook::Tc],
+            "tcx (this kernel has tcx links)".to_string(),
+        ),
+        (Mode::Auto, Err(e)) => (
+            vec![Hook::Tc],
+            format!(
+                "tc: a clsact qdisc and a cls_bpf filter on each port (no tcx links, which                  need Linux 6.6: {e})"
+            ),
+        ),
+        (Mode::Tcx, Ok(())) => (vec![Hook::Tcx], "tcx (--fast-path tcx)".to_string()),
+        (Mode::Tcx, Err(e)) => {
+            let why = format!("off (--fast-path tcx, but no tcx links: {e}; Linux 6.6): {OFF}");
+            return (None, why);
+        }
+        (Mode::Tc, _) => (
+            vec![Hook::Tc],
+            "tc (--fast-path tc): a clsact qdisc and a cls_bpf filter on each port".to_string(),
+        ),
+        (Mode::Off, _) => unreachable!("handled above"),
+    };
+    if hooks.contains(&Hook::Tc) {
+        match Netlink::open() {
+            Ok(nl) => fast.tc = Some(Arc::new(Mutex::new(nl))),
+            Err(e) if hooks == [Hook::Tc] => return (None, format!("off (netlink: {e}): {OFF}")),
+            Err(_) => {}
+        }
+    }
+    fast.hooks = hooks;
+    (Some(fast), why)
+}
+
 pub struct FastPath {
     stations: Map<Key, Value>,
     counters: PerCpuMap<u32, PortCounts>,
@@ -201,12 +338,17 @@ pub struct FastPath {
     filter: OwnedFd,
     /// What the stations map holds, as last written.
     installed: HashMap<MacAddr, Station>,
+    /// The hooks `attach` tries, in order.
+    hooks: Vec<Hook>,
+    /// rtnetlink in the ports' namespace, for the tc hook.
+    tc: Option<Arc<Mutex<Netlink>>>,
 }
 
 impl FastPath {
-    /// Creates the maps and loads both programs (needs CAP_BPF and CAP_NET_ADMIN). The map
-    /// holds up to `fdb_size` learned MACs and the plugged containers' own.
-    pub fn load(fdb_size: usize) -> io::Result<FastPath> {
+    /// Creates the maps and loads both programs (needs CAP_BPF and CAP_NET_ADMIN), with no hook
+    /// to attach to yet (see [`start`]). The map holds up to `fdb_size` learned MACs and the
+    /// plugged containers' own.
+    fn load(fdb_size: usize) -> io::Result<FastPath> {
         let entries = fdb_size.clamp(1, 1 << 20) as u32 + u32::from(MAX_PORTS);
         let stations = Map::hash(entries)?;
         let counters = PerCpuMap::array(u32::from(MAX_PORTS))?;
@@ -220,6 +362,8 @@ impl FastPath {
             redirect,
             filter,
             installed: HashMap::new(),
+            hooks: Vec::new(),
+            tc: None,
         })
     }
 
@@ -228,10 +372,44 @@ impl FastPath {
         self.filter.as_raw_fd()
     }
 
-    /// Attaches the forwarding program to `ifindex`'s ingress; it stays until the returned link
-    /// is closed or the interface goes away.
-    pub fn attach(&self, ifindex: u32) -> io::Result<OwnedFd> {
-        tcx_attach(&self.redirect, ifindex)
+    /// Attaches the forwarding program for `port` to `ifindex`'s ingress, on the first hook that
+    /// takes it, with the port's counters zeroed (a new port reusing a freed id starts from
+    /// nothing); it stays until the attachment is dropped or the interface goes away.
+    pub fn attach(&self, port: PortId, ifindex: u32) -> Result<Attachment, AttachError> {
+        self.clear_counts(port).map_err(AttachError::Counters)?;
+        let mut last = AttachError::Tc(NetlinkError::Protocol("no hook chosen".into()));
+        for &hook in &self.hooks {
+            let attached = match hook {
+                Hook::Tcx => tcx_attach(&self.redirect, ifindex)
+                    .map(Attached::Tcx)
+                    .map_err(AttachError::Tcx),
+                Hook::Tc => self.attach_tc(ifindex).map_err(AttachError::Tc),
+            };
+            match attached {
+                Ok(how) => return Ok(Attachment { how }),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn attach_tc(&self, ifindex: u32) -> Result<Attached, NetlinkError> {
+        let Some(tc) = &self.tc else {
+            return Err(NetlinkError::Protocol("no netlink socket".into()));
+        };
+        let mut nl = tc.lock().unwrap_or_else(|e| e.into_inner());
+        let own_qdisc = nl.add_clsact(ifindex)?;
+        if let Err(e) = nl.add_ingress_bpf(ifindex, TC_PRIO, self.redirect.as_fd(), TC_NAME) {
+            if own_qdisc {
+                let _ = nl.delete_clsact(ifindex);
+            }
+            return Err(e);
+        }
+        Ok(Attached::Tc {
+            nl: tc.clone(),
+            ifindex,
+            own_qdisc,
+        })
     }
 
     /// A port's fast-path counters, summed over CPUs.
@@ -250,7 +428,7 @@ impl FastPath {
             })
     }
 
-    /// Zeroes a port's counters (a new port reusing a freed id starts from nothing).
+    /// Zeroes a port's counters.
     pub fn clear_counts(&self, port: PortId) -> io::Result<()> {
         let zeros = vec![PortCounts::default(); self.counters.cpus()];
         self.counters.update(&u32::from(port.0), &zeros)
@@ -384,5 +562,90 @@ mod tests {
         assert_eq!(fast.installed.len(), 1);
         fast.clear_counts(pa).unwrap();
         assert_eq!(fast.counts(pa), PortCounts::default());
+    }
+
+    /// The `tc -j` view of `dev`'s ingress in namespace `ns`: (qdisc kinds, filters).
+    fn tc_view(ns: &str, dev: &str) -> (Vec<String>, Vec<serde_json::Value>) {
+        use crate::kernel::netns::tests::run;
+        let json = |args: &[&str]| -> serde_json::Value {
+            let out = run(&[&["tc", "-n", ns, "-j"], args].concat());
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        };
+        let qdiscs = json(&["qdisc", "show", "dev", dev]);
+        let kinds = (qdiscs.as_array().unwrap().iter())
+            .map(|q| q["kind"].as_str().unwrap().to_string())
+            .collect();
+        let filters = json(&["filter", "show", "dev", dev, "ingress"]);
+        (kinds, filters.as_array().cloned().unwrap_or_default())
+    }
+
+    #[test]
+    fn the_program_goes_on_the_hook_asked_for_and_off_with_its_attachment() {
+        use crate::kernel::netns::{run_in_netns, tests::TestNetns};
+        use std::os::fd::AsFd;
+        need_root();
+        let (host, container) = (TestNetns::new(), TestNetns::new());
+        // Everything that names an interface runs in the host namespace: the fast path's
+        // netlink socket is opened there, and tcx finds the ifindex there.
+        let in_host = |f: &(dyn Fn() -> Result<Attachment, AttachError> + Sync)| {
+            run_in_netns(&host.fd, f).unwrap()
+        };
+        let index = run_in_netns(&host.fd, || {
+            let mut nl = Netlink::open().unwrap();
+            let mac = [2, 0, 0, 0, 0, 1];
+            (nl.create_veth("vsw-f0", "eth0", container.fd.as_fd(), mac, 1500)).unwrap()
+        })
+        .unwrap();
+        let tc_view = || tc_view(&host.name, "vsw-f0");
+        let clsact = |qdiscs: &[String]| qdiscs.iter().any(|q| q == "clsact");
+        let bare = || {
+            let (qdiscs, filters) = tc_view();
+            !clsact(&qdiscs) && filters.is_empty()
+        };
+        assert!(bare(), "{:?}", tc_view());
+
+        // tc: a clsact qdisc and a direct-action BPF filter, both gone with the attachment.
+        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Tc, 16)).unwrap();
+        let fast = fast.unwrap_or_else(|| panic!("{why}"));
+        assert!(why.starts_with("tc "), "{why}");
+        let link = in_host(&|| fast.attach(PortId(1), index)).unwrap();
+        assert_eq!(link.hook(), Hook::Tc);
+        let (qdiscs, filters) = tc_view();
+        assert!(clsact(&qdiscs), "{qdiscs:?}");
+        let filter = (filters.iter())
+            .find(|f| f["options"].is_object())
+            .unwrap_or_else(|| panic!("no BPF filter: {filters:?}"));
+        assert_eq!(filter["kind"], "bpf", "{filter}");
+        assert_eq!(filter["options"]["bpf_name"], TC_NAME, "{filter}");
+        assert_eq!(filter["options"]["direct-action"], true, "{filter}");
+        drop(link);
+        assert!(bare(), "{:?}", tc_view());
+
+        // A clsact qdisc that was there before stays: only the filter goes.
+        let (fast, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16)).unwrap();
+        let fast = fast.unwrap();
+        run_in_netns(&host.fd, || Netlink::open().unwrap().add_clsact(index))
+            .unwrap()
+            .unwrap();
+        drop(in_host(&|| fast.attach(PortId(1), index)).unwrap());
+        let (qdiscs, filters) = tc_view();
+        assert!(
+            qdiscs.contains(&"clsact".to_string()) && filters.is_empty(),
+            "{qdiscs:?} {filters:?}"
+        );
+
+        // tcx: this kernel has it (6.6 and later), so `auto` takes it; no qdisc is needed.
+        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Auto, 16)).unwrap();
+        let fast = fast.unwrap_or_else(|| panic!("{why}"));
+        assert!(why.starts_with("tcx "), "{why}");
+        let link = in_host(&|| fast.attach(PortId(1), index)).unwrap();
+        assert_eq!(link.hook(), Hook::Tcx);
+        assert!(tc_view().1.is_empty(), "{:?}", tc_view());
+        drop(link);
+        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Tcx, 16)).unwrap();
+        assert!(fast.is_some() && why.starts_with("tcx "), "{why}");
+
+        let (fast, why) = start(Mode::Off, 16);
+        assert!(fast.is_none() && why.starts_with("off "), "{why}");
     }
 }

@@ -105,6 +105,17 @@ pub fn tcx_attach(prog: impl AsFd, ifindex: u32) -> io::Result<OwnedFd> {
     Ok(owned(unsafe { bpf(BPF_LINK_CREATE, &mut attr) }?))
 }
 
+/// Whether this kernel has tcx links: asks for one on no interface at all. A kernel with tcx
+/// looks the interface up (ENODEV); one without refuses the attach type (EINVAL).
+pub fn tcx_supported(prog: impl AsFd) -> io::Result<()> {
+    match tcx_attach(prog, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        Err(e) => Err(e),
+        // Interface 0 does not exist; should a kernel ever take it, the link goes at once.
+        Ok(_link) => Ok(()),
+    }
+}
+
 /// Runs program `prog` once on `frame` (Ethernet, at least 14 bytes) in the kernel, on the
 /// calling thread's CPU; returns its verdict. For tests.
 #[cfg(test)]

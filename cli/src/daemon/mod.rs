@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use vswitch_switch::{MacAddr, PortId, PortInfo, Switch, VNET_HDR_LEN};
 use vswitch_nat::{Nat, NatConfig};
 
 use crate::bpf::fanout::{Spread, SpreadProgram};
-use crate::bpf::fastpath::{self, FastPath, PortCounts, Station};
+use crate::bpf::fastpath::{self, Attachment, FastPath, PortCounts, Station};
 use crate::control::{self, Call, FdbView, FlowRow, PortView, Request, Target};
 use crate::datapath::{now_ms, Datapath, Fabric, TAP_PORT};
 use crate::kernel::netlink::Netlink;
@@ -55,8 +55,8 @@ pub struct Config {
     pub spread: Spread,
     /// How long a datapath worker polls after its last frame before sleeping.
     pub poll: std::time::Duration,
-    /// Forward frames between learned containers in the kernel (see `fastpath`).
-    pub fast_path: bool,
+    /// Forward frames between learned containers in the kernel, on which hook (see `fastpath`).
+    pub fast_path: fastpath::Mode,
 }
 
 /// A plugged container.
@@ -73,7 +73,7 @@ struct Container {
     /// The `/etc/netns/NAME/resolv.conf` plug wrote, and whether it made the directory.
     netns_conf: Option<(PathBuf, bool)>,
     /// The fast path's program on the host end's ingress (detached when dropped).
-    fast_link: Option<OwnedFd>,
+    fast_link: Option<Attachment>,
 }
 
 struct Manager {
@@ -202,18 +202,8 @@ fn start(cfg: &Config, ipam: Ipam) -> Result<Manager> {
             }
         })
         .flatten();
-    let fast_path = cfg
-        .fast_path
-        .then(|| match FastPath::load(cfg.fdb_size) {
-            Ok(fast) => Some(fast),
-            Err(e) => {
-                eprintln!(
-                    "vswitch: no kernel fast path ({e}): every frame goes through the daemon"
-                );
-                None
-            }
-        })
-        .flatten();
+    let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size);
+    eprintln!("vswitch: kernel fast path: {why}");
     let fabric = Fabric::new(switch, spread_program.clone());
     let homes = cfg.spread != Spread::Hash;
     let mut datapath =
@@ -310,7 +300,7 @@ impl Manager {
                 let view = self.unplug(&target)?;
                 Ok(json(&view))
             }
-            Request::Ls => Ok(json(&self.ls())),
+            Request::Ls => Ok(self.with_fast_path(json(&self.ls()))),
             Request::Fdb => Ok(json(&self.fdb())),
             Request::Conntrack => Ok(json(&self.conntrack())),
         }
@@ -475,7 +465,7 @@ impl Manager {
         ip: Ipv4Addr,
         mac: MacAddr,
         host_index: &mut Option<u32>,
-    ) -> Result<(Arc<Port>, Option<OwnedFd>), String> {
+    ) -> Result<(Arc<Port>, Option<Attachment>), String> {
         let index = self
             .nl
             .create_veth(host_ifname, ifname, ns.as_fd(), mac.0, self.mtu)
@@ -529,8 +519,7 @@ impl Manager {
         // Without its program on the port, the port's stations stay out of the fast path's map,
         // so the sockets' filter lets all its frames through: the daemon switches them.
         let fast_link = fast.and_then(|f| {
-            f.clear_counts(id)
-                .and_then(|()| f.attach(index))
+            f.attach(id, index)
                 .map_err(|e| eprintln!("vswitch: no kernel fast path on {host_ifname}: {e}"))
                 .ok()
         });
@@ -765,6 +754,19 @@ impl Manager {
             vec![self.port_view(TAP_PORT, "tap", gateway, self.gateway_mac, &self.tap_name)];
         list.extend(self.containers.iter().map(|c| self.view(c)));
         list
+    }
+
+    /// `ls`'s ports, each with the hook its fast path is on: `"tcx"`, `"tc"` or `"off"`.
+    fn with_fast_path(&self, mut ports: serde_json::Value) -> serde_json::Value {
+        for port in ports.as_array_mut().into_iter().flatten() {
+            let id = port["port"].as_u64();
+            let hook = (self.containers.iter())
+                .find(|c| Some(u64::from(c.port.0)) == id)
+                .and_then(|c| c.fast_link.as_ref())
+                .map_or("off", |link| link.hook().name());
+            port["fast_path"] = hook.into();
+        }
+        ports
     }
 
     fn fdb(&self) -> Vec<FdbView> {
