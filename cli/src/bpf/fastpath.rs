@@ -285,11 +285,13 @@ impl Drop for Attachment {
     }
 }
 
+/// The end of every log line that says there is no fast path.
+const OFF: &str = "every frame goes through the daemon";
+
 /// Loads the fast path for `mode` and chooses its hook, or says why there is none. Either way
 /// returns a line for the daemon's log that says which hook and why. The tc hook is set through
 /// a netlink socket opened here: call this in the network namespace of the ports.
 pub fn start(mode: Mode, fdb_size: usize) -> (Option<FastPath>, String) {
-    const OFF: &str = "every frame goes through the daemon";
     if mode == Mode::Off {
         return (None, format!("off (--fast-path off): {OFF}"));
     }
@@ -297,28 +299,9 @@ pub fn start(mode: Mode, fdb_size: usize) -> (Option<FastPath>, String) {
         Ok(fast) => fast,
         Err(e) => return (None, format!("off ({e}): {OFF}")),
     };
-    let tcx = tcx_supported(&fast.redirect);
-    let (hooks, why) = match (mode, tcx) {
-        (Mode::Auto, Ok(())) => (
-            vec![Hook::Tcx, Hook::Tc],
-            "tcx (this kernel has tcx links)".to_string(),
-        ),
-        (Mode::Auto, Err(e)) => (
-            vec![Hook::Tc],
-            format!(
-                "tc: a clsact qdisc and a cls_bpf filter on each port (no tcx links, which                  need Linux 6.6: {e})"
-            ),
-        ),
-        (Mode::Tcx, Ok(())) => (vec![Hook::Tcx], "tcx (--fast-path tcx)".to_string()),
-        (Mode::Tcx, Err(e)) => {
-            let why = format!("off (--fast-path tcx, but no tcx links: {e}; Linux 6.6): {OFF}");
-            return (None, why);
-        }
-        (Mode::Tc, _) => (
-            vec![Hook::Tc],
-            "tc (--fast-path tc): a clsact qdisc and a cls_bpf filter on each port".to_string(),
-        ),
-        (Mode::Off, _) => unreachable!("handled above"),
+    let (hooks, why) = match plan(mode, tcx_supported(&fast.redirect)) {
+        Ok(plan) => plan,
+        Err(why) => return (None, why),
     };
     if hooks.contains(&Hook::Tc) {
         match Netlink::open() {
@@ -329,6 +312,35 @@ pub fn start(mode: Mode, fdb_size: usize) -> (Option<FastPath>, String) {
     }
     fast.hooks = hooks;
     (Some(fast), why)
+}
+
+/// The hooks to try for `mode`, given whether the kernel has tcx links, and why; or why there
+/// is no fast path.
+fn plan(mode: Mode, tcx: io::Result<()>) -> Result<(Vec<Hook>, String), String> {
+    Ok(match (mode, tcx) {
+        (Mode::Off, _) => return Err(format!("off (--fast-path off): {OFF}")),
+        (Mode::Auto, Ok(())) => (
+            vec![Hook::Tcx, Hook::Tc],
+            "tcx (this kernel has tcx links)".to_string(),
+        ),
+        (Mode::Auto, Err(e)) => (
+            vec![Hook::Tc],
+            format!(
+                "tc (no tcx links, which need Linux 6.6: {e}): a clsact qdisc and a cls_bpf \
+                 filter on each port"
+            ),
+        ),
+        (Mode::Tcx, Ok(())) => (vec![Hook::Tcx], "tcx (--fast-path tcx)".to_string()),
+        (Mode::Tcx, Err(e)) => {
+            return Err(format!(
+                "off (--fast-path tcx, but no tcx links: {e}; Linux 6.6): {OFF}"
+            ))
+        }
+        (Mode::Tc, _) => (
+            vec![Hook::Tc],
+            "tc (--fast-path tc): a clsact qdisc and a cls_bpf filter on each port".to_string(),
+        ),
+    })
 }
 
 pub struct FastPath {
@@ -647,5 +659,24 @@ mod tests {
 
         let (fast, why) = start(Mode::Off, 16);
         assert!(fast.is_none() && why.starts_with("off "), "{why}");
+    }
+
+    #[test]
+    fn auto_takes_tc_where_the_kernel_has_no_tcx() {
+        // What a kernel before 6.6 answers the tcx probe.
+        let einval = || Err(io::Error::from_raw_os_error(libc::EINVAL));
+        let (hooks, why) = plan(Mode::Auto, einval()).unwrap();
+        assert_eq!(hooks, [Hook::Tc]);
+        assert!(
+            why.starts_with("tc (no tcx links") && why.contains("6.6"),
+            "{why}"
+        );
+        let why = plan(Mode::Tcx, einval()).unwrap_err();
+        assert!(why.starts_with("off (--fast-path tcx"), "{why}");
+        assert_eq!(plan(Mode::Tc, einval()).unwrap().0, [Hook::Tc]);
+        // With tcx: tcx first, tc for a port that refuses a link.
+        assert_eq!(plan(Mode::Auto, Ok(())).unwrap().0, [Hook::Tcx, Hook::Tc]);
+        assert_eq!(plan(Mode::Tc, Ok(())).unwrap().0, [Hook::Tc]);
+        assert!(plan(Mode::Off, Ok(())).is_err());
     }
 }
