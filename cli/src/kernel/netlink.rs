@@ -8,20 +8,6 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// A clsact qdisc's handle (`ffff:0`).
-const CLSACT_HANDLE: TcHandle = TcHandle {
-    major: 0xffff,
-    minor: 0,
-};
-/// A clsact qdisc's ingress hook, as a filter's parent (`TC_H_MAKE(TC_H_CLSACT,
-/// TC_H_MIN_INGRESS)`).
-const CLSACT_INGRESS: TcHandle = TcHandle {
-    major: 0xffff,
-    minor: TcHandle::MIN_INGRESS,
-};
-/// The handle of the one BPF filter the daemon puts on a hook.
-const BPF_FILTER_HANDLE: TcHandle = TcHandle { major: 0, minor: 1 };
-
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLMSG_DONE,
     NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
@@ -65,6 +51,20 @@ impl NetlinkError {
 const RECV_BUF: usize = 64 * 1024;
 /// `NLMSGERR_ATTR_MSG`: the extended ack's human-readable message.
 const NLMSGERR_ATTR_MSG: u16 = 1;
+
+/// A clsact qdisc's handle (`ffff:0`).
+const CLSACT_HANDLE: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: 0,
+};
+/// A clsact qdisc's ingress hook, as a filter's parent (`TC_H_MAKE(TC_H_CLSACT,
+/// TC_H_MIN_INGRESS)`).
+const CLSACT_INGRESS: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: TcHandle::MIN_INGRESS,
+};
+/// The handle of the one BPF filter the daemon puts on a hook.
+const BPF_FILTER_HANDLE: TcHandle = TcHandle { major: 0, minor: 1 };
 
 /// A NETLINK_ROUTE socket. It stays bound to the namespace of the thread that opened it.
 pub struct Netlink {
