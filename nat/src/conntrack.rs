@@ -531,6 +531,10 @@ impl std::fmt::Debug for Table {
 }
 
 impl Table {
+    pub fn max_flows(&self) -> usize {
+        self.max_flows
+    }
+
     pub fn new(max_flows: usize, timeouts: Timeouts) -> Table {
         let seed = random_seed(0x6e61_7420_6b65_7973);
         Table {

@@ -10,6 +10,7 @@
 mod checksum;
 mod conntrack;
 mod craft;
+pub mod echo;
 mod error;
 mod hash;
 pub mod nat;

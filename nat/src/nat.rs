@@ -96,6 +96,8 @@ pub enum Verdict {
     /// [`Nat::icmp_unreachable_reply`] (unreachable).
     TcpConnect {
         flow: FlowId,
+        /// The container's address and port.
+        from: SocketAddrV4,
         dst: SocketAddrV4,
     },
     /// A UDP datagram to send from the flow's host socket (`new`: open one). A GSO super-frame
@@ -371,6 +373,7 @@ impl Nat {
         match self.table.create(sh, flow, Extra::mac(src_mac(frame)), now) {
             Ok(flow) => Verdict::TcpConnect {
                 flow,
+                from: sock(pkt.src, tcp.sport),
                 dst: sock(pkt.dst, tcp.dport),
             },
             Err(e) => self.drop(self.create_error(e)),
@@ -891,6 +894,11 @@ impl Nat {
 
     pub fn stats(&self) -> NatStats {
         self.table.stats()
+    }
+
+    /// The bound on the number of flows.
+    pub fn max_flows(&self) -> usize {
+        self.table.max_flows()
     }
 
     /// A container's counters (zero for an unknown address).

@@ -8,8 +8,12 @@
 
 use thiserror::Error;
 
-/// Size of `struct virtio_net_hdr`, which precedes every frame on the datapath.
-pub const VNET_HDR_LEN: usize = 10;
+use vswitch_switch::vnet::VnetHdr;
+pub use vswitch_switch::vnet::{
+    F_DATA_VALID as VNET_F_DATA_VALID, F_NEEDS_CSUM as VNET_F_NEEDS_CSUM,
+    GSO_NONE as VNET_GSO_NONE, VNET_HDR_LEN,
+};
+
 /// Offset of the Ethernet header in a frame.
 pub const ETH_OFF: usize = VNET_HDR_LEN;
 /// Length of an untagged Ethernet header.
@@ -17,14 +21,7 @@ pub const ETH_HDR_LEN: usize = 14;
 /// Offset of the IPv4 header in a frame.
 pub const IP_OFF: usize = ETH_OFF + ETH_HDR_LEN;
 
-/// `virtio_net_hdr.flags`: the transport checksum is partial and must be finished downstream.
-pub const VNET_F_NEEDS_CSUM: u8 = 1;
-/// `virtio_net_hdr.flags`: the checksum has been verified.
-pub const VNET_F_DATA_VALID: u8 = 2;
-/// `virtio_net_hdr.gso_type` of an ordinary frame.
-pub const VNET_GSO_NONE: u8 = 0;
-
-pub(crate) const ETHERTYPE_IPV4: u16 = 0x0800;
+pub(crate) use vswitch_switch::ethertype::IPV4 as ETHERTYPE_IPV4;
 pub(crate) const IPPROTO_ICMP: u8 = 1;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
@@ -136,9 +133,9 @@ impl Ipv4Frame {
         if ihl > ip.len() {
             return Err(WireError::Truncated);
         }
-        let gso_type = frame[1];
+        let vnet = VnetHdr::parse(frame).ok_or(WireError::Truncated)?;
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        let end = if total == 0 && gso_type != VNET_GSO_NONE {
+        let end = if total == 0 && vnet.is_gso() {
             frame.len()
         } else if total < ihl {
             return Err(WireError::BadTotalLength);
@@ -147,11 +144,11 @@ impl Ipv4Frame {
         };
         let frag = u16::from_be_bytes([ip[6], ip[7]]);
         Ok(Some(Ipv4Frame {
-            vnet_flags: frame[0],
-            gso_type,
-            gso_size: u16::from_le_bytes([frame[4], frame[5]]),
-            csum_start: u16::from_le_bytes([frame[6], frame[7]]),
-            csum_offset: u16::from_le_bytes([frame[8], frame[9]]),
+            vnet_flags: vnet.flags,
+            gso_type: vnet.gso_type,
+            gso_size: vnet.gso_size,
+            csum_start: vnet.csum_start,
+            csum_offset: vnet.csum_offset,
             src: u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]),
             dst: u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]),
             proto: ip[9],

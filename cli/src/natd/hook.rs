@@ -32,9 +32,7 @@ impl Hook for NatHook {
         self.service.wake();
     }
 
-    /// Runs a frame through the NAT. Returns whether the switch should still forward it (as is
-    /// or rewritten); frames the NAT service carries through host sockets, or drops, are done.
-    /// Sets `posted` when it queued a job for the NAT service (the caller wakes it once).
+    /// Frames to the gateway's MAC (they may leave the subnet) and frames from the host.
     fn frame(&self, ingress: PortId, frame: &mut [u8], now: Millis, posted: &mut bool) -> bool {
         let eth = &frame[VNET_HDR_LEN..];
         let ipv4 = eth.len() >= 34 && eth[12..14] == [0x08, 0x00];
@@ -51,9 +49,10 @@ impl Hook for NatHook {
         match verdict {
             Verdict::Pass | Verdict::Rewritten => true,
             Verdict::Pending | Verdict::Drop(_) => false,
-            Verdict::TcpConnect { flow, dst } => {
+            Verdict::TcpConnect { flow, from, dst } => {
                 *posted |= self.service.post(NatJob::TcpConnect {
                     flow,
+                    from,
                     dst,
                     syn: frame.to_vec(),
                 });

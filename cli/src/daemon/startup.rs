@@ -1,0 +1,163 @@
+//! Bringing the daemon up: the TAP with the gateway address, the DNS forwarder, the switch,
+//! the eBPF programs, the datapath workers and the NAT service.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use vswitch_nat::{Nat, NatConfig};
+use vswitch_switch::{MacAddr, PortInfo, Switch};
+
+use crate::bpf::fanout::{Spread, SpreadProgram};
+use crate::bpf::fastpath;
+use crate::datapath::{Datapath, Fabric, TAP_PORT};
+use crate::kernel::netlink::Netlink;
+use crate::natd::budget::{open_now, FdBudget};
+use crate::natd::{self, dns, resolv, NatHook, NatService};
+use crate::ports::tap::Tap;
+use crate::ports::{Counters, Port, PortIo};
+
+use super::config::Config;
+use super::ipam::Ipam;
+use super::manager::Manager;
+use super::plumbing::{initial_netns, own_netns, Kernel};
+
+/// Relay listeners for containers' outgoing TCP (see `natd::bind_relays`).
+const RELAY_PORTS: usize = 16;
+/// Descriptors kept for the daemon beyond those it holds at start (see `natd::budget`).
+const SLACK: usize = 64;
+
+/// The flow table's default size: what the descriptors can carry (a relayed TCP connection
+/// needs two sockets; pipes are budgeted as they come), at most the NAT's own default.
+fn default_max_flows(fd_limit: usize) -> usize {
+    (fd_limit.saturating_sub(256) / 2).clamp(64, vswitch_nat::DEFAULT_MAX_FLOWS)
+}
+
+/// Creates the TAP with the gateway address and starts the datapath, the NAT service and the
+/// DNS forwarder.
+pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
+    let budget = FdBudget::new(fd_limit);
+    let taps = Tap::create_queues(&cfg.tap, cfg.workers)
+        .with_context(|| format!("creating TAP {}", cfg.tap))?;
+    let mut nl = Netlink::open().context("opening netlink")?;
+    let gateway_mac = MacAddr::from_ipv4(cfg.gateway);
+    let index = nl
+        .link_index(&cfg.tap)?
+        .with_context(|| format!("TAP {} vanished", cfg.tap))?;
+    nl.set_link(index, true, false, Some(cfg.mtu), Some(gateway_mac.0))
+        .with_context(|| format!("configuring TAP {}", cfg.tap))?;
+    nl.add_address(index, cfg.gateway, cfg.subnet.prefix)
+        .with_context(|| {
+            format!(
+                "adding {}/{} to {}",
+                cfg.gateway, cfg.subnet.prefix, cfg.tap
+            )
+        })?;
+
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if !cfg.no_dns {
+        let fallback = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+        let upstreams = resolv::upstreams(&cfg.dns, &host_resolv, fallback.as_deref());
+        if upstreams.is_empty() {
+            eprintln!("vswitch: no upstream DNS resolver known (give --dns): containers' queries will go unanswered");
+        }
+        dns::start(cfg.gateway, upstreams, budget.clone()).with_context(|| {
+            format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway)
+        })?;
+    }
+
+    let switch = Arc::new(Switch::new(vswitch_switch::Config {
+        fdb_capacity: cfg.fdb_size,
+        fdb_age_ms: cfg.fdb_age_secs.saturating_mul(1000),
+    }));
+    switch.add_port(
+        TAP_PORT,
+        PortInfo {
+            mac: gateway_mac,
+            ip: Some(cfg.gateway),
+        },
+    );
+    let spread_program = (cfg.spread == Spread::Auto && cfg.workers > 1)
+        .then(|| match SpreadProgram::load((cfg.workers / 2) as u32) {
+            Ok(program) => Some(Arc::new(program)),
+            Err(e) => {
+                eprintln!("vswitch: no eBPF fanout program ({e}): small frames stay spread by CPU");
+                None
+            }
+        })
+        .flatten();
+    let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size);
+    eprintln!("vswitch: kernel fast path: {why}");
+    let fabric = Fabric::new(switch, spread_program.clone());
+    let homes = cfg.spread != Spread::Hash;
+    let mut datapath =
+        Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
+    let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
+    let max_flows = cfg.max_flows.unwrap_or_else(|| default_max_flows(fd_limit));
+    eprintln!("vswitch: NAT tracks up to {max_flows} flows (descriptor limit {fd_limit})");
+    let nat = Arc::new(Nat::new(NatConfig {
+        max_flows,
+        ..NatConfig::new(
+            cfg.gateway,
+            gateway_mac.0,
+            cfg.subnet.network,
+            cfg.subnet.prefix,
+            relays.iter().map(|(_, port)| *port).collect(),
+        )
+    }));
+    let poll = cfg.poll;
+    let (service, nat_jobs) = NatService::new(
+        nat.clone(),
+        fabric,
+        budget.clone(),
+        datapath.relays(),
+        cfg.gateway,
+        relays,
+    )
+    .context("starting the NAT service")?;
+    std::thread::Builder::new()
+        .name("vswitch-nat".into())
+        .spawn(move || service.run(poll))?;
+    let hook = NatHook {
+        nat: nat.clone(),
+        gateway_mac: gateway_mac.0,
+        service: nat_jobs.clone(),
+    };
+    datapath
+        .run(Some(Arc::new(hook)))
+        .context("starting workers")?;
+    datapath.add_port(Arc::new(Port {
+        id: TAP_PORT,
+        name: cfg.tap.clone(),
+        queues: taps
+            .into_iter()
+            .map(|t| Box::new(t) as Box<dyn PortIo>)
+            .collect(),
+        by_flow: true,
+        counters: Counters::default(),
+    }))?;
+    let plumbing = Kernel {
+        nl,
+        spread: cfg.spread,
+        spread_program,
+    };
+    // What the daemon holds open now is its own, plus a slack for control connections and
+    // the threads that open a namespace or a file for a moment.
+    budget.reserve(open_now() + SLACK);
+    Ok(Manager {
+        ipam,
+        mtu: cfg.mtu,
+        tap_name: cfg.tap.clone(),
+        gateway_mac,
+        own_netns: own_netns().context("identifying the daemon's own network namespace")?,
+        initial_netns: initial_netns(),
+        plumbing: Box::new(plumbing),
+        datapath,
+        containers: Vec::new(),
+        nat,
+        nat_jobs,
+        host_resolv,
+        last_expiry: 0,
+        fast_path,
+        budget,
+    })
+}
