@@ -646,6 +646,28 @@ mod tests {
             "{qdiscs:?} {filters:?}"
         );
 
+        // A daemon killed on the tc hook leaves its filter (and qdisc) behind; the next one's
+        // program replaces it, so exactly one runs.
+        let programs = || -> Vec<u64> {
+            (tc_view().1.iter())
+                .filter_map(|f| f["options"]["prog"]["id"].as_u64())
+                .collect()
+        };
+        let (killed, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16)).unwrap();
+        let killed = killed.unwrap();
+        std::mem::forget(in_host(&|| killed.attach(PortId(1), index)).unwrap());
+        let old = programs();
+        let (next, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16)).unwrap();
+        let next = next.unwrap();
+        let link = in_host(&|| next.attach(PortId(1), index)).unwrap();
+        let new = programs();
+        assert!(
+            old.len() == 1 && new.len() == 1 && old != new,
+            "{old:?} {new:?}"
+        );
+        drop(link);
+        assert!(tc_view().1.is_empty(), "{:?}", tc_view());
+
         // tcx: this kernel has it (6.6 and later), so `auto` takes it; no qdisc is needed.
         let (fast, why) = run_in_netns(&host.fd, || start(Mode::Auto, 16)).unwrap();
         let fast = fast.unwrap_or_else(|| panic!("{why}"));

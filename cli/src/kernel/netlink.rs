@@ -10,7 +10,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLMSG_DONE,
-    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
@@ -264,7 +265,9 @@ impl Netlink {
 
     /// Puts BPF program `prog` (a `SCHED_CLS` program) on link `index`'s clsact ingress hook as
     /// a `cls_bpf` filter in direct-action mode (the program's return value is the verdict),
-    /// for every protocol, at priority `prio`, under `name`.
+    /// for every protocol, at priority `prio`, under `name`. A filter already there at that
+    /// priority (one a killed daemon left: unlike a tcx link, a filter outlives its process) is
+    /// replaced, in one step.
     pub fn add_ingress_bpf(
         &mut self,
         index: u32,
@@ -281,7 +284,7 @@ impl Netlink {
         ]));
         self.request(
             RouteNetlinkMessage::NewTrafficFilter(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_REPLACE,
             || format!("add BPF filter {name} to the ingress of link {index}"),
         )?;
         Ok(())
