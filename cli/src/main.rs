@@ -141,6 +141,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop the daemon: it removes every port, the TAP and its state, or with --keep leaves the
+    /// network for the next daemon to take over.
+    Stop {
+        /// Leave the network in place (veths, TAP, state file) for the next `vswitch run`.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove what a daemon that no longer runs left behind: its ports, its TAP, its state.
+    Cleanup,
     /// The daemon's counters: descriptors, switch, NAT.
     Stats {
         #[arg(long)]

@@ -113,6 +113,11 @@ pub fn run(cli: Cli) -> Result<()> {
             table::fdb(&entries);
             Ok(())
         }
+        Command::Stop { keep } => {
+            client.stop(keep)?;
+            Ok(())
+        }
+        Command::Cleanup => daemon::cleanup(&cli.control.control),
         Command::Stats { json } => {
             let stats = client.stats()?;
             if json {

@@ -35,12 +35,21 @@ pub enum Request {
     Fdb(NoArgs),
     Conntrack(NoArgs),
     Stats(NoArgs),
+    Stop(StopArgs),
 }
 
 /// The body of a request that takes no arguments (any field is refused).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoArgs {}
+
+/// `stop`: the daemon exits, removing the network, or keeping it for the next daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopArgs {
+    #[serde(default)]
+    pub keep: bool,
+}
 
 /// `plug`: attach a container's network namespace to the switch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

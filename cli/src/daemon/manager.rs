@@ -3,6 +3,7 @@
 //! channels, so plugs and unplugs happen one at a time and never race each other.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ use crate::natd::NatMailbox;
 
 use super::ipam::Ipam;
 use super::plumbing::{NetnsConf, NetnsId, Plumbing};
+use super::state;
+use super::systemd::Watchdog;
 
 /// How often the manager looks for containers that went away.
 const LIFECYCLE_TICK: Duration = Duration::from_millis(250);
@@ -59,23 +62,41 @@ pub struct Manager {
     pub fast_path: Option<FastPath>,
     /// The descriptors traffic may spend; each port's sockets are kept out of it.
     pub budget: Arc<FdBudget>,
+    /// The alias of every link this daemon makes (see `plumbing::marker`).
+    pub marker: String,
+    /// Where the state is kept for the next daemon (see `state`).
+    pub state_path: PathBuf,
+    /// The TAP's ifindex, to delete it when the network goes.
+    pub tap_index: u32,
+    /// systemd's watchdog, pinged from the tick.
+    pub watchdog: Option<Watchdog>,
+}
+
+/// How the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Remove everything it made (SIGTERM, SIGINT, `vswitch stop`).
+    Remove,
+    /// Leave the network as it is, for the next daemon to take over (SIGUSR2,
+    /// `vswitch stop --keep`): the veths, the TAP, the state file.
+    Keep,
 }
 
 impl Manager {
-    pub fn run(mut self, calls: Receiver<Call>, stop: Receiver<()>) {
+    pub fn run(mut self, calls: Receiver<Call>, stop: Receiver<Stop>) {
         let ticker = tick(LIFECYCLE_TICK);
-        loop {
+        let how = loop {
             select! {
                 recv(calls) -> call => {
-                    let Ok(call) = call else { break };
+                    let Ok(call) = call else { break Stop::Remove };
                     let answer = self.handle(call.request);
                     let _ = call.reply.send(answer);
                 }
                 recv(ticker) -> _ => self.tick(),
-                recv(stop) -> _ => break,
+                recv(stop) -> how => break how.unwrap_or(Stop::Remove),
             }
-        }
-        self.shutdown();
+        };
+        self.shutdown(how);
     }
 
     fn handle(&mut self, request: Request) -> Result<Reply, crate::control::Failure> {
@@ -94,14 +115,34 @@ impl Manager {
             Request::Fdb(_) => Reply::Fdb(self.fdb()),
             Request::Conntrack(_) => Reply::Flows(self.conntrack()),
             Request::Stats(_) => Reply::Stats(Box::new(self.stats())),
+            Request::Stop(stop) => {
+                // The main thread stops the daemon on a signal: send it the one that means
+                // the same, so that both ways stop alike.
+                let signal = if stop.keep {
+                    libc::SIGUSR2
+                } else {
+                    libc::SIGTERM
+                };
+                // SAFETY: sending a signal to our own process has no memory-safety concern.
+                unsafe { libc::kill(libc::getpid(), signal) };
+                Reply::Stats(Box::new(self.stats()))
+            }
         })
     }
 
-    /// Deletes every veth the daemon made; the TAP goes when its descriptor closes.
-    fn shutdown(mut self) {
-        for c in std::mem::take(&mut self.containers) {
-            let _ = self.plumbing.delete_link(c.host_index);
-            self.forget(&c);
+    /// Deletes every veth the daemon made, the TAP and the state file; or, to keep the
+    /// network, only stops serving it.
+    fn shutdown(mut self, how: Stop) {
+        if how == Stop::Remove {
+            for c in std::mem::take(&mut self.containers) {
+                let _ = self.plumbing.delete_link(c.host_index);
+                self.forget(&c);
+            }
+            // The TAP is persistent (it outlives a crash): it goes only when asked to.
+            let _ = self.plumbing.delete_link(self.tap_index);
+            state::remove(&self.state_path);
+        } else {
+            self.save_state();
         }
         // Whatever is still relayed ends with a reset on both sides, rather than as orphaned
         // sockets that keep trying to deliver queued bytes after the process is gone.

@@ -34,6 +34,13 @@ enum Made {
     DatapathPort(PortId),
 }
 
+impl Undo {
+    /// An address reserved outside `try_plug` (adoption).
+    pub fn address(&mut self, ip: Ipv4Addr) {
+        self.0.push(Made::Address(ip));
+    }
+}
+
 /// A container's namespace, opened and identified.
 struct Namespace {
     fd: OwnedFd,
@@ -50,7 +57,7 @@ impl Manager {
         result
     }
 
-    fn roll_back(&mut self, undo: Undo) {
+    pub(super) fn roll_back(&mut self, undo: Undo) {
         for made in undo.0.into_iter().rev() {
             match made {
                 Made::DatapathPort(id) => drop(self.datapath.remove_port(id)),
@@ -67,15 +74,11 @@ impl Manager {
         let ns = self.open_namespace(&req.target)?;
         let ifname = req.ifname.unwrap_or_else(|| "eth0".parse().expect("valid"));
         let host_ifname = host_ifname(&req.target);
-        if self.plumbing.link_index(&host_ifname)?.is_some() {
-            return Err(DaemonError::HostLinkExists(host_ifname));
-        }
+        self.clear_leftover(&host_ifname)?;
         let (ip, mac) = self.address(req.ip, req.mac, undo)?;
         // Published ports are bound before the veth exists: a port in use fails the plug
         // early. The listeners close by themselves if a later step fails.
-        let listeners = (req.publish.iter())
-            .map(|spec| bind_published(spec).map(|l| (l, spec.container_port)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let listeners = self.bind_all(&req.publish)?;
 
         let index = (self.plumbing).create_veth(
             &host_ifname,
@@ -92,7 +95,8 @@ impl Manager {
             gateway: self.ipam.gateway(),
         };
         (self.plumbing).configure_container(ns.fd.as_fd(), ifname.as_str(), addressing)?;
-        let (id, fast_link) = self.add_port(&host_ifname, index, ip, mac, undo)?;
+        let id = self.free_port_id().ok_or(DaemonError::TooManyPorts)?;
+        let fast_link = self.add_port(id, &host_ifname, index, ip, mac, undo)?;
 
         let container = Container {
             port: id,
@@ -136,6 +140,22 @@ impl Manager {
         Ok(Namespace { fd, id })
     }
 
+    /// Makes room for a host end called `name`: a link of that name left by an earlier daemon
+    /// of this switch (it carries our mark, and no plugged container owns it) is removed; any
+    /// other link of that name is not ours to touch.
+    fn clear_leftover(&mut self, name: &str) -> Result<(), DaemonError> {
+        let Some(link) = self.plumbing.link(name)? else {
+            return Ok(());
+        };
+        let owned = self.containers.iter().any(|c| c.host_index == link.index);
+        if owned || link.alias.as_deref() != Some(self.marker.as_str()) {
+            return Err(DaemonError::HostLinkExists(name.to_string()));
+        }
+        self.plumbing.delete_link(link.index)?;
+        eprintln!("vswitch: removed {name}, left behind by an earlier daemon");
+        Ok(())
+    }
+
     /// Reserves the container's address and settles its MAC: an automatic address skips those
     /// whose derived MAC a manual plug has taken.
     fn address(
@@ -157,17 +177,17 @@ impl Manager {
         Ok((ip, mac))
     }
 
-    /// Opens the port's sockets on the veth's host end, attaches the fast path and gives the
+    /// Opens port `id`'s sockets on the veth's host end, attaches the fast path and gives the
     /// port to the switch and the workers.
-    fn add_port(
+    pub(super) fn add_port(
         &mut self,
+        id: PortId,
         host_ifname: &str,
         index: u32,
         ip: Ipv4Addr,
         mac: MacAddr,
         undo: &mut Undo,
-    ) -> Result<(PortId, Option<Attachment>), DaemonError> {
-        let id = self.free_port_id().ok_or(DaemonError::TooManyPorts)?;
+    ) -> Result<Option<Attachment>, DaemonError> {
         let fast = self.fast_path.as_ref().filter(|_| id.0 < MAX_PORTS);
         let filter = fast.map(|f| f.filter());
         let queues = (self
@@ -196,7 +216,7 @@ impl Manager {
         (self.datapath.add_port(port))
             .map_err(|e| DaemonError::io("adding the port to a worker", e))?;
         undo.0.push(Made::DatapathPort(id));
-        Ok((id, fast_link))
+        Ok(fast_link)
     }
 
     /// The plug can no longer fail: record the container, serve its published ports,
@@ -206,13 +226,7 @@ impl Manager {
         mut container: Container,
         listeners: Vec<(natd::Listener, u16)>,
     ) -> PortView {
-        if !listeners.is_empty() {
-            self.nat_jobs.send(NatJob::Publish {
-                container: container.ip,
-                mac: container.mac.0,
-                ports: listeners,
-            });
-        }
+        self.serve_published(&container, listeners);
         // Announce the newcomer so that peers (and the host) update stale neighbour entries.
         let mut garp = [0u8; VNET_HDR_LEN + 64];
         let switch = self.datapath.switch();
@@ -234,9 +248,35 @@ impl Manager {
         container.netns_conf = netns_conf;
         self.containers.push(container);
         self.sync_fast_path();
+        self.save_state();
         let mut view = self.view(self.containers.last().expect("just pushed"));
         view.resolv = Some(resolv);
         view
+    }
+
+    /// Binds the host side of published ports.
+    pub(super) fn bind_all(
+        &self,
+        publish: &[PublishSpec],
+    ) -> Result<Vec<(natd::Listener, u16)>, DaemonError> {
+        (publish.iter())
+            .map(|spec| bind_published(spec).map(|l| (l, spec.container_port)))
+            .collect()
+    }
+
+    /// Hands a container's bound published ports to the NAT service.
+    pub(super) fn serve_published(
+        &self,
+        container: &Container,
+        listeners: Vec<(natd::Listener, u16)>,
+    ) {
+        if !listeners.is_empty() {
+            self.nat_jobs.send(NatJob::Publish {
+                container: container.ip,
+                mac: container.mac.0,
+                ports: listeners,
+            });
+        }
     }
 
     fn free_port_id(&self) -> Option<PortId> {
@@ -262,6 +302,7 @@ impl Manager {
             }
         }
         self.forget(&c);
+        self.save_state();
         eprintln!(
             "vswitch: unplugged {} (host port {})",
             c.target, c.host_ifname

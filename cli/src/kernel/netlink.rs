@@ -10,8 +10,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLMSG_DONE,
-    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
@@ -53,6 +53,18 @@ const RECV_BUF: usize = 64 * 1024;
 /// `NLMSGERR_ATTR_MSG`: the extended ack's human-readable message.
 const NLMSGERR_ATTR_MSG: u16 = 1;
 
+/// Attribute numbers from <linux/if_link.h>.
+const IFLA_IFNAME: u16 = 3;
+const IFLA_IFALIAS: u16 = 20;
+
+/// A link as [`Netlink::links`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub alias: Option<String>,
+}
+
 /// A clsact qdisc's handle (`ffff:0`).
 const CLSACT_HANDLE: TcHandle = TcHandle {
     major: 0xffff,
@@ -93,6 +105,11 @@ impl Netlink {
 
     /// The ifindex of the link called `name`, or `None` if there is none.
     pub fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.link(name)?.map(|l| l.index))
+    }
+
+    /// The link called `name`, or `None` if there is none.
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
         // No link can have such a name; the kernel would reject the request with ERANGE.
         if name.len() >= libc::IFNAMSIZ {
             return Ok(None);
@@ -109,9 +126,7 @@ impl Netlink {
             .iter()
             .find(|(kind, _)| *kind == libc::RTM_NEWLINK)
             .ok_or_else(|| NetlinkError::Protocol(format!("no RTM_NEWLINK reply for {name}")))?;
-        let header = LinkHeader::parse(&reply.1)
-            .map_err(|e| NetlinkError::Protocol(format!("link {name}: {e}")))?;
-        Ok(Some(header.index))
+        parse_link(&reply.1).map(Some)
     }
 
     /// One RTM_NEWLINK: veth `host_name` in this namespace, its peer `peer_name` created directly
@@ -160,6 +175,33 @@ impl Netlink {
             format!("delete link {index}")
         })?;
         Ok(())
+    }
+
+    /// Sets a link's alias (`ip link set ... alias`), the mark by which the daemon later knows
+    /// a link for its own.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, || {
+            format!("set the alias of link {index}")
+        })?;
+        Ok(())
+    }
+
+    /// Every link of the namespace: index, name and alias. Read straight from the attributes
+    /// (IFLA_IFNAME, IFLA_IFALIAS), so a newer kernel's other attributes never break the dump.
+    pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+            || "list links".to_string(),
+        )?;
+        (replies.iter())
+            .filter(|(kind, _)| *kind == libc::RTM_NEWLINK)
+            .map(|(_, payload)| parse_link(payload))
+            .collect()
     }
 
     /// Sets IFF_UP and IFF_NOARP to exactly `up` and `noarp` (host veth ends must be NOARP), and
@@ -378,6 +420,30 @@ fn ingress_bpf_filter(index: u32, prio: u16) -> TcMessage {
     msg
 }
 
+/// A link from an RTM_NEWLINK payload: its index from the header, name and alias from the
+/// attributes, read one by one so that a newer kernel's other attributes never break it.
+fn parse_link(payload: &[u8]) -> Result<Link, NetlinkError> {
+    let header =
+        LinkHeader::parse(payload).map_err(|e| NetlinkError::Protocol(format!("link: {e}")))?;
+    let mut link = Link {
+        index: header.index,
+        name: String::new(),
+        alias: None,
+    };
+    // struct ifinfomsg is 16 bytes; the attributes follow.
+    let attributes = payload.get(16..).unwrap_or_default();
+    for nla in NlasIterator::new(attributes).map_while(Result::ok) {
+        let value = nla.value().split(|&b| b == 0).next().unwrap_or_default();
+        let text = String::from_utf8_lossy(value).into_owned();
+        match nla.kind() {
+            IFLA_IFNAME => link.name = text,
+            IFLA_IFALIAS => link.alias = Some(text).filter(|a| !a.is_empty()),
+            _ => {}
+        }
+    }
+    Ok(link)
+}
+
 /// Decodes an NLMSG_ERROR payload: `None` for an ACK, else the errno and the extended ack
 /// message if the kernel sent one.
 fn parse_error(flags: u16, payload: &[u8]) -> Result<Option<(i32, Option<String>)>, NetlinkError> {
@@ -440,6 +506,34 @@ mod tests {
         let (host, container) = (TestNetns::new(), TestNetns::new());
         let nl = run_in_netns(&host.fd, Netlink::open).unwrap().unwrap();
         (host, container, nl)
+    }
+
+    #[test]
+    fn a_link_carries_its_alias_and_the_dump_lists_every_link() {
+        let (_host, container, mut nl) = setup();
+        let index = nl
+            .create_veth("vsw-al0", "eth0", container.fd.as_fd(), PEER_MAC, 1500)
+            .unwrap();
+        let link = nl.link("vsw-al0").unwrap().unwrap();
+        assert_eq!(
+            (link.index, link.name.as_str(), link.alias),
+            (index, "vsw-al0", None)
+        );
+        nl.set_alias(index, "vswitch /run/vswitch/test.sock")
+            .unwrap();
+        let link = nl.link("vsw-al0").unwrap().unwrap();
+        assert_eq!(
+            link.alias.as_deref(),
+            Some("vswitch /run/vswitch/test.sock")
+        );
+        let links = nl.links().unwrap();
+        let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        assert!(
+            names.contains(&"lo") && names.contains(&"vsw-al0"),
+            "{names:?}"
+        );
+        assert!(links.contains(&link));
+        assert_eq!(nl.link("vsw-nothing").unwrap(), None);
     }
 
     #[test]

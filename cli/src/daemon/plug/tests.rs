@@ -18,12 +18,14 @@ use crate::daemon::manager::Manager;
 use crate::daemon::plumbing::{Addressing, NetnsConf, NetnsId, Plumbing};
 use crate::datapath::{Datapath, Fabric};
 use crate::kernel::epoll::EventFd;
-use crate::kernel::netlink::NetlinkError;
+use crate::kernel::netlink::{Link, NetlinkError};
 use crate::natd::budget::FdBudget;
 use crate::natd::NatService;
 use crate::ports::{PortIo, RxBatch};
 
 const OWN: NetnsId = (1, 1);
+/// Every link of the fake kernel carries the daemon's mark.
+const MARKER: &str = "vswitch /test.sock";
 const INITIAL: NetnsId = (1, 2);
 
 /// The steps a fake plug can be told to fail at.
@@ -92,8 +94,17 @@ impl Plumbing for Fake {
         Ok(self.world().netns)
     }
 
-    fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
-        Ok(self.world().links.get(name).copied())
+    fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        Ok(self.world().links.get(name).map(|&index| Link {
+            index,
+            name: name.to_string(),
+            alias: Some(MARKER.to_string()),
+        }))
+    }
+
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let names: Vec<String> = self.world().links.keys().cloned().collect();
+        Ok(names.iter().filter_map(|n| self.link(n).unwrap()).collect())
     }
 
     fn create_veth(
@@ -198,11 +209,28 @@ fn harness() -> Harness {
         last_expiry: 0,
         fast_path: None,
         budget,
+        marker: MARKER.into(),
+        state_path: state_path(),
+        tap_index: 0,
+        watchdog: None,
     };
     Harness {
         manager,
         fake,
         _service: service,
+    }
+}
+
+/// A state file of the test's own.
+fn state_path() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("vsw-plug-{}-{n}.state", std::process::id()))
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.manager.state_path);
     }
 }
 
