@@ -103,9 +103,14 @@ pub enum Command {
         /// (0: sleep at once). Cuts request/response latency; costs CPU only while traffic flows.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
         poll_us: u64,
-        /// Switch every frame in the daemon: no kernel fast path for frames between containers
-        /// whose addresses the switch has learned (see ARCHITECTURE.md).
-        #[arg(long)]
+        /// Where the kernel fast path for frames between learned containers goes on each port:
+        /// a tcx link where the kernel has them, else tc (auto); a tcx link (tcx, Linux 6.6); a
+        /// clsact qdisc with a cls_bpf filter (tc, Linux 5.10); nowhere, the daemon switching
+        /// every frame (off). See ARCHITECTURE.md.
+        #[arg(long, value_enum, default_value_t = bpf::fastpath::Mode::Auto)]
+        fast_path: bpf::fastpath::Mode,
+        /// The same as --fast-path off.
+        #[arg(long, conflicts_with = "fast_path")]
         no_fast_path: bool,
     },
     /// Attach a container's network namespace to the switch.

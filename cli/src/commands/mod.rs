@@ -28,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
             max_half_open,
             spread,
             poll_us,
+            fast_path,
             no_fast_path,
         } => daemon::run(daemon::Config {
             subnet,
@@ -46,7 +47,11 @@ pub fn run(cli: Cli) -> Result<()> {
             max_half_open,
             spread,
             poll: std::time::Duration::from_micros(poll_us),
-            fast_path: !no_fast_path,
+            fast_path: if no_fast_path {
+                crate::bpf::fastpath::Mode::Off
+            } else {
+                fast_path
+            },
         }),
         Command::Plug {
             target,

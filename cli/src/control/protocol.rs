@@ -328,6 +328,9 @@ pub struct PortView {
     pub fast_rx_frames: u64,
     #[serde(default)]
     pub fast_tx_frames: u64,
+    /// The hook the kernel fast path is on for this port: "tcx", "tc" or "off".
+    #[serde(default)]
+    pub fast_path: String,
     /// Published ports, `HOSTPORT:CPORT/PROTO`.
     #[serde(default)]
     pub publish: Vec<String>,

@@ -30,6 +30,7 @@ pub struct Config {
     pub spread: Spread,
     /// How long a datapath worker polls after its last frame before sleeping.
     pub poll: Duration,
-    /// Forward frames between learned containers in the kernel (see `bpf::fastpath`).
-    pub fast_path: bool,
+    /// Forward frames between learned containers in the kernel, on which hook (see
+    /// `bpf::fastpath`).
+    pub fast_path: crate::bpf::fastpath::Mode,
 }

@@ -3,7 +3,6 @@
 //! channels, so plugs and unplugs happen one at a time and never race each other.
 
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use crossbeam_channel::{select, tick, Receiver};
 use vswitch_nat::Nat;
 use vswitch_switch::{MacAddr, PortId};
 
-use crate::bpf::fastpath::FastPath;
+use crate::bpf::fastpath::{Attachment, FastPath};
 use crate::control::{Call, IfName, PublishSpec, Reply, Request, Target};
 use crate::datapath::{Datapath, TAP_PORT};
 use crate::natd::budget::FdBudget;
@@ -40,7 +39,7 @@ pub struct Container {
     /// The `/etc/netns/NAME/resolv.conf` plug wrote, removed on unplug.
     pub netns_conf: Option<NetnsConf>,
     /// The fast path's program on the host end's ingress (detached when dropped).
-    pub fast_link: Option<OwnedFd>,
+    pub fast_link: Option<Attachment>,
 }
 
 pub struct Manager {

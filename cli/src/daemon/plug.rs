@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use vswitch_switch::{MacAddr, PortId, PortInfo, VNET_HDR_LEN};
 
-use crate::bpf::fastpath::MAX_PORTS;
+use crate::bpf::fastpath::{Attachment, MAX_PORTS};
 use crate::control::{Plug, PortView, PublishSpec, Target};
 use crate::natd::{self, resolv, NatJob};
 use crate::ports::{Counters, Port};
@@ -187,7 +187,7 @@ impl Manager {
         ip: Ipv4Addr,
         mac: MacAddr,
         undo: &mut Undo,
-    ) -> Result<Option<OwnedFd>, DaemonError> {
+    ) -> Result<Option<Attachment>, DaemonError> {
         let fast = self.fast_path.as_ref().filter(|_| id.0 < MAX_PORTS);
         let filter = fast.map(|f| f.filter());
         let queues = (self
@@ -199,8 +199,7 @@ impl Manager {
         // Without its program on the port, the port's stations stay out of the fast path's map,
         // so the sockets' filter lets all its frames through: the daemon switches them.
         let fast_link = fast.and_then(|f| {
-            f.clear_counts(id)
-                .and_then(|()| f.attach(index))
+            f.attach(id, index)
                 .map_err(|e| eprintln!("vswitch: no kernel fast path on {host_ifname}: {e}"))
                 .ok()
         });

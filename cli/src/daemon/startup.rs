@@ -8,7 +8,7 @@ use vswitch_nat::{Nat, NatConfig, Shares};
 use vswitch_switch::{MacAddr, PortInfo, Switch};
 
 use crate::bpf::fanout::{Spread, SpreadProgram};
-use crate::bpf::fastpath::FastPath;
+use crate::bpf::fastpath;
 use crate::datapath::{Datapath, Fabric, TAP_PORT};
 use crate::kernel::netlink::Netlink;
 use crate::natd::budget::{open_now, FdBudget};
@@ -76,18 +76,8 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
             }
         })
         .flatten();
-    let fast_path = cfg
-        .fast_path
-        .then(|| match FastPath::load(cfg.fdb_size) {
-            Ok(fast) => Some(fast),
-            Err(e) => {
-                eprintln!(
-                    "vswitch: no kernel fast path ({e}): every frame goes through the daemon"
-                );
-                None
-            }
-        })
-        .flatten();
+    let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size);
+    eprintln!("vswitch: kernel fast path: {why}");
     let fabric = Fabric::new(switch, spread_program.clone());
     let homes = cfg.spread != Spread::Hash;
     let mut datapath =

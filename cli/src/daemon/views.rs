@@ -65,6 +65,11 @@ impl Manager {
             drops: read(|c| &c.drops) + port.map_or(0, |p| p.kernel_drops()),
             fast_rx_frames: fast.rx_frames,
             fast_tx_frames: fast.tx_frames,
+            fast_path: (self.containers.iter())
+                .find(|c| c.port == id)
+                .and_then(|c| c.fast_link.as_ref())
+                .map_or("off", |link| link.hook().name())
+                .to_string(),
             publish: Vec::new(),
             nat_flows: 0,
             nat_packets_out: 0,
