@@ -28,7 +28,10 @@ use vswitch_switch::{MacAddr, PortId};
 
 use super::asm::{skb, Asm, AsmError, Helper, Insn, R0, R1, R10, R2, R3, R4, R6, R7, R8};
 use super::map::{Map, PerCpuMap, Pod};
-use super::sys::{load_program, tcx_attach, tcx_supported, ProgType};
+use super::pins::Pins;
+use super::sys::{
+    link_update, load_program, obj_get, obj_pin, tcx_attach, tcx_supported, ProgType,
+};
 use crate::kernel::netlink::{Netlink, NetlinkError};
 
 /// Ports with an id below this can use the fast path (the counter array is this long).
@@ -43,6 +46,33 @@ pub struct Station {
 
 /// The stations map's key: a MAC and two bytes of zeros.
 type Key = [u8; 8];
+
+/// The stations map and the counters pinned in `pins` by a previous daemon, or new ones pinned
+/// there (a previous daemon's maps of another shape are replaced).
+fn open_or_pin(
+    pins: &Pins,
+    entries: u32,
+) -> io::Result<(Map<Key, Value>, PerCpuMap<u32, PortCounts>)> {
+    let ports = u32::from(MAX_PORTS);
+    if pins.exists(STATIONS) && pins.exists(COUNTERS) {
+        let stations = Map::open_hash(&pins.path(STATIONS), entries);
+        let counters = PerCpuMap::open_array(&pins.path(COUNTERS), ports);
+        if let (Ok(s), Ok(c)) = (stations, counters) {
+            return Ok((s, c));
+        }
+    }
+    pins.unpin(STATIONS);
+    pins.unpin(COUNTERS);
+    let (stations, counters) = (Map::hash(entries)?, PerCpuMap::array(ports)?);
+    stations.pin(&pins.path(STATIONS))?;
+    counters.pin(&pins.path(COUNTERS))?;
+    Ok((stations, counters))
+}
+
+fn mac_of(key: Key) -> MacAddr {
+    let [a, b, c, d, e, f, ..] = key;
+    MacAddr([a, b, c, d, e, f])
+}
 
 fn key(mac: MacAddr) -> Key {
     let m = mac.0;
@@ -241,14 +271,20 @@ pub enum AttachError {
 }
 
 /// The fast path's program on a port's ingress, until dropped (or the port's veth goes, and the
-/// program with it).
+/// program with it), or kept for the next daemon ([`Attachment::keep`]).
 pub struct Attachment {
     how: Attached,
+    /// Leave it attached when dropped.
+    kept: bool,
 }
 
 enum Attached {
-    /// The link holds the program: closing it detaches.
-    Tcx(#[allow(dead_code)] OwnedFd),
+    /// The link holds the program: closing it detaches, unless it is pinned (`pin`: the pin's
+    /// name, removed on detach).
+    Tcx {
+        _link: OwnedFd,
+        pin: Option<(Pins, String)>,
+    },
     Tc {
         nl: Arc<Mutex<Netlink>>,
         ifindex: u32,
@@ -260,14 +296,30 @@ enum Attached {
 impl Attachment {
     pub fn hook(&self) -> Hook {
         match self.how {
-            Attached::Tcx(_) => Hook::Tcx,
+            Attached::Tcx { .. } => Hook::Tcx,
             Attached::Tc { .. } => Hook::Tc,
         }
+    }
+
+    /// Leaves the program on the port for the next daemon (a stop that keeps the network): a
+    /// pinned link and a tc filter stay when the daemon's descriptors close.
+    pub fn keep(mut self) {
+        self.kept = true;
     }
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        if let Attached::Tcx {
+            pin: Some((pins, name)),
+            ..
+        } = &self.how
+        {
+            pins.unpin(name); // the link goes with its last descriptor, just after
+        }
         if let Attached::Tc {
             nl,
             ifindex,
@@ -291,11 +343,14 @@ const OFF: &str = "every frame goes through the daemon";
 /// Loads the fast path for `mode` and chooses its hook, or says why there is none. Either way
 /// returns a line for the daemon's log that says which hook and why. The tc hook is set through
 /// a netlink socket opened here: call this in the network namespace of the ports.
-pub fn start(mode: Mode, fdb_size: usize) -> (Option<FastPath>, String) {
+///
+/// With `pins`, the maps and the tcx links are pinned there, so that forwarding between
+/// containers outlives the daemon; a previous daemon's pinned maps are taken over.
+pub fn start(mode: Mode, fdb_size: usize, pins: Option<Pins>) -> (Option<FastPath>, String) {
     if mode == Mode::Off {
         return (None, format!("off (--fast-path off): {OFF}"));
     }
-    let mut fast = match FastPath::load(fdb_size) {
+    let mut fast = match FastPath::load(fdb_size, pins) {
         Ok(fast) => fast,
         Err(e) => return (None, format!("off ({e}): {OFF}")),
     };
@@ -354,16 +409,35 @@ pub struct FastPath {
     hooks: Vec<Hook>,
     /// rtnetlink in the ports' namespace, for the tc hook.
     tc: Option<Arc<Mutex<Netlink>>>,
+    /// Where the maps and the tcx links are pinned, if anywhere.
+    pins: Option<Pins>,
 }
+
+/// The pins' names.
+const STATIONS: &str = "stations";
+const COUNTERS: &str = "counters";
 
 impl FastPath {
     /// Creates the maps and loads both programs (needs CAP_BPF and CAP_NET_ADMIN), with no hook
     /// to attach to yet (see [`start`]). The map holds up to `fdb_size` learned MACs and the
     /// plugged containers' own.
-    fn load(fdb_size: usize) -> io::Result<FastPath> {
+    fn load(fdb_size: usize, pins: Option<Pins>) -> io::Result<FastPath> {
         let entries = fdb_size.clamp(1, 1 << 20) as u32 + u32::from(MAX_PORTS);
-        let stations = Map::hash(entries)?;
-        let counters = PerCpuMap::array(u32::from(MAX_PORTS))?;
+        let (stations, counters) = match &pins {
+            Some(p) => open_or_pin(p, entries)?,
+            None => (Map::hash(entries)?, PerCpuMap::array(u32::from(MAX_PORTS))?),
+        };
+        // A previous daemon's stations are what the map holds: `sync` starts from them.
+        let mut installed = HashMap::new();
+        for k in stations.keys()? {
+            if let Some(v) = stations.lookup(&k)? {
+                let station = Station {
+                    ifindex: v.ifindex,
+                    port: PortId(v.port as u16),
+                };
+                installed.insert(mac_of(k), station);
+            }
+        }
         let (s, c) = (stations.fd(), counters.fd());
         let assemble = |kind| program(kind, s, c).map_err(io::Error::other);
         let redirect = load_program(ProgType::SchedCls, &assemble(Kind::Redirect)?)?;
@@ -373,9 +447,10 @@ impl FastPath {
             counters,
             redirect,
             filter,
-            installed: HashMap::new(),
+            installed,
             hooks: Vec::new(),
             tc: None,
+            pins,
         })
     }
 
@@ -385,24 +460,58 @@ impl FastPath {
     }
 
     /// Attaches the forwarding program for `port` to `ifindex`'s ingress, on the first hook that
-    /// takes it, with the port's counters zeroed (a new port reusing a freed id starts from
-    /// nothing); it stays until the attachment is dropped or the interface goes away.
-    pub fn attach(&self, port: PortId, ifindex: u32) -> Result<Attachment, AttachError> {
-        self.clear_counts(port).map_err(AttachError::Counters)?;
+    /// takes it; it stays until the attachment is dropped or the interface goes away. A `new`
+    /// port's counters are zeroed (a port reusing a freed id starts from nothing); a port taken
+    /// over from a previous daemon keeps them, and its program is replaced in place.
+    pub fn attach(&self, port: PortId, ifindex: u32, new: bool) -> Result<Attachment, AttachError> {
+        if new {
+            self.clear_counts(port).map_err(AttachError::Counters)?;
+        }
         let mut last = AttachError::Tc(NetlinkError::Protocol("no hook chosen".into()));
         for &hook in &self.hooks {
             let attached = match hook {
-                Hook::Tcx => tcx_attach(&self.redirect, ifindex)
-                    .map(Attached::Tcx)
-                    .map_err(AttachError::Tcx),
+                Hook::Tcx => self.attach_tcx(ifindex).map_err(AttachError::Tcx),
                 Hook::Tc => self.attach_tc(ifindex).map_err(AttachError::Tc),
             };
             match attached {
-                Ok(how) => return Ok(Attachment { how }),
+                Ok(how) => return Ok(Attachment { how, kept: false }),
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// A tcx link, pinned where there are pins. A link a previous daemon pinned for this
+    /// interface gets this daemon's program, atomically: no frame misses the fast path.
+    fn attach_tcx(&self, ifindex: u32) -> io::Result<Attached> {
+        let Some(pins) = &self.pins else {
+            let link = tcx_attach(&self.redirect, ifindex)?;
+            return Ok(Attached::Tcx {
+                _link: link,
+                pin: None,
+            });
+        };
+        let name = format!("link-{ifindex}");
+        if pins.exists(&name) {
+            let updated = obj_get(&pins.path(&name)).and_then(|link| {
+                link_update(&link, &self.redirect)?;
+                Ok(link)
+            });
+            match updated {
+                Ok(link) => {
+                    let pin = Some((pins.clone(), name));
+                    return Ok(Attached::Tcx { _link: link, pin });
+                }
+                // A link of an interface that is gone (its ifindex now another's).
+                Err(_) => pins.unpin(&name),
+            }
+        }
+        let link = tcx_attach(&self.redirect, ifindex)?;
+        obj_pin(&link, &pins.path(&name))?;
+        Ok(Attached::Tcx {
+            _link: link,
+            pin: Some((pins.clone(), name)),
+        })
     }
 
     fn attach_tc(&self, ifindex: u32) -> Result<Attached, NetlinkError> {
@@ -422,6 +531,18 @@ impl FastPath {
             ifindex,
             own_qdisc,
         })
+    }
+
+    /// Removes the pinned links of every interface but `ports`: links a previous daemon left on
+    /// ports that are gone.
+    pub fn prune_links(&self, ports: &[u32]) {
+        let Some(pins) = &self.pins else { return };
+        for name in pins.names("link-") {
+            let index = name["link-".len()..].parse::<u32>().ok();
+            if !index.is_some_and(|i| ports.contains(&i)) {
+                pins.unpin(&name);
+            }
+        }
     }
 
     /// A port's fast-path counters, summed over CPUs.
@@ -508,7 +629,7 @@ mod tests {
     #[test]
     fn frames_between_known_stations_take_the_fast_path_and_are_counted() {
         need_root();
-        let mut fast = FastPath::load(16).expect("the kernel accepts both programs");
+        let mut fast = FastPath::load(16, None).expect("the kernel accepts both programs");
         let (a, b, c) = (
             MacAddr([2, 0, 0, 0, 0, 0xa]),
             MacAddr([2, 0, 0, 0, 0, 0xb]),
@@ -617,10 +738,10 @@ mod tests {
         assert!(bare(), "{:?}", tc_view());
 
         // tc: a clsact qdisc and a direct-action BPF filter, both gone with the attachment.
-        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Tc, 16)).unwrap();
+        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Tc, 16, None)).unwrap();
         let fast = fast.unwrap_or_else(|| panic!("{why}"));
         assert!(why.starts_with("tc "), "{why}");
-        let link = in_host(&|| fast.attach(PortId(1), index)).unwrap();
+        let link = in_host(&|| fast.attach(PortId(1), index, true)).unwrap();
         assert_eq!(link.hook(), Hook::Tc);
         let (qdiscs, filters) = tc_view();
         assert!(clsact(&qdiscs), "{qdiscs:?}");
@@ -634,12 +755,12 @@ mod tests {
         assert!(bare(), "{:?}", tc_view());
 
         // A clsact qdisc that was there before stays: only the filter goes.
-        let (fast, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16)).unwrap();
+        let (fast, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16, None)).unwrap();
         let fast = fast.unwrap();
         run_in_netns(&host.fd, || Netlink::open().unwrap().add_clsact(index))
             .unwrap()
             .unwrap();
-        drop(in_host(&|| fast.attach(PortId(1), index)).unwrap());
+        drop(in_host(&|| fast.attach(PortId(1), index, true)).unwrap());
         let (qdiscs, filters) = tc_view();
         assert!(
             qdiscs.contains(&"clsact".to_string()) && filters.is_empty(),
@@ -653,13 +774,13 @@ mod tests {
                 .filter_map(|f| f["options"]["prog"]["id"].as_u64())
                 .collect()
         };
-        let (killed, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16)).unwrap();
+        let (killed, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16, None)).unwrap();
         let killed = killed.unwrap();
-        std::mem::forget(in_host(&|| killed.attach(PortId(1), index)).unwrap());
+        std::mem::forget(in_host(&|| killed.attach(PortId(1), index, true)).unwrap());
         let old = programs();
-        let (next, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16)).unwrap();
+        let (next, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16, None)).unwrap();
         let next = next.unwrap();
-        let link = in_host(&|| next.attach(PortId(1), index)).unwrap();
+        let link = in_host(&|| next.attach(PortId(1), index, true)).unwrap();
         let new = programs();
         assert!(
             old.len() == 1 && new.len() == 1 && old != new,
@@ -669,17 +790,17 @@ mod tests {
         assert!(tc_view().1.is_empty(), "{:?}", tc_view());
 
         // tcx: this kernel has it (6.6 and later), so `auto` takes it; no qdisc is needed.
-        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Auto, 16)).unwrap();
+        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Auto, 16, None)).unwrap();
         let fast = fast.unwrap_or_else(|| panic!("{why}"));
         assert!(why.starts_with("tcx "), "{why}");
-        let link = in_host(&|| fast.attach(PortId(1), index)).unwrap();
+        let link = in_host(&|| fast.attach(PortId(1), index, true)).unwrap();
         assert_eq!(link.hook(), Hook::Tcx);
         assert!(tc_view().1.is_empty(), "{:?}", tc_view());
         drop(link);
-        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Tcx, 16)).unwrap();
+        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Tcx, 16, None)).unwrap();
         assert!(fast.is_some() && why.starts_with("tcx "), "{why}");
 
-        let (fast, why) = start(Mode::Off, 16);
+        let (fast, why) = start(Mode::Off, 16, None);
         assert!(fast.is_none() && why.starts_with("off "), "{why}");
     }
 

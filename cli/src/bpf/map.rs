@@ -10,8 +10,11 @@ use std::marker::PhantomData;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use std::ffi::CStr;
+
 use super::sys::{
-    bpf, create_map, Attr, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM,
+    bpf, create_map, map_info, obj_get, obj_pin, Attr, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY,
+    BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM,
 };
 
 /// Plain data that the kernel may read and write as bytes.
@@ -36,7 +39,7 @@ unsafe impl Pod for u64 {}
 unsafe impl<const N: usize> Pod for [u8; N] {}
 
 /// `enum bpf_map_type` (<linux/bpf.h>).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 enum MapType {
     Hash = 1,
@@ -68,6 +71,24 @@ fn size<T>() -> u32 {
     u32::try_from(size_of::<T>()).expect("BPF keys and values are small")
 }
 
+/// Opens the map pinned at `path`, if it is of `kind` with the sizes of `K` and `V` (a map a
+/// daemon of another shape left is not this one's).
+fn open_pinned<K, V>(path: &CStr, kind: MapType, entries: u32) -> io::Result<OwnedFd> {
+    let fd = obj_get(path)?;
+    let info = map_info(&fd)?;
+    let want = (kind as u32, size::<K>(), size::<V>(), entries);
+    let have = (info.kind, info.key_size, info.value_size, info.max_entries);
+    if have != want {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the map pinned at {path:?} is (type, key, value, entries) {have:?}, not {want:?}"
+            ),
+        ));
+    }
+    Ok(fd)
+}
+
 /// A BPF map whose keys are `K` and whose values are `V`, one per key.
 pub struct Map<K: Pod, V: Pod> {
     fd: OwnedFd,
@@ -85,6 +106,42 @@ impl<K: Pod, V: Pod> Map<K, V> {
     /// A hash map of up to `entries` elements (needs CAP_BPF).
     pub fn hash(entries: u32) -> io::Result<Self> {
         Self::create(MapType::Hash, entries)
+    }
+
+    /// The hash map of `entries` elements pinned at `path` (see [`Map::pin`]).
+    pub fn open_hash(path: &CStr, entries: u32) -> io::Result<Self> {
+        Ok(Map {
+            fd: open_pinned::<K, V>(path, MapType::Hash, entries)?,
+            _types: PhantomData,
+        })
+    }
+
+    /// Pins the map at `path` in a bpffs: it outlives the process.
+    pub fn pin(&self, path: &CStr) -> io::Result<()> {
+        obj_pin(&self.fd, path)
+    }
+
+    /// Every key in the map (a snapshot: programs may add or remove keys meanwhile).
+    pub fn keys(&self) -> io::Result<Vec<K>> {
+        let mut keys: Vec<K> = Vec::new();
+        loop {
+            let mut next = MaybeUninit::<K>::uninit();
+            let key = keys
+                .last()
+                .map_or(std::ptr::null(), |k| k as *const K as *const u8);
+            let mut attr: Attr = [0; 16];
+            attr[0] = self.fd() as u64;
+            attr[1] = key as u64;
+            attr[2] = next.as_mut_ptr() as u64;
+            // SAFETY: `key` is null (the first key) or points to a live `K`; `next` has room
+            // for a `K`; both the map's key size.
+            match unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
+                // SAFETY: the kernel wrote a whole key, and any bytes are a `K` (Pod).
+                Ok(_) => keys.push(unsafe { next.assume_init() }),
+                Err(e) if is_absent(&e) => return Ok(keys),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The map's descriptor, for a program's `ld_map_fd`.
@@ -164,7 +221,23 @@ impl<V: Pod> PerCpuMap<u32, V> {
     }
 }
 
+impl<V: Pod> PerCpuMap<u32, V> {
+    /// The per-CPU array of `entries` keys pinned at `path`.
+    pub fn open_array(path: &CStr, entries: u32) -> io::Result<Self> {
+        Ok(PerCpuMap {
+            fd: open_pinned::<u32, V>(path, MapType::PerCpuArray, entries)?,
+            cpus: possible_cpus()?,
+            _types: PhantomData,
+        })
+    }
+}
+
 impl<K: Pod, V: Pod> PerCpuMap<K, V> {
+    /// Pins the map at `path` in a bpffs: it outlives the process.
+    pub fn pin(&self, path: &CStr) -> io::Result<()> {
+        obj_pin(&self.fd, path)
+    }
+
     /// The map's descriptor, for a program's `ld_map_fd`.
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()

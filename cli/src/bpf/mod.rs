@@ -5,6 +5,7 @@ pub mod asm;
 pub mod fanout;
 pub mod fastpath;
 pub mod map;
+pub mod pins;
 pub mod sys;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The `bpf(2)` system call: loading programs, running them in tests, tcx links. Map access is
 //! in `map`.
 
+use std::ffi::CStr;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -12,7 +13,12 @@ pub(super) const BPF_MAP_CREATE: libc::c_long = 0;
 pub(super) const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 pub(super) const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 pub(super) const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+pub(super) const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 #[cfg(test)]
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -103,6 +109,60 @@ pub fn tcx_attach(prog: impl AsFd, ifindex: u32) -> io::Result<OwnedFd> {
     attr[1] = BPF_TCX_INGRESS;
     // SAFETY: no address in a link creation's attributes for tcx.
     Ok(owned(unsafe { bpf(BPF_LINK_CREATE, &mut attr) }?))
+}
+
+/// Pins a program, map or link at `path` in a bpffs: it then outlives every descriptor of
+/// it, this process's included, until the file is removed.
+pub fn obj_pin(obj: impl AsFd, path: &CStr) -> io::Result<()> {
+    // Object pinning: pathname, bpf_fd, file_flags.
+    let mut attr: Attr = [0; 16];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = obj.as_fd().as_raw_fd() as u64;
+    // SAFETY: the kernel only reads `path`, a live NUL-terminated string.
+    unsafe { bpf(BPF_OBJ_PIN, &mut attr) }.map(drop)
+}
+
+/// Opens the object pinned at `path`.
+pub fn obj_get(path: &CStr) -> io::Result<OwnedFd> {
+    let mut attr: Attr = [0; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: as in `obj_pin`.
+    Ok(owned(unsafe { bpf(BPF_OBJ_GET, &mut attr) }?))
+}
+
+/// Swaps the program of link `link` for `prog`, atomically: no frame sees neither.
+pub fn link_update(link: impl AsFd, prog: impl AsFd) -> io::Result<()> {
+    // Link update: link_fd, new_prog_fd, flags, old_prog_fd.
+    let mut attr: Attr = [0; 16];
+    attr[0] = link.as_fd().as_raw_fd() as u64 | (prog.as_fd().as_raw_fd() as u64) << 32;
+    // SAFETY: no address in a link update's attributes.
+    unsafe { bpf(BPF_LINK_UPDATE, &mut attr) }.map(drop)
+}
+
+/// What a map is (the head of `struct bpf_map_info`): type, key and value sizes, entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapInfo {
+    pub kind: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+pub fn map_info(map: impl AsFd) -> io::Result<MapInfo> {
+    // struct bpf_map_info starts type, id, key_size, value_size, max_entries; the kernel
+    // writes at most the length given (the rest of the struct is zeros here).
+    let mut info = [0u32; 20];
+    let mut attr: Attr = [0; 16];
+    attr[0] = map.as_fd().as_raw_fd() as u64 | (size_of::<[u32; 20]>() as u64) << 32;
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: `info` is live and writable for the length given.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    Ok(MapInfo {
+        kind: info[0],
+        key_size: info[2],
+        value_size: info[3],
+        max_entries: info[4],
+    })
 }
 
 /// Whether this kernel has tcx links: asks for one on no interface at all. A kernel with tcx

@@ -9,7 +9,7 @@ use crate::control::{IfName, PublishSpec, Target};
 
 use super::error::DaemonError;
 use super::manager::{Container, Manager};
-use super::plug::Undo;
+use super::plug::{NewPort, Undo};
 use super::plumbing::NetnsConf;
 use super::state::{self, PortRecord, State, FORMAT};
 
@@ -106,8 +106,15 @@ impl Manager {
                 return Err(e);
             }
         };
-        let fast_link = match self.add_port(id, &r.host_ifname, r.host_index, r.ip, mac, &mut undo)
-        {
+        let port = NewPort {
+            id,
+            host_ifname: &r.host_ifname,
+            index: r.host_index,
+            ip: r.ip,
+            mac,
+            new: false,
+        };
+        let fast_link = match self.add_port(&port, &mut undo) {
             Ok(link) => link,
             Err(e) => {
                 self.roll_back(undo);

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use crate::bpf::pins;
 use crate::kernel::netlink::Netlink;
 use crate::natd::resolv;
 
@@ -38,6 +39,7 @@ pub fn cleanup(control: &Path) -> Result<()> {
         }
     }
     state::remove(&path);
+    pins::remove(&pins::dir_for(control));
     let _ = std::fs::remove_file(control);
     match removed.is_empty() && left.is_none() {
         true => println!("nothing of {} left to remove", control.display()),

@@ -12,6 +12,7 @@ use vswitch_nat::Nat;
 use vswitch_switch::{MacAddr, PortId};
 
 use crate::bpf::fastpath::{Attachment, FastPath};
+use crate::bpf::pins;
 use crate::control::{Call, IfName, PublishSpec, Reply, Request, Target};
 use crate::datapath::{Datapath, TAP_PORT};
 use crate::natd::budget::FdBudget;
@@ -66,6 +67,8 @@ pub struct Manager {
     pub marker: String,
     /// Where the state is kept for the next daemon (see `state`).
     pub state_path: PathBuf,
+    /// Where the fast path's maps and links are pinned (see `bpf::pins`).
+    pub pins_dir: PathBuf,
     /// The TAP's ifindex, to delete it when the network goes.
     pub tap_index: u32,
     /// systemd's watchdog, pinged from the tick.
@@ -138,10 +141,19 @@ impl Manager {
                 let _ = self.plumbing.delete_link(c.host_index);
                 self.forget(&c);
             }
-            // The TAP is persistent (it outlives a crash): it goes only when asked to.
+            // The TAP is persistent (it outlives a crash): it goes only when asked to; so do the
+            // fast path's pins.
             let _ = self.plumbing.delete_link(self.tap_index);
             state::remove(&self.state_path);
+            pins::remove(&self.pins_dir);
         } else {
+            // The fast path's programs stay on the ports, forwarding between containers until
+            // the next daemon takes over.
+            for c in &mut self.containers {
+                if let Some(link) = c.fast_link.take() {
+                    link.keep();
+                }
+            }
             self.save_state();
         }
         // Whatever is still relayed ends with a reset on both sides, rather than as orphaned

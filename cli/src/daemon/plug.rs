@@ -41,6 +41,18 @@ impl Undo {
     }
 }
 
+/// A port to add: its number, its veth's host end, its station, and whether it is new (not
+/// taken over from a previous daemon).
+#[derive(Clone, Copy)]
+pub(super) struct NewPort<'a> {
+    pub id: PortId,
+    pub host_ifname: &'a str,
+    pub index: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub new: bool,
+}
+
 /// A container's namespace, opened and identified.
 struct Namespace {
     fd: OwnedFd,
@@ -96,7 +108,15 @@ impl Manager {
         };
         (self.plumbing).configure_container(ns.fd.as_fd(), ifname.as_str(), addressing)?;
         let id = self.free_port_id().ok_or(DaemonError::TooManyPorts)?;
-        let fast_link = self.add_port(id, &host_ifname, index, ip, mac, undo)?;
+        let port = NewPort {
+            id,
+            host_ifname: &host_ifname,
+            index,
+            ip,
+            mac,
+            new: true,
+        };
+        let fast_link = self.add_port(&port, undo)?;
 
         let container = Container {
             port: id,
@@ -177,17 +197,21 @@ impl Manager {
         Ok((ip, mac))
     }
 
-    /// Opens port `id`'s sockets on the veth's host end, attaches the fast path and gives the
+    /// Opens the port's sockets on the veth's host end, attaches the fast path and gives the
     /// port to the switch and the workers.
     pub(super) fn add_port(
         &mut self,
-        id: PortId,
-        host_ifname: &str,
-        index: u32,
-        ip: Ipv4Addr,
-        mac: MacAddr,
+        p: &NewPort<'_>,
         undo: &mut Undo,
     ) -> Result<Option<Attachment>, DaemonError> {
+        let NewPort {
+            id,
+            host_ifname,
+            index,
+            ip,
+            mac,
+            new,
+        } = *p;
         let fast = self.fast_path.as_ref().filter(|_| id.0 < MAX_PORTS);
         let filter = fast.map(|f| f.filter());
         let queues = (self
@@ -199,7 +223,7 @@ impl Manager {
         // Without its program on the port, the port's stations stay out of the fast path's map,
         // so the sockets' filter lets all its frames through: the daemon switches them.
         let fast_link = fast.and_then(|f| {
-            f.attach(id, index)
+            f.attach(id, index, new)
                 .map_err(|e| eprintln!("vswitch: no kernel fast path on {host_ifname}: {e}"))
                 .ok()
         });

@@ -8,7 +8,8 @@ use vswitch_nat::{Nat, NatConfig, Shares};
 use vswitch_switch::{MacAddr, PortInfo, Switch};
 
 use crate::bpf::fanout::{Spread, SpreadProgram};
-use crate::bpf::fastpath;
+use crate::bpf::fastpath::{self, Mode};
+use crate::bpf::pins::{self, Pins};
 use crate::datapath::{Datapath, Fabric, TAP_PORT};
 use crate::kernel::netlink::Netlink;
 use crate::natd::budget::{open_now, FdBudget};
@@ -76,7 +77,17 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
             }
         })
         .flatten();
-    let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size);
+    // Pinned, the fast path keeps forwarding between containers while no daemon runs.
+    let pins = (cfg.fast_path != Mode::Off)
+        .then(|| match Pins::open(&pins::dir_for(&cfg.control)) {
+            Ok(pins) => Some(pins),
+            Err(e) => {
+                eprintln!("vswitch: no pins for the fast path ({e}): it will stop with the daemon");
+                None
+            }
+        })
+        .flatten();
+    let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size, pins);
     eprintln!("vswitch: kernel fast path: {why}");
     let fabric = Fabric::new(switch, spread_program.clone());
     let homes = cfg.spread != Spread::Hash;
@@ -159,6 +170,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         budget,
         marker,
         state_path: state::path_for(&cfg.control),
+        pins_dir: pins::dir_for(&cfg.control),
         tap_index,
         watchdog: Watchdog::from_env(),
     };
@@ -166,6 +178,10 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         manager.adopt(previous);
     }
     manager.clear_unexplained_links();
+    if let Some(fast) = &manager.fast_path {
+        let ports: Vec<u32> = manager.containers.iter().map(|c| c.host_index).collect();
+        fast.prune_links(&ports);
+    }
     manager.save_state();
     Ok(manager)
 }

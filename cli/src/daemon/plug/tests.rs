@@ -211,6 +211,7 @@ fn harness() -> Harness {
         budget,
         marker: MARKER.into(),
         state_path: state_path(),
+        pins_dir: std::env::temp_dir().join("vsw-plug-test-no-pins"),
         tap_index: 0,
         watchdog: None,
     };
