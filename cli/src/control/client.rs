@@ -1,10 +1,15 @@
-//! The command line's side of the control socket.
+//! The command line's side of the control socket: one typed method per request.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::protocol::Request;
+use serde::de::DeserializeOwned;
+
+use super::protocol::{
+    decode_response, encode_request, Failure, FdbView, FlowRow, NoArgs, Plug, PortView, Request,
+    Stats, StopArgs, Unplug,
+};
 
 /// Errors seen by the command-line client.
 #[derive(Debug, thiserror::Error)]
@@ -18,41 +23,72 @@ pub enum ClientError {
     #[error("the daemon sent a malformed reply: {0}")]
     BadReply(String),
     #[error("{0}")]
-    Daemon(String),
+    Daemon(#[from] Failure),
 }
 
-/// Sends one request and returns the daemon's `data`, or its error message.
-pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, ClientError> {
-    let p = path.display().to_string();
-    let conn = UnixStream::connect(path).map_err(|source| match source.kind() {
-        io::ErrorKind::PermissionDenied => ClientError::Permission { path: p.clone() },
-        _ => ClientError::NotRunning {
+/// A connection-per-request client of the daemon at a control socket.
+pub struct Client {
+    path: PathBuf,
+}
+
+impl Client {
+    pub fn new(path: &Path) -> Client {
+        Client {
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn plug(&self, plug: Plug) -> Result<PortView, ClientError> {
+        self.call(&Request::Plug(plug))
+    }
+
+    pub fn unplug(&self, unplug: Unplug) -> Result<PortView, ClientError> {
+        self.call(&Request::Unplug(unplug))
+    }
+
+    pub fn ls(&self) -> Result<Vec<PortView>, ClientError> {
+        self.call(&Request::Ls(NoArgs {}))
+    }
+
+    pub fn fdb(&self) -> Result<Vec<FdbView>, ClientError> {
+        self.call(&Request::Fdb(NoArgs {}))
+    }
+
+    pub fn conntrack(&self) -> Result<Vec<FlowRow>, ClientError> {
+        self.call(&Request::Conntrack(NoArgs {}))
+    }
+
+    /// Asks the daemon to exit (keeping the network for the next one, with `keep`).
+    pub fn stop(&self, keep: bool) -> Result<Stats, ClientError> {
+        self.call(&Request::Stop(StopArgs { keep }))
+    }
+
+    pub fn stats(&self) -> Result<Stats, ClientError> {
+        self.call(&Request::Stats(NoArgs {}))
+    }
+
+    /// Sends one request and decodes the daemon's `data` as `T`.
+    fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, ClientError> {
+        let p = self.path.display().to_string();
+        let conn = UnixStream::connect(&self.path).map_err(|err| match err.kind() {
+            io::ErrorKind::PermissionDenied => ClientError::Permission { path: p.clone() },
+            _ => ClientError::NotRunning {
+                path: p.clone(),
+                err,
+            },
+        })?;
+        let io_err = |err| ClientError::Io {
             path: p.clone(),
-            err: source,
-        },
-    })?;
-    let io_err = |err| ClientError::Io {
-        path: p.clone(),
-        err,
-    };
-    let mut line = serde_json::to_vec(request).expect("requests always serialize");
-    line.push(b'\n');
-    (&conn).write_all(&line).map_err(io_err)?;
-    let mut reply = String::new();
-    BufReader::new(&conn)
-        .read_line(&mut reply)
-        .map_err(io_err)?;
-    let reply: serde_json::Value =
-        serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))?;
-    match reply.get("ok").and_then(|v| v.as_bool()) {
-        Some(true) => Ok(reply.get("data").cloned().unwrap_or_default()),
-        Some(false) => Err(ClientError::Daemon(
-            reply
-                .get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("unknown error")
-                .to_string(),
-        )),
-        None => Err(ClientError::BadReply(reply.to_string())),
+            err,
+        };
+        let mut line = encode_request(request);
+        line.push(b'\n');
+        (&conn).write_all(&line).map_err(io_err)?;
+        let mut reply = String::new();
+        BufReader::new(&conn)
+            .read_line(&mut reply)
+            .map_err(io_err)?;
+        let data = decode_response(&reply).map_err(ClientError::BadReply)??;
+        serde_json::from_value(data).map_err(|e| ClientError::BadReply(e.to_string()))
     }
 }

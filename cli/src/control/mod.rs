@@ -5,6 +5,6 @@ mod client;
 mod protocol;
 mod server;
 
-pub use client::call;
-pub use protocol::{FdbView, FlowRow, PortView, Request, Target};
+pub use client::Client;
+pub use protocol::*;
 pub use server::{bind, serve, Call};

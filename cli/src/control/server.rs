@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::protocol::{Request, MAX_REQUEST};
+use super::protocol::{
+    decode_request, encode_response, ErrorCode, Failure, Reply, Request, MAX_REQUEST,
+};
 
 /// A request on its way to the manager thread, with where to send the answer.
 pub struct Call {
     pub request: Request,
-    pub reply: Sender<Result<serde_json::Value, String>>,
+    pub reply: Sender<Result<Reply, Failure>>,
 }
 
 /// Binds the control socket at `path`, refusing to steal it from a live daemon but replacing a
@@ -79,28 +81,21 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = Vec::new();
     BufReader::new((&conn).take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line)?;
+    let shutting_down = || Failure::new(ErrorCode::Unavailable, "the daemon is shutting down");
     let answer = if line.len() > MAX_REQUEST {
-        Err(format!("request longer than {MAX_REQUEST} bytes"))
+        Err(Failure::new(
+            ErrorCode::Invalid,
+            format!("request longer than {MAX_REQUEST} bytes"),
+        ))
     } else {
-        match serde_json::from_slice::<Request>(&line) {
-            Err(e) => Err(format!("malformed request: {e}")),
-            Ok(request) => {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                let call = Call { request, reply: tx };
-                if calls.send(call).is_err() {
-                    Err("the daemon is shutting down".to_string())
-                } else {
-                    rx.recv()
-                        .unwrap_or_else(|_| Err("the daemon is shutting down".to_string()))
-                }
-            }
-        }
+        decode_request(&line).and_then(|request| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let call = Call { request, reply: tx };
+            calls.send(call).map_err(|_| shutting_down())?;
+            rx.recv().unwrap_or_else(|_| Err(shutting_down()))
+        })
     };
-    let response = match answer {
-        Ok(data) => serde_json::json!({"ok": true, "data": data}),
-        Err(error) => serde_json::json!({"ok": false, "error": error}),
-    };
-    let mut out = serde_json::to_vec(&response).expect("JSON values always serialize");
+    let mut out = encode_response(&answer);
     out.push(b'\n');
     (&conn).write_all(&out)
 }

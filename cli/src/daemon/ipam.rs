@@ -115,7 +115,18 @@ impl Ipam {
     }
 
     /// Reserves `wanted`, or the lowest free address when `None`.
+    #[cfg(test)]
     pub fn reserve(&mut self, wanted: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+        self.reserve_where(wanted, |_| true)
+    }
+
+    /// Reserves `wanted`, or the lowest free address that is also `usable` when `None` (the
+    /// manager skips addresses whose derived MAC a manual plug has taken).
+    pub fn reserve_where(
+        &mut self,
+        wanted: Option<Ipv4Addr>,
+        usable: impl Fn(Ipv4Addr) -> bool,
+    ) -> Result<Ipv4Addr, IpamError> {
         let addr = match wanted {
             Some(addr) => {
                 if !self.net.is_host(addr) {
@@ -137,7 +148,7 @@ impl Ipam {
                 let last = u32::from(self.net.broadcast()) - 1;
                 (first..=last)
                     .map(Ipv4Addr::from)
-                    .find(|a| *a != self.gateway && !self.used.contains(a))
+                    .find(|a| *a != self.gateway && !self.used.contains(a) && usable(*a))
                     .ok_or(IpamError::Full(self.net))?
             }
         };
@@ -205,6 +216,22 @@ mod tests {
                 Err(IpamError::OutOfSubnet { .. })
             ));
         }
+    }
+
+    #[test]
+    fn automatic_addresses_skip_unusable_ones() {
+        let mut book = ipam("10.1.1.0/24");
+        let three = Ipv4Addr::new(10, 1, 1, 3);
+        let got = book.reserve_where(None, |a| a != Ipv4Addr::new(10, 1, 1, 2));
+        assert_eq!(got, Ok(three));
+        // An explicit address is the caller's to check.
+        let two = Ipv4Addr::new(10, 1, 1, 2);
+        assert_eq!(book.reserve_where(Some(two), |_| false), Ok(two));
+        let mut small = ipam("10.9.9.0/30");
+        assert!(matches!(
+            small.reserve_where(None, |_| false),
+            Err(IpamError::Full(_))
+        ));
     }
 
     #[test]

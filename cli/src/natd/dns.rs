@@ -11,26 +11,32 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::budget::FdBudget;
+
 /// Queries forwarded at once; past this, new queries are dropped (the client retries).
 const MAX_INFLIGHT: usize = 256;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds UDP and TCP port 53 on `gateway` and serves them on background threads.
-pub fn start(gateway: Ipv4Addr, upstreams: Vec<SocketAddr>) -> io::Result<()> {
+pub fn start(
+    gateway: Ipv4Addr,
+    upstreams: Vec<SocketAddr>,
+    budget: Arc<FdBudget>,
+) -> io::Result<()> {
     let udp = UdpSocket::bind((gateway, 53))?;
     let tcp = TcpListener::bind((gateway, 53))?;
     let upstreams = Arc::new(upstreams);
-    let up = upstreams.clone();
+    let (up, udp_budget) = (upstreams.clone(), budget.clone());
     std::thread::Builder::new()
         .name("vswitch-dns-udp".into())
-        .spawn(move || serve_udp(udp, up))?;
+        .spawn(move || serve_udp(udp, up, udp_budget))?;
     std::thread::Builder::new()
         .name("vswitch-dns-tcp".into())
-        .spawn(move || serve_tcp(tcp, upstreams))?;
+        .spawn(move || serve_tcp(tcp, upstreams, budget))?;
     Ok(())
 }
 
-fn serve_udp(socket: UdpSocket, upstreams: Arc<Vec<SocketAddr>>) {
+fn serve_udp(socket: UdpSocket, upstreams: Arc<Vec<SocketAddr>>, budget: Arc<FdBudget>) {
     let socket = Arc::new(socket);
     let inflight = Arc::new(AtomicUsize::new(0));
     let mut buf = [0u8; 65536];
@@ -41,6 +47,10 @@ fn serve_udp(socket: UdpSocket, upstreams: Arc<Vec<SocketAddr>>) {
         if len < 12 || inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT {
             continue; // not a DNS message, or overloaded: drop, the client retries
         }
+        // A query's socket upstream is paid for from the budget, like a flow's.
+        let Some(lease) = budget.lease(1, "a DNS query") else {
+            continue;
+        };
         let query = buf[..len].to_vec();
         let (socket, upstreams, count) = (socket.clone(), upstreams.clone(), inflight.clone());
         inflight.fetch_add(1, Ordering::Relaxed);
@@ -50,6 +60,7 @@ fn serve_udp(socket: UdpSocket, upstreams: Arc<Vec<SocketAddr>>) {
                 if let Some(answer) = ask_udp(&query, &upstreams) {
                     let _ = socket.send_to(&answer, client);
                 }
+                drop(lease);
                 count.fetch_sub(1, Ordering::Relaxed);
             });
         if spawned.is_err() {
@@ -84,13 +95,32 @@ fn ask_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     None
 }
 
-fn serve_tcp(listener: TcpListener, upstreams: Arc<Vec<SocketAddr>>) {
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+/// Descriptors a DNS-over-TCP connection holds: both sockets and a clone of each.
+const TCP_QUERY_FDS: usize = 4;
+
+fn serve_tcp(listener: TcpListener, upstreams: Arc<Vec<SocketAddr>>, budget: Arc<FdBudget>) {
+    loop {
+        let lease = budget.lease(TCP_QUERY_FDS, "a DNS connection");
+        let conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of descriptors, accept fails at once, again and again: pause.
+                if budget.check(&e, "accepting a DNS connection") {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+        };
+        let Some(lease) = lease else {
+            continue; // closed at once: the client retries or tries another server
+        };
         let upstreams = upstreams.clone();
         let _ = std::thread::Builder::new()
             .name("vswitch-dns-tcp".into())
-            .spawn(move || relay_tcp(conn, &upstreams));
+            .spawn(move || {
+                relay_tcp(conn, &upstreams);
+                drop(lease);
+            });
     }
 }
 

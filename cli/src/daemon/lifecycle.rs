@@ -1,0 +1,102 @@
+//! What the manager does on its own, every tick: notice containers that went away, age the
+//! forwarding and flow tables, keep the kernel fast path's stations in step with the switch.
+
+use std::collections::HashMap;
+
+use vswitch_switch::{MacAddr, PortId};
+
+use crate::bpf::fastpath::Station;
+use crate::datapath::now_ms;
+use crate::natd::NatJob;
+
+use super::manager::Manager;
+
+impl Manager {
+    pub fn tick(&mut self) {
+        if let Some(watchdog) = &mut self.watchdog {
+            watchdog.tick();
+        }
+        for i in (0..self.containers.len()).rev() {
+            if !self.is_alive(i) {
+                self.remove_gone(i);
+            }
+        }
+        self.sync_fast_path();
+        // Expiry scans whole tables: once a second is plenty.
+        let now = now_ms();
+        if now < self.last_expiry + 1000 {
+            return;
+        }
+        self.last_expiry = now;
+        if let Some(fast) = &self.fast_path {
+            for (mac, port) in fast.used() {
+                self.datapath.switch().seen(mac, port, now);
+            }
+        }
+        self.datapath.switch().expire(now);
+        let flows = self.nat.expire(now);
+        if !flows.is_empty() {
+            self.nat_jobs.send(NatJob::Forget(flows));
+        }
+    }
+
+    /// Whether container `i`'s veth still exists: the kernel deletes it with the container's
+    /// namespace, when the container's last process exits. Asked over the manager's netlink
+    /// socket, so the answer needs no new descriptor: a daemon out of descriptors still knows
+    /// its containers are there. Only "no such link" means gone; any other error keeps it.
+    pub fn is_alive(&mut self, i: usize) -> bool {
+        let c = &self.containers[i];
+        match self.plumbing.link(&c.host_ifname) {
+            Ok(link) => link.is_some_and(|l| l.index == c.host_index),
+            Err(e) => {
+                eprintln!(
+                    "vswitch: checking {} ({}): {e}; keeping it",
+                    c.host_ifname, c.target
+                );
+                true
+            }
+        }
+    }
+
+    /// Removes the port of container `i`, whose namespace is gone (its veth went with it).
+    pub fn remove_gone(&mut self, i: usize) {
+        let c = self.containers.remove(i);
+        self.forget(&c);
+        self.save_state();
+        eprintln!(
+            "vswitch: {} is gone: removed port {} and released {}",
+            c.target, c.host_ifname, c.ip
+        );
+    }
+
+    /// Makes the fast path's stations the plugged containers' own MACs (so that two containers
+    /// talk over the fast path from their first frame, with no switch-over to reorder a flow),
+    /// overridden by the forwarding table on the ports the fast path serves: a MAC learned
+    /// elsewhere is the daemon's, a MAC learned on a served port (a container that changed its
+    /// address, or bridges others) is added within a tick, what the switch forgot is removed.
+    pub fn sync_fast_path(&mut self) {
+        let Some(fast) = &mut self.fast_path else {
+            return;
+        };
+        let served: HashMap<PortId, u32> = (self.containers.iter())
+            .filter(|c| c.fast_link.is_some())
+            .map(|c| (c.port, c.host_index))
+            .collect();
+        let station = |port: PortId| {
+            let ifindex = *served.get(&port)?;
+            Some(Station { ifindex, port })
+        };
+        let mut want: HashMap<MacAddr, Station> = (self.containers.iter())
+            .filter_map(|c| Some((c.mac, station(c.port)?)))
+            .collect();
+        for e in self.datapath.switch().fdb_entries(now_ms()) {
+            match station(e.port) {
+                Some(s) => want.insert(e.mac, s),
+                None => want.remove(&e.mac),
+            };
+        }
+        if let Err(e) = fast.sync(&want) {
+            eprintln!("vswitch: updating the kernel fast path: {e}");
+        }
+    }
+}
