@@ -880,8 +880,9 @@ fn learned_pairs_take_the_fast_path(args: &[&str], hook: &str) {
         samples += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A premise, not a speed: a loaded machine takes longer per sample, the echoes last 6 s.
     assert!(
-        samples >= 10,
+        samples >= 5,
         "the echoes were over before the table was sampled"
     );
     let out = ping.join().unwrap().stdout;
