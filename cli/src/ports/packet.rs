@@ -197,9 +197,11 @@ impl PortIo for PacketSocket {
     fn recv_batch(&self, batch: &mut RxBatch) -> io::Result<usize> {
         const MAX: usize = 64;
         let n = batch.bufs.len().min(MAX);
-        // SAFETY: all-zero is valid for these plain C structs.
+        // SAFETY: all-zero is a valid sockaddr_ll.
         let mut addrs: [libc::sockaddr_ll; MAX] = unsafe { zeroed() };
+        // SAFETY: all-zero is a valid iovec (null base, length 0).
         let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
+        // SAFETY: all-zero is a valid mmsghdr (no name, no buffers, no control data).
         let mut msgs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
         for i in 0..n {
             iovs[i] = libc::iovec {
@@ -263,8 +265,9 @@ impl PortIo for PacketSocket {
         let (mut next, mut sent, mut bytes) = (0, 0, 0u64);
         while next < frames.len() {
             let chunk = &frames[next..frames.len().min(next + MAX)];
-            // SAFETY: all-zero is valid for these plain C structs.
+            // SAFETY: all-zero is a valid iovec (null base, length 0).
             let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
+            // SAFETY: all-zero is a valid mmsghdr (no name, no buffers, no control data).
             let mut msgs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
             for (i, frame) in chunk.iter().enumerate() {
                 iovs[i] = libc::iovec {
