@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::control::{Client, Plug, PortView, Target, Unplug};
+use crate::control::{Client, Plug, PortView, Selector, Target, Unplug};
 use crate::{daemon, Cli, Command, TargetArg};
 
 mod table;
@@ -53,11 +53,11 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let port = client.plug(Plug {
-                target: target_of(target)?,
                 ip,
                 mac,
                 ifname,
                 publish,
+                ..Plug::new(target_of(target)?)
             })?;
             if json {
                 return print_json(&port);
@@ -82,7 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Unplug { target } => {
             let port: PortView = client.unplug(Unplug {
-                target: target_of(target)?,
+                by: Selector::Target(target_of(target)?),
             })?;
             println!(
                 "unplugged {} (host port {}, {} released)",

@@ -11,6 +11,7 @@ use crate::natd::budget;
 pub use config::Config;
 use ipam::Ipam;
 
+mod attach;
 mod config;
 mod error;
 pub mod ipam;
