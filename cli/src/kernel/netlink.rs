@@ -10,7 +10,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLMSG_DONE,
-    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
@@ -42,6 +43,38 @@ impl NetlinkError {
         }
     }
 }
+
+/// A link as `link` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub up: bool,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+}
+
+/// An IPv4 route of the main table as `ipv4_routes` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Route {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+}
+
+// Attribute numbers of the replies read by hand (linux/if_link.h, if_addr.h, rtnetlink.h).
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_MTU: u16 = 4;
+const IFA_LOCAL: u16 = 2;
+const IFA_ADDRESS: u16 = 1;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_TABLE: u16 = 15;
+/// Sizes of the fixed headers before the attributes: ifinfomsg, ifaddrmsg, rtmsg.
+const IFINFOMSG_LEN: usize = 16;
+const IFADDRMSG_LEN: usize = 8;
+const RTMSG_LEN: usize = 12;
 
 /// Receive buffer size: more than the kernel puts in one datagram (NLMSG_GOODSIZE is at most
 /// 8 KiB; dumps use up to 32 KiB).
@@ -218,6 +251,115 @@ impl Netlink {
             || format!("add default route via {gateway}"),
         )?;
         Ok(())
+    }
+
+    /// The link called `name`: its index, whether it is up, its MAC and MTU; `None` if there is
+    /// no such link.
+    pub fn link(&mut self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+        if name.len() >= libc::IFNAMSIZ {
+            return Ok(None);
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let replies = match self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
+            format!("look up link {name}")
+        }) {
+            Err(e) if e.errno() == Some(libc::ENODEV) => return Ok(None),
+            result => result?,
+        };
+        let short = || NetlinkError::Protocol(format!("short RTM_NEWLINK for {name}"));
+        let (_, body) = (replies.iter())
+            .find(|(kind, _)| *kind == libc::RTM_NEWLINK)
+            .ok_or_else(short)?;
+        let header = body.get(..IFINFOMSG_LEN).ok_or_else(short)?;
+        let mut state = LinkState {
+            index: u32::from_ne_bytes(header[4..8].try_into().unwrap()),
+            up: u32::from_ne_bytes(header[8..12].try_into().unwrap()) & libc::IFF_UP as u32 != 0,
+            mac: None,
+            mtu: None,
+        };
+        for nla in NlasIterator::new(&body[IFINFOMSG_LEN..]).map_while(Result::ok) {
+            match nla.kind() {
+                IFLA_ADDRESS => state.mac = nla.value().try_into().ok(),
+                IFLA_MTU => state.mtu = nla.value().try_into().ok().map(u32::from_ne_bytes),
+                _ => {}
+            }
+        }
+        Ok(Some(state))
+    }
+
+    /// The IPv4 addresses of link `index`, with their prefix lengths.
+    pub fn ipv4_addresses(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let replies = self.request(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP, || {
+            "list addresses".to_string()
+        })?;
+        let mut out = Vec::new();
+        for (kind, body) in replies {
+            let Some(header) = body.get(..IFADDRMSG_LEN) else {
+                continue;
+            };
+            let family = i32::from(header[0]);
+            let at = u32::from_ne_bytes(header[4..8].try_into().unwrap());
+            if kind != libc::RTM_NEWADDR || family != libc::AF_INET || at != index {
+                continue;
+            }
+            // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
+            let (mut local, mut address) = (None, None);
+            for nla in NlasIterator::new(&body[IFADDRMSG_LEN..]).map_while(Result::ok) {
+                let ip = <[u8; 4]>::try_from(nla.value()).ok().map(Ipv4Addr::from);
+                match nla.kind() {
+                    IFA_LOCAL => local = ip,
+                    IFA_ADDRESS => address = ip,
+                    _ => {}
+                }
+            }
+            out.extend(local.or(address).map(|ip| (ip, header[1])));
+        }
+        Ok(out)
+    }
+
+    /// The IPv4 routes of the main table.
+    pub fn ipv4_routes(&mut self) -> Result<Vec<Ipv4Route>, NetlinkError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let replies = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP, || {
+            "list routes".to_string()
+        })?;
+        let mut out = Vec::new();
+        for (kind, body) in replies {
+            let Some(header) = body.get(..RTMSG_LEN) else {
+                continue;
+            };
+            if kind != libc::RTM_NEWROUTE || i32::from(header[0]) != libc::AF_INET {
+                continue;
+            }
+            let mut table = u32::from(header[4]);
+            let mut route = Ipv4Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix_len: header[1],
+                gateway: None,
+                oif: None,
+            };
+            for nla in NlasIterator::new(&body[RTMSG_LEN..]).map_while(Result::ok) {
+                let ip = <[u8; 4]>::try_from(nla.value()).ok().map(Ipv4Addr::from);
+                let word = <[u8; 4]>::try_from(nla.value())
+                    .ok()
+                    .map(u32::from_ne_bytes);
+                match nla.kind() {
+                    RTA_DST => route.dst = ip.unwrap_or(route.dst),
+                    RTA_GATEWAY => route.gateway = ip,
+                    RTA_OIF => route.oif = word,
+                    RTA_TABLE => table = word.unwrap_or(table),
+                    _ => {}
+                }
+            }
+            if table == u32::from(RouteHeader::RT_TABLE_MAIN) {
+                out.push(route);
+            }
+        }
+        Ok(out)
     }
 
     /// Sends one request with NLM_F_REQUEST | NLM_F_ACK | `flags` and reads replies up to its ACK
@@ -447,6 +589,46 @@ mod tests {
             ip_json(&host, &["-4", "route", "show"]),
             Value::Array(vec![])
         );
+    }
+
+    #[test]
+    fn reads_links_addresses_and_routes_back() {
+        let (_host, container, mut nl) = setup();
+        nl.create_veth("vsw-h0", "eth0", container.fd.as_fd(), PEER_MAC, 1400)
+            .unwrap();
+        let gateway = Ipv4Addr::new(10, 88, 0, 1);
+        let (before, after, addrs, routes, missing) = run_in_netns(&container.fd, move || {
+            let mut nl = Netlink::open().unwrap();
+            let before = nl.link("eth0").unwrap().unwrap();
+            nl.set_link(before.index, true, false, None, None).unwrap();
+            nl.add_address(before.index, Ipv4Addr::new(10, 88, 0, 2), 24)
+                .unwrap();
+            nl.add_default_route(gateway).unwrap();
+            let after = nl.link("eth0").unwrap().unwrap();
+            let addrs = nl.ipv4_addresses(after.index).unwrap();
+            (
+                before,
+                after,
+                addrs,
+                nl.ipv4_routes().unwrap(),
+                nl.link("eth9"),
+            )
+        })
+        .unwrap();
+        assert_eq!(before.mac, Some(PEER_MAC));
+        assert_eq!(before.mtu, Some(1400));
+        assert!(!before.up && after.up);
+        assert_eq!(addrs, vec![(Ipv4Addr::new(10, 88, 0, 2), 24)]);
+        let default = Ipv4Route {
+            dst: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: Some(gateway),
+            oif: Some(after.index),
+        };
+        assert!(routes.contains(&default), "{routes:?}");
+        let connected = routes.iter().find(|r| r.prefix_len == 24).unwrap();
+        assert_eq!(connected.dst, Ipv4Addr::new(10, 88, 0, 0));
+        assert_eq!(missing.unwrap(), None);
     }
 
     #[test]
