@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::control::{Client, Plug, PortView, Selector, Target, Unplug};
-use crate::{daemon, Cli, Command, TargetArg};
+use crate::{cni, daemon, Cli, CniCommand, Command, TargetArg};
 
 mod table;
 
@@ -122,6 +122,23 @@ pub fn run(cli: Cli) -> Result<()> {
                 return print_json(&flows);
             }
             table::conntrack(&flows);
+            Ok(())
+        }
+        Command::Cni {
+            command:
+                CniCommand::Install {
+                    name,
+                    bin_dir,
+                    conf_dir,
+                },
+        } => {
+            let done = cni::install::install(&cli.control.control, &name, &bin_dir, &conf_dir)?;
+            println!(
+                "installed the CNI plugin {} and the network {name} ({}) in {}",
+                done.plugin.display(),
+                done.subnet,
+                done.conflist.display()
+            );
             Ok(())
         }
     }

@@ -589,6 +589,9 @@ pub struct PortView {
     pub prefix: u8,
     pub gateway: Ipv4Addr,
     pub mac: String,
+    /// The interface's MTU (the daemon's `--mtu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     pub rx_frames: u64,
     pub rx_bytes: u64,
     pub tx_frames: u64,

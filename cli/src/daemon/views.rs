@@ -59,6 +59,7 @@ impl Manager {
             prefix: self.ipam.net().prefix,
             gateway: self.ipam.gateway(),
             mac: mac.to_string(),
+            mtu: Some(self.mtu),
             rx_frames: read(|c| &c.rx_frames) + fast.rx_frames,
             rx_bytes: read(|c| &c.rx_bytes) + fast.rx_bytes,
             tx_frames: read(|c| &c.tx_frames) + fast.tx_frames,
