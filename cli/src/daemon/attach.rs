@@ -6,27 +6,29 @@ use crate::control::{Attachment, NetworkName, PortView, Selector};
 
 use super::error::DaemonError;
 use super::manager::{Container, Manager};
+use super::plumbing::NetnsId;
 
 impl Manager {
     fn attachment_pos(&self, a: &Attachment) -> Option<usize> {
         (self.containers.iter()).position(|c| c.attachment.as_ref() == Some(a))
     }
 
-    /// Refuses a second plug of a live attachment. A record whose veth is gone (the namespace
-    /// went before the runtime's DEL came, and the lifecycle tick has not noticed yet) gives way.
-    pub fn claim_attachment(&mut self, a: &Attachment) -> Result<(), DaemonError> {
+    /// Makes way for a plug of attachment `a` into namespace `netns`. The same attachment in the
+    /// same namespace was refused already (the namespace is plugged); the same attachment in
+    /// another namespace is the runtime's word that the old namespace is abandoned (a runtime
+    /// adds a key again only after the container's namespace was replaced), so its port goes,
+    /// even while the kernel is still destroying the old namespace (which it does
+    /// asynchronously, veths last).
+    pub fn claim_attachment(&mut self, a: &Attachment, netns: NetnsId) {
         let Some(i) = self.attachment_pos(a) else {
-            return Ok(());
+            return;
         };
-        if self.is_alive(i) {
-            let c = &self.containers[i];
-            return Err(DaemonError::AlreadyPlugged {
-                host_ifname: c.host_ifname.clone(),
-                ip: c.ip,
-            });
-        }
-        self.remove_gone(i);
-        Ok(())
+        debug_assert_ne!(self.containers[i].netns_id, netns);
+        let old = self.remove_plugged(i);
+        eprintln!(
+            "vswitch: {a} moved to another namespace: removed its old port {} ({})",
+            old.host_ifname, old.ip
+        );
     }
 
     /// Removes an attachment's port. It never opens the namespace: a runtime's DEL often comes

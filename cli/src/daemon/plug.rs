@@ -64,11 +64,11 @@ impl Manager {
     }
 
     fn try_plug(&mut self, req: Plug, undo: &mut Undo) -> Result<PortView, DaemonError> {
+        let ns = self.open_namespace(&req.target)?;
         let attachment = req.attachment();
         if let Some(a) = &attachment {
-            self.claim_attachment(a)?;
+            self.claim_attachment(a, ns.id);
         }
-        let ns = self.open_namespace(&req.target)?;
         let ifname = req.ifname();
         let host_ifname = match &attachment {
             Some(a) => attachment_ifname(a),
