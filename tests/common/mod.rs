@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod json;
 pub mod wan;
 
