@@ -1,5 +1,6 @@
 //! A real container runtime end to end (issue 14): Debian's podman with its CNI backend runs a
-//! busybox httpd on the `vswitch` network, with `-p` published through the daemon.
+//! busybox httpd on the `vswitch` network, with `-p` published through the daemon (podman's own
+//! port reservation off, as README.md configures it: the daemon holds the port).
 //!
 //! The daemon, its TAP, the published ports and every host-side link live in the sandbox
 //! namespace that plays the host (linked to a simulated outside world, `common::wan`); podman
@@ -34,8 +35,18 @@ const PODMAN_TIMEOUT: Duration = Duration::from_secs(120);
 /// The image the test builds from busybox-static.
 const IMAGE: &str = "localhost/vswitch-busybox";
 
+/// Which network namespace podman runs in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Netns {
+    /// The root namespace, the daemon in the sandbox's: as the issue asks, so that the host's
+    /// namespace gets nothing but the containers' namespaces.
+    Root,
+    /// The sandbox's, with the daemon: a host where both run, as README.md sets it up.
+    Sandbox,
+}
+
 /// podman, configured to keep everything in a temporary directory, and a process holding the
-/// mount namespace it runs in.
+/// namespaces it runs in.
 struct Podman {
     dir: TempDir,
     /// `unshare --mount` holding the namespace with `/var/lib` as a tmpfs (see `new`).
@@ -46,8 +57,8 @@ struct Podman {
 
 impl Podman {
     /// Writes podman's configuration and installs the plugin and the `vswitch` network for the
-    /// daemon of `sb`.
-    fn new(sb: &Sandbox) -> Podman {
+    /// daemon of `sb`; podman will run in `netns`.
+    fn new(sb: &Sandbox, netns: Netns) -> Podman {
         let name = unique_name();
         let dir = TempDir::new(&format!("{name}-podman"));
         let p = |sub: &str| dir.path.join(sub);
@@ -88,6 +99,8 @@ runtime = "runc"
 tmp_dir = "{libpod}"
 image_copy_tmp_dir = "{tmp}"
 lock_type = "file"
+# The daemon holds published ports itself (as README.md says to configure podman).
+enable_port_reservation = false
 
 [engine.runtimes]
 runc = ["{runc}"]
@@ -115,19 +128,24 @@ runc = ["{runc}"]
             holder: None,
             cgroup_parent: format!("/{name}"),
         };
-        podman.hold_mount_namespace();
+        let net = match netns {
+            Netns::Root => None,
+            Netns::Sandbox => Some(sb.host.path()),
+        };
+        podman.hold_namespaces(net.as_deref());
         podman
     }
 
-    /// Starts the process whose mount namespace podman runs in: a copy of the host's where
-    /// `/var/lib` is a tmpfs. `/run/netns` stays shared with the host's (the sandbox made it a
-    /// shared mount), so the namespaces podman creates there are visible to the daemon. The
-    /// mount holding `/var/lib` is made private first, so that the tmpfs cannot propagate to
-    /// the host even where `/` is shared (systemd).
-    fn hold_mount_namespace(&mut self) {
-        let netns = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    /// Starts the process whose namespaces podman runs in: the network namespace `netns` (the
+    /// root one if `None`), and a copy of the host's mount namespace where `/var/lib` is a
+    /// tmpfs. `/run/netns` stays shared with the host's (the sandbox made it a shared mount),
+    /// so the namespaces podman creates there are visible to the daemon. The mount holding
+    /// `/var/lib` is made private first, so that the tmpfs cannot propagate to the host even
+    /// where `/` is shared (systemd).
+    fn hold_namespaces(&mut self, netns: Option<&str>) {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(
-            netns
+            mountinfo
                 .lines()
                 .any(|l| l.split(' ').nth(4) == Some("/run/netns") && l.contains(" shared:")),
             "/run/netns is not a shared mount: podman's namespaces would not reach the daemon"
@@ -139,15 +157,29 @@ mount -t tmpfs -o mode=0755,size=64m vswitch-test /var/lib
 echo ready
 exec sleep 3600
 "#;
-        let mut child = command(
+        let unshare = [
             "unshare",
-            &["--mount", "--propagation", "unchanged", "sh", "-c", script],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start unshare");
+            "--mount",
+            "--propagation",
+            "unchanged",
+            "sh",
+            "-c",
+            script,
+        ];
+        let mut cmd = match netns {
+            None => command(unshare[0], &unshare[1..]),
+            Some(path) => {
+                let mut c = command("nsenter", &[&format!("--net={path}")]);
+                c.args(unshare);
+                c
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start unshare");
         let mut line = String::new();
         let read = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
         let ok = read.is_ok() && line.trim() == "ready";
@@ -158,11 +190,13 @@ exec sleep 3600
         );
     }
 
-    /// `podman ARGS` in the holder's mount namespace, configured by this test's files only.
+    /// `podman ARGS` in the holder's namespaces, configured by this test's files only.
     fn cmd(&self, args: &[&str]) -> Command {
-        let holder = self.holder.as_ref().expect("holder").id();
-        let mnt = format!("--mount=/proc/{holder}/ns/mnt");
-        let mut c = command("nsenter", &[&mnt, "podman"]);
+        let holder = self.holder.as_ref().expect("holder").id().to_string();
+        let mut c = command(
+            "nsenter",
+            &["--target", &holder, "--net", "--mount", "podman"],
+        );
         c.args(args)
             .env("CONTAINERS_CONF", self.dir.path.join("containers.conf"))
             .env(
@@ -323,13 +357,6 @@ fn which(program: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{program} is not on the PATH"))
 }
 
-/// A TCP port free in the root namespace right now: podman (conmon) holds the published host
-/// port there as a reservation, besides the daemon's listener in the sandbox.
-fn free_root_port() -> u16 {
-    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Fetches `url` from the sandbox's host namespace.
 fn host_fetch(sb: &Sandbox, url: &str) -> Out {
     let script = "import sys, urllib.request; \
@@ -400,8 +427,8 @@ fn assert_works(podman: &Podman, sb: &Sandbox, dns: &Proc, name: &str, port: u16
     }
 }
 
-#[test]
-fn podman_runs_a_container_on_the_vswitch_network() {
+/// What the podman tests need: root, podman, runc, a static busybox.
+fn require_podman() {
     common::require_root();
     require_program("podman", "podman");
     require_program("runc", "runc");
@@ -411,18 +438,23 @@ fn podman_runs_a_container_on_the_vswitch_network() {
         is_static_elf64(&busybox),
         "/bin/busybox is not static: apt-get install busybox-static"
     );
+}
 
+#[test]
+fn podman_runs_a_container_on_the_vswitch_network() {
+    require_podman();
     let (sb, wan) = nat_sandbox(&[], &[]);
     let dns = wan.python(DNS_SERVER, &[WAN_IP]);
     let www = TempDir::new(&unique_name());
     fs::write(www.path.join("outside.txt"), "from the outside\n").unwrap();
     let _http = wan.python(HTTP_SERVER, &["80", www.path.to_str().unwrap()]);
 
-    let podman = Podman::new(&sb);
+    let podman = Podman::new(&sb, Netns::Root);
     let page = "hello from podman on vswitch\n";
     podman.import_image(page);
     let name = format!("web-{}", unique_name());
-    let port = free_root_port();
+    // The daemon's namespace is the sandbox's: the port is free there whatever the machine runs.
+    let port = 8080;
     let id = podman.run_httpd(&name, port);
     assert_eq!(id.len(), 64, "podman run printed no container id");
 
@@ -484,4 +516,28 @@ fn podman_runs_a_container_on_the_vswitch_network() {
             .any(|e| e.file_name().to_string_lossy().contains(&id)),
         "libcni's cache of the container reached the host's /var/lib"
     );
+}
+
+/// podman and the daemon on one host (one network namespace), configured as README.md says:
+/// with podman's own port reservation off, the daemon holds the published port itself and
+/// `-p` works; with it on, podman's reservation would find the port taken by the daemon.
+#[test]
+fn podman_beside_the_daemon_publishes_through_the_daemon() {
+    require_podman();
+    let sb = Sandbox::start();
+    let podman = Podman::new(&sb, Netns::Sandbox);
+    let page = "published beside the daemon\n";
+    podman.import_image(page);
+    let name = format!("web-{}", unique_name());
+    let id = podman.run_httpd(&name, 8080);
+    let port = attachment(&sb, &id).expect("no port for the container");
+    assert_eq!(port["publish"], serde_json::json!(["8080:80/tcp"]));
+    for host in ["127.0.0.1", GATEWAY] {
+        let fetched = host_fetch(&sb, &format!("http://{host}:8080/")).ok();
+        assert_eq!(fetched.stdout, page, "through {host}:8080");
+    }
+    podman.run(&["rm", "--force", "--time", "0", &name]).ok();
+    assert_eq!(ports(&sb).len(), 1);
+    assert_eq!(host_ports(&sb), Vec::<String>::new());
+    assert!(!host_fetch(&sb, "http://127.0.0.1:8080/").success());
 }
