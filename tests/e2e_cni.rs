@@ -707,3 +707,76 @@ fn an_attachment_whose_namespace_went_can_be_added_again() {
     again.del(&conf, &result).ok_silent();
     assert_nothing_left(&sb);
 }
+
+/// A daemon that stops keeping the network (SIGUSR2) and the next one that takes it over: the
+/// attachment comes back with its key, so CHECK and DEL by container id still find it.
+#[test]
+fn an_attachment_outlives_a_daemon_restart_that_keeps_the_network() {
+    let mut sb = Sandbox::start();
+    let conf = conf(&sb, "1.0.0");
+    let (ns, a) = container("keep");
+    let result = a.add(&conf).ok();
+    sb.stop_daemon("USR2");
+    assert_eq!(
+        ns.links().len(),
+        2,
+        "the container lost its interface with the daemon"
+    );
+
+    let log = sb.dir.path.join("next-daemon.log");
+    let mut cmd = sb.host_cmd(common::VSWITCH, &["run", "--subnet", common::SUBNET]);
+    cmd.arg("--control").arg(&sb.control);
+    let mut next = Daemon(
+        cmd.stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the next daemon"),
+    );
+    let ready = poll(Duration::from_secs(10), || {
+        sb.vswitch(&["ls"]).success().then_some(())
+    });
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        ready.is_some(),
+        "the next daemon did not start: {}",
+        log_text()
+    );
+    let port = port_of(&sb, &a.id).expect("the attachment was not taken over");
+    assert_eq!(port["network"], "vswitch");
+    assert_eq!(port["host_ifname"], result["interfaces"][0]["name"]);
+    a.check(&conf, &result).ok_silent();
+    a.del(&conf, &result).ok_silent();
+    assert_nothing_left(&sb);
+    assert_eq!(ns.links(), ["lo"]);
+
+    let status = next.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        log_text()
+    );
+}
+
+/// A daemon started by hand, stopped with SIGTERM (which removes its network and pins) also
+/// when the test fails.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        common::signal(self.0.id(), "TERM");
+        let status = common::wait_timeout(&mut self.0, Duration::from_secs(10));
+        if status.is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}

@@ -661,16 +661,57 @@ fn bulk_datagrams_without_a_flow_hash_stay_in_order() {
 
 #[test]
 fn learned_pairs_take_the_kernel_fast_path_and_their_macs_stay_learned() {
-    // With a short FDB age, the MACs of two containers that only talk to each other (through
-    // the kernel fast path, which the daemon never sees) must stay learned: the fast path
-    // reports them seen. Ping answers once, never twice (the daemon must not also forward what
-    // the fast path took), and the ports' counters include the fast path's frames.
+    // The default (`--fast-path auto`) on a kernel with tcx links (6.6 and later, as CI's).
+    learned_pairs_take_the_fast_path(&[], "tcx");
+    // ...and without the fast path, the daemon carries it all.
+    let sb = start_without_fast_path();
+    let a = sb.plug_plain();
+    let b = sb.plug_plain();
+    tcp_transfer(&a, &b, &host_ip(3), MB50);
+    let pb = sb.port_of(b.pid).unwrap();
+    assert!(
+        pb.num("fast_tx_frames") == 0 && pb.num("tx_bytes") > MB50 && pb.str("fast_path") == "off",
+        "{pb}"
+    );
+}
+
+#[test]
+fn learned_pairs_take_the_fast_path_through_tc_as_on_kernels_without_tcx() {
+    // The attachment older kernels (before 6.6) get: a clsact qdisc and a cls_bpf filter.
+    learned_pairs_take_the_fast_path(&["--fast-path", "tc"], "tc");
+}
+
+/// With a short FDB age, the MACs of two containers that only talk to each other (through the
+/// kernel fast path, which the daemon never sees) must stay learned: the fast path reports them
+/// seen. Ping answers once, never twice (the daemon must not also forward what the fast path
+/// took), and the ports' counters include the fast path's frames. The fast path must be on
+/// `hook` ("tcx" or "tc") on both ports.
+fn learned_pairs_take_the_fast_path(args: &[&str], hook: &str) {
+    let mut extra_args: Vec<String> = vec!["--fdb-age".into(), "2".into()];
+    extra_args.extend(args.iter().map(|a| a.to_string()));
     let sb = Sandbox::start_with(SandboxOptions {
-        extra_args: vec!["--fdb-age".into(), "2".into()],
+        extra_args,
         ..SandboxOptions::default()
     });
     let a = sb.plug_plain();
     let b = sb.plug_plain();
+    let log = sb.daemon_log();
+    assert!(
+        log.contains(&format!("kernel fast path: {hook} ")),
+        "the daemon says which hook and why: {log}"
+    );
+    if hook == "tc" {
+        let out = run_timeout(
+            sb.host_cmd("tc", &["filter", "show", "dev", &a.host_port(), "ingress"]),
+            Duration::from_secs(5),
+        )
+        .ok()
+        .stdout;
+        assert!(
+            out.contains("vswitch_fast") && out.contains("direct-action"),
+            "{out}"
+        );
+    }
     let macs = [default_mac(&host_ip(2)), default_mac(&host_ip(3))];
 
     let ping = a.cmd("ping", &["-c", "60", "-i", "0.1", "-W", "2", &host_ip(3)]);
@@ -697,6 +738,7 @@ fn learned_pairs_take_the_kernel_fast_path_and_their_macs_stay_learned() {
     );
     let (pa, pb) = (sb.port_of(a.pid).unwrap(), sb.port_of(b.pid).unwrap());
     for (what, port) in [("a", &pa), ("b", &pb)] {
+        assert_eq!(port.str("fast_path"), hook, "{what}: {port}");
         assert!(
             port.num("fast_rx_frames") >= 55 && port.num("fast_tx_frames") >= 55,
             "{what}: nearly all of the 120 frames should take the fast path: {port}"
@@ -707,20 +749,11 @@ fn learned_pairs_take_the_kernel_fast_path_and_their_macs_stay_learned() {
             "{what}: the fast path's frames are counted in the port's: {port}"
         );
     }
+    assert_eq!(sb.tap_port().str("fast_path"), "off");
 
-    // A bulk transfer (super-frames, checksummed end to end) also takes the fast path...
+    // A bulk transfer (super-frames, checksummed end to end) also takes the fast path.
     let before = pb.num("fast_tx_frames");
     tcp_transfer(&a, &b, &host_ip(3), MB50);
     let pb = sb.port_of(b.pid).unwrap();
     assert!(pb.num("fast_tx_frames") > before + 100, "{pb}");
-    // ...and without the fast path, the daemon carries it all.
-    let sb = start_without_fast_path();
-    let a = sb.plug_plain();
-    let b = sb.plug_plain();
-    tcp_transfer(&a, &b, &host_ip(3), MB50);
-    let pb = sb.port_of(b.pid).unwrap();
-    assert!(
-        pb.num("fast_tx_frames") == 0 && pb.num("tx_bytes") > MB50,
-        "{pb}"
-    );
 }

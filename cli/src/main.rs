@@ -89,6 +89,13 @@ pub enum Command {
         /// process's descriptor limit can carry, at most 65536).
         #[arg(long)]
         max_flows: Option<usize>,
+        /// Most NAT flows one container may start at once; past it its new flows are refused
+        /// (default: a quarter of the table, at least 256).
+        #[arg(long)]
+        max_flows_per_container: Option<usize>,
+        /// Most TCP connections of one container still connecting at once (default 1024).
+        #[arg(long)]
+        max_half_open: Option<usize>,
         /// How a port's frames are spread over the workers: bulk frames by flow and the rest by
         /// the CPU that sent them (auto), all by CPU, or all by flow hash.
         #[arg(long, value_enum, default_value_t = bpf::fanout::Spread::Auto)]
@@ -97,9 +104,14 @@ pub enum Command {
         /// (0: sleep at once). Cuts request/response latency; costs CPU only while traffic flows.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
         poll_us: u64,
-        /// Switch every frame in the daemon: no kernel fast path for frames between containers
-        /// whose addresses the switch has learned (see ARCHITECTURE.md).
-        #[arg(long)]
+        /// Where the kernel fast path for frames between learned containers goes on each port:
+        /// a tcx link where the kernel has them, else tc (auto); a tcx link (tcx, Linux 6.6); a
+        /// clsact qdisc with a cls_bpf filter (tc, Linux 5.10); nowhere, the daemon switching
+        /// every frame (off). See ARCHITECTURE.md.
+        #[arg(long, value_enum, default_value_t = bpf::fastpath::Mode::Auto)]
+        fast_path: bpf::fastpath::Mode,
+        /// The same as --fast-path off.
+        #[arg(long, conflicts_with = "fast_path")]
         no_fast_path: bool,
     },
     /// Attach a container's network namespace to the switch.
@@ -137,6 +149,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop the daemon: it removes every port, the TAP and its state, or with --keep leaves the
+    /// network for the next daemon to take over.
+    Stop {
+        /// Leave the network in place (veths, TAP, state file) for the next `vswitch run`.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove what a daemon that no longer runs left behind: its ports, its TAP, its state.
+    Cleanup,
     /// The daemon's counters: descriptors, switch, NAT.
     Stats {
         #[arg(long)]

@@ -177,6 +177,15 @@ pub struct NatStats {
     pub fragments: u64,
     /// Segments of no known flow (and not a SYN).
     pub no_flow: u64,
+    pub bad_checksum: u64,
+    pub bad_length: u64,
+    /// Packets whose TTL ran out at the gateway (answered with ICMP time exceeded).
+    pub ttl_exceeded: u64,
+    pub tagged: u64,
+    /// New flows refused because the container's share of the table was used up.
+    pub container_limit: u64,
+    /// New TCP connections refused because the container had too many connecting.
+    pub half_open_limit: u64,
     pub no_relay_port: u64,
     pub no_echo_ident: u64,
     pub unsupported: u64,
@@ -189,6 +198,8 @@ pub struct ContainerStats {
     /// Flows in the table now.
     pub flows: usize,
     pub flows_created: u64,
+    /// New flows refused: the table, or the container's share of it, was full.
+    pub refused: u64,
     pub packets_out: u64,
     pub packets_in: u64,
     pub bytes_out: u64,
@@ -238,6 +249,25 @@ impl Kind {
 
     fn published(self) -> bool {
         matches!(self, Kind::TcpPublished { .. } | Kind::UdpPublished { .. })
+    }
+
+    /// A flow the container started (it counts against its share of the table).
+    fn egress(self) -> bool {
+        matches!(
+            self,
+            Kind::TcpEgress { .. } | Kind::UdpEgress | Kind::Echo { .. }
+        )
+    }
+
+    /// A TCP connection whose connect is still in progress.
+    fn connecting(self) -> bool {
+        matches!(
+            self,
+            Kind::TcpEgress {
+                connecting: true,
+                ..
+            }
+        )
     }
 }
 
@@ -492,6 +522,41 @@ pub(crate) enum CreateError {
     TableFull,
     NoEchoIdent,
     InUse,
+    /// The container has its whole share of the table.
+    ContainerLimit,
+    /// The container has its whole share of connections still connecting.
+    HalfOpen,
+}
+
+/// What one container holds of the table: its share is bounded, so that one container cannot
+/// take every flow (or every descriptor behind them) from the others.
+#[derive(Debug, Default, Clone, Copy)]
+struct Quota {
+    /// Flows it started (egress), now.
+    live: usize,
+    /// Of those, TCP connections whose connect is still in progress (the SYN held).
+    half_open: usize,
+}
+
+/// The per-container bounds of [`Quota`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shares {
+    /// Most flows one container may have started at once.
+    pub flows: usize,
+    /// Most TCP connections of one container connecting at once.
+    pub half_open: usize,
+}
+
+impl Shares {
+    /// A quarter of the table (at least 256 flows, at most all of it), and 1024 connections
+    /// connecting: more than an application opening connections in parallel keeps in flight,
+    /// far less than a SYN flood.
+    pub fn for_table(max_flows: usize) -> Shares {
+        Shares {
+            flows: (max_flows / 4).max(256).min(max_flows),
+            half_open: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -507,11 +572,21 @@ struct Counters {
     no_echo_ident: AtomicU64,
     unsupported: AtomicU64,
     bad_address: AtomicU64,
+    bad_checksum: AtomicU64,
+    bad_length: AtomicU64,
+    ttl_exceeded: AtomicU64,
+    tagged: AtomicU64,
+    container_limit: AtomicU64,
+    half_open_limit: AtomicU64,
 }
 
 pub(crate) struct Table {
     shards: Box<[Padded<Mutex<Shard>>]>,
     side: Mutex<Side>,
+    /// Each container's share in use, by address (only slow paths take it: flow creation,
+    /// removal, the end of a connect).
+    quotas: Mutex<HashMap<u32, Quota>>,
+    shares: Shares,
     live: AtomicUsize,
     max_flows: usize,
     pub timeouts: Timeouts,
@@ -535,13 +610,20 @@ impl Table {
         self.max_flows
     }
 
+    #[cfg(test)]
     pub fn new(max_flows: usize, timeouts: Timeouts) -> Table {
+        Table::with_shares(max_flows, Shares::for_table(max_flows), timeouts)
+    }
+
+    pub fn with_shares(max_flows: usize, shares: Shares, timeouts: Timeouts) -> Table {
         let seed = random_seed(0x6e61_7420_6b65_7973);
         Table {
             shards: (0..SHARDS)
                 .map(|i| Padded(Mutex::new(Shard::new(i, seed))))
                 .collect(),
             side: Mutex::new(Side::default()),
+            quotas: Mutex::new(HashMap::new()),
+            shares,
             live: AtomicUsize::new(0),
             max_flows: max_flows.min(u32::MAX as usize),
             timeouts,
@@ -567,6 +649,60 @@ impl Table {
 
     fn side(&self) -> MutexGuard<'_, Side> {
         self.side.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn quotas(&self) -> MutexGuard<'_, HashMap<u32, Quota>> {
+        self.quotas.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a flow of `kind` from container `cip`'s share; egress flows only: published ones
+    /// are the outside's doing, not the container's.
+    fn take_share(&self, cip: u32, kind: Kind) -> Result<(), CreateError> {
+        if !kind.egress() {
+            return Ok(());
+        }
+        let mut quotas = self.quotas();
+        let q = quotas.entry(cip).or_default();
+        if q.live >= self.shares.flows {
+            self.counters.container_limit.fetch_add(1, Relaxed);
+            return Err(CreateError::ContainerLimit);
+        }
+        let half_open = kind.connecting();
+        if half_open && q.half_open >= self.shares.half_open {
+            self.counters.half_open_limit.fetch_add(1, Relaxed);
+            return Err(CreateError::HalfOpen);
+        }
+        q.live += 1;
+        q.half_open += usize::from(half_open);
+        Ok(())
+    }
+
+    /// Gives back what [`Table::take_share`] took for a flow of `kind` (now `kind`: a connect
+    /// that finished already gave its half-open place back).
+    fn give_share(&self, cip: u32, kind: Kind) {
+        if !kind.egress() {
+            return;
+        }
+        let mut quotas = self.quotas();
+        if let Some(q) = quotas.get_mut(&cip) {
+            q.live = q.live.saturating_sub(1);
+            q.half_open = q.half_open.saturating_sub(usize::from(kind.connecting()));
+            if q.live == 0 {
+                quotas.remove(&cip);
+            }
+        }
+    }
+
+    /// Container `cip`'s connect finished: it no longer counts as half-open.
+    pub fn connect_done(&self, cip: u32) {
+        if let Some(q) = self.quotas().get_mut(&cip) {
+            q.half_open = q.half_open.saturating_sub(1);
+        }
+    }
+
+    /// A new flow of container `cip` was refused (the table or its share was full).
+    pub fn count_refused(&self, sh: &mut Shard, cip: u32) {
+        sh.retired.entry(cip).or_default().refused += 1;
     }
 
     /// Locks the shard of flow `id` and finds its slot; with `now`, a flow found expired is
@@ -621,6 +757,26 @@ impl Table {
     /// Inserts a new flow under its keys, which the caller has checked are free. For an echo
     /// flow the translated identifier is allocated here (the `nat_ident` given is ignored).
     pub fn create(
+        &self,
+        sh: &mut Shard,
+        flow: Flow,
+        extra: Extra,
+        now: u64,
+    ) -> Result<FlowId, CreateError> {
+        // A full table is the table's limit, whoever holds the flows.
+        if self.live.load(Relaxed) >= self.max_flows {
+            self.counters.table_full.fetch_add(1, Relaxed);
+            return Err(CreateError::TableFull);
+        }
+        self.take_share(flow.cip, flow.kind)?;
+        let result = self.insert(sh, flow.clone(), extra, now);
+        if result.is_err() {
+            self.give_share(flow.cip, flow.kind);
+        }
+        result
+    }
+
+    fn insert(
         &self,
         sh: &mut Shard,
         mut flow: Flow,
@@ -717,6 +873,7 @@ impl Table {
             _ => {}
         }
         flow.add_to(sh.retired.entry(flow.cip).or_default());
+        self.give_share(flow.cip, flow.kind);
         self.live.fetch_sub(1, Relaxed);
         Some(Expired {
             flow: id,
@@ -761,6 +918,12 @@ impl Table {
             NatDrop::NoRelayPort => &c.no_relay_port,
             NatDrop::Unsupported => &c.unsupported,
             NatDrop::BadAddress => &c.bad_address,
+            NatDrop::BadChecksum => &c.bad_checksum,
+            NatDrop::BadLength => &c.bad_length,
+            NatDrop::TtlExceeded => &c.ttl_exceeded,
+            NatDrop::Tagged => &c.tagged,
+            // Counted where the flow is refused.
+            NatDrop::ContainerLimit | NatDrop::HalfOpenLimit => return,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -861,6 +1024,12 @@ impl Table {
             no_echo_ident: c.no_echo_ident.load(Relaxed),
             unsupported: c.unsupported.load(Relaxed),
             bad_address: c.bad_address.load(Relaxed),
+            bad_checksum: c.bad_checksum.load(Relaxed),
+            bad_length: c.bad_length.load(Relaxed),
+            ttl_exceeded: c.ttl_exceeded.load(Relaxed),
+            tagged: c.tagged.load(Relaxed),
+            container_limit: c.container_limit.load(Relaxed),
+            half_open_limit: c.half_open_limit.load(Relaxed),
         }
     }
 
@@ -870,6 +1039,7 @@ impl Table {
             let sh = self.lock(i);
             if let Some(r) = sh.retired.get(&cip) {
                 total.flows_created += r.flows_created;
+                total.refused += r.refused;
                 total.packets_out += r.packets_out;
                 total.packets_in += r.packets_in;
                 total.bytes_out += r.bytes_out;

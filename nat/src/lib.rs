@@ -21,10 +21,10 @@ mod wire;
 mod tests;
 
 pub use conntrack::{
-    ContainerStats, Expired, FlowId, FlowView, NatStats, Proto, Timeouts, DEFAULT_MAX_FLOWS,
+    ContainerStats, Expired, FlowId, FlowView, NatStats, Proto, Shares, Timeouts, DEFAULT_MAX_FLOWS,
 };
 pub use craft::{ECHO_FRAME_OVERHEAD, ICMP_ERROR_FRAME_MAX, TCP_RST_FRAME_LEN, UDP_FRAME_OVERHEAD};
 pub use error::{NatDrop, NatError};
-pub use nat::{Nat, NatConfig, RelayFlow, Verdict, ICMP_DEST_UNREACH};
+pub use nat::{Nat, NatConfig, RelayFlow, ReplyFrame, Verdict, ICMP_DEST_UNREACH};
 pub use tcp_state::TcpState;
 pub use wire::{WireError, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};

@@ -27,9 +27,9 @@ use std::ops::Range;
 use crate::checksum::{self, Delta};
 use crate::conntrack::{
     inside_key, outside_key, ContainerStats, CreateError, Expired, Extra, Flow, FlowId, FlowView,
-    Kind, NatStats, Proto, Shard, Table, Timeouts, DEFAULT_MAX_FLOWS, QUOTE_LEN,
+    Kind, NatStats, Proto, Shard, Shares, Table, Timeouts, DEFAULT_MAX_FLOWS, QUOTE_LEN,
 };
-use crate::craft::{self, Ends};
+use crate::craft::{self, Ends, ICMP_ERROR_FRAME_MAX};
 use crate::error::{NatDrop, NatError};
 use crate::tcp_state::Dir;
 use crate::wire::{
@@ -40,6 +40,30 @@ use crate::wire::{
 
 /// ICMP destination unreachable.
 pub const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP time exceeded.
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Destination unreachable code: communication administratively prohibited (RFC 1812).
+const ICMP_ADMIN_PROHIBITED: u8 = 13;
+
+/// A frame the NAT wrote in answer to a container's (see [`Verdict::Reply`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplyFrame {
+    buf: [u8; ICMP_ERROR_FRAME_MAX],
+    len: usize,
+}
+
+impl ReplyFrame {
+    /// The frame, `[virtio_net_hdr][Ethernet][IPv4]...`.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Debug for ReplyFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplyFrame({} bytes)", self.len)
+    }
+}
 
 /// What the NAT needs to know about the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +81,8 @@ pub struct NatConfig {
     pub relay_ports: Vec<u16>,
     /// Bound on the number of flows (default [`DEFAULT_MAX_FLOWS`]).
     pub max_flows: usize,
+    /// Each container's share of the table (default [`Shares::for_table`]).
+    pub shares: Shares,
     pub timeouts: Timeouts,
 }
 
@@ -76,6 +102,7 @@ impl NatConfig {
             prefix,
             relay_ports,
             max_flows: DEFAULT_MAX_FLOWS,
+            shares: Shares::for_table(DEFAULT_MAX_FLOWS),
             timeouts: Timeouts::default(),
         }
     }
@@ -118,6 +145,10 @@ pub enum Verdict {
         seq: u16,
         payload: Range<usize>,
     },
+    /// The NAT answered the frame itself, as a router would: a reset for a refused connection,
+    /// an ICMP error (administratively prohibited, time exceeded). Send `reply` back to the
+    /// container; the frame itself is dropped (and counted).
+    Reply(ReplyFrame),
     /// A container's datagram to a client of its published UDP port `publish_id`: send it from
     /// that port's host socket (`gso_size` as in `UdpOut`).
     UdpToClient {
@@ -186,6 +217,14 @@ pub(crate) fn rewrite_tcp(
 }
 
 /// Source MAC of a frame.
+/// Whether an Ethernet frame carries a VLAN tag (802.1Q, or 802.1ad's outer tag).
+fn is_tagged(frame: &[u8]) -> bool {
+    matches!(
+        frame.get(ETH_OFF + 12..ETH_OFF + 14),
+        Some([0x81, 0x00] | [0x88, 0xa8])
+    )
+}
+
 fn src_mac(frame: &[u8]) -> [u8; 6] {
     let mut m = [0u8; 6];
     if let Some(s) = frame.get(ETH_OFF + 6..ETH_OFF + 12) {
@@ -248,7 +287,7 @@ impl Nat {
             net: u32::from(cfg.subnet) & mask,
             mask,
             relay_ports: relay_ports.into(),
-            table: Table::new(cfg.max_flows, cfg.timeouts),
+            table: Table::with_shares(cfg.max_flows, cfg.shares, cfg.timeouts),
         }
     }
 
@@ -267,7 +306,76 @@ impl Nat {
             CreateError::TableFull => NatDrop::TableFull,
             CreateError::NoEchoIdent => NatDrop::NoEchoIdent,
             CreateError::InUse => NatDrop::NoFlow,
+            CreateError::ContainerLimit => NatDrop::ContainerLimit,
+            CreateError::HalfOpen => NatDrop::HalfOpenLimit,
         }
+    }
+
+    /// A new flow could not be created: refused the way a router that may not forward it
+    /// refuses, so that the container's application fails at once instead of timing out (a
+    /// reset for a TCP connection, ICMP administratively prohibited otherwise). A flow that
+    /// could not be created for a reason of the table itself (an address in use) is dropped.
+    fn refuse(&self, sh: &mut Shard, frame: &[u8], pkt: &Ipv4Frame, e: CreateError) -> Verdict {
+        let why = self.create_error(e);
+        if matches!(e, CreateError::InUse | CreateError::NoEchoIdent) {
+            return self.drop(why);
+        }
+        self.table.count_refused(sh, pkt.src);
+        let mut reply = ReplyFrame {
+            buf: [0; ICMP_ERROR_FRAME_MAX],
+            len: 0,
+        };
+        let written = match (pkt.proto, TcpHdr::parse(pkt.l4_bytes(frame))) {
+            (IPPROTO_TCP, Ok(tcp)) => {
+                let data = pkt.end - pkt.l4 - tcp.len;
+                let ack = tcp.seq.wrapping_add(1).wrapping_add(data as u32);
+                let e = self.answer_ends(frame, pkt);
+                craft::tcp_rst(&mut reply.buf, &e, tcp.dport, tcp.sport, 0, ack)
+            }
+            _ => self.icmp_error(
+                frame,
+                pkt,
+                ICMP_DEST_UNREACH,
+                ICMP_ADMIN_PROHIBITED,
+                &mut reply.buf,
+            ),
+        };
+        match written {
+            Ok(len) => {
+                reply.len = len;
+                self.table.count_drop(why);
+                Verdict::Reply(reply)
+            }
+            Err(_) => self.drop(why),
+        }
+    }
+
+    /// The ends of a frame that answers `frame`: from its destination, back to its sender.
+    fn answer_ends(&self, frame: &[u8], pkt: &Ipv4Frame) -> Ends {
+        Ends {
+            src_mac: self.gateway_mac,
+            dst_mac: src_mac(frame),
+            src: pkt.dst,
+            dst: pkt.src,
+        }
+    }
+
+    /// An ICMP error about `frame` from the gateway (the router that gives up on it), quoting
+    /// its IPv4 header and 8 bytes of what follows (RFC 792).
+    fn icmp_error(
+        &self,
+        frame: &[u8],
+        pkt: &Ipv4Frame,
+        kind: u8,
+        code: u8,
+        out: &mut [u8],
+    ) -> Result<usize, NatError> {
+        let body = &frame[IP_OFF..(pkt.l4 + 8).min(pkt.end)];
+        let e = Ends {
+            src: self.gateway,
+            ..self.answer_ends(frame, pkt)
+        };
+        craft::icmp(out, &e, kind, code, [0; 4], body)
     }
 
     /// A frame a container sent to the gateway's MAC. Frames to the gateway itself, to the
@@ -276,7 +384,9 @@ impl Nat {
     pub fn outbound(&self, frame: &mut [u8], now: u64) -> Verdict {
         let pkt = match Ipv4Frame::parse(frame) {
             Ok(Some(p)) => p,
+            Ok(None) if is_tagged(frame) => return self.drop(NatDrop::Tagged),
             Ok(None) => return Verdict::Pass,
+            Err(WireError::BadTotalLength) => return self.drop(NatDrop::BadLength),
             Err(_) => return self.drop(NatDrop::Malformed),
         };
         let dst_octet = pkt.dst >> 24;
@@ -287,6 +397,14 @@ impl Nat {
         {
             return self.drop(NatDrop::BadAddress);
         }
+        // What a router checks before it forwards: a packet it would not forward is never
+        // translated into a valid one.
+        if !pkt.header_checksum_ok(frame) {
+            return self.drop(NatDrop::BadChecksum);
+        }
+        if pkt.ttl <= 1 {
+            return self.time_exceeded(frame, &pkt);
+        }
         if pkt.fragment {
             return self.drop(NatDrop::Fragment);
         }
@@ -295,6 +413,23 @@ impl Nat {
             IPPROTO_UDP => self.udp_out(frame, &pkt, now),
             IPPROTO_ICMP => self.icmp_out(frame, &pkt, now),
             _ => self.drop(NatDrop::Unsupported),
+        }
+    }
+
+    /// A packet whose TTL ran out at the gateway: ICMP time exceeded, as a router answers (so
+    /// that traceroute shows the gateway as the first hop).
+    fn time_exceeded(&self, frame: &[u8], pkt: &Ipv4Frame) -> Verdict {
+        let mut reply = ReplyFrame {
+            buf: [0; ICMP_ERROR_FRAME_MAX],
+            len: 0,
+        };
+        self.table.count_drop(NatDrop::TtlExceeded);
+        match self.icmp_error(frame, pkt, ICMP_TIME_EXCEEDED, 0, &mut reply.buf) {
+            Ok(len) => {
+                reply.len = len;
+                Verdict::Reply(reply)
+            }
+            Err(_) => Verdict::Drop(NatDrop::TtlExceeded),
         }
     }
 
@@ -376,7 +511,7 @@ impl Nat {
                 from: sock(pkt.src, tcp.sport),
                 dst: sock(pkt.dst, tcp.dport),
             },
-            Err(e) => self.drop(self.create_error(e)),
+            Err(e) => self.refuse(sh, frame, pkt, e),
         }
     }
 
@@ -429,7 +564,7 @@ impl Nat {
                 new: true,
                 gso_size,
             },
-            Err(e) => self.drop(self.create_error(e)),
+            Err(e) => self.refuse(&mut sh, frame, pkt, e),
         }
     }
 
@@ -465,7 +600,7 @@ impl Nat {
                 };
                 let id = match self.table.create(&mut sh, flow, extra, now) {
                     Ok(id) => id,
-                    Err(e) => return self.drop(self.create_error(e)),
+                    Err(e) => return self.refuse(&mut sh, frame, pkt, e),
                 };
                 let slot = id as u32;
                 match sh.flow(slot).map(|f| f.kind) {
@@ -554,6 +689,7 @@ impl Nat {
             relay,
             connecting: false,
         };
+        self.table.connect_done(f.cip);
         f.count_out(pkt.l3_len());
         self.table.refresh(f, now);
         Ok(())
@@ -676,7 +812,9 @@ impl Nat {
         self.table
             .create(&mut sh, flow, extra, now)
             .map_err(|e| match e {
-                CreateError::TableFull => NatError::TableFull,
+                CreateError::TableFull | CreateError::ContainerLimit | CreateError::HalfOpen => {
+                    NatError::TableFull
+                }
                 CreateError::NoEchoIdent => NatError::NoEchoIdent,
                 CreateError::InUse => NatError::InUse,
             })

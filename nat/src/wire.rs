@@ -100,6 +100,7 @@ pub(crate) struct Ipv4Frame {
     pub src: u32,
     pub dst: u32,
     pub proto: u8,
+    pub ttl: u8,
     /// More-fragments set or a non-zero fragment offset.
     pub fragment: bool,
     /// IPv4 header length in bytes (20..=60).
@@ -135,12 +136,14 @@ impl Ipv4Frame {
         }
         let vnet = VnetHdr::parse(frame).ok_or(WireError::Truncated)?;
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        // A GSO super-frame may carry 0 (a packet too long for the field); otherwise the
+        // packet must fit the frame (which may be longer: Ethernet padding).
         let end = if total == 0 && vnet.is_gso() {
             frame.len()
-        } else if total < ihl {
+        } else if total < ihl || IP_OFF + total > frame.len() {
             return Err(WireError::BadTotalLength);
         } else {
-            frame.len().min(IP_OFF + total)
+            IP_OFF + total
         };
         let frag = u16::from_be_bytes([ip[6], ip[7]]);
         Ok(Some(Ipv4Frame {
@@ -152,11 +155,19 @@ impl Ipv4Frame {
             src: u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]),
             dst: u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]),
             proto: ip[9],
+            ttl: ip[8],
             fragment: frag & 0x3fff != 0,
             ihl,
             l4: IP_OFF + ihl,
             end,
         }))
+    }
+
+    /// Whether the IPv4 header's checksum is right (it sums to all ones, RFC 1071).
+    pub fn header_checksum_ok(&self, frame: &[u8]) -> bool {
+        frame
+            .get(IP_OFF..self.l4)
+            .is_some_and(|header| crate::checksum::finish(crate::checksum::sum(header, 0)) == 0)
     }
 
     /// A GSO super-frame, to be segmented downstream.
@@ -308,12 +319,12 @@ mod tests {
     }
 
     #[test]
-    fn total_length_is_clamped_to_the_buffer() {
+    fn total_length_must_fit_the_frame() {
+        // A total length past the frame is a lie (a 36-byte packet claiming 1000).
         let mut ip = ip_header(1000).to_vec();
         ip.extend([0u8; 8]);
         let f = frame(&ip, [0; VNET_HDR_LEN]);
-        let p = Ipv4Frame::parse(&f).unwrap().unwrap();
-        assert_eq!(p.end, f.len());
+        assert_eq!(Ipv4Frame::parse(&f), Err(WireError::BadTotalLength));
         // A shorter total length ends the packet early (Ethernet padding is not payload).
         let mut ip = ip_header(24).to_vec();
         ip.extend([0u8; 30]);

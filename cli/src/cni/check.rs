@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::control::{Inspect, PortView, Selector};
-use crate::kernel::netlink::{Ipv4Route, LinkState, Netlink};
+use crate::kernel::netlink::{Ipv4Route, Link, Netlink};
 use crate::kernel::netns;
 
 use super::config::NetConf;
@@ -136,7 +136,7 @@ fn check_container(
     p: &Params,
     want: &Expected,
     port: &PortView,
-    link: &LinkState,
+    link: &Link,
     addrs: &[(Ipv4Addr, u8)],
     routes: &[Ipv4Route],
 ) -> Result<(), CniError> {
@@ -212,12 +212,16 @@ mod tests {
         .unwrap()
     }
 
-    const LINK: LinkState = LinkState {
-        index: 7,
-        up: true,
-        mac: Some([2, 0x76, 10, 1, 1, 2]),
-        mtu: Some(1500),
-    };
+    fn link() -> Link {
+        Link {
+            index: 7,
+            name: "eth0".into(),
+            up: true,
+            mac: Some([2, 0x76, 10, 1, 1, 2]),
+            mtu: Some(1500),
+            ..Link::default()
+        }
+    }
 
     fn default_route(oif: u32) -> Ipv4Route {
         Ipv4Route {
@@ -229,7 +233,7 @@ mod tests {
     }
 
     fn container(
-        link: LinkState,
+        link: Link,
         addrs: &[(Ipv4Addr, u8)],
         routes: &[Ipv4Route],
     ) -> Result<(), CniError> {
@@ -243,29 +247,32 @@ mod tests {
     fn an_intact_attachment_passes() {
         let want = expected(&prev(), &params(), Path::new(NETNS)).unwrap();
         check_port(&prev(), &want, &port()).unwrap();
-        container(LINK, &[ADDR], &[default_route(7)]).unwrap();
+        container(link(), &[ADDR], &[default_route(7)]).unwrap();
     }
 
     #[test]
     fn what_is_missing_or_different_fails() {
         let failed = |r: Result<(), CniError>| r.unwrap_err().code;
         assert_eq!(
-            failed(container(LINK, &[], &[default_route(7)])),
+            failed(container(link(), &[], &[default_route(7)])),
             Code::CheckFailed
         );
-        assert_eq!(failed(container(LINK, &[ADDR], &[])), Code::CheckFailed);
+        assert_eq!(failed(container(link(), &[ADDR], &[])), Code::CheckFailed);
         assert_eq!(
-            failed(container(LINK, &[ADDR], &[default_route(8)])),
+            failed(container(link(), &[ADDR], &[default_route(8)])),
             Code::CheckFailed
         );
-        let down = LinkState { up: false, ..LINK };
+        let down = Link {
+            up: false,
+            ..link()
+        };
         assert_eq!(
             failed(container(down, &[ADDR], &[default_route(7)])),
             Code::CheckFailed
         );
-        let other_mac = LinkState {
+        let other_mac = Link {
             mac: Some([2, 0, 0, 0, 0, 1]),
-            ..LINK
+            ..link()
         };
         assert_eq!(
             failed(container(other_mac, &[ADDR], &[default_route(7)])),
@@ -292,7 +299,7 @@ mod tests {
         let mut prev = prev();
         prev.routes.clear();
         let want = expected(&prev, &params(), Path::new(NETNS)).unwrap();
-        check_container(&params(), &want, &port(), &LINK, &[ADDR], &[]).unwrap();
+        check_container(&params(), &want, &port(), &link(), &[ADDR], &[]).unwrap();
     }
 
     #[test]

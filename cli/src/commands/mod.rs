@@ -24,8 +24,11 @@ pub fn run(cli: Cli) -> Result<()> {
             dns,
             no_dns,
             max_flows,
+            max_flows_per_container,
+            max_half_open,
             spread,
             poll_us,
+            fast_path,
             no_fast_path,
         } => daemon::run(daemon::Config {
             subnet,
@@ -40,9 +43,15 @@ pub fn run(cli: Cli) -> Result<()> {
             dns,
             no_dns,
             max_flows,
+            max_flows_per_container,
+            max_half_open,
             spread,
             poll: std::time::Duration::from_micros(poll_us),
-            fast_path: !no_fast_path,
+            fast_path: if no_fast_path {
+                crate::bpf::fastpath::Mode::Off
+            } else {
+                fast_path
+            },
         }),
         Command::Plug {
             target,
@@ -108,6 +117,11 @@ pub fn run(cli: Cli) -> Result<()> {
             table::fdb(&entries);
             Ok(())
         }
+        Command::Stop { keep } => {
+            client.stop(keep)?;
+            Ok(())
+        }
+        Command::Cleanup => daemon::cleanup(&cli.control.control),
         Command::Stats { json } => {
             let stats = client.stats()?;
             if json {

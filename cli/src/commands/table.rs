@@ -131,7 +131,12 @@ pub fn stats(s: &Stats) {
         n.flows, n.max_flows, n.created, n.expired, n.removed, n.table_full
     );
     println!(
-        "nat drops       malformed {}, fragments {}, no flow {}",
-        n.malformed, n.fragments, n.no_flow
+        "nat refused     container's share {}, connecting {}",
+        n.container_limit, n.half_open_limit
+    );
+    println!(
+        "nat drops       malformed {}, bad checksum {}, bad length {}, ttl exceeded {}, \
+         tagged {}, fragments {}, no flow {}",
+        n.malformed, n.bad_checksum, n.bad_length, n.ttl_exceeded, n.tagged, n.fragments, n.no_flow
     );
 }

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::protocol::{
     decode_response, encode_request, Failure, FdbView, FlowRow, Gc, Inspect, NoArgs, Plug,
-    PortView, Request, Stats, Unplug,
+    PortView, Request, Stats, StopArgs, Unplug,
 };
 
 /// Errors seen by the command-line client.
@@ -66,6 +66,11 @@ impl Client {
 
     pub fn conntrack(&self) -> Result<Vec<FlowRow>, ClientError> {
         self.call(&Request::Conntrack(NoArgs {}))
+    }
+
+    /// Asks the daemon to exit (keeping the network for the next one, with `keep`).
+    pub fn stop(&self, keep: bool) -> Result<Stats, ClientError> {
+        self.call(&Request::Stop(StopArgs { keep }))
     }
 
     pub fn stats(&self) -> Result<Stats, ClientError> {

@@ -41,6 +41,7 @@ pub enum Request {
     Fdb(NoArgs),
     Conntrack(NoArgs),
     Stats(NoArgs),
+    Stop(StopArgs),
     Inspect(Inspect),
     Gc(Gc),
 }
@@ -49,6 +50,14 @@ pub enum Request {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoArgs {}
+
+/// `stop`: the daemon exits, removing the network, or keeping it for the next daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopArgs {
+    #[serde(default)]
+    pub keep: bool,
+}
 
 /// `plug`: attach a container's network namespace to the switch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -602,6 +611,9 @@ pub struct PortView {
     pub fast_rx_frames: u64,
     #[serde(default)]
     pub fast_tx_frames: u64,
+    /// The hook the kernel fast path is on for this port: "tcx", "tc" or "off".
+    #[serde(default)]
+    pub fast_path: String,
     /// Published ports, `HOSTPORT:CPORT/PROTO`.
     #[serde(default)]
     pub publish: Vec<String>,
@@ -616,6 +628,9 @@ pub struct PortView {
     pub nat_bytes_out: u64,
     #[serde(default)]
     pub nat_bytes_in: u64,
+    /// New NAT flows of this container refused (the table, or its share of it, was full).
+    #[serde(default)]
+    pub nat_refused: u64,
     /// What `plug` did about the container's resolv.conf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolv: Option<String>,
@@ -720,6 +735,14 @@ pub struct NatCounters {
     pub malformed: u64,
     pub fragments: u64,
     pub no_flow: u64,
+    pub bad_checksum: u64,
+    pub bad_length: u64,
+    pub ttl_exceeded: u64,
+    pub tagged: u64,
+    /// New flows refused because the container's share of the table was used up.
+    pub container_limit: u64,
+    /// New TCP connections refused because the container had too many connecting.
+    pub half_open_limit: u64,
 }
 
 /// What the daemon answers: the `data` of a successful response.

@@ -23,9 +23,14 @@ pub struct Config {
     pub no_dns: bool,
     /// Most NAT flows at once (default: from the descriptor limit).
     pub max_flows: Option<usize>,
+    /// Most NAT flows one container may start (default: a quarter of the table).
+    pub max_flows_per_container: Option<usize>,
+    /// Most TCP connections of one container still connecting (default 1024).
+    pub max_half_open: Option<usize>,
     pub spread: Spread,
     /// How long a datapath worker polls after its last frame before sleeping.
     pub poll: Duration,
-    /// Forward frames between learned containers in the kernel (see `bpf::fastpath`).
-    pub fast_path: bool,
+    /// Forward frames between learned containers in the kernel, on which hook (see
+    /// `bpf::fastpath`).
+    pub fast_path: crate::bpf::fastpath::Mode,
 }

@@ -13,6 +13,9 @@ use super::manager::Manager;
 
 impl Manager {
     pub fn tick(&mut self) {
+        if let Some(watchdog) = &mut self.watchdog {
+            watchdog.tick();
+        }
         for i in (0..self.containers.len()).rev() {
             if !self.is_alive(i) {
                 self.remove_gone(i);
@@ -43,8 +46,8 @@ impl Manager {
     /// its containers are there. Only "no such link" means gone; any other error keeps it.
     pub fn is_alive(&mut self, i: usize) -> bool {
         let c = &self.containers[i];
-        match self.plumbing.link_index(&c.host_ifname) {
-            Ok(index) => index == Some(c.host_index),
+        match self.plumbing.link(&c.host_ifname) {
+            Ok(link) => link.is_some_and(|l| l.index == c.host_index),
             Err(e) => {
                 eprintln!(
                     "vswitch: checking {} ({}): {e}; keeping it",
@@ -59,6 +62,7 @@ impl Manager {
     pub fn remove_gone(&mut self, i: usize) {
         let c = self.containers.remove(i);
         self.forget(&c);
+        self.save_state();
         eprintln!(
             "vswitch: {} is gone: removed port {} and released {}",
             c.target, c.host_ifname, c.ip

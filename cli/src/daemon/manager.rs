@@ -3,7 +3,7 @@
 //! channels, so plugs and unplugs happen one at a time and never race each other.
 
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +11,10 @@ use crossbeam_channel::{select, tick, Receiver};
 use vswitch_nat::Nat;
 use vswitch_switch::{MacAddr, PortId};
 
-use crate::bpf::fastpath::FastPath;
+use crate::bpf::fastpath::{Attachment, FastPath};
+use crate::bpf::pins;
 use crate::control::{
-    Attachment, Call, IfName, NetworkName, PublishSpec, Reply, Request, Selector, Target,
+    self, Call, IfName, NetworkName, PublishSpec, Reply, Request, Selector, Target,
 };
 use crate::datapath::{Datapath, TAP_PORT};
 use crate::natd::budget::FdBudget;
@@ -21,6 +22,8 @@ use crate::natd::NatMailbox;
 
 use super::ipam::Ipam;
 use super::plumbing::{NetnsConf, NetnsId, Plumbing};
+use super::state;
+use super::systemd::Watchdog;
 
 /// How often the manager looks for containers that went away.
 const LIFECYCLE_TICK: Duration = Duration::from_millis(250);
@@ -39,9 +42,9 @@ pub struct Container {
     /// The `/etc/netns/NAME/resolv.conf` plug wrote, removed on unplug.
     pub netns_conf: Option<NetnsConf>,
     /// The fast path's program on the host end's ingress (detached when dropped).
-    pub fast_link: Option<OwnedFd>,
+    pub fast_link: Option<Attachment>,
     /// A runtime's plug (CNI): the key it removes the port by, and its network.
-    pub attachment: Option<Attachment>,
+    pub attachment: Option<control::Attachment>,
     pub network: Option<NetworkName>,
 }
 
@@ -65,23 +68,43 @@ pub struct Manager {
     pub fast_path: Option<FastPath>,
     /// The descriptors traffic may spend; each port's sockets are kept out of it.
     pub budget: Arc<FdBudget>,
+    /// The alias of every link this daemon makes (see `plumbing::marker`).
+    pub marker: String,
+    /// Where the state is kept for the next daemon (see `state`).
+    pub state_path: PathBuf,
+    /// Where the fast path's maps and links are pinned (see `bpf::pins`).
+    pub pins_dir: PathBuf,
+    /// The TAP's ifindex, to delete it when the network goes.
+    pub tap_index: u32,
+    /// systemd's watchdog, pinged from the tick.
+    pub watchdog: Option<Watchdog>,
+}
+
+/// How the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Remove everything it made (SIGTERM, SIGINT, `vswitch stop`).
+    Remove,
+    /// Leave the network as it is, for the next daemon to take over (SIGUSR2,
+    /// `vswitch stop --keep`): the veths, the TAP, the state file.
+    Keep,
 }
 
 impl Manager {
-    pub fn run(mut self, calls: Receiver<Call>, stop: Receiver<()>) {
+    pub fn run(mut self, calls: Receiver<Call>, stop: Receiver<Stop>) {
         let ticker = tick(LIFECYCLE_TICK);
-        loop {
+        let how = loop {
             select! {
                 recv(calls) -> call => {
-                    let Ok(call) = call else { break };
+                    let Ok(call) = call else { break Stop::Remove };
                     let answer = self.handle(call.request);
                     let _ = call.reply.send(answer);
                 }
                 recv(ticker) -> _ => self.tick(),
-                recv(stop) -> _ => break,
+                recv(stop) -> how => break how.unwrap_or(Stop::Remove),
             }
-        }
-        self.shutdown();
+        };
+        self.shutdown(how);
     }
 
     fn handle(&mut self, request: Request) -> Result<Reply, crate::control::Failure> {
@@ -109,14 +132,43 @@ impl Manager {
             Request::Fdb(_) => Reply::Fdb(self.fdb()),
             Request::Conntrack(_) => Reply::Flows(self.conntrack()),
             Request::Stats(_) => Reply::Stats(Box::new(self.stats())),
+            Request::Stop(stop) => {
+                // The main thread stops the daemon on a signal: send it the one that means
+                // the same, so that both ways stop alike.
+                let signal = if stop.keep {
+                    libc::SIGUSR2
+                } else {
+                    libc::SIGTERM
+                };
+                // SAFETY: sending a signal to our own process has no memory-safety concern.
+                unsafe { libc::kill(libc::getpid(), signal) };
+                Reply::Stats(Box::new(self.stats()))
+            }
         })
     }
 
-    /// Deletes every veth the daemon made; the TAP goes when its descriptor closes.
-    fn shutdown(mut self) {
-        for c in std::mem::take(&mut self.containers) {
-            let _ = self.plumbing.delete_link(c.host_index);
-            self.forget(&c);
+    /// Deletes every veth the daemon made, the TAP and the state file; or, to keep the
+    /// network, only stops serving it.
+    fn shutdown(mut self, how: Stop) {
+        if how == Stop::Remove {
+            for c in std::mem::take(&mut self.containers) {
+                let _ = self.plumbing.delete_link(c.host_index);
+                self.forget(&c);
+            }
+            // The TAP is persistent (it outlives a crash): it goes only when asked to; so do the
+            // fast path's pins.
+            let _ = self.plumbing.delete_link(self.tap_index);
+            state::remove(&self.state_path);
+            pins::remove(&self.pins_dir);
+        } else {
+            // The fast path's programs stay on the ports, forwarding between containers until
+            // the next daemon takes over.
+            for c in &mut self.containers {
+                if let Some(link) = c.fast_link.take() {
+                    link.keep();
+                }
+            }
+            self.save_state();
         }
         // Whatever is still relayed ends with a reset on both sides, rather than as orphaned
         // sockets that keep trying to deliver queued bytes after the process is gone.

@@ -8,10 +8,14 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::control::{self, Call};
 use crate::natd::budget;
 
+pub use cleanup::cleanup;
 pub use config::Config;
 use ipam::Ipam;
+use manager::Stop;
 
+mod adopt;
 mod attach;
+mod cleanup;
 mod config;
 mod error;
 pub mod ipam;
@@ -21,14 +25,18 @@ mod names;
 mod plug;
 mod plumbing;
 mod startup;
+mod state;
+mod systemd;
 mod views;
 
 pub fn run(cfg: Config) -> Result<()> {
     // Signals are taken synchronously by the main thread (sigwait); block them before any other
-    // thread exists so that every thread inherits the mask.
+    // thread exists so that every thread inherits the mask. SIGTERM and SIGINT remove the
+    // network; SIGUSR2 leaves it for the next daemon to take over.
     let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGUSR2] {
+        signals.add(signal);
+    }
     signals.thread_block().context("blocking signals")?;
 
     // Every NAT flow and published connection holds host sockets: allow as many descriptors
@@ -37,8 +45,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let ipam = Ipam::new(cfg.subnet, cfg.gateway)?;
     let listener = control::bind(&cfg.control)
         .with_context(|| format!("control socket {}", cfg.control.display()))?;
-    let started = startup::start(&cfg, ipam, fd_limit);
-    let manager = match started {
+    let manager = match startup::start(&cfg, ipam, fd_limit) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_file(&cfg.control);
@@ -46,7 +53,7 @@ pub fn run(cfg: Config) -> Result<()> {
         }
     };
     let (calls_tx, calls_rx) = crossbeam_channel::bounded::<Call>(64);
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(1);
     std::thread::Builder::new()
         .name("vswitch-ctl".into())
         .spawn(move || control::serve(listener, calls_tx))?;
@@ -61,10 +68,22 @@ pub fn run(cfg: Config) -> Result<()> {
         cfg.subnet.prefix,
         cfg.control.display()
     );
+    systemd::notify("READY=1");
 
     let signal = signals.wait().context("waiting for signals")?;
-    eprintln!("vswitch: {signal}: shutting down");
-    let _ = stop_tx.send(());
+    let how = match signal {
+        Signal::SIGUSR2 => Stop::Keep,
+        _ => Stop::Remove,
+    };
+    eprintln!(
+        "vswitch: {signal}: shutting down, {}",
+        match how {
+            Stop::Keep => "keeping the network for the next daemon",
+            Stop::Remove => "removing the network",
+        }
+    );
+    systemd::notify("STOPPING=1");
+    let _ = stop_tx.send(how);
     let _ = manager.join();
     let _ = std::fs::remove_file(&cfg.control);
     Ok(())

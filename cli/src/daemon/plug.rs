@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use vswitch_switch::{MacAddr, PortId, PortInfo, VNET_HDR_LEN};
 
-use crate::bpf::fastpath::MAX_PORTS;
+use crate::bpf::fastpath::{Attachment, MAX_PORTS};
 use crate::control::{Plug, PortView, PublishSpec, Target};
 use crate::natd::{self, resolv, NatJob};
 use crate::ports::{Counters, Port};
@@ -34,6 +34,25 @@ enum Made {
     DatapathPort(PortId),
 }
 
+impl Undo {
+    /// An address reserved outside `try_plug` (adoption).
+    pub fn address(&mut self, ip: Ipv4Addr) {
+        self.0.push(Made::Address(ip));
+    }
+}
+
+/// A port to add: its number, its veth's host end, its station, and whether it is new (not
+/// taken over from a previous daemon).
+#[derive(Clone, Copy)]
+pub(super) struct NewPort<'a> {
+    pub id: PortId,
+    pub host_ifname: &'a str,
+    pub index: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub new: bool,
+}
+
 /// A container's namespace, opened and identified.
 struct Namespace {
     fd: OwnedFd,
@@ -50,7 +69,7 @@ impl Manager {
         result
     }
 
-    fn roll_back(&mut self, undo: Undo) {
+    pub(super) fn roll_back(&mut self, undo: Undo) {
         for made in undo.0.into_iter().rev() {
             match made {
                 Made::DatapathPort(id) => drop(self.datapath.remove_port(id)),
@@ -74,15 +93,11 @@ impl Manager {
             Some(a) => attachment_ifname(a),
             None => host_ifname(&req.target),
         };
-        if self.plumbing.link_index(&host_ifname)?.is_some() {
-            return Err(DaemonError::HostLinkExists(host_ifname));
-        }
+        self.clear_leftover(&host_ifname)?;
         let (ip, mac) = self.address(req.ip, req.mac, undo)?;
         // Published ports are bound before the veth exists: a port in use fails the plug
         // early. The listeners close by themselves if a later step fails.
-        let listeners = (req.publish.iter())
-            .map(|spec| bind_published(spec).map(|l| (l, spec.container_port)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let listeners = self.bind_all(&req.publish)?;
 
         let index = (self.plumbing).create_veth(
             &host_ifname,
@@ -99,7 +114,16 @@ impl Manager {
             gateway: self.ipam.gateway(),
         };
         (self.plumbing).configure_container(ns.fd.as_fd(), ifname.as_str(), addressing)?;
-        let (id, fast_link) = self.add_port(&host_ifname, index, ip, mac, undo)?;
+        let id = self.free_port_id().ok_or(DaemonError::TooManyPorts)?;
+        let port = NewPort {
+            id,
+            host_ifname: &host_ifname,
+            index,
+            ip,
+            mac,
+            new: true,
+        };
+        let fast_link = self.add_port(&port, undo)?;
 
         let container = Container {
             port: id,
@@ -145,6 +169,22 @@ impl Manager {
         Ok(Namespace { fd, id })
     }
 
+    /// Makes room for a host end called `name`: a link of that name left by an earlier daemon
+    /// of this switch (it carries our mark, and no plugged container owns it) is removed; any
+    /// other link of that name is not ours to touch.
+    fn clear_leftover(&mut self, name: &str) -> Result<(), DaemonError> {
+        let Some(link) = self.plumbing.link(name)? else {
+            return Ok(());
+        };
+        let owned = self.containers.iter().any(|c| c.host_index == link.index);
+        if owned || link.alias.as_deref() != Some(self.marker.as_str()) {
+            return Err(DaemonError::HostLinkExists(name.to_string()));
+        }
+        self.plumbing.delete_link(link.index)?;
+        eprintln!("vswitch: removed {name}, left behind by an earlier daemon");
+        Ok(())
+    }
+
     /// Reserves the container's address and settles its MAC: an automatic address skips those
     /// whose derived MAC a manual plug has taken.
     fn address(
@@ -168,15 +208,19 @@ impl Manager {
 
     /// Opens the port's sockets on the veth's host end, attaches the fast path and gives the
     /// port to the switch and the workers.
-    fn add_port(
+    pub(super) fn add_port(
         &mut self,
-        host_ifname: &str,
-        index: u32,
-        ip: Ipv4Addr,
-        mac: MacAddr,
+        p: &NewPort<'_>,
         undo: &mut Undo,
-    ) -> Result<(PortId, Option<OwnedFd>), DaemonError> {
-        let id = self.free_port_id().ok_or(DaemonError::TooManyPorts)?;
+    ) -> Result<Option<Attachment>, DaemonError> {
+        let NewPort {
+            id,
+            host_ifname,
+            index,
+            ip,
+            mac,
+            new,
+        } = *p;
         let fast = self.fast_path.as_ref().filter(|_| id.0 < MAX_PORTS);
         let filter = fast.map(|f| f.filter());
         let queues = (self
@@ -188,8 +232,7 @@ impl Manager {
         // Without its program on the port, the port's stations stay out of the fast path's map,
         // so the sockets' filter lets all its frames through: the daemon switches them.
         let fast_link = fast.and_then(|f| {
-            f.clear_counts(id)
-                .and_then(|()| f.attach(index))
+            f.attach(id, index, new)
                 .map_err(|e| eprintln!("vswitch: no kernel fast path on {host_ifname}: {e}"))
                 .ok()
         });
@@ -206,7 +249,7 @@ impl Manager {
         (self.datapath.add_port(port))
             .map_err(|e| DaemonError::io("adding the port to a worker", e))?;
         undo.0.push(Made::DatapathPort(id));
-        Ok((id, fast_link))
+        Ok(fast_link)
     }
 
     /// The plug can no longer fail: record the container, serve its published ports,
@@ -217,13 +260,7 @@ impl Manager {
         listeners: Vec<(natd::Listener, u16)>,
         write_resolv: bool,
     ) -> PortView {
-        if !listeners.is_empty() {
-            self.nat_jobs.send(NatJob::Publish {
-                container: container.ip,
-                mac: container.mac.0,
-                ports: listeners,
-            });
-        }
+        self.serve_published(&container, listeners);
         // Announce the newcomer so that peers (and the host) update stale neighbour entries.
         let mut garp = [0u8; VNET_HDR_LEN + 64];
         let switch = self.datapath.switch();
@@ -252,9 +289,35 @@ impl Manager {
         };
         self.containers.push(container);
         self.sync_fast_path();
+        self.save_state();
         let mut view = self.view(self.containers.last().expect("just pushed"));
         view.resolv = Some(resolv);
         view
+    }
+
+    /// Binds the host side of published ports.
+    pub(super) fn bind_all(
+        &self,
+        publish: &[PublishSpec],
+    ) -> Result<Vec<(natd::Listener, u16)>, DaemonError> {
+        (publish.iter())
+            .map(|spec| bind_published(spec).map(|l| (l, spec.container_port)))
+            .collect()
+    }
+
+    /// Hands a container's bound published ports to the NAT service.
+    pub(super) fn serve_published(
+        &self,
+        container: &Container,
+        listeners: Vec<(natd::Listener, u16)>,
+    ) {
+        if !listeners.is_empty() {
+            self.nat_jobs.send(NatJob::Publish {
+                container: container.ip,
+                mac: container.mac.0,
+                ports: listeners,
+            });
+        }
     }
 
     fn free_port_id(&self) -> Option<PortId> {
@@ -289,6 +352,7 @@ impl Manager {
             }
         }
         self.forget(&c);
+        self.save_state();
         eprintln!(
             "vswitch: unplugged {}{} (host port {}, {} released)",
             c.target,

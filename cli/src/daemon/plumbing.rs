@@ -12,7 +12,7 @@ use vswitch_switch::MacAddr;
 
 use crate::bpf::fanout::{Spread, SpreadProgram};
 use crate::control::Target;
-use crate::kernel::netlink::{Netlink, NetlinkError};
+use crate::kernel::netlink::{Link, Netlink, NetlinkError};
 use crate::kernel::netns;
 use crate::natd::resolv;
 use crate::ports::packet::PacketSocket;
@@ -35,8 +35,10 @@ pub trait Plumbing: Send {
     /// Opens the container's network namespace.
     fn open_netns(&self, target: &Target) -> Result<OwnedFd, DaemonError>;
     fn netns_id(&self, ns: BorrowedFd<'_>) -> io::Result<NetnsId>;
-    /// The ifindex of a link in the daemon's namespace, `None` if there is none.
-    fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError>;
+    /// A link in the daemon's namespace, `None` if there is none.
+    fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError>;
+    /// Every link in the daemon's namespace.
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError>;
     /// Creates the veth, its peer straight in `ns`; returns the host end's ifindex.
     fn create_veth(
         &mut self,
@@ -46,7 +48,7 @@ pub trait Plumbing: Send {
         mac: MacAddr,
         mtu: u32,
     ) -> Result<u32, DaemonError>;
-    /// Makes the host end inert (no IPv6, NOARP) and up.
+    /// Marks the host end as the daemon's, makes it inert (no IPv6, NOARP) and up.
     fn prepare_host_end(&mut self, name: &str, index: u32) -> Result<(), DaemonError>;
     /// Inside `ns`: `lo` up, the address on `ifname`, `ifname` up, the default route.
     fn configure_container(
@@ -78,6 +80,8 @@ pub struct NetnsConf {
 /// The real thing: rtnetlink in the daemon's namespace, `setns` threads for the container's.
 pub struct Kernel {
     pub nl: Netlink,
+    /// The alias of the links this daemon makes (see [`marker`]).
+    pub marker: String,
     pub spread: Spread,
     pub spread_program: Option<Arc<SpreadProgram>>,
 }
@@ -103,8 +107,12 @@ impl Plumbing for Kernel {
         netns::netns_id(ns)
     }
 
-    fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
-        self.nl.link_index(name)
+    fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        self.nl.link(name)
+    }
+
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        self.nl.links()
     }
 
     fn create_veth(
@@ -124,6 +132,8 @@ impl Plumbing for Kernel {
     }
 
     fn prepare_host_end(&mut self, name: &str, index: u32) -> Result<(), DaemonError> {
+        // The mark by which a later daemon knows the link for its own, state file or not.
+        self.nl.set_alias(index, &self.marker)?;
         // Inert: no IPv6 and no ARP, or the host kernel answers for the gateway on it (see
         // ARCHITECTURE.md).
         netns::disable_ipv6(name)
@@ -203,4 +213,11 @@ pub fn own_netns() -> io::Result<NetnsId> {
 pub fn initial_netns() -> Option<NetnsId> {
     let init = std::fs::File::open("/proc/1/ns/net").ok()?;
     netns::netns_id(init.as_fd()).ok()
+}
+
+/// The alias a daemon gives the links it makes: `vswitch <control socket>`. A link with it is
+/// provably this daemon's (the same control socket names the same switch), so a leftover one
+/// may be removed; any other link is never touched.
+pub fn marker(control: &std::path::Path) -> String {
+    format!("vswitch {}", control.display())
 }

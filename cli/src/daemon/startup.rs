@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use vswitch_nat::{Nat, NatConfig};
+use anyhow::{bail, Context, Result};
+use vswitch_nat::{Nat, NatConfig, Shares};
 use vswitch_switch::{MacAddr, PortInfo, Switch};
 
 use crate::bpf::fanout::{Spread, SpreadProgram};
-use crate::bpf::fastpath::FastPath;
+use crate::bpf::fastpath::{self, Mode};
+use crate::bpf::pins::{self, Pins};
 use crate::datapath::{Datapath, Fabric, TAP_PORT};
 use crate::kernel::netlink::Netlink;
 use crate::natd::budget::{open_now, FdBudget};
@@ -19,7 +20,9 @@ use crate::ports::{Counters, Port, PortIo};
 use super::config::Config;
 use super::ipam::Ipam;
 use super::manager::Manager;
-use super::plumbing::{initial_netns, own_netns, Kernel};
+use super::plumbing::{initial_netns, marker, own_netns, Kernel};
+use super::state::{self, State, StateError};
+use super::systemd::Watchdog;
 
 /// Relay listeners for containers' outgoing TCP (see `natd::bind_relays`).
 const RELAY_PORTS: usize = 16;
@@ -36,22 +39,11 @@ fn default_max_flows(fd_limit: usize) -> usize {
 /// DNS forwarder.
 pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     let budget = FdBudget::new(fd_limit);
-    let taps = Tap::create_queues(&cfg.tap, cfg.workers)
-        .with_context(|| format!("creating TAP {}", cfg.tap))?;
+    let previous = previous_state(cfg)?;
+    let marker = marker(&cfg.control);
     let mut nl = Netlink::open().context("opening netlink")?;
     let gateway_mac = MacAddr::from_ipv4(cfg.gateway);
-    let index = nl
-        .link_index(&cfg.tap)?
-        .with_context(|| format!("TAP {} vanished", cfg.tap))?;
-    nl.set_link(index, true, false, Some(cfg.mtu), Some(gateway_mac.0))
-        .with_context(|| format!("configuring TAP {}", cfg.tap))?;
-    nl.add_address(index, cfg.gateway, cfg.subnet.prefix)
-        .with_context(|| {
-            format!(
-                "adding {}/{} to {}",
-                cfg.gateway, cfg.subnet.prefix, cfg.tap
-            )
-        })?;
+    let (taps, tap_index) = open_tap(cfg, &mut nl, &marker, gateway_mac)?;
 
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     if !cfg.no_dns {
@@ -85,27 +77,32 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
             }
         })
         .flatten();
-    let fast_path = cfg
-        .fast_path
-        .then(|| match FastPath::load(cfg.fdb_size) {
-            Ok(fast) => Some(fast),
+    // Pinned, the fast path keeps forwarding between containers while no daemon runs.
+    let pins = (cfg.fast_path != Mode::Off)
+        .then(|| match Pins::open(&pins::dir_for(&cfg.control)) {
+            Ok(pins) => Some(pins),
             Err(e) => {
-                eprintln!(
-                    "vswitch: no kernel fast path ({e}): every frame goes through the daemon"
-                );
+                eprintln!("vswitch: no pins for the fast path ({e}): it will stop with the daemon");
                 None
             }
         })
         .flatten();
+    let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size, pins);
+    eprintln!("vswitch: kernel fast path: {why}");
     let fabric = Fabric::new(switch, spread_program.clone());
     let homes = cfg.spread != Spread::Hash;
     let mut datapath =
         Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
     let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
     let max_flows = cfg.max_flows.unwrap_or_else(|| default_max_flows(fd_limit));
+    let default_shares = Shares::for_table(max_flows);
     eprintln!("vswitch: NAT tracks up to {max_flows} flows (descriptor limit {fd_limit})");
     let nat = Arc::new(Nat::new(NatConfig {
         max_flows,
+        shares: Shares {
+            flows: cfg.max_flows_per_container.unwrap_or(default_shares.flows),
+            half_open: cfg.max_half_open.unwrap_or(default_shares.half_open),
+        },
         ..NatConfig::new(
             cfg.gateway,
             gateway_mac.0,
@@ -117,7 +114,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     let poll = cfg.poll;
     let (service, nat_jobs) = NatService::new(
         nat.clone(),
-        fabric,
+        fabric.clone(),
         budget.clone(),
         datapath.relays(),
         cfg.gateway,
@@ -131,6 +128,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         nat: nat.clone(),
         gateway_mac: gateway_mac.0,
         service: nat_jobs.clone(),
+        fabric,
     };
     datapath
         .run(Some(Arc::new(hook)))
@@ -147,13 +145,14 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     }))?;
     let plumbing = Kernel {
         nl,
+        marker: marker.clone(),
         spread: cfg.spread,
         spread_program,
     };
     // What the daemon holds open now is its own, plus a slack for control connections and
     // the threads that open a namespace or a file for a moment.
     budget.reserve(open_now() + SLACK);
-    Ok(Manager {
+    let mut manager = Manager {
         ipam,
         mtu: cfg.mtu,
         tap_name: cfg.tap.clone(),
@@ -169,5 +168,103 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         last_expiry: 0,
         fast_path,
         budget,
-    })
+        marker,
+        state_path: state::path_for(&cfg.control),
+        pins_dir: pins::dir_for(&cfg.control),
+        tap_index,
+        watchdog: Watchdog::from_env(),
+    };
+    if let Some(previous) = previous {
+        manager.adopt(previous);
+    }
+    manager.clear_unexplained_links();
+    if let Some(fast) = &manager.fast_path {
+        let ports: Vec<u32> = manager.containers.iter().map(|c| c.host_index).collect();
+        fast.prune_links(&ports);
+    }
+    manager.save_state();
+    Ok(manager)
+}
+
+/// The state a previous daemon of this switch left; a daemon started for another network is
+/// refused before it touches anything, and an unreadable state is put aside.
+fn previous_state(cfg: &Config) -> Result<Option<State>> {
+    let path = state::path_for(&cfg.control);
+    let state = match state::load(&path) {
+        Ok(state) => state,
+        Err(StateError::Corrupt { why, .. }) => {
+            let aside = state::set_aside(&path).context("putting the unreadable state aside")?;
+            eprintln!(
+                "vswitch: the state file {} is unreadable ({why}): kept as {}; starting \
+                 without it",
+                path.display(),
+                aside.display()
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(state) = state else { return Ok(None) };
+    let theirs = (
+        state.subnet.as_str(),
+        state.gateway,
+        state.tap.as_str(),
+        state.mtu,
+    );
+    let ours = (
+        cfg.subnet.to_string(),
+        cfg.gateway,
+        cfg.tap.as_str(),
+        cfg.mtu,
+    );
+    if (theirs.0, theirs.1, theirs.2, theirs.3) != (ours.0.as_str(), ours.1, ours.2, ours.3) {
+        bail!(
+            "the state file {} describes another network (subnet {}, gateway {}, TAP {}, \
+             MTU {}) than this daemon's (subnet {}, gateway {}, TAP {}, MTU {}): start the \
+             daemon with the same configuration to take it over, or remove it first with \
+             `vswitch cleanup` (with the same --control)",
+            path.display(),
+            theirs.0,
+            theirs.1,
+            theirs.2,
+            theirs.3,
+            ours.0,
+            ours.1,
+            ours.2,
+            ours.3
+        );
+    }
+    Ok(Some(state))
+}
+
+/// Opens the TAP with the gateway's address: the one an earlier daemon of this switch left
+/// (it carries our mark), or a new one; a device of that name that is not ours is an error.
+fn open_tap(
+    cfg: &Config,
+    nl: &mut Netlink,
+    marker: &str,
+    gateway_mac: MacAddr,
+) -> Result<(Vec<Tap>, u32)> {
+    let what = || format!("TAP {}", cfg.tap);
+    let ours = (nl.link(&cfg.tap)?).is_some_and(|l| l.alias.as_deref() == Some(marker));
+    let taps = match ours {
+        true => Tap::attach_queues(&cfg.tap, cfg.workers),
+        false => Tap::create_queues(&cfg.tap, cfg.workers),
+    }
+    .with_context(what)?;
+    taps[0].set_persist(true).with_context(what)?;
+    let index = (nl.link_index(&cfg.tap)?).with_context(|| format!("{} vanished", what()))?;
+    nl.set_alias(index, marker).with_context(what)?;
+    nl.set_link(index, true, false, Some(cfg.mtu), Some(gateway_mac.0))
+        .with_context(|| format!("configuring {}", what()))?;
+    match nl.add_address(index, cfg.gateway, cfg.subnet.prefix) {
+        Err(e) if ours && e.errno() == Some(libc::EEXIST) => {}
+        result => result.with_context(|| {
+            format!(
+                "adding {}/{} to {}",
+                cfg.gateway, cfg.subnet.prefix, cfg.tap
+            )
+        })?,
+    }
+    Ok((taps, index))
 }

@@ -31,6 +31,7 @@ impl Manager {
         view.nat_packets_in = nat.packets_in;
         view.nat_bytes_out = nat.bytes_out;
         view.nat_bytes_in = nat.bytes_in;
+        view.nat_refused = nat.refused;
         view
     }
 
@@ -67,12 +68,18 @@ impl Manager {
             drops: read(|c| &c.drops) + port.map_or(0, |p| p.kernel_drops()),
             fast_rx_frames: fast.rx_frames,
             fast_tx_frames: fast.tx_frames,
+            fast_path: (self.containers.iter())
+                .find(|c| c.port == id)
+                .and_then(|c| c.fast_link.as_ref())
+                .map_or("off", |link| link.hook().name())
+                .to_string(),
             publish: Vec::new(),
             nat_flows: 0,
             nat_packets_out: 0,
             nat_packets_in: 0,
             nat_bytes_out: 0,
             nat_bytes_in: 0,
+            nat_refused: 0,
             resolv: None,
             container_id: None,
             network: None,
@@ -145,6 +152,12 @@ impl Manager {
                 malformed: nat.malformed,
                 fragments: nat.fragments,
                 no_flow: nat.no_flow,
+                bad_checksum: nat.bad_checksum,
+                bad_length: nat.bad_length,
+                ttl_exceeded: nat.ttl_exceeded,
+                tagged: nat.tagged,
+                container_limit: nat.container_limit,
+                half_open_limit: nat.half_open_limit,
             },
         }
     }

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLMSG_DONE,
     NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
@@ -19,6 +19,9 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::tc::{
+    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -42,15 +45,6 @@ impl NetlinkError {
             NetlinkError::Protocol(_) => None,
         }
     }
-}
-
-/// A link as `link` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkState {
-    pub index: u32,
-    pub up: bool,
-    pub mac: Option<[u8; 6]>,
-    pub mtu: Option<u32>,
 }
 
 /// An IPv4 route of the main table as `ipv4_routes` reports it.
@@ -82,6 +76,36 @@ const RECV_BUF: usize = 64 * 1024;
 /// `NLMSGERR_ATTR_MSG`: the extended ack's human-readable message.
 const NLMSGERR_ATTR_MSG: u16 = 1;
 
+/// Attribute numbers from <linux/if_link.h>.
+const IFLA_IFNAME: u16 = 3;
+const IFLA_IFALIAS: u16 = 20;
+
+/// A link as [`Netlink::links`] lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub alias: Option<String>,
+    /// IFF_UP.
+    pub up: bool,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+}
+
+/// A clsact qdisc's handle (`ffff:0`).
+const CLSACT_HANDLE: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: 0,
+};
+/// A clsact qdisc's ingress hook, as a filter's parent (`TC_H_MAKE(TC_H_CLSACT,
+/// TC_H_MIN_INGRESS)`).
+const CLSACT_INGRESS: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: TcHandle::MIN_INGRESS,
+};
+/// The handle of the one BPF filter the daemon puts on a hook.
+const BPF_FILTER_HANDLE: TcHandle = TcHandle { major: 0, minor: 1 };
+
 /// A NETLINK_ROUTE socket. It stays bound to the namespace of the thread that opened it.
 pub struct Netlink {
     socket: Socket,
@@ -108,6 +132,11 @@ impl Netlink {
 
     /// The ifindex of the link called `name`, or `None` if there is none.
     pub fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.link(name)?.map(|l| l.index))
+    }
+
+    /// The link called `name`, or `None` if there is none.
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
         // No link can have such a name; the kernel would reject the request with ERANGE.
         if name.len() >= libc::IFNAMSIZ {
             return Ok(None);
@@ -124,9 +153,7 @@ impl Netlink {
             .iter()
             .find(|(kind, _)| *kind == libc::RTM_NEWLINK)
             .ok_or_else(|| NetlinkError::Protocol(format!("no RTM_NEWLINK reply for {name}")))?;
-        let header = LinkHeader::parse(&reply.1)
-            .map_err(|e| NetlinkError::Protocol(format!("link {name}: {e}")))?;
-        Ok(Some(header.index))
+        parse_link(&reply.1).map(Some)
     }
 
     /// One RTM_NEWLINK: veth `host_name` in this namespace, its peer `peer_name` created directly
@@ -175,6 +202,33 @@ impl Netlink {
             format!("delete link {index}")
         })?;
         Ok(())
+    }
+
+    /// Sets a link's alias (`ip link set ... alias`), the mark by which the daemon later knows
+    /// a link for its own.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, || {
+            format!("set the alias of link {index}")
+        })?;
+        Ok(())
+    }
+
+    /// Every link of the namespace: index, name and alias. Read straight from the attributes
+    /// (IFLA_IFNAME, IFLA_IFALIAS), so a newer kernel's other attributes never break the dump.
+    pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+            || "list links".to_string(),
+        )?;
+        (replies.iter())
+            .filter(|(kind, _)| *kind == libc::RTM_NEWLINK)
+            .map(|(_, payload)| parse_link(payload))
+            .collect()
     }
 
     /// Sets IFF_UP and IFF_NOARP to exactly `up` and `noarp` (host veth ends must be NOARP), and
@@ -253,41 +307,6 @@ impl Netlink {
         Ok(())
     }
 
-    /// The link called `name`: its index, whether it is up, its MAC and MTU; `None` if there is
-    /// no such link.
-    pub fn link(&mut self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
-        if name.len() >= libc::IFNAMSIZ {
-            return Ok(None);
-        }
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        let replies = match self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
-            format!("look up link {name}")
-        }) {
-            Err(e) if e.errno() == Some(libc::ENODEV) => return Ok(None),
-            result => result?,
-        };
-        let short = || NetlinkError::Protocol(format!("short RTM_NEWLINK for {name}"));
-        let (_, body) = (replies.iter())
-            .find(|(kind, _)| *kind == libc::RTM_NEWLINK)
-            .ok_or_else(short)?;
-        let header = body.get(..IFINFOMSG_LEN).ok_or_else(short)?;
-        let mut state = LinkState {
-            index: u32::from_ne_bytes(header[4..8].try_into().unwrap()),
-            up: u32::from_ne_bytes(header[8..12].try_into().unwrap()) & libc::IFF_UP as u32 != 0,
-            mac: None,
-            mtu: None,
-        };
-        for nla in NlasIterator::new(&body[IFINFOMSG_LEN..]).map_while(Result::ok) {
-            match nla.kind() {
-                IFLA_ADDRESS => state.mac = nla.value().try_into().ok(),
-                IFLA_MTU => state.mtu = nla.value().try_into().ok().map(u32::from_ne_bytes),
-                _ => {}
-            }
-        }
-        Ok(Some(state))
-    }
-
     /// The IPv4 addresses of link `index`, with their prefix lengths.
     pub fn ipv4_addresses(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
         let mut msg = AddressMessage::default();
@@ -362,6 +381,68 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Adds a `clsact` qdisc to link `index`: the hooks for tc programs on its ingress and
+    /// egress, with no queue. `false` if the link already had one (then it is not ours).
+    pub fn add_clsact(&mut self, index: u32) -> Result<bool, NetlinkError> {
+        let mut msg = tc_message(index, CLSACT_HANDLE, TcHandle::CLSACT);
+        msg.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self.request(
+            RouteNetlinkMessage::NewQueueDiscipline(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("add a clsact qdisc to link {index}"),
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes link `index`'s `clsact` qdisc and every filter on it.
+    pub fn delete_clsact(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let msg = tc_message(index, CLSACT_HANDLE, TcHandle::CLSACT);
+        self.request(RouteNetlinkMessage::DelQueueDiscipline(msg), 0, || {
+            format!("delete the clsact qdisc of link {index}")
+        })?;
+        Ok(())
+    }
+
+    /// Puts BPF program `prog` (a `SCHED_CLS` program) on link `index`'s clsact ingress hook as
+    /// a `cls_bpf` filter in direct-action mode (the program's return value is the verdict),
+    /// for every protocol, at priority `prio`, under `name`. A filter already there at that
+    /// priority (one a killed daemon left: unlike a tcx link, a filter outlives its process) is
+    /// replaced, in one step.
+    pub fn add_ingress_bpf(
+        &mut self,
+        index: u32,
+        prio: u16,
+        prog: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = ingress_bpf_filter(index, prio);
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("add BPF filter {name} to the ingress of link {index}"),
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the filter [`Netlink::add_ingress_bpf`] put on link `index` at priority `prio`.
+    pub fn delete_ingress_bpf(&mut self, index: u32, prio: u16) -> Result<(), NetlinkError> {
+        let mut msg = ingress_bpf_filter(index, prio);
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        self.request(RouteNetlinkMessage::DelTrafficFilter(msg), 0, || {
+            format!("delete the BPF filter on the ingress of link {index}")
+        })?;
+        Ok(())
+    }
+
     /// Sends one request with NLM_F_REQUEST | NLM_F_ACK | `flags` and reads replies up to its ACK
     /// (or NLMSG_DONE). Returns the (message type, payload) of the other replies to it.
     fn request(
@@ -422,6 +503,48 @@ impl Netlink {
             }
         }
     }
+}
+
+/// A tc request about link `index`'s object `handle` under `parent`.
+fn tc_message(index: u32, handle: TcHandle, parent: TcHandle) -> TcMessage {
+    let mut msg = TcMessage::with_index(index as i32);
+    msg.header.handle = handle;
+    msg.header.parent = parent;
+    msg
+}
+
+/// The daemon's BPF filter on link `index`'s clsact ingress hook, at priority `prio`, for every
+/// protocol (`tcm_info` is `TC_H_MAKE(prio << 16, htons(ETH_P_ALL))`).
+fn ingress_bpf_filter(index: u32, prio: u16) -> TcMessage {
+    let mut msg = tc_message(index, BPF_FILTER_HANDLE, CLSACT_INGRESS);
+    msg.header.info = u32::from(prio) << 16 | u32::from((libc::ETH_P_ALL as u16).to_be());
+    msg
+}
+
+/// A link from an RTM_NEWLINK payload: its index from the header, name and alias from the
+/// attributes, read one by one so that a newer kernel's other attributes never break it.
+fn parse_link(payload: &[u8]) -> Result<Link, NetlinkError> {
+    let header =
+        LinkHeader::parse(payload).map_err(|e| NetlinkError::Protocol(format!("link: {e}")))?;
+    let mut link = Link {
+        index: header.index,
+        up: header.flags.contains(LinkFlags::Up),
+        ..Link::default()
+    };
+    // struct ifinfomsg is 16 bytes; the attributes follow.
+    let attributes = payload.get(IFINFOMSG_LEN..).unwrap_or_default();
+    for nla in NlasIterator::new(attributes).map_while(Result::ok) {
+        let value = nla.value().split(|&b| b == 0).next().unwrap_or_default();
+        let text = || String::from_utf8_lossy(value).into_owned();
+        match nla.kind() {
+            IFLA_IFNAME => link.name = text(),
+            IFLA_IFALIAS => link.alias = Some(text()).filter(|a| !a.is_empty()),
+            IFLA_ADDRESS => link.mac = nla.value().try_into().ok(),
+            IFLA_MTU => link.mtu = nla.value().try_into().ok().map(u32::from_ne_bytes),
+            _ => {}
+        }
+    }
+    Ok(link)
 }
 
 /// Decodes an NLMSG_ERROR payload: `None` for an ACK, else the errno and the extended ack
@@ -486,6 +609,34 @@ mod tests {
         let (host, container) = (TestNetns::new(), TestNetns::new());
         let nl = run_in_netns(&host.fd, Netlink::open).unwrap().unwrap();
         (host, container, nl)
+    }
+
+    #[test]
+    fn a_link_carries_its_alias_and_the_dump_lists_every_link() {
+        let (_host, container, mut nl) = setup();
+        let index = nl
+            .create_veth("vsw-al0", "eth0", container.fd.as_fd(), PEER_MAC, 1500)
+            .unwrap();
+        let link = nl.link("vsw-al0").unwrap().unwrap();
+        assert_eq!(
+            (link.index, link.name.as_str(), link.alias),
+            (index, "vsw-al0", None)
+        );
+        nl.set_alias(index, "vswitch /run/vswitch/test.sock")
+            .unwrap();
+        let link = nl.link("vsw-al0").unwrap().unwrap();
+        assert_eq!(
+            link.alias.as_deref(),
+            Some("vswitch /run/vswitch/test.sock")
+        );
+        let links = nl.links().unwrap();
+        let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        assert!(
+            names.contains(&"lo") && names.contains(&"vsw-al0"),
+            "{names:?}"
+        );
+        assert!(links.contains(&link));
+        assert_eq!(nl.link("vsw-nothing").unwrap(), None);
     }
 
     #[test]
@@ -650,5 +801,28 @@ mod tests {
         assert_eq!(err.errno(), Some(libc::ENETUNREACH), "{err}");
         // The socket is still in sync after errors.
         assert_eq!(nl.link_index("lo").unwrap(), Some(1));
+    }
+
+    #[test]
+    fn a_clsact_qdisc_is_added_once_and_deleted() {
+        let (host, container, mut nl) = setup();
+        let index = nl
+            .create_veth("vsw-h0", "eth0", container.fd.as_fd(), PEER_MAC, 1500)
+            .unwrap();
+        let qdiscs = |ns: &TestNetns| {
+            let out = run(&["tc", "-n", &ns.name, "-j", "qdisc", "show", "dev", "vsw-h0"]);
+            serde_json::from_str::<Value>(&out).unwrap()
+        };
+        let has_clsact = |q: &Value| q.as_array().unwrap().iter().any(|q| q["kind"] == "clsact");
+        assert!(!has_clsact(&qdiscs(&host)));
+        assert!(nl.add_clsact(index).unwrap(), "made by us");
+        assert!(has_clsact(&qdiscs(&host)), "{}", qdiscs(&host));
+        assert!(!nl.add_clsact(index).unwrap(), "already there: not ours");
+        nl.delete_clsact(index).unwrap();
+        assert!(!has_clsact(&qdiscs(&host)), "{}", qdiscs(&host));
+        assert!(nl.delete_clsact(index).is_err(), "nothing left to delete");
+        // A filter needs the qdisc's hook.
+        let err = nl.delete_ingress_bpf(index, 1).unwrap_err();
+        assert!(matches!(err, NetlinkError::Kernel { .. }), "{err}");
     }
 }

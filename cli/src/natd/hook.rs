@@ -17,6 +17,8 @@ pub struct NatHook {
     pub nat: Arc<Nat>,
     pub gateway_mac: [u8; 6],
     pub service: NatMailbox,
+    /// Where the NAT's own answers (resets, ICMP errors) go.
+    pub fabric: Fabric,
 }
 
 impl Hook for NatHook {
@@ -34,14 +36,17 @@ impl Hook for NatHook {
 
     /// Frames to the gateway's MAC (they may leave the subnet) and frames from the host.
     fn frame(&self, ingress: PortId, frame: &mut [u8], now: Millis, posted: &mut bool) -> bool {
-        let eth = &frame[VNET_HDR_LEN..];
-        let ipv4 = eth.len() >= 34 && eth[12..14] == [0x08, 0x00];
-        if !ipv4 {
+        let Some(eth) = frame.get(VNET_HDR_LEN..VNET_HDR_LEN + 14) else {
             return true;
-        }
+        };
         let verdict = if ingress == TAP_PORT {
+            if eth[12..14] != [0x08, 0x00] {
+                return true;
+            }
             self.nat.from_host(frame, now)
         } else if eth[..6] == self.gateway_mac {
+            // Everything a container sends the gateway: the NAT passes what is not its own
+            // (ARP, the gateway's own address) and refuses what a router would not forward.
             self.nat.outbound(frame, now)
         } else {
             return true;
@@ -49,6 +54,10 @@ impl Hook for NatHook {
         match verdict {
             Verdict::Pass | Verdict::Rewritten => true,
             Verdict::Pending | Verdict::Drop(_) => false,
+            Verdict::Reply(reply) => {
+                self.fabric.to_containers(reply.bytes());
+                false
+            }
             Verdict::TcpConnect { flow, from, dst } => {
                 *posted |= self.service.post(NatJob::TcpConnect {
                     flow,

@@ -18,12 +18,14 @@ use crate::daemon::manager::Manager;
 use crate::daemon::plumbing::{Addressing, NetnsConf, NetnsId, Plumbing};
 use crate::datapath::{Datapath, Fabric};
 use crate::kernel::epoll::EventFd;
-use crate::kernel::netlink::NetlinkError;
+use crate::kernel::netlink::{Link, NetlinkError};
 use crate::natd::budget::FdBudget;
 use crate::natd::NatService;
 use crate::ports::{PortIo, RxBatch};
 
 const OWN: NetnsId = (1, 1);
+/// Every link of the fake kernel carries the daemon's mark.
+const MARKER: &str = "vswitch /test.sock";
 const INITIAL: NetnsId = (1, 2);
 
 /// The steps a fake plug can be told to fail at.
@@ -97,8 +99,18 @@ impl Plumbing for Fake {
         Ok(self.world().netns)
     }
 
-    fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
-        Ok(self.world().links.get(name).copied())
+    fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        Ok(self.world().links.get(name).map(|&index| Link {
+            index,
+            name: name.to_string(),
+            alias: Some(MARKER.to_string()),
+            ..Link::default()
+        }))
+    }
+
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let names: Vec<String> = self.world().links.keys().cloned().collect();
+        Ok(names.iter().filter_map(|n| self.link(n).unwrap()).collect())
     }
 
     fn create_veth(
@@ -204,11 +216,29 @@ fn harness() -> Harness {
         last_expiry: 0,
         fast_path: None,
         budget,
+        marker: MARKER.into(),
+        state_path: state_path(),
+        pins_dir: std::env::temp_dir().join("vsw-plug-test-no-pins"),
+        tap_index: 0,
+        watchdog: None,
     };
     Harness {
         manager,
         fake,
         _service: service,
+    }
+}
+
+/// A state file of the test's own.
+fn state_path() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("vsw-plug-{}-{n}.state", std::process::id()))
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.manager.state_path);
     }
 }
 
@@ -433,7 +463,7 @@ fn an_attachment_is_plugged_once_and_removed_by_its_key_without_its_namespace() 
 }
 
 #[test]
-fn a_stale_attachment_gives_way_and_inspect_sees_it_gone() {
+fn an_attachment_added_into_another_namespace_replaces_the_old_port() {
     let mut h = harness();
     h.fake.world().netns = (0, 1);
     h.manager
@@ -444,9 +474,8 @@ fn a_stale_attachment_gives_way_and_inspect_sees_it_gone() {
         h.manager.inspect(&by).unwrap().ip,
         Ipv4Addr::new(10, 1, 1, 2)
     );
-    // The namespace went (and its veth with it) before the runtime's DEL: a restarted container
-    // plugs again under the same key.
-    h.fake.world().links.clear();
+    // The container's namespace was replaced without a DEL, and the kernel has not yet
+    // destroyed the old one (its veth is still there): the runtime's ADD wins.
     h.fake.world().netns = (0, 2);
     let view = h
         .manager
@@ -458,11 +487,40 @@ fn a_stale_attachment_gives_way_and_inspect_sees_it_gone() {
         "the old address was released"
     );
     assert_eq!(h.manager.containers.len(), 1);
+    assert_eq!(
+        h.fake.world().links.len(),
+        1,
+        "the old veth was not deleted"
+    );
     // inspect reports a port whose veth is gone as not plugged, and releases it.
     h.fake.world().links.clear();
     let err = h.manager.inspect(&by).unwrap_err();
     assert!(matches!(err, DaemonError::NotPlugged), "{err}");
     h.assert_clean();
+}
+
+#[test]
+fn an_attachment_is_kept_in_the_state_for_the_next_daemon() {
+    let mut h = harness();
+    h.fake.world().netns = (0, 1);
+    h.manager
+        .plug(cni_req("/run/netns/a", "ctr-a", "n"))
+        .unwrap();
+    h.plug(10).unwrap();
+    let saved = crate::daemon::state::load(&h.manager.state_path)
+        .unwrap()
+        .unwrap();
+    let (cni, by_hand) = (&saved.ports[0], &saved.ports[1]);
+    assert_eq!(cni.container_id.as_deref(), Some("ctr-a"));
+    assert_eq!(cni.network.as_deref(), Some("n"));
+    assert_eq!(
+        (by_hand.container_id.as_ref(), by_hand.network.as_ref()),
+        (None, None)
+    );
+    // A plug by hand's record has no such fields at all: files without attachments stay as
+    // they were.
+    let text = std::fs::read_to_string(&h.manager.state_path).unwrap();
+    assert_eq!(text.matches("container_id").count(), 1, "{text}");
 }
 
 #[test]
