@@ -8,8 +8,11 @@ export DEBIAN_FRONTEND=noninteractive
 #   iproute2 (ip, netns), iputils-ping, python3 (transfers with checksums), util-linux (unshare,
 #   nsenter, setpriv), procps (kill), ethtool (offload checks), nftables + iptables (the NAT
 #   tests check that the host has no firewall rule), build-essential + pkg-config (C linker for
-#   Rust crates), curl + ca-certificates (the rustup installer, only if no Rust toolchain is found).
-VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates)
+#   Rust crates), curl + ca-certificates (the rustup installer, only if no Rust toolchain is found),
+#   podman + runc + busybox-static (the CNI test runs a real container: podman's CNI backend,
+#   runc as its runtime, an image built from the static busybox; podman brings the CNI
+#   reference plugins that benches/cni.sh compares with).
+VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates podman runc busybox-static)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }

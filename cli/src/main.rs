@@ -1,6 +1,7 @@
 //! `vswitch`: a userspace virtual switch for Linux containers.
 
 mod bpf;
+mod cni;
 mod commands;
 mod control;
 mod daemon;
@@ -167,9 +168,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// vswitch as a CNI network for container runtimes (podman, containerd, Kubernetes).
+    Cni {
+        #[command(subcommand)]
+        command: CniCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CniCommand {
+    /// Install the CNI plugin and a network configuration for the running daemon's subnet.
+    Install {
+        /// The network's name (`podman run --network NAME`).
+        #[arg(long, default_value = "vswitch")]
+        name: String,
+        /// Where the runtime looks for CNI plugins (`/opt/cni/bin` for containerd and
+        /// Kubernetes).
+        #[arg(long, default_value = "/usr/lib/cni")]
+        bin_dir: PathBuf,
+        /// Where the runtime reads network configurations.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
+    if cni::invoked() {
+        return cni::main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version

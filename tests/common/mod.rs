@@ -20,6 +20,7 @@
 
 #![allow(dead_code)]
 
+pub mod cni;
 mod container;
 mod json;
 mod netns;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::control::{Client, Plug, PortView, Target, Unplug};
-use crate::{daemon, Cli, Command, TargetArg};
+use crate::control::{Client, Plug, PortView, Selector, Target, Unplug};
+use crate::{cni, daemon, Cli, CniCommand, Command, TargetArg};
 
 mod table;
 
@@ -62,11 +62,11 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let port = client.plug(Plug {
-                target: target_of(target)?,
                 ip,
                 mac,
                 ifname,
                 publish,
+                ..Plug::new(target_of(target)?)
             })?;
             if json {
                 return print_json(&port);
@@ -91,7 +91,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Unplug { target } => {
             let port: PortView = client.unplug(Unplug {
-                target: target_of(target)?,
+                by: Selector::Target(target_of(target)?),
             })?;
             println!(
                 "unplugged {} (host port {}, {} released)",
@@ -136,6 +136,23 @@ pub fn run(cli: Cli) -> Result<()> {
                 return print_json(&flows);
             }
             table::conntrack(&flows);
+            Ok(())
+        }
+        Command::Cni {
+            command:
+                CniCommand::Install {
+                    name,
+                    bin_dir,
+                    conf_dir,
+                },
+        } => {
+            let done = cni::install::install(&cli.control.control, &name, &bin_dir, &conf_dir)?;
+            println!(
+                "installed the CNI plugin {} and the network {name} ({}) in {}",
+                done.plugin.display(),
+                done.subnet,
+                done.conflist.display()
+            );
             Ok(())
         }
     }

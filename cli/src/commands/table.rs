@@ -2,8 +2,13 @@
 
 use crate::control::{FdbView, FlowRow, PortView, Stats};
 
-/// How a port's container is named to the user: `pid 4242`, `netns /run/netns/x`, or `host`.
+/// How a port's container is named to the user: `pid 4242`, `netns /run/netns/x`, `host`, or
+/// for a runtime's attachment its container id, shortened as runtimes show it
+/// (`id 3f2a9b1c0d4e`): podman's namespace path says nothing about which container it is.
 pub fn container(p: &PortView) -> String {
+    if let Some(id) = &p.container_id {
+        return format!("id {}", id.get(..12).unwrap_or(id));
+    }
     match (&p.pid, &p.netns) {
         (Some(pid), _) => format!("pid {pid}"),
         (None, Some(ns)) => format!("netns {ns}"),
@@ -101,6 +106,11 @@ pub fn conntrack(flows: &[FlowRow]) {
 pub fn stats(s: &Stats) {
     let f = &s.fds;
     println!("containers      {}", s.containers);
+    let n = &s.subnet;
+    println!(
+        "subnet          {} gateway {} mtu {}, {} addresses free",
+        n.cidr, n.gateway, n.mtu, n.free
+    );
     println!(
         "descriptors     limit {}, kept for the daemon {}, leased {}, available {}; \
          refused {}, exhausted {}",

@@ -3,12 +3,13 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
 use super::protocol::{
-    decode_response, encode_request, Failure, FdbView, FlowRow, NoArgs, Plug, PortView, Request,
-    Stats, StopArgs, Unplug,
+    decode_response, encode_request, Failure, FdbView, FlowRow, Gc, Inspect, NoArgs, Plug,
+    PortView, Request, Stats, StopArgs, Unplug,
 };
 
 /// Errors seen by the command-line client.
@@ -29,13 +30,22 @@ pub enum ClientError {
 /// A connection-per-request client of the daemon at a control socket.
 pub struct Client {
     path: PathBuf,
+    timeout: Option<Duration>,
 }
 
 impl Client {
     pub fn new(path: &Path) -> Client {
         Client {
             path: path.to_path_buf(),
+            timeout: None,
         }
+    }
+
+    /// Gives up on a daemon that has not answered within `timeout` (a CNI plugin must not hang
+    /// its runtime); the command line waits as long as it takes.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = Some(timeout);
+        self
     }
 
     pub fn plug(&self, plug: Plug) -> Result<PortView, ClientError> {
@@ -67,6 +77,15 @@ impl Client {
         self.call(&Request::Stats(NoArgs {}))
     }
 
+    pub fn inspect(&self, inspect: Inspect) -> Result<PortView, ClientError> {
+        self.call(&Request::Inspect(inspect))
+    }
+
+    /// Returns the ports it removed.
+    pub fn gc(&self, gc: Gc) -> Result<Vec<PortView>, ClientError> {
+        self.call(&Request::Gc(gc))
+    }
+
     /// Sends one request and decodes the daemon's `data` as `T`.
     fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, ClientError> {
         let p = self.path.display().to_string();
@@ -81,6 +100,8 @@ impl Client {
             path: p.clone(),
             err,
         };
+        conn.set_read_timeout(self.timeout).map_err(io_err)?;
+        conn.set_write_timeout(self.timeout).map_err(io_err)?;
         let mut line = encode_request(request);
         line.push(b'\n');
         (&conn).write_all(&line).map_err(io_err)?;

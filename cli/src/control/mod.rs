@@ -5,6 +5,6 @@ mod client;
 mod protocol;
 mod server;
 
-pub use client::Client;
+pub use client::{Client, ClientError};
 pub use protocol::*;
 pub use server::{bind, serve, Call};

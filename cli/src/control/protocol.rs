@@ -1,15 +1,19 @@
 //! The control protocol's messages: one JSON request line, one JSON response line.
 //!
 //! ```text
-//! -> {"v":1,"cmd":"plug","pid":4242,"netns":null,"ip":null,"mac":null,"ifname":null,"publish":["8080:80/tcp"]}
-//! <- {"v":1,"ok":true,"data":{"port":1,"kind":"container",...}}
-//! <- {"v":1,"ok":false,"code":"not_found","error":"unplug pid 4242: not plugged"}
+//! -> {"v":2,"cmd":"plug","pid":4242,"netns":null,"ip":null,"mac":null,"ifname":null,"publish":["8080:80/tcp"],...}
+//! <- {"v":2,"ok":true,"data":{"port":1,"kind":"container",...}}
+//! <- {"v":2,"ok":false,"code":"not_found","error":"unplug pid 4242: not plugged"}
 //! ```
 //!
 //! Every message carries the protocol version `v`, so that a command line and a daemon of
 //! different versions say so instead of misreading each other. Requests are parsed into typed
 //! values at this boundary (addresses, MAC, interface names, published ports): past
 //! [`decode_request`] the daemon never sees a malformed field, and unknown fields are refused.
+//!
+//! A container runtime's plug (through the CNI plugin, `cni`) also names an *attachment*: the
+//! runtime's container id and the interface name, the key by which the runtime later removes
+//! it (`unplug`/`inspect` by `container_id` and `ifname`), whatever became of the namespace.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use vswitch_switch::MacAddr;
 
 /// The protocol version this build speaks. Bump it whenever a message changes shape.
-pub const PROTOCOL: u32 = 1;
+/// 2: attachments (`container_id`, `network`, `resolv` on `plug`; selection by attachment),
+/// `inspect`, `gc`, the subnet in `stats`.
+pub const PROTOCOL: u32 = 2;
 
 /// Requests longer than this are refused: no legitimate request is anywhere near it.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -36,6 +42,8 @@ pub enum Request {
     Conntrack(NoArgs),
     Stats(NoArgs),
     Stop(StopArgs),
+    Inspect(Inspect),
+    Gc(Gc),
 }
 
 /// The body of a request that takes no arguments (any field is refused).
@@ -63,13 +71,94 @@ pub struct Plug {
     /// Its interface's name (default `eth0`).
     pub ifname: Option<IfName>,
     pub publish: Vec<PublishSpec>,
+    /// The container runtime's id for the container (a CNI plug): the port is then an
+    /// attachment, known by this id and its interface name.
+    pub container_id: Option<ContainerId>,
+    /// The CNI network the attachment belongs to: `gc` of one network leaves others alone.
+    pub network: Option<NetworkName>,
+    /// Whether to write the container's resolv.conf; a CNI runtime writes its own.
+    pub resolv: bool,
+}
+
+impl Plug {
+    /// A plug of `target` with every option at its default.
+    pub fn new(target: Target) -> Plug {
+        Plug {
+            target,
+            ip: None,
+            mac: None,
+            ifname: None,
+            publish: Vec::new(),
+            container_id: None,
+            network: None,
+            resolv: true,
+        }
+    }
+
+    /// The interface name inside the container.
+    pub fn ifname(&self) -> IfName {
+        self.ifname.clone().unwrap_or_else(IfName::eth0)
+    }
+
+    /// The attachment this plug makes, if it is a runtime's.
+    pub fn attachment(&self) -> Option<Attachment> {
+        (self.container_id.clone()).map(|container_id| Attachment {
+            container_id,
+            ifname: self.ifname(),
+        })
+    }
 }
 
 /// `unplug`: detach a container and delete its interface.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "TargetWire", into = "TargetWire")]
+#[serde(try_from = "SelectorWire", into = "SelectorWire")]
 pub struct Unplug {
-    pub target: Target,
+    pub by: Selector,
+}
+
+/// `inspect`: one plugged container's port, checked to be still there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "SelectorWire", into = "SelectorWire")]
+pub struct Inspect {
+    pub by: Selector,
+}
+
+/// `gc`: remove the attachments of `network` that are not in `valid` (CNI's GC). Ports plugged
+/// by hand and other networks' attachments are left alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "GcWire", into = "GcWire")]
+pub struct Gc {
+    pub network: NetworkName,
+    pub valid: Vec<Attachment>,
+}
+
+/// A runtime's attachment: its container id and the interface's name inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Attachment {
+    pub container_id: ContainerId,
+    pub ifname: IfName,
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "container {} {}", self.container_id, self.ifname)
+    }
+}
+
+/// Which plugged container a request is about: by what it was plugged as, or by attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Target(Target),
+    Attachment(Attachment),
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::Target(t) => t.fmt(f),
+            Selector::Attachment(a) => a.fmt(f),
+        }
+    }
 }
 
 /// Which container: a process (its network namespace) or a named namespace file.
@@ -105,15 +194,45 @@ struct PlugWire {
     /// `[HOSTIP:]HOSTPORT:CPORT[/tcp|/udp]`, as on the command line.
     #[serde(default)]
     publish: Vec<String>,
+    #[serde(default)]
+    container_id: Option<String>,
+    #[serde(default)]
+    network: Option<String>,
+    #[serde(default = "yes")]
+    resolv: bool,
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// A selector as it travels: exactly one of `pid`, `netns` and `container_id` (with `ifname`,
+/// default `eth0`).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TargetWire {
+struct SelectorWire {
     #[serde(default)]
     pid: Option<u32>,
     #[serde(default)]
     netns: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ifname: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachmentWire {
+    container_id: String,
+    ifname: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcWire {
+    network: String,
+    valid: Vec<AttachmentWire>,
 }
 
 fn target(pid: Option<u32>, netns: Option<PathBuf>) -> Result<Target, String> {
@@ -150,6 +269,9 @@ impl TryFrom<PlugWire> for Plug {
             publish: (w.publish.iter().map(|p| p.parse()))
                 .collect::<Result<_, _>>()
                 .map_err(|e: ParseError| e.to_string())?,
+            container_id: w.container_id.map(|id| id.parse()).transpose()?,
+            network: w.network.map(|n| n.parse()).transpose()?,
+            resolv: w.resolv,
         })
     }
 }
@@ -164,23 +286,108 @@ impl From<Plug> for PlugWire {
             mac: p.mac.map(|m| m.to_string()),
             ifname: p.ifname.map(|n| n.0),
             publish: p.publish.iter().map(|p| p.to_string()).collect(),
+            container_id: p.container_id.map(|id| id.0),
+            network: p.network.map(|n| n.0),
+            resolv: p.resolv,
         }
     }
 }
 
-impl TryFrom<TargetWire> for Unplug {
+impl TryFrom<SelectorWire> for Selector {
     type Error = String;
-    fn try_from(w: TargetWire) -> Result<Unplug, String> {
-        Ok(Unplug {
-            target: target(w.pid, w.netns)?,
+    fn try_from(w: SelectorWire) -> Result<Selector, String> {
+        match (w.container_id, w.ifname) {
+            (Some(id), ifname) if w.pid.is_none() && w.netns.is_none() => {
+                Ok(Selector::Attachment(Attachment {
+                    container_id: id.parse()?,
+                    ifname: ifname.map_or_else(|| Ok(IfName::eth0()), |n| n.parse())?,
+                }))
+            }
+            (None, None) => Ok(Selector::Target(target(w.pid, w.netns)?)),
+            (None, Some(_)) => Err("an ifname selects only together with a container_id".into()),
+            (Some(_), _) => {
+                Err("name the container by exactly one of pid, netns and container_id".into())
+            }
+        }
+    }
+}
+
+impl From<Selector> for SelectorWire {
+    fn from(s: Selector) -> SelectorWire {
+        match s {
+            Selector::Target(t) => {
+                let (pid, netns) = target_parts(t);
+                SelectorWire {
+                    pid,
+                    netns,
+                    container_id: None,
+                    ifname: None,
+                }
+            }
+            Selector::Attachment(a) => SelectorWire {
+                pid: None,
+                netns: None,
+                container_id: Some(a.container_id.0),
+                ifname: Some(a.ifname.0),
+            },
+        }
+    }
+}
+
+impl TryFrom<SelectorWire> for Unplug {
+    type Error = String;
+    fn try_from(w: SelectorWire) -> Result<Unplug, String> {
+        Ok(Unplug { by: w.try_into()? })
+    }
+}
+
+impl From<Unplug> for SelectorWire {
+    fn from(u: Unplug) -> SelectorWire {
+        u.by.into()
+    }
+}
+
+impl TryFrom<SelectorWire> for Inspect {
+    type Error = String;
+    fn try_from(w: SelectorWire) -> Result<Inspect, String> {
+        Ok(Inspect { by: w.try_into()? })
+    }
+}
+
+impl From<Inspect> for SelectorWire {
+    fn from(i: Inspect) -> SelectorWire {
+        i.by.into()
+    }
+}
+
+impl TryFrom<GcWire> for Gc {
+    type Error = String;
+    fn try_from(w: GcWire) -> Result<Gc, String> {
+        Ok(Gc {
+            network: w.network.parse()?,
+            valid: (w.valid.into_iter())
+                .map(|a| {
+                    Ok(Attachment {
+                        container_id: a.container_id.parse()?,
+                        ifname: a.ifname.parse()?,
+                    })
+                })
+                .collect::<Result<_, ParseError>>()?,
         })
     }
 }
 
-impl From<Unplug> for TargetWire {
-    fn from(u: Unplug) -> TargetWire {
-        let (pid, netns) = target_parts(u.target);
-        TargetWire { pid, netns }
+impl From<Gc> for GcWire {
+    fn from(g: Gc) -> GcWire {
+        GcWire {
+            network: g.network.0,
+            valid: (g.valid.into_iter())
+                .map(|a| AttachmentWire {
+                    container_id: a.container_id.0,
+                    ifname: a.ifname.0,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -195,6 +402,16 @@ pub enum ParseError {
     IfName(String),
     #[error("invalid --publish {0:?}: expected [HOSTIP:]HOSTPORT:CPORT[/tcp|/udp]")]
     Publish(String),
+    #[error(
+        "invalid container id {0:?} (1 to {MAX_CNI_NAME} characters: letters, digits, '_', '.' \
+         and '-', starting with a letter or digit)"
+    )]
+    ContainerId(String),
+    #[error(
+        "invalid network name {0:?} (1 to {MAX_CNI_NAME} characters: letters, digits, '_', '.' \
+         and '-', starting with a letter or digit)"
+    )]
+    NetworkName(String),
 }
 
 impl From<ParseError> for String {
@@ -221,6 +438,11 @@ impl IfName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The default name of a container's interface.
+    pub fn eth0() -> IfName {
+        IfName("eth0".to_string())
+    }
 }
 
 impl FromStr for IfName {
@@ -235,6 +457,64 @@ impl FromStr for IfName {
 }
 
 impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The longest container id or network name taken (CNI sets no limit; runtimes use 64).
+pub const MAX_CNI_NAME: usize = 256;
+
+/// CNI's rule for container ids and network names: an ASCII letter or digit, then letters,
+/// digits, '_', '.' and '-'.
+fn is_cni_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && s.len() <= MAX_CNI_NAME
+}
+
+/// A container runtime's id for a container (CNI_CONTAINERID).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContainerId(String);
+
+impl ContainerId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ContainerId {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<ContainerId, ParseError> {
+        match is_cni_name(s) {
+            true => Ok(ContainerId(s.to_string())),
+            false => Err(ParseError::ContainerId(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A CNI network's name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NetworkName(String);
+
+impl FromStr for NetworkName {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<NetworkName, ParseError> {
+        match is_cni_name(s) {
+            true => Ok(NetworkName(s.to_string())),
+            false => Err(ParseError::NetworkName(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for NetworkName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -318,6 +598,9 @@ pub struct PortView {
     pub prefix: u8,
     pub gateway: Ipv4Addr,
     pub mac: String,
+    /// The interface's MTU (the daemon's `--mtu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     pub rx_frames: u64,
     pub rx_bytes: u64,
     pub tx_frames: u64,
@@ -351,6 +634,11 @@ pub struct PortView {
     /// What `plug` did about the container's resolv.conf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolv: Option<String>,
+    /// A runtime's attachment: its container id and CNI network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// One NAT flow as `vswitch conntrack` shows it.
@@ -384,9 +672,22 @@ pub struct FdbView {
 pub struct Stats {
     /// Container ports plugged.
     pub containers: usize,
+    #[serde(default)]
+    pub subnet: SubnetStats,
     pub fds: FdStats,
     pub switch: SwitchCounters,
     pub nat: NatCounters,
+}
+
+/// The containers' subnet, and how many addresses are left in it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SubnetStats {
+    /// `10.1.1.0/24`.
+    pub cidr: String,
+    pub gateway: String,
+    pub mtu: u32,
+    /// Addresses a plug can still have.
+    pub free: u64,
 }
 
 /// The descriptor budget (see `natd::budget`).
@@ -602,29 +903,70 @@ mod tests {
     #[test]
     fn requests_round_trip_as_documented() {
         let plug = Request::Plug(Plug {
-            target: Target::Pid(42),
             ip: Some(Ipv4Addr::new(10, 1, 1, 9)),
-            mac: None,
-            ifname: None,
             publish: vec!["8080:80".parse().unwrap()],
+            ..Plug::new(Target::Pid(42))
         });
         let text = String::from_utf8(encode_request(&plug)).unwrap();
         assert_eq!(
             text,
-            r#"{"cmd":"plug","ifname":null,"ip":"10.1.1.9","mac":null,"netns":null,"pid":42,"publish":["8080:80/tcp"],"v":1}"#
+            r#"{"cmd":"plug","container_id":null,"ifname":null,"ip":"10.1.1.9","mac":null,"netns":null,"network":null,"pid":42,"publish":["8080:80/tcp"],"resolv":true,"v":2}"#
         );
         assert_eq!(decode(&text).unwrap(), plug);
-        let unplug = decode(r#"{"v":1,"cmd":"unplug","netns":"/run/netns/a"}"#).unwrap();
+        // The command line's plug as an older one wrote it: the new fields take their defaults.
+        let old = r#"{"v":2,"cmd":"plug","pid":42,"ip":"10.1.1.9","publish":["8080:80"]}"#;
+        assert_eq!(decode(old).unwrap(), plug);
+        let unplug = decode(r#"{"v":2,"cmd":"unplug","netns":"/run/netns/a"}"#).unwrap();
         assert_eq!(
             unplug,
             Request::Unplug(Unplug {
-                target: Target::Netns("/run/netns/a".into())
+                by: Selector::Target(Target::Netns("/run/netns/a".into()))
             })
         );
         assert_eq!(
-            decode(r#"{"v":1,"cmd":"ls"}"#).unwrap(),
+            decode(r#"{"v":2,"cmd":"ls"}"#).unwrap(),
             Request::Ls(NoArgs {})
         );
+    }
+
+    #[test]
+    fn attachments_round_trip() {
+        let cni = Request::Plug(Plug {
+            ifname: Some("net1".parse().unwrap()),
+            container_id: Some("3f2a9b".parse().unwrap()),
+            network: Some("vswitch".parse().unwrap()),
+            resolv: false,
+            ..Plug::new(Target::Netns("/run/netns/netns-1".into()))
+        });
+        let text = String::from_utf8(encode_request(&cni)).unwrap();
+        assert_eq!(decode(&text).unwrap(), cni);
+        let Request::Plug(plug) = &cni else {
+            unreachable!()
+        };
+        let attachment = plug.attachment().unwrap();
+        assert_eq!(attachment.to_string(), "container 3f2a9b net1");
+
+        let by = Selector::Attachment(attachment.clone());
+        for request in [
+            Request::Unplug(Unplug { by: by.clone() }),
+            Request::Inspect(Inspect { by: by.clone() }),
+            Request::Gc(Gc {
+                network: "vswitch".parse().unwrap(),
+                valid: vec![attachment.clone()],
+            }),
+        ] {
+            let text = String::from_utf8(encode_request(&request)).unwrap();
+            assert_eq!(decode(&text).unwrap(), request, "{text}");
+        }
+        // The interface defaults to eth0, as on plug.
+        let eth0 = decode(r#"{"v":2,"cmd":"unplug","container_id":"abc"}"#).unwrap();
+        let Request::Unplug(Unplug {
+            by: Selector::Attachment(a),
+        }) = eth0
+        else {
+            panic!("{eth0:?}")
+        };
+        assert_eq!(a.ifname.as_str(), "eth0");
     }
 
     #[test]
@@ -633,21 +975,30 @@ mod tests {
             "",
             "garbage",
             "[1]",
-            r#"{"v":1,"cmd":"reboot"}"#,
-            r#"{"v":1,"cmd":"ls","all":true}"#,
-            r#"{"v":1,"cmd":"plug","pid":1,"colour":"red"}"#,
-            r#"{"v":1,"cmd":"unplug","pid":1,"force":true}"#,
-            r#"{"v":1,"cmd":"plug","pid":-1}"#,
-            r#"{"v":1,"cmd":"plug"}"#,
-            r#"{"v":1,"cmd":"plug","pid":1,"netns":"/run/netns/a"}"#,
-            r#"{"v":1,"cmd":"plug","netns":"relative/path"}"#,
-            r#"{"v":1,"cmd":"plug","pid":1,"ip":"not-an-ip"}"#,
-            r#"{"v":1,"cmd":"plug","pid":1,"mac":"01:00:5e:00:00:01"}"#,
-            r#"{"v":1,"cmd":"plug","pid":1,"mac":"zz"}"#,
-            r#"{"v":1,"cmd":"plug","pid":1,"ifname":"a\u0000b"}"#,
-            r#"{"v":1,"cmd":"plug","pid":1,"ifname":"tab\tname"}"#,
-            r#"{"v":1,"cmd":"plug","pid":1,"ifname":"sixteen-chars-xx"}"#,
-            r#"{"v":1,"cmd":"plug","pid":1,"publish":["80"]}"#,
+            r#"{"v":2,"cmd":"reboot"}"#,
+            r#"{"v":2,"cmd":"ls","all":true}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"colour":"red"}"#,
+            r#"{"v":2,"cmd":"unplug","pid":1,"force":true}"#,
+            r#"{"v":2,"cmd":"plug","pid":-1}"#,
+            r#"{"v":2,"cmd":"plug"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"netns":"/run/netns/a"}"#,
+            r#"{"v":2,"cmd":"plug","netns":"relative/path"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"ip":"not-an-ip"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"mac":"01:00:5e:00:00:01"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"mac":"zz"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"ifname":"a\u0000b"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"ifname":"tab\tname"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"ifname":"sixteen-chars-xx"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"publish":["80"]}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"container_id":"-leading-dash"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"container_id":""}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"network":"a/b"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"resolv":"no"}"#,
+            r#"{"v":2,"cmd":"unplug","pid":1,"container_id":"abc"}"#,
+            r#"{"v":2,"cmd":"unplug","ifname":"eth0"}"#,
+            r#"{"v":2,"cmd":"inspect"}"#,
+            r#"{"v":2,"cmd":"gc","network":"n"}"#,
+            r#"{"v":2,"cmd":"gc","network":"n","valid":[{"container_id":"a"}]}"#,
         ] {
             let err = decode(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::Invalid, "{bad}: {err}");
@@ -672,7 +1023,7 @@ mod tests {
     #[test]
     fn responses_round_trip() {
         let ok = encode_response(&Ok(Reply::Fdb(vec![])));
-        assert_eq!(ok, br#"{"v":1,"ok":true,"data":[]}"#);
+        assert_eq!(ok, br#"{"v":2,"ok":true,"data":[]}"#);
         let data = decode_response(std::str::from_utf8(&ok).unwrap()).unwrap();
         assert_eq!(data.unwrap(), serde_json::json!([]));
         let fail = Failure::new(ErrorCode::NotFound, "unplug pid 7: not plugged");
@@ -698,6 +1049,30 @@ mod tests {
             "sixteen-chars-xx",
         ] {
             assert!(bad.parse::<IfName>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn container_ids_and_network_names_follow_cni() {
+        let podman = "3f2a9b1c0d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+        for good in [podman, "a", "k8s_pod.1-x", "0abc"] {
+            assert_eq!(good.parse::<ContainerId>().unwrap().as_str(), good);
+            assert_eq!(good.parse::<NetworkName>().unwrap().to_string(), good);
+        }
+        let long = "a".repeat(MAX_CNI_NAME + 1);
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            ".a",
+            "a b",
+            "a/b",
+            "a:b",
+            "é",
+            long.as_str(),
+        ] {
+            assert!(bad.parse::<ContainerId>().is_err(), "{bad:?}");
+            assert!(bad.parse::<NetworkName>().is_err(), "{bad:?}");
         }
     }
 

@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 
 use vswitch_switch::{MacAddr, PortId};
 
-use crate::control::{IfName, PublishSpec, Target};
+use crate::control::{Attachment, IfName, PublishSpec, Target};
 
 use super::error::DaemonError;
 use super::manager::{Container, Manager};
@@ -92,6 +92,16 @@ impl Manager {
             .map(|p| p.parse())
             .collect::<Result<_, _>>()
             .map_err(|_| bad("its published ports"))?;
+        let attachment = (r.container_id.as_deref())
+            .map(|id| id.parse().map_err(|_| bad("its container id")))
+            .transpose()?
+            .map(|container_id| Attachment {
+                container_id,
+                ifname: ifname.clone(),
+            });
+        let network = (r.network.as_deref())
+            .map(|n| n.parse().map_err(|_| bad("its network")))
+            .transpose()?;
         let id = PortId(r.port);
         if id.0 == 0 || self.containers.iter().any(|c| c.port == id) {
             return Err(bad("its port number"));
@@ -134,6 +144,8 @@ impl Manager {
             netns_conf: (r.netns_conf.clone())
                 .map(|(file, created_dir)| NetnsConf { file, created_dir }),
             fast_link,
+            attachment,
+            network,
         };
         self.serve_published(&container, listeners);
         self.containers.push(container);
@@ -201,5 +213,7 @@ fn record(c: &Container) -> PortRecord {
         mac: c.mac.to_string(),
         publish: c.publish.iter().map(|p| p.to_string()).collect(),
         netns_conf: (c.netns_conf.as_ref()).map(|n| (n.file.clone(), n.created_dir)),
+        container_id: (c.attachment.as_ref()).map(|a| a.container_id.to_string()),
+        network: c.network.as_ref().map(|n| n.to_string()),
     }
 }

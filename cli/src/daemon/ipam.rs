@@ -159,6 +159,13 @@ impl Ipam {
     pub fn release(&mut self, addr: Ipv4Addr) {
         self.used.remove(&addr);
     }
+
+    /// How many addresses are left: the subnet's host addresses but the gateway and those in
+    /// use.
+    pub fn free(&self) -> u64 {
+        let hosts = (1u64 << (32 - self.net.prefix)) - 2;
+        hosts - 1 - self.used.len() as u64
+    }
 }
 
 #[cfg(test)]
@@ -237,7 +244,22 @@ mod tests {
     #[test]
     fn reports_a_full_subnet() {
         let mut ipam = ipam("10.9.9.0/30");
+        assert_eq!(ipam.free(), 1);
         assert_eq!(ipam.reserve(None), Ok(Ipv4Addr::new(10, 9, 9, 2)));
+        assert_eq!(ipam.free(), 0);
         assert!(matches!(ipam.reserve(None), Err(IpamError::Full(_))));
+    }
+
+    #[test]
+    fn counts_free_addresses() {
+        let mut book = ipam("10.1.1.0/24");
+        assert_eq!(book.free(), 253);
+        let five = Ipv4Addr::new(10, 1, 1, 5);
+        book.reserve(Some(five)).unwrap();
+        book.reserve(None).unwrap();
+        assert_eq!(book.free(), 251);
+        book.release(five);
+        assert_eq!(book.free(), 252);
+        assert_eq!(ipam("10.0.0.0/8").free(), (1 << 24) - 3);
     }
 }

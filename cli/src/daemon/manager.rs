@@ -13,7 +13,9 @@ use vswitch_switch::{MacAddr, PortId};
 
 use crate::bpf::fastpath::{Attachment, FastPath};
 use crate::bpf::pins;
-use crate::control::{Call, IfName, PublishSpec, Reply, Request, Target};
+use crate::control::{
+    self, Call, IfName, NetworkName, PublishSpec, Reply, Request, Selector, Target,
+};
 use crate::datapath::{Datapath, TAP_PORT};
 use crate::natd::budget::FdBudget;
 use crate::natd::NatMailbox;
@@ -41,6 +43,9 @@ pub struct Container {
     pub netns_conf: Option<NetnsConf>,
     /// The fast path's program on the host end's ingress (detached when dropped).
     pub fast_link: Option<Attachment>,
+    /// A runtime's plug (CNI): the key it removes the port by, and its network.
+    pub attachment: Option<control::Attachment>,
+    pub network: Option<NetworkName>,
 }
 
 pub struct Manager {
@@ -110,10 +115,19 @@ impl Manager {
                 Reply::Port(Box::new(view))
             }
             Request::Unplug(unplug) => {
-                let what = format!("unplug {}", unplug.target);
-                let view = self.unplug(&unplug.target).map_err(|e| e.failure(&what))?;
+                let what = format!("unplug {}", unplug.by);
+                let view = match &unplug.by {
+                    Selector::Target(target) => self.unplug(target),
+                    Selector::Attachment(a) => self.unplug_attachment(a),
+                };
+                Reply::Port(Box::new(view.map_err(|e| e.failure(&what))?))
+            }
+            Request::Inspect(inspect) => {
+                let what = format!("inspect {}", inspect.by);
+                let view = self.inspect(&inspect.by).map_err(|e| e.failure(&what))?;
                 Reply::Port(Box::new(view))
             }
+            Request::Gc(gc) => Reply::Ports(self.gc(&gc.network, &gc.valid)),
             Request::Ls(_) => Reply::Ports(self.ls()),
             Request::Fdb(_) => Reply::Fdb(self.fdb()),
             Request::Conntrack(_) => Reply::Flows(self.conntrack()),

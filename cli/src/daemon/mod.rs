@@ -14,6 +14,7 @@ use ipam::Ipam;
 use manager::Stop;
 
 mod adopt;
+mod attach;
 mod cleanup;
 mod config;
 mod error;

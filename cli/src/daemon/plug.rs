@@ -18,7 +18,7 @@ use crate::ports::{Counters, Port};
 
 use super::error::DaemonError;
 use super::manager::{Container, Manager};
-use super::names::host_ifname;
+use super::names::{attachment_ifname, host_ifname};
 use super::plumbing::{Addressing, NetnsId};
 
 /// What a plug has made so far, in order.
@@ -84,8 +84,15 @@ impl Manager {
 
     fn try_plug(&mut self, req: Plug, undo: &mut Undo) -> Result<PortView, DaemonError> {
         let ns = self.open_namespace(&req.target)?;
-        let ifname = req.ifname.unwrap_or_else(|| "eth0".parse().expect("valid"));
-        let host_ifname = host_ifname(&req.target);
+        let attachment = req.attachment();
+        if let Some(a) = &attachment {
+            self.claim_attachment(a, ns.id);
+        }
+        let ifname = req.ifname();
+        let host_ifname = match &attachment {
+            Some(a) => attachment_ifname(a),
+            None => host_ifname(&req.target),
+        };
         self.clear_leftover(&host_ifname)?;
         let (ip, mac) = self.address(req.ip, req.mac, undo)?;
         // Published ports are bound before the veth exists: a port in use fails the plug
@@ -130,8 +137,10 @@ impl Manager {
             publish: req.publish,
             netns_conf: None,
             fast_link,
+            attachment,
+            network: req.network,
         };
-        Ok(self.commit(container, listeners))
+        Ok(self.commit(container, listeners, req.resolv))
     }
 
     /// Opens the target's namespace, refusing the daemon's and the host's own and one that is
@@ -244,11 +253,12 @@ impl Manager {
     }
 
     /// The plug can no longer fail: record the container, serve its published ports,
-    /// announce it, write its resolv.conf.
+    /// announce it, write its resolv.conf (unless the runtime writes its own).
     fn commit(
         &mut self,
         mut container: Container,
         listeners: Vec<(natd::Listener, u16)>,
+        write_resolv: bool,
     ) -> PortView {
         self.serve_published(&container, listeners);
         // Announce the newcomer so that peers (and the host) update stale neighbour entries.
@@ -259,17 +269,24 @@ impl Manager {
                 .flood(container.port, &garp[..VNET_HDR_LEN + len]);
         }
         eprintln!(
-            "vswitch: plugged {}: {} {}/{} mac {} (host port {})",
+            "vswitch: plugged {}{}: {} {}/{} mac {} (host port {})",
             container.target,
+            (container.attachment.as_ref()).map_or(String::new(), |a| format!(" ({a})")),
             container.ifname,
             container.ip,
             self.ipam.net().prefix,
             container.mac,
             container.host_ifname
         );
-        let content = resolv::container_conf(self.ipam.gateway(), &self.host_resolv);
-        let (resolv, netns_conf) = self.plumbing.write_resolv(&container.target, &content);
-        container.netns_conf = netns_conf;
+        let resolv = match write_resolv {
+            true => {
+                let content = resolv::container_conf(self.ipam.gateway(), &self.host_resolv);
+                let (resolv, netns_conf) = self.plumbing.write_resolv(&container.target, &content);
+                container.netns_conf = netns_conf;
+                resolv
+            }
+            false => "resolv.conf not written: left to the container runtime".to_string(),
+        };
         self.containers.push(container);
         self.sync_fast_path();
         self.save_state();
@@ -310,14 +327,23 @@ impl Manager {
     }
 
     pub fn unplug(&mut self, target: &Target) -> Result<PortView, DaemonError> {
-        // By the name it was plugged with, else by namespace: another process of the same
-        // container, or another path to the same namespace file, names the same port.
-        let pos = (self.containers.iter().position(|c| &c.target == target)).or_else(|| {
+        let pos = self.find(target).ok_or(DaemonError::NotPlugged)?;
+        Ok(self.remove_plugged(pos))
+    }
+
+    /// The container plugged as `target`. By the name it was plugged with, else by namespace:
+    /// another process of the same container, or another path to the same namespace file,
+    /// names the same port.
+    pub fn find(&self, target: &Target) -> Option<usize> {
+        (self.containers.iter().position(|c| &c.target == target)).or_else(|| {
             let ns = self.plumbing.open_netns(target).ok()?;
             let id = self.plumbing.netns_id(ns.as_fd()).ok()?;
             self.containers.iter().position(|c| c.netns_id == id)
-        });
-        let pos = pos.ok_or(DaemonError::NotPlugged)?;
+        })
+    }
+
+    /// Deletes container `pos`'s veth (gone already if its namespace went) and forgets it.
+    pub fn remove_plugged(&mut self, pos: usize) -> PortView {
         let view = self.view(&self.containers[pos]);
         let c = self.containers.remove(pos);
         if let Err(e) = self.plumbing.delete_link(c.host_index) {
@@ -328,10 +354,13 @@ impl Manager {
         self.forget(&c);
         self.save_state();
         eprintln!(
-            "vswitch: unplugged {} (host port {})",
-            c.target, c.host_ifname
+            "vswitch: unplugged {}{} (host port {}, {} released)",
+            c.target,
+            (c.attachment.as_ref()).map_or(String::new(), |a| format!(" ({a})")),
+            c.host_ifname,
+            c.ip
         );
-        Ok(view)
+        view
     }
 
     /// Takes a container's port out of the datapath and frees its address, its published

@@ -52,6 +52,12 @@ pub struct PortRecord {
     /// The `/etc/netns/NAME/resolv.conf` the plug wrote, and whether it made the directory.
     #[serde(default)]
     pub netns_conf: Option<(PathBuf, bool)>,
+    /// A runtime's attachment (a CNI plug): its container id and network. Left out for other
+    /// ports, whose records stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +150,8 @@ mod tests {
                 mac: "02:76:0a:01:01:02".into(),
                 publish: vec!["8080:80/tcp".into()],
                 netns_conf: None,
+                container_id: Some("3f2a9b1c0d4e".into()),
+                network: Some("vswitch".into()),
             }],
         }
     }

@@ -7,7 +7,7 @@ use vswitch_switch::{MacAddr, PortId};
 
 use crate::bpf::fastpath::PortCounts;
 use crate::control::{
-    FdStats, FdbView, FlowRow, NatCounters, PortView, Stats, SwitchCounters, Target,
+    FdStats, FdbView, FlowRow, NatCounters, PortView, Stats, SubnetStats, SwitchCounters, Target,
 };
 use crate::datapath::{now_ms, TAP_PORT};
 use crate::ports::Counters;
@@ -22,6 +22,8 @@ impl Manager {
             Target::Netns(path) => view.netns = Some(path.display().to_string()),
         }
         view.ifname = Some(c.ifname.to_string());
+        view.container_id = (c.attachment.as_ref()).map(|a| a.container_id.to_string());
+        view.network = c.network.as_ref().map(|n| n.to_string());
         view.publish = c.publish.iter().map(|p| p.to_string()).collect();
         let nat = self.nat.container_stats(c.ip);
         view.nat_flows = nat.flows as u64;
@@ -58,6 +60,7 @@ impl Manager {
             prefix: self.ipam.net().prefix,
             gateway: self.ipam.gateway(),
             mac: mac.to_string(),
+            mtu: Some(self.mtu),
             rx_frames: read(|c| &c.rx_frames) + fast.rx_frames,
             rx_bytes: read(|c| &c.rx_bytes) + fast.rx_bytes,
             tx_frames: read(|c| &c.tx_frames) + fast.tx_frames,
@@ -78,6 +81,8 @@ impl Manager {
             nat_bytes_in: 0,
             nat_refused: 0,
             resolv: None,
+            container_id: None,
+            network: None,
         }
     }
 
@@ -112,6 +117,12 @@ impl Manager {
         let nat = self.nat.stats();
         Stats {
             containers: self.containers.len(),
+            subnet: SubnetStats {
+                cidr: self.ipam.net().to_string(),
+                gateway: self.ipam.gateway().to_string(),
+                mtu: self.mtu,
+                free: self.ipam.free(),
+            },
             fds: FdStats {
                 limit: fds.limit,
                 reserved: fds.reserved,

@@ -47,6 +47,29 @@ impl NetlinkError {
     }
 }
 
+/// An IPv4 route of the main table as `ipv4_routes` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Route {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+}
+
+// Attribute numbers of the replies read by hand (linux/if_link.h, if_addr.h, rtnetlink.h).
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_MTU: u16 = 4;
+const IFA_LOCAL: u16 = 2;
+const IFA_ADDRESS: u16 = 1;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_TABLE: u16 = 15;
+/// Sizes of the fixed headers before the attributes: ifinfomsg, ifaddrmsg, rtmsg.
+const IFINFOMSG_LEN: usize = 16;
+const IFADDRMSG_LEN: usize = 8;
+const RTMSG_LEN: usize = 12;
+
 /// Receive buffer size: more than the kernel puts in one datagram (NLMSG_GOODSIZE is at most
 /// 8 KiB; dumps use up to 32 KiB).
 const RECV_BUF: usize = 64 * 1024;
@@ -58,11 +81,15 @@ const IFLA_IFNAME: u16 = 3;
 const IFLA_IFALIAS: u16 = 20;
 
 /// A link as [`Netlink::links`] lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
     pub name: String,
     pub alias: Option<String>,
+    /// IFF_UP.
+    pub up: bool,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
 }
 
 /// A clsact qdisc's handle (`ffff:0`).
@@ -280,6 +307,80 @@ impl Netlink {
         Ok(())
     }
 
+    /// The IPv4 addresses of link `index`, with their prefix lengths.
+    pub fn ipv4_addresses(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let replies = self.request(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP, || {
+            "list addresses".to_string()
+        })?;
+        let mut out = Vec::new();
+        for (kind, body) in replies {
+            let Some(header) = body.get(..IFADDRMSG_LEN) else {
+                continue;
+            };
+            let family = i32::from(header[0]);
+            let at = u32::from_ne_bytes(header[4..8].try_into().unwrap());
+            if kind != libc::RTM_NEWADDR || family != libc::AF_INET || at != index {
+                continue;
+            }
+            // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
+            let (mut local, mut address) = (None, None);
+            for nla in NlasIterator::new(&body[IFADDRMSG_LEN..]).map_while(Result::ok) {
+                let ip = <[u8; 4]>::try_from(nla.value()).ok().map(Ipv4Addr::from);
+                match nla.kind() {
+                    IFA_LOCAL => local = ip,
+                    IFA_ADDRESS => address = ip,
+                    _ => {}
+                }
+            }
+            out.extend(local.or(address).map(|ip| (ip, header[1])));
+        }
+        Ok(out)
+    }
+
+    /// The IPv4 routes of the main table.
+    pub fn ipv4_routes(&mut self) -> Result<Vec<Ipv4Route>, NetlinkError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let replies = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP, || {
+            "list routes".to_string()
+        })?;
+        let mut out = Vec::new();
+        for (kind, body) in replies {
+            let Some(header) = body.get(..RTMSG_LEN) else {
+                continue;
+            };
+            if kind != libc::RTM_NEWROUTE || i32::from(header[0]) != libc::AF_INET {
+                continue;
+            }
+            let mut table = u32::from(header[4]);
+            let mut route = Ipv4Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix_len: header[1],
+                gateway: None,
+                oif: None,
+            };
+            for nla in NlasIterator::new(&body[RTMSG_LEN..]).map_while(Result::ok) {
+                let ip = <[u8; 4]>::try_from(nla.value()).ok().map(Ipv4Addr::from);
+                let word = <[u8; 4]>::try_from(nla.value())
+                    .ok()
+                    .map(u32::from_ne_bytes);
+                match nla.kind() {
+                    RTA_DST => route.dst = ip.unwrap_or(route.dst),
+                    RTA_GATEWAY => route.gateway = ip,
+                    RTA_OIF => route.oif = word,
+                    RTA_TABLE => table = word.unwrap_or(table),
+                    _ => {}
+                }
+            }
+            if table == u32::from(RouteHeader::RT_TABLE_MAIN) {
+                out.push(route);
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds a `clsact` qdisc to link `index`: the hooks for tc programs on its ingress and
     /// egress, with no queue. `false` if the link already had one (then it is not ours).
     pub fn add_clsact(&mut self, index: u32) -> Result<bool, NetlinkError> {
@@ -427,17 +528,19 @@ fn parse_link(payload: &[u8]) -> Result<Link, NetlinkError> {
         LinkHeader::parse(payload).map_err(|e| NetlinkError::Protocol(format!("link: {e}")))?;
     let mut link = Link {
         index: header.index,
-        name: String::new(),
-        alias: None,
+        up: header.flags.contains(LinkFlags::Up),
+        ..Link::default()
     };
     // struct ifinfomsg is 16 bytes; the attributes follow.
-    let attributes = payload.get(16..).unwrap_or_default();
+    let attributes = payload.get(IFINFOMSG_LEN..).unwrap_or_default();
     for nla in NlasIterator::new(attributes).map_while(Result::ok) {
         let value = nla.value().split(|&b| b == 0).next().unwrap_or_default();
-        let text = String::from_utf8_lossy(value).into_owned();
+        let text = || String::from_utf8_lossy(value).into_owned();
         match nla.kind() {
-            IFLA_IFNAME => link.name = text,
-            IFLA_IFALIAS => link.alias = Some(text).filter(|a| !a.is_empty()),
+            IFLA_IFNAME => link.name = text(),
+            IFLA_IFALIAS => link.alias = Some(text()).filter(|a| !a.is_empty()),
+            IFLA_ADDRESS => link.mac = nla.value().try_into().ok(),
+            IFLA_MTU => link.mtu = nla.value().try_into().ok().map(u32::from_ne_bytes),
             _ => {}
         }
     }
@@ -637,6 +740,46 @@ mod tests {
             ip_json(&host, &["-4", "route", "show"]),
             Value::Array(vec![])
         );
+    }
+
+    #[test]
+    fn reads_links_addresses_and_routes_back() {
+        let (_host, container, mut nl) = setup();
+        nl.create_veth("vsw-h0", "eth0", container.fd.as_fd(), PEER_MAC, 1400)
+            .unwrap();
+        let gateway = Ipv4Addr::new(10, 88, 0, 1);
+        let (before, after, addrs, routes, missing) = run_in_netns(&container.fd, move || {
+            let mut nl = Netlink::open().unwrap();
+            let before = nl.link("eth0").unwrap().unwrap();
+            nl.set_link(before.index, true, false, None, None).unwrap();
+            nl.add_address(before.index, Ipv4Addr::new(10, 88, 0, 2), 24)
+                .unwrap();
+            nl.add_default_route(gateway).unwrap();
+            let after = nl.link("eth0").unwrap().unwrap();
+            let addrs = nl.ipv4_addresses(after.index).unwrap();
+            (
+                before,
+                after,
+                addrs,
+                nl.ipv4_routes().unwrap(),
+                nl.link("eth9"),
+            )
+        })
+        .unwrap();
+        assert_eq!(before.mac, Some(PEER_MAC));
+        assert_eq!(before.mtu, Some(1400));
+        assert!(!before.up && after.up);
+        assert_eq!(addrs, vec![(Ipv4Addr::new(10, 88, 0, 2), 24)]);
+        let default = Ipv4Route {
+            dst: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: Some(gateway),
+            oif: Some(after.index),
+        };
+        assert!(routes.contains(&default), "{routes:?}");
+        let connected = routes.iter().find(|r| r.prefix_len == 24).unwrap();
+        assert_eq!(connected.dst, Ipv4Addr::new(10, 88, 0, 0));
+        assert_eq!(missing.unwrap(), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use vswitch_nat::{Nat, NatConfig};
 use vswitch_switch::{MacAddr, PortId, Switch};
 
-use crate::control::{Plug, PublishSpec, Target};
+use crate::control::{Attachment, Plug, PublishSpec, Selector, Target};
 use crate::daemon::error::DaemonError;
 use crate::daemon::ipam::{Ipam, Ipv4Net};
 use crate::daemon::manager::Manager;
@@ -46,6 +46,9 @@ struct World {
     configured: Vec<(String, Addressing)>,
     /// The identity of the namespace the next plug opens.
     netns: NetnsId,
+    /// Every namespace opened, and every resolv.conf written, in order.
+    opened: Vec<Target>,
+    resolv_written: Vec<Target>,
 }
 
 #[derive(Clone, Default)]
@@ -84,8 +87,10 @@ impl PortIo for Queue {
 
 impl Plumbing for Fake {
     fn open_netns(&self, target: &Target) -> Result<OwnedFd, DaemonError> {
+        self.world().opened.push(target.clone());
         match target {
             Target::Pid(0) => Err(DaemonError::NoSuchProcess),
+            Target::Netns(path) if path.ends_with("gone") => Err(DaemonError::NoSuchNamespace),
             _ => Ok(File::open("/dev/null").unwrap().into()),
         }
     }
@@ -99,6 +104,7 @@ impl Plumbing for Fake {
             index,
             name: name.to_string(),
             alias: Some(MARKER.to_string()),
+            ..Link::default()
         }))
     }
 
@@ -157,7 +163,8 @@ impl Plumbing for Fake {
             .collect()
     }
 
-    fn write_resolv(&mut self, _: &Target, _: &str) -> (String, Option<NetnsConf>) {
+    fn write_resolv(&mut self, target: &Target, _: &str) -> (String, Option<NetnsConf>) {
+        self.world().resolv_written.push(target.clone());
         ("resolv.conf not written: a test".into(), None)
     }
 }
@@ -237,13 +244,7 @@ impl Drop for Harness {
 
 /// A plug of `pid`, whose namespace has identity `(0, pid)` unless the test says otherwise.
 fn plug_req(pid: u32) -> Plug {
-    Plug {
-        target: Target::Pid(pid),
-        ip: None,
-        mac: None,
-        ifname: None,
-        publish: vec![],
-    }
+    Plug::new(Target::Pid(pid))
 }
 
 impl Harness {
@@ -393,4 +394,178 @@ fn automatic_addresses_skip_a_mac_taken_by_a_manual_plug() {
     assert!(matches!(err, DaemonError::MacInUse(_)), "{err}");
     assert!(!h.fake.world().links.contains_key("vsw-16"));
     assert_eq!(h.plug(17).unwrap(), Ipv4Addr::new(10, 1, 1, 9));
+}
+
+/// A runtime's plug of namespace file `netns` (identity `(0, n)`) as `id`'s `eth0` in `net`.
+fn cni_req(netns: &str, id: &str, net: &str) -> Plug {
+    Plug {
+        container_id: Some(id.parse().unwrap()),
+        network: Some(net.parse().unwrap()),
+        resolv: false,
+        ..Plug::new(Target::Netns(netns.into()))
+    }
+}
+
+fn attachment(id: &str) -> Attachment {
+    Attachment {
+        container_id: id.parse().unwrap(),
+        ifname: "eth0".parse().unwrap(),
+    }
+}
+
+#[test]
+fn an_attachment_is_named_by_its_key_and_writes_no_resolv_conf() {
+    let mut h = harness();
+    h.fake.world().netns = (0, 1);
+    let view = h
+        .manager
+        .plug(cni_req("/run/netns/netns-0b6c", "ctr-a", "vswitch"))
+        .unwrap();
+    let want = crate::daemon::names::attachment_ifname(&attachment("ctr-a"));
+    assert_eq!(view.host_ifname, want);
+    assert!(h.fake.world().links.contains_key(&want));
+    assert_eq!(view.container_id.as_deref(), Some("ctr-a"));
+    assert_eq!(view.network.as_deref(), Some("vswitch"));
+    assert!(view.resolv.unwrap().contains("runtime"));
+    assert!(h.fake.world().resolv_written.is_empty());
+    assert_eq!(h.manager.stats().subnet.free, 252);
+    // A plug by hand still writes one.
+    h.plug(10).unwrap();
+    assert_eq!(h.fake.world().resolv_written, vec![Target::Pid(10)]);
+    assert_eq!(h.manager.ls()[1].container_id.as_deref(), Some("ctr-a"));
+}
+
+#[test]
+fn an_attachment_is_plugged_once_and_removed_by_its_key_without_its_namespace() {
+    let mut h = harness();
+    h.fake.world().netns = (0, 1);
+    let ip = (h.manager.plug(cni_req("/run/netns/a", "ctr-a", "n")))
+        .unwrap()
+        .ip;
+    // The same attachment again in the same namespace, even by another path, is refused.
+    let err = (h.manager.plug(cni_req("/run/netns/b", "ctr-a", "n"))).unwrap_err();
+    assert!(matches!(err, DaemonError::AlreadyPlugged { .. }), "{err}");
+    assert_eq!(h.manager.containers.len(), 1);
+
+    // The namespace is gone by the time the runtime removes the attachment: the daemon must not
+    // need it.
+    h.manager.containers[0].target = Target::Netns("/run/netns/gone".into());
+    h.fake.world().opened.clear();
+    let view = h.manager.unplug_attachment(&attachment("ctr-a")).unwrap();
+    assert_eq!(view.ip, ip);
+    assert!(h.fake.world().opened.is_empty(), "the namespace was opened");
+    h.assert_clean();
+    let err = h
+        .manager
+        .unplug_attachment(&attachment("ctr-a"))
+        .unwrap_err();
+    assert!(matches!(err, DaemonError::NotPlugged), "{err}");
+}
+
+#[test]
+fn an_attachment_added_into_another_namespace_replaces_the_old_port() {
+    let mut h = harness();
+    h.fake.world().netns = (0, 1);
+    h.manager
+        .plug(cni_req("/run/netns/a", "ctr-a", "n"))
+        .unwrap();
+    let by = Selector::Attachment(attachment("ctr-a"));
+    assert_eq!(
+        h.manager.inspect(&by).unwrap().ip,
+        Ipv4Addr::new(10, 1, 1, 2)
+    );
+    // The container's namespace was replaced without a DEL, and the kernel has not yet
+    // destroyed the old one (its veth is still there): the runtime's ADD wins.
+    h.fake.world().netns = (0, 2);
+    let view = h
+        .manager
+        .plug(cni_req("/run/netns/b", "ctr-a", "n"))
+        .unwrap();
+    assert_eq!(
+        view.ip,
+        Ipv4Addr::new(10, 1, 1, 2),
+        "the old address was released"
+    );
+    assert_eq!(h.manager.containers.len(), 1);
+    assert_eq!(
+        h.fake.world().links.len(),
+        1,
+        "the old veth was not deleted"
+    );
+    // inspect reports a port whose veth is gone as not plugged, and releases it.
+    h.fake.world().links.clear();
+    let err = h.manager.inspect(&by).unwrap_err();
+    assert!(matches!(err, DaemonError::NotPlugged), "{err}");
+    h.assert_clean();
+}
+
+#[test]
+fn an_attachment_is_kept_in_the_state_for_the_next_daemon() {
+    let mut h = harness();
+    h.fake.world().netns = (0, 1);
+    h.manager
+        .plug(cni_req("/run/netns/a", "ctr-a", "n"))
+        .unwrap();
+    h.plug(10).unwrap();
+    let saved = crate::daemon::state::load(&h.manager.state_path)
+        .unwrap()
+        .unwrap();
+    let (cni, by_hand) = (&saved.ports[0], &saved.ports[1]);
+    assert_eq!(cni.container_id.as_deref(), Some("ctr-a"));
+    assert_eq!(cni.network.as_deref(), Some("n"));
+    assert_eq!(
+        (by_hand.container_id.as_ref(), by_hand.network.as_ref()),
+        (None, None)
+    );
+    // A plug by hand's record has no such fields at all: files without attachments stay as
+    // they were.
+    let text = std::fs::read_to_string(&h.manager.state_path).unwrap();
+    assert_eq!(text.matches("container_id").count(), 1, "{text}");
+}
+
+#[test]
+fn a_failed_attachment_plug_leaves_nothing_and_can_be_retried() {
+    let mut h = harness();
+    h.fake.world().netns = (0, 1);
+    h.fake.world().fail = Some(Step::Configure);
+    let err = h
+        .manager
+        .plug(cni_req("/run/netns/a", "ctr-a", "n"))
+        .unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    h.assert_clean();
+    h.fake.world().fail = None;
+    h.manager
+        .plug(cni_req("/run/netns/a", "ctr-a", "n"))
+        .unwrap();
+    assert_eq!(h.manager.containers.len(), 1);
+}
+
+#[test]
+fn gc_removes_only_the_networks_attachments_that_are_not_valid() {
+    let mut h = harness();
+    for (n, (id, net)) in [("a", "n1"), ("b", "n1"), ("c", "n1"), ("d", "n2")]
+        .into_iter()
+        .enumerate()
+    {
+        h.fake.world().netns = (0, n as u64 + 1);
+        (h.manager
+            .plug(cni_req(&format!("/run/netns/{id}"), id, net)))
+        .unwrap();
+    }
+    h.plug(10).unwrap();
+    let removed = h.manager.gc(&"n1".parse().unwrap(), &[attachment("a")]);
+    let mut ids: Vec<String> = removed.into_iter().filter_map(|v| v.container_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["b", "c"]);
+    let left: Vec<Option<String>> = h.manager.ls()[1..]
+        .iter()
+        .map(|v| v.container_id.clone())
+        .collect();
+    assert_eq!(left, [Some("a".into()), Some("d".into()), None]);
+    assert_eq!(h.fake.world().links.len(), 3);
+    assert_eq!(h.manager.stats().subnet.free, 250);
+    // Nothing valid: every attachment of n2 goes, the plug by hand stays.
+    assert_eq!(h.manager.gc(&"n2".parse().unwrap(), &[]).len(), 1);
+    assert_eq!(h.manager.containers.len(), 2);
 }
