@@ -8,6 +8,7 @@ mod daemon;
 mod datapath;
 mod kernel;
 mod natd;
+mod observe;
 mod ports;
 
 use std::net::Ipv4Addr;
@@ -113,6 +114,10 @@ pub enum Command {
         /// The same as --fast-path off.
         #[arg(long, conflicts_with = "fast_path")]
         no_fast_path: bool,
+        /// Which log lines to write (error, warn, info, debug, trace, or a filter such as
+        /// `warn,vswitch::natd=debug`); default: RUST_LOG, else info.
+        #[arg(long)]
+        log_level: Option<String>,
     },
     /// Attach a container's network namespace to the switch.
     Plug {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::control::{Client, Plug, PortView, Selector, Target, Unplug};
-use crate::{cni, daemon, Cli, CniCommand, Command, TargetArg};
+use crate::{cni, daemon, observe, Cli, CniCommand, Command, TargetArg};
 
 mod table;
 
@@ -30,29 +30,33 @@ pub fn run(cli: Cli) -> Result<()> {
             poll_us,
             fast_path,
             no_fast_path,
-        } => daemon::run(daemon::Config {
-            subnet,
-            gateway: gateway.unwrap_or_else(|| subnet.first_host()),
-            tap,
-            mtu,
-            control: cli.control.control,
-            fdb_age_secs: fdb_age,
-            fdb_size,
-            workers: workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            dns,
-            no_dns,
-            max_flows,
-            max_flows_per_container,
-            max_half_open,
-            spread,
-            poll: std::time::Duration::from_micros(poll_us),
-            fast_path: if no_fast_path {
-                crate::bpf::fastpath::Mode::Off
-            } else {
-                fast_path
-            },
-        }),
+            log_level,
+        } => {
+            observe::log::init(log_level.as_deref())?;
+            daemon::run(daemon::Config {
+                subnet,
+                gateway: gateway.unwrap_or_else(|| subnet.first_host()),
+                tap,
+                mtu,
+                control: cli.control.control,
+                fdb_age_secs: fdb_age,
+                fdb_size,
+                workers: workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                dns,
+                no_dns,
+                max_flows,
+                max_flows_per_container,
+                max_half_open,
+                spread,
+                poll: std::time::Duration::from_micros(poll_us),
+                fast_path: if no_fast_path {
+                    crate::bpf::fastpath::Mode::Off
+                } else {
+                    fast_path
+                },
+            })
+        }
         Command::Plug {
             target,
             ip,

@@ -1,0 +1,3 @@
+//! What the daemon shows of itself: its log (`log`).
+
+pub mod log;
