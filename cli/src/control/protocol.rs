@@ -168,6 +168,24 @@ pub enum Target {
     Netns(PathBuf),
 }
 
+impl Target {
+    /// The process, if the container is named by one (a log line's `pid` field).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Target::Pid(pid) => Some(*pid),
+            Target::Netns(_) => None,
+        }
+    }
+
+    /// The namespace file, if the container is named by one (a log line's `netns` field).
+    pub fn netns(&self) -> Option<String> {
+        match self {
+            Target::Pid(_) => None,
+            Target::Netns(path) => Some(path.display().to_string()),
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -30,10 +30,9 @@ impl Manager {
     /// would not find it).
     pub fn save_state(&self) {
         if let Err(e) = state::save(&self.state_path, &self.state()) {
-            eprintln!(
-                "vswitch: writing the state file {}: {e}; a restarted daemon would not find \
-                 this network",
-                self.state_path.display()
+            tracing::error!(
+                file = %self.state_path.display(),
+                "writing the state file: {e}; a restarted daemon would not find this network"
             );
         }
     }
@@ -43,27 +42,38 @@ impl Manager {
     /// replug; the others, whose container exited meanwhile, are cleaned up.
     pub fn adopt(&mut self, state: State) {
         for r in state.ports {
-            let what = match (&r.pid, &r.netns) {
-                (Some(pid), _) => format!("pid {pid}"),
-                (None, Some(path)) => format!("netns {}", path.display()),
-                _ => format!("port {}", r.port),
-            };
+            let netns = r.netns.as_ref().map(|p| p.display().to_string());
+            let id = r.container_id.as_deref();
             match self.adopt_port(&r) {
-                Ok(true) => eprintln!(
-                    "vswitch: took over {what}: {} {} (host port {})",
-                    r.ifname, r.ip, r.host_ifname
+                Ok(true) => tracing::info!(
+                    port = %r.host_ifname,
+                    pid = r.pid,
+                    netns,
+                    container_id = id,
+                    ifname = %r.ifname,
+                    ip = %r.ip,
+                    "took over"
                 ),
                 Ok(false) => {
                     self.remove_left(&r);
-                    eprintln!(
-                        "vswitch: {what} exited while no daemon ran: removed port {} and \
-                         released {}",
-                        r.host_ifname, r.ip
+                    tracing::info!(
+                        port = %r.host_ifname,
+                        pid = r.pid,
+                        netns,
+                        container_id = id,
+                        ip = %r.ip,
+                        "container exited while no daemon ran: removed its port"
                     );
                 }
                 Err(e) => {
                     self.remove_left(&r);
-                    eprintln!("vswitch: could not take over {what}: {e}; removed its port");
+                    tracing::warn!(
+                        port = %r.host_ifname,
+                        pid = r.pid,
+                        netns,
+                        container_id = id,
+                        "could not take over: {e}; removed its port"
+                    );
                 }
             }
         }
@@ -171,7 +181,7 @@ impl Manager {
     pub fn clear_unexplained_links(&mut self) {
         let links = match self.plumbing.links() {
             Ok(links) => links,
-            Err(e) => return eprintln!("vswitch: listing links: {e}"),
+            Err(e) => return tracing::warn!("listing links: {e}"),
         };
         for link in links {
             let explained = self.containers.iter().any(|c| c.host_index == link.index)
@@ -181,15 +191,15 @@ impl Manager {
             }
             if link.alias.as_deref() == Some(self.marker.as_str()) {
                 let _ = self.plumbing.delete_link(link.index);
-                eprintln!(
-                    "vswitch: removed {}, a link of this switch that no port explains",
-                    link.name
+                tracing::info!(
+                    link = %link.name,
+                    "removed a link of this switch that no port explains"
                 );
             } else if link.name.starts_with("vsw-") {
-                eprintln!(
-                    "vswitch: {} looks like a vswitch port but is not this switch's (no mark \
-                     \"{}\"): left alone",
-                    link.name, self.marker
+                tracing::warn!(
+                    link = %link.name,
+                    mark = %self.marker,
+                    "a link that looks like a vswitch port but is not this switch's: left alone"
                 );
             }
         }

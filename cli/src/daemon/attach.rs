@@ -25,9 +25,12 @@ impl Manager {
         };
         debug_assert_ne!(self.containers[i].netns_id, netns);
         let old = self.remove_plugged(i);
-        eprintln!(
-            "vswitch: {a} moved to another namespace: removed its old port {} ({})",
-            old.host_ifname, old.ip
+        tracing::info!(
+            port = %old.host_ifname,
+            container_id = %a.container_id,
+            ifname = %a.ifname,
+            ip = %old.ip,
+            "attachment moved to another namespace: removed its old port"
         );
     }
 

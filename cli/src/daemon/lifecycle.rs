@@ -49,9 +49,11 @@ impl Manager {
         match self.plumbing.link(&c.host_ifname) {
             Ok(link) => link.is_some_and(|l| l.index == c.host_index),
             Err(e) => {
-                eprintln!(
-                    "vswitch: checking {} ({}): {e}; keeping it",
-                    c.host_ifname, c.target
+                tracing::warn!(
+                    port = %c.host_ifname,
+                    pid = c.target.pid(),
+                    netns = c.target.netns(),
+                    "checking that the port is still there: {e}; keeping it"
                 );
                 true
             }
@@ -63,9 +65,13 @@ impl Manager {
         let c = self.containers.remove(i);
         self.forget(&c);
         self.save_state();
-        eprintln!(
-            "vswitch: {} is gone: removed port {} and released {}",
-            c.target, c.host_ifname, c.ip
+        tracing::info!(
+            port = %c.host_ifname,
+            pid = c.target.pid(),
+            netns = c.target.netns(),
+            container_id = c.container_id(),
+            ip = %c.ip,
+            "container exited: removed its port"
         );
     }
 
@@ -96,7 +102,7 @@ impl Manager {
             };
         }
         if let Err(e) = fast.sync(&want) {
-            eprintln!("vswitch: updating the kernel fast path: {e}");
+            tracing::warn!("updating the kernel fast path's stations: {e}");
         }
     }
 }

@@ -48,6 +48,13 @@ pub struct Container {
     pub network: Option<NetworkName>,
 }
 
+impl Container {
+    /// The runtime's container id, for an attachment (a log line's `container_id` field).
+    pub fn container_id(&self) -> Option<&str> {
+        self.attachment.as_ref().map(|a| a.container_id.as_str())
+    }
+}
+
 pub struct Manager {
     pub ipam: Ipam,
     pub mtu: u32,

@@ -60,13 +60,12 @@ pub fn run(cfg: Config) -> Result<()> {
     let manager = std::thread::Builder::new()
         .name("vswitch-mgr".into())
         .spawn(move || manager.run(calls_rx, stop_rx))?;
-    println!(
-        "vswitch: serving {} on {} (gateway {}/{}), control socket {}",
-        cfg.subnet,
-        cfg.tap,
-        cfg.gateway,
-        cfg.subnet.prefix,
-        cfg.control.display()
+    tracing::info!(
+        subnet = %cfg.subnet,
+        tap = %cfg.tap,
+        gateway = %cfg.gateway,
+        control = %cfg.control.display(),
+        "serving"
     );
     systemd::notify("READY=1");
 
@@ -75,8 +74,9 @@ pub fn run(cfg: Config) -> Result<()> {
         Signal::SIGUSR2 => Stop::Keep,
         _ => Stop::Remove,
     };
-    eprintln!(
-        "vswitch: {signal}: shutting down, {}",
+    tracing::info!(
+        signal = %signal,
+        "shutting down, {}",
         match how {
             Stop::Keep => "keeping the network for the next daemon",
             Stop::Remove => "removing the network",

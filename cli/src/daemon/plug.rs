@@ -181,7 +181,7 @@ impl Manager {
             return Err(DaemonError::HostLinkExists(name.to_string()));
         }
         self.plumbing.delete_link(link.index)?;
-        eprintln!("vswitch: removed {name}, left behind by an earlier daemon");
+        tracing::info!(port = %name, "removed a port left behind by an earlier daemon");
         Ok(())
     }
 
@@ -233,7 +233,9 @@ impl Manager {
         // so the sockets' filter lets all its frames through: the daemon switches them.
         let fast_link = fast.and_then(|f| {
             f.attach(id, index, new)
-                .map_err(|e| eprintln!("vswitch: no kernel fast path on {host_ifname}: {e}"))
+                .map_err(|e| {
+                    tracing::warn!(port = %host_ifname, "no kernel fast path on this port: {e}")
+                })
                 .ok()
         });
         let port = Arc::new(Port {
@@ -268,15 +270,16 @@ impl Manager {
             self.datapath
                 .flood(container.port, &garp[..VNET_HDR_LEN + len]);
         }
-        eprintln!(
-            "vswitch: plugged {}{}: {} {}/{} mac {} (host port {})",
-            container.target,
-            (container.attachment.as_ref()).map_or(String::new(), |a| format!(" ({a})")),
-            container.ifname,
-            container.ip,
-            self.ipam.net().prefix,
-            container.mac,
-            container.host_ifname
+        tracing::info!(
+            port = %container.host_ifname,
+            pid = container.target.pid(),
+            netns = container.target.netns(),
+            container_id = container.container_id(),
+            ifname = %container.ifname,
+            ip = %container.ip,
+            mac = %container.mac,
+            fast_path = container.fast_link.as_ref().map_or("off", |l| l.hook().name()),
+            "plugged"
         );
         let resolv = match write_resolv {
             true => {
@@ -348,17 +351,18 @@ impl Manager {
         let c = self.containers.remove(pos);
         if let Err(e) = self.plumbing.delete_link(c.host_index) {
             if e.errno() != Some(libc::ENODEV) {
-                eprintln!("vswitch: deleting {}: {e}", c.host_ifname);
+                tracing::warn!(port = %c.host_ifname, "deleting the port's link: {e}");
             }
         }
         self.forget(&c);
         self.save_state();
-        eprintln!(
-            "vswitch: unplugged {}{} (host port {}, {} released)",
-            c.target,
-            (c.attachment.as_ref()).map_or(String::new(), |a| format!(" ({a})")),
-            c.host_ifname,
-            c.ip
+        tracing::info!(
+            port = %c.host_ifname,
+            pid = c.target.pid(),
+            netns = c.target.netns(),
+            container_id = c.container_id(),
+            ip = %c.ip,
+            "unplugged"
         );
         view
     }

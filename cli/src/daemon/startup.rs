@@ -50,7 +50,10 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         let fallback = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
         let upstreams = resolv::upstreams(&cfg.dns, &host_resolv, fallback.as_deref());
         if upstreams.is_empty() {
-            eprintln!("vswitch: no upstream DNS resolver known (give --dns): containers' queries will go unanswered");
+            tracing::warn!(
+                "no upstream DNS resolver known (give --dns): containers' queries will go \
+                 unanswered"
+            );
         }
         dns::start(cfg.gateway, upstreams, budget.clone()).with_context(|| {
             format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway)
@@ -72,7 +75,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         .then(|| match SpreadProgram::load((cfg.workers / 2) as u32) {
             Ok(program) => Some(Arc::new(program)),
             Err(e) => {
-                eprintln!("vswitch: no eBPF fanout program ({e}): small frames stay spread by CPU");
+                tracing::warn!("no eBPF fanout program ({e}): small frames stay spread by CPU");
                 None
             }
         })
@@ -82,13 +85,18 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         .then(|| match Pins::open(&pins::dir_for(&cfg.control)) {
             Ok(pins) => Some(pins),
             Err(e) => {
-                eprintln!("vswitch: no pins for the fast path ({e}): it will stop with the daemon");
+                tracing::warn!("no pins for the fast path ({e}): it will stop with the daemon");
                 None
             }
         })
         .flatten();
     let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size, pins);
-    eprintln!("vswitch: kernel fast path: {why}");
+    tracing::info!(
+        hook = fast_path
+            .as_ref()
+            .map_or("off", |_| why.split(' ').next().unwrap_or("?")),
+        "kernel fast path: {why}"
+    );
     let fabric = Fabric::new(switch, spread_program.clone());
     let homes = cfg.spread != Spread::Hash;
     let mut datapath =
@@ -96,7 +104,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
     let max_flows = cfg.max_flows.unwrap_or_else(|| default_max_flows(fd_limit));
     let default_shares = Shares::for_table(max_flows);
-    eprintln!("vswitch: NAT tracks up to {max_flows} flows (descriptor limit {fd_limit})");
+    tracing::info!(max_flows, fd_limit, "NAT flow table");
     let nat = Arc::new(Nat::new(NatConfig {
         max_flows,
         shares: Shares {
@@ -194,11 +202,10 @@ fn previous_state(cfg: &Config) -> Result<Option<State>> {
         Ok(state) => state,
         Err(StateError::Corrupt { why, .. }) => {
             let aside = state::set_aside(&path).context("putting the unreadable state aside")?;
-            eprintln!(
-                "vswitch: the state file {} is unreadable ({why}): kept as {}; starting \
-                 without it",
-                path.display(),
-                aside.display()
+            tracing::warn!(
+                file = %path.display(),
+                kept_as = %aside.display(),
+                "the state file is unreadable ({why}): starting without it"
             );
             return Ok(None);
         }
