@@ -83,17 +83,23 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
     BufReader::new((&conn).take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line)?;
     let shutting_down = || Failure::new(ErrorCode::Unavailable, "the daemon is shutting down");
     let answer = if line.len() > MAX_REQUEST {
+        tracing::warn!(
+            limit = MAX_REQUEST,
+            "refused a control request: longer than the limit"
+        );
         Err(Failure::new(
             ErrorCode::Invalid,
             format!("request longer than {MAX_REQUEST} bytes"),
         ))
     } else {
-        decode_request(&line).and_then(|request| {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            let call = Call { request, reply: tx };
-            calls.send(call).map_err(|_| shutting_down())?;
-            rx.recv().unwrap_or_else(|_| Err(shutting_down()))
-        })
+        decode_request(&line)
+            .inspect_err(|f| tracing::warn!(code = ?f.code, "refused a control request: {f}"))
+            .and_then(|request| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let call = Call { request, reply: tx };
+                calls.send(call).map_err(|_| shutting_down())?;
+                rx.recv().unwrap_or_else(|_| Err(shutting_down()))
+            })
     };
     let mut out = encode_response(&answer);
     out.push(b'\n');

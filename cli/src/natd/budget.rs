@@ -131,7 +131,7 @@ impl FdBudget {
         let now = Instant::now();
         if last.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
             *last = Some(now);
-            eprintln!("vswitch: {line}");
+            tracing::warn!("{line}");
         }
     }
 
