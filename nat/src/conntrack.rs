@@ -146,6 +146,10 @@ pub struct FlowView {
     pub outside: SocketAddrV4,
     /// Opened from outside through a published port.
     pub published: bool,
+    /// For TCP, the gateway port the host's side of the connection uses: the relay listener's
+    /// port (outgoing), or the ephemeral port the host connects to the container from
+    /// (published).
+    pub gateway_port: Option<u16>,
     /// TCP state name, or `UNREPLIED` / `REPLIED` for UDP and ICMP.
     pub state: &'static str,
     /// Milliseconds left before the flow expires if idle.
@@ -190,6 +194,32 @@ pub struct NatStats {
     pub no_echo_ident: u64,
     pub unsupported: u64,
     pub bad_address: u64,
+}
+
+/// New flows refused so far, by why: the counters an edge watches to report refusals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// The table was full.
+    pub table_full: u64,
+    /// The container's share of the table was used up.
+    pub container_limit: u64,
+    /// The container had too many TCP connections connecting.
+    pub half_open_limit: u64,
+}
+
+impl Refusals {
+    pub fn total(&self) -> u64 {
+        self.table_full + self.container_limit + self.half_open_limit
+    }
+}
+
+/// Flows in the table of one protocol in one state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateCount {
+    pub proto: Proto,
+    /// As in [`FlowView::state`].
+    pub state: &'static str,
+    pub flows: usize,
 }
 
 /// One container's NAT counters, including those of its flows already gone.
@@ -980,6 +1010,7 @@ impl Table {
                     inside: f.inside(),
                     outside,
                     published: f.kind.published(),
+                    gateway_port: f.kind.gateway_port(),
                     state: f.state_str(),
                     timeout_ms: f.expires_at - now,
                     packets_out: f.packets_out,
@@ -1031,6 +1062,73 @@ impl Table {
             container_limit: c.container_limit.load(Relaxed),
             half_open_limit: c.half_open_limit.load(Relaxed),
         }
+    }
+
+    /// The refusal counters alone: cheap (no lock), for an edge that watches them.
+    pub fn refusals(&self) -> Refusals {
+        let c = &self.counters;
+        Refusals {
+            table_full: c.table_full.load(Relaxed),
+            container_limit: c.container_limit.load(Relaxed),
+            half_open_limit: c.half_open_limit.load(Relaxed),
+        }
+    }
+
+    /// Live flows by protocol and state, in a stable order (protocol, then state name).
+    pub fn count_by_state(&self, now: u64) -> Vec<StateCount> {
+        let mut counts: Vec<StateCount> = Vec::new();
+        for i in 0..SHARDS {
+            let sh = self.lock(i);
+            for f in sh.slots.iter().filter_map(|s| s.0.as_ref()) {
+                if f.expires_at <= now {
+                    continue;
+                }
+                let (proto, state) = (f.kind.proto(), f.state_str());
+                match counts
+                    .iter_mut()
+                    .find(|c| c.proto == proto && c.state == state)
+                {
+                    Some(c) => c.flows += 1,
+                    None => counts.push(StateCount {
+                        proto,
+                        state,
+                        flows: 1,
+                    }),
+                }
+            }
+        }
+        counts.sort_by_key(|c| (c.proto.code(), c.state));
+        counts
+    }
+
+    /// The state of flow `id` (as in [`FlowView::state`]), if it is in the table.
+    pub fn state_of(&self, id: FlowId) -> Option<&'static str> {
+        let (sh, slot) = self.lock_id(id, None)?;
+        sh.flow(slot).map(Flow::state_str)
+    }
+
+    /// Every container's counters, in one pass over the table (as [`Table::container_stats`]
+    /// of each address).
+    pub fn all_container_stats(&self) -> HashMap<u32, ContainerStats> {
+        let mut out: HashMap<u32, ContainerStats> = HashMap::new();
+        for i in 0..SHARDS {
+            let sh = self.lock(i);
+            for (&cip, r) in &sh.retired {
+                let total = out.entry(cip).or_default();
+                total.flows_created += r.flows_created;
+                total.refused += r.refused;
+                total.packets_out += r.packets_out;
+                total.packets_in += r.packets_in;
+                total.bytes_out += r.bytes_out;
+                total.bytes_in += r.bytes_in;
+            }
+            for f in sh.slots.iter().filter_map(|s| s.0.as_ref()) {
+                let total = out.entry(f.cip).or_default();
+                total.flows += 1;
+                f.add_to(total);
+            }
+        }
+        out
     }
 
     pub fn container_stats(&self, cip: u32) -> ContainerStats {

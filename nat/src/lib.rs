@@ -21,7 +21,8 @@ mod wire;
 mod tests;
 
 pub use conntrack::{
-    ContainerStats, Expired, FlowId, FlowView, NatStats, Proto, Shares, Timeouts, DEFAULT_MAX_FLOWS,
+    ContainerStats, Expired, FlowId, FlowView, NatStats, Proto, Refusals, Shares, StateCount,
+    Timeouts, DEFAULT_MAX_FLOWS,
 };
 pub use craft::{ECHO_FRAME_OVERHEAD, ICMP_ERROR_FRAME_MAX, TCP_RST_FRAME_LEN, UDP_FRAME_OVERHEAD};
 pub use error::{NatDrop, NatError};

@@ -21,13 +21,15 @@
 //! (UDP and echo replies) are not fragmented, and ICMP errors the host kernel itself sends about
 //! relayed segments are not translated (the relay listeners make them unlikely).
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 
 use crate::checksum::{self, Delta};
 use crate::conntrack::{
     inside_key, outside_key, ContainerStats, CreateError, Expired, Extra, Flow, FlowId, FlowView,
-    Kind, NatStats, Proto, Shard, Shares, Table, Timeouts, DEFAULT_MAX_FLOWS, QUOTE_LEN,
+    Kind, NatStats, Proto, Refusals, Shard, Shares, StateCount, Table, Timeouts, DEFAULT_MAX_FLOWS,
+    QUOTE_LEN,
 };
 use crate::craft::{self, Ends, ICMP_ERROR_FRAME_MAX};
 use crate::error::{NatDrop, NatError};
@@ -1042,6 +1044,28 @@ impl Nat {
     /// A container's counters (zero for an unknown address).
     pub fn container_stats(&self, ip: Ipv4Addr) -> ContainerStats {
         self.table.container_stats(ip.into())
+    }
+
+    /// Every container's counters, by address, in one pass over the table.
+    pub fn all_container_stats(&self) -> HashMap<Ipv4Addr, ContainerStats> {
+        (self.table.all_container_stats().into_iter())
+            .map(|(ip, s)| (Ipv4Addr::from(ip), s))
+            .collect()
+    }
+
+    /// New flows refused so far, by why (cheap: no lock).
+    pub fn refusals(&self) -> Refusals {
+        self.table.refusals()
+    }
+
+    /// Live flows by protocol and state.
+    pub fn count_by_state(&self, now: u64) -> Vec<StateCount> {
+        self.table.count_by_state(now)
+    }
+
+    /// The state of a flow (as `conntrack -L` shows it), if it is still in the table.
+    pub fn state_of(&self, flow: FlowId) -> Option<&'static str> {
+        self.table.state_of(flow)
     }
 }
 

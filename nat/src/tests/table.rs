@@ -257,3 +257,77 @@ fn shared_between_threads() {
     assert_eq!(nat.expire(T0 + 120_000).len(), 16_000);
     assert_eq!(nat.stats().flows, 0);
 }
+
+#[test]
+fn what_an_edge_reports_agrees_with_the_table() {
+    let nat = Nat::new(NatConfig {
+        max_flows: 3,
+        shares: Shares::for_table(3),
+        ..config()
+    });
+    // C1: a TCP connection whose connect went through (SYN_SENT), a UDP flow that was answered;
+    // C2: a UDP flow never answered.
+    let mut syn = tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), SYN, 1, b"");
+    let Verdict::TcpConnect { flow: tcp, .. } = nat.outbound(&mut syn, T0) else {
+        panic!()
+    };
+    nat.tcp_connected(tcp, &mut syn, T0).unwrap();
+    let relay = check(&syn).dport();
+    let mut q = udp_out(C1_MAC, sa(C1, 6000), sa(OUT, 53), b"q");
+    let Verdict::UdpOut { flow: udp, .. } = nat.outbound(&mut q, T0) else {
+        panic!()
+    };
+    let mut out = vec![0u8; 2048];
+    nat.udp_reply(udp, b"answer", &mut out, T0).unwrap();
+    let mut q2 = udp_out(C2_MAC, sa(C2, 6000), sa(OUT, 53), b"q");
+    assert!(matches!(nat.outbound(&mut q2, T0), Verdict::UdpOut { .. }));
+
+    let by_state: Vec<(Proto, &str, usize)> = (nat.count_by_state(T0).into_iter())
+        .map(|c| (c.proto, c.state, c.flows))
+        .collect();
+    assert_eq!(
+        by_state,
+        [
+            (Proto::Tcp, "SYN_SENT", 1),
+            (Proto::Udp, "REPLIED", 1),
+            (Proto::Udp, "UNREPLIED", 1)
+        ]
+    );
+    assert_eq!(nat.state_of(tcp), Some("SYN_SENT"));
+    // Expired flows are not counted, though not reclaimed yet: an unanswered UDP flow lasts
+    // 30 s.
+    let later: Vec<&str> = (nat.count_by_state(T0 + 31_000).into_iter())
+        .map(|c| c.state)
+        .collect();
+    assert_eq!(later, ["SYN_SENT", "REPLIED"]);
+
+    // A full table: one refusal, seen in the cheap counters as in the full ones.
+    let mut q3 = udp_out(C2_MAC, sa(C2, 6001), sa(OUT, 53), b"q");
+    nat.outbound(&mut q3, T0);
+    let refusals = nat.refusals();
+    assert_eq!(
+        (refusals.table_full, refusals.total()),
+        (1, 1),
+        "{refusals:?}"
+    );
+    assert_eq!(refusals.table_full, nat.stats().table_full);
+
+    // One pass over the table gives each container what its own query gives.
+    let all = nat.all_container_stats();
+    for ip in [C1, C2] {
+        assert_eq!(all[&ip], nat.container_stats(ip), "{ip}");
+    }
+    assert_eq!(
+        (all[&C1].flows, all[&C2].flows, all[&C2].refused),
+        (2, 1, 1)
+    );
+
+    // The edge finds a relayed connection by its gateway port.
+    let views = nat.entries(T0);
+    let tcp_view = views.iter().find(|f| f.flow == tcp).unwrap();
+    assert_eq!(tcp_view.gateway_port, Some(relay));
+    assert!(views
+        .iter()
+        .filter(|f| f.proto == Proto::Udp)
+        .all(|f| f.gateway_port.is_none()));
+}
