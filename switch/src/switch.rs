@@ -213,6 +213,15 @@ impl Switch {
     }
 
     pub fn stats(&self) -> SwitchStats {
-        self.counters.snapshot()
+        SwitchStats {
+            aged: self.fdb.aged(),
+            ..self.counters.snapshot()
+        }
+    }
+
+    /// Forgets every learned MAC, or those learned on `port` (`vswitch fdb --flush`); returns
+    /// how many. Traffic to them is flooded until they are learned again.
+    pub fn flush_fdb(&self, port: Option<PortId>) -> usize {
+        self.fdb.flush(port)
     }
 }

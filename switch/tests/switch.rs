@@ -269,10 +269,46 @@ fn table_is_bounded_and_evicts_aged_entries() {
         vec![(host(1, 2), 1), (host(1, 3), 1), (host(2, 0), 2)]
     );
     assert_eq!(sw.fdb_len(), 3);
+    assert_eq!(sw.stats().aged, 2, "the two evicted entries count as aged");
     run(&sw, 2, &ipv4(MacAddr::BROADCAST, host(2, 1)), now);
     run(&sw, 2, &ipv4(MacAddr::BROADCAST, host(2, 2)), now);
     let s = sw.stats();
     assert_eq!((s.fdb_full, s.learned, sw.fdb_len()), (2, 6, 4));
+}
+
+#[test]
+fn aging_and_flushes_are_counted_and_a_flush_can_name_a_port() {
+    let sw = switch(3);
+    for (port, k) in [(1, 0), (1, 1), (2, 0), (3, 0)] {
+        run(&sw, port, &ipv4(MacAddr::BROADCAST, host(port as u8, k)), 0);
+    }
+    run(&sw, 3, &ipv4(MacAddr::BROADCAST, host(3, 0)), AGE);
+    assert_eq!(sw.expire(AGE + 1), 3);
+    assert_eq!(sw.stats().aged, 3);
+    assert_eq!(fdb(&sw, AGE + 1), vec![(host(3, 0), 3)]);
+
+    for (port, k) in [(1, 0), (1, 1), (2, 0)] {
+        run(
+            &sw,
+            port,
+            &ipv4(MacAddr::BROADCAST, host(port as u8, k)),
+            AGE + 1,
+        );
+    }
+    assert_eq!(sw.flush_fdb(Some(PortId(1))), 2);
+    assert_eq!(
+        fdb(&sw, AGE + 1),
+        vec![(host(2, 0), 2), (host(3, 0), 3)],
+        "only port 1's MACs go"
+    );
+    // Frames to a flushed MAC are flooded until it is learned again.
+    assert_eq!(
+        run(&sw, 2, &ipv4(host(1, 0), host(2, 0)), AGE + 1),
+        Action::Flood
+    );
+    assert_eq!(sw.flush_fdb(None), 2);
+    assert_eq!(sw.fdb_len(), 0);
+    assert_eq!(sw.stats().aged, 3, "a flush is not aging");
 }
 
 #[test]
