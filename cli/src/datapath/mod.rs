@@ -30,7 +30,7 @@ pub mod wait;
 mod worker;
 
 use relay::RelayPool;
-use wait::Waiter;
+use wait::{Busy, Waiter};
 use worker::WorkerCtx;
 
 /// What the workers hand frames to besides the switch: the NAT's edge (`natd`). The datapath
@@ -51,6 +51,8 @@ pub trait Hook: Send + Sync {
 struct Worker {
     epoll: Arc<Epoll>,
     wake: EventFd,
+    /// Its time spent working (see [`Busy`]).
+    busy: Arc<Busy>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -82,6 +84,7 @@ impl Datapath {
             list.push(Worker {
                 epoll,
                 wake,
+                busy: Arc::default(),
                 thread: None,
             });
         }
@@ -118,6 +121,7 @@ impl Datapath {
                 relays: self.relays.clone(),
                 epoll: worker.epoll.clone(),
                 stop: self.stop.clone(),
+                busy: worker.busy.clone(),
                 poll: self.poll,
                 home: if self.homes {
                     Waiter::home_cpu(i, count)
@@ -131,6 +135,11 @@ impl Datapath {
             worker.thread = Some(thread);
         }
         Ok(())
+    }
+
+    /// Each worker's time spent working so far, in nanoseconds.
+    pub fn busy_ns(&self) -> Vec<u64> {
+        self.workers.iter().map(|w| w.busy.nanos()).collect()
     }
 
     /// How many receive queues each port should have: one per worker.

@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::kernel::epoll::Epoll;
@@ -44,6 +44,8 @@ struct Pairs {
 pub struct RelayPool {
     threads: Arc<Vec<Arc<Shared>>>,
     next: Arc<AtomicUsize>,
+    /// Pairs relayed so far.
+    relayed: Arc<AtomicU64>,
 }
 
 impl RelayPool {
@@ -61,6 +63,7 @@ impl RelayPool {
         RelayPool {
             threads: Arc::new(list),
             next: Arc::new(AtomicUsize::new(0)),
+            relayed: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -99,6 +102,7 @@ impl RelayPool {
             done();
             return;
         }
+        self.relayed.fetch_add(1, Ordering::Relaxed);
         let pair = Pair {
             socks: [a, b],
             owner,
@@ -123,7 +127,36 @@ impl RelayPool {
         self.reset_where(|_| true);
     }
 
-    fn reset_where(&self, which: impl Fn(&Pair) -> bool) {
+    /// Resets the pairs that serve these NAT flows, each named by the container's address and
+    /// port and the gateway port of the host's socket facing it (the relay listener's port, or
+    /// a published connection's ephemeral port). Returns how many it reset.
+    pub fn reset_flows(&self, flows: &[(SocketAddrV4, u16)]) -> usize {
+        self.reset_where(|p| {
+            p.socks
+                .iter()
+                .any(|s| match (s.peer_addr(), s.local_addr()) {
+                    (Ok(SocketAddr::V4(peer)), Ok(local)) => {
+                        *peer.ip() == p.owner && flows.contains(&(peer, local.port()))
+                    }
+                    _ => false,
+                })
+        })
+    }
+
+    /// Pairs being relayed now.
+    pub fn active(&self) -> usize {
+        (self.threads.iter())
+            .map(|s| s.pairs.lock().unwrap_or_else(|e| e.into_inner()).map.len())
+            .sum()
+    }
+
+    /// Pairs relayed so far.
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
+
+    fn reset_where(&self, which: impl Fn(&Pair) -> bool) -> usize {
+        let mut reset = 0;
         for shared in self.threads.iter() {
             let mut pairs = shared.pairs.lock().unwrap_or_else(|e| e.into_inner());
             let ids: Vec<u64> = (pairs.map.iter())
@@ -133,9 +166,11 @@ impl RelayPool {
             for id in ids {
                 if let Some(pair) = pairs.map.remove(&id) {
                     retire(shared, pair, true);
+                    reset += 1;
                 }
             }
         }
+        reset
     }
 }
 
@@ -428,6 +463,40 @@ mod tests {
         let (relay_d, mut other_server) = pair();
         pool.relay(relay_c, relay_d, Ipv4Addr::new(10, 1, 1, 3), || {});
         pool.reset_owner(OWNER);
+        mine.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        let err = mine.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        other.write_all(b"still").unwrap();
+        other_server.read_exact(&mut buf[..5]).unwrap();
+        assert_eq!(&buf[..5], b"still");
+    }
+
+    #[test]
+    fn resetting_flows_resets_the_pairs_that_serve_them() {
+        let pool = pool(2);
+        let loopback = Ipv4Addr::LOCALHOST;
+        let v4 = |a: SocketAddr| match a {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        // Each pair's first socket faces the "container" (the client's end, on loopback).
+        let (mut mine, relay_a) = pair();
+        let key = (
+            v4(mine.local_addr().unwrap()),
+            relay_a.local_addr().unwrap().port(),
+        );
+        let (relay_b, _server) = pair();
+        pool.relay(relay_a, relay_b, loopback, || {});
+        let (mut other, relay_c) = pair();
+        let (relay_d, mut other_server) = pair();
+        pool.relay(relay_c, relay_d, loopback, || {});
+        assert_eq!((pool.active(), pool.relayed()), (2, 2));
+
+        let unknown = (SocketAddrV4::new(loopback, 1), key.1);
+        assert_eq!(pool.reset_flows(&[unknown]), 0);
+        assert_eq!(pool.reset_flows(&[key]), 1);
+        assert_eq!((pool.active(), pool.relayed()), (1, 2));
         mine.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 8];
         let err = mine.read(&mut buf).unwrap_err();

@@ -11,7 +11,7 @@ use crate::kernel::epoll::Epoll;
 use crate::ports::{Port, RxBatch};
 
 use super::relay::RelayPool;
-use super::wait::Waiter;
+use super::wait::{Busy, Waiter};
 use super::{now_ms, Fabric, Hook, PortTable, Token};
 
 /// Frames read from one port per system call.
@@ -29,6 +29,7 @@ pub(super) struct WorkerCtx {
     pub relays: RelayPool,
     pub epoll: Arc<Epoll>,
     pub stop: Arc<AtomicBool>,
+    pub busy: Arc<Busy>,
     pub poll: Duration,
     pub home: Option<usize>,
 }
@@ -60,7 +61,7 @@ impl WorkerCtx {
         };
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
-        let mut waiter = Waiter::new(self.poll, self.home);
+        let mut waiter = Waiter::new(self.poll, self.home).count_busy(self.busy.clone());
         let mut at_home = waiter.at_home();
         while !self.stop.load(Ordering::Relaxed) {
             let ready = waiter.wait(&self.epoll, &mut events, -1);

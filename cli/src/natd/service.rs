@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use vswitch_nat::{FlowId, Nat};
 
 use crate::datapath::relay::RelayPool;
-use crate::datapath::wait::Waiter;
+use crate::datapath::wait::{Busy, Waiter};
 use crate::datapath::{Fabric, Token};
 use crate::kernel::epoll::{Epoll, EventFd, IN};
 use crate::kernel::sys::cvt;
@@ -99,6 +99,8 @@ pub struct NatService {
     pub(super) waiting: HashMap<FlowId, Waiting>,
     pub(super) buf: Vec<u8>,
     pub(super) out: Vec<u8>,
+    /// The thread's time spent working.
+    busy: Arc<Busy>,
 }
 
 impl NatService {
@@ -142,8 +144,14 @@ impl NatService {
             waiting: HashMap::new(),
             buf: vec![0; 65536],
             out: vec![0; 65536 + 128],
+            busy: Arc::default(),
         };
         Ok((service, mailbox))
+    }
+
+    /// Where the service thread's time spent working adds up (see [`Busy`]).
+    pub fn busy(&self) -> Arc<Busy> {
+        self.busy.clone()
     }
 
     /// Serves until every mailbox is dropped, polling for `poll` after each event before it
@@ -152,7 +160,7 @@ impl NatService {
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
         let mut last_sweep = Instant::now();
-        let mut waiter = Waiter::new(poll, None);
+        let mut waiter = Waiter::new(poll, None).count_busy(self.busy.clone());
         loop {
             for ev in waiter.wait(&self.epoll, &mut events, 1000) {
                 match Token::decode(ev.u64) {

@@ -72,7 +72,10 @@ pub struct Counters {
     pub rx_bytes: AtomicU64,
     pub tx_frames: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// Frames received and refused: truncated, malformed, for a port gone.
     pub drops: AtomicU64,
+    /// Frames the port's sockets would not take (queue full, link gone).
+    pub tx_drops: AtomicU64,
 }
 
 impl Counters {
@@ -127,7 +130,7 @@ impl Port {
         c.tx_bytes
             .fetch_add(bytes - (sent * VNET_HDR_LEN) as u64, Relaxed);
         if sent < frames.len() {
-            c.drops.fetch_add((frames.len() - sent) as u64, Relaxed);
+            c.tx_drops.fetch_add((frames.len() - sent) as u64, Relaxed);
         }
     }
 
