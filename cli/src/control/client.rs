@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::protocol::{
-    decode_response, encode_request, Failure, FdbView, FlowRow, Gc, Inspect, NoArgs, Plug,
-    PortView, Request, Stats, StopArgs, Unplug,
+    decode_response, encode_request, Failure, FdbFlush, FdbView, FlowFilter, FlowRow, Gc, Inspect,
+    NoArgs, Plug, PortView, Request, Stats, StopArgs, Unplug,
 };
 
 /// Errors seen by the command-line client.
@@ -66,6 +66,16 @@ impl Client {
 
     pub fn conntrack(&self) -> Result<Vec<FlowRow>, ClientError> {
         self.call(&Request::Conntrack(NoArgs {}))
+    }
+
+    /// Deletes the NAT flows `filter` selects (every flow for an empty one); returns them.
+    pub fn conntrack_delete(&self, filter: FlowFilter) -> Result<Vec<FlowRow>, ClientError> {
+        self.call(&Request::ConntrackDelete(filter))
+    }
+
+    /// Forgets learned MACs (one port's, or all); returns the entries forgotten.
+    pub fn fdb_flush(&self, port: Option<String>) -> Result<Vec<FdbView>, ClientError> {
+        self.call(&Request::FdbFlush(FdbFlush { port }))
     }
 
     /// Asks the daemon to exit (keeping the network for the next one, with `keep`).

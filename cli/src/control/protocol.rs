@@ -44,6 +44,64 @@ pub enum Request {
     Stop(StopArgs),
     Inspect(Inspect),
     Gc(Gc),
+    /// Delete the NAT flows a filter selects (all of them for an empty filter), closing their
+    /// sockets and resetting their relayed connections. Answers the flows deleted.
+    ConntrackDelete(FlowFilter),
+    /// Forget learned MACs, all of them or one port's. Answers the entries forgotten.
+    FdbFlush(FdbFlush),
+}
+
+/// Which NAT flows `conntrack_delete` selects: those matching every field given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<FlowProto>,
+    /// The container's end: its address, its port (for ICMP, its echo identifier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inside: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inside_port: Option<u16>,
+    /// The other end: the destination of an outgoing flow, the client of a published one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside_port: Option<u16>,
+}
+
+impl FlowFilter {
+    /// Whether it selects every flow.
+    pub fn is_empty(&self) -> bool {
+        *self == FlowFilter::default()
+    }
+}
+
+/// A NAT flow's protocol, as a filter names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowProto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl FlowProto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowProto::Tcp => "tcp",
+            FlowProto::Udp => "udp",
+            FlowProto::Icmp => "icmp",
+        }
+    }
+}
+
+/// `fdb_flush`: the port whose MACs to forget, by name (its host interface, or the TAP's);
+/// every port's without one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbFlush {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
 }
 
 /// The body of a request that takes no arguments (any field is refused).
@@ -623,12 +681,27 @@ pub struct PortView {
     pub rx_bytes: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
+    /// Every frame lost on this port: `rx_invalid` + `tx_failed` + `kernel_drops`.
     pub drops: u64,
+    /// Of the drops: frames received and refused (truncated, malformed)...
+    #[serde(default)]
+    pub rx_invalid: u64,
+    /// ...frames the port's sockets would not take (queue full, link gone)...
+    #[serde(default)]
+    pub tx_failed: u64,
+    /// ...and frames the kernel dropped before the daemon could read them (its receive queue
+    /// was full).
+    #[serde(default)]
+    pub kernel_drops: u64,
     /// Of the frames counted above, those the kernel fast path carried (see `bpf::fastpath`).
     #[serde(default)]
     pub fast_rx_frames: u64,
     #[serde(default)]
     pub fast_tx_frames: u64,
+    #[serde(default)]
+    pub fast_rx_bytes: u64,
+    #[serde(default)]
+    pub fast_tx_bytes: u64,
     /// The hook the kernel fast path is on for this port: "tcx", "tc" or "off".
     #[serde(default)]
     pub fast_path: String,
@@ -685,7 +758,8 @@ pub struct FdbView {
     pub age_ms: u64,
 }
 
-/// The daemon as a whole, as `vswitch stats` shows it.
+/// The daemon as a whole, as `vswitch stats` shows it: every counter it keeps, in one snapshot
+/// (`/metrics` renders the same one).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Stats {
     /// Container ports plugged.
@@ -695,6 +769,70 @@ pub struct Stats {
     pub fds: FdStats,
     pub switch: SwitchCounters,
     pub nat: NatCounters,
+    /// Every port (the TAP first) with its counters, as `ls` shows them.
+    #[serde(default)]
+    pub ports: Vec<PortView>,
+    #[serde(default)]
+    pub dns: DnsStats,
+    /// The threads that move traffic: datapath workers (`dp0`...) and the NAT service (`nat`).
+    #[serde(default)]
+    pub threads: Vec<ThreadStats>,
+    #[serde(default)]
+    pub plugs: PlugStats,
+    /// The daemon's version and when it started (seconds since the Unix epoch).
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub start_time: f64,
+}
+
+/// The DNS forwarder's counters since start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DnsStats {
+    /// Whether the forwarder runs (not with `--no-dns`).
+    pub enabled: bool,
+    pub udp_queries: u64,
+    /// UDP queries that no upstream answered.
+    pub udp_failed: u64,
+    /// DNS-over-TCP connections (each may carry several queries).
+    pub tcp_connections: u64,
+    /// Connections no upstream accepted.
+    pub tcp_failed: u64,
+    /// Queries and connections dropped unserved (too many in flight, no descriptor).
+    pub dropped: u64,
+    /// From a UDP query's arrival to its answer going back.
+    pub latency: HistogramView,
+}
+
+/// A thread's time spent working (from a wake-up with work to its next wait).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ThreadStats {
+    pub name: String,
+    pub busy_ns: u64,
+}
+
+/// Plugs and unplugs since start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlugStats {
+    pub plugged: u64,
+    /// Plugs that failed (and were rolled back).
+    pub failed: u64,
+    /// Ports removed on request (`unplug`, a runtime's DEL or GC, an attachment replaced).
+    pub unplugged: u64,
+    /// Ports removed because their container exited.
+    pub exited: u64,
+    /// How long successful plugs took.
+    pub plug_seconds: HistogramView,
+    /// How long requested unplugs took.
+    pub unplug_seconds: HistogramView,
+}
+
+/// Live NAT flows of one protocol in one state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStateCount {
+    pub proto: String,
+    pub state: String,
+    pub flows: usize,
 }
 
 /// The containers' subnet, and how many addresses are left in it.
@@ -738,6 +876,17 @@ pub struct SwitchCounters {
     /// Source MACs not learned because the table was full.
     pub fdb_full: u64,
     pub fdb_entries: usize,
+    /// Frames the daemon itself sent, seen again on a port and dropped.
+    #[serde(default)]
+    pub outgoing: u64,
+    /// Learned MACs forgotten because they aged, or were flushed (`fdb --flush`).
+    #[serde(default)]
+    pub aged: u64,
+    #[serde(default)]
+    pub flushed: u64,
+    /// Most MACs the table holds (`--fdb-size`).
+    #[serde(default)]
+    pub fdb_capacity: usize,
 }
 
 /// The NAT's table and counters since start.
@@ -761,6 +910,50 @@ pub struct NatCounters {
     pub container_limit: u64,
     /// New TCP connections refused because the container had too many connecting.
     pub half_open_limit: u64,
+    /// More drops: no free relay port, no free echo identifier, a protocol the NAT does not
+    /// carry, an address it must not translate.
+    #[serde(default)]
+    pub no_relay_port: u64,
+    #[serde(default)]
+    pub no_echo_ident: u64,
+    #[serde(default)]
+    pub unsupported: u64,
+    #[serde(default)]
+    pub bad_address: u64,
+    /// IPv4 packets and bytes through the NAT, from the containers (out) and to them (in).
+    #[serde(default)]
+    pub packets_out: u64,
+    #[serde(default)]
+    pub packets_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Live flows by protocol and state.
+    #[serde(default)]
+    pub by_state: Vec<FlowStateCount>,
+    /// TCP connections relayed (spliced) now, and so far.
+    #[serde(default)]
+    pub relays: usize,
+    #[serde(default)]
+    pub relayed: u64,
+}
+
+/// A histogram of durations as it travels: at each upper bound (seconds), how many
+/// observations were at or below it (cumulative, as Prometheus has them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistogramView {
+    pub buckets: Vec<Bucket>,
+    /// Every observation, including those above the last bound.
+    pub count: u64,
+    /// Their sum, in seconds.
+    pub sum: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub le: f64,
+    pub count: u64,
 }
 
 /// What the daemon answers: the `data` of a successful response.
@@ -948,6 +1141,48 @@ mod tests {
     }
 
     #[test]
+    fn operator_requests_round_trip() {
+        let delete = Request::ConntrackDelete(FlowFilter {
+            proto: Some(FlowProto::Udp),
+            inside: Some(Ipv4Addr::new(10, 1, 1, 2)),
+            outside_port: Some(53),
+            ..FlowFilter::default()
+        });
+        let text = String::from_utf8(encode_request(&delete)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"cmd":"conntrack_delete","inside":"10.1.1.2","outside_port":53,"proto":"udp","v":2}"#
+        );
+        assert_eq!(decode(&text).unwrap(), delete);
+        // -F: no filter at all.
+        let flush = decode(r#"{"v":2,"cmd":"conntrack_delete"}"#).unwrap();
+        let Request::ConntrackDelete(filter) = &flush else {
+            panic!("{flush:?}")
+        };
+        assert!(filter.is_empty());
+        for port in [None, Some("vsw-42".to_string())] {
+            let request = Request::FdbFlush(FdbFlush { port });
+            let text = String::from_utf8(encode_request(&request)).unwrap();
+            assert_eq!(decode(&text).unwrap(), request, "{text}");
+        }
+    }
+
+    #[test]
+    fn stats_of_an_older_daemon_still_read() {
+        // What protocol 2's first daemons answered: every field added since takes its default.
+        let old = r#"{"containers":1,"fds":{"limit":1024,"reserved":80,"leased":0,
+            "available":944,"refused":0,"exhausted":0},"switch":{"frames":5,"malformed":0,
+            "flooded":1,"hairpin":0,"arp_replies":2,"learned":2,"moved":0,"fdb_full":0,
+            "fdb_entries":2},"nat":{"flows":0,"max_flows":64,"created":0,"expired":0,
+            "removed":0,"table_full":0,"malformed":0,"fragments":0,"no_flow":0,
+            "bad_checksum":0,"bad_length":0,"ttl_exceeded":0,"tagged":0,"container_limit":0,
+            "half_open_limit":0}}"#;
+        let stats: Stats = serde_json::from_str(old).unwrap();
+        assert_eq!((stats.switch.frames, stats.switch.aged), (5, 0));
+        assert!(stats.ports.is_empty() && !stats.dns.enabled);
+    }
+
+    #[test]
     fn attachments_round_trip() {
         let cni = Request::Plug(Plug {
             ifname: Some("net1".parse().unwrap()),
@@ -1017,6 +1252,12 @@ mod tests {
             r#"{"v":2,"cmd":"inspect"}"#,
             r#"{"v":2,"cmd":"gc","network":"n"}"#,
             r#"{"v":2,"cmd":"gc","network":"n","valid":[{"container_id":"a"}]}"#,
+            r#"{"v":2,"cmd":"conntrack_delete","proto":"sctp"}"#,
+            r#"{"v":2,"cmd":"conntrack_delete","inside":"10.1.1"}"#,
+            r#"{"v":2,"cmd":"conntrack_delete","inside_port":70000}"#,
+            r#"{"v":2,"cmd":"conntrack_delete","container":"10.1.1.2"}"#,
+            r#"{"v":2,"cmd":"fdb_flush","port":1}"#,
+            r#"{"v":2,"cmd":"fdb_flush","all":true}"#,
         ] {
             let err = decode(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::Invalid, "{bad}: {err}");

@@ -35,6 +35,8 @@ pub enum DaemonError {
     AlreadyPlugged { host_ifname: String, ip: Ipv4Addr },
     #[error("not plugged")]
     NotPlugged,
+    #[error("no port named {0} (see `vswitch ls`)")]
+    NoSuchPort(String),
     #[error("host interface {0} already exists")]
     HostLinkExists(String),
     #[error("the container already has an interface named {0}")]
@@ -75,7 +77,7 @@ impl DaemonError {
     pub fn code(&self) -> ErrorCode {
         use DaemonError::*;
         match self {
-            NoSuchProcess | NoSuchNamespace | NotPlugged => ErrorCode::NotFound,
+            NoSuchProcess | NoSuchNamespace | NotPlugged | NoSuchPort(_) => ErrorCode::NotFound,
             AlreadyPlugged { .. }
             | HostLinkExists(_)
             | IfnameTaken(_)

@@ -38,6 +38,31 @@ impl Manager {
         if !flows.is_empty() {
             self.nat_jobs.send(NatJob::Forget(flows));
         }
+        self.log_refusals();
+    }
+
+    /// Logs the NAT's refusals of new flows, at most once per ten seconds, with the containers
+    /// they refused: a full table, or a container that used its share, must not go unnoticed.
+    fn log_refusals(&mut self) {
+        let Some(since) = self.tally.refusals.due(self.nat.refusals()) else {
+            return;
+        };
+        let stats = self.nat.all_container_stats();
+        let refused: Vec<String> = (self.containers.iter())
+            .filter_map(|c| {
+                let refused = stats.get(&c.ip).map_or(0, |s| s.refused);
+                (refused > 0).then(|| format!("{}:{refused}", c.host_ifname))
+            })
+            .collect();
+        tracing::warn!(
+            table_full = since.table_full,
+            container_share = since.container_limit,
+            half_open = since.half_open_limit,
+            max_flows = self.nat.max_flows(),
+            flows = self.nat.stats().flows,
+            refused_so_far = %refused.join(","),
+            "NAT refused new flows"
+        );
     }
 
     /// Whether container `i`'s veth still exists: the kernel deletes it with the container's
@@ -62,6 +87,7 @@ impl Manager {
 
     /// Removes the port of container `i`, whose namespace is gone (its veth went with it).
     pub fn remove_gone(&mut self, i: usize) {
+        self.tally.plugs.exited += 1;
         let c = self.containers.remove(i);
         self.forget(&c);
         self.save_state();

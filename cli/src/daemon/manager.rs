@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, Receiver};
 use vswitch_nat::Nat;
@@ -20,6 +20,7 @@ use crate::datapath::{Datapath, TAP_PORT};
 use crate::natd::budget::FdBudget;
 use crate::natd::NatMailbox;
 
+use super::counters::Tally;
 use super::ipam::Ipam;
 use super::plumbing::{NetnsConf, NetnsId, Plumbing};
 use super::state;
@@ -85,6 +86,8 @@ pub struct Manager {
     pub tap_index: u32,
     /// systemd's watchdog, pinged from the tick.
     pub watchdog: Option<Watchdog>,
+    /// What the manager counts beyond the datapath's counters (see `counters`).
+    pub tally: Tally,
 }
 
 /// How the daemon stops.
@@ -118,8 +121,10 @@ impl Manager {
         Ok(match request {
             Request::Plug(plug) => {
                 let what = format!("plug {}", plug.target);
-                let view = self.plug(plug).map_err(|e| e.failure(&what))?;
-                Reply::Port(Box::new(view))
+                let start = Instant::now();
+                let view = self.plug(plug);
+                self.tally.plugs.plug(view.is_ok(), start.elapsed());
+                Reply::Port(Box::new(view.map_err(|e| e.failure(&what))?))
             }
             Request::Unplug(unplug) => {
                 let what = format!("unplug {}", unplug.by);
@@ -138,6 +143,12 @@ impl Manager {
             Request::Ls(_) => Reply::Ports(self.ls()),
             Request::Fdb(_) => Reply::Fdb(self.fdb()),
             Request::Conntrack(_) => Reply::Flows(self.conntrack()),
+            Request::ConntrackDelete(filter) => Reply::Flows(self.conntrack_delete(&filter)),
+            Request::FdbFlush(flush) => {
+                let what = format!("fdb --flush {}", flush.port.as_deref().unwrap_or(""));
+                let flushed = self.fdb_flush(flush.port.as_deref());
+                Reply::Fdb(flushed.map_err(|e| e.failure(what.trim_end()))?)
+            }
             Request::Stats(_) => Reply::Stats(Box::new(self.stats())),
             Request::Stop(stop) => {
                 // The main thread stops the daemon on a signal: send it the one that means

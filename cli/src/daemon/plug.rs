@@ -347,6 +347,7 @@ impl Manager {
 
     /// Deletes container `pos`'s veth (gone already if its namespace went) and forgets it.
     pub fn remove_plugged(&mut self, pos: usize) -> PortView {
+        let start = std::time::Instant::now();
         let view = self.view(&self.containers[pos]);
         let c = self.containers.remove(pos);
         if let Err(e) = self.plumbing.delete_link(c.host_index) {
@@ -364,6 +365,7 @@ impl Manager {
             ip = %c.ip,
             "unplugged"
         );
+        self.tally.plugs.unplug(start.elapsed());
         view
     }
 

@@ -18,6 +18,7 @@ use crate::ports::tap::Tap;
 use crate::ports::{Counters, Port, PortIo};
 
 use super::config::Config;
+use super::counters::Tally;
 use super::ipam::Ipam;
 use super::manager::Manager;
 use super::plumbing::{initial_netns, marker, own_netns, Kernel};
@@ -46,7 +47,8 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     let (taps, tap_index) = open_tap(cfg, &mut nl, &marker, gateway_mac)?;
 
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    if !cfg.no_dns {
+    let dns_counters = (!cfg.no_dns).then(|| Arc::new(dns::DnsCounters::default()));
+    if let Some(counters) = &dns_counters {
         let fallback = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
         let upstreams = resolv::upstreams(&cfg.dns, &host_resolv, fallback.as_deref());
         if upstreams.is_empty() {
@@ -55,9 +57,9 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
                  unanswered"
             );
         }
-        dns::start(cfg.gateway, upstreams, budget.clone()).with_context(|| {
-            format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway)
-        })?;
+        dns::start(cfg.gateway, upstreams, budget.clone(), counters.clone()).with_context(
+            || format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway),
+        )?;
     }
 
     let switch = Arc::new(Switch::new(vswitch_switch::Config {
@@ -120,6 +122,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         )
     }));
     let poll = cfg.poll;
+    let start_time = super::counters::unix_now();
     let (service, nat_jobs) = NatService::new(
         nat.clone(),
         fabric.clone(),
@@ -129,6 +132,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         relays,
     )
     .context("starting the NAT service")?;
+    let nat_busy = service.busy();
     std::thread::Builder::new()
         .name("vswitch-nat".into())
         .spawn(move || service.run(poll))?;
@@ -181,6 +185,13 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         pins_dir: pins::dir_for(&cfg.control),
         tap_index,
         watchdog: Watchdog::from_env(),
+        tally: Tally {
+            dns: dns_counters,
+            nat_busy,
+            fdb_capacity: cfg.fdb_size,
+            start_time,
+            ..Tally::default()
+        },
     };
     if let Some(previous) = previous {
         manager.adopt(previous);
