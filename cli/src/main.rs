@@ -149,10 +149,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the learned MAC addresses.
+    /// List the learned MAC addresses; or forget them (--flush), all or one port's.
     Fdb {
         #[arg(long)]
         json: bool,
+        /// Forget the MACs learned on PORT (a host interface as `vswitch ls` shows it, or the
+        /// TAP), or every learned MAC without PORT. Frames to them are flooded until they are
+        /// learned again.
+        #[arg(long, value_name = "PORT")]
+        flush: Option<Option<String>>,
     },
     /// Stop the daemon: it removes every port, the TAP and its state, or with --keep leaves the
     /// network for the next daemon to take over.
@@ -168,10 +173,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the NAT's connection-tracking table (like `conntrack -L`).
+    /// List the NAT's connection-tracking table (like `conntrack -L`), or delete flows from it
+    /// (`-D` with filters, `-F` for all): their sockets close and relayed TCP connections are
+    /// reset on both sides.
     Conntrack {
         #[arg(long)]
         json: bool,
+        /// Delete the flows the filters select (at least one filter).
+        #[arg(short = 'D', long)]
+        delete: bool,
+        /// Delete every flow.
+        #[arg(short = 'F', long, conflicts_with_all = ["delete", "proto", "src", "sport", "dst", "dport"])]
+        flush: bool,
+        /// Only flows of this protocol.
+        #[arg(short = 'p', long, value_enum)]
+        proto: Option<control::FlowProto>,
+        /// Only flows of the container with this address (the flow's inside end).
+        #[arg(short = 's', long, visible_alias = "container")]
+        src: Option<Ipv4Addr>,
+        /// Only flows of this container port (ICMP: the echo identifier).
+        #[arg(long)]
+        sport: Option<u16>,
+        /// Only flows with this remote address (the destination of an outgoing flow, the
+        /// client of a published one).
+        #[arg(short = 'd', long)]
+        dst: Option<Ipv4Addr>,
+        /// Only flows with this remote port.
+        #[arg(long)]
+        dport: Option<u16>,
     },
     /// vswitch as a CNI network for container runtimes (podman, containerd, Kubernetes).
     Cni {

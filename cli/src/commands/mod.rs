@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
-use crate::control::{Client, Plug, PortView, Selector, Target, Unplug};
+use crate::control::{Client, FlowFilter, Plug, PortView, Selector, Target, Unplug};
 use crate::{cni, daemon, observe, Cli, CniCommand, Command, TargetArg};
 
 mod table;
@@ -113,12 +113,24 @@ pub fn run(cli: Cli) -> Result<()> {
             table::ports(&ports);
             Ok(())
         }
-        Command::Fdb { json } => {
+        Command::Fdb { json, flush: None } => {
             let entries = client.fdb()?;
             if json {
                 return print_json(&entries);
             }
             table::fdb(&entries);
+            Ok(())
+        }
+        Command::Fdb {
+            json,
+            flush: Some(port),
+        } => {
+            let flushed = client.fdb_flush(port.clone())?;
+            if json {
+                return print_json(&flushed);
+            }
+            let from = port.map_or_else(String::new, |p| format!(" of {p}"));
+            println!("flushed {} learned MAC addresses{from}", flushed.len());
             Ok(())
         }
         Command::Stop { keep } => {
@@ -134,12 +146,42 @@ pub fn run(cli: Cli) -> Result<()> {
             table::stats(&stats);
             Ok(())
         }
-        Command::Conntrack { json } => {
-            let flows = client.conntrack()?;
+        Command::Conntrack {
+            json,
+            delete,
+            flush,
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+        } => {
+            let filter = FlowFilter {
+                proto,
+                inside: src,
+                inside_port: sport,
+                outside: dst,
+                outside_port: dport,
+            };
+            if delete && filter.is_empty() {
+                bail!(
+                    "conntrack -D needs a filter (-p, -s, --sport, -d, --dport); -F deletes \
+                     every flow"
+                );
+            }
+            let flows = match delete || flush {
+                true => client.conntrack_delete(filter)?,
+                false => (client.conntrack()?.into_iter())
+                    .filter(|f| table::flow_selected(&filter, f))
+                    .collect(),
+            };
             if json {
                 return print_json(&flows);
             }
             table::conntrack(&flows);
+            if delete || flush {
+                println!("{} flows deleted", flows.len());
+            }
             Ok(())
         }
         Command::Cni {

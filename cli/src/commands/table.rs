@@ -1,6 +1,8 @@
-//! The text output of `ls`, `fdb` and `conntrack`.
+//! The text output of `ls`, `fdb`, `conntrack` and `stats`.
 
-use crate::control::{FdbView, FlowRow, PortView, Stats};
+use std::net::SocketAddrV4;
+
+use crate::control::{FdbView, FlowFilter, FlowRow, HistogramView, PortView, Stats};
 
 /// How a port's container is named to the user: `pid 4242`, `netns /run/netns/x`, `host`, or
 /// for a runtime's attachment its container id, shortened as runtimes show it
@@ -23,7 +25,8 @@ pub fn ports(ports: &[PortView]) {
         .map(|p| container(p).len())
         .fold(10, usize::max);
     println!(
-        "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
+        "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6} {:>9} \
+         {:>12} {:>12} {:>11}",
         "PORT",
         "CONTAINER",
         "HOST-IF",
@@ -34,11 +37,21 @@ pub fn ports(ports: &[PortView]) {
         "RX-BYTES",
         "TX-FRAMES",
         "TX-BYTES",
-        "DROPS"
+        "DROPS",
+        "NAT-FLOWS",
+        "NAT-OUT-B",
+        "NAT-IN-B",
+        "NAT-REFUSED"
     );
     for p in ports {
+        // The NAT serves containers; the TAP's row has none of its counters.
+        let nat = |n: u64| match p.kind.as_str() {
+            "tap" => "-".to_string(),
+            _ => n.to_string(),
+        };
         println!(
-            "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
+            "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6} {:>9} \
+             {:>12} {:>12} {:>11}",
             p.port,
             container(p),
             p.host_ifname,
@@ -49,7 +62,11 @@ pub fn ports(ports: &[PortView]) {
             p.rx_bytes,
             p.tx_frames,
             p.tx_bytes,
-            p.drops
+            p.drops,
+            nat(p.nat_flows),
+            nat(p.nat_bytes_out),
+            nat(p.nat_bytes_in),
+            nat(p.nat_refused)
         );
     }
 }
@@ -68,6 +85,23 @@ pub fn fdb(entries: &[FdbView]) {
             e.age_ms as f64 / 1000.0
         );
     }
+}
+
+/// Whether a listed flow matches a filter (the daemon applies the same one to `-D`).
+pub fn flow_selected(filter: &FlowFilter, f: &FlowRow) -> bool {
+    let end = |s: &str| s.parse::<SocketAddrV4>().ok();
+    let (inside, outside) = (end(&f.inside), end(&f.outside));
+    let ip_is = |want: Option<std::net::Ipv4Addr>, end: Option<SocketAddrV4>| {
+        want.is_none_or(|ip| end.is_some_and(|e| *e.ip() == ip))
+    };
+    let port_is = |want: Option<u16>, end: Option<SocketAddrV4>| {
+        want.is_none_or(|p| end.is_some_and(|e| e.port() == p))
+    };
+    filter.proto.is_none_or(|p| p.as_str() == f.proto)
+        && ip_is(filter.inside, inside)
+        && port_is(filter.inside_port, inside)
+        && ip_is(filter.outside, outside)
+        && port_is(filter.outside_port, outside)
 }
 
 pub fn conntrack(flows: &[FlowRow]) {
@@ -136,7 +170,86 @@ pub fn stats(s: &Stats) {
     );
     println!(
         "nat drops       malformed {}, bad checksum {}, bad length {}, ttl exceeded {}, \
-         tagged {}, fragments {}, no flow {}",
-        n.malformed, n.bad_checksum, n.bad_length, n.ttl_exceeded, n.tagged, n.fragments, n.no_flow
+         tagged {}, fragments {}, no flow {}, no relay port {}, no echo id {}, unsupported {}, \
+         bad address {}",
+        n.malformed,
+        n.bad_checksum,
+        n.bad_length,
+        n.ttl_exceeded,
+        n.tagged,
+        n.fragments,
+        n.no_flow,
+        n.no_relay_port,
+        n.no_echo_ident,
+        n.unsupported,
+        n.bad_address
     );
+    println!(
+        "nat traffic     out {} packets {} bytes, in {} packets {} bytes; relayed TCP {} now, \
+         {} so far",
+        n.packets_out, n.bytes_out, n.packets_in, n.bytes_in, n.relays, n.relayed
+    );
+    let states: Vec<String> = (n.by_state.iter())
+        .map(|c| format!("{} {} {}", c.proto, c.state, c.flows))
+        .collect();
+    println!(
+        "nat flows       {}",
+        match states.is_empty() {
+            true => "none".to_string(),
+            false => states.join(", "),
+        }
+    );
+    let w = &s.switch;
+    println!(
+        "fdb aging       capacity {}, aged {}, flushed {}; own frames seen again {}",
+        w.fdb_capacity, w.aged, w.flushed, w.outgoing
+    );
+    let d = &s.dns;
+    match d.enabled {
+        true => println!(
+            "dns             udp queries {} (unanswered {}), tcp connections {} (failed {}), \
+             dropped {}; {}",
+            d.udp_queries,
+            d.udp_failed,
+            d.tcp_connections,
+            d.tcp_failed,
+            d.dropped,
+            latency(&d.latency)
+        ),
+        false => println!("dns             off (--no-dns)"),
+    }
+    let p = &s.plugs;
+    println!(
+        "plugs           plugged {} (failed {}), unplugged {}, exited {}; plug {}, unplug {}",
+        p.plugged,
+        p.failed,
+        p.unplugged,
+        p.exited,
+        latency(&p.plug_seconds),
+        latency(&p.unplug_seconds)
+    );
+    let busy: Vec<String> = (s.threads.iter())
+        .map(|t| format!("{} {:.3}s", t.name, t.busy_ns as f64 / 1e9))
+        .collect();
+    println!("busy            {}", busy.join(", "));
+    let drops: Vec<String> = (s.ports.iter())
+        .filter(|p| p.drops > 0)
+        .map(|p| {
+            format!(
+                "{} invalid {} tx {} kernel {}",
+                p.host_ifname, p.rx_invalid, p.tx_failed, p.kernel_drops
+            )
+        })
+        .collect();
+    if !drops.is_empty() {
+        println!("port drops      {}", drops.join("; "));
+    }
+}
+
+/// `mean 1.2ms over 40` for a histogram of durations.
+fn latency(h: &HistogramView) -> String {
+    match h.count {
+        0 => "no timings".to_string(),
+        n => format!("mean {:.1}ms over {n}", h.sum / n as f64 * 1e3),
+    }
 }
