@@ -114,6 +114,9 @@ pub enum Command {
         /// The same as --fast-path off.
         #[arg(long, conflicts_with = "fast_path")]
         no_fast_path: bool,
+        /// Serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9477).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
         /// Which log lines to write (error, warn, info, debug, trace, or a filter such as
         /// `warn,vswitch::natd=debug`); default: RUST_LOG, else info.
         #[arg(long)]

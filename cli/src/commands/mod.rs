@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
             poll_us,
             fast_path,
             no_fast_path,
+            metrics,
             log_level,
         } => {
             observe::log::init(log_level.as_deref())?;
@@ -55,6 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 } else {
                     fast_path
                 },
+                metrics,
             })
         }
         Command::Plug {

@@ -33,4 +33,6 @@ pub struct Config {
     /// Forward frames between learned containers in the kernel, on which hook (see
     /// `bpf::fastpath`).
     pub fast_path: crate::bpf::fastpath::Mode,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }

@@ -5,8 +5,9 @@
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::control::{self, Call};
+use crate::control::{self, Call, NoArgs, Reply, Request};
 use crate::natd::budget;
+use crate::observe;
 
 pub use cleanup::cleanup;
 pub use config::Config;
@@ -47,6 +48,14 @@ pub fn run(cfg: Config) -> Result<()> {
     let ipam = Ipam::new(cfg.subnet, cfg.gateway)?;
     let listener = control::bind(&cfg.control)
         .with_context(|| format!("control socket {}", cfg.control.display()))?;
+    let metrics = match cfg.metrics.map(std::net::TcpListener::bind).transpose() {
+        Ok(metrics) => metrics,
+        Err(e) => {
+            let _ = std::fs::remove_file(&cfg.control);
+            let addr = cfg.metrics.expect("bound only with an address");
+            return Err(e).with_context(|| format!("metrics endpoint {addr}"));
+        }
+    };
     let manager = match startup::start(&cfg, ipam, fd_limit) {
         Ok(m) => m,
         Err(e) => {
@@ -56,6 +65,13 @@ pub fn run(cfg: Config) -> Result<()> {
     };
     let (calls_tx, calls_rx) = crossbeam_channel::bounded::<Call>(64);
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(1);
+    if let Some(metrics) = metrics {
+        let calls = calls_tx.clone();
+        tracing::info!(address = %metrics.local_addr()?, "serving metrics on /metrics");
+        std::thread::Builder::new()
+            .name("vswitch-metrics".into())
+            .spawn(move || observe::http::serve(metrics, || scrape(&calls)))?;
+    }
     std::thread::Builder::new()
         .name("vswitch-ctl".into())
         .spawn(move || control::serve(listener, calls_tx))?;
@@ -89,4 +105,21 @@ pub fn run(cfg: Config) -> Result<()> {
     let _ = manager.join();
     let _ = std::fs::remove_file(&cfg.control);
     Ok(())
+}
+
+/// The metrics page: the manager's snapshot (the one `vswitch stats` prints), rendered.
+fn scrape(calls: &crossbeam_channel::Sender<Call>) -> Result<String, String> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let call = Call {
+        request: Request::Stats(NoArgs {}),
+        reply: tx,
+    };
+    let gone = || "the daemon is shutting down".to_string();
+    calls.send(call).map_err(|_| gone())?;
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Ok(Reply::Stats(stats))) => Ok(observe::metrics::render(&stats)),
+        Ok(Ok(_)) => Err("the manager answered something else than its stats".into()),
+        Ok(Err(f)) => Err(f.message),
+        Err(_) => Err(gone()),
+    }
 }
