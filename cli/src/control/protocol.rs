@@ -76,6 +76,22 @@ impl FlowFilter {
     }
 }
 
+impl fmt::Display for FlowFilter {
+    /// `all`, or the fields given: `proto=tcp,inside=10.1.1.2,outside_port=80`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        parts.extend(self.proto.map(|p| format!("proto={}", p.as_str())));
+        parts.extend(self.inside.map(|ip| format!("inside={ip}")));
+        parts.extend(self.inside_port.map(|p| format!("inside_port={p}")));
+        parts.extend(self.outside.map(|ip| format!("outside={ip}")));
+        parts.extend(self.outside_port.map(|p| format!("outside_port={p}")));
+        match parts.is_empty() {
+            true => f.write_str("all"),
+            false => f.write_str(&parts.join(",")),
+        }
+    }
+}
+
 /// A NAT flow's protocol, as a filter names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

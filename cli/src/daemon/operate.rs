@@ -69,7 +69,7 @@ impl Manager {
             self.nat_jobs.send(NatJob::Forget(gone));
         }
         tracing::info!(
-            filter = ?filter,
+            filter = %filter,
             flows = deleted.len(),
             relayed = relayed.len(),
             "deleted NAT flows"
@@ -98,7 +98,7 @@ impl Manager {
         // The fast path forwards by what the table held: take the forgotten MACs out of it now.
         self.sync_fast_path();
         tracing::info!(
-            port = name.unwrap_or("all"),
+            port = %name.unwrap_or("all"),
             entries = flushed,
             "flushed the forwarding table"
         );

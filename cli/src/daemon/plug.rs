@@ -278,7 +278,7 @@ impl Manager {
             ifname = %container.ifname,
             ip = %container.ip,
             mac = %container.mac,
-            fast_path = container.fast_link.as_ref().map_or("off", |l| l.hook().name()),
+            fast_path = %container.fast_link.as_ref().map_or("off", |l| l.hook().name()),
             "plugged"
         );
         let resolv = match write_resolv {

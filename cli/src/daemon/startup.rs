@@ -93,11 +93,8 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         })
         .flatten();
     let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size, pins);
-    tracing::info!(
-        hook = fast_path
-            .as_ref()
-            .map_or("off", |_| why.split(' ').next().unwrap_or("?")),
-        "kernel fast path: {why}"
+    let hook = (fast_path.as_ref()).map_or("off", |_| why.split(' ').next().unwrap_or("?"));
+    tracing::info!(hook = %hook, "kernel fast path: {why}"
     );
     let fabric = Fabric::new(switch, spread_program.clone());
     let homes = cfg.spread != Spread::Hash;
