@@ -10,7 +10,8 @@
 //! - `wan.rs`: a simulated outside world for the NAT, with its servers;
 //! - `traffic.rs`: pings and checksummed TCP transfers; `process.rs`: running commands with
 //!   timeouts, background processes, and waiting on a condition with a deadline;
-//! - `json.rs`: the daemon's `--json` output, read with `serde_json`.
+//! - `json.rs`: the daemon's `--json` output, read with `serde_json`;
+//! - `metrics.rs`: the daemon's `/metrics` page, scraped and checked with `promtool`.
 //!
 //! Traffic only ever flows between these namespaces: nothing is added to the root namespace.
 //! Names are unique per test process and per object (`vswt<pid>x<n>`), so tests run in parallel.
@@ -23,6 +24,7 @@
 pub mod cni;
 mod container;
 mod json;
+pub mod metrics;
 mod netns;
 mod process;
 mod sandbox;

@@ -18,6 +18,9 @@ pub struct SandboxOptions {
     pub control: Option<PathBuf>,
     /// Extra arguments for `vswitch run`.
     pub extra_args: Vec<String>,
+    /// Run the daemon as systemd runs a service logging to journald: `JOURNAL_STREAM` names
+    /// its stderr (the log file).
+    pub journal: bool,
 }
 
 impl Default for SandboxOptions {
@@ -26,6 +29,7 @@ impl Default for SandboxOptions {
             subnet: SUBNET.to_string(),
             control: None,
             extra_args: Vec::new(),
+            journal: false,
         }
     }
 }
@@ -69,6 +73,11 @@ impl Sandbox {
         let log = dir.path.join("daemon.log");
         let log_file = fs::File::create(&log).expect("create daemon log");
         let mut cmd = host.cmd(VSWITCH, &["run", "--subnet", &opts.subnet, "--control"]);
+        if opts.journal {
+            use std::os::unix::fs::MetadataExt;
+            let meta = log_file.metadata().expect("stat the daemon log");
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
         cmd.arg(&control)
             .args(&opts.extra_args)
             .env("RUST_BACKTRACE", "1")

@@ -64,7 +64,7 @@ impl DnsCounters {
         failed.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.log.allow() {
             tracing::warn!(
-                transport,
+                transport = %transport,
                 suppressed,
                 "DNS upstreams failed, a container's query goes unanswered: {why}"
             );
