@@ -11,8 +11,9 @@ export DEBIAN_FRONTEND=noninteractive
 #   Rust crates), curl + ca-certificates (the rustup installer, only if no Rust toolchain is found),
 #   podman + runc + busybox-static (the CNI test runs a real container: podman's CNI backend,
 #   runc as its runtime, an image built from the static busybox; podman brings the CNI
-#   reference plugins that benches/cni.sh compares with).
-VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates podman runc busybox-static)
+#   reference plugins that benches/cni.sh compares with), prometheus (its `promtool check
+#   metrics` checks the daemon's /metrics page in tests/e2e_observe.rs; curl scrapes it).
+VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates podman runc busybox-static prometheus)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
