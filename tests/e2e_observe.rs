@@ -644,11 +644,25 @@ fn conntrack_delete_closes_sockets_and_resets_relayed_connections_and_flush_empt
     assert_eq!(left.len(), 1, "only the UDP flow is left: {left:?}");
     assert_eq!(left[0].str("proto"), "udp");
 
-    // Deleting the UDP flow closes its host socket: the container's next datagram makes a
+    // Deleting the UDP flow closes its host socket; the container's next datagram makes a
     // new flow, which leaves through a new socket (the outside sees another port).
+    let udp_socket = |port: &str| {
+        let filter = format!("sport = :{port}");
+        let out = run_timeout(sb.host_cmd("ss", &["-H", "-uan", &filter]), CMD).ok();
+        !out.stdout.trim().is_empty()
+    };
+    assert!(
+        udp_socket(&first_port),
+        "the flow's host socket is not on port {first_port}"
+    );
     sb.vswitch(&["conntrack", "-D", "-s", "10.1.1.2", "-p", "udp"])
         .ok();
     assert!(conntrack(&sb).is_empty());
+    wait_for(
+        DEADLINE,
+        || (!udp_socket(&first_port)).then_some(()),
+        || format!("the deleted flow's socket (port {first_port}) is still open"),
+    );
     ask.send("?");
     let second_port = ask.line(DEADLINE);
     assert_ne!(first_port, second_port, "the old flow's socket was kept");
