@@ -25,7 +25,9 @@ use vswitch_switch::MacAddr;
 
 /// The protocol version this build speaks. Bump it whenever a message changes shape.
 /// 2: attachments (`container_id`, `network`, `resolv` on `plug`; selection by attachment),
-/// `inspect`, `gc`, the subnet in `stats`.
+/// `inspect`, `gc`, the subnet in `stats`. Added since without a bump (nothing existing changed
+/// shape): the requests `conntrack_delete` and `fdb_flush`, which an older daemon refuses as
+/// malformed, and fields with defaults in `stats` and the port view.
 pub const PROTOCOL: u32 = 2;
 
 /// Requests longer than this are refused: no legitimate request is anywhere near it.
