@@ -132,6 +132,8 @@ pub enum Verdict {
     /// to be sent one by one or with `UDP_SEGMENT`.
     UdpOut {
         flow: FlowId,
+        /// The container's address and port.
+        from: SocketAddrV4,
         dst: SocketAddrV4,
         payload: Range<usize>,
         new: bool,
@@ -531,6 +533,7 @@ impl Nat {
             let verdict = match flow.kind {
                 Kind::UdpEgress => Verdict::UdpOut {
                     flow: id,
+                    from: sock(pkt.src, udp.sport),
                     dst: sock(pkt.dst, udp.dport),
                     payload,
                     new: false,
@@ -559,6 +562,7 @@ impl Nat {
         match self.table.create(&mut sh, flow, extra, now) {
             Ok(flow) => Verdict::UdpOut {
                 flow,
+                from: sock(pkt.src, udp.sport),
                 dst: sock(pkt.dst, udp.dport),
                 payload,
                 new: true,

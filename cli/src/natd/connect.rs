@@ -57,7 +57,10 @@ impl NatService {
         }
         // No descriptors for the connection: refused now, with a reset, rather than failing
         // later half-way.
-        let Some(lease) = self.budget.lease(TCP_RELAY, "a TCP connection") else {
+        let Some(lease) = self
+            .budget
+            .lease(TCP_RELAY, Some(*from.ip()), "a TCP connection")
+        else {
             let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
             return self.refuse_syn(flow, &syn, &refused);
         };

@@ -48,7 +48,7 @@ fn serve_udp(socket: UdpSocket, upstreams: Arc<Vec<SocketAddr>>, budget: Arc<FdB
             continue; // not a DNS message, or overloaded: drop, the client retries
         }
         // A query's socket upstream is paid for from the budget, like a flow's.
-        let Some(lease) = budget.lease(1, "a DNS query") else {
+        let Some(lease) = budget.lease(1, client_v4(client), "a DNS query") else {
             continue;
         };
         let query = buf[..len].to_vec();
@@ -95,12 +95,20 @@ fn ask_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     None
 }
 
+/// The container a DNS client is (its queries count against its share of the descriptors).
+fn client_v4(client: SocketAddr) -> Option<Ipv4Addr> {
+    match client {
+        SocketAddr::V4(a) => Some(*a.ip()),
+        SocketAddr::V6(_) => None,
+    }
+}
+
 /// Descriptors a DNS-over-TCP connection holds: both sockets and a clone of each.
 const TCP_QUERY_FDS: usize = 4;
 
 fn serve_tcp(listener: TcpListener, upstreams: Arc<Vec<SocketAddr>>, budget: Arc<FdBudget>) {
     loop {
-        let lease = budget.lease(TCP_QUERY_FDS, "a DNS connection");
+        let lease = budget.lease(TCP_QUERY_FDS, None, "a DNS connection");
         let conn = match listener.accept() {
             Ok((conn, _)) => conn,
             Err(e) => {

@@ -44,6 +44,8 @@ pub enum NatJob {
     },
     UdpOut {
         flow: FlowId,
+        /// The container's address and port.
+        from: SocketAddrV4,
         dst: SocketAddrV4,
         payload: Vec<u8>,
         gso_size: u16,

@@ -108,7 +108,11 @@ impl NatService {
         let container = *container;
         loop {
             // Leased before the accept: a client the daemon cannot serve is reset at once.
-            let lease = self.budget.lease(TCP_RELAY, "a published TCP connection");
+            let lease = self.budget.lease(
+                TCP_RELAY,
+                Some(*container.ip()),
+                "a published TCP connection",
+            );
             let Some(Entry::PubTcp { listener, .. }) = self.entries.get(&token) else {
                 return;
             };
@@ -226,7 +230,10 @@ impl NatService {
         let token = match self.pub_udp_local.get(&(id, client)) {
             Some(t) => *t,
             None => {
-                let Some(lease) = self.budget.lease(UDP_FLOW, "a published UDP client") else {
+                let Some(lease) =
+                    self.budget
+                        .lease(UDP_FLOW, Some(*container.ip()), "a published UDP client")
+                else {
                     return;
                 };
                 let sock = match UdpSocket::bind((self.gateway, 0)) {

@@ -188,10 +188,11 @@ impl NatService {
             } => self.tcp_connect(flow, from, dst, syn),
             NatJob::UdpOut {
                 flow,
+                from,
                 dst,
                 payload,
                 gso_size,
-            } => self.udp_out(flow, dst, &payload, gso_size),
+            } => self.udp_out(flow, from, dst, &payload, gso_size),
             NatJob::UdpToClient {
                 publish_id,
                 client,
