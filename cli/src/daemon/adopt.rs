@@ -184,7 +184,7 @@ impl Manager {
     }
 }
 
-fn record(c: &Container) -> PortRecord {
+pub(super) fn record(c: &Container) -> PortRecord {
     let (pid, netns) = match &c.target {
         Target::Pid(pid) => (Some(*pid), None),
         Target::Netns(path) => (None, Some(path.clone())),

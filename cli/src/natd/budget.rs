@@ -109,6 +109,16 @@ impl FdBudget {
         }
     }
 
+    /// Leases `n` descriptors that are open already (a flow taken over from another process):
+    /// always granted, since refusing would not close them.
+    pub fn lease_held(self: &Arc<Self>, n: usize) -> Lease {
+        self.leased.fetch_add(n, Relaxed);
+        Lease {
+            budget: self.clone(),
+            n,
+        }
+    }
+
     /// A system call failed for want of descriptors despite the budget: counted and logged,
     /// never taken for anything else (a closed socket, a container gone).
     pub fn exhausted(&self, what: &str) {
