@@ -62,12 +62,12 @@ pub fn take_over(cfg: Config, signals: SigSet, fd_limit: usize) -> Result<()> {
         .then(|| Pins::open(&pins::dir_for(&cfg.control)).ok())
         .flatten();
     let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size, pins);
-    eprintln!("vswitch: kernel fast path: {why}");
     let nl = Netlink::open().context("opening netlink")?;
 
     let started = Instant::now();
     let (snapshot, fds, pid) = ask(&cfg, &conn)?;
     let received = started.elapsed();
+    eprintln!("vswitch: kernel fast path: {why}");
     // From here on a failure must leave everything to the old process, which resumes when it
     // hears no `ready`: exit without running destructors (a dropped fast-path attachment would
     // unpin the link the old process's ports run on).
