@@ -552,3 +552,141 @@ fn a_takeover_that_never_says_ready_leaves_the_daemon_serving() {
     assert_eq!(sent, received);
     assert!(matches!(w.daemons[0].0.try_wait(), Ok(None)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Crash and restart
+// ---------------------------------------------------------------------------------------------
+
+/// How long after `since` the container first gets an answer from `ip` (one probe at a time).
+fn answered_after(c: &Container, ip: &str, since: Instant, limit: Duration) -> Option<Duration> {
+    poll(limit, || {
+        let mut ping = c.cmd("ping", &["-c", "1", "-W", "0.1", "-q", ip]);
+        run(&mut ping).success().then(|| since.elapsed())
+    })
+}
+
+#[test]
+fn a_killed_daemon_restarts_with_the_same_network() {
+    let mut w = World::start();
+    let (c1, c2) = (Container::plain(), Container::plain());
+    let mut gone = Container::plain();
+    w.plug(&c1, &[]);
+    w.plug(&c2, &[]);
+    w.plug(&gone, &[]);
+    let before = w.ports();
+    assert!(c1.ping(WAN_IP), "the outside answers before the crash");
+    let pings = Pinger::start("c1 -> c2", c1.cmd("ping", &[]), "10.1.1.3", 400);
+    thread::sleep(Duration::from_millis(500));
+
+    // kill -9, and a container exits while no daemon runs.
+    signal(w.daemons[0].0.id(), "KILL");
+    w.wait_exit(0, Duration::from_secs(5));
+    gone.kill();
+    thread::sleep(Duration::from_millis(1500));
+    w.run_daemon(VSWITCH, &[]);
+    let serving = Instant::now();
+
+    // The gateway and the outside answer again within a second of the restart.
+    let limit = Duration::from_secs(5);
+    let gw = answered_after(&c1, GATEWAY, serving, limit).expect("the gateway never answered");
+    let out = answered_after(&c1, WAN_IP, serving, limit).expect("the outside never answered");
+    eprintln!("after the restart: the gateway answered after {gw:?}, the outside after {out:?}");
+    assert!(
+        gw < Duration::from_secs(1),
+        "the gateway answered after {gw:?}"
+    );
+    assert!(
+        out < Duration::from_secs(1),
+        "the outside answered after {out:?}"
+    );
+    // Containers talked to each other throughout (the kernel fast path).
+    let (sent, received) = pings.finish();
+    assert_eq!(sent, received, "pings between containers across the crash");
+
+    // The same ports, less the container that exited, whose veth is gone too.
+    let expected: Vec<_> = (before.iter())
+        .filter(|p| p.0 != u64::from(gone.pid))
+        .cloned()
+        .collect();
+    assert_eq!(w.ports(), expected);
+    assert!(
+        !w.host.links().contains(&gone.host_port()),
+        "{:?}",
+        w.host.links()
+    );
+    assert!(
+        w.log(1).contains("exited while no daemon ran"),
+        "{}",
+        w.log(1)
+    );
+    // New plugs work, and get the address that was freed.
+    let c4 = Container::plain();
+    let port = w.plug(&c4, &[]);
+    assert_eq!(port.str("ip"), "10.1.1.4");
+    assert!(c4.ping("10.1.1.2") && c4.ping(GATEWAY));
+}
+
+#[test]
+fn a_restart_refuses_or_sets_aside_what_it_cannot_trust_and_leaves_the_host_alone() {
+    let mut w = World::start();
+    let c1 = Container::plain();
+    w.plug(&c1, &[]);
+    w.vswitch(&["stop", "--keep"]).ok();
+    assert!(w.wait_exit(0, Duration::from_secs(5)).success());
+    let state = w.control.with_extension("state");
+    let links = {
+        let mut l = w.host.links();
+        l.sort();
+        l
+    };
+    assert!(links.contains(&c1.host_port()), "{links:?}");
+
+    // A state file of another subnet: refused before anything is touched.
+    let net = format!("--net={}", w.host.path());
+    let control = w.control.display().to_string();
+    let mut other = command("nsenter", &[&net, VSWITCH]);
+    other.args(["run", "--subnet", "10.1.2.0/24", "--control", &control]);
+    let line = run(other).vswitch_error();
+    assert!(
+        line.contains("another network") && line.contains("10.1.2.0/24"),
+        "{line}"
+    );
+    let mut now = w.host.links();
+    now.sort();
+    assert_eq!(now, links, "a refused start touched the host's links");
+    assert!(state.exists(), "the state file is kept");
+
+    // A link named like a port but not this switch's (no mark), and no state at all for it:
+    // reported, left alone.
+    run(w.host.cmd(
+        "ip",
+        &[
+            "link",
+            "add",
+            "vsw-999999",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vswpeer0",
+        ],
+    ))
+    .ok();
+    // A corrupt state file: set aside, the daemon starts without it; the links it described
+    // carry the switch's mark, so they are provably its own and removed.
+    fs::write(&state, b"{\"format\":1, this is not JSON").unwrap();
+    w.run_daemon(VSWITCH, &[]);
+    let log = w.log(1);
+    assert!(log.contains("is unreadable"), "{log}");
+    assert!(state.with_extension("state.bad").exists());
+    assert!(
+        log.contains("vsw-999999 looks like a vswitch port but is not this switch's"),
+        "{log}"
+    );
+    let links = w.host.links();
+    assert!(links.contains(&"vsw-999999".to_string()), "{links:?}");
+    assert!(!links.contains(&c1.host_port()), "{links:?}");
+    // The container can be plugged again.
+    w.plug(&c1, &[]);
+    assert!(c1.ping(GATEWAY));
+}
