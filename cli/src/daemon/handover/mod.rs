@@ -63,7 +63,7 @@ pub const FORMAT: u32 = 1;
 /// it.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The longest JSON snapshot accepted (a full table of 65536 flows is some 30 MB).
+/// The longest JSON snapshot accepted (a full table of 65536 flows is some 24 MB).
 pub const MAX_SNAPSHOT: usize = 1 << 30;
 
 /// What makes two daemons the same network: a process for another one must not take over.
