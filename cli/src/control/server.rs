@@ -74,7 +74,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// in progress), nothing is accepted: connections wait in the listener's backlog for whichever
 /// process serves next (the listener is shared with it).
 pub fn serve(listener: UnixListener, calls: Sender<Call>, hold: Arc<AtomicBool>) {
-    // Non-blocking and polled, so that a hold is seen within a poll's timeout.
+    // Non-blocking and polled, so that a hold set while waiting is seen before an accept.
     if listener.set_nonblocking(true).is_err() {
         return;
     }
@@ -83,8 +83,9 @@ pub fn serve(listener: UnixListener, calls: Sender<Call>, hold: Arc<AtomicBool>)
             std::thread::sleep(Duration::from_millis(2));
             continue;
         }
+        // A hold set meanwhile is seen before the next accept.
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::from(20u16)), Ok(n) if n > 0) {
+        if !matches!(poll(&mut fds, PollTimeout::from(1000u16)), Ok(n) if n > 0) {
             continue;
         }
         if hold.load(Ordering::SeqCst) {

@@ -358,8 +358,11 @@ fn build(
             fds.unused()
         );
     }
-    // What the daemon holds open now is its own (flows and pairs leased theirs above).
-    budget.reserve(open_now().saturating_sub(budget.view().leased) + SLACK);
+    // What the daemon holds open now is its own, less what flows and pairs leased and what
+    // the ports reserved above.
+    let ports: usize = snap.ports.iter().map(|p| p.queues.len() + 1).sum();
+    let leased = budget.view().leased;
+    budget.reserve(open_now().saturating_sub(leased + ports) + SLACK);
     eprintln!(
         "vswitch: the old process leased {} descriptors to traffic, this one {}",
         snap.leased,
