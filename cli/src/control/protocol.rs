@@ -44,6 +44,29 @@ pub enum Request {
     Stop(StopArgs),
     Inspect(Inspect),
     Gc(Gc),
+    /// A new process asks the daemon for everything it serves (`vswitch run --takeover`): the
+    /// answer is followed by the daemon's state and descriptors (see `daemon::handover`).
+    Handover(HandoverArgs),
+}
+
+/// `handover`: the hand-over format the new process reads (not the protocol's version: a
+/// daemon and its successor may speak different protocols) and the network it was started
+/// for, which must be the daemon's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverArgs {
+    pub format: u32,
+    #[serde(default)]
+    pub network: serde_json::Value,
+}
+
+/// The daemon's answer to `handover`: its state follows, `bytes` of JSON and `fds`
+/// descriptors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandoverOffer {
+    pub format: u32,
+    pub pid: u32,
+    pub bytes: usize,
+    pub fds: usize,
 }
 
 /// The body of a request that takes no arguments (any field is refused).
@@ -754,6 +777,7 @@ pub enum Reply {
     Fdb(Vec<FdbView>),
     Flows(Vec<FlowRow>),
     Stats(Box<Stats>),
+    Handover(HandoverOffer),
 }
 
 /// What kind of failure an error response reports, for clients that act on it (the CNI plugin

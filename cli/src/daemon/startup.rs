@@ -1,6 +1,7 @@
 //! Bringing the daemon up: the TAP with the gateway address, the DNS forwarder, the switch,
 //! the eBPF programs, the datapath workers and the NAT service.
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +19,7 @@ use crate::ports::tap::Tap;
 use crate::ports::{Counters, Port, PortIo};
 
 use super::config::Config;
+use super::handover::{Handoff, Network};
 use super::ipam::Ipam;
 use super::manager::Manager;
 use super::plumbing::{initial_netns, marker, own_netns, Kernel};
@@ -36,8 +38,13 @@ fn default_max_flows(fd_limit: usize) -> usize {
 }
 
 /// Creates the TAP with the gateway address and starts the datapath, the NAT service and the
-/// DNS forwarder.
-pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
+/// DNS forwarder. `control` is the control socket's listener, for a later hand-over.
+pub fn start(
+    cfg: &Config,
+    ipam: Ipam,
+    fd_limit: usize,
+    control: RawFd,
+) -> Result<(Manager, Handoff)> {
     let budget = FdBudget::new(fd_limit);
     let previous = previous_state(cfg)?;
     let marker = marker(&cfg.control);
@@ -46,15 +53,13 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     let (taps, tap_index) = open_tap(cfg, &mut nl, &marker, gateway_mac)?;
 
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut dns_fds = None;
     if !cfg.no_dns {
-        let fallback = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
-        let upstreams = resolv::upstreams(&cfg.dns, &host_resolv, fallback.as_deref());
-        if upstreams.is_empty() {
-            eprintln!("vswitch: no upstream DNS resolver known (give --dns): containers' queries will go unanswered");
-        }
-        dns::start(cfg.gateway, upstreams, budget.clone()).with_context(|| {
+        let upstreams = dns_upstreams(cfg, &host_resolv);
+        let fds = dns::start(cfg.gateway, upstreams, budget.clone()).with_context(|| {
             format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway)
         })?;
+        dns_fds = Some(fds);
     }
 
     let switch = Arc::new(Switch::new(vswitch_switch::Config {
@@ -94,23 +99,8 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     let mut datapath =
         Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
     let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
-    let max_flows = cfg.max_flows.unwrap_or_else(|| default_max_flows(fd_limit));
-    let default_shares = Shares::for_table(max_flows);
-    eprintln!("vswitch: NAT tracks up to {max_flows} flows (descriptor limit {fd_limit})");
-    let nat = Arc::new(Nat::new(NatConfig {
-        max_flows,
-        shares: Shares {
-            flows: cfg.max_flows_per_container.unwrap_or(default_shares.flows),
-            half_open: cfg.max_half_open.unwrap_or(default_shares.half_open),
-        },
-        ..NatConfig::new(
-            cfg.gateway,
-            gateway_mac.0,
-            cfg.subnet.network,
-            cfg.subnet.prefix,
-            relays.iter().map(|(_, port)| *port).collect(),
-        )
-    }));
+    let relay_ports = relays.iter().map(|(_, port)| *port).collect();
+    let nat = Arc::new(Nat::new(nat_config(cfg, fd_limit, relay_ports)));
     let poll = cfg.poll;
     let (service, nat_jobs) = NatService::new(
         nat.clone(),
@@ -147,7 +137,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         nl,
         marker: marker.clone(),
         spread: cfg.spread,
-        spread_program,
+        spread_program: spread_program.clone(),
     };
     // What the daemon holds open now is its own, plus a slack for control connections and
     // the threads that open a namespace or a file for a moment.
@@ -183,7 +173,46 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         fast.prune_links(&ports);
     }
     manager.save_state();
-    Ok(manager)
+    let handoff = Handoff {
+        hold: Arc::default(),
+        network: Network::of(cfg),
+        control,
+        dns: dns_fds,
+        spread: spread_program,
+    };
+    Ok((manager, handoff))
+}
+
+/// The NAT's configuration: the network's, with the bounds given or what the descriptors can
+/// carry.
+pub(super) fn nat_config(cfg: &Config, fd_limit: usize, relay_ports: Vec<u16>) -> NatConfig {
+    let max_flows = cfg.max_flows.unwrap_or_else(|| default_max_flows(fd_limit));
+    let default_shares = Shares::for_table(max_flows);
+    eprintln!("vswitch: NAT tracks up to {max_flows} flows (descriptor limit {fd_limit})");
+    NatConfig {
+        max_flows,
+        shares: Shares {
+            flows: cfg.max_flows_per_container.unwrap_or(default_shares.flows),
+            half_open: cfg.max_half_open.unwrap_or(default_shares.half_open),
+        },
+        ..NatConfig::new(
+            cfg.gateway,
+            MacAddr::from_ipv4(cfg.gateway).0,
+            cfg.subnet.network,
+            cfg.subnet.prefix,
+            relay_ports,
+        )
+    }
+}
+
+/// The resolvers the DNS forwarder asks: `--dns`, else the host's.
+pub(super) fn dns_upstreams(cfg: &Config, host_resolv: &str) -> Vec<std::net::SocketAddr> {
+    let fallback = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+    let upstreams = resolv::upstreams(&cfg.dns, host_resolv, fallback.as_deref());
+    if upstreams.is_empty() {
+        eprintln!("vswitch: no upstream DNS resolver known (give --dns): containers' queries will go unanswered");
+    }
+    upstreams
 }
 
 /// The state a previous daemon of this switch left; a daemon started for another network is

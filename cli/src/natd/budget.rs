@@ -161,6 +161,20 @@ impl FdBudget {
         }
     }
 
+    /// Leases `n` descriptors that are open already (a flow taken over from another process):
+    /// always granted, since refusing would not close them.
+    pub fn lease_held(self: &Arc<Self>, n: usize, owner: Option<Ipv4Addr>) -> Lease {
+        self.leased.fetch_add(n, Relaxed);
+        if let Some(owner) = owner {
+            *self.owners().entry(owner).or_default() += n;
+        }
+        Lease {
+            budget: self.clone(),
+            n,
+            owner,
+        }
+    }
+
     /// A system call failed for want of descriptors despite the budget: counted and logged,
     /// never taken for anything else (a closed socket, a container gone).
     pub fn exhausted(&self, what: &str) {

@@ -21,11 +21,11 @@ const ACCEPT_WAIT: Duration = Duration::from_secs(30);
 
 /// A connected upstream whose container side has not reached the relay yet.
 pub(super) struct Waiting {
-    upstream: TcpStream,
+    pub upstream: TcpStream,
     /// The container's address and port.
-    from: SocketAddrV4,
-    since: Instant,
-    lease: Lease,
+    pub from: SocketAddrV4,
+    pub since: Instant,
+    pub lease: Lease,
 }
 
 impl Waiting {

@@ -199,6 +199,33 @@ impl PacketSocket {
         Ok(sockets)
     }
 
+    /// A socket another process opened (a hand-over), bound, in its fanout group, set up as
+    /// `open` sets it up; it gets `filter` (this process's fast-path filter, on the same maps)
+    /// in place of the old one, in one step.
+    pub fn from_fd(fd: OwnedFd, filter: Option<RawFd>) -> io::Result<PacketSocket> {
+        let raw = fd.as_raw_fd();
+        if let Some(prog) = filter {
+            setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_BPF, &prog)?;
+        }
+        let mut bypass: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `bypass` and `len` are live and sized for an int option.
+        let ret = unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                &mut bypass as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        Ok(PacketSocket {
+            fd,
+            drops: AtomicU64::new(0),
+            bypass: AtomicBool::new(ret == 0 && bypass != 0),
+        })
+    }
+
     /// Opens a non-blocking AF_PACKET socket bound to interface `ifindex`, with the eBPF socket
     /// `filter` if given.
     pub fn open(ifindex: u32, filter: Option<RawFd>) -> io::Result<PacketSocket> {
