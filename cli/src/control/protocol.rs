@@ -866,8 +866,12 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Failure> {
     let map = value
         .as_object_mut()
         .ok_or_else(|| invalid(&"not a JSON object"))?;
+    // A hand-over is how one version of the daemon gives way to the next: it carries a format
+    // version of its own, which is the one that must match.
+    let handover = map.get("cmd").and_then(|c| c.as_str()) == Some("handover");
     match map.remove("v") {
         Some(v) if v.as_u64() == Some(u64::from(PROTOCOL)) => {}
+        _ if handover => {}
         Some(v) => return Err(version_mismatch(v.as_u64().or(Some(0)), "daemon")),
         None => return Err(version_mismatch(None, "daemon")),
     }
@@ -1027,6 +1031,18 @@ mod tests {
             let err = decode(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::Invalid, "{bad}: {err}");
             assert!(err.message.starts_with("malformed request"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_handover_is_heard_whatever_the_protocol_version() {
+        for v in ["", r#""v":1,"#, r#""v":99,"#] {
+            let text = format!(r#"{{{v}"cmd":"handover","format":1,"network":{{}}}}"#);
+            assert!(
+                matches!(decode(&text), Ok(Request::Handover(_))),
+                "{text}: {:?}",
+                decode(&text)
+            );
         }
     }
 
