@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::SigSet;
 use vswitch_nat::Nat;
-use vswitch_switch::{FdbEntry, MacAddr, PortId, PortInfo, Switch};
+use vswitch_switch::{FdbEntry, PortId};
 
 use crate::bpf::fanout::SpreadProgram;
 use crate::bpf::fastpath::{self, FastPath, MAX_PORTS};
@@ -20,14 +20,14 @@ use crate::bpf::pins::{self, Pins};
 use crate::control::{
     decode_response, encode_request, HandoverArgs, HandoverOffer, Request, MAX_REQUEST,
 };
-use crate::datapath::{now_ms, Datapath, Fabric, TAP_PORT};
+use crate::datapath::{now_ms, Datapath, Fabric};
 use crate::kernel::fdpass::{FdIn, FdStream};
 use crate::kernel::netlink::Netlink;
 use crate::natd::budget::{open_now, FdBudget, TCP_RELAY};
 use crate::natd::{dns, NatHook, NatService};
 use crate::ports::packet::PacketSocket;
 use crate::ports::tap::Tap;
-use crate::ports::{Counters, Port, PortIo};
+use crate::ports::PortIo;
 
 use super::super::adopt::Recorded;
 use super::super::config::Config;
@@ -35,9 +35,7 @@ use super::super::error::DaemonError;
 use super::super::ipam::Ipam;
 use super::super::manager::Manager;
 use super::super::plug::{NewPort, Undo};
-use super::super::plumbing::{initial_netns, marker, own_netns, Kernel};
-use super::super::startup::{dns_upstreams, nat_config};
-use super::super::state;
+use super::super::startup::{dns_upstreams, nat_config, nat_hook, new_switch, tap_port, Parts};
 use super::super::systemd::{self, Watchdog};
 use super::{Handoff, Network, PortSnap, Snapshot, FORMAT, MAX_SNAPSHOT, TIMEOUT};
 
@@ -217,19 +215,7 @@ fn build(
     nl: Netlink,
 ) -> Result<Built> {
     let budget = FdBudget::new(fd_limit);
-    let gateway_mac = MacAddr::from_ipv4(cfg.gateway);
     let listener = UnixListener::from(fds.take(snap.control)?);
-    let switch = Arc::new(Switch::new(vswitch_switch::Config {
-        fdb_capacity: cfg.fdb_size,
-        fdb_age_ms: cfg.fdb_age_secs.saturating_mul(1000),
-    }));
-    switch.add_port(
-        TAP_PORT,
-        PortInfo {
-            mac: gateway_mac,
-            ip: Some(cfg.gateway),
-        },
-    );
     let spread_program = match snap.spread {
         Some([prog, mode]) => Some(Arc::new(SpreadProgram::from_fds(
             fds.take(prog)?,
@@ -237,9 +223,9 @@ fn build(
         ))),
         None => None,
     };
-    let fabric = Fabric::new(switch, spread_program.clone());
+    let fabric = Fabric::new(new_switch(cfg), spread_program.clone());
     let homes = cfg.spread != crate::bpf::fanout::Spread::Hash;
-    let datapath =
+    let mut datapath =
         Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
     let pool = datapath.relays();
     let relay_ports = snap.service.relays.iter().map(|(_, port)| *port).collect();
@@ -258,26 +244,13 @@ fn build(
         &mut fds,
     )
     .context("restoring the NAT service")?;
-    let hook = Arc::new(NatHook {
-        nat: nat.clone(),
-        gateway_mac: gateway_mac.0,
-        service: nat_jobs.clone(),
-        fabric,
-    });
+    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric);
     let taps = (snap.tap.iter())
         .map(|&i| Ok(Box::new(Tap::from_fd(fds.take(i)?)) as Box<dyn PortIo>))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let tap = Port {
-        id: TAP_PORT,
-        name: cfg.tap.clone(),
-        queues: taps,
-        by_flow: true,
-        counters: Counters::default(),
-    };
+    let tap = tap_port(cfg, taps);
     snap.tap_counters.store(&tap.counters);
-    let mut datapath = datapath;
     datapath.add_port(Arc::new(tap))?;
-
     let dns = match snap.dns {
         Some([udp, tcp]) => Some((
             UdpSocket::from(fds.take(udp)?),
@@ -290,63 +263,24 @@ fn build(
         Some(_) => dns_upstreams(cfg, &host_resolv),
         None => Vec::new(),
     };
-    let marker = marker(&cfg.control);
-    let plumbing = Kernel {
-        nl,
-        marker: marker.clone(),
-        spread: cfg.spread,
-        spread_program: spread_program.clone(),
-    };
     if let Some(path) = &snap.notify_socket {
         systemd::set_socket(path.into());
     }
-    let watchdog = Watchdog::from_env().or(snap.watchdog_usec.map(Watchdog::every));
-    let mut manager = Manager {
-        ipam: Ipam::new(cfg.subnet, cfg.gateway)?,
-        mtu: cfg.mtu,
-        tap_name: cfg.tap.clone(),
-        gateway_mac,
-        own_netns: own_netns().context("identifying the daemon's own network namespace")?,
-        initial_netns: initial_netns(),
-        plumbing: Box::new(plumbing),
+    let parts = Parts {
+        nl,
+        spread_program: spread_program.clone(),
         datapath,
-        containers: Vec::new(),
         nat,
         nat_jobs,
         host_resolv,
-        last_expiry: snap.last_expiry,
         fast_path,
         budget: budget.clone(),
-        marker,
-        state_path: state::path_for(&cfg.control),
-        pins_dir: pins::dir_for(&cfg.control),
         tap_index: snap.tap_index,
-        watchdog,
+        last_expiry: snap.last_expiry,
+        watchdog: Watchdog::from_env().or(snap.watchdog_usec.map(Watchdog::every)),
     };
-    for p in &snap.ports {
-        let filter = (manager.fast_path.as_ref())
-            .filter(|_| p.record.port < MAX_PORTS)
-            .map(|f| f.filter());
-        let queues = (p.queues.iter())
-            .map(|&i| {
-                let socket = PacketSocket::from_fd(fds.take(i)?, filter)?;
-                Ok(Box::new(socket) as Box<dyn PortIo>)
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        manager
-            .take_port(p, queues)
-            .with_context(|| format!("taking over port {}", p.record.host_ifname))?;
-    }
-    let fdb: Vec<FdbEntry> = (snap.fdb.iter())
-        .filter_map(|e| {
-            Some(FdbEntry {
-                mac: e.mac.parse().ok()?,
-                port: PortId(e.port),
-                age_ms: e.age_ms,
-            })
-        })
-        .collect();
-    manager.datapath.switch().restore_fdb(&fdb, now_ms());
+    let mut manager = Manager::assemble(cfg, Ipam::new(cfg.subnet, cfg.gateway)?, parts)?;
+    take_ports(&mut manager, &snap, &mut fds)?;
     for pair in &snap.pairs {
         let lease = budget.lease_held(TCP_RELAY, Some(pair.owner));
         pool.adopt(pair, &mut fds, move || drop(lease))
@@ -386,6 +320,35 @@ fn build(
         pool,
         poll: cfg.poll,
     })
+}
+
+/// The old process's ports, with their packet sockets, and its forwarding table.
+fn take_ports(manager: &mut Manager, snap: &Snapshot, fds: &mut FdIn) -> Result<()> {
+    for p in &snap.ports {
+        let filter = (manager.fast_path.as_ref())
+            .filter(|_| p.record.port < MAX_PORTS)
+            .map(|f| f.filter());
+        let queues = (p.queues.iter())
+            .map(|&i| {
+                let socket = PacketSocket::from_fd(fds.take(i)?, filter)?;
+                Ok(Box::new(socket) as Box<dyn PortIo>)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        manager
+            .take_port(p, queues)
+            .with_context(|| format!("taking over port {}", p.record.host_ifname))?;
+    }
+    let fdb: Vec<FdbEntry> = (snap.fdb.iter())
+        .filter_map(|e| {
+            Some(FdbEntry {
+                mac: e.mac.parse().ok()?,
+                port: PortId(e.port),
+                age_ms: e.age_ms,
+            })
+        })
+        .collect();
+    manager.datapath.switch().restore_fdb(&fdb, now_ms());
+    Ok(())
 }
 
 impl Manager {
