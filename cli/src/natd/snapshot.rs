@@ -6,7 +6,7 @@
 //! The service describes itself on its own thread (`NatJob::Pause`), then waits: it owns the
 //! sockets, so nothing can change them until the hand-over is decided.
 
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -210,69 +210,7 @@ impl NatService {
         let nat = service.nat.clone();
         let owner = |flow| nat.flow_inside(flow).map(|a| *a.ip());
         for e in &snap.entries {
-            let (events, entry) = match e {
-                EntrySnap::Connecting {
-                    flow,
-                    from,
-                    fd,
-                    syn,
-                } => (
-                    (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32,
-                    Entry::Connecting {
-                        flow: *flow,
-                        from: *from,
-                        stream: TcpStream::from(fds.take(*fd)?),
-                        syn: syn.clone(),
-                        lease: service.budget.lease_held(TCP_RELAY, Some(*from.ip())),
-                    },
-                ),
-                EntrySnap::Udp { flow, fd } => (
-                    IN,
-                    Entry::Udp {
-                        flow: *flow,
-                        sock: UdpSocket::from(fds.take(*fd)?),
-                        _lease: service.budget.lease_held(UDP_FLOW, owner(*flow)),
-                    },
-                ),
-                EntrySnap::PubTcp { fd, container } => (
-                    IN,
-                    Entry::PubTcp {
-                        listener: TcpListener::from(fds.take(*fd)?),
-                        container: *container,
-                    },
-                ),
-                EntrySnap::PubUdp {
-                    fd,
-                    id,
-                    container,
-                    mac,
-                } => (
-                    IN,
-                    Entry::PubUdp {
-                        sock: UdpSocket::from(fds.take(*fd)?),
-                        id: *id,
-                        container: *container,
-                        mac: *mac,
-                    },
-                ),
-                EntrySnap::PubUdpLocal {
-                    fd,
-                    id,
-                    container,
-                    client,
-                    idle_ms,
-                } => (
-                    IN,
-                    Entry::PubUdpLocal {
-                        sock: UdpSocket::from(fds.take(*fd)?),
-                        id: *id,
-                        container: *container,
-                        client: *client,
-                        last: ago(*idle_ms),
-                        _lease: service.budget.lease_held(UDP_FLOW, Some(*container.ip())),
-                    },
-                ),
-            };
+            let (events, entry) = restore_entry(&service, e, fds, &owner, &ago)?;
             let fd = entry.fd();
             let token = service.add_entry(events, entry).ok_or_else(|| {
                 std::io::Error::other(format!("watching a taken-over socket ({fd})"))
@@ -301,4 +239,77 @@ impl NatService {
         }
         Ok((service, mailbox))
     }
+}
+
+/// A service entry of the old process, on its socket.
+fn restore_entry(
+    service: &NatService,
+    e: &EntrySnap,
+    fds: &mut FdIn,
+    owner: &impl Fn(FlowId) -> Option<Ipv4Addr>,
+    ago: &impl Fn(u64) -> Instant,
+) -> std::io::Result<(u32, Entry)> {
+    Ok(match e {
+        EntrySnap::Connecting {
+            flow,
+            from,
+            fd,
+            syn,
+        } => (
+            (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32,
+            Entry::Connecting {
+                flow: *flow,
+                from: *from,
+                stream: TcpStream::from(fds.take(*fd)?),
+                syn: syn.clone(),
+                lease: service.budget.lease_held(TCP_RELAY, Some(*from.ip())),
+            },
+        ),
+        EntrySnap::Udp { flow, fd } => (
+            IN,
+            Entry::Udp {
+                flow: *flow,
+                sock: UdpSocket::from(fds.take(*fd)?),
+                _lease: service.budget.lease_held(UDP_FLOW, owner(*flow)),
+            },
+        ),
+        EntrySnap::PubTcp { fd, container } => (
+            IN,
+            Entry::PubTcp {
+                listener: TcpListener::from(fds.take(*fd)?),
+                container: *container,
+            },
+        ),
+        EntrySnap::PubUdp {
+            fd,
+            id,
+            container,
+            mac,
+        } => (
+            IN,
+            Entry::PubUdp {
+                sock: UdpSocket::from(fds.take(*fd)?),
+                id: *id,
+                container: *container,
+                mac: *mac,
+            },
+        ),
+        EntrySnap::PubUdpLocal {
+            fd,
+            id,
+            container,
+            client,
+            idle_ms,
+        } => (
+            IN,
+            Entry::PubUdpLocal {
+                sock: UdpSocket::from(fds.take(*fd)?),
+                id: *id,
+                container: *container,
+                client: *client,
+                last: ago(*idle_ms),
+                _lease: service.budget.lease_held(UDP_FLOW, Some(*container.ip())),
+            },
+        ),
+    })
 }

@@ -20,6 +20,41 @@ use super::{CounterSnap, FdbSnap, Handoff, Network, PortSnap, Snapshot, FORMAT, 
 /// How long the workers and the NAT service may take to pause.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The new process must read this daemon's hand-over format and serve the same network.
+fn check_successor(h: &Handoff, args: HandoverArgs, pid: u32) -> Result<(), Failure> {
+    if args.format != FORMAT {
+        return Err(Failure::new(
+            ErrorCode::Version,
+            format!(
+                "hand-over format mismatch: the running daemon (pid {pid}) hands over in \
+                 format {FORMAT}, the new process reads format {}: no live upgrade between \
+                 these two versions; stop the daemon with `vswitch stop --keep` and start \
+                 the new one without --takeover (containers keep talking to each other \
+                 meanwhile)",
+                args.format
+            ),
+        ));
+    }
+    let theirs: Network = serde_json::from_value(args.network).map_err(|e| {
+        Failure::new(
+            ErrorCode::Invalid,
+            format!("malformed handover request: {e}"),
+        )
+    })?;
+    if theirs != h.network {
+        return Err(Failure::new(
+            ErrorCode::Invalid,
+            format!(
+                "the new process was started for another network ({}) than the running \
+                 daemon's ({}): start it with the same arguments",
+                theirs.describe(),
+                h.network.describe()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Manager {
     /// Serves a `handover` request on `conn`. Returns only if the daemon goes on serving: with
     /// the failure to answer (nothing was sent yet), or `Reply::Handover` (the connection was
@@ -32,36 +67,7 @@ impl Manager {
         conn: UnixStream,
     ) -> Result<Reply, Failure> {
         let pid = std::process::id();
-        if args.format != FORMAT {
-            return Err(Failure::new(
-                ErrorCode::Version,
-                format!(
-                    "hand-over format mismatch: the running daemon (pid {pid}) hands over in \
-                     format {FORMAT}, the new process reads format {}: no live upgrade between \
-                     these two versions; stop the daemon with `vswitch stop --keep` and start \
-                     the new one without --takeover (containers keep talking to each other \
-                     meanwhile)",
-                    args.format
-                ),
-            ));
-        }
-        let theirs: Network = serde_json::from_value(args.network).map_err(|e| {
-            Failure::new(
-                ErrorCode::Invalid,
-                format!("malformed handover request: {e}"),
-            )
-        })?;
-        if theirs != h.network {
-            return Err(Failure::new(
-                ErrorCode::Invalid,
-                format!(
-                    "the new process was started for another network ({}) than the running \
-                     daemon's ({}): start it with the same arguments",
-                    theirs.describe(),
-                    h.network.describe()
-                ),
-            ));
-        }
+        check_successor(h, args, pid)?;
         let started = Instant::now();
         eprintln!("vswitch: handing over to a new process");
         h.hold.store(true, Ordering::SeqCst);

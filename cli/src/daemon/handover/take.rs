@@ -20,11 +20,12 @@ use crate::bpf::pins::{self, Pins};
 use crate::control::{
     decode_response, encode_request, HandoverArgs, HandoverOffer, Request, MAX_REQUEST,
 };
+use crate::datapath::relay::RelayPool;
 use crate::datapath::{now_ms, Datapath, Fabric};
 use crate::kernel::fdpass::{FdIn, FdStream};
 use crate::kernel::netlink::Netlink;
 use crate::natd::budget::{open_now, FdBudget, TCP_RELAY};
-use crate::natd::{dns, NatHook, NatService};
+use crate::natd::{dns, NatHook, NatMailbox, NatService};
 use crate::ports::packet::PacketSocket;
 use crate::ports::tap::Tap;
 use crate::ports::PortIo;
@@ -86,8 +87,32 @@ pub fn take_over(cfg: Config, signals: SigSet, fd_limit: usize) -> Result<()> {
             "taking over from pid {pid}: no go ({e}): it goes on serving"
         )),
     }
+    let (mut manager, listener, handoff) = start_serving(built);
+    let serving = started.elapsed();
+    manager.sync_fast_path();
+    manager.save_state();
+    eprintln!(
+        "vswitch: took over from pid {pid}: {} ports, {} flows, {} relayed connections; \
+         serving {:.1} ms after asking (state received after {:.1} ms)",
+        manager.containers.len(),
+        manager.nat.stats().flows,
+        manager.datapath.relays().len(),
+        serving.as_secs_f64() * 1e3,
+        received.as_secs_f64() * 1e3
+    );
+    super::super::serve(&cfg, listener, manager, handoff, signals, move || {
+        systemd::notify_main(BARRIER_TIMEOUT);
+        // The old process may exit now.
+        let _ = (&conn).write_all(b"done\n");
+    })
+}
+
+/// Starts what was built: the workers, the NAT service, the relayed connections, the DNS
+/// forwarder. The old process is committed by now: a failure here is a crash (the next
+/// `vswitch run` takes over from the state file).
+fn start_serving(built: Built) -> (Manager, UnixListener, Handoff) {
     let Built {
-        manager,
+        mut manager,
         handoff,
         listener,
         datapath_hook,
@@ -97,7 +122,6 @@ pub fn take_over(cfg: Config, signals: SigSet, fd_limit: usize) -> Result<()> {
         pool,
         poll,
     } = built;
-    let mut manager = manager;
     manager
         .datapath
         .run(Some(datapath_hook))
@@ -107,28 +131,12 @@ pub fn take_over(cfg: Config, signals: SigSet, fd_limit: usize) -> Result<()> {
         .spawn(move || service.run(poll))
         .unwrap_or_else(|e| abandon(&anyhow!("starting the NAT service: {e}")));
     pool.kick();
-    let serving = started.elapsed();
     if let Some((udp, tcp)) = dns_sockets {
         if let Err(e) = dns::serve(udp, tcp, upstreams, manager.budget.clone()) {
             eprintln!("vswitch: DNS forwarder: {e}");
         }
     }
-    manager.sync_fast_path();
-    manager.save_state();
-    eprintln!(
-        "vswitch: took over from pid {pid}: {} ports, {} flows, {} relayed connections; \
-         serving {:.1} ms after asking (state received after {:.1} ms)",
-        manager.containers.len(),
-        manager.nat.stats().flows,
-        pool.len(),
-        serving.as_secs_f64() * 1e3,
-        received.as_secs_f64() * 1e3
-    );
-    super::super::serve(&cfg, listener, manager, handoff, signals, move || {
-        systemd::notify_main(BARRIER_TIMEOUT);
-        // The old process may exit now.
-        let _ = (&conn).write_all(b"done\n");
-    })
+    (manager, listener, handoff)
 }
 
 /// Reports why the hand-over is abandoned and exits at once, leaving everything to the old
@@ -228,22 +236,8 @@ fn build(
     let mut datapath =
         Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
     let pool = datapath.relays();
-    let relay_ports = snap.service.relays.iter().map(|(_, port)| *port).collect();
-    let nat = Nat::restore(nat_config(cfg, fd_limit, relay_ports), &snap.nat)
-        .context("restoring the NAT's table")?;
-    let nat = Arc::new(nat);
-    let icmp = snap.icmp.map(|i| fds.take(i)).transpose()?;
-    let (service, nat_jobs) = NatService::restore(
-        nat.clone(),
-        fabric.clone(),
-        budget.clone(),
-        pool.clone(),
-        cfg.gateway,
-        &snap.service,
-        icmp,
-        &mut fds,
-    )
-    .context("restoring the NAT service")?;
+    let (nat, service, nat_jobs) =
+        restore_nat(cfg, fd_limit, &snap, &mut fds, &fabric, &budget, &pool)?;
     let hook = nat_hook(cfg, &nat, &nat_jobs, fabric);
     let taps = (snap.tap.iter())
         .map(|&i| Ok(Box::new(Tap::from_fd(fds.take(i)?)) as Box<dyn PortIo>))
@@ -320,6 +314,35 @@ fn build(
         pool,
         poll: cfg.poll,
     })
+}
+
+/// The NAT's table as the old process left it, and its service with the old sockets.
+fn restore_nat(
+    cfg: &Config,
+    fd_limit: usize,
+    snap: &Snapshot,
+    fds: &mut FdIn,
+    fabric: &Fabric,
+    budget: &Arc<FdBudget>,
+    pool: &RelayPool,
+) -> Result<(Arc<Nat>, NatService, NatMailbox)> {
+    let relay_ports = snap.service.relays.iter().map(|(_, port)| *port).collect();
+    let nat = Nat::restore(nat_config(cfg, fd_limit, relay_ports), &snap.nat)
+        .context("restoring the NAT's table")?;
+    let nat = Arc::new(nat);
+    let icmp = snap.icmp.map(|i| fds.take(i)).transpose()?;
+    let (service, nat_jobs) = NatService::restore(
+        nat.clone(),
+        fabric.clone(),
+        budget.clone(),
+        pool.clone(),
+        cfg.gateway,
+        &snap.service,
+        icmp,
+        fds,
+    )
+    .context("restoring the NAT service")?;
+    Ok((nat, service, nat_jobs))
 }
 
 /// The old process's ports, with their packet sockets, and its forwarding table.
