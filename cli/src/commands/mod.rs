@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
             poll_us,
             fast_path,
             no_fast_path,
+            takeover,
             metrics,
             log_level,
         } => {
@@ -56,6 +57,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 } else {
                     fast_path
                 },
+                takeover,
                 metrics,
             })
         }

@@ -46,11 +46,34 @@ pub enum Request {
     Stop(StopArgs),
     Inspect(Inspect),
     Gc(Gc),
+    /// A new process asks the daemon for everything it serves (`vswitch run --takeover`): the
+    /// answer is followed by the daemon's state and descriptors (see `daemon::handover`).
+    Handover(HandoverArgs),
     /// Delete the NAT flows a filter selects (all of them for an empty filter), closing their
     /// sockets and resetting their relayed connections. Answers the flows deleted.
     ConntrackDelete(FlowFilter),
     /// Forget learned MACs, all of them or one port's. Answers the entries forgotten.
     FdbFlush(FdbFlush),
+}
+
+/// `handover`: the hand-over format the new process reads (not the protocol's version: a
+/// daemon and its successor may speak different protocols) and the network it was started
+/// for, which must be the daemon's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverArgs {
+    pub format: u32,
+    #[serde(default)]
+    pub network: serde_json::Value,
+}
+
+/// The daemon's answer to `handover`: its state follows, `bytes` of JSON and `fds`
+/// descriptors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandoverOffer {
+    pub format: u32,
+    pub pid: u32,
+    pub bytes: usize,
+    pub fds: usize,
 }
 
 /// Which NAT flows `conntrack_delete` selects: those matching every field given.
@@ -983,6 +1006,7 @@ pub enum Reply {
     Fdb(Vec<FdbView>),
     Flows(Vec<FlowRow>),
     Stats(Box<Stats>),
+    Handover(HandoverOffer),
 }
 
 /// What kind of failure an error response reports, for clients that act on it (the CNI plugin
@@ -1071,8 +1095,12 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Failure> {
     let map = value
         .as_object_mut()
         .ok_or_else(|| invalid(&"not a JSON object"))?;
+    // A hand-over is how one version of the daemon gives way to the next: it carries a format
+    // version of its own, which is the one that must match.
+    let handover = map.get("cmd").and_then(|c| c.as_str()) == Some("handover");
     match map.remove("v") {
         Some(v) if v.as_u64() == Some(u64::from(PROTOCOL)) => {}
+        _ if handover => {}
         Some(v) => return Err(version_mismatch(v.as_u64().or(Some(0)), "daemon")),
         None => return Err(version_mismatch(None, "daemon")),
     }
@@ -1280,6 +1308,18 @@ mod tests {
             let err = decode(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::Invalid, "{bad}: {err}");
             assert!(err.message.starts_with("malformed request"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_handover_is_heard_whatever_the_protocol_version() {
+        for v in ["", r#""v":1,"#, r#""v":99,"#] {
+            let text = format!(r#"{{{v}"cmd":"handover","format":1,"network":{{}}}}"#);
+            assert!(
+                matches!(decode(&text), Ok(Request::Handover(_))),
+                "{text}: {:?}",
+                decode(&text)
+            );
         }
     }
 

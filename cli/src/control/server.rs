@@ -4,12 +4,16 @@
 //! any process on the host.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::protocol::{
     decode_request, encode_response, ErrorCode, Failure, Reply, Request, MAX_REQUEST,
@@ -19,6 +23,8 @@ use super::protocol::{
 pub struct Call {
     pub request: Request,
     pub reply: Sender<Result<Reply, Failure>>,
+    /// The connection itself, for a `handover` (the manager answers on it, with descriptors).
+    pub conn: Option<UnixStream>,
 }
 
 /// Binds the control socket at `path`, refusing to steal it from a live daemon but replacing a
@@ -64,10 +70,38 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Accepts connections until the listener fails; each connection is served on its own short
-/// thread, so a slow or silent client never holds up the others.
-pub fn serve(listener: UnixListener, calls: Sender<Call>) {
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+/// thread, so a slow or silent client never holds up the others. While `hold` is set (a hand-over
+/// in progress), nothing is accepted: connections wait in the listener's backlog for whichever
+/// process serves next (the listener is shared with it).
+pub fn serve(listener: UnixListener, calls: Sender<Call>, hold: Arc<AtomicBool>) {
+    // Non-blocking and polled, so that a hold set while waiting is seen before an accept.
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    loop {
+        if hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        // A hold set meanwhile is seen before the next accept.
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::from(1000u16)), Ok(n) if n > 0) {
+            continue;
+        }
+        if hold.load(Ordering::SeqCst) {
+            continue;
+        }
+        let conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if conn.set_nonblocking(false).is_err() {
+            continue;
+        }
         let calls = calls.clone();
         let _ = std::thread::Builder::new()
             .name("vswitch-ctl".into())
@@ -96,11 +130,29 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
             .inspect_err(|f| tracing::warn!(code = ?f.code, "refused a control request: {f}"))
             .and_then(|request| {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                let call = Call { request, reply: tx };
+                if let Request::Handover(_) = request {
+                    // The manager answers on the connection itself (descriptors follow the answer).
+                    let conn = conn.try_clone().map_err(|_| shutting_down())?;
+                    let call = Call {
+                        request,
+                        reply: tx,
+                        conn: Some(conn),
+                    };
+                    calls.send(call).map_err(|_| shutting_down())?;
+                    return rx.recv().unwrap_or_else(|_| Err(shutting_down()));
+                }
+                let call = Call {
+                    request,
+                    reply: tx,
+                    conn: None,
+                };
                 calls.send(call).map_err(|_| shutting_down())?;
                 rx.recv().unwrap_or_else(|_| Err(shutting_down()))
             })
     };
+    if let Ok(Reply::Handover(_)) = answer {
+        return Ok(()); // the manager answered on the connection itself
+    }
     let mut out = encode_response(&answer);
     out.push(b'\n');
     (&conn).write_all(&out)

@@ -21,6 +21,7 @@ use crate::natd::budget::FdBudget;
 use crate::natd::NatMailbox;
 
 use super::counters::Tally;
+use super::handover::Handoff;
 use super::ipam::Ipam;
 use super::plumbing::{NetnsConf, NetnsId, Plumbing};
 use super::state;
@@ -101,13 +102,19 @@ pub enum Stop {
 }
 
 impl Manager {
-    pub fn run(mut self, calls: Receiver<Call>, stop: Receiver<Stop>) {
+    pub fn run(mut self, calls: Receiver<Call>, stop: Receiver<Stop>, handoff: Handoff) {
         let ticker = tick(LIFECYCLE_TICK);
         let how = loop {
             select! {
                 recv(calls) -> call => {
                     let Ok(call) = call else { break Stop::Remove };
-                    let answer = self.handle(call.request);
+                    let answer = match (call.request, call.conn) {
+                        // Returns only if this daemon goes on serving.
+                        (Request::Handover(args), Some(conn)) => {
+                            self.hand_over(&handoff, args, conn)
+                        }
+                        (request, _) => self.handle(request),
+                    };
                     let _ = call.reply.send(answer);
                 }
                 recv(ticker) -> _ => self.tick(),
@@ -150,6 +157,12 @@ impl Manager {
                 Reply::Fdb(flushed.map_err(|e| e.failure(what.trim_end()))?)
             }
             Request::Stats(_) => Reply::Stats(Box::new(self.stats())),
+            Request::Handover(_) => {
+                return Err(crate::control::Failure::new(
+                    crate::control::ErrorCode::Invalid,
+                    "handover: not over the control socket",
+                ))
+            }
             Request::Stop(stop) => {
                 // The main thread stops the daemon on a signal: send it the one that means
                 // the same, so that both ways stop alike.

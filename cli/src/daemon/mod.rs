@@ -2,6 +2,10 @@
 //! manager thread (`manager`, `plug`, `views`), watches its containers (`lifecycle`) and
 //! removes everything it made when it is told to stop.
 
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -20,6 +24,7 @@ mod cleanup;
 mod config;
 mod counters;
 mod error;
+mod handover;
 pub mod ipam;
 mod lifecycle;
 mod manager;
@@ -45,26 +50,41 @@ pub fn run(cfg: Config) -> Result<()> {
     // Every NAT flow and published connection holds host sockets: allow as many descriptors
     // as the hard limit permits rather than the usual soft 1024, and budget them.
     let fd_limit = budget::raise_limit();
+    let metrics = (cfg.metrics)
+        .map(|addr| observe::http::bind(addr).with_context(|| format!("metrics endpoint {addr}")))
+        .transpose()?;
+    if cfg.takeover {
+        return handover::take_over(cfg, signals, fd_limit, metrics);
+    }
     let ipam = Ipam::new(cfg.subnet, cfg.gateway)?;
     let listener = control::bind(&cfg.control)
         .with_context(|| format!("control socket {}", cfg.control.display()))?;
-    let metrics = match cfg.metrics.map(std::net::TcpListener::bind).transpose() {
-        Ok(metrics) => metrics,
-        Err(e) => {
-            let _ = std::fs::remove_file(&cfg.control);
-            let addr = cfg.metrics.expect("bound only with an address");
-            return Err(e).with_context(|| format!("metrics endpoint {addr}"));
-        }
-    };
-    let manager = match startup::start(&cfg, ipam, fd_limit) {
-        Ok(m) => m,
+    let (manager, handoff) = match startup::start(&cfg, ipam, fd_limit, listener.as_raw_fd()) {
+        Ok(started) => started,
         Err(e) => {
             let _ = std::fs::remove_file(&cfg.control);
             return Err(e);
         }
     };
+    serve(&cfg, listener, metrics, manager, handoff, signals, || {
+        systemd::notify("READY=1")
+    })
+}
+
+/// Serves the control socket with the manager until a signal says to stop; `ready` runs once
+/// everything serves (it tells systemd).
+fn serve(
+    cfg: &Config,
+    listener: UnixListener,
+    metrics: Option<TcpListener>,
+    manager: manager::Manager,
+    handoff: handover::Handoff,
+    signals: SigSet,
+    ready: impl FnOnce(),
+) -> Result<()> {
     let (calls_tx, calls_rx) = crossbeam_channel::bounded::<Call>(64);
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(1);
+    let hold = handoff.hold.clone();
     if let Some(metrics) = metrics {
         let calls = calls_tx.clone();
         tracing::info!(address = %metrics.local_addr()?, "serving metrics on /metrics");
@@ -74,10 +94,10 @@ pub fn run(cfg: Config) -> Result<()> {
     }
     std::thread::Builder::new()
         .name("vswitch-ctl".into())
-        .spawn(move || control::serve(listener, calls_tx))?;
+        .spawn(move || control::serve(listener, calls_tx, hold))?;
     let manager = std::thread::Builder::new()
         .name("vswitch-mgr".into())
-        .spawn(move || manager.run(calls_rx, stop_rx))?;
+        .spawn(move || manager.run(calls_rx, stop_rx, handoff))?;
     tracing::info!(
         subnet = %cfg.subnet,
         tap = %cfg.tap,
@@ -85,7 +105,7 @@ pub fn run(cfg: Config) -> Result<()> {
         control = %cfg.control.display(),
         "serving"
     );
-    systemd::notify("READY=1");
+    ready();
 
     let signal = signals.wait().context("waiting for signals")?;
     let how = match signal {
@@ -113,6 +133,7 @@ fn scrape(calls: &crossbeam_channel::Sender<Call>) -> Result<String, String> {
     let call = Call {
         request: Request::Stats(NoArgs {}),
         reply: tx,
+        conn: None,
     };
     let gone = || "the daemon is shutting down".to_string();
     calls.send(call).map_err(|_| gone())?;

@@ -210,7 +210,7 @@ impl Manager {
                         flows: c.flows,
                     })
                     .collect(),
-                relays: relays.active(),
+                relays: relays.len(),
                 relayed: relays.relayed(),
             },
             ports: self.ls(),

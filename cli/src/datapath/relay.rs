@@ -21,6 +21,10 @@ use crate::kernel::epoll::Epoll;
 
 use super::Token;
 
+mod handover;
+
+pub use handover::PairSnap;
+
 /// Bytes a pipe may hold; larger pipes mean fewer `splice` calls per byte.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
@@ -141,13 +145,6 @@ impl RelayPool {
                     _ => false,
                 })
         })
-    }
-
-    /// Pairs being relayed now.
-    pub fn active(&self) -> usize {
-        (self.threads.iter())
-            .map(|s| s.pairs.lock().unwrap_or_else(|e| e.into_inner()).map.len())
-            .sum()
     }
 
     /// Pairs relayed so far.
@@ -381,7 +378,7 @@ mod tests {
     const OWNER: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
 
     /// A pool served by `n` threads of its own, as the workers would.
-    fn pool(n: usize) -> RelayPool {
+    pub(super) fn pool(n: usize) -> RelayPool {
         let epolls: Vec<Arc<Epoll>> = (0..n).map(|_| Arc::new(Epoll::new().unwrap())).collect();
         let pool = RelayPool::new(&epolls);
         for (i, epoll) in epolls.into_iter().enumerate() {
@@ -400,7 +397,7 @@ mod tests {
     }
 
     /// A connected pair of loopback sockets.
-    fn pair() -> (TcpStream, TcpStream) {
+    pub(super) fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (b, _) = listener.accept().unwrap();
@@ -491,12 +488,12 @@ mod tests {
         let (mut other, relay_c) = pair();
         let (relay_d, mut other_server) = pair();
         pool.relay(relay_c, relay_d, loopback, || {});
-        assert_eq!((pool.active(), pool.relayed()), (2, 2));
+        assert_eq!((pool.len(), pool.relayed()), (2, 2));
 
         let unknown = (SocketAddrV4::new(loopback, 1), key.1);
         assert_eq!(pool.reset_flows(&[unknown]), 0);
         assert_eq!(pool.reset_flows(&[key]), 1);
-        assert_eq!((pool.active(), pool.relayed()), (1, 2));
+        assert_eq!((pool.len(), pool.relayed()), (1, 2));
         mine.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 8];
         let err = mine.read(&mut buf).unwrap_err();

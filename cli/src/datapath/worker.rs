@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vswitch_switch::{Action, DropReason, PortId, VNET_HDR_LEN};
 
-use crate::kernel::epoll::Epoll;
+use crate::kernel::epoll::{Epoll, EventFd};
 use crate::ports::{Port, RxBatch};
 
 use super::relay::RelayPool;
@@ -28,7 +28,10 @@ pub(super) struct WorkerCtx {
     pub hook: Option<Arc<dyn Hook>>,
     pub relays: RelayPool,
     pub epoll: Arc<Epoll>,
+    /// This worker's wake-up (see `Token::Wake`).
+    pub wake: Arc<EventFd>,
     pub stop: Arc<AtomicBool>,
+    pub pause: Arc<super::Pause>,
     pub busy: Arc<Busy>,
     pub poll: Duration,
     pub home: Option<usize>,
@@ -64,6 +67,7 @@ impl WorkerCtx {
         let mut waiter = Waiter::new(self.poll, self.home).count_busy(self.busy.clone());
         let mut at_home = waiter.at_home();
         while !self.stop.load(Ordering::Relaxed) {
+            self.pause.park_if_wanted();
             let ready = waiter.wait(&self.epoll, &mut events, -1);
             if waiter.at_home() != at_home {
                 at_home = waiter.at_home();
@@ -83,7 +87,8 @@ impl WorkerCtx {
                             hook.readable(&self.fabric, buf, out);
                         }
                     }
-                    // Wake: the loop condition checks `stop`.
+                    // Wake: the loop checks `stop` and the pause.
+                    Some(Token::Wake) => self.wake.drain(),
                     _ => {}
                 }
             }

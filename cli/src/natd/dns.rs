@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,15 +74,33 @@ impl DnsCounters {
 }
 
 /// Binds UDP and TCP port 53 on `gateway` and serves them on background threads, counting
-/// into `counters`.
+/// into `counters`. Returns the two sockets' descriptors (they live as long as the process),
+/// for a hand-over.
 pub fn start(
     gateway: Ipv4Addr,
     upstreams: Vec<SocketAddr>,
     budget: Arc<FdBudget>,
     counters: Arc<DnsCounters>,
-) -> io::Result<()> {
+) -> io::Result<[RawFd; 2]> {
     let udp = UdpSocket::bind((gateway, 53))?;
     let tcp = TcpListener::bind((gateway, 53))?;
+    let fds = [udp.as_raw_fd(), tcp.as_raw_fd()];
+    serve(udp, tcp, upstreams, budget, counters)?;
+    Ok(fds)
+}
+
+/// Serves DNS on sockets bound already (by this process, or by one that handed them over),
+/// counting into `counters`.
+pub fn serve(
+    udp: UdpSocket,
+    tcp: TcpListener,
+    upstreams: Vec<SocketAddr>,
+    budget: Arc<FdBudget>,
+    counters: Arc<DnsCounters>,
+) -> io::Result<()> {
+    // Blocking, whatever the process that bound them set.
+    udp.set_nonblocking(false)?;
+    tcp.set_nonblocking(false)?;
     let upstreams = Arc::new(upstreams);
     let (up, udp_budget, udp_counters) = (upstreams.clone(), budget.clone(), counters.clone());
     std::thread::Builder::new()
@@ -116,7 +135,7 @@ fn serve_udp(
             continue; // overloaded: drop, the client retries
         }
         // A query's socket upstream is paid for from the budget, like a flow's.
-        let Some(lease) = budget.lease(1, "a DNS query") else {
+        let Some(lease) = budget.lease(1, client_v4(client), "a DNS query") else {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -195,6 +214,14 @@ fn ask_udp(query: &[u8], upstreams: &[SocketAddr]) -> Result<Vec<u8>, String> {
     Err(why.join("; "))
 }
 
+/// The container a DNS client is (its queries count against its share of the descriptors).
+fn client_v4(client: SocketAddr) -> Option<Ipv4Addr> {
+    match client {
+        SocketAddr::V4(a) => Some(*a.ip()),
+        SocketAddr::V6(_) => None,
+    }
+}
+
 /// Descriptors a DNS-over-TCP connection holds: both sockets and a clone of each.
 const TCP_QUERY_FDS: usize = 4;
 
@@ -205,7 +232,7 @@ fn serve_tcp(
     counters: Arc<DnsCounters>,
 ) {
     loop {
-        let lease = budget.lease(TCP_QUERY_FDS, "a DNS connection");
+        let lease = budget.lease(TCP_QUERY_FDS, None, "a DNS connection");
         let conn = match listener.accept() {
             Ok((conn, _)) => conn,
             Err(e) => {

@@ -9,7 +9,8 @@
 //! a request comes: without scrapes the endpoint costs a thread asleep in `accept`.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use super::exposition::CONTENT_TYPE;
@@ -113,6 +114,22 @@ fn serve_one(mut conn: TcpStream, page: &dyn Fn() -> Result<String, String>) {
         }
     }
     let _ = conn.shutdown(std::net::Shutdown::Write);
+}
+
+/// Binds the endpoint's listener. `SO_REUSEPORT`: a daemon that takes over from another
+/// (`run --takeover`) listens on the same address while the old one still serves it.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    socket::listen(&fd, socket::Backlog::new(16).map_err(io::Error::from)?)?;
+    Ok(TcpListener::from(fd))
 }
 
 /// Serves `listener` until it fails, one connection at a time.
