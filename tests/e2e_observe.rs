@@ -725,3 +725,31 @@ fn fdb_flush_forgets_one_ports_macs_or_all_and_traffic_relearns_them() {
         || format!("not learned again: {:?}", sb.fdb()),
     );
 }
+
+#[test]
+fn the_metrics_endpoint_goes_on_across_a_takeover() {
+    // The successor binds the same address while the old daemon still serves it
+    // (SO_REUSEPORT), then serves the network it took over. (No fast path: these daemons run
+    // under `ip netns exec`, whose mount namespace would take the fast path's pins along.)
+    let mut sb = sandbox(&["--no-fast-path"]);
+    let c = sb.plug_plain();
+    assert_eq!(sb.scrape().int("vswitch_containers", &[]), 1);
+    let mut cmd = sb.host_cmd(common::VSWITCH, &["run", "--subnet", common::SUBNET]);
+    cmd.arg("--control").arg(&sb.control);
+    cmd.args(["--no-fast-path", "--takeover", "--metrics", METRICS_ADDR]);
+    let mut next = Proc::spawn(cmd);
+    // The old daemon exits once it has handed over (SIGCONT changes nothing: this waits).
+    assert!(sb.stop_daemon("CONT").success(), "{}", next.stderr());
+    let m = sb.scrape();
+    assert_promtool_accepts(&m.text);
+    assert_eq!(m.int("vswitch_containers", &[]), 1, "{}", next.stderr());
+    let pid = c.pid.to_string();
+    assert_eq!(m.int("vswitch_port_info", &[("pid", &pid)]), 1);
+    assert!(
+        next.stderr().contains("took over from pid"),
+        "{}",
+        next.stderr()
+    );
+    common::signal(next.pid(), "TERM");
+    assert!(next.wait(DEADLINE).success());
+}
