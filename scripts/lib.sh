@@ -11,8 +11,10 @@ export DEBIAN_FRONTEND=noninteractive
 #   Rust crates), curl + ca-certificates (the rustup installer, only if no Rust toolchain is found),
 #   podman + runc + busybox-static (the CNI test runs a real container: podman's CNI backend,
 #   runc as its runtime, an image built from the static busybox; podman brings the CNI
-#   reference plugins that benches/cni.sh compares with).
-VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates podman runc busybox-static)
+#   reference plugins that benches/cni.sh compares with), tcpdump + tshark (the capture test
+#   reads `vswitch capture`'s files with both; tshark's question about capturing as a normal
+#   user is answered "no" by the non-interactive install).
+VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates podman runc busybox-static tcpdump tshark)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }

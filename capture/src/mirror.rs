@@ -89,7 +89,7 @@ impl SessionConfig {
             snaplen: SessionConfig::SNAPLEN,
             count: None,
             queue_frames: 8192,
-            queue_bytes: 32 << 20,
+            queue_bytes: 16 << 20,
         }
     }
 }
@@ -178,6 +178,11 @@ impl Session {
     /// The next queued frame, if one is there.
     pub fn try_next(&self) -> Option<Record> {
         self.next(Duration::ZERO)
+    }
+
+    /// Whether no frame is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
     }
 
     /// Frames dropped because the queue was full.

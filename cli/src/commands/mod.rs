@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::control::{Client, Plug, PortView, Selector, Target, Unplug};
+use crate::control::{Client, Plug, PortRef, PortView, Selector, Target, Unplug};
 use crate::{cni, daemon, Cli, CniCommand, Command, TargetArg};
 
+pub mod capture;
 mod table;
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -137,6 +138,40 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             table::conntrack(&flows);
             Ok(())
+        }
+        Command::Capture {
+            ports,
+            all,
+            pid,
+            write,
+            count,
+            proto,
+            host,
+            port,
+            snaplen,
+            format,
+        } => {
+            let mut ports = ports;
+            ports.extend(pid.into_iter().map(PortRef::Pid));
+            for p in &mut ports {
+                if let PortRef::Netns(path) = p {
+                    *path = absolute(path.clone())?;
+                }
+            }
+            capture::run(
+                &client,
+                capture::Args {
+                    ports,
+                    all,
+                    write,
+                    count,
+                    proto,
+                    host,
+                    port,
+                    snaplen,
+                    format,
+                },
+            )
         }
         Command::Cni {
             command:

@@ -7,9 +7,11 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use vswitch_capture::Session;
 
 use super::protocol::{
     decode_request, encode_response, ErrorCode, Failure, Reply, Request, MAX_REQUEST,
@@ -19,6 +21,8 @@ use super::protocol::{
 pub struct Call {
     pub request: Request,
     pub reply: Sender<Result<Reply, Failure>>,
+    /// A `capture` request's session, for the manager to attach to the ports it names.
+    pub capture: Option<Arc<Session>>,
 }
 
 /// Binds the control socket at `path`, refusing to steal it from a live daemon but replacing a
@@ -81,21 +85,37 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = Vec::new();
     BufReader::new((&conn).take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line)?;
-    let shutting_down = || Failure::new(ErrorCode::Unavailable, "the daemon is shutting down");
-    let answer = if line.len() > MAX_REQUEST {
+    let decoded = if line.len() > MAX_REQUEST {
         Err(Failure::new(
             ErrorCode::Invalid,
             format!("request longer than {MAX_REQUEST} bytes"),
         ))
     } else {
-        decode_request(&line).and_then(|request| {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            let call = Call { request, reply: tx };
-            calls.send(call).map_err(|_| shutting_down())?;
-            rx.recv().unwrap_or_else(|_| Err(shutting_down()))
-        })
+        decode_request(&line)
     };
+    // The one request answered with more than a line.
+    if let Ok(Request::Capture(capture)) = decoded {
+        return super::stream::serve(conn, capture, calls);
+    }
+    let answer = decoded.and_then(|request| ask(calls, request, None));
     let mut out = encode_response(&answer);
     out.push(b'\n');
     (&conn).write_all(&out)
+}
+
+/// Hands a request to the manager and waits for its answer.
+pub(super) fn ask(
+    calls: &Sender<Call>,
+    request: Request,
+    capture: Option<Arc<Session>>,
+) -> Result<Reply, Failure> {
+    let shutting_down = || Failure::new(ErrorCode::Unavailable, "the daemon is shutting down");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let call = Call {
+        request,
+        reply: tx,
+        capture,
+    };
+    calls.send(call).map_err(|_| shutting_down())?;
+    rx.recv().unwrap_or_else(|_| Err(shutting_down()))
 }

@@ -20,6 +20,7 @@ use crate::datapath::{Datapath, TAP_PORT};
 use crate::natd::budget::FdBudget;
 use crate::natd::NatMailbox;
 
+use super::capture::Capturing;
 use super::ipam::Ipam;
 use super::plumbing::{NetnsConf, NetnsId, Plumbing};
 use super::state;
@@ -78,6 +79,8 @@ pub struct Manager {
     pub tap_index: u32,
     /// systemd's watchdog, pinged from the tick.
     pub watchdog: Option<Watchdog>,
+    /// Captures running (`vswitch capture`, see `capture`).
+    pub captures: Vec<Capturing>,
 }
 
 /// How the daemon stops.
@@ -97,7 +100,10 @@ impl Manager {
             select! {
                 recv(calls) -> call => {
                     let Ok(call) = call else { break Stop::Remove };
-                    let answer = self.handle(call.request);
+                    let answer = match (&call.request, call.capture) {
+                        (Request::Capture(c), Some(session)) => self.start_capture(c, session),
+                        _ => self.handle(call.request),
+                    };
                     let _ = call.reply.send(answer);
                 }
                 recv(ticker) -> _ => self.tick(),
@@ -132,6 +138,12 @@ impl Manager {
             Request::Fdb(_) => Reply::Fdb(self.fdb()),
             Request::Conntrack(_) => Reply::Flows(self.conntrack()),
             Request::Stats(_) => Reply::Stats(Box::new(self.stats())),
+            Request::Capture(_) => {
+                return Err(control::Failure::new(
+                    control::ErrorCode::Invalid,
+                    "a capture is served on a connection of its own",
+                ))
+            }
             Request::Stop(stop) => {
                 // The main thread stops the daemon on a signal: send it the one that means
                 // the same, so that both ways stop alike.
@@ -150,6 +162,9 @@ impl Manager {
     /// Deletes every veth the daemon made, the TAP and the state file; or, to keep the
     /// network, only stops serving it.
     fn shutdown(mut self, how: Stop) {
+        // Captures end with the daemon; their ports' stations go back to the fast path first.
+        self.reap_captures(true);
+        self.sync_fast_path();
         if how == Stop::Remove {
             for c in std::mem::take(&mut self.containers) {
                 let _ = self.plumbing.delete_link(c.host_index);

@@ -15,6 +15,7 @@ use manager::Stop;
 
 mod adopt;
 mod attach;
+mod capture;
 mod cleanup;
 mod config;
 mod error;

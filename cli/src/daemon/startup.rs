@@ -142,6 +142,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
             .collect(),
         by_flow: true,
         counters: Counters::default(),
+        mirror: Default::default(),
     }))?;
     let plumbing = Kernel {
         nl,
@@ -173,6 +174,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         pins_dir: pins::dir_for(&cfg.control),
         tap_index,
         watchdog: Watchdog::from_env(),
+        captures: Vec::new(),
     };
     if let Some(previous) = previous {
         manager.adopt(previous);
