@@ -335,6 +335,7 @@ fn ping_and_tcp_are_captured_whole_without_the_fast_path() {
 
 /// `-w -` into `tcpdump -r -`, with a filter and a count: the capture ends by itself after
 /// COUNT frames, which tcpdump shows as they come; the ARP and TCP around them are filtered out.
+/// A second capture of the same port at the same time prints its frames as text.
 #[test]
 fn a_filtered_count_piped_into_tcpdump() {
     require_program("tcpdump", "tcpdump");
@@ -358,6 +359,7 @@ fn a_filtered_count_piped_into_tcpdump() {
         || pipe.stderr().contains("capturing icmp on").then_some(()),
         || format!("the capture did not start: {}", pipe.stderr()),
     );
+    let mut text = start_capture(&sb, &[&a.host_port(), "--proto", "icmp", "-c", "2"]);
     // Flush the neighbour entry, so that the first echo needs ARP (filtered out), and talk TCP
     // too (filtered out).
     run(a.cmd("ip", &["neigh", "flush", "all"])).ok();
@@ -369,6 +371,20 @@ fn a_filtered_count_piped_into_tcpdump() {
     assert_echoes_in_order(&lines, 2, "-c 4 | tcpdump -r -");
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert_eq!(reported(&pipe.stderr()), (4, 0));
+
+    assert!(text.wait(DEADLINE).success(), "{}", text.stderr());
+    let lines = text.lines_so_far();
+    let (port, a_ip) = (a.host_port(), host_ip(2));
+    let request = format!(" {port} In  IP {a_ip} > {b_ip}: icmp echo request, id ");
+    let reply = format!(" {port} Out IP {b_ip} > {a_ip}: icmp echo reply, id ");
+    assert!(
+        lines.len() == 2 && lines[0].contains(&request) && lines[1].contains(&reply),
+        "{lines:?}"
+    );
+    assert!(
+        lines[0].ends_with(", seq 1, length 64 (98 bytes)"),
+        "{lines:?}"
+    );
 }
 
 /// `--all` sees a frame once per port it crosses (in on one, out on the other), and a host and

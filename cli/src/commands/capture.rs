@@ -92,7 +92,7 @@ impl Out {
                 let name = names.get(&r.port).map_or("?", |n| n.as_str());
                 writeln!(
                     w,
-                    "{} {name} {:<3} {}, length {}",
+                    "{} {name} {:<3} {} ({} bytes)",
                     clock(r.ts_ns),
                     r.dir.as_str(),
                     summary::summary(&r.data),
@@ -160,7 +160,14 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
     });
     let header = &stream.header;
     let ports: Vec<String> = (header.ports.iter())
-        .map(|p| format!("{} (port {}, {})", p.name, p.port, p.description))
+        .map(|p| {
+            let paused = if p.fast_path_paused {
+                ", fast path paused"
+            } else {
+                ""
+            };
+            format!("{} (port {}, {}{paused})", p.name, p.port, p.description)
+        })
         .collect();
     let mut out = Out::open(&args, header)?;
     eprintln!(
