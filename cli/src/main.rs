@@ -113,6 +113,11 @@ pub enum Command {
         /// The same as --fast-path off.
         #[arg(long, conflicts_with = "fast_path")]
         no_fast_path: bool,
+        /// Take over from the daemon running on the control socket (an upgrade without loss:
+        /// started with the same arguments, this process receives its sockets and tables and
+        /// serves on; the old one exits).
+        #[arg(long)]
+        takeover: bool,
     },
     /// Attach a container's network namespace to the switch.
     Plug {

@@ -28,6 +28,8 @@ use crate::error::NatDrop;
 use crate::hash::{fingerprint, hash64, random_seed, IdentityBuild};
 use crate::tcp_state::{TcpState, TcpTracker};
 
+mod restore;
+
 /// Identifies a flow for the edge: stable for the flow's life, never reused soon after (a slot
 /// index with a generation).
 pub type FlowId = u64;
@@ -50,6 +52,7 @@ fn split_id(id: FlowId) -> (u32, usize, u32) {
 
 /// Transport protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Proto {
     Tcp,
     Udp,
@@ -194,6 +197,7 @@ pub struct NatStats {
 
 /// One container's NAT counters, including those of its flows already gone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ContainerStats {
     /// Flows in the table now.
     pub flows: usize,

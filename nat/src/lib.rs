@@ -14,6 +14,7 @@ pub mod echo;
 mod error;
 mod hash;
 pub mod nat;
+pub mod snapshot;
 mod tcp_state;
 mod wire;
 
@@ -26,5 +27,6 @@ pub use conntrack::{
 pub use craft::{ECHO_FRAME_OVERHEAD, ICMP_ERROR_FRAME_MAX, TCP_RST_FRAME_LEN, UDP_FRAME_OVERHEAD};
 pub use error::{NatDrop, NatError};
 pub use nat::{Nat, NatConfig, RelayFlow, ReplyFrame, Verdict, ICMP_DEST_UNREACH};
+pub use snapshot::{NatSnapshot, RestoreError};
 pub use tcp_state::TcpState;
 pub use wire::{WireError, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};

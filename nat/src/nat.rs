@@ -31,6 +31,7 @@ use crate::conntrack::{
 };
 use crate::craft::{self, Ends, ICMP_ERROR_FRAME_MAX};
 use crate::error::{NatDrop, NatError};
+use crate::snapshot::{NatSnapshot, RestoreError};
 use crate::tcp_state::Dir;
 use crate::wire::{
     rd16, rd32, wr16, wr32, IcmpHdr, Ipv4Frame, TcpHdr, UdpHdr, WireError, ETH_OFF,
@@ -132,6 +133,8 @@ pub enum Verdict {
     /// to be sent one by one or with `UDP_SEGMENT`.
     UdpOut {
         flow: FlowId,
+        /// The container's address and port.
+        from: SocketAddrV4,
         dst: SocketAddrV4,
         payload: Range<usize>,
         new: bool,
@@ -289,6 +292,38 @@ impl Nat {
             relay_ports: relay_ports.into(),
             table: Table::with_shares(cfg.max_flows, cfg.shares, cfg.timeouts),
         }
+    }
+
+    /// The whole state as plain data, for a process that takes over (see [`crate::snapshot`]).
+    /// For a consistent snapshot, no frame may be translated meanwhile.
+    pub fn snapshot(&self) -> NatSnapshot {
+        NatSnapshot {
+            relay_ports: self.relay_ports.to_vec(),
+            table: self.table.snapshot(),
+        }
+    }
+
+    /// The NAT `snap` describes, with `cfg`'s addresses and bounds: every [`FlowId`] the
+    /// snapshot's NAT gave out names the same flow here. `cfg` must have the same relay ports.
+    pub fn restore(cfg: NatConfig, snap: &NatSnapshot) -> Result<Nat, RestoreError> {
+        let mut nat = Nat::new(cfg.clone());
+        let mut theirs = snap.relay_ports.clone();
+        theirs.sort_unstable();
+        theirs.dedup();
+        if *theirs != *nat.relay_ports {
+            return Err(RestoreError::RelayPorts {
+                got: theirs,
+                want: nat.relay_ports.to_vec(),
+            });
+        }
+        nat.table = Table::restore(
+            cfg.max_flows,
+            cfg.shares,
+            cfg.timeouts,
+            &snap.table,
+            &nat.relay_ports,
+        )?;
+        Ok(nat)
     }
 
     #[inline]
@@ -531,6 +566,7 @@ impl Nat {
             let verdict = match flow.kind {
                 Kind::UdpEgress => Verdict::UdpOut {
                     flow: id,
+                    from: sock(pkt.src, udp.sport),
                     dst: sock(pkt.dst, udp.dport),
                     payload,
                     new: false,
@@ -559,6 +595,7 @@ impl Nat {
         match self.table.create(&mut sh, flow, extra, now) {
             Ok(flow) => Verdict::UdpOut {
                 flow,
+                from: sock(pkt.src, udp.sport),
                 dst: sock(pkt.dst, udp.dport),
                 payload,
                 new: true,
@@ -1002,6 +1039,12 @@ impl Nat {
         };
         drop(sh);
         craft::icmp(out, &e, icmp_type, icmp_code, [0; 4], &quote)
+    }
+
+    /// The container's address and port of flow `flow`, if it exists.
+    pub fn flow_inside(&self, flow: FlowId) -> Option<SocketAddrV4> {
+        let (sh, slot) = self.table.lock_id(flow, None)?;
+        sh.flow(slot).map(|f| f.inside())
     }
 
     /// Removes a flow on the edge's request (it gave up on it); false if it was already gone.

@@ -702,3 +702,28 @@ fn frames_seen_elsewhere_refresh_or_learn_but_never_move() {
     assert_eq!(fdb(&sw, AGE + 1), all);
     assert_eq!(sw.stats().learned, 3);
 }
+
+#[test]
+fn a_restored_fdb_forwards_and_ages_as_the_one_it_came_from() {
+    let old = switch(3);
+    run(&old, 1, &ipv4(MacAddr::BROADCAST, station(1)), 1_000);
+    run(&old, 2, &ipv4(MacAddr::BROADCAST, host(2, 7)), 3_000);
+    let entries = old.fdb_entries(4_000);
+    // A new switch (another process) with the same ports takes the table over.
+    let new = switch(3);
+    let mut unknown = entries.clone();
+    unknown.push(vswitch_switch::FdbEntry {
+        mac: host(9, 9),
+        port: PortId(9),
+        age_ms: 0,
+    });
+    new.restore_fdb(&unknown, 4_000);
+    assert_eq!(new.fdb_entries(4_000), entries, "same entries, same ages");
+    let to_host = ipv4(host(2, 7), station(3));
+    assert_eq!(run(&new, 3, &to_host, 4_000), Action::Forward(PortId(2)));
+    // station(1), last seen at 1 000, ages out at the same time in both.
+    let to_1 = ipv4(station(1), station(3));
+    assert_eq!(run(&new, 3, &to_1, 1_000 + AGE), Action::Forward(PortId(1)));
+    assert_eq!(run(&new, 3, &to_1, 1_001 + AGE), Action::Flood);
+    assert_eq!(run(&old, 3, &to_1, 1_001 + AGE), Action::Flood);
+}

@@ -18,6 +18,9 @@ pub struct SandboxOptions {
     pub control: Option<PathBuf>,
     /// Extra arguments for `vswitch run`.
     pub extra_args: Vec<String>,
+    /// A command the daemon runs under, e.g. `prlimit --nofile=1024:1024` (it must exec the
+    /// daemon, so that the process started is the daemon).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for SandboxOptions {
@@ -26,6 +29,7 @@ impl Default for SandboxOptions {
             subnet: SUBNET.to_string(),
             control: None,
             extra_args: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -68,8 +72,13 @@ impl Sandbox {
         let control = opts.control.unwrap_or_else(|| dir.path.join("ctl.sock"));
         let log = dir.path.join("daemon.log");
         let log_file = fs::File::create(&log).expect("create daemon log");
-        let mut cmd = host.cmd(VSWITCH, &["run", "--subnet", &opts.subnet, "--control"]);
-        cmd.arg(&control)
+        let program = opts.wrapper.first().map_or(VSWITCH, |w| w.as_str());
+        let mut cmd = host.cmd(program, &[]);
+        if !opts.wrapper.is_empty() {
+            cmd.args(&opts.wrapper[1..]).arg(VSWITCH);
+        }
+        cmd.args(["run", "--subnet", &opts.subnet, "--control"])
+            .arg(&control)
             .args(&opts.extra_args)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())

@@ -104,6 +104,12 @@ impl Endpoint for Container {
     }
 }
 
+impl Endpoint for super::wan::Wan {
+    fn endpoint_cmd(&self, program: &str, args: &[&str]) -> Command {
+        self.cmd(program, args)
+    }
+}
+
 impl Endpoint for Sandbox {
     fn endpoint_cmd(&self, program: &str, args: &[&str]) -> Command {
         self.host_cmd(program, args)

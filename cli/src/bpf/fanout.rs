@@ -160,6 +160,21 @@ impl SpreadProgram {
         self.prog.as_raw_fd()
     }
 
+    /// Its mode map's descriptor (a hand-over passes it with the program's).
+    pub fn mode_fd(&self) -> RawFd {
+        self.mode.fd()
+    }
+
+    /// The program and mode map another process loaded (a hand-over: the ports' fanout groups
+    /// run that program, so the mode the workers flip must be its map).
+    pub fn from_fds(prog: OwnedFd, mode: OwnedFd) -> SpreadProgram {
+        SpreadProgram {
+            prog,
+            mode: Map::from_fd(mode),
+            sustained: Mutex::new(0),
+        }
+    }
+
     /// A worker's traffic became sustained (it left its home CPU) or stopped (it went home):
     /// dense mode while any worker's is sustained.
     pub fn sustained(&self, began: bool) {

@@ -103,6 +103,15 @@ impl<K: Pod, V: Pod> Map<K, V> {
         })
     }
 
+    /// A map another process made, by a descriptor of it (a hand-over): its shape is the
+    /// caller's to know.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Map {
+            fd,
+            _types: PhantomData,
+        }
+    }
+
     /// A hash map of up to `entries` elements (needs CAP_BPF).
     pub fn hash(entries: u32) -> io::Result<Self> {
         Self::create(MapType::Hash, entries)

@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<()> {
             poll_us,
             fast_path,
             no_fast_path,
+            takeover,
         } => daemon::run(daemon::Config {
             subnet,
             gateway: gateway.unwrap_or_else(|| subnet.first_host()),
@@ -53,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 fast_path
             },
+            takeover,
         }),
         Command::Plug {
             target,

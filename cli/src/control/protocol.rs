@@ -45,8 +45,31 @@ pub enum Request {
     Stop(StopArgs),
     Inspect(Inspect),
     Gc(Gc),
+    /// A new process asks the daemon for everything it serves (`vswitch run --takeover`): the
+    /// answer is followed by the daemon's state and descriptors (see `daemon::handover`).
+    Handover(HandoverArgs),
     /// Answered with a header line, then a stream of frames (see `control::stream`).
     Capture(Capture),
+}
+
+/// `handover`: the hand-over format the new process reads (not the protocol's version: a
+/// daemon and its successor may speak different protocols) and the network it was started
+/// for, which must be the daemon's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverArgs {
+    pub format: u32,
+    #[serde(default)]
+    pub network: serde_json::Value,
+}
+
+/// The daemon's answer to `handover`: its state follows, `bytes` of JSON and `fds`
+/// descriptors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandoverOffer {
+    pub format: u32,
+    pub pid: u32,
+    pub bytes: usize,
+    pub fds: usize,
 }
 
 /// The body of a request that takes no arguments (any field is refused).
@@ -936,6 +959,7 @@ pub enum Reply {
     Fdb(Vec<FdbView>),
     Flows(Vec<FlowRow>),
     Stats(Box<Stats>),
+    Handover(HandoverOffer),
     Capture(CaptureView),
 }
 
@@ -1025,8 +1049,12 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Failure> {
     let map = value
         .as_object_mut()
         .ok_or_else(|| invalid(&"not a JSON object"))?;
+    // A hand-over is how one version of the daemon gives way to the next: it carries a format
+    // version of its own, which is the one that must match.
+    let handover = map.get("cmd").and_then(|c| c.as_str()) == Some("handover");
     match map.remove("v") {
         Some(v) if v.as_u64() == Some(u64::from(PROTOCOL)) => {}
+        _ if handover => {}
         Some(v) => return Err(version_mismatch(v.as_u64().or(Some(0)), "daemon")),
         None => return Err(version_mismatch(None, "daemon")),
     }
@@ -1186,6 +1214,18 @@ mod tests {
             let err = decode(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::Invalid, "{bad}: {err}");
             assert!(err.message.starts_with("malformed request"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_handover_is_heard_whatever_the_protocol_version() {
+        for v in ["", r#""v":1,"#, r#""v":99,"#] {
+            let text = format!(r#"{{{v}"cmd":"handover","format":1,"network":{{}}}}"#);
+            assert!(
+                matches!(decode(&text), Ok(Request::Handover(_))),
+                "{text}: {:?}",
+                decode(&text)
+            );
         }
     }
 

@@ -51,7 +51,12 @@ pub(super) fn serve(conn: UnixStream, capture: Capture, calls: &Sender<Call>) ->
     let count = capture.count;
     let session = Session::new(config);
     let _closing = Closing(&session);
-    let answer = ask(calls, Request::Capture(capture), Some(session.clone()));
+    let answer = ask(
+        calls,
+        Request::Capture(capture),
+        None,
+        Some(session.clone()),
+    );
     let mut header = encode_response(&answer);
     header.push(b'\n');
     (&conn).write_all(&header)?;

@@ -5,7 +5,8 @@ use std::os::fd::AsFd;
 
 use vswitch_switch::{MacAddr, PortId};
 
-use crate::control::{Attachment, IfName, PublishSpec, Target};
+use crate::bpf::fastpath::Attachment as FastLink;
+use crate::control::{Attachment, IfName, NetworkName, PublishSpec, Target};
 
 use super::error::DaemonError;
 use super::manager::{Container, Manager};
@@ -72,12 +73,10 @@ impl Manager {
 
     /// Adopts one port; `Ok(false)` if its container is gone.
     fn adopt_port(&mut self, r: &PortRecord) -> Result<bool, DaemonError> {
-        let target = match (&r.pid, &r.netns) {
-            (Some(pid), None) => Target::Pid(*pid),
-            (None, Some(path)) => Target::Netns(path.clone()),
-            _ => return Ok(false),
+        let Some(rec) = Recorded::read(r)? else {
+            return Ok(false);
         };
-        let Ok(ns) = self.plumbing.open_netns(&target) else {
+        let Ok(ns) = self.plumbing.open_netns(&rec.target) else {
             return Ok(false);
         };
         let same_netns = (self.plumbing.netns_id(ns.as_fd())).is_ok_and(|id| id == r.netns_id);
@@ -85,31 +84,16 @@ impl Manager {
         if !same_netns || link.is_none_or(|l| l.index != r.host_index) {
             return Ok(false);
         }
-        let bad = |what: &str| DaemonError::io(what, std::io::Error::other("unreadable"));
-        let mac: MacAddr = r.mac.parse().map_err(|_| bad("its MAC"))?;
-        let ifname: IfName = r.ifname.parse().map_err(|_| bad("its interface name"))?;
-        let publish: Vec<PublishSpec> = (r.publish.iter())
-            .map(|p| p.parse())
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad("its published ports"))?;
-        let attachment = (r.container_id.as_deref())
-            .map(|id| id.parse().map_err(|_| bad("its container id")))
-            .transpose()?
-            .map(|container_id| Attachment {
-                container_id,
-                ifname: ifname.clone(),
-            });
-        let network = (r.network.as_deref())
-            .map(|n| n.parse().map_err(|_| bad("its network")))
-            .transpose()?;
-        let id = PortId(r.port);
-        if id.0 == 0 || self.containers.iter().any(|c| c.port == id) {
-            return Err(bad("its port number"));
+        if self.containers.iter().any(|c| c.port == rec.id) {
+            return Err(DaemonError::io(
+                "its port number",
+                std::io::Error::other("taken twice"),
+            ));
         }
         self.ipam.reserve_where(Some(r.ip), |_| true)?;
         let mut undo = Undo::default();
         undo.address(r.ip);
-        let listeners = match self.bind_all(&publish) {
+        let listeners = match self.bind_all(&rec.publish) {
             Ok(listeners) => listeners,
             Err(e) => {
                 self.roll_back(undo);
@@ -117,11 +101,11 @@ impl Manager {
             }
         };
         let port = NewPort {
-            id,
+            id: rec.id,
             host_ifname: &r.host_ifname,
             index: r.host_index,
             ip: r.ip,
-            mac,
+            mac: rec.mac,
             new: false,
         };
         let fast_link = match self.add_port(&port, &mut undo) {
@@ -131,22 +115,7 @@ impl Manager {
                 return Err(e);
             }
         };
-        let container = Container {
-            port: id,
-            target,
-            netns_id: r.netns_id,
-            host_ifname: r.host_ifname.clone(),
-            host_index: r.host_index,
-            ifname,
-            ip: r.ip,
-            mac,
-            publish,
-            netns_conf: (r.netns_conf.clone())
-                .map(|(file, created_dir)| NetnsConf { file, created_dir }),
-            fast_link,
-            attachment,
-            network,
-        };
+        let container = rec.container(r, fast_link);
         self.serve_published(&container, listeners);
         self.containers.push(container);
         Ok(true)
@@ -196,7 +165,77 @@ impl Manager {
     }
 }
 
-fn record(c: &Container) -> PortRecord {
+/// A port's record read back: everything of the container but its sockets and program.
+pub(super) struct Recorded {
+    pub id: PortId,
+    pub target: Target,
+    pub mac: MacAddr,
+    pub ifname: IfName,
+    pub publish: Vec<PublishSpec>,
+    attachment: Option<Attachment>,
+    network: Option<NetworkName>,
+    netns_conf: Option<NetnsConf>,
+}
+
+impl Recorded {
+    /// Reads a record; `None` if it names no container (neither a pid nor a path).
+    pub fn read(r: &PortRecord) -> Result<Option<Recorded>, DaemonError> {
+        let target = match (&r.pid, &r.netns) {
+            (Some(pid), None) => Target::Pid(*pid),
+            (None, Some(path)) => Target::Netns(path.clone()),
+            _ => return Ok(None),
+        };
+        let bad = |what: &str| DaemonError::io(what, std::io::Error::other("unreadable"));
+        let ifname: IfName = r.ifname.parse().map_err(|_| bad("its interface name"))?;
+        let attachment = (r.container_id.as_deref())
+            .map(|id| id.parse().map_err(|_| bad("its container id")))
+            .transpose()?
+            .map(|container_id| Attachment {
+                container_id,
+                ifname: ifname.clone(),
+            });
+        if r.port == 0 {
+            return Err(bad("its port number"));
+        }
+        Ok(Some(Recorded {
+            id: PortId(r.port),
+            target,
+            mac: r.mac.parse().map_err(|_| bad("its MAC"))?,
+            ifname,
+            publish: (r.publish.iter())
+                .map(|p| p.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad("its published ports"))?,
+            attachment,
+            network: (r.network.as_deref())
+                .map(|n| n.parse().map_err(|_| bad("its network")))
+                .transpose()?,
+            netns_conf: (r.netns_conf.clone())
+                .map(|(file, created_dir)| NetnsConf { file, created_dir }),
+        }))
+    }
+
+    /// The container of the record, with its port's fast-path program.
+    pub fn container(self, r: &PortRecord, fast_link: Option<FastLink>) -> Container {
+        Container {
+            port: self.id,
+            target: self.target,
+            netns_id: r.netns_id,
+            host_ifname: r.host_ifname.clone(),
+            host_index: r.host_index,
+            ifname: self.ifname,
+            ip: r.ip,
+            mac: self.mac,
+            publish: self.publish,
+            netns_conf: self.netns_conf,
+            fast_link,
+            attachment: self.attachment,
+            network: self.network,
+        }
+    }
+}
+
+pub(super) fn record(c: &Container) -> PortRecord {
     let (pid, netns) = match &c.target {
         Target::Pid(pid) => (Some(*pid), None),
         Target::Netns(path) => (None, Some(path.clone())),

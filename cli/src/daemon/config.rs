@@ -33,4 +33,7 @@ pub struct Config {
     /// Forward frames between learned containers in the kernel, on which hook (see
     /// `bpf::fastpath`).
     pub fast_path: crate::bpf::fastpath::Mode,
+    /// Take over from the daemon serving the control socket instead of starting anew (see
+    /// `handover`).
+    pub takeover: bool,
 }

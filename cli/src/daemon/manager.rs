@@ -21,6 +21,7 @@ use crate::natd::budget::FdBudget;
 use crate::natd::NatMailbox;
 
 use super::capture::Capturing;
+use super::handover::Handoff;
 use super::ipam::Ipam;
 use super::plumbing::{NetnsConf, NetnsId, Plumbing};
 use super::state;
@@ -94,15 +95,19 @@ pub enum Stop {
 }
 
 impl Manager {
-    pub fn run(mut self, calls: Receiver<Call>, stop: Receiver<Stop>) {
+    pub fn run(mut self, calls: Receiver<Call>, stop: Receiver<Stop>, handoff: Handoff) {
         let ticker = tick(LIFECYCLE_TICK);
         let how = loop {
             select! {
                 recv(calls) -> call => {
                     let Ok(call) = call else { break Stop::Remove };
-                    let answer = match (&call.request, call.capture) {
-                        (Request::Capture(c), Some(session)) => self.start_capture(c, session),
-                        _ => self.handle(call.request),
+                    let answer = match (call.request, call.conn, call.capture) {
+                        // Returns only if this daemon goes on serving.
+                        (Request::Handover(args), Some(conn), _) => {
+                            self.hand_over(&handoff, args, conn)
+                        }
+                        (Request::Capture(c), _, Some(session)) => self.start_capture(&c, session),
+                        (request, _, _) => self.handle(request),
                     };
                     let _ = call.reply.send(answer);
                 }
@@ -138,6 +143,12 @@ impl Manager {
             Request::Fdb(_) => Reply::Fdb(self.fdb()),
             Request::Conntrack(_) => Reply::Flows(self.conntrack()),
             Request::Stats(_) => Reply::Stats(Box::new(self.stats())),
+            Request::Handover(_) => {
+                return Err(crate::control::Failure::new(
+                    crate::control::ErrorCode::Invalid,
+                    "handover: not over the control socket",
+                ))
+            }
             Request::Capture(_) => {
                 return Err(control::Failure::new(
                     control::ErrorCode::Invalid,

@@ -2,6 +2,9 @@
 //! manager thread (`manager`, `plug`, `views`), watches its containers (`lifecycle`) and
 //! removes everything it made when it is told to stop.
 
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -19,6 +22,7 @@ mod capture;
 mod cleanup;
 mod config;
 mod error;
+mod handover;
 pub mod ipam;
 mod lifecycle;
 mod manager;
@@ -43,24 +47,43 @@ pub fn run(cfg: Config) -> Result<()> {
     // Every NAT flow and published connection holds host sockets: allow as many descriptors
     // as the hard limit permits rather than the usual soft 1024, and budget them.
     let fd_limit = budget::raise_limit();
+    if cfg.takeover {
+        return handover::take_over(cfg, signals, fd_limit);
+    }
     let ipam = Ipam::new(cfg.subnet, cfg.gateway)?;
     let listener = control::bind(&cfg.control)
         .with_context(|| format!("control socket {}", cfg.control.display()))?;
-    let manager = match startup::start(&cfg, ipam, fd_limit) {
-        Ok(m) => m,
+    let (manager, handoff) = match startup::start(&cfg, ipam, fd_limit, listener.as_raw_fd()) {
+        Ok(started) => started,
         Err(e) => {
             let _ = std::fs::remove_file(&cfg.control);
             return Err(e);
         }
     };
+    serve(&cfg, listener, manager, handoff, signals, || {
+        systemd::notify("READY=1")
+    })
+}
+
+/// Serves the control socket with the manager until a signal says to stop; `ready` runs once
+/// everything serves (it tells systemd).
+fn serve(
+    cfg: &Config,
+    listener: UnixListener,
+    manager: manager::Manager,
+    handoff: handover::Handoff,
+    signals: SigSet,
+    ready: impl FnOnce(),
+) -> Result<()> {
     let (calls_tx, calls_rx) = crossbeam_channel::bounded::<Call>(64);
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<Stop>(1);
+    let hold = handoff.hold.clone();
     std::thread::Builder::new()
         .name("vswitch-ctl".into())
-        .spawn(move || control::serve(listener, calls_tx))?;
+        .spawn(move || control::serve(listener, calls_tx, hold))?;
     let manager = std::thread::Builder::new()
         .name("vswitch-mgr".into())
-        .spawn(move || manager.run(calls_rx, stop_rx))?;
+        .spawn(move || manager.run(calls_rx, stop_rx, handoff))?;
     println!(
         "vswitch: serving {} on {} (gateway {}/{}), control socket {}",
         cfg.subnet,
@@ -69,7 +92,7 @@ pub fn run(cfg: Config) -> Result<()> {
         cfg.subnet.prefix,
         cfg.control.display()
     );
-    systemd::notify("READY=1");
+    ready();
 
     let signal = signals.wait().context("waiting for signals")?;
     let how = match signal {

@@ -213,6 +213,23 @@ impl Manager {
         p: &NewPort<'_>,
         undo: &mut Undo,
     ) -> Result<Option<Attachment>, DaemonError> {
+        let fast = self.fast_path.as_ref().filter(|_| p.id.0 < MAX_PORTS);
+        let filter = fast.map(|f| f.filter());
+        let queues = (self
+            .plumbing
+            .open_queues(p.index, self.datapath.queues(), filter))
+        .map_err(|e| DaemonError::io(format!("opening packet sockets on {}", p.host_ifname), e))?;
+        self.install_port(p, queues, undo)
+    }
+
+    /// Attaches the fast path to a port whose sockets are open (by `add_port`, or by a process
+    /// that handed them over) and gives the port to the switch and the workers.
+    pub(super) fn install_port(
+        &mut self,
+        p: &NewPort<'_>,
+        queues: Vec<Box<dyn crate::ports::PortIo>>,
+        undo: &mut Undo,
+    ) -> Result<Option<Attachment>, DaemonError> {
         let NewPort {
             id,
             host_ifname,
@@ -222,11 +239,6 @@ impl Manager {
             new,
         } = *p;
         let fast = self.fast_path.as_ref().filter(|_| id.0 < MAX_PORTS);
-        let filter = fast.map(|f| f.filter());
-        let queues = (self
-            .plumbing
-            .open_queues(index, self.datapath.queues(), filter))
-        .map_err(|e| DaemonError::io(format!("opening packet sockets on {host_ifname}"), e))?;
         self.budget.reserve(port_fds(queues.len()));
         undo.0.push(Made::Reserved(port_fds(queues.len())));
         // Without its program on the port, the port's stations stay out of the fast path's map,

@@ -1,6 +1,7 @@
 //! Bringing the daemon up: the TAP with the gateway address, the DNS forwarder, the switch,
 //! the eBPF programs, the datapath workers and the NAT service.
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -8,16 +9,17 @@ use vswitch_nat::{Nat, NatConfig, Shares};
 use vswitch_switch::{MacAddr, PortInfo, Switch};
 
 use crate::bpf::fanout::{Spread, SpreadProgram};
-use crate::bpf::fastpath::{self, Mode};
+use crate::bpf::fastpath::{self, FastPath, Mode};
 use crate::bpf::pins::{self, Pins};
 use crate::datapath::{Datapath, Fabric, TAP_PORT};
 use crate::kernel::netlink::Netlink;
 use crate::natd::budget::{open_now, FdBudget};
-use crate::natd::{self, dns, resolv, NatHook, NatService};
+use crate::natd::{self, dns, resolv, NatHook, NatMailbox, NatService};
 use crate::ports::tap::Tap;
 use crate::ports::{Counters, Port, PortIo};
 
 use super::config::Config;
+use super::handover::{Handoff, Network};
 use super::ipam::Ipam;
 use super::manager::Manager;
 use super::plumbing::{initial_netns, marker, own_netns, Kernel};
@@ -36,48 +38,151 @@ fn default_max_flows(fd_limit: usize) -> usize {
 }
 
 /// Creates the TAP with the gateway address and starts the datapath, the NAT service and the
-/// DNS forwarder.
-pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
+/// DNS forwarder. `control` is the control socket's listener, for a later hand-over.
+pub fn start(
+    cfg: &Config,
+    ipam: Ipam,
+    fd_limit: usize,
+    control: RawFd,
+) -> Result<(Manager, Handoff)> {
     let budget = FdBudget::new(fd_limit);
     let previous = previous_state(cfg)?;
-    let marker = marker(&cfg.control);
     let mut nl = Netlink::open().context("opening netlink")?;
-    let gateway_mac = MacAddr::from_ipv4(cfg.gateway);
-    let (taps, tap_index) = open_tap(cfg, &mut nl, &marker, gateway_mac)?;
-
+    let (taps, tap_index) = open_tap(cfg, &mut nl, &marker(&cfg.control))?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    if !cfg.no_dns {
-        let fallback = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
-        let upstreams = resolv::upstreams(&cfg.dns, &host_resolv, fallback.as_deref());
-        if upstreams.is_empty() {
-            eprintln!("vswitch: no upstream DNS resolver known (give --dns): containers' queries will go unanswered");
-        }
-        dns::start(cfg.gateway, upstreams, budget.clone()).with_context(|| {
-            format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway)
-        })?;
+    let dns_fds = match cfg.no_dns {
+        true => None,
+        false => Some(
+            dns::start(
+                cfg.gateway,
+                dns_upstreams(cfg, &host_resolv),
+                budget.clone(),
+            )
+            .with_context(|| {
+                format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway)
+            })?,
+        ),
+    };
+    let spread_program = spread_program(cfg);
+    let fast_path = fast_path(cfg);
+    let fabric = Fabric::new(new_switch(cfg), spread_program.clone());
+    let homes = cfg.spread != Spread::Hash;
+    let mut datapath =
+        Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
+    let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
+    let relay_ports = relays.iter().map(|(_, port)| *port).collect();
+    let nat = Arc::new(Nat::new(nat_config(cfg, fd_limit, relay_ports)));
+    let (service, nat_jobs) = NatService::new(
+        nat.clone(),
+        fabric.clone(),
+        budget.clone(),
+        datapath.relays(),
+        cfg.gateway,
+        relays,
+    )
+    .context("starting the NAT service")?;
+    let poll = cfg.poll;
+    std::thread::Builder::new()
+        .name("vswitch-nat".into())
+        .spawn(move || service.run(poll))?;
+    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric);
+    datapath.run(Some(hook)).context("starting workers")?;
+    let taps = taps.into_iter().map(|t| Box::new(t) as Box<dyn PortIo>);
+    datapath.add_port(Arc::new(tap_port(cfg, taps.collect())))?;
+    // What the daemon holds open now is its own, plus a slack for control connections and
+    // the threads that open a namespace or a file for a moment.
+    budget.reserve(open_now() + SLACK);
+    let parts = Parts {
+        nl,
+        spread_program: spread_program.clone(),
+        datapath,
+        nat,
+        nat_jobs,
+        host_resolv,
+        fast_path,
+        budget,
+        tap_index,
+        last_expiry: 0,
+        watchdog: Watchdog::from_env(),
+    };
+    let mut manager = Manager::assemble(cfg, ipam, parts)?;
+    if let Some(previous) = previous {
+        manager.adopt(previous);
     }
+    manager.clear_unexplained_links();
+    if let Some(fast) = &manager.fast_path {
+        let ports: Vec<u32> = manager.containers.iter().map(|c| c.host_index).collect();
+        fast.prune_links(&ports);
+    }
+    manager.save_state();
+    let handoff = Handoff {
+        hold: Arc::default(),
+        network: Network::of(cfg),
+        control,
+        dns: dns_fds,
+        spread: spread_program,
+    };
+    Ok((manager, handoff))
+}
 
+/// The switch of the network, with the host's station (the gateway) on the TAP's port.
+pub(super) fn new_switch(cfg: &Config) -> Arc<Switch> {
     let switch = Arc::new(Switch::new(vswitch_switch::Config {
         fdb_capacity: cfg.fdb_size,
         fdb_age_ms: cfg.fdb_age_secs.saturating_mul(1000),
     }));
-    switch.add_port(
-        TAP_PORT,
-        PortInfo {
-            mac: gateway_mac,
-            ip: Some(cfg.gateway),
-        },
-    );
-    let spread_program = (cfg.spread == Spread::Auto && cfg.workers > 1)
-        .then(|| match SpreadProgram::load((cfg.workers / 2) as u32) {
-            Ok(program) => Some(Arc::new(program)),
-            Err(e) => {
-                eprintln!("vswitch: no eBPF fanout program ({e}): small frames stay spread by CPU");
-                None
-            }
-        })
-        .flatten();
-    // Pinned, the fast path keeps forwarding between containers while no daemon runs.
+    let station = PortInfo {
+        mac: MacAddr::from_ipv4(cfg.gateway),
+        ip: Some(cfg.gateway),
+    };
+    switch.add_port(TAP_PORT, station);
+    switch
+}
+
+/// The host's port: the TAP, whose queues send by flow (see `ports::Port::by_flow`).
+pub(super) fn tap_port(cfg: &Config, queues: Vec<Box<dyn PortIo>>) -> Port {
+    Port {
+        id: TAP_PORT,
+        name: cfg.tap.clone(),
+        queues,
+        by_flow: true,
+        counters: Counters::default(),
+        mirror: Default::default(),
+    }
+}
+
+/// What the workers call for frames that may be the NAT's.
+pub(super) fn nat_hook(
+    cfg: &Config,
+    nat: &Arc<Nat>,
+    nat_jobs: &NatMailbox,
+    fabric: Fabric,
+) -> Arc<NatHook> {
+    Arc::new(NatHook {
+        nat: nat.clone(),
+        gateway_mac: MacAddr::from_ipv4(cfg.gateway).0,
+        service: nat_jobs.clone(),
+        fabric,
+    })
+}
+
+/// The eBPF fan-out program, where it serves (several workers, `--spread auto`) and loads.
+fn spread_program(cfg: &Config) -> Option<Arc<SpreadProgram>> {
+    if cfg.spread != Spread::Auto || cfg.workers < 2 {
+        return None;
+    }
+    match SpreadProgram::load((cfg.workers / 2) as u32) {
+        Ok(program) => Some(Arc::new(program)),
+        Err(e) => {
+            eprintln!("vswitch: no eBPF fanout program ({e}): small frames stay spread by CPU");
+            None
+        }
+    }
+}
+
+/// The kernel fast path, pinned so that it keeps forwarding between containers while no daemon
+/// runs; `None` when it is off or the kernel refuses it (the daemon says why).
+pub(super) fn fast_path(cfg: &Config) -> Option<FastPath> {
     let pins = (cfg.fast_path != Mode::Off)
         .then(|| match Pins::open(&pins::dir_for(&cfg.control)) {
             Ok(pins) => Some(pins),
@@ -89,15 +194,67 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         .flatten();
     let (fast_path, why) = fastpath::start(cfg.fast_path, cfg.fdb_size, pins);
     eprintln!("vswitch: kernel fast path: {why}");
-    let fabric = Fabric::new(switch, spread_program.clone());
-    let homes = cfg.spread != Spread::Hash;
-    let mut datapath =
-        Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
-    let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
+    fast_path
+}
+
+/// What a manager is made of that depends on how the daemon came up (afresh, or taking over).
+pub(super) struct Parts {
+    pub nl: Netlink,
+    pub spread_program: Option<Arc<SpreadProgram>>,
+    pub datapath: Datapath,
+    pub nat: Arc<Nat>,
+    pub nat_jobs: NatMailbox,
+    pub host_resolv: String,
+    pub fast_path: Option<FastPath>,
+    pub budget: Arc<FdBudget>,
+    pub tap_index: u32,
+    pub last_expiry: u64,
+    pub watchdog: Option<Watchdog>,
+}
+
+impl Manager {
+    /// A manager of the network `cfg` describes, with no containers yet.
+    pub(super) fn assemble(cfg: &Config, ipam: Ipam, p: Parts) -> Result<Manager> {
+        let marker = marker(&cfg.control);
+        let plumbing = Kernel {
+            nl: p.nl,
+            marker: marker.clone(),
+            spread: cfg.spread,
+            spread_program: p.spread_program,
+        };
+        Ok(Manager {
+            ipam,
+            mtu: cfg.mtu,
+            tap_name: cfg.tap.clone(),
+            gateway_mac: MacAddr::from_ipv4(cfg.gateway),
+            own_netns: own_netns().context("identifying the daemon's own network namespace")?,
+            initial_netns: initial_netns(),
+            plumbing: Box::new(plumbing),
+            datapath: p.datapath,
+            containers: Vec::new(),
+            nat: p.nat,
+            nat_jobs: p.nat_jobs,
+            host_resolv: p.host_resolv,
+            last_expiry: p.last_expiry,
+            fast_path: p.fast_path,
+            budget: p.budget,
+            marker,
+            state_path: state::path_for(&cfg.control),
+            pins_dir: pins::dir_for(&cfg.control),
+            tap_index: p.tap_index,
+            watchdog: p.watchdog,
+            captures: Vec::new(),
+        })
+    }
+}
+
+/// The NAT's configuration: the network's, with the bounds given or what the descriptors can
+/// carry.
+pub(super) fn nat_config(cfg: &Config, fd_limit: usize, relay_ports: Vec<u16>) -> NatConfig {
     let max_flows = cfg.max_flows.unwrap_or_else(|| default_max_flows(fd_limit));
     let default_shares = Shares::for_table(max_flows);
     eprintln!("vswitch: NAT tracks up to {max_flows} flows (descriptor limit {fd_limit})");
-    let nat = Arc::new(Nat::new(NatConfig {
+    NatConfig {
         max_flows,
         shares: Shares {
             flows: cfg.max_flows_per_container.unwrap_or(default_shares.flows),
@@ -105,87 +262,22 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         },
         ..NatConfig::new(
             cfg.gateway,
-            gateway_mac.0,
+            MacAddr::from_ipv4(cfg.gateway).0,
             cfg.subnet.network,
             cfg.subnet.prefix,
-            relays.iter().map(|(_, port)| *port).collect(),
+            relay_ports,
         )
-    }));
-    let poll = cfg.poll;
-    let (service, nat_jobs) = NatService::new(
-        nat.clone(),
-        fabric.clone(),
-        budget.clone(),
-        datapath.relays(),
-        cfg.gateway,
-        relays,
-    )
-    .context("starting the NAT service")?;
-    std::thread::Builder::new()
-        .name("vswitch-nat".into())
-        .spawn(move || service.run(poll))?;
-    let hook = NatHook {
-        nat: nat.clone(),
-        gateway_mac: gateway_mac.0,
-        service: nat_jobs.clone(),
-        fabric,
-    };
-    datapath
-        .run(Some(Arc::new(hook)))
-        .context("starting workers")?;
-    datapath.add_port(Arc::new(Port {
-        id: TAP_PORT,
-        name: cfg.tap.clone(),
-        queues: taps
-            .into_iter()
-            .map(|t| Box::new(t) as Box<dyn PortIo>)
-            .collect(),
-        by_flow: true,
-        counters: Counters::default(),
-        mirror: Default::default(),
-    }))?;
-    let plumbing = Kernel {
-        nl,
-        marker: marker.clone(),
-        spread: cfg.spread,
-        spread_program,
-    };
-    // What the daemon holds open now is its own, plus a slack for control connections and
-    // the threads that open a namespace or a file for a moment.
-    budget.reserve(open_now() + SLACK);
-    let mut manager = Manager {
-        ipam,
-        mtu: cfg.mtu,
-        tap_name: cfg.tap.clone(),
-        gateway_mac,
-        own_netns: own_netns().context("identifying the daemon's own network namespace")?,
-        initial_netns: initial_netns(),
-        plumbing: Box::new(plumbing),
-        datapath,
-        containers: Vec::new(),
-        nat,
-        nat_jobs,
-        host_resolv,
-        last_expiry: 0,
-        fast_path,
-        budget,
-        marker,
-        state_path: state::path_for(&cfg.control),
-        pins_dir: pins::dir_for(&cfg.control),
-        tap_index,
-        watchdog: Watchdog::from_env(),
-        captures: Vec::new(),
-    };
-    if let Some(previous) = previous {
-        manager.adopt(previous);
     }
-    manager.clear_unexplained_links();
-    if let Some(fast) = &manager.fast_path {
-        let ports: Vec<u32> = manager.containers.iter().map(|c| c.host_index).collect();
-        fast.prune_links(&ports);
+}
+
+/// The resolvers the DNS forwarder asks: `--dns`, else the host's.
+pub(super) fn dns_upstreams(cfg: &Config, host_resolv: &str) -> Vec<std::net::SocketAddr> {
+    let fallback = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+    let upstreams = resolv::upstreams(&cfg.dns, host_resolv, fallback.as_deref());
+    if upstreams.is_empty() {
+        eprintln!("vswitch: no upstream DNS resolver known (give --dns): containers' queries will go unanswered");
     }
-    manager.save_state();
-    Ok(manager)
+    upstreams
 }
 
 /// The state a previous daemon of this switch left; a daemon started for another network is
@@ -241,12 +333,8 @@ fn previous_state(cfg: &Config) -> Result<Option<State>> {
 
 /// Opens the TAP with the gateway's address: the one an earlier daemon of this switch left
 /// (it carries our mark), or a new one; a device of that name that is not ours is an error.
-fn open_tap(
-    cfg: &Config,
-    nl: &mut Netlink,
-    marker: &str,
-    gateway_mac: MacAddr,
-) -> Result<(Vec<Tap>, u32)> {
+fn open_tap(cfg: &Config, nl: &mut Netlink, marker: &str) -> Result<(Vec<Tap>, u32)> {
+    let gateway_mac = MacAddr::from_ipv4(cfg.gateway);
     let what = || format!("TAP {}", cfg.tap);
     let ours = (nl.link(&cfg.tap)?).is_some_and(|l| l.alias.as_deref() == Some(marker));
     let taps = match ours {

@@ -21,6 +21,10 @@ use crate::kernel::epoll::Epoll;
 
 use super::Token;
 
+mod handover;
+
+pub use handover::PairSnap;
+
 /// Bytes a pipe may hold; larger pipes mean fewer `splice` calls per byte.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
@@ -346,7 +350,7 @@ mod tests {
     const OWNER: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
 
     /// A pool served by `n` threads of its own, as the workers would.
-    fn pool(n: usize) -> RelayPool {
+    pub(super) fn pool(n: usize) -> RelayPool {
         let epolls: Vec<Arc<Epoll>> = (0..n).map(|_| Arc::new(Epoll::new().unwrap())).collect();
         let pool = RelayPool::new(&epolls);
         for (i, epoll) in epolls.into_iter().enumerate() {
@@ -365,7 +369,7 @@ mod tests {
     }
 
     /// A connected pair of loopback sockets.
-    fn pair() -> (TcpStream, TcpStream) {
+    pub(super) fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (b, _) = listener.accept().unwrap();

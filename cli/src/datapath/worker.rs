@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vswitch_switch::{Action, DropReason, PortId, VNET_HDR_LEN};
 
-use crate::kernel::epoll::Epoll;
+use crate::kernel::epoll::{Epoll, EventFd};
 use crate::ports::{Port, RxBatch};
 
 use super::relay::RelayPool;
@@ -28,7 +28,10 @@ pub(super) struct WorkerCtx {
     pub hook: Option<Arc<dyn Hook>>,
     pub relays: RelayPool,
     pub epoll: Arc<Epoll>,
+    /// This worker's wake-up (see `Token::Wake`).
+    pub wake: Arc<EventFd>,
     pub stop: Arc<AtomicBool>,
+    pub pause: Arc<super::Pause>,
     pub poll: Duration,
     pub home: Option<usize>,
 }
@@ -63,6 +66,7 @@ impl WorkerCtx {
         let mut waiter = Waiter::new(self.poll, self.home);
         let mut at_home = waiter.at_home();
         while !self.stop.load(Ordering::Relaxed) {
+            self.pause.park_if_wanted();
             let ready = waiter.wait(&self.epoll, &mut events, -1);
             if waiter.at_home() != at_home {
                 at_home = waiter.at_home();
@@ -82,7 +86,8 @@ impl WorkerCtx {
                             hook.readable(&self.fabric, buf, out);
                         }
                     }
-                    // Wake: the loop condition checks `stop`.
+                    // Wake: the loop checks `stop` and the pause.
+                    Some(Token::Wake) => self.wake.drain(),
                     _ => {}
                 }
             }

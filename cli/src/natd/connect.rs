@@ -21,11 +21,11 @@ const ACCEPT_WAIT: Duration = Duration::from_secs(30);
 
 /// A connected upstream whose container side has not reached the relay yet.
 pub(super) struct Waiting {
-    upstream: TcpStream,
+    pub upstream: TcpStream,
     /// The container's address and port.
-    from: SocketAddrV4,
-    since: Instant,
-    lease: Lease,
+    pub from: SocketAddrV4,
+    pub since: Instant,
+    pub lease: Lease,
 }
 
 impl Waiting {
@@ -57,7 +57,10 @@ impl NatService {
         }
         // No descriptors for the connection: refused now, with a reset, rather than failing
         // later half-way.
-        let Some(lease) = self.budget.lease(TCP_RELAY, "a TCP connection") else {
+        let Some(lease) = self
+            .budget
+            .lease(TCP_RELAY, Some(*from.ip()), "a TCP connection")
+        else {
             let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
             return self.refuse_syn(flow, &syn, &refused);
         };

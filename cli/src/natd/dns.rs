@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +18,30 @@ use super::budget::FdBudget;
 const MAX_INFLIGHT: usize = 256;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Binds UDP and TCP port 53 on `gateway` and serves them on background threads.
+/// Binds UDP and TCP port 53 on `gateway` and serves them on background threads. Returns the
+/// two sockets' descriptors (they live as long as the process), for a hand-over.
 pub fn start(
     gateway: Ipv4Addr,
     upstreams: Vec<SocketAddr>,
     budget: Arc<FdBudget>,
-) -> io::Result<()> {
+) -> io::Result<[RawFd; 2]> {
     let udp = UdpSocket::bind((gateway, 53))?;
     let tcp = TcpListener::bind((gateway, 53))?;
+    let fds = [udp.as_raw_fd(), tcp.as_raw_fd()];
+    serve(udp, tcp, upstreams, budget)?;
+    Ok(fds)
+}
+
+/// Serves DNS on sockets bound already (by this process, or by one that handed them over).
+pub fn serve(
+    udp: UdpSocket,
+    tcp: TcpListener,
+    upstreams: Vec<SocketAddr>,
+    budget: Arc<FdBudget>,
+) -> io::Result<()> {
+    // Blocking, whatever the process that bound them set.
+    udp.set_nonblocking(false)?;
+    tcp.set_nonblocking(false)?;
     let upstreams = Arc::new(upstreams);
     let (up, udp_budget) = (upstreams.clone(), budget.clone());
     std::thread::Builder::new()
@@ -48,7 +65,7 @@ fn serve_udp(socket: UdpSocket, upstreams: Arc<Vec<SocketAddr>>, budget: Arc<FdB
             continue; // not a DNS message, or overloaded: drop, the client retries
         }
         // A query's socket upstream is paid for from the budget, like a flow's.
-        let Some(lease) = budget.lease(1, "a DNS query") else {
+        let Some(lease) = budget.lease(1, client_v4(client), "a DNS query") else {
             continue;
         };
         let query = buf[..len].to_vec();
@@ -95,12 +112,20 @@ fn ask_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     None
 }
 
+/// The container a DNS client is (its queries count against its share of the descriptors).
+fn client_v4(client: SocketAddr) -> Option<Ipv4Addr> {
+    match client {
+        SocketAddr::V4(a) => Some(*a.ip()),
+        SocketAddr::V6(_) => None,
+    }
+}
+
 /// Descriptors a DNS-over-TCP connection holds: both sockets and a clone of each.
 const TCP_QUERY_FDS: usize = 4;
 
 fn serve_tcp(listener: TcpListener, upstreams: Arc<Vec<SocketAddr>>, budget: Arc<FdBudget>) {
     loop {
-        let lease = budget.lease(TCP_QUERY_FDS, "a DNS connection");
+        let lease = budget.lease(TCP_QUERY_FDS, None, "a DNS connection");
         let conn = match listener.accept() {
             Ok((conn, _)) => conn,
             Err(e) => {

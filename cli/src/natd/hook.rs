@@ -69,6 +69,7 @@ impl Hook for NatHook {
             }
             Verdict::UdpOut {
                 flow,
+                from,
                 dst,
                 payload,
                 gso_size,
@@ -76,6 +77,7 @@ impl Hook for NatHook {
             } => {
                 *posted |= self.service.post(NatJob::UdpOut {
                     flow,
+                    from,
                     dst,
                     payload: frame[payload].to_vec(),
                     gso_size,

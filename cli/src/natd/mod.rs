@@ -14,7 +14,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
+use crossbeam_channel::{Receiver, Sender};
 use vswitch_nat::{Expired, FlowId};
+
+use crate::kernel::fdpass::FdOut;
 
 pub mod budget;
 mod connect;
@@ -24,12 +27,14 @@ mod mailbox;
 mod publish;
 pub mod resolv;
 mod service;
+mod snapshot;
 mod sockets;
 mod udp;
 
 pub use hook::NatHook;
 pub use mailbox::NatMailbox;
 pub use service::NatService;
+pub use snapshot::ServiceSnap;
 pub use sockets::{bind_published, bind_relays};
 
 /// Work the datapath and the manager hand to the NAT service.
@@ -44,6 +49,8 @@ pub enum NatJob {
     },
     UdpOut {
         flow: FlowId,
+        /// The container's address and port.
+        from: SocketAddrV4,
         dst: SocketAddrV4,
         payload: Vec<u8>,
         gso_size: u16,
@@ -64,6 +71,13 @@ pub enum NatJob {
     Unpublish { container: Ipv4Addr },
     /// Flows the table reclaimed: close their sockets.
     Forget(Vec<Expired>),
+    /// Stop serving and describe every socket (listed in `fds`) for a process that takes over;
+    /// then wait: a message on `resume` (or its end) goes on.
+    Pause {
+        fds: FdOut,
+        reply: Sender<(ServiceSnap, FdOut)>,
+        resume: Receiver<()>,
+    },
 }
 
 /// A bound host socket of a published port.

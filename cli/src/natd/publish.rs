@@ -9,6 +9,8 @@
 //!   own on the gateway instead (`PubUdpLocal`).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vswitch_nat::NatError;
@@ -24,6 +26,22 @@ use super::udp::send_segments;
 use super::Listener;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One published connection being connected, counted while it lives.
+struct Publishing(Arc<AtomicUsize>);
+
+impl Publishing {
+    fn start(count: &Arc<AtomicUsize>) -> Publishing {
+        count.fetch_add(1, Ordering::SeqCst);
+        Publishing(count.clone())
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl NatService {
     /// Serves the published ports of `container` (already bound by the manager).
@@ -108,7 +126,11 @@ impl NatService {
         let container = *container;
         loop {
             // Leased before the accept: a client the daemon cannot serve is reset at once.
-            let lease = self.budget.lease(TCP_RELAY, "a published TCP connection");
+            let lease = self.budget.lease(
+                TCP_RELAY,
+                Some(*container.ip()),
+                "a published TCP connection",
+            );
             let Some(Entry::PubTcp { listener, .. }) = self.entries.get(&token) else {
                 return;
             };
@@ -140,10 +162,13 @@ impl NatService {
             SocketAddr::V6(_) => None,
         };
         let (nat, gateway, pool) = (self.nat.clone(), self.gateway, self.pool.clone());
+        // Counted until the connection is relayed (or refused): a hand-over waits for these.
+        let publishing = Publishing::start(&self.publishing);
         let _ = std::thread::Builder::new()
             .name("vswitch-publish".into())
             .stack_size(128 * 1024)
             .spawn(move || {
+                let _publishing = publishing;
                 let _ = client.set_nonblocking(false);
                 let Ok((socket, eph)) = bound_tcp_socket(gateway) else {
                     return;
@@ -226,7 +251,10 @@ impl NatService {
         let token = match self.pub_udp_local.get(&(id, client)) {
             Some(t) => *t,
             None => {
-                let Some(lease) = self.budget.lease(UDP_FLOW, "a published UDP client") else {
+                let Some(lease) =
+                    self.budget
+                        .lease(UDP_FLOW, Some(*container.ip()), "a published UDP client")
+                else {
                     return;
                 };
                 let sock = match UdpSocket::bind((self.gateway, 0)) {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,7 +67,7 @@ pub(super) enum Entry {
 }
 
 impl Entry {
-    fn fd(&self) -> RawFd {
+    pub(super) fn fd(&self) -> RawFd {
         match self {
             Entry::Connecting { stream, .. } => stream.as_raw_fd(),
             Entry::Udp { sock, .. }
@@ -99,6 +100,8 @@ pub struct NatService {
     pub(super) waiting: HashMap<FlowId, Waiting>,
     pub(super) buf: Vec<u8>,
     pub(super) out: Vec<u8>,
+    /// Published connections being connected to their container on threads of their own.
+    pub(super) publishing: Arc<AtomicUsize>,
 }
 
 impl NatService {
@@ -111,6 +114,20 @@ impl NatService {
         gateway: Ipv4Addr,
         relays: Vec<(TcpListener, u16)>,
     ) -> io::Result<(NatService, NatMailbox)> {
+        let icmp = echo_socket();
+        NatService::with_icmp(nat, fabric, budget, pool, gateway, relays, icmp)
+    }
+
+    /// Like `new`, with `icmp` as the raw socket echo requests leave through.
+    pub(super) fn with_icmp(
+        nat: Arc<Nat>,
+        fabric: Fabric,
+        budget: Arc<FdBudget>,
+        pool: RelayPool,
+        gateway: Ipv4Addr,
+        relays: Vec<(TcpListener, u16)>,
+        icmp: Option<OwnedFd>,
+    ) -> io::Result<(NatService, NatMailbox)> {
         let epoll = Epoll::new()?;
         let wake = Arc::new(EventFd::new()?);
         epoll.add(wake.as_raw_fd(), IN, Token::Wake.into())?;
@@ -121,7 +138,7 @@ impl NatService {
         let mailbox = NatMailbox {
             tx,
             wake: wake.clone(),
-            icmp: echo_socket().map(Arc::new),
+            icmp: icmp.map(Arc::new),
         };
         let service = NatService {
             nat,
@@ -142,6 +159,7 @@ impl NatService {
             waiting: HashMap::new(),
             buf: vec![0; 65536],
             out: vec![0; 65536 + 128],
+            publishing: Arc::default(),
         };
         Ok((service, mailbox))
     }
@@ -188,10 +206,11 @@ impl NatService {
             } => self.tcp_connect(flow, from, dst, syn),
             NatJob::UdpOut {
                 flow,
+                from,
                 dst,
                 payload,
                 gso_size,
-            } => self.udp_out(flow, dst, &payload, gso_size),
+            } => self.udp_out(flow, from, dst, &payload, gso_size),
             NatJob::UdpToClient {
                 publish_id,
                 client,
@@ -204,6 +223,7 @@ impl NatService {
                 ports,
             } => self.publish(container, mac, ports),
             NatJob::Unpublish { container } => self.unpublish(container),
+            NatJob::Pause { fds, reply, resume } => self.pause(fds, reply, resume),
             NatJob::Forget(expired) => {
                 for e in expired {
                     if let Some(token) = self.udp_by_flow.remove(&e.flow) {

@@ -17,6 +17,7 @@ impl NatService {
     pub(super) fn udp_out(
         &mut self,
         flow: FlowId,
+        from: SocketAddrV4,
         dst: SocketAddrV4,
         payload: &[u8],
         gso_size: u16,
@@ -24,7 +25,8 @@ impl NatService {
         let token = match self.udp_by_flow.get(&flow) {
             Some(t) => *t,
             None => {
-                let Some(lease) = self.budget.lease(UDP_FLOW, "a UDP flow") else {
+                let Some(lease) = self.budget.lease(UDP_FLOW, Some(*from.ip()), "a UDP flow")
+                else {
                     return self.refuse_udp(flow);
                 };
                 let sock = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) {

@@ -49,6 +49,13 @@ impl Tap {
             .collect()
     }
 
+    /// A queue another process opened (a hand-over), as it was set up.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Tap {
+        Tap {
+            file: File::from(fd),
+        }
+    }
+
     /// Makes the device outlive its descriptors (or not).
     pub fn set_persist(&self, persist: bool) -> io::Result<()> {
         // SAFETY: TUNSETPERSIST takes its flag by value.

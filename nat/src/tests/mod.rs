@@ -5,6 +5,7 @@
 mod checksum_props;
 mod limits;
 mod robustness;
+mod snapshot;
 mod table;
 mod tcp;
 mod udp_icmp;
