@@ -258,7 +258,7 @@ fn file(sb: &Sandbox, name: &str) -> PathBuf {
 
 /// A ping and a TCP exchange between two containers, captured on one of them: every echo
 /// request and reply and every segment, in order, each once (the port's view: requests in,
-/// replies out), named after the port. With the fast path, the capture makes it step aside
+/// replies out), named after the port; a second capture of the port, as classic pcap, the same. With the fast path, the capture makes it step aside
 /// (none of the captured frames is the fast path's) and it carries the pair again afterwards.
 fn an_exchange_is_captured_whole(fast_path: bool) {
     let sb = sandbox(fast_path);
@@ -269,6 +269,17 @@ fn an_exchange_is_captured_whole(fast_path: bool) {
     }
     let pcap = file(&sb, "a.pcapng");
     let cap = start_capture(&sb, &[&a.host_port(), "-w", pcap.to_str().unwrap()]);
+    // The same port by number, at the same time, as classic pcap.
+    let classic = file(&sb, "a.pcap");
+    let number = sb.port_of(a.pid).unwrap().num("port").to_string();
+    let args = [
+        number.as_str(),
+        "--format",
+        "pcap",
+        "-w",
+        classic.to_str().unwrap(),
+    ];
+    let second = start_capture(&sb, &args);
     let fast_before = fast_frames(&sb, &a);
     ping(&a, &b_ip, 5);
     tcp_exchange(&a, &b, &b_ip, 7777);
@@ -278,8 +289,17 @@ fn an_exchange_is_captured_whole(fast_path: bool) {
         "the fast path carried frames of a captured port"
     );
     let (frames, dropped) = reported(&stop_capture(cap));
+    assert_eq!(reported(&stop_capture(second)).1, 0);
 
     let lines = tcpdump(&pcap, &[]);
+    // Both captures saw each frame of the exchange at the same moment: tcpdump prints the same
+    // listing. (Other frames, IPv6's neighbour discovery, may fall between their starts.)
+    let exchange = ["icmp or port 7777"];
+    assert_eq!(
+        tcpdump(&classic, &exchange),
+        tcpdump(&pcap, &exchange),
+        "pcap and pcapng"
+    );
     assert_eq!(lines.len() as u64, frames, "{lines:?}");
     assert_eq!(dropped, 0);
     let what = if fast_path {
