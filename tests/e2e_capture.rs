@@ -50,6 +50,10 @@ fn start_capture(sb: &Sandbox, args: &[&str]) -> Proc {
 fn stop_capture(mut p: Proc) -> String {
     signal(p.pid(), "INT");
     let status = p.wait(DEADLINE);
+    // The process has exited; its last lines may still be on their way from the pipe.
+    let _ = common::poll(DEADLINE, || {
+        p.stderr().contains(" frames captured, ").then_some(())
+    });
     let stderr = p.stderr();
     assert!(status.success(), "capture ended with {status}: {stderr}");
     stderr
@@ -455,22 +459,23 @@ fn all_ports_with_a_host_and_port_filter() {
         let want = if inbound { INBOUND } else { OUTBOUND };
         assert_eq!(direction(&f[1]), want, "{f:?}");
     }
-    // Each segment once per port, in the order it crossed them: in on a's, then out on b's.
+    // Each segment once per port: in on the sender's, out on the receiver's. Two segments
+    // crossing at once (a's ACK, b's data) are captured by two workers, so their records may
+    // interleave; each direction's records alone are in the order the segments went.
     let lines = tcpdump(&pcap, &[]);
-    assert_tcp_exchange(
-        &lines.iter().step_by(2).cloned().collect::<Vec<_>>(),
-        &a_ip,
-        &b_ip,
-        7777,
-        "on the way in",
+    assert_eq!(
+        lines.len(),
+        fields.len(),
+        "tcpdump and tshark read the same frames"
     );
-    assert_tcp_exchange(
-        &lines.iter().skip(1).step_by(2).cloned().collect::<Vec<_>>(),
-        &a_ip,
-        &b_ip,
-        7777,
-        "on the way out",
-    );
+    let way = |want: u32| -> Vec<String> {
+        (lines.iter().zip(&fields))
+            .filter(|(_, f)| direction(&f[1]) == want)
+            .map(|(l, _)| l.clone())
+            .collect()
+    };
+    assert_tcp_exchange(&way(INBOUND), &a_ip, &b_ip, 7777, "on the way in");
+    assert_tcp_exchange(&way(OUTBOUND), &a_ip, &b_ip, 7777, "on the way out");
 }
 
 /// The TAP, the host's port, carries what the NAT makes of a container's connection to the
