@@ -19,6 +19,10 @@
 #     vswitch-nofp the same with --no-fast-path: every frame through the daemon's workers
 #     vswitch-metrics, vswitch-nofp-metrics  the same two with `run --metrics 127.0.0.1:9477` (in
 #                  host) and /metrics scraped every second during the run; only when named in -s
+#     vswitch-nofp-cap  vswitch-nofp with `vswitch capture` running on another port (the TAP),
+#                  to /dev/null: what a capture costs the ports it does not capture (not default)
+#     vswitch-cap  vswitch with `vswitch capture` of c2's port to /dev/null: the fast path steps
+#                  aside for it, the daemon switches and copies c2's frames (not default)
 #     kbridge      Docker-bridge style: c1, c2 each a veth into Linux bridge br0 (10.1.1.1/24) in host
 #     vde          vde_switch in host with 3 taps: one stays in host (10.1.1.1/24), two moved to c1/c2
 #   WAN mode (--wan): host has wan0 198.51.100.1/24 <-veth-> wan:eth0 198.51.100.2/24 (the server;
@@ -98,7 +102,7 @@ PY=/usr/bin/python3; [[ -x $PY ]] || PY=$(command -v python3 || true)
 CLK_TCK=$(getconf CLK_TCK)
 
 L2_SCENARIOS=(vswitch vswitch-nofp kbridge vde)
-EXTRA_SCENARIOS=(vswitch-metrics vswitch-nofp-metrics)   # run only when named in -s
+L2_OPT_IN=(vswitch-nofp-cap vswitch-cap vswitch-metrics vswitch-nofp-metrics)   # only when named in -s
 METRICS_ADDR=127.0.0.1:9477
 WAN_SCENARIOS=(vswitch kbridge-nat slirp pasta)
 L2_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,host
@@ -565,6 +569,16 @@ setup_vswitch_nofp() { setup_vswitch; }
 setup_vswitch_metrics() { setup_vswitch; }
 setup_vswitch_nofp_metrics() { setup_vswitch; }
 
+start_capture() {  # PORT: `vswitch capture PORT -w /dev/null` for the whole run, ready when it says so
+  cmdlog "[$SCEN run $RUN] (bg) vswitch --control $RUNDIR/ctl.sock capture $1 -w /dev/null"
+  timeout -k 5 "$DAEMON_TMO" "$VSWITCH" --control "$RUNDIR/ctl.sock" capture "$1" -w /dev/null \
+    >"$LOGP.capture.log" 2>&1 </dev/null &
+  track $!
+  wait_for 10 grep -q capturing "$LOGP.capture.log" || { warn "the capture did not start (see $LOGP.capture.log)"; return 1; }
+}
+setup_vswitch_nofp_cap() { setup_vswitch; start_capture vsw0; }
+setup_vswitch_cap() { setup_vswitch; start_capture "/run/netns/$NS_C2"; }
+
 mk_bridge() {
   ip -n "$NS_HOST" link add br0 $(link_mtu) type bridge
   ip -n "$NS_HOST" addr add "$GW/24" dev br0
@@ -768,7 +782,7 @@ run_once() {  # in a background subshell with set -e; RUNDIR/LOGP/RUNLOG/SCEN/RU
 
 scenario_available() {  # SCEN -> 0 if its tools are here (else prints why)
   case $1 in
-    vswitch|vswitch-nofp) return 0 ;;
+    vswitch|vswitch-nofp|vswitch-nofp-cap|vswitch-cap) return 0 ;;
     vswitch-metrics|vswitch-nofp-metrics)
       have curl || { echo "curl missing (apt-get install curl)"; return 1; } ;;
     kbridge) return 0 ;;
@@ -832,9 +846,7 @@ main() {
 
   log "tools:"; check_tools
   ensure_vswitch; warn_if_stale
-  EXTRA_SCEN=()
   if [[ $MODE == l2 ]]; then METRICS_ARG=${METRICS_ARG:-$L2_METRICS}; ALL_SCEN=("${L2_SCENARIOS[@]}")
-    EXTRA_SCEN=("${EXTRA_SCENARIOS[@]}")
   else METRICS_ARG=${METRICS_ARG:-$WAN_METRICS}; ALL_SCEN=("${WAN_SCENARIOS[@]}"); fi
   IFS=, read -r -a METRICS <<<"$METRICS_ARG"
   local m s why
@@ -848,7 +860,8 @@ main() {
   if [[ -n $SCEN_ARG ]]; then
     IFS=, read -r -a SCENARIOS <<<"$SCEN_ARG"
     for s in "${SCENARIOS[@]}"; do
-      [[ " ${ALL_SCEN[*]} ${EXTRA_SCEN[*]} " == *" $s "* ]] || die "unknown $MODE scenario '$s' (${ALL_SCEN[*]} ${EXTRA_SCEN[*]})"
+      [[ " ${ALL_SCEN[*]} " == *" $s "* || ($MODE == l2 && " ${L2_OPT_IN[*]} " == *" $s "*) ]] ||
+        die "unknown $MODE scenario '$s' (${ALL_SCEN[*]})"
       why=$(scenario_available "$s") || die "scenario $s: $why"
     done
   else

@@ -210,6 +210,43 @@ pub enum Command {
         #[arg(long)]
         dport: Option<u16>,
     },
+    /// Capture the frames that cross ports, for tcpdump and tshark (pcapng, one interface per
+    /// port) or as text. The kernel fast path steps aside for a captured port while the capture
+    /// runs, so nothing is missed. Ctrl-C ends it.
+    Capture {
+        /// Ports as `vswitch ls` shows them: a port number, a host interface (the TAP's name for
+        /// the host's port), pid:PID, or a namespace path (repeatable).
+        #[arg(value_parser = parse_port_ref)]
+        ports: Vec<control::PortRef>,
+        /// Every port, the TAP included (those plugged when the capture starts).
+        #[arg(long, conflicts_with_all = ["ports", "pid"])]
+        all: bool,
+        /// The port of the container with this pid (repeatable).
+        #[arg(long)]
+        pid: Vec<u32>,
+        /// Write the frames to FILE (`-`: stdout, e.g. `-w - | tcpdump -r -`) instead of
+        /// printing one line per frame.
+        #[arg(short = 'w', value_name = "FILE")]
+        write: Option<PathBuf>,
+        /// Stop after COUNT frames.
+        #[arg(short = 'c', value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        /// Only frames of this protocol: tcp, udp, icmp or arp.
+        #[arg(long)]
+        proto: Option<vswitch_capture::Proto>,
+        /// Only frames from or to this IPv4 address (ARP's sender or target too).
+        #[arg(long)]
+        host: Option<Ipv4Addr>,
+        /// Only TCP or UDP frames from or to this port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Bytes kept of each frame (default: all of it, up to 262144).
+        #[arg(long, short = 's', value_parser = clap::value_parser!(u32).range(i64::from(control::MIN_SNAPLEN)..=i64::from(control::MAX_SNAPLEN)))]
+        snaplen: Option<u32>,
+        /// File format with -w.
+        #[arg(long, value_enum, default_value_t = commands::capture::Format::Pcapng)]
+        format: commands::capture::Format,
+    },
     /// vswitch as a CNI network for container runtimes (podman, containerd, Kubernetes).
     Cni {
         #[command(subcommand)]
@@ -232,6 +269,10 @@ pub enum CniCommand {
         #[arg(long, default_value = "/etc/cni/net.d")]
         conf_dir: PathBuf,
     },
+}
+
+fn parse_port_ref(s: &str) -> Result<control::PortRef, control::ParseError> {
+    s.parse()
 }
 
 fn main() -> ExitCode {

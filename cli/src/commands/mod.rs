@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::control::{Client, FlowFilter, Plug, PortView, Selector, Target, Unplug};
+use crate::control::{Client, FlowFilter, Plug, PortRef, PortView, Selector, Target, Unplug};
 use crate::{cni, daemon, observe, Cli, CniCommand, Command, TargetArg};
 
+pub mod capture;
 mod table;
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -187,6 +188,40 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("{} flows deleted", flows.len());
             }
             Ok(())
+        }
+        Command::Capture {
+            ports,
+            all,
+            pid,
+            write,
+            count,
+            proto,
+            host,
+            port,
+            snaplen,
+            format,
+        } => {
+            let mut ports = ports;
+            ports.extend(pid.into_iter().map(PortRef::Pid));
+            for p in &mut ports {
+                if let PortRef::Netns(path) = p {
+                    *path = absolute(path.clone())?;
+                }
+            }
+            capture::run(
+                &client,
+                capture::Args {
+                    ports,
+                    all,
+                    write,
+                    count,
+                    proto,
+                    host,
+                    port,
+                    snaplen,
+                    format,
+                },
+            )
         }
         Command::Cni {
             command:

@@ -1,15 +1,19 @@
 //! The command line's side of the control socket: one typed method per request.
 
 use std::io::{self, BufRead, BufReader, Write};
+use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use vswitch_capture::record::{read_item, Item};
+use vswitch_capture::Record;
 
 use super::protocol::{
-    decode_response, encode_request, Failure, FdbFlush, FdbView, FlowFilter, FlowRow, Gc, Inspect,
-    NoArgs, Plug, PortView, Request, Stats, StopArgs, Unplug,
+    decode_response, encode_request, Capture, CaptureEnd, CaptureView, ErrorCode, Failure,
+    FdbFlush, FdbView, FlowFilter, FlowRow, Gc, Inspect, NoArgs, Plug, PortView, Request, Stats,
+    StopArgs, Unplug,
 };
 
 /// Errors seen by the command-line client.
@@ -96,8 +100,45 @@ impl Client {
         self.call(&Request::Gc(gc))
     }
 
+    /// Starts a capture: the daemon's header, then its frames from [`CaptureStream::next`].
+    pub fn capture(&self, capture: Capture) -> Result<CaptureStream, ClientError> {
+        let (header, reader) = self.send(&Request::Capture(capture)).map_err(|e| match e {
+            // A daemon from before `capture` refuses it as an unknown command.
+            ClientError::Daemon(f) if f.message.contains("unknown variant `capture`") => {
+                ClientError::Daemon(Failure::new(
+                    ErrorCode::Version,
+                    "the daemon does not know `capture` (an older vswitch): restart it with \
+                     this version",
+                ))
+            }
+            e => e,
+        })?;
+        let conn = reader
+            .get_ref()
+            .try_clone()
+            .map_err(|err| ClientError::Io {
+                path: self.path.display().to_string(),
+                err,
+            })?;
+        Ok(CaptureStream {
+            header,
+            reader,
+            conn,
+            path: self.path.display().to_string(),
+        })
+    }
+
     /// Sends one request and decodes the daemon's `data` as `T`.
     fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, ClientError> {
+        self.send(request).map(|(data, _)| data)
+    }
+
+    /// Sends one request, decodes the daemon's first line's `data` as `T`, and returns the
+    /// connection for what may follow.
+    fn send<T: DeserializeOwned>(
+        &self,
+        request: &Request,
+    ) -> Result<(T, BufReader<UnixStream>), ClientError> {
         let p = self.path.display().to_string();
         let conn = UnixStream::connect(&self.path).map_err(|err| match err.kind() {
             io::ErrorKind::PermissionDenied => ClientError::Permission { path: p.clone() },
@@ -116,10 +157,69 @@ impl Client {
         line.push(b'\n');
         (&conn).write_all(&line).map_err(io_err)?;
         let mut reply = String::new();
-        BufReader::new(&conn)
-            .read_line(&mut reply)
-            .map_err(io_err)?;
+        let mut reader = BufReader::new(conn);
+        reader.read_line(&mut reply).map_err(io_err)?;
         let data = decode_response(&reply).map_err(ClientError::BadReply)??;
-        serde_json::from_value(data).map_err(|e| ClientError::BadReply(e.to_string()))
+        let data =
+            serde_json::from_value(data).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        Ok((data, reader))
+    }
+}
+
+/// A running capture, as the command line reads it.
+pub struct CaptureStream {
+    /// What is captured.
+    pub header: CaptureView,
+    reader: BufReader<UnixStream>,
+    conn: UnixStream,
+    path: String,
+}
+
+/// What the stream brings next.
+pub enum CaptureItem {
+    Frame(Record),
+    End(CaptureEnd),
+}
+
+impl CaptureStream {
+    /// The next frame, or the end; `Ok(None)` if the daemon closed the stream without an end
+    /// (it was killed).
+    pub fn next(&mut self) -> Result<Option<CaptureItem>, ClientError> {
+        let item = read_item(&mut self.reader).map_err(|err| ClientError::Io {
+            path: self.path.clone(),
+            err,
+        })?;
+        Ok(match item {
+            None => None,
+            Some(Item::Frame(record)) => Some(CaptureItem::Frame(record)),
+            Some(Item::End(json)) => Some(CaptureItem::End(
+                serde_json::from_slice(&json).map_err(|e| ClientError::BadReply(e.to_string()))?,
+            )),
+        })
+    }
+
+    /// Whether a record has been received and not read yet (if not, the next `next` may wait).
+    pub fn pending(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
+    /// A handle that stops the capture from another thread.
+    pub fn stopper(&self) -> io::Result<CaptureStop> {
+        self.conn.try_clone().map(CaptureStop)
+    }
+}
+
+/// Stops a capture (Ctrl-C).
+pub struct CaptureStop(UnixStream);
+
+impl CaptureStop {
+    /// Asks the daemon to end the capture: it sends what it has queued, then the end.
+    pub fn stop(&self) {
+        let _ = self.0.shutdown(Shutdown::Write);
+    }
+
+    /// Gives up on the stream (a daemon that does not answer the stop).
+    pub fn abort(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
     }
 }

@@ -21,13 +21,15 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use vswitch_capture::{Filter, Proto};
 use vswitch_switch::MacAddr;
 
 /// The protocol version this build speaks. Bump it whenever a message changes shape.
 /// 2: attachments (`container_id`, `network`, `resolv` on `plug`; selection by attachment),
-/// `inspect`, `gc`, the subnet in `stats`. Added since without a bump (nothing existing changed
-/// shape): the requests `conntrack_delete` and `fdb_flush`, which an older daemon refuses as
-/// malformed, and fields with defaults in `stats` and the port view.
+/// `inspect`, `gc`, the subnet in `stats`.
+/// Added since without a bump (no existing message changed shape; an older daemon refuses a new
+/// command as unknown, which the client reports as such): `capture`, `conntrack_delete` and
+/// `fdb_flush`, and fields with defaults in `stats` and the port view.
 pub const PROTOCOL: u32 = 2;
 
 /// Requests longer than this are refused: no legitimate request is anywhere near it.
@@ -49,6 +51,8 @@ pub enum Request {
     /// A new process asks the daemon for everything it serves (`vswitch run --takeover`): the
     /// answer is followed by the daemon's state and descriptors (see `daemon::handover`).
     Handover(HandoverArgs),
+    /// Answered with a header line, then a stream of frames (see `control::stream`).
+    Capture(Capture),
     /// Delete the NAT flows a filter selects (all of them for an empty filter), closing their
     /// sockets and resetting their relayed connections. Answers the flows deleted.
     ConntrackDelete(FlowFilter),
@@ -508,6 +512,180 @@ impl From<Gc> for GcWire {
     }
 }
 
+/// `capture`: stream the frames that cross some ports until the client closes, or `count`
+/// frames have been sent. The header (`Reply::Capture`) comes once the ports are captured and
+/// the kernel fast path has stepped aside for them: from then on no frame of theirs is missed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "CaptureWire", into = "CaptureWire")]
+pub struct Capture {
+    /// The ports, or `None` for every port (the TAP included).
+    pub ports: Option<Vec<PortRef>>,
+    pub filter: Filter,
+    /// Frames to capture in all.
+    pub count: Option<u64>,
+    /// Bytes kept of each frame (default 262144: whole frames).
+    pub snaplen: Option<u32>,
+}
+
+/// The smallest snap length taken: an Ethernet header and an IPv4 one.
+pub const MIN_SNAPLEN: u32 = 34;
+/// The largest: libpcap's.
+pub const MAX_SNAPLEN: u32 = 262144;
+
+/// A port as `vswitch ls` shows it: its number, its host interface's name, its container's pid
+/// or namespace path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortRef {
+    Number(u16),
+    Name(IfName),
+    Pid(u32),
+    Netns(PathBuf),
+}
+
+/// `3`, `vsw-4242`, `pid:4242` (or `pid 4242`, as `ls` writes it), `/run/netns/NAME`.
+impl FromStr for PortRef {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<PortRef, ParseError> {
+        let bad = || ParseError::PortRef(s.to_string());
+        if let Some(pid) = s.strip_prefix("pid:").or_else(|| s.strip_prefix("pid ")) {
+            return pid.trim().parse().map(PortRef::Pid).map_err(|_| bad());
+        }
+        if s.starts_with('/') {
+            return Ok(PortRef::Netns(PathBuf::from(s)));
+        }
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s.parse().map(PortRef::Number).map_err(|_| bad());
+        }
+        s.parse().map(PortRef::Name).map_err(|_| bad())
+    }
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(name) => write!(f, "{name}"),
+            PortRef::Pid(pid) => write!(f, "pid:{pid}"),
+            PortRef::Netns(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// `capture` as it travels: `all`, or `ports` as the command line names them; the filter's
+/// fields by name.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureWire {
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    ports: Vec<String>,
+    #[serde(default)]
+    filter: FilterWire,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    snaplen: Option<u32>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proto: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+}
+
+impl TryFrom<CaptureWire> for Capture {
+    type Error = String;
+    fn try_from(w: CaptureWire) -> Result<Capture, String> {
+        let ports = match (w.all, w.ports.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some(
+                (w.ports.iter().map(|p| p.parse()))
+                    .collect::<Result<Vec<PortRef>, ParseError>>()?,
+            ),
+            (true, false) => return Err("name ports or all, not both".into()),
+            (false, true) => return Err("name the ports to capture, or all".into()),
+        };
+        if w.count == Some(0) {
+            return Err("a count of 0 frames".into());
+        }
+        if let Some(s) = w
+            .snaplen
+            .filter(|s| !(MIN_SNAPLEN..=MAX_SNAPLEN).contains(s))
+        {
+            return Err(format!(
+                "a snap length of {s} bytes (from {MIN_SNAPLEN} to {MAX_SNAPLEN})"
+            ));
+        }
+        let proto =
+            (w.filter.proto.map(|p| p.parse::<Proto>()).transpose()).map_err(|e| e.to_string())?;
+        Ok(Capture {
+            ports,
+            filter: Filter {
+                proto,
+                host: w.filter.host,
+                port: w.filter.port,
+            },
+            count: w.count,
+            snaplen: w.snaplen,
+        })
+    }
+}
+
+impl From<Capture> for CaptureWire {
+    fn from(c: Capture) -> CaptureWire {
+        CaptureWire {
+            all: c.ports.is_none(),
+            ports: (c.ports.iter().flatten()).map(|p| p.to_string()).collect(),
+            filter: FilterWire {
+                proto: c.filter.proto.map(|p| p.to_string()),
+                host: c.filter.host,
+                port: c.filter.port,
+            },
+            count: c.count,
+            snaplen: c.snaplen,
+        }
+    }
+}
+
+/// The header of a capture's stream: what is captured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaptureView {
+    pub ports: Vec<CapturedPort>,
+    /// The filter, as tcpdump would write it.
+    pub filter: String,
+    pub snaplen: u32,
+}
+
+/// One captured port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CapturedPort {
+    pub port: u16,
+    /// Its host interface (the TAP's name for the host's port).
+    pub name: String,
+    /// What it connects: `pid 4242 10.1.1.2`, `host 10.1.1.1`...
+    pub description: String,
+    /// Whether the kernel fast path stepped aside for it while the capture runs.
+    pub fast_path_paused: bool,
+}
+
+/// The end of a capture's stream: what it saw and why it ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CaptureEnd {
+    /// Frames sent to the client.
+    pub frames: u64,
+    /// Frames the filter kept that were lost because the client read too slowly.
+    pub dropped: u64,
+    /// `count` (the frames asked for were sent), `client` (it closed or asked to stop), or
+    /// `daemon` (the daemon is stopping).
+    pub reason: String,
+}
+
 /// A malformed field of a request (or of the command line, which parses the same way).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -529,6 +707,11 @@ pub enum ParseError {
          and '-', starting with a letter or digit)"
     )]
     NetworkName(String),
+    #[error(
+        "invalid port {0:?}: expected a port number or host interface as `vswitch ls` shows \
+         them, pid:PID, or a namespace path"
+    )]
+    PortRef(String),
 }
 
 impl From<ParseError> for String {
@@ -1007,6 +1190,7 @@ pub enum Reply {
     Flows(Vec<FlowRow>),
     Stats(Box<Stats>),
     Handover(HandoverOffer),
+    Capture(CaptureView),
 }
 
 /// What kind of failure an error response reports, for clients that act on it (the CNI plugin
@@ -1390,6 +1574,57 @@ mod tests {
         ] {
             assert!(bad.parse::<ContainerId>().is_err(), "{bad:?}");
             assert!(bad.parse::<NetworkName>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn captures_round_trip_and_name_ports_as_ls_shows_them() {
+        let capture = Request::Capture(Capture {
+            ports: Some(vec![
+                PortRef::Number(0),
+                PortRef::Name("vsw-42".parse().unwrap()),
+                PortRef::Pid(42),
+                PortRef::Netns("/run/netns/a".into()),
+            ]),
+            filter: Filter {
+                proto: Some(Proto::Tcp),
+                host: Some(Ipv4Addr::new(10, 1, 1, 2)),
+                port: Some(80),
+            },
+            count: Some(10),
+            snaplen: None,
+        });
+        let text = String::from_utf8(encode_request(&capture)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"all":false,"cmd":"capture","count":10,"filter":{"host":"10.1.1.2","port":80,"proto":"tcp"},"ports":["0","vsw-42","pid:42","/run/netns/a"],"snaplen":null,"v":2}"#
+        );
+        assert_eq!(decode(&text).unwrap(), capture);
+        let all = decode(r#"{"v":2,"cmd":"capture","all":true}"#).unwrap();
+        assert_eq!(
+            all,
+            Request::Capture(Capture {
+                ports: None,
+                filter: Filter::default(),
+                count: None,
+                snaplen: None
+            })
+        );
+        assert_eq!("pid 7".parse::<PortRef>().unwrap(), PortRef::Pid(7));
+        for bad in [
+            r#"{"v":2,"cmd":"capture"}"#,
+            r#"{"v":2,"cmd":"capture","all":true,"ports":["1"]}"#,
+            r#"{"v":2,"cmd":"capture","ports":["a b"]}"#,
+            r#"{"v":2,"cmd":"capture","ports":["pid:x"]}"#,
+            r#"{"v":2,"cmd":"capture","ports":["99999"]}"#,
+            r#"{"v":2,"cmd":"capture","all":true,"count":0}"#,
+            r#"{"v":2,"cmd":"capture","all":true,"snaplen":10}"#,
+            r#"{"v":2,"cmd":"capture","all":true,"filter":{"proto":"sctp"}}"#,
+            r#"{"v":2,"cmd":"capture","all":true,"filter":{"vlan":1}}"#,
+            r#"{"v":2,"cmd":"capture","all":true,"write":"/tmp/x"}"#,
+        ] {
+            let err = decode(bad).expect_err(bad);
+            assert_eq!(err.code, ErrorCode::Invalid, "{bad}: {err}");
         }
     }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vswitch_capture::Session;
 
 use super::protocol::{
     decode_request, encode_response, ErrorCode, Failure, Reply, Request, MAX_REQUEST,
@@ -25,6 +26,8 @@ pub struct Call {
     pub reply: Sender<Result<Reply, Failure>>,
     /// The connection itself, for a `handover` (the manager answers on it, with descriptors).
     pub conn: Option<UnixStream>,
+    /// A `capture` request's session, for the manager to attach to the ports it names.
+    pub capture: Option<Arc<Session>>,
 }
 
 /// Binds the control socket at `path`, refusing to steal it from a live daemon but replacing a
@@ -116,7 +119,7 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
     let mut line = Vec::new();
     BufReader::new((&conn).take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line)?;
     let shutting_down = || Failure::new(ErrorCode::Unavailable, "the daemon is shutting down");
-    let answer = if line.len() > MAX_REQUEST {
+    let decoded = if line.len() > MAX_REQUEST {
         tracing::warn!(
             limit = MAX_REQUEST,
             "refused a control request: longer than the limit"
@@ -128,32 +131,43 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
     } else {
         decode_request(&line)
             .inspect_err(|f| tracing::warn!(code = ?f.code, "refused a control request: {f}"))
-            .and_then(|request| {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                if let Request::Handover(_) = request {
-                    // The manager answers on the connection itself (descriptors follow the answer).
-                    let conn = conn.try_clone().map_err(|_| shutting_down())?;
-                    let call = Call {
-                        request,
-                        reply: tx,
-                        conn: Some(conn),
-                    };
-                    calls.send(call).map_err(|_| shutting_down())?;
-                    return rx.recv().unwrap_or_else(|_| Err(shutting_down()));
-                }
-                let call = Call {
-                    request,
-                    reply: tx,
-                    conn: None,
-                };
-                calls.send(call).map_err(|_| shutting_down())?;
-                rx.recv().unwrap_or_else(|_| Err(shutting_down()))
-            })
     };
+    // The one request answered with more than a line.
+    if let Ok(Request::Capture(capture)) = decoded {
+        return super::stream::serve(conn, capture, calls);
+    }
+    let answer = decoded.and_then(|request| {
+        // A hand-over's manager answers on the connection itself (descriptors follow the answer).
+        let own = match request {
+            Request::Handover(_) => Some(conn.try_clone().map_err(|_| shutting_down())?),
+            _ => None,
+        };
+        ask(calls, request, own, None)
+    });
     if let Ok(Reply::Handover(_)) = answer {
         return Ok(()); // the manager answered on the connection itself
     }
     let mut out = encode_response(&answer);
     out.push(b'\n');
     (&conn).write_all(&out)
+}
+
+/// Hands a request to the manager (with the connection or the capture's session it needs) and
+/// waits for its answer.
+pub(super) fn ask(
+    calls: &Sender<Call>,
+    request: Request,
+    conn: Option<UnixStream>,
+    capture: Option<Arc<Session>>,
+) -> Result<Reply, Failure> {
+    let shutting_down = || Failure::new(ErrorCode::Unavailable, "the daemon is shutting down");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let call = Call {
+        request,
+        reply: tx,
+        conn,
+        capture,
+    };
+    calls.send(call).map_err(|_| shutting_down())?;
+    rx.recv().unwrap_or_else(|_| Err(shutting_down()))
 }

@@ -21,6 +21,7 @@ impl Manager {
                 self.remove_gone(i);
             }
         }
+        self.reap_captures(false);
         self.sync_fast_path();
         // Expiry scans whole tables: once a second is plenty.
         let now = now_ms();
@@ -106,12 +107,15 @@ impl Manager {
     /// overridden by the forwarding table on the ports the fast path serves: a MAC learned
     /// elsewhere is the daemon's, a MAC learned on a served port (a container that changed its
     /// address, or bridges others) is added within a tick, what the switch forgot is removed.
+    /// A captured port is not served while the capture runs.
     pub fn sync_fast_path(&mut self) {
+        // A captured port's frames must all cross the daemon (see `capture`).
+        let captured = self.captured_ports();
         let Some(fast) = &mut self.fast_path else {
             return;
         };
         let served: HashMap<PortId, u32> = (self.containers.iter())
-            .filter(|c| c.fast_link.is_some())
+            .filter(|c| c.fast_link.is_some() && !captured.contains(&c.port))
             .map(|c| (c.port, c.host_index))
             .collect();
         let station = |port: PortId| {

@@ -20,6 +20,7 @@ use crate::datapath::{Datapath, TAP_PORT};
 use crate::natd::budget::FdBudget;
 use crate::natd::NatMailbox;
 
+use super::capture::Capturing;
 use super::counters::Tally;
 use super::handover::Handoff;
 use super::ipam::Ipam;
@@ -87,6 +88,8 @@ pub struct Manager {
     pub tap_index: u32,
     /// systemd's watchdog, pinged from the tick.
     pub watchdog: Option<Watchdog>,
+    /// Captures running (`vswitch capture`, see `capture`).
+    pub captures: Vec<Capturing>,
     /// What the manager counts beyond the datapath's counters (see `counters`).
     pub tally: Tally,
 }
@@ -108,12 +111,13 @@ impl Manager {
             select! {
                 recv(calls) -> call => {
                     let Ok(call) = call else { break Stop::Remove };
-                    let answer = match (call.request, call.conn) {
+                    let answer = match (call.request, call.conn, call.capture) {
                         // Returns only if this daemon goes on serving.
-                        (Request::Handover(args), Some(conn)) => {
+                        (Request::Handover(args), Some(conn), _) => {
                             self.hand_over(&handoff, args, conn)
                         }
-                        (request, _) => self.handle(request),
+                        (Request::Capture(c), _, Some(session)) => self.start_capture(&c, session),
+                        (request, _, _) => self.handle(request),
                     };
                     let _ = call.reply.send(answer);
                 }
@@ -163,6 +167,12 @@ impl Manager {
                     "handover: not over the control socket",
                 ))
             }
+            Request::Capture(_) => {
+                return Err(control::Failure::new(
+                    control::ErrorCode::Invalid,
+                    "a capture is served on a connection of its own",
+                ))
+            }
             Request::Stop(stop) => {
                 // The main thread stops the daemon on a signal: send it the one that means
                 // the same, so that both ways stop alike.
@@ -181,6 +191,9 @@ impl Manager {
     /// Deletes every veth the daemon made, the TAP and the state file; or, to keep the
     /// network, only stops serving it.
     fn shutdown(mut self, how: Stop) {
+        // Captures end with the daemon; their ports' stations go back to the fast path first.
+        self.reap_captures(true);
+        self.sync_fast_path();
         if how == Stop::Remove {
             for c in std::mem::take(&mut self.containers) {
                 let _ = self.plumbing.delete_link(c.host_index);

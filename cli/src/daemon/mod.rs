@@ -20,6 +20,7 @@ use manager::Stop;
 
 mod adopt;
 mod attach;
+mod capture;
 mod cleanup;
 mod config;
 mod counters;
@@ -134,6 +135,7 @@ fn scrape(calls: &crossbeam_channel::Sender<Call>) -> Result<String, String> {
         request: Request::Stats(NoArgs {}),
         reply: tx,
         conn: None,
+        capture: None,
     };
     let gone = || "the daemon is shutting down".to_string();
     calls.send(call).map_err(|_| gone())?;

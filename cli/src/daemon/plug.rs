@@ -256,6 +256,7 @@ impl Manager {
             queues,
             by_flow: false,
             counters: Counters::default(),
+            mirror: Default::default(),
         });
         let station = PortInfo { mac, ip: Some(ip) };
         self.datapath.switch().add_port(id, station);

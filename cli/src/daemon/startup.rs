@@ -155,6 +155,7 @@ pub(super) fn tap_port(cfg: &Config, queues: Vec<Box<dyn PortIo>>) -> Port {
         queues,
         by_flow: true,
         counters: Counters::default(),
+        mirror: Default::default(),
     }
 }
 
@@ -259,6 +260,7 @@ impl Manager {
             pins_dir: pins::dir_for(&cfg.control),
             tap_index: p.tap_index,
             watchdog: p.watchdog,
+            captures: Vec::new(),
             tally: Tally {
                 dns: p.dns,
                 nat_busy: p.nat_busy,

@@ -127,6 +127,10 @@ impl WorkerCtx {
         let now = now_ms();
         s.sends.clear();
         let mut posted = false;
+        // Captured: the frames as they came in, before the NAT rewrites any.
+        if port.mirror.on() {
+            port.mirror_received(&s.rx, got);
+        }
         // Received frames and bytes, added to the port's shared counters once per batch.
         let (mut rx_frames, mut rx_bytes) = (0, 0);
         for i in 0..got {

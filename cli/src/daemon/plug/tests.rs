@@ -221,6 +221,7 @@ fn harness() -> Harness {
         pins_dir: std::env::temp_dir().join("vsw-plug-test-no-pins"),
         tap_index: 0,
         watchdog: None,
+        captures: Vec::new(),
         tally: Default::default(),
     };
     Harness {
