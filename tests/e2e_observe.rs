@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::metrics::{assert_promtool_accepts, METRICS_ADDR};
 use common::wan::{nat_sandbox, DNS_QUERY, DNS_SERVER, TCP_SERVER, WAN_IP};
@@ -164,14 +164,29 @@ fn port_counters_are_what_the_containers_sent_on_both_paths_and_promtool_reads_t
         .find(|p| p["host_ifname"] == pa.as_str())
         .cloned()
         .expect("port a in stats");
-    assert_eq!(
-        port_a.num("fast_rx_frames"),
-        fast(&pa, "vswitch_port_rx_frames_total"),
-        "stats and metrics agree on the fast path's frames"
+    // A neighbour probe may pass between two reads: the stats, read between two scrapes,
+    // lie between them.
+    let after = sb.scrape();
+    let between = |what: &str, stat: &str, labels: &[(&str, &str)]| {
+        let (lo, hi, got) = (
+            m.int(what, labels),
+            after.int(what, labels),
+            port_a.num(stat),
+        );
+        assert!(
+            lo <= got && got <= hi,
+            "{stat}: {got} not within {lo}..={hi} of {what}"
+        );
+    };
+    between(
+        "vswitch_port_rx_frames_total",
+        "fast_rx_frames",
+        &[("port", &pa), ("path", "fast")],
     );
-    assert_eq!(
-        port_a.num("rx_frames"),
-        m.int("vswitch_port_rx_frames_total", &[("port", &pa)])
+    between(
+        "vswitch_port_rx_frames_total",
+        "rx_frames",
+        &[("port", &pa)],
     );
 }
 
@@ -710,9 +725,18 @@ fn fdb_flush_forgets_one_ports_macs_or_all_and_traffic_relearns_them() {
         .vswitch_error();
     common::assert_mentions(&err, &["no port named no-such-port"]);
 
+    let flushed_at = Instant::now();
     let out = sb.vswitch(&["fdb", "--flush"]).ok();
     assert!(out.stdout.starts_with("flushed "), "{}", out.stdout);
-    assert!(sb.fdb().is_empty() || sb.fdb().iter().all(|e| e["port_name"] == "vsw0"));
+    // The containers' kernels may probe a neighbour at any moment, and a probe is learned
+    // again at once: whatever is in the table now was learned after the flush.
+    let since_flush = flushed_at.elapsed().as_millis() as f64;
+    for e in sb.fdb() {
+        assert!(
+            e.num("age_ms") as f64 <= since_flush,
+            "survived the flush: {e:?}"
+        );
+    }
     let m = sb.scrape();
     let flushed_total = m.int("vswitch_fdb_flushed_total", &[]);
     assert!(flushed_total >= 2, "{flushed_total}");
