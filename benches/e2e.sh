@@ -17,6 +17,12 @@
 #   L2 mode:
 #     vswitch      daemon in netns host (TAP vsw0 = 10.1.1.1/24), c1 and c2 plugged with --netns
 #     vswitch-nofp the same with --no-fast-path: every frame through the daemon's workers
+#     vswitch-metrics, vswitch-nofp-metrics  the same two with `run --metrics 127.0.0.1:9477` (in
+#                  host) and /metrics scraped every second during the run; only when named in -s
+#     vswitch-nofp-cap  vswitch-nofp with `vswitch capture` running on another port (the TAP),
+#                  to /dev/null: what a capture costs the ports it does not capture (not default)
+#     vswitch-cap  vswitch with `vswitch capture` of c2's port to /dev/null: the fast path steps
+#                  aside for it, the daemon switches and copies c2's frames (not default)
 #     kbridge      Docker-bridge style: c1, c2 each a veth into Linux bridge br0 (10.1.1.1/24) in host
 #     vde          vde_switch in host with 3 taps: one stays in host (10.1.1.1/24), two moved to c1/c2
 #   WAN mode (--wan): host has wan0 198.51.100.1/24 <-veth-> wan:eth0 198.51.100.2/24 (the server;
@@ -96,6 +102,8 @@ PY=/usr/bin/python3; [[ -x $PY ]] || PY=$(command -v python3 || true)
 CLK_TCK=$(getconf CLK_TCK)
 
 L2_SCENARIOS=(vswitch vswitch-nofp kbridge vde)
+L2_OPT_IN=(vswitch-nofp-cap vswitch-cap vswitch-metrics vswitch-nofp-metrics)   # only when named in -s
+METRICS_ADDR=127.0.0.1:9477
 WAN_SCENARIOS=(vswitch kbridge-nat slirp pasta)
 L2_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,host
 WAN_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr
@@ -530,9 +538,15 @@ start_vswitch() {
   local args=(run --subnet "$SUBNET" --control "$RUNDIR/ctl.sock")
   [[ -n $MTU ]] && args+=(--mtu "$MTU")
   [[ -n $WORKERS ]] && args+=(--workers "$WORKERS")
-  [[ $SCEN == vswitch-nofp ]] && args+=(--no-fast-path)
+  [[ $SCEN == vswitch-nofp* ]] && args+=(--no-fast-path)
+  [[ $SCEN == *-metrics ]] && args+=(--metrics "$METRICS_ADDR")
   start_daemon vswitch "$VSWITCH" "${args[@]}"
   wait_for 10 vsw ls || { warn "vswitch not ready (see $LOGP.vswitch.log)"; return 1; }
+  if [[ $SCEN == *-metrics ]]; then   # a Prometheus-like scraper: every second, the whole page
+    nsbg scraper "$NS_HOST" "$DAEMON_TMO" bash -c \
+      "while :; do curl -sS --max-time 5 -o '$LOGP.metrics.txt' http://$METRICS_ADDR/metrics; sleep 1; done"
+    wait_for 10 test -s "$LOGP.metrics.txt" || { warn "no metrics scraped"; return 1; }
+  fi
 }
 plug() {  # NS IP
   vsw plug --netns "/run/netns/$1" --ip "$2"
@@ -552,6 +566,18 @@ setup_vswitch() {
 }
 
 setup_vswitch_nofp() { setup_vswitch; }
+setup_vswitch_metrics() { setup_vswitch; }
+setup_vswitch_nofp_metrics() { setup_vswitch; }
+
+start_capture() {  # PORT: `vswitch capture PORT -w /dev/null` for the whole run, ready when it says so
+  cmdlog "[$SCEN run $RUN] (bg) vswitch --control $RUNDIR/ctl.sock capture $1 -w /dev/null"
+  timeout -k 5 "$DAEMON_TMO" "$VSWITCH" --control "$RUNDIR/ctl.sock" capture "$1" -w /dev/null \
+    >"$LOGP.capture.log" 2>&1 </dev/null &
+  track $!
+  wait_for 10 grep -q capturing "$LOGP.capture.log" || { warn "the capture did not start (see $LOGP.capture.log)"; return 1; }
+}
+setup_vswitch_nofp_cap() { setup_vswitch; start_capture vsw0; }
+setup_vswitch_cap() { setup_vswitch; start_capture "/run/netns/$NS_C2"; }
 
 mk_bridge() {
   ip -n "$NS_HOST" link add br0 $(link_mtu) type bridge
@@ -756,7 +782,9 @@ run_once() {  # in a background subshell with set -e; RUNDIR/LOGP/RUNLOG/SCEN/RU
 
 scenario_available() {  # SCEN -> 0 if its tools are here (else prints why)
   case $1 in
-    vswitch|vswitch-nofp) return 0 ;;
+    vswitch|vswitch-nofp|vswitch-nofp-cap|vswitch-cap) return 0 ;;
+    vswitch-metrics|vswitch-nofp-metrics)
+      have curl || { echo "curl missing (apt-get install curl)"; return 1; } ;;
     kbridge) return 0 ;;
     kbridge-nat) have nft || { echo "nft missing (apt-get install nftables)"; return 1; } ;;
     vde) have vde_switch || { echo "vde_switch missing (apt-get install vde2)"; return 1; }
@@ -832,7 +860,8 @@ main() {
   if [[ -n $SCEN_ARG ]]; then
     IFS=, read -r -a SCENARIOS <<<"$SCEN_ARG"
     for s in "${SCENARIOS[@]}"; do
-      [[ " ${ALL_SCEN[*]} " == *" $s "* ]] || die "unknown $MODE scenario '$s' (${ALL_SCEN[*]})"
+      [[ " ${ALL_SCEN[*]} " == *" $s "* || ($MODE == l2 && " ${L2_OPT_IN[*]} " == *" $s "*) ]] ||
+        die "unknown $MODE scenario '$s' (${ALL_SCEN[*]})"
       why=$(scenario_available "$s") || die "scenario $s: $why"
     done
   else

@@ -6,9 +6,16 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Debian packages the daemon, the demo and the tests use:
 #   iproute2 (ip, netns), iputils-ping, python3 (transfers with checksums), util-linux (unshare,
-#   nsenter, setpriv), procps (kill), ethtool (offload checks), build-essential + pkg-config (C linker for Rust crates),
-#   curl + ca-certificates (the rustup installer, only if no Rust toolchain is found).
-VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool build-essential pkg-config curl ca-certificates)
+#   nsenter, setpriv), procps (kill), ethtool (offload checks), nftables + iptables (the NAT
+#   tests check that the host has no firewall rule), build-essential + pkg-config (C linker for
+#   Rust crates), curl + ca-certificates (the rustup installer, only if no Rust toolchain is found),
+#   podman + runc + busybox-static (the CNI test runs a real container: podman's CNI backend,
+#   runc as its runtime, an image built from the static busybox; podman brings the CNI
+#   reference plugins that benches/cni.sh compares with), tcpdump + tshark (the capture test
+#   reads `vswitch capture`'s files with both; tshark's question about capturing as a normal
+#   user is answered "no" by the non-interactive install), prometheus (its `promtool check
+#   metrics` checks the daemon's /metrics page in tests/e2e_observe.rs; curl scrapes it).
+VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates podman runc busybox-static tcpdump tshark prometheus)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }

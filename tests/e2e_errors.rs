@@ -1,12 +1,14 @@
-//! End-to-end tests of the error cases (issue 2 §2, §3, §8, §9), as root. Every failing command
-//! must exit non-zero with one clear `vswitch: ` line on stderr and leave nothing half-made
-//! behind: no orphan veth in the host namespace and no reserved address.
+//! End-to-end tests of the error cases, as root. Every failing command must exit non-zero with
+//! one clear `vswitch: ` line on stderr and leave nothing half-made behind: no orphan veth in the
+//! host namespace and no reserved address. Malformed control requests get an error reply and
+//! leave the daemon serving; malformed frames are dropped and counted, never forwarded or
+//! learned; a second daemon, a stale socket and SIGTERM/SIGINT are handled cleanly.
 
 mod common;
 
 use common::{
-    assert_mentions, command, exists, host_ip, run, run_timeout, try_run, Container, Json, NetNs,
-    Sandbox, SandboxOptions, GATEWAY, VSWITCH,
+    assert_mentions, command, exists, host_ip, run, run_timeout, try_run, Container, JsonExt,
+    NetNs, Sandbox, SandboxOptions, GATEWAY, VSWITCH,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -216,7 +218,7 @@ fn malformed_control_requests_get_an_error_reply() {
     ];
     for (what, request) in requests {
         let reply = raw_request(&sb.control, request);
-        let parsed = Json::parse(reply.trim())
+        let parsed = common::parse_json(reply.trim())
             .unwrap_or_else(|e| panic!("{what}: the reply is not one JSON line ({e}): {reply:?}"));
         assert!(
             parsed["error"].as_str().is_some_and(|e| !e.is_empty()),
@@ -354,13 +356,13 @@ fn bad_arguments_to_run_fail_clearly() {
     assert_eq!(ns.links(), vec!["lo".to_string()]);
 }
 
-/// Sends malformed frames out of eth0 with a packet socket.
+/// Sends malformed frames out of eth0 with a packet socket, all to the broadcast address: a
+/// switch that took them for frames would flood them to every other port.
 const BAD_FRAMES: &str = r#"
 import socket
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("eth0", 0))
-own = open("/sys/class/net/eth0/address").read().strip()
-own = bytes(int(x, 16) for x in own.split(":"))
+own = s.getsockname()[4]  # eth0's MAC (/sys would show the root namespace's eth0)
 bcast = b"\xff" * 6
 for f in [
     bcast + b"\x01\x00\x5e\x00\x00\x01" + b"\x08\x00" + bytes(46),  # multicast source MAC
@@ -371,25 +373,90 @@ for f in [
 print("sent", flush=True)
 "#;
 
+/// Sends one broadcast frame of the local experimental EtherType 0x88b5 from eth0's own MAC:
+/// a well-formed frame that the switch floods, marking the end of a test's frames.
+const MARKER_FRAME: &str = r#"
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+s.send(b"\xff" * 6 + s.getsockname()[4] + b"\x88\xb5" + bytes(46))
+print("sent", flush=True)
+"#;
+
+/// Watches every frame that reaches eth0 (not those sent) until the marker frame from argv[1]
+/// (a MAC) arrives, then prints `marker` and one line per frame before it that is one of the
+/// malformed ones: `bad <source mac> <ethertype> <length>`.
+const FRAME_WATCH: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.bind(("eth0", 0x0003))
+marker_from = bytes(int(x, 16) for x in sys.argv[1].split(":"))
+print("ready", flush=True)
+bad = []
+while True:
+    data, addr = s.recvfrom(65535)
+    if addr[2] == socket.PACKET_OUTGOING or len(data) < 14:
+        continue
+    src, etype = data[6:12], data[12:14]
+    if etype == b"\x88\xb5" and src == marker_from:
+        break
+    if src[0] & 1 or src == bytes(6) or (etype == b"\x08\x06" and len(data) < 42 and src == marker_from):
+        bad.append("bad %s %s %d" % (src.hex(":"), etype.hex(), len(data)))
+print("marker", flush=True)
+for line in bad:
+    print(line, flush=True)
+print("end", flush=True)
+"#;
+
 #[test]
-fn malformed_frames_are_dropped_and_counted() {
+fn malformed_frames_are_dropped_counted_and_never_forwarded_or_learned() {
     let sb = Sandbox::start();
     let a = sb.plug_plain();
-    let _b = sb.plug_plain(); // pinged at the end (10.1.1.3)
+    let b = sb.plug_plain();
+    let a_mac = common::default_mac(&host_ip(2));
     let before = sb.port_of(a.pid).unwrap().num("drops");
+    let watch = common::Proc::spawn_ready(b.cmd("python3", &["-c", FRAME_WATCH, &a_mac]));
 
     let out = a.run("python3", &["-c", BAD_FRAMES]).ok();
     assert_eq!(out.stdout.trim(), "sent");
-
-    let counted = common::poll(Duration::from_secs(2), || {
-        let drops = sb.port_of(a.pid)?.num("drops");
-        (drops >= before + 3).then_some(drops)
-    });
-    assert!(
-        counted.is_some(),
-        "3 malformed frames from a were not counted as drops on its port: {:?}",
-        sb.port_of(a.pid)
+    common::wait_for(
+        common::DEADLINE,
+        || (sb.port_of(a.pid)?.num("drops") >= before + 3).then_some(()),
+        || {
+            format!(
+                "3 malformed frames from a were not counted as drops on its port: {:?}",
+                sb.port_of(a.pid)
+            )
+        },
     );
+
+    // They were dropped, not flooded: b saw none of them before a's well-formed marker, which
+    // a sent after the switch had counted them.
+    a.run("python3", &["-c", MARKER_FRAME]).ok();
+    assert_eq!(
+        watch.line(common::DEADLINE),
+        "marker",
+        "the marker frame from a never reached b"
+    );
+    let mut reached_b = Vec::new();
+    loop {
+        match watch.line(common::DEADLINE).as_str() {
+            "end" => break,
+            line => reached_b.push(line.to_string()),
+        }
+    }
+    assert!(
+        reached_b.is_empty(),
+        "malformed frames from a reached b: {reached_b:?}"
+    );
+    // Nor learned: no forwarding entry for their invalid source addresses.
+    let fdb = sb.fdb();
+    for mac in ["01:00:5e:00:00:01", "00:00:00:00:00:00"] {
+        assert!(
+            !fdb.iter().any(|e| e.str("mac").eq_ignore_ascii_case(mac)),
+            "the switch learned the invalid source {mac}: {fdb:?}"
+        );
+    }
     assert!(
         a.ping(&host_ip(3)),
         "the switch stopped working after malformed frames"

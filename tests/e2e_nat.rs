@@ -1,9 +1,17 @@
-//! End-to-end tests of the NAT (issue 3 §7), as root. Each test builds its own world: a
-//! namespace playing the host runs `vswitch run`, linked by a veth to a simulated outside world
-//! (the "wan", 198.51.100.0/24, see `common::wan`) where python3 servers run; containers are
-//! processes in fresh namespaces plugged into the switch. The host namespace forwards nothing
-//! (`ip_forward` 0) and has no firewall rule: the containers reach the wan only through
-//! vswitch's own NAT. No traffic leaves the test's namespaces.
+//! End-to-end tests of the NAT, as root. Each test builds its own world: a namespace playing
+//! the host runs `vswitch run`, linked by a veth to a simulated outside world (the "wan",
+//! 198.51.100.0/24, see `common::wan`) where python3 servers run; containers are processes in
+//! fresh namespaces plugged into the switch. The host namespace forwards nothing (`ip_forward`
+//! 0) and has no firewall rule: the containers reach the wan only through vswitch's own NAT. No
+//! traffic leaves the test's namespaces.
+//!
+//! They show downloads with matching checksums, UDP and ICMP through the NAT, many connections
+//! at once, refusals, resets and half-close crossing it, flows that expire and a full table that
+//! keeps its old flows; that the flows of a container that is unplugged or exits go with it
+//! (also the outside end of its open connection); published ports reached from the outside, the
+//! host and other containers, one published on the host's loopback only reached there; DNS
+//! through the gateway; and resolv.conf written where the container will read it, never on the
+//! host, and removed with the port.
 
 mod common;
 
@@ -11,8 +19,8 @@ use common::wan::{
     nat_sandbox, DNS_QUERY, DNS_SERVER, HOST_WAN_IP, HTTP_SERVER, TCP_SERVER, UDP_SERVER, WAN_IP,
 };
 use common::{
-    assert_mentions, command, exists, host_ip, poll, run, run_timeout, Container, Json, Out, Proc,
-    Sandbox, TempDir, GATEWAY,
+    assert_mentions, command, exists, host_ip, poll, require_program, run, run_timeout, Container,
+    Json, JsonExt, Out, Proc, Sandbox, TempDir, DEADLINE, GATEWAY,
 };
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -53,10 +61,7 @@ fn py_spawn(c: &Container, script: &str, args: &[&str]) -> Proc {
 #[track_caller]
 fn conntrack(sb: &Sandbox) -> Vec<Json> {
     let out = sb.vswitch(&["conntrack", "--json"]).ok();
-    match Json::parse(out.stdout.trim()) {
-        Ok(Json::Arr(flows)) => flows,
-        other => panic!("`conntrack --json` did not print a JSON array: {other:?}"),
-    }
+    common::json_array(&out.stdout, "conntrack --json")
 }
 
 /// Flows of `proto` whose outside end is `outside`.
@@ -90,41 +95,30 @@ fn assert_flow_fields(f: &Json) {
 }
 
 /// The host namespace forwards nothing and has no firewall rule: the NAT is vswitch's own.
-/// A tool that is not installed is skipped (the other checks still run).
+/// nft and iptables-save must be installed (scripts/lib.sh installs them): without them this
+/// check fails rather than pass on half the evidence.
 #[track_caller]
 fn assert_no_kernel_nat(sb: &Sandbox) {
     let fwd = run(sb.host_cmd("sysctl", &["-n", "net.ipv4.ip_forward"]))
         .ok()
         .stdout;
     assert_eq!(fwd.trim(), "0", "ip_forward in the host namespace");
-    if tool_exists("nft") {
-        let rules = run(sb.host_cmd("nft", &["list", "ruleset"])).ok().stdout;
-        assert!(
-            rules.trim().is_empty(),
-            "nftables rules in the host namespace:\n{rules}"
-        );
-    } else {
-        eprintln!("nft is not installed: nftables check skipped");
-    }
-    if tool_exists("iptables-save") {
-        let rules = run(sb.host_cmd("iptables-save", &[])).ok().stdout;
-        let active: Vec<&str> = rules
-            .lines()
-            .filter(|l| l.starts_with("-A") || l.starts_with("-I"))
-            .collect();
-        assert!(
-            active.is_empty(),
-            "iptables rules in the host namespace:\n{rules}"
-        );
-    } else {
-        eprintln!("iptables-save is not installed: iptables check skipped");
-    }
-}
-
-fn tool_exists(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
-        .unwrap_or(false)
+    require_program("nft", "nftables");
+    let rules = run(sb.host_cmd("nft", &["list", "ruleset"])).ok().stdout;
+    assert!(
+        rules.trim().is_empty(),
+        "nftables rules in the host namespace:\n{rules}"
+    );
+    require_program("iptables-save", "iptables");
+    let rules = run(sb.host_cmd("iptables-save", &[])).ok().stdout;
+    let active: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.starts_with("-A") || l.starts_with("-I"))
+        .collect();
+    assert!(
+        active.is_empty(),
+        "iptables rules in the host namespace:\n{rules}"
+    );
 }
 
 /// The host's /etc/resolv.conf, bytes and link, to check that nothing touched it.
@@ -213,8 +207,10 @@ except OSError as e:
 "#;
 
 /// UDP against an echo server argv[1]:argv[2]: one request/response (`reqresp ok`), then a
-/// stream of argv[3] numbered datagrams of 1000 bytes (`stream sent N received M`), then a
-/// datagram to port argv[4] where nothing listens (`closed refused` on ECONNREFUSED).
+/// stream of argv[3] numbered datagrams of 1000 bytes, at most 32 of them unanswered at a time
+/// (as a UDP protocol would pace itself; a window lost is given 2 s), `stream sent N received
+/// M`, then a datagram to port argv[4] where nothing listens (`closed refused` on
+/// ECONNREFUSED).
 const UDP_CLIENT: &str = r#"
 import socket, struct, sys, time
 host, port, count, closed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -224,24 +220,23 @@ s.connect((host, port))
 s.settimeout(5)
 s.send(b"hello over udp")
 print("reqresp ok" if s.recv(65535) == b"hello over udp" else "reqresp wrong", flush=True)
-got = set()
-def drain(wait):
-    s.settimeout(wait)
-    while True:
-        try:
-            d = s.recv(65535)
-        except (socket.timeout, BlockingIOError):
-            return
-        if len(d) == 1000:
-            got.add(struct.unpack(">I", d[:4])[0])
-        s.settimeout(wait if wait else 0.0)
+got, sent, unanswered = set(), 0, 0
 pad = bytes(996)
-for i in range(count):
-    s.send(struct.pack(">I", i) + pad)
-    if i % 20 == 19:
-        drain(0.0)
-        time.sleep(0.002)
-drain(2.0)
+s.settimeout(2)
+while sent < count or unanswered:
+    while sent < count and unanswered < 32:
+        s.send(struct.pack(">I", sent) + pad)
+        sent += 1
+        unanswered += 1
+    try:
+        d = s.recv(65535)
+    except socket.timeout:
+        unanswered = 0
+        continue
+    i = struct.unpack(">I", d[:4])[0] if len(d) == 1000 else None
+    if i is not None and i not in got:
+        got.add(i)
+        unanswered -= 1
 print("stream sent", count, "received", len(got), flush=True)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.connect((host, closed))
@@ -370,6 +365,8 @@ except socket.timeout:
     print("udp dropped", flush=True)
 except ConnectionRefusedError:
     print("udp refused", flush=True)
+except OSError as e:
+    print("udp error", e.errno, flush=True)
 print("old ok", check(), flush=True)
 sys.stdin.readline()
 print("old ok", check(), flush=True)
@@ -577,8 +574,8 @@ fn udp_request_response_stream_and_port_unreachable() {
         .unwrap_or_else(|| panic!("no stream result: {}", out.describe()));
     eprintln!("UDP stream: {received} of 2000 datagrams echoed");
     assert!(
-        received >= 1800,
-        "only {received} of 2000 datagrams came back"
+        received >= 1980,
+        "only {received} of 2000 datagrams came back, at most 32 in flight"
     );
     assert_eq!(
         lines.get(2),
@@ -593,7 +590,7 @@ fn udp_request_response_stream_and_port_unreachable() {
     assert_eq!(echo.len(), 1, "one UDP flow expected: {flows:?}");
     assert_flow_fields(&echo[0]);
     assert!(echo[0].num("packets_out") >= 2001, "{}", echo[0]);
-    assert!(echo[0].num("packets_in") >= 1801, "{}", echo[0]);
+    assert!(echo[0].num("packets_in") > received, "{}", echo[0]);
     assert!(echo[0].num("bytes_out") >= 2000 * 1000, "{}", echo[0]);
     assert!(
         echo[0].num("timeout_s") > 30,
@@ -670,12 +667,14 @@ fn five_hundred_concurrent_connections_all_complete() {
 }
 
 #[test]
-fn connecting_to_a_closed_port_is_refused_quickly_and_an_absent_host_is_unreachable() {
+fn connecting_to_a_closed_port_is_refused_and_an_absent_host_is_unreachable() {
     let (sb, _wan) = nat_sandbox(&[], &[]);
     let c = Container::plain();
     sb.plug(&c, &[]);
 
-    let out = py(&c, CMD, CONNECT_PROBE, &[WAN_IP, "9", "5"]).ok();
+    // How fast the refusal comes is a figure for benches/events.sh; here: it is a refusal
+    // (the outside's RST relayed), not a timeout.
+    let out = py(&c, CMD, CONNECT_PROBE, &[WAN_IP, "9", "20"]).ok();
     let words: Vec<&str> = out.stdout.split_whitespace().collect();
     assert_eq!(
         words.first(),
@@ -683,11 +682,9 @@ fn connecting_to_a_closed_port_is_refused_quickly_and_an_absent_host_is_unreacha
         "a closed port must be refused: {}",
         out.stdout
     );
-    let ms: u64 = words[1].parse().unwrap();
-    assert!(ms < 1000, "refused only after {ms} ms");
 
-    // The refused flow is gone at once: it never became a connection.
-    let gone = poll(Duration::from_secs(1), || {
+    // The refused flow goes: it never became a connection.
+    let gone = poll(Duration::from_secs(20), || {
         flows_to(&conntrack(&sb), "tcp", &format!("{WAN_IP}:9"))
             .is_empty()
             .then_some(())
@@ -731,13 +728,13 @@ fn resets_and_half_close_cross_the_nat_and_a_reset_flow_expires() {
         "reset",
         "the server's RST should reach the client"
     );
-    assert_eq!(resetter.line(Duration::from_secs(5)), "reset sent");
+    assert_eq!(resetter.line(DEADLINE), "reset sent");
 
     // The client resets: the server's read fails with ECONNRESET.
     let out = py(&c, CMD, TCP_CLIENT, &[WAN_IP, "9300", "abort"]).ok();
     assert_eq!(out.stdout.trim(), "aborted");
     assert_eq!(
-        watcher.line(Duration::from_secs(10)),
+        watcher.line(DEADLINE),
         "peer reset",
         "the client's RST should reach the server"
     );
@@ -766,7 +763,7 @@ fn resets_and_half_close_cross_the_nat_and_a_reset_flow_expires() {
     assert_eq!(flows[0].str("state"), "CLOSE", "{}", flows[0]);
     assert!(flows[0].num("timeout_s") <= 10, "{}", flows[0]);
     let started = Instant::now();
-    let gone = poll(Duration::from_secs(15), || {
+    let gone = poll(DEADLINE, || {
         flows_to(&conntrack(&sb), "tcp", &to_resetter)
             .is_empty()
             .then(|| started.elapsed())
@@ -813,12 +810,12 @@ fn an_unanswered_udp_flow_expires_after_30_seconds() {
     assert!(gone >= Duration::from_secs(28), "expired after {gone:.2?}");
     eprintln!("unreplied UDP flow expired after {gone:.2?}");
     // The table reclaims it too (on its next sweep): the container counts no flow.
-    let reclaimed = poll(Duration::from_secs(2), || {
+    let reclaimed = poll(DEADLINE, || {
         (port_of(&sb, &c).num("nat_flows") == 0).then_some(())
     });
     assert!(
         reclaimed.is_some(),
-        "the expired flow is still counted in nat_flows 2 s after it left conntrack: {}",
+        "the expired flow is still counted in nat_flows long after it left conntrack: {}",
         port_of(&sb, &c)
     );
 }
@@ -839,15 +836,16 @@ fn a_full_flow_table_refuses_new_flows_and_keeps_the_old_ones() {
     );
     let line = |client: &Proc| client.line(Duration::from_secs(20));
     assert_eq!(line(&client), format!("open {MAX}"));
+    // Refused the way a router that may not forward refuses: at once, not by a timeout.
     assert_eq!(
         line(&client),
-        "extra timeout",
-        "a new connection should time out (its SYN dropped) while the table is full"
+        "extra refused",
+        "a new connection should be reset while the table is full"
     );
     assert_eq!(
         line(&client),
-        "udp dropped",
-        "a new UDP flow should be dropped"
+        format!("udp error {}", libc::EHOSTUNREACH),
+        "a new UDP flow should get ICMP administratively prohibited (EHOSTUNREACH)"
     );
     assert_eq!(line(&client), format!("old ok {MAX}"));
 
@@ -952,11 +950,11 @@ fn published_ports_are_reached_from_outside_from_the_host_and_from_another_conta
     // Unplugging frees the host ports.
     sb.vswitch(&["unplug", &web.pid.to_string()]).ok();
     assert!(
-        host_port_free(&sb, 8080, "tcp", Duration::from_secs(3)),
+        host_port_free(&sb, 8080, "tcp", DEADLINE),
         "host port 8080/tcp still taken after unplug"
     );
     assert!(
-        host_port_free(&sb, 5353, "udp", Duration::from_secs(3)),
+        host_port_free(&sb, 5353, "udp", DEADLINE),
         "host port 5353/udp still taken after unplug"
     );
     let out = run(wan.cmd("python3", &["-c", CONNECT_PROBE, HOST_WAN_IP, "8080", "3"])).ok();
@@ -979,7 +977,7 @@ fn published_udp_port_is_reached_from_the_host_over_loopback() {
     );
 }
 
-/// Within 3 s, no TCP socket of the container is still closing (FIN-WAIT-1, CLOSING,
+/// Soon, no TCP socket of the container is still closing (FIN-WAIT-1, CLOSING,
 /// LAST-ACK): every segment of the close went through.
 #[track_caller]
 fn assert_connections_closed(c: &Container) {
@@ -989,7 +987,7 @@ fn assert_connections_closed(c: &Container) {
         args.extend(["state", s]);
     }
     let mut last = String::new();
-    let closed = poll(Duration::from_secs(3), || {
+    let closed = poll(DEADLINE, || {
         last = c.run("ss", &args).ok().stdout;
         last.trim().is_empty().then_some(())
     });
@@ -1017,13 +1015,182 @@ fn published_ports_go_away_with_the_container() {
     drop(services);
     c.kill();
     assert!(
-        host_port_free(&sb, 8080, "tcp", Duration::from_secs(4)),
+        host_port_free(&sb, 8080, "tcp", DEADLINE),
         "host port 8080/tcp still taken after the container exited"
     );
     assert!(
-        host_port_free(&sb, 5353, "udp", Duration::from_secs(2)),
+        host_port_free(&sb, 5353, "udp", DEADLINE),
         "host port 5353/udp still taken after the container exited"
     );
+}
+
+#[test]
+fn a_port_published_on_the_hosts_loopback_is_reached_there_and_refused_from_outside() {
+    let (sb, wan) = nat_sandbox(&[], &[]);
+    let c = Container::plain();
+    let port = sb.plug(&c, &["--publish", "127.0.0.1:8080:80"]);
+    let _services = py_bg(&c, CONTAINER_SERVICES, &["80", "53"]);
+    let publish: Vec<&str> = port["publish"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no publish list: {port}"))
+        .iter()
+        .filter_map(Json::as_str)
+        .collect();
+    assert!(
+        publish.iter().any(|p| p.starts_with("127.0.0.1:8080:80")),
+        "the port should be listed as published on 127.0.0.1: {port}"
+    );
+
+    // On the host's loopback: reached, the container sees the gateway.
+    let out = run(sb.host_cmd(
+        "python3",
+        &["-c", TCP_ASK, "127.0.0.1", "8080", "from-loopback"],
+    ))
+    .ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("peer {GATEWAY} got from-loopback"),
+        "127.0.0.1:8080 on the host should reach the container's port 80"
+    );
+    // From the outside, at the host's address: nothing listens there.
+    let out = run(wan.cmd("python3", &["-c", CONNECT_PROBE, HOST_WAN_IP, "8080", "10"])).ok();
+    assert!(
+        out.stdout.starts_with("refused"),
+        "a port published on 127.0.0.1 must be refused at {HOST_WAN_IP} from the outside: {}",
+        out.stdout
+    );
+    // Nor on the host's own wan address from the host itself.
+    let out = run(sb.host_cmd("python3", &["-c", CONNECT_PROBE, HOST_WAN_IP, "8080", "10"])).ok();
+    assert!(
+        out.stdout.starts_with("refused"),
+        "a port published on 127.0.0.1 must not listen on {HOST_WAN_IP}: {}",
+        out.stdout
+    );
+    assert_no_kernel_nat(&sb);
+}
+
+/// Connects to the TCP server argv[1]:argv[2], sends a line, prints `ready` and keeps the
+/// connection open (until killed). With argv[3] `abort`, a close (also by the kernel when the
+/// process is killed) resets the connection at once instead of sending a FIN.
+const HOLD_CONNECTION: &str = r#"
+import socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+if sys.argv[3:] == ["abort"]:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.sendall(b"hello\n")
+print("ready", flush=True)
+time.sleep(3600)
+"#;
+
+/// How a container leaves the switch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Leaving {
+    /// `vswitch unplug`: the container goes on running, without its interface.
+    Unplugged,
+    /// Every process of the container is killed: the kernel closes their sockets (a FIN goes
+    /// out), then the namespace and its veth go.
+    Exited,
+    /// The same, but the container's link is down first, as if its last frames were lost, and
+    /// its socket is freed at once (a socket still trying to send its FIN would keep the
+    /// namespace alive for minutes): only the daemon's own cleanup can tell the outside.
+    ExitedSilently,
+}
+
+/// A container with an open TCP connection and a UDP flow to the wan leaves: no flow of its
+/// address is left, the next container on that address starts with none, and the outside end of
+/// the connection is closed (EOF or RST, not a connection left hanging).
+fn flows_go_with_the_container(how: Leaving) {
+    let (sb, wan) = nat_sandbox(&[], &[]);
+    let watcher = wan.python(TCP_SERVER, &["9300", "watch"]);
+    let _sink = wan.python(UDP_SERVER, &["7100", "sink"]);
+    let mut c = Container::plain();
+    sb.plug(&c, &[]);
+    let ip = host_ip(2);
+    let close = if how == Leaving::ExitedSilently {
+        "abort"
+    } else {
+        "fin"
+    };
+    let mut held = py_bg(&c, HOLD_CONNECTION, &[WAN_IP, "9300", close]);
+    py(&c, CMD, UDP_SEND, &[WAN_IP, "7100"]).ok();
+    let from_c = |flows: &[Json]| -> Vec<Json> {
+        flows
+            .iter()
+            .filter(|f| {
+                f["inside"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with(&format!("{ip}:")))
+            })
+            .cloned()
+            .collect()
+    };
+    let flows = conntrack(&sb);
+    assert_eq!(
+        from_c(&flows).len(),
+        2,
+        "a TCP and a UDP flow from {ip} expected: {flows:?}"
+    );
+    assert_eq!(port_of(&sb, &c).num("nat_flows"), 2);
+
+    if how == Leaving::Unplugged {
+        sb.vswitch(&["unplug", &c.pid.to_string()]).ok();
+    } else {
+        if how == Leaving::ExitedSilently {
+            c.run("ip", &["link", "set", "eth0", "down"]).ok();
+        }
+        held.kill();
+        c.kill();
+        let pid = c.pid;
+        common::wait_for(
+            DEADLINE,
+            || sb.port_of(pid).is_none().then_some(()),
+            || format!("{how:?}: the port of exited container {pid} is still listed"),
+        );
+    }
+
+    // No flow of the old address is left.
+    let flows = conntrack(&sb);
+    assert!(
+        from_c(&flows).is_empty(),
+        "{how:?}: flows of {ip} are still tracked: {flows:?}"
+    );
+    // The next container gets the address, and none of the old flows.
+    let next = Container::plain();
+    let port = sb.plug(&next, &[]);
+    assert_eq!(port.str("ip"), ip, "{port}");
+    assert_eq!(
+        port_of(&sb, &next).num("nat_flows"),
+        0,
+        "{how:?}: the next container on {ip} inherited flows"
+    );
+    assert!(from_c(&conntrack(&sb)).is_empty());
+    // The outside end of the open connection learns that it is over.
+    let end = watcher.try_line(DEADLINE);
+    if !matches!(end.as_deref(), Some("peer eof" | "peer reset")) {
+        let open = run(sb.host_cmd("ss", &["-tn", "state", "established"])).ok();
+        panic!(
+            "{how:?}: the outside end of the container's open connection should see EOF or RST \
+             within {DEADLINE:?}, got {end:?} (None: the connection was left open). TCP \
+             connections still established in the host namespace:\n{}",
+            open.stdout
+        );
+    }
+    drop(held);
+}
+
+#[test]
+fn unplugging_a_container_ends_its_flows() {
+    flows_go_with_the_container(Leaving::Unplugged);
+}
+
+#[test]
+fn a_container_that_exits_leaves_no_flows() {
+    flows_go_with_the_container(Leaving::Exited);
+}
+
+#[test]
+fn a_container_that_exits_without_a_word_leaves_no_flows() {
+    flows_go_with_the_container(Leaving::ExitedSilently);
 }
 
 #[test]
@@ -1087,7 +1254,7 @@ fn dns_queries_go_through_the_gateway_over_udp_and_tcp() {
             "lookup of {name} over {proto} through {GATEWAY}"
         );
         // The wan's server got it from the host, over the same protocol.
-        let seen = dns.line(Duration::from_secs(5));
+        let seen = dns.line(DEADLINE);
         assert_eq!(seen, format!("{proto} {HOST_WAN_IP} {name}"));
     }
     assert_no_kernel_nat(&sb);
@@ -1269,23 +1436,49 @@ fn resolv_conf_is_written_inside_a_containers_own_root_never_outside_it() {
 }
 
 #[test]
-fn resolv_conf_of_a_named_namespace_goes_to_etc_netns() {
+fn resolv_conf_of_a_named_namespace_goes_to_etc_netns_and_goes_away_with_the_port() {
     let host_resolv = HostResolv::snapshot();
     let (sb, _wan) = nat_sandbox(&[], &[]);
     let ns = common::NetNs::new(&common::unique_name());
+    let dir = Path::new("/etc/netns").join(&ns.name);
+    let file = dir.join("resolv.conf");
     let line = plug_resolv_line(&sb, &["--netns", &ns.path()]);
-    let file = Path::new("/etc/netns").join(&ns.name).join("resolv.conf");
     assert!(line.contains(&file.display().to_string()), "{line}");
     assert_points_at_gateway(&fs::read_to_string(&file).unwrap());
     // `ip netns exec` shows it to the namespace's processes as /etc/resolv.conf.
     let seen = run(ns.cmd("cat", &["/etc/resolv.conf"])).ok().stdout;
     assert_points_at_gateway(&seen);
+
+    // Unplugged: the daemon removes the file and the directory it made (the namespace, and the
+    // test's own cleanup of /etc/netns/NAME, are still to come).
     sb.vswitch(&["unplug", "--netns", &ns.path()]).ok();
-    host_resolv.assert_unchanged();
-    drop(ns);
     assert!(
-        !exists(file.parent().unwrap()),
-        "/etc/netns/NAME left behind"
+        !exists(&dir),
+        "{} left behind by `vswitch unplug`",
+        dir.display()
+    );
+    host_resolv.assert_unchanged();
+
+    // Plugged again, then the namespace is deleted under it (as `ip netns del` does when a
+    // runtime stops a container): once the daemon has removed the port, the file is gone too.
+    plug_resolv_line(&sb, &["--netns", &ns.path()]);
+    assert!(exists(&file), "{} not written again", file.display());
+    run(command("ip", &["netns", "del", &ns.name])).ok();
+    common::wait_for(
+        DEADLINE,
+        || (sb.ls().len() == 1).then_some(()),
+        || {
+            format!(
+                "the port of deleted namespace {} is still listed: {:?}",
+                ns.name,
+                sb.ls()
+            )
+        },
+    );
+    assert!(
+        !exists(&dir),
+        "{} left behind after its namespace was deleted and its port removed",
+        dir.display()
     );
     host_resolv.assert_unchanged();
 }

@@ -1,11 +1,16 @@
-//! End-to-end tests of the switch (issue 2 §9), as root: a namespace plays the host and runs
-//! `vswitch run`; containers are processes in fresh namespaces plugged into it.
+//! End-to-end tests of the switch, as root: a namespace plays the host and runs `vswitch run`;
+//! containers are processes in fresh namespaces plugged into it. They show that containers
+//! reach each other, the gateway and the host with no kernel bridge; that `ls` and `fdb` tell
+//! the truth (ports, counters, MAC ages); that unplugging, or a container that exits, removes
+//! its port and frees its address; that the switch answers ARP itself; that unicast goes only
+//! where it is addressed, with and without the kernel fast path; that the workers go back to
+//! sleep when traffic stops; and that datagrams and parallel streams arrive whole and in order.
 
 mod common;
 
 use common::{
-    default_mac, host_ip, ping_all, ping_cmd, poll, run_timeout, tcp_transfer, Container, Endpoint,
-    Json, NetNs, Proc, Sandbox, SandboxOptions, GATEWAY,
+    default_mac, host_ip, ping_all, ping_cmd, poll, run_timeout, tcp_transfer, wait_for, Container,
+    Endpoint, Json, JsonExt, NetNs, Proc, Sandbox, SandboxOptions, DEADLINE, GATEWAY,
 };
 use std::time::{Duration, Instant};
 
@@ -132,6 +137,7 @@ fn four_containers_ping_and_transfer_through_the_switch_without_a_bridge() {
     }
 
     // All pairs ping, each pings the gateway, the host pings each.
+    let pings_started = Instant::now();
     let mut jobs = Vec::new();
     for (from, from_ip) in &containers {
         for (_, to_ip) in &containers {
@@ -153,6 +159,7 @@ fn four_containers_ping_and_transfer_through_the_switch_without_a_bridge() {
     }
     let failed = ping_all(jobs);
     assert!(failed.is_empty(), "pings without reply: {failed:?}");
+    // From now on c is silent: the transfers below are between the others.
 
     // 50 MB container -> container (into the runtime-like one), and host -> container.
     tcp_transfer(&a, &d, &host_ip(5), MB50);
@@ -206,8 +213,10 @@ fn four_containers_ping_and_transfer_through_the_switch_without_a_bridge() {
         port(b.pid)
     );
 
-    // fdb: every container's MAC learned on its own port; the TAP's MAC on the TAP.
+    // fdb: every container's MAC learned on its own port; the TAP's MAC on the TAP; each with
+    // its age, the time since it was last seen.
     let fdb = sb.fdb();
+    let since_pings = pings_started.elapsed();
     let mut expected: Vec<(String, u64, String)> = containers
         .iter()
         .map(|(ct, ip)| (default_mac(ip), port(ct.pid).num("port"), ct.host_port()))
@@ -224,8 +233,39 @@ fn four_containers_ping_and_transfer_through_the_switch_without_a_bridge() {
             .unwrap_or_else(|| panic!("{mac} not in fdb: {fdb:?}"));
         assert_eq!(e.num("port"), port_no, "{e}");
         assert_eq!(e.str("port_name"), name, "{e}");
-        assert!(e.num("age_ms") < 300_000, "{e}");
+        // Every MAC was seen since the pings began. Slack: an entry's time is refreshed at
+        // most once a second, and the fast path reports what it forwarded once a second.
+        let age = e.num("age_ms");
+        assert!(
+            u128::from(age) <= since_pings.as_millis() + 2000,
+            "{mac} was seen in the pings {since_pings:?} ago, but its age is {age} ms: {e}"
+        );
     }
+    // c has said nothing since the pings: its age grows with the silence, a millisecond per
+    // millisecond. (The fast path reports what it forwarded once a second, a busy daemon later:
+    // the first samples may still see such a report refresh it. Hence the wait.)
+    let c_mac = default_mac(&host_ip(4));
+    let c_age = || {
+        sb.fdb()
+            .iter()
+            .find(|e| e.str("mac").to_lowercase() == c_mac)
+            .map(|e| e.num("age_ms"))
+    };
+    let mut last = None;
+    let grows = poll(DEADLINE, || {
+        let started = Instant::now();
+        let first = c_age()?;
+        std::thread::sleep(Duration::from_secs(2));
+        let second = c_age()?;
+        let apart = started.elapsed().as_millis() as u64;
+        last = Some((first, second, apart));
+        (second >= first + 1000 && second <= first + apart + 10).then_some(())
+    });
+    assert!(
+        grows.is_some(),
+        "the age of silent c ({c_mac}) does not grow with time: (first, second sample, ms \
+         between) = {last:?}"
+    );
 }
 
 #[test]
@@ -279,20 +319,19 @@ fn container_exit_removes_its_port_and_frees_its_address() {
     // The container exits; nobody tells vswitch.
     let b_pid = b.pid;
     b.kill();
+    // How soon is a figure for benches/events.sh; here: it happens.
     let started = Instant::now();
-    let removed = poll(Duration::from_secs(3), || {
-        sb.port_of(b_pid).is_none().then(|| started.elapsed())
-    });
-    let elapsed = removed.unwrap_or_else(|| {
-        panic!(
-            "port of exited container {b_pid} still listed after 3 s: {:?}",
-            sb.ls()
-        )
-    });
-    assert!(
-        elapsed <= Duration::from_millis(2500),
-        "port of exited container removed only after {elapsed:?} (must be within 2 s)"
+    let elapsed = wait_for(
+        DEADLINE,
+        || sb.port_of(b_pid).is_none().then(|| started.elapsed()),
+        || {
+            format!(
+                "port of exited container {b_pid} still listed: {:?}",
+                sb.ls()
+            )
+        },
     );
+    eprintln!("port of the exited container removed after {elapsed:?}");
     sb.assert_host_links(&[&a, &c]);
 
     // The freed address goes to the next container.
@@ -308,12 +347,10 @@ fn container_exit_removes_its_port_and_frees_its_address() {
     // The runtime-like container exits too.
     let c_pid = c.pid;
     drop(c);
-    let removed = poll(Duration::from_secs(3), || {
-        sb.port_of(c_pid).is_none().then_some(())
-    });
-    assert!(
-        removed.is_some(),
-        "port of exited runtime-like container still listed"
+    wait_for(
+        DEADLINE,
+        || sb.port_of(c_pid).is_none().then_some(()),
+        || format!("port of exited runtime-like container {c_pid} still listed"),
     );
 }
 
@@ -327,7 +364,7 @@ fn plug_a_named_namespace_by_path() {
     let out = sb
         .vswitch(&["plug", "--netns", &ns.path(), "--json", "--ifname", "net0"])
         .ok();
-    let port = Json::parse(out.stdout.trim()).expect("plug --json prints JSON");
+    let port = common::parse_json(out.stdout.trim()).expect("plug --json prints JSON");
     assert_eq!(port.str("ip"), host_ip(3), "{port}");
     assert_eq!(port.str("ifname"), "net0", "{port}");
     assert!(ns.links().contains(&"net0".to_string()), "{:?}", ns.links());
@@ -377,25 +414,25 @@ fn plug_with_chosen_address_mac_and_interface_name() {
     assert!(b.ping("10.1.1.77"), "b cannot ping a");
 }
 
-/// Prints the ARP frames received on eth0 (not those sent) for argv[1] seconds, one line each:
-/// "<op> <sender ip> <target ip> <sender mac>".
+/// Prints the ARP frames received on eth0 (not those sent), one line each:
+/// "<op> <sender ip> <target ip> <sender mac>", until a gratuitous ARP for argv[1] (sender and
+/// target that address) has been printed; then prints "done" and exits.
 const ARP_SNIFFER: &str = r#"
-import socket, struct, sys, time
+import socket, struct, sys
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
 s.bind(("eth0", 0x0806))
-s.settimeout(0.1)
 print("ready", flush=True)
-end = time.time() + float(sys.argv[1])
-while time.time() < end:
-    try:
-        data, addr = s.recvfrom(65535)
-    except socket.timeout:
-        continue
+while True:
+    data, addr = s.recvfrom(65535)
     if addr[2] == socket.PACKET_OUTGOING or len(data) < 42:
         continue
     op = struct.unpack(">H", data[20:22])[0]
     mac = ":".join("%02x" % b for b in data[22:28])
-    print(op, socket.inet_ntoa(data[28:32]), socket.inet_ntoa(data[38:42]), mac, flush=True)
+    sip, tip = socket.inet_ntoa(data[28:32]), socket.inet_ntoa(data[38:42])
+    print(op, sip, tip, mac, flush=True)
+    if sip == tip == sys.argv[1]:
+        break
+print("done", flush=True)
 "#;
 
 #[test]
@@ -403,30 +440,31 @@ fn the_switch_answers_arp_itself_and_announces_new_ports() {
     let sb = Sandbox::start();
     let a = sb.plug_plain();
     let b = sb.plug_plain();
+    let c_ip = host_ip(4);
 
-    // b watches the ARP frames that reach it while a resolves b's address and c is plugged.
-    let mut sniffer = b
-        .cmd("python3", &["-c", ARP_SNIFFER, "3"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the ARP sniffer");
-    let mut stdout = std::io::BufReader::new(sniffer.stdout.take().unwrap());
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
-    assert_eq!(first.trim(), "ready");
-
+    // b watches the ARP frames that reach it while a resolves b's address and then c is
+    // plugged, until c's announcement arrives.
+    let sniffer = Proc::spawn_ready(b.cmd("python3", &["-c", ARP_SNIFFER, &c_ip]));
     a.run("ip", &["neigh", "flush", "dev", "eth0"]).ok();
     assert!(a.ping(&host_ip(3)), "a cannot ping b");
     let c = Container::plain();
     sb.plug(&c, &[]);
 
-    let status = sniffer.wait().unwrap();
-    let mut seen = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut seen).unwrap();
-    assert!(status.success(), "the ARP sniffer failed: {seen}");
-    eprintln!("ARP frames seen by b:\n{seen}");
-    let frames: Vec<Vec<&str>> = seen.lines().map(|l| l.split(' ').collect()).collect();
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while seen.last().map(String::as_str) != Some("done") {
+        let left = DEADLINE.saturating_sub(started.elapsed());
+        match sniffer.try_line(left) {
+            Some(line) => seen.push(line),
+            None => panic!(
+                "no gratuitous ARP for {c_ip} reached b within {DEADLINE:?}; ARP frames seen by b: \
+                 {seen:?}; sniffer: {}",
+                sniffer.stderr()
+            ),
+        }
+    }
+    eprintln!("ARP frames seen by b: {seen:?}");
+    let frames: Vec<Vec<&str>> = seen.iter().map(|l| l.split(' ').collect()).collect();
 
     // a got b's MAC from the switch...
     let neigh = a.run("ip", &["neigh", "show", &host_ip(3)]).ok().stdout;
@@ -434,23 +472,78 @@ fn the_switch_answers_arp_itself_and_announces_new_ports() {
         neigh.contains(&format!("lladdr {}", default_mac(&host_ip(3)))),
         "a did not learn b's MAC: {neigh}"
     );
-    // ...without its request being flooded to b.
+    // ...without its request being flooded to b (it would have come before c's announcement).
     let flooded = frames
         .iter()
         .any(|f| f[0] == "1" && f[1] == host_ip(2) && f[2] == host_ip(3));
     assert!(
         !flooded,
-        "a's ARP request for b reached b (flooded): {seen}"
+        "a's ARP request for b reached b (flooded): {seen:?}"
     );
-    // c announced itself with a gratuitous ARP.
-    let c_ip = host_ip(4);
+    // c announced itself with a gratuitous ARP from its own MAC.
     let announced = frames
         .iter()
-        .any(|f| f[1] == c_ip && f[2] == c_ip && f[3] == default_mac(&c_ip));
+        .any(|f| f.len() == 4 && f[1] == c_ip && f[2] == c_ip && f[3] == default_mac(&c_ip));
     assert!(
         announced,
-        "no gratuitous ARP for {c_ip} reached b: {seen:?}"
+        "the gratuitous ARP for {c_ip} does not carry c's MAC: {seen:?}"
     );
+}
+
+/// What the switch sent out of a port so far: (tx_frames, tx_bytes) of its `ls` entry, which
+/// count the kernel fast path's frames too.
+fn tx_of(sb: &Sandbox, c: &Container) -> (u64, u64) {
+    let p = sb
+        .port_of(c.pid)
+        .unwrap_or_else(|| panic!("{} not in ls: {:?}", c.pid, sb.ls()));
+    (p.num("tx_frames"), p.num("tx_bytes"))
+}
+
+#[test]
+fn unicast_stays_on_its_path_with_and_without_the_fast_path() {
+    // A switch sends a frame for a learned MAC out of that MAC's port only: while a sends 50 MB
+    // to d, the bystanders b and c get (almost) nothing. A switch that flooded, or a fast path
+    // that also handed frames to the daemon, would send them the transfer too.
+    const ALMOST_NOTHING: u64 = 64 << 10;
+    for args in [&[][..], &["--no-fast-path"][..]] {
+        let sb = Sandbox::start_with(SandboxOptions {
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            ..SandboxOptions::default()
+        });
+        let a = sb.plug_plain();
+        let b = sb.plug_plain();
+        let c = sb.plug_plain();
+        let d = sb.plug_plain();
+        // a and d learned (and resolved) each other.
+        assert!(a.ping(&host_ip(5)), "{args:?}: a cannot ping d");
+
+        let (b0, c0, d0) = (tx_of(&sb, &b), tx_of(&sb, &c), tx_of(&sb, &d));
+        tcp_transfer(&a, &d, &host_ip(5), MB50);
+        let (b1, c1, d1) = (tx_of(&sb, &b), tx_of(&sb, &c), tx_of(&sb, &d));
+        eprintln!(
+            "vswitch run {args:?}: during a -> d, sent to d {} bytes, to b {} bytes ({} frames), \
+             to c {} bytes ({} frames)",
+            d1.1 - d0.1,
+            b1.1 - b0.1,
+            b1.0 - b0.0,
+            c1.1 - c0.1,
+            c1.0 - c0.0
+        );
+        assert!(
+            d1.1 - d0.1 > MB50,
+            "{args:?}: the switch's counters show less than the 50 MB it sent to d: {d0:?} -> \
+             {d1:?}"
+        );
+        for (name, before, after) in [("b", b0, b1), ("c", c0, c1)] {
+            assert!(
+                after.1 - before.1 < ALMOST_NOTHING,
+                "{args:?}: bystander {name} was sent {} bytes ({} frames) during a's transfer \
+                 to d: unicast leaked off its path",
+                after.1 - before.1,
+                after.0 - before.0
+            );
+        }
+    }
 }
 
 /// CPU time (user + system) the process has used, in clock ticks.
@@ -462,10 +555,28 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// The threads of a process that are running or waiting for a CPU (state `R`), as
+/// "tid (name)".
+fn running_threads(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return vec![format!("process {pid} is gone")];
+    };
+    tasks
+        .filter_map(|t| {
+            let tid = t.ok()?.file_name().into_string().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+            let state = stat[stat.rfind(')')? + 2..].chars().next()?;
+            (state == 'R').then(|| format!("{tid} ({name})"))
+        })
+        .collect()
+}
+
 #[test]
 fn workers_poll_only_while_traffic_flows() {
     // The workers poll for a while after each frame (`--poll-us`); once traffic stops, the
-    // daemon must go back to sleep and cost nothing.
+    // daemon must go back to sleep: every thread blocked, none running or runnable. (How
+    // little CPU an idle daemon uses is a figure of benches/e2e.sh: daemon_idle_cpu.)
     let sb = start_without_fast_path();
     let a = sb.plug_plain();
     let b = sb.plug_plain();
@@ -476,33 +587,43 @@ fn workers_poll_only_while_traffic_flows() {
     let busy = cpu_ticks(pid) - before;
     assert!(busy > 0, "the daemon used no CPU time to forward 50 MB");
 
-    std::thread::sleep(Duration::from_millis(500));
-    let start = cpu_ticks(pid);
-    std::thread::sleep(Duration::from_secs(3));
-    let idle = cpu_ticks(pid) - start;
-    // 100 ticks per second of one core on Linux: 6 ticks in 3 s is 2 % of a core.
+    // A thread that polls is always running or runnable; one that sleeps hardly ever is. Asleep
+    // = no thread of the daemon seen running in 20 samples in a row, 50 ms apart.
+    let mut asleep_samples = 0;
+    let mut last = Vec::new();
+    let asleep = poll(DEADLINE, || {
+        last = running_threads(pid);
+        asleep_samples = if last.is_empty() {
+            asleep_samples + 1
+        } else {
+            0
+        };
+        (asleep_samples >= 20).then_some(())
+    });
     assert!(
-        idle <= 6,
-        "an idle daemon used {idle} clock ticks in 3 s (forwarding 50 MB took {busy})"
+        asleep.is_some(),
+        "the daemon did not go back to sleep within {DEADLINE:?} after the transfer: threads \
+         still running: {last:?}"
     );
 }
 
 /// Four TCP streams in parallel: `sink PORT` accepts four connections and reads them to the
-/// end, then prints the bytes it got; `source IP PORT SECS` sends zeros for SECS seconds.
+/// end, then prints the bytes it got; `source IP PORT BYTES` sends BYTES on each connection.
 /// One process per stream, so the senders run on (and migrate between) every CPU.
 const BULK: &str = r#"
-import os, socket, sys, time
+import os, socket, sys
 N = 4
 if sys.argv[1] == "sink":
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", int(sys.argv[2])))
     srv.listen(N)
-    srv.settimeout(60)
+    srv.settimeout(120)
     print("ready", flush=True)
     r, w = os.pipe()
     for _ in range(N):
         c, _ = srv.accept()
+        c.settimeout(120)
         if os.fork() == 0:
             buf, n = bytearray(1 << 20), 0
             while (k := c.recv_into(buf)):
@@ -513,20 +634,20 @@ if sys.argv[1] == "sink":
     os.close(w)
     print(sum(int(x) for x in os.fdopen(r).read().split()), flush=True)
 else:
-    ip, port, secs = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    ip, port, total = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     kids = []
     for _ in range(N):
         pid = os.fork()
         if pid == 0:
-            s = socket.create_connection((ip, port), timeout=30)
-            buf, end = bytes(1 << 20), time.monotonic() + secs
-            while time.monotonic() < end:
-                s.sendall(buf)
+            s = socket.create_connection((ip, port), timeout=120)
+            buf, left = bytes(1 << 20), total
+            while left:
+                s.sendall(buf[: min(left, len(buf))])
+                left -= min(left, len(buf))
             s.close()
             os._exit(0)
         kids.append(pid)
-    for pid in kids:
-        os.waitpid(pid, 0)
+    sys.exit(max(os.waitpid(pid, 0)[1] for pid in kids) != 0)
 "#;
 
 /// (OutSegs, RetransSegs) of the TCP of a container or of the host.
@@ -548,72 +669,76 @@ fn tcp_segments(e: &dyn Endpoint) -> (u64, u64) {
     (field("OutSegs"), field("RetransSegs"))
 }
 
-/// Four parallel streams from `source` to `sink` (at `sink_ip`) for 3 s: returns the bytes
-/// received, and the segments `source` sent and retransmitted meanwhile.
-fn four_streams(source: &dyn Endpoint, sink: &dyn Endpoint, sink_ip: &str) -> (u64, u64, u64) {
-    let server = Proc::spawn_ready(sink.endpoint_cmd("python3", &["-c", BULK, "sink", "5202"]));
-    let before = tcp_segments(source);
-    run_timeout(
-        source.endpoint_cmd("python3", &["-c", BULK, "source", sink_ip, "5202", "3"]),
-        Duration::from_secs(60),
-    )
-    .ok();
-    let received: u64 = server.line(Duration::from_secs(30)).parse().unwrap();
-    let after = tcp_segments(source);
-    (received, after.0 - before.0, after.1 - before.1)
-}
-
 #[test]
-fn parallel_bulk_streams_are_not_reordered() {
-    // Every worker serves every port. If the frames of one TCP stream were spread over the
-    // workers (by the CPU that sent them, and a sender migrates), the workers would reorder
-    // them and the sender would take the reordering for loss: spurious retransmits and a
-    // smaller window (measured: 0.6-1.5 % of segments retransmitted, against ~0.01 % when each
-    // bulk stream stays on one worker). From the host, the TAP picks the queue, hence the
-    // worker: the one through which the flow's ACKs last came in (1.8 % retransmitted when
-    // the ACKs went in through the queue of whichever worker forwarded them, 0 since each
-    // flow's go through one queue; 0.3 % in this test).
+fn parallel_bulk_streams_arrive_whole() {
+    // Every worker serves every port, and the frames of one TCP stream must stay on one worker:
+    // spread over the workers (by the CPU that sent them, and a sender migrates), they would be
+    // reordered, and the sender would take that for loss. Here: four parallel streams,
+    // container -> container and host -> container, arrive whole. How many segments were
+    // retransmitted (0.6-1.5 % when streams were spread, ~0.01 % since) is a figure of
+    // benches/e2e.sh (tcp4_retrans), printed here for information.
+    const PER_STREAM: u64 = 16 << 20;
     let sb = start_without_fast_path();
     let a = sb.plug_plain();
     let b = sb.plug_plain();
 
     for (what, source) in [("container", &a as &dyn Endpoint), ("host", &sb)] {
-        let (received, out, retrans) = four_streams(source, &b, &host_ip(3));
-        eprintln!("4 streams {what} -> container: {received} bytes, {out} segments, {retrans} retransmitted");
-        assert!(
-            received > 100 << 20,
-            "{what}: only {received} bytes crossed in 3 s"
+        let server = Proc::spawn_ready(b.endpoint_cmd("python3", &["-c", BULK, "sink", "5202"]));
+        let before = tcp_segments(source);
+        run_timeout(
+            source.endpoint_cmd(
+                "python3",
+                &[
+                    "-c",
+                    BULK,
+                    "source",
+                    &host_ip(3),
+                    "5202",
+                    &PER_STREAM.to_string(),
+                ],
+            ),
+            Duration::from_secs(180),
+        )
+        .ok();
+        let received: u64 = server.line(Duration::from_secs(120)).parse().unwrap();
+        let after = tcp_segments(source);
+        eprintln!(
+            "4 streams {what} -> container: {received} bytes, {} segments, {} retransmitted",
+            after.0 - before.0,
+            after.1 - before.1
         );
-        assert!(
-            retrans * 1000 < out,
-            "{what} -> container: {retrans} of {out} segments retransmitted (over 0.1 %): the \
-             switch reorders streams"
+        assert_eq!(
+            received,
+            4 * PER_STREAM,
+            "{what} -> container: the four streams did not arrive whole"
         );
     }
 }
 
-/// `sink PORT` counts the datagrams it gets and those that arrive after a later one, until 2 s
-/// pass without any; `source IP PORT N` sends N numbered 1400-byte datagrams from an
-/// unconnected socket (no flow hash), moving itself to another CPU every 200 of them.
+/// `sink PORT` counts the datagrams it gets and those that arrive after a later one, until the
+/// end marker (sequence number 2^64-1) comes, and prints `<received> <late> <placements>`:
+/// placements = how many of the sender's CPU placements (200 datagrams each) had datagrams
+/// arrive. `source IP PORT N` sends N numbered 1400-byte datagrams from an unconnected socket
+/// (no flow hash), moving itself to another CPU every 200 of them, then end markers.
 const UDP_ORDER: &str = r#"
 import os, socket, struct, sys, time
+END = (1 << 64) - 1
 if sys.argv[1] == "sink":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     s.bind(("0.0.0.0", int(sys.argv[2])))
+    s.settimeout(120)
     print("ready", flush=True)
-    s.settimeout(30)
-    last, n, late = -1, 0, 0
-    try:
-        while True:
-            seq = struct.unpack(">Q", s.recv(2048)[:8])[0]
-            s.settimeout(2)
-            n += 1
-            late += seq < last
-            last = max(last, seq)
-    except socket.timeout:
-        pass
-    print(n, late, flush=True)
+    last, n, late, placements = -1, 0, 0, set()
+    while True:
+        seq = struct.unpack(">Q", s.recv(2048)[:8])[0]
+        if seq == END:
+            break
+        n += 1
+        late += seq < last
+        last = max(last, seq)
+        placements.add(seq // 200)
+    print(n, late, len(placements), flush=True)
 else:
     ip, port, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     cpus = sorted(os.sched_getaffinity(0))
@@ -625,6 +750,9 @@ else:
         s.sendto(struct.pack(">Q", i) + pad, (ip, port))
         if i % 50 == 0:
             time.sleep(0.0001)
+    for _ in range(20):
+        time.sleep(0.05)
+        s.sendto(struct.pack(">Q", END), (ip, port))
 "#;
 
 #[test]
@@ -642,16 +770,24 @@ fn bulk_datagrams_without_a_flow_hash_stay_in_order() {
             "python3",
             &["-c", UDP_ORDER, "source", &host_ip(3), "6001", "20000"],
         ),
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     )
     .ok();
-    let line = sink.line(Duration::from_secs(40));
-    let (received, late) = line.split_once(' ').expect("sink prints `received late`");
-    let (received, late): (u64, u64) = (received.parse().unwrap(), late.parse().unwrap());
-    eprintln!("20000 datagrams sent, {received} received, {late} overtaken");
+    let line = sink.line(DEADLINE);
+    let numbers: Vec<u64> = line
+        .split(' ')
+        .map(|n| n.parse().expect("sink prints `received late placements`"))
+        .collect();
+    let (received, late, placements) = (numbers[0], numbers[1], numbers[2]);
+    eprintln!(
+        "20000 datagrams sent from 100 CPU placements, {received} received from {placements} \
+         of them, {late} overtaken"
+    );
+    // UDP may lose datagrams on a busy machine; enough must arrive to span many moves.
     assert!(
-        received > 10_000,
-        "only {received} of 20000 datagrams arrived"
+        placements >= 10,
+        "datagrams from only {placements} of the sender's 100 CPU placements arrived \
+         ({received} of 20000 datagrams)"
     );
     assert_eq!(
         late, 0,
@@ -661,35 +797,94 @@ fn bulk_datagrams_without_a_flow_hash_stay_in_order() {
 
 #[test]
 fn learned_pairs_take_the_kernel_fast_path_and_their_macs_stay_learned() {
-    // With a short FDB age, the MACs of two containers that only talk to each other (through
-    // the kernel fast path, which the daemon never sees) must stay learned: the fast path
-    // reports them seen. Ping answers once, never twice (the daemon must not also forward what
-    // the fast path took), and the ports' counters include the fast path's frames.
+    // The default (`--fast-path auto`) on a kernel with tcx links (6.6 and later, as CI's).
+    learned_pairs_take_the_fast_path(&[], "tcx");
+    // ...and without the fast path, the daemon carries it all.
+    let sb = start_without_fast_path();
+    let a = sb.plug_plain();
+    let b = sb.plug_plain();
+    tcp_transfer(&a, &b, &host_ip(3), MB50);
+    let pb = sb.port_of(b.pid).unwrap();
+    assert!(
+        pb.num("fast_tx_frames") == 0 && pb.num("tx_bytes") > MB50 && pb.str("fast_path") == "off",
+        "{pb}"
+    );
+}
+
+#[test]
+fn learned_pairs_take_the_fast_path_through_tc_as_on_kernels_without_tcx() {
+    // The attachment older kernels (before 6.6) get: a clsact qdisc and a cls_bpf filter.
+    learned_pairs_take_the_fast_path(&["--fast-path", "tc"], "tc");
+}
+
+/// With a short FDB age, the MACs of two containers that only talk to each other (through the
+/// kernel fast path, which the daemon never sees) must stay learned: the fast path reports them
+/// seen. Ping answers once, never twice (the daemon must not also forward what the fast path
+/// took), and the ports' counters include the fast path's frames. The fast path must be on
+/// `hook` ("tcx" or "tc") on both ports.
+fn learned_pairs_take_the_fast_path(args: &[&str], hook: &str) {
+    let mut extra_args: Vec<String> = vec!["--fdb-age".into(), "2".into()];
+    extra_args.extend(args.iter().map(|a| a.to_string()));
     let sb = Sandbox::start_with(SandboxOptions {
-        extra_args: vec!["--fdb-age".into(), "2".into()],
+        extra_args,
         ..SandboxOptions::default()
     });
     let a = sb.plug_plain();
     let b = sb.plug_plain();
+    let log = sb.daemon_log();
+    assert!(
+        log.contains(&format!("kernel fast path: {hook} ")),
+        "the daemon says which hook and why: {log}"
+    );
+    if hook == "tc" {
+        let out = run_timeout(
+            sb.host_cmd("tc", &["filter", "show", "dev", &a.host_port(), "ingress"]),
+            Duration::from_secs(5),
+        )
+        .ok()
+        .stdout;
+        assert!(
+            out.contains("vswitch_fast") && out.contains("direct-action"),
+            "{out}"
+        );
+    }
     let macs = [default_mac(&host_ip(2)), default_mac(&host_ip(3))];
 
     let ping = a.cmd("ping", &["-c", "60", "-i", "0.1", "-W", "2", &host_ip(3)]);
-    let ping = std::thread::spawn(move || run_timeout(ping, Duration::from_secs(30)));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // Let the first exchange (ARP, through the daemon) settle before sampling the table.
-    std::thread::sleep(Duration::from_millis(700));
-    while Instant::now() < deadline {
+    let ping = std::thread::spawn(move || run_timeout(ping, Duration::from_secs(60)));
+    // The first exchange (ARP, the first echo) goes through the daemon; then the fast path
+    // takes the pair over.
+    wait_for(
+        DEADLINE,
+        || (sb.port_of(a.pid)?.num("fast_rx_frames") > 0).then_some(()),
+        || {
+            format!(
+                "the fast path never carried a's echoes: {:?}",
+                sb.port_of(a.pid)
+            )
+        },
+    );
+    // While the echoes go on, both MACs stay learned: in the table and younger than the 2 s
+    // age, after which an entry is expired.
+    let mut samples = 0;
+    while !ping.is_finished() {
         let fdb = sb.fdb();
         for mac in &macs {
             let entry = fdb.iter().find(|e| e.str("mac").eq_ignore_ascii_case(mac));
             let age = entry.map(|e| e.num("age_ms"));
             assert!(
-                age.is_some_and(|age| age < 1800),
-                "{mac}, in traffic every 100 ms, aged to {age:?} of the 2 s FDB age: {fdb:?}"
+                age.is_some_and(|age| age < 2000),
+                "{mac}, in traffic every 100 ms, aged to {age:?} (expired at 2 s): {fdb:?}"
             );
         }
+        samples += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A premise, not a speed: a loaded machine takes longer per sample, the echoes last 6 s.
+    assert!(
+        samples >= 5,
+        "the echoes were over before the table was sampled"
+    );
     let out = ping.join().unwrap().stdout;
     assert!(
         out.contains("60 received") && !out.contains("duplicates"),
@@ -697,6 +892,7 @@ fn learned_pairs_take_the_kernel_fast_path_and_their_macs_stay_learned() {
     );
     let (pa, pb) = (sb.port_of(a.pid).unwrap(), sb.port_of(b.pid).unwrap());
     for (what, port) in [("a", &pa), ("b", &pb)] {
+        assert_eq!(port.str("fast_path"), hook, "{what}: {port}");
         assert!(
             port.num("fast_rx_frames") >= 55 && port.num("fast_tx_frames") >= 55,
             "{what}: nearly all of the 120 frames should take the fast path: {port}"
@@ -707,20 +903,11 @@ fn learned_pairs_take_the_kernel_fast_path_and_their_macs_stay_learned() {
             "{what}: the fast path's frames are counted in the port's: {port}"
         );
     }
+    assert_eq!(sb.tap_port().str("fast_path"), "off");
 
-    // A bulk transfer (super-frames, checksummed end to end) also takes the fast path...
+    // A bulk transfer (super-frames, checksummed end to end) also takes the fast path.
     let before = pb.num("fast_tx_frames");
     tcp_transfer(&a, &b, &host_ip(3), MB50);
     let pb = sb.port_of(b.pid).unwrap();
     assert!(pb.num("fast_tx_frames") > before + 100, "{pb}");
-    // ...and without the fast path, the daemon carries it all.
-    let sb = start_without_fast_path();
-    let a = sb.plug_plain();
-    let b = sb.plug_plain();
-    tcp_transfer(&a, &b, &host_ip(3), MB50);
-    let pb = sb.port_of(b.pid).unwrap();
-    assert!(
-        pb.num("fast_tx_frames") == 0 && pb.num("tx_bytes") > MB50,
-        "{pb}"
-    );
 }

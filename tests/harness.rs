@@ -1,9 +1,9 @@
-//! Checks of the test harness itself (no daemon needed): the JSON reader, the root check,
+//! Checks of the test harness itself (no daemon needed): the JSON helpers, the root check,
 //! and that namespaces and container processes are cleaned up, also when a test panics.
 
 mod common;
 
-use common::{command, run, Container, Json, NetNs};
+use common::{command, run, Container, JsonExt, NetNs};
 use std::path::Path;
 
 fn netns_exists(name: &str) -> bool {
@@ -20,26 +20,32 @@ fn process_alive(pid: u32) -> bool {
 }
 
 #[test]
-fn json_reader_parses_what_vswitch_prints() {
-    let v = Json::parse(
-        r#" [{"port": 1, "kind": "container", "pid": 42, "netns": null, "ok": true,
-              "ip": "10.1.1.2", "rx_bytes": 52428800, "x": -1.5e3, "s": "a\"\u00e9\n"}, []] "#,
-    )
-    .unwrap();
-    let a = v.as_array().unwrap();
-    assert_eq!(a[0].num("port"), 1);
-    assert_eq!(a[0].str("kind"), "container");
-    assert!(a[0]["netns"].is_null());
-    assert!(a[0]["missing"].is_null());
-    assert_eq!(a[0]["ok"].as_bool(), Some(true));
-    assert_eq!(a[0].num("rx_bytes"), 52_428_800);
-    assert_eq!(a[0]["x"], Json::Num(-1500.0));
-    assert_eq!(a[0].str("s"), "a\"é\n");
-    assert_eq!(a[1], Json::Arr(vec![]));
-    assert!(Json::parse("{\"a\":1} x").is_err());
-    assert!(Json::parse("garbage").is_err());
-    assert!(Json::parse("{\"a\":}").is_err());
-    assert!(Json::parse("[1,").is_err());
+fn json_fields_that_must_be_present_panic_with_the_object() {
+    let v = common::json_array(
+        r#" [{"port": 1, "kind": "container", "pid": 42, "netns": null, "rx_bytes": 52428800}] "#,
+        "ls --json",
+    );
+    assert_eq!(v[0].num("port"), 1);
+    assert_eq!(v[0].str("kind"), "container");
+    assert_eq!(v[0].num("rx_bytes"), 52_428_800);
+    assert!(v[0]["netns"].is_null() && v[0]["missing"].is_null());
+    for bad in [
+        &(|| {
+            v[0].num("kind");
+        }) as &(dyn Fn() + std::panic::RefUnwindSafe),
+        &|| {
+            v[0].str("pid");
+        },
+        &|| {
+            v[0].num("missing");
+        },
+    ] {
+        let err = std::panic::catch_unwind(bad).expect_err("a wrong field must panic");
+        let msg = err.downcast_ref::<String>().expect("a formatted message");
+        assert!(msg.contains(r#""kind":"container""#), "{msg}");
+    }
+    assert!(std::panic::catch_unwind(|| common::json_array("{\"a\":1}", "x")).is_err());
+    assert!(common::parse_json("{\"a\":1} x").is_err());
 }
 
 #[test]
@@ -85,7 +91,7 @@ fn namespaces_and_containers_are_created_and_removed() {
     drop(ns);
     assert!(!netns_exists(&name), "namespace {name} left behind");
     // The runtime-like container's inner process dies with it (--kill-child).
-    let gone = common::poll(std::time::Duration::from_secs(3), || {
+    let gone = common::poll(common::DEADLINE, || {
         pids.iter().all(|&p| !process_alive(p)).then_some(())
     });
     assert!(gone.is_some(), "container processes left behind: {pids:?}");

@@ -1,21 +1,23 @@
 //! `vswitch`: a userspace virtual switch for Linux containers.
 
 mod bpf;
+mod cni;
+mod commands;
 mod control;
 mod daemon;
 mod datapath;
 mod kernel;
 mod natd;
+mod observe;
 mod ports;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::{FdbView, FlowRow, PortView, Request};
+use crate::control::{IfName, PublishSpec};
 use crate::daemon::ipam::Ipv4Net;
 
 #[derive(Parser)]
@@ -24,15 +26,15 @@ use crate::daemon::ipam::Ipv4Net;
     version,
     about = "A userspace virtual switch for Linux containers"
 )]
-struct Cli {
+pub struct Cli {
     #[command(flatten)]
-    control: ControlArg,
+    pub control: ControlArg,
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
 }
 
 #[derive(Args, Clone)]
-struct ControlArg {
+pub struct ControlArg {
     /// Control socket of the daemon.
     #[arg(
         long,
@@ -40,21 +42,21 @@ struct ControlArg {
         default_value = "/run/vswitch/vswitch.sock",
         global = true
     )]
-    control: PathBuf,
+    pub control: PathBuf,
 }
 
 #[derive(Args)]
 #[group(required = true, multiple = false)]
-struct TargetArg {
+pub struct TargetArg {
     /// Process whose network namespace is the container's.
-    pid: Option<u32>,
+    pub pid: Option<u32>,
     /// A named network namespace file instead of a pid (e.g. /run/netns/NAME).
     #[arg(long)]
-    netns: Option<PathBuf>,
+    pub netns: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub enum Command {
     /// Run the switch daemon in the foreground.
     Run {
         /// The containers' subnet, e.g. 10.1.1.0/24.
@@ -84,9 +86,17 @@ enum Command {
         /// Run no DNS forwarder on the gateway address.
         #[arg(long)]
         no_dns: bool,
-        /// Most NAT flows tracked at once; new flows are refused past it.
-        #[arg(long, default_value_t = vswitch_nat::DEFAULT_MAX_FLOWS)]
-        max_flows: usize,
+        /// Most NAT flows tracked at once; new flows are refused past it (default: what the
+        /// process's descriptor limit can carry, at most 65536).
+        #[arg(long)]
+        max_flows: Option<usize>,
+        /// Most NAT flows one container may start at once; past it its new flows are refused
+        /// (default: a quarter of the table, at least 256).
+        #[arg(long)]
+        max_flows_per_container: Option<usize>,
+        /// Most TCP connections of one container still connecting at once (default 1024).
+        #[arg(long)]
+        max_half_open: Option<usize>,
         /// How a port's frames are spread over the workers: bulk frames by flow and the rest by
         /// the CPU that sent them (auto), all by CPU, or all by flow hash.
         #[arg(long, value_enum, default_value_t = bpf::fanout::Spread::Auto)]
@@ -95,10 +105,27 @@ enum Command {
         /// (0: sleep at once). Cuts request/response latency; costs CPU only while traffic flows.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
         poll_us: u64,
-        /// Switch every frame in the daemon: no kernel fast path for frames between containers
-        /// whose addresses the switch has learned (see ARCHITECTURE.md).
-        #[arg(long)]
+        /// Where the kernel fast path for frames between learned containers goes on each port:
+        /// a tcx link where the kernel has them, else tc (auto); a tcx link (tcx, Linux 6.6); a
+        /// clsact qdisc with a cls_bpf filter (tc, Linux 5.10); nowhere, the daemon switching
+        /// every frame (off). See ARCHITECTURE.md.
+        #[arg(long, value_enum, default_value_t = bpf::fastpath::Mode::Auto)]
+        fast_path: bpf::fastpath::Mode,
+        /// The same as --fast-path off.
+        #[arg(long, conflicts_with = "fast_path")]
         no_fast_path: bool,
+        /// Take over from the daemon running on the control socket (an upgrade without loss:
+        /// started with the same arguments, this process receives its sockets and tables and
+        /// serves on; the old one exits).
+        #[arg(long)]
+        takeover: bool,
+        /// Serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9477).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Which log lines to write (error, warn, info, debug, trace, or a filter such as
+        /// `warn,vswitch::natd=debug`); default: RUST_LOG, else info.
+        #[arg(long)]
+        log_level: Option<String>,
     },
     /// Attach a container's network namespace to the switch.
     Plug {
@@ -108,14 +135,14 @@ enum Command {
         #[arg(long)]
         ip: Option<Ipv4Addr>,
         /// MAC address of the container's interface (default: derived from its address).
-        #[arg(long)]
-        mac: Option<String>,
+        #[arg(long, value_parser = control::unicast_mac)]
+        mac: Option<vswitch_switch::MacAddr>,
         /// Name of the interface inside the container.
         #[arg(long)]
-        ifname: Option<String>,
+        ifname: Option<IfName>,
         /// Publish a container port on the host: [HOSTIP:]HOSTPORT:CPORT[/tcp|/udp] (repeatable).
         #[arg(long, short = 'p')]
-        publish: Vec<String>,
+        publish: Vec<PublishSpec>,
         /// Print the new port as JSON.
         #[arg(long)]
         json: bool,
@@ -130,20 +157,149 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the learned MAC addresses.
+    /// List the learned MAC addresses; or forget them (--flush), all or one port's.
     Fdb {
         #[arg(long)]
         json: bool,
+        /// Forget the MACs learned on PORT (a host interface as `vswitch ls` shows it, or the
+        /// TAP), or every learned MAC without PORT. Frames to them are flooded until they are
+        /// learned again.
+        #[arg(long, value_name = "PORT")]
+        flush: Option<Option<String>>,
     },
-    /// List the NAT's connection-tracking table (like `conntrack -L`).
-    Conntrack {
+    /// Stop the daemon: it removes every port, the TAP and its state, or with --keep leaves the
+    /// network for the next daemon to take over.
+    Stop {
+        /// Leave the network in place (veths, TAP, state file) for the next `vswitch run`.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove what a daemon that no longer runs left behind: its ports, its TAP, its state.
+    Cleanup,
+    /// The daemon's counters: descriptors, switch, NAT.
+    Stats {
         #[arg(long)]
         json: bool,
     },
+    /// List the NAT's connection-tracking table (like `conntrack -L`), or delete flows from it
+    /// (`-D` with filters, `-F` for all): their sockets close and relayed TCP connections are
+    /// reset on both sides.
+    Conntrack {
+        #[arg(long)]
+        json: bool,
+        /// Delete the flows the filters select (at least one filter).
+        #[arg(short = 'D', long)]
+        delete: bool,
+        /// Delete every flow.
+        #[arg(short = 'F', long, conflicts_with_all = ["delete", "proto", "src", "sport", "dst", "dport"])]
+        flush: bool,
+        /// Only flows of this protocol.
+        #[arg(short = 'p', long, value_enum)]
+        proto: Option<control::FlowProto>,
+        /// Only flows of the container with this address (the flow's inside end).
+        #[arg(short = 's', long, visible_alias = "container")]
+        src: Option<Ipv4Addr>,
+        /// Only flows of this container port (ICMP: the echo identifier).
+        #[arg(long)]
+        sport: Option<u16>,
+        /// Only flows with this remote address (the destination of an outgoing flow, the
+        /// client of a published one).
+        #[arg(short = 'd', long)]
+        dst: Option<Ipv4Addr>,
+        /// Only flows with this remote port.
+        #[arg(long)]
+        dport: Option<u16>,
+    },
+    /// Capture the frames that cross ports, for tcpdump and tshark (pcapng, one interface per
+    /// port) or as text. The kernel fast path steps aside for a captured port while the capture
+    /// runs, so nothing is missed. Ctrl-C ends it.
+    Capture {
+        /// Ports as `vswitch ls` shows them: a port number, a host interface (the TAP's name for
+        /// the host's port), pid:PID, or a namespace path (repeatable).
+        #[arg(value_parser = parse_port_ref)]
+        ports: Vec<control::PortRef>,
+        /// Every port, the TAP included (those plugged when the capture starts).
+        #[arg(long, conflicts_with_all = ["ports", "pid"])]
+        all: bool,
+        /// The port of the container with this pid (repeatable).
+        #[arg(long)]
+        pid: Vec<u32>,
+        /// Write the frames to FILE (`-`: stdout, e.g. `-w - | tcpdump -r -`) instead of
+        /// printing one line per frame.
+        #[arg(short = 'w', value_name = "FILE")]
+        write: Option<PathBuf>,
+        /// Stop after COUNT frames.
+        #[arg(short = 'c', value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        /// Only frames of this protocol: tcp, udp, icmp or arp.
+        #[arg(long)]
+        proto: Option<vswitch_capture::Proto>,
+        /// Only frames from or to this IPv4 address (ARP's sender or target too).
+        #[arg(long)]
+        host: Option<Ipv4Addr>,
+        /// Only TCP or UDP frames from or to this port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Bytes kept of each frame (default: all of it, up to 262144).
+        #[arg(long, short = 's', value_parser = clap::value_parser!(u32).range(i64::from(control::MIN_SNAPLEN)..=i64::from(control::MAX_SNAPLEN)))]
+        snaplen: Option<u32>,
+        /// File format with -w.
+        #[arg(long, value_enum, default_value_t = commands::capture::Format::Pcapng)]
+        format: commands::capture::Format,
+    },
+    /// vswitch as a CNI network for container runtimes (podman, containerd, Kubernetes).
+    Cni {
+        #[command(subcommand)]
+        command: CniCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CniCommand {
+    /// Install the CNI plugin and a network configuration for the running daemon's subnet.
+    Install {
+        /// The network's name (`podman run --network NAME`).
+        #[arg(long, default_value = "vswitch")]
+        name: String,
+        /// Where the runtime looks for CNI plugins (`/opt/cni/bin` for containerd and
+        /// Kubernetes).
+        #[arg(long, default_value = "/usr/lib/cni")]
+        bin_dir: PathBuf,
+        /// Where the runtime reads network configurations.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+    },
+}
+
+fn parse_port_ref(s: &str) -> Result<control::PortRef, control::ParseError> {
+    s.parse()
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    if cni::invoked() {
+        return cni::main();
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // Like every other failure: one line on stderr saying what is wrong.
+            let text = e.render().to_string();
+            let what: Vec<&str> = (text.lines().map(str::trim))
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .collect();
+            eprintln!("vswitch: {}", what.join(" ").trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A command whose output goes to a closed pipe (`vswitch fdb | head`) ends the way
+        // other Unix tools do, killed by SIGPIPE, instead of failing on the write. The daemon
+        // keeps Rust's default (ignored): a client that hangs up must never kill it.
+        // SAFETY: setting a signal's disposition to the default has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: what failed and why.
@@ -151,216 +307,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Run {
-            subnet,
-            gateway,
-            tap,
-            mtu,
-            fdb_age,
-            fdb_size,
-            workers,
-            dns,
-            no_dns,
-            max_flows,
-            spread,
-            poll_us,
-            no_fast_path,
-        } => daemon::run(daemon::Config {
-            subnet,
-            gateway: gateway.unwrap_or_else(|| subnet.first_host()),
-            tap,
-            mtu,
-            control: cli.control.control,
-            fdb_age_secs: fdb_age,
-            fdb_size,
-            workers: workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            dns,
-            no_dns,
-            max_flows,
-            spread,
-            poll: std::time::Duration::from_micros(poll_us),
-            fast_path: !no_fast_path,
-        }),
-        Command::Plug {
-            target,
-            ip,
-            mac,
-            ifname,
-            publish,
-            json,
-        } => {
-            let request = Request::Plug {
-                pid: target.pid,
-                netns: target.netns.map(absolute).transpose()?,
-                ip,
-                mac,
-                ifname,
-                publish,
-            };
-            let data = control::call(&cli.control.control, &request)?;
-            let port: PortView = serde_json::from_value(data.clone()).context("daemon reply")?;
-            if json {
-                println!("{data}");
-            } else {
-                println!(
-                    "plugged {}: {} {}/{} mac {} gw {} (host port {})",
-                    describe(&port),
-                    port.ifname.as_deref().unwrap_or("?"),
-                    port.ip,
-                    port.prefix,
-                    port.mac,
-                    port.gateway,
-                    port.host_ifname
-                );
-                if !port.publish.is_empty() {
-                    println!("published: {}", port.publish.join(", "));
-                }
-                if let Some(resolv) = &port.resolv {
-                    println!("{resolv}");
-                }
-            }
-            Ok(())
-        }
-        Command::Unplug { target } => {
-            let request = Request::Unplug {
-                pid: target.pid,
-                netns: target.netns.map(absolute).transpose()?,
-            };
-            let data = control::call(&cli.control.control, &request)?;
-            let port: PortView = serde_json::from_value(data).context("daemon reply")?;
-            println!(
-                "unplugged {} (host port {}, {} released)",
-                describe(&port),
-                port.host_ifname,
-                port.ip
-            );
-            Ok(())
-        }
-        Command::Ls { json } => {
-            let data = control::call(&cli.control.control, &Request::Ls)?;
-            if json {
-                println!("{data}");
-                return Ok(());
-            }
-            let ports: Vec<PortView> = serde_json::from_value(data).context("daemon reply")?;
-            // "netns /run/netns/NAME" and "pid N" vary in length: size the column to fit.
-            let w = ports.iter().map(|p| describe(p).len()).fold(10, usize::max);
-            println!(
-                "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
-                "PORT",
-                "CONTAINER",
-                "HOST-IF",
-                "IF",
-                "IP",
-                "MAC",
-                "RX-FRAMES",
-                "RX-BYTES",
-                "TX-FRAMES",
-                "TX-BYTES",
-                "DROPS"
-            );
-            for p in ports {
-                println!(
-                    "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6}",
-                    p.port,
-                    describe(&p),
-                    p.host_ifname,
-                    p.ifname.as_deref().unwrap_or("-"),
-                    format!("{}/{}", p.ip, p.prefix),
-                    p.mac,
-                    p.rx_frames,
-                    p.rx_bytes,
-                    p.tx_frames,
-                    p.tx_bytes,
-                    p.drops
-                );
-            }
-            Ok(())
-        }
-        Command::Conntrack { json } => {
-            let data = control::call(&cli.control.control, &Request::Conntrack)?;
-            if json {
-                println!("{data}");
-                return Ok(());
-            }
-            print_conntrack(data)
-        }
-        Command::Fdb { json } => {
-            let data = control::call(&cli.control.control, &Request::Fdb)?;
-            if json {
-                println!("{data}");
-                return Ok(());
-            }
-            let entries: Vec<FdbView> = serde_json::from_value(data).context("daemon reply")?;
-            println!(
-                "{:<18} {:<5} {:<15} {:>8}",
-                "MAC", "PORT", "PORT-NAME", "AGE(s)"
-            );
-            for e in entries {
-                println!(
-                    "{:<18} {:<5} {:<15} {:>8.1}",
-                    e.mac,
-                    e.port,
-                    e.port_name,
-                    e.age_ms as f64 / 1000.0
-                );
-            }
-            Ok(())
-        }
-    }
-}
-
-fn print_conntrack(data: serde_json::Value) -> Result<()> {
-    let flows: Vec<FlowRow> = serde_json::from_value(data).context("daemon reply")?;
-    println!(
-        "{:<5} {:<22} {:<22} {:<12} {:>8} {:>9} {:>12} {:>9} {:>12}",
-        "PROTO",
-        "INSIDE",
-        "OUTSIDE",
-        "STATE",
-        "TIMEOUT",
-        "PKTS-OUT",
-        "BYTES-OUT",
-        "PKTS-IN",
-        "BYTES-IN"
-    );
-    for f in flows {
-        let outside = if f.published {
-            format!("{} (in)", f.outside)
-        } else {
-            f.outside
-        };
-        println!(
-            "{:<5} {:<22} {:<22} {:<12} {:>8} {:>9} {:>12} {:>9} {:>12}",
-            f.proto,
-            f.inside,
-            outside,
-            f.state,
-            f.timeout_s,
-            f.packets_out,
-            f.bytes_out,
-            f.packets_in,
-            f.bytes_in
-        );
-    }
-    Ok(())
-}
-
-/// How a port's container is named to the user: `pid 4242`, `netns /run/netns/x`, or `host`.
-fn describe(p: &PortView) -> String {
-    match (&p.pid, &p.netns) {
-        (Some(pid), _) => format!("pid {pid}"),
-        (None, Some(ns)) => format!("netns {ns}"),
-        _ => "host".to_string(),
-    }
-}
-
-/// The daemon may run with another working directory: send it absolute paths.
-fn absolute(path: PathBuf) -> Result<PathBuf> {
-    std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
 }

@@ -58,8 +58,8 @@ pub fn ip_at(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
 
-/// What the fuzzer reads of a frame `[vnet][Ethernet][IPv4]...`, with the leniency the
-/// datapath documents: a total length beyond the frame is clamped to it, and a GSO super-frame
+/// What the fuzzer reads of a frame `[vnet][Ethernet][IPv4]...`, as the datapath documents it:
+/// the packet must fit the frame (which may be longer: Ethernet padding), but a GSO super-frame
 /// may carry a total length of 0 (the packet then runs to the end of the frame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4View {
@@ -73,6 +73,7 @@ pub struct Ipv4View {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub proto: u8,
+    pub ttl: u8,
     /// Flags and fragment offset.
     pub frag: u16,
     /// Offset of the transport header.
@@ -90,7 +91,14 @@ pub enum Parsed {
     NotIpv4,
     /// IPv4 EtherType but no valid IPv4 header.
     BadIpv4,
+    /// A valid IPv4 header whose total length is below its own length or past the frame.
+    BadLength,
     Ipv4(Ipv4View),
+}
+
+/// An Ethernet frame with a VLAN tag (802.1Q, or 802.1ad's outer tag) where the EtherType is.
+pub fn is_tagged(f: &[u8]) -> bool {
+    f.len() >= IP && matches!(be16(f, VNET + 12), 0x8100 | 0x88a8)
 }
 
 pub fn parse(f: &[u8]) -> Parsed {
@@ -111,10 +119,10 @@ pub fn parse(f: &[u8]) -> Parsed {
     let total = usize::from(be16(ip, 2));
     let end = if total == 0 && f[1] != 0 {
         f.len()
-    } else if total < ihl {
-        return Parsed::BadIpv4;
+    } else if total < ihl || IP + total > f.len() {
+        return Parsed::BadLength;
     } else {
-        f.len().min(IP + total)
+        IP + total
     };
     let mut src_mac = [0u8; 6];
     src_mac.copy_from_slice(&f[VNET + 6..VNET + 12]);
@@ -129,6 +137,7 @@ pub fn parse(f: &[u8]) -> Parsed {
         src: ip_at(ip, 12),
         dst: ip_at(ip, 16),
         proto: ip[9],
+        ttl: ip[8],
         frag: be16(ip, 6),
         l4: IP + ihl,
         end,

@@ -211,13 +211,15 @@ impl Model {
         self.live(seen, now).then_some(port)
     }
 
-    /// Forgets the aged entries, returns how many.
+    /// Forgets the aged entries (counted), returns how many.
     fn sweep(&mut self, now: u64) -> usize {
         let before = self.fdb.len();
         let age = self.age_ms;
         self.fdb
             .retain(|_, &mut (_, seen)| now.saturating_sub(seen) <= age);
-        before - self.fdb.len()
+        let aged = before - self.fdb.len();
+        self.stats.aged += aged as u64;
+        aged
     }
 
     fn learn(&mut self, mac: MacAddr, port: PortId, now: u64) -> Learned {

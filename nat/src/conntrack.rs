@@ -28,6 +28,8 @@ use crate::error::NatDrop;
 use crate::hash::{fingerprint, hash64, random_seed, IdentityBuild};
 use crate::tcp_state::{TcpState, TcpTracker};
 
+mod restore;
+
 /// Identifies a flow for the edge: stable for the flow's life, never reused soon after (a slot
 /// index with a generation).
 pub type FlowId = u64;
@@ -50,6 +52,7 @@ fn split_id(id: FlowId) -> (u32, usize, u32) {
 
 /// Transport protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Proto {
     Tcp,
     Udp,
@@ -146,6 +149,10 @@ pub struct FlowView {
     pub outside: SocketAddrV4,
     /// Opened from outside through a published port.
     pub published: bool,
+    /// For TCP, the gateway port the host's side of the connection uses: the relay listener's
+    /// port (outgoing), or the ephemeral port the host connects to the container from
+    /// (published).
+    pub gateway_port: Option<u16>,
     /// TCP state name, or `UNREPLIED` / `REPLIED` for UDP and ICMP.
     pub state: &'static str,
     /// Milliseconds left before the flow expires if idle.
@@ -177,18 +184,56 @@ pub struct NatStats {
     pub fragments: u64,
     /// Segments of no known flow (and not a SYN).
     pub no_flow: u64,
+    pub bad_checksum: u64,
+    pub bad_length: u64,
+    /// Packets whose TTL ran out at the gateway (answered with ICMP time exceeded).
+    pub ttl_exceeded: u64,
+    pub tagged: u64,
+    /// New flows refused because the container's share of the table was used up.
+    pub container_limit: u64,
+    /// New TCP connections refused because the container had too many connecting.
+    pub half_open_limit: u64,
     pub no_relay_port: u64,
     pub no_echo_ident: u64,
     pub unsupported: u64,
     pub bad_address: u64,
 }
 
+/// New flows refused so far, by why: the counters an edge watches to report refusals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// The table was full.
+    pub table_full: u64,
+    /// The container's share of the table was used up.
+    pub container_limit: u64,
+    /// The container had too many TCP connections connecting.
+    pub half_open_limit: u64,
+}
+
+impl Refusals {
+    pub fn total(&self) -> u64 {
+        self.table_full + self.container_limit + self.half_open_limit
+    }
+}
+
+/// Flows in the table of one protocol in one state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateCount {
+    pub proto: Proto,
+    /// As in [`FlowView::state`].
+    pub state: &'static str,
+    pub flows: usize,
+}
+
 /// One container's NAT counters, including those of its flows already gone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ContainerStats {
     /// Flows in the table now.
     pub flows: usize,
     pub flows_created: u64,
+    /// New flows refused: the table, or the container's share of it, was full.
+    pub refused: u64,
     pub packets_out: u64,
     pub packets_in: u64,
     pub bytes_out: u64,
@@ -238,6 +283,25 @@ impl Kind {
 
     fn published(self) -> bool {
         matches!(self, Kind::TcpPublished { .. } | Kind::UdpPublished { .. })
+    }
+
+    /// A flow the container started (it counts against its share of the table).
+    fn egress(self) -> bool {
+        matches!(
+            self,
+            Kind::TcpEgress { .. } | Kind::UdpEgress | Kind::Echo { .. }
+        )
+    }
+
+    /// A TCP connection whose connect is still in progress.
+    fn connecting(self) -> bool {
+        matches!(
+            self,
+            Kind::TcpEgress {
+                connecting: true,
+                ..
+            }
+        )
     }
 }
 
@@ -492,6 +556,41 @@ pub(crate) enum CreateError {
     TableFull,
     NoEchoIdent,
     InUse,
+    /// The container has its whole share of the table.
+    ContainerLimit,
+    /// The container has its whole share of connections still connecting.
+    HalfOpen,
+}
+
+/// What one container holds of the table: its share is bounded, so that one container cannot
+/// take every flow (or every descriptor behind them) from the others.
+#[derive(Debug, Default, Clone, Copy)]
+struct Quota {
+    /// Flows it started (egress), now.
+    live: usize,
+    /// Of those, TCP connections whose connect is still in progress (the SYN held).
+    half_open: usize,
+}
+
+/// The per-container bounds of [`Quota`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shares {
+    /// Most flows one container may have started at once.
+    pub flows: usize,
+    /// Most TCP connections of one container connecting at once.
+    pub half_open: usize,
+}
+
+impl Shares {
+    /// A quarter of the table (at least 256 flows, at most all of it), and 1024 connections
+    /// connecting: more than an application opening connections in parallel keeps in flight,
+    /// far less than a SYN flood.
+    pub fn for_table(max_flows: usize) -> Shares {
+        Shares {
+            flows: (max_flows / 4).max(256).min(max_flows),
+            half_open: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -507,11 +606,21 @@ struct Counters {
     no_echo_ident: AtomicU64,
     unsupported: AtomicU64,
     bad_address: AtomicU64,
+    bad_checksum: AtomicU64,
+    bad_length: AtomicU64,
+    ttl_exceeded: AtomicU64,
+    tagged: AtomicU64,
+    container_limit: AtomicU64,
+    half_open_limit: AtomicU64,
 }
 
 pub(crate) struct Table {
     shards: Box<[Padded<Mutex<Shard>>]>,
     side: Mutex<Side>,
+    /// Each container's share in use, by address (only slow paths take it: flow creation,
+    /// removal, the end of a connect).
+    quotas: Mutex<HashMap<u32, Quota>>,
+    shares: Shares,
     live: AtomicUsize,
     max_flows: usize,
     pub timeouts: Timeouts,
@@ -531,13 +640,24 @@ impl std::fmt::Debug for Table {
 }
 
 impl Table {
+    pub fn max_flows(&self) -> usize {
+        self.max_flows
+    }
+
+    #[cfg(test)]
     pub fn new(max_flows: usize, timeouts: Timeouts) -> Table {
+        Table::with_shares(max_flows, Shares::for_table(max_flows), timeouts)
+    }
+
+    pub fn with_shares(max_flows: usize, shares: Shares, timeouts: Timeouts) -> Table {
         let seed = random_seed(0x6e61_7420_6b65_7973);
         Table {
             shards: (0..SHARDS)
                 .map(|i| Padded(Mutex::new(Shard::new(i, seed))))
                 .collect(),
             side: Mutex::new(Side::default()),
+            quotas: Mutex::new(HashMap::new()),
+            shares,
             live: AtomicUsize::new(0),
             max_flows: max_flows.min(u32::MAX as usize),
             timeouts,
@@ -563,6 +683,60 @@ impl Table {
 
     fn side(&self) -> MutexGuard<'_, Side> {
         self.side.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn quotas(&self) -> MutexGuard<'_, HashMap<u32, Quota>> {
+        self.quotas.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a flow of `kind` from container `cip`'s share; egress flows only: published ones
+    /// are the outside's doing, not the container's.
+    fn take_share(&self, cip: u32, kind: Kind) -> Result<(), CreateError> {
+        if !kind.egress() {
+            return Ok(());
+        }
+        let mut quotas = self.quotas();
+        let q = quotas.entry(cip).or_default();
+        if q.live >= self.shares.flows {
+            self.counters.container_limit.fetch_add(1, Relaxed);
+            return Err(CreateError::ContainerLimit);
+        }
+        let half_open = kind.connecting();
+        if half_open && q.half_open >= self.shares.half_open {
+            self.counters.half_open_limit.fetch_add(1, Relaxed);
+            return Err(CreateError::HalfOpen);
+        }
+        q.live += 1;
+        q.half_open += usize::from(half_open);
+        Ok(())
+    }
+
+    /// Gives back what [`Table::take_share`] took for a flow of `kind` (now `kind`: a connect
+    /// that finished already gave its half-open place back).
+    fn give_share(&self, cip: u32, kind: Kind) {
+        if !kind.egress() {
+            return;
+        }
+        let mut quotas = self.quotas();
+        if let Some(q) = quotas.get_mut(&cip) {
+            q.live = q.live.saturating_sub(1);
+            q.half_open = q.half_open.saturating_sub(usize::from(kind.connecting()));
+            if q.live == 0 {
+                quotas.remove(&cip);
+            }
+        }
+    }
+
+    /// Container `cip`'s connect finished: it no longer counts as half-open.
+    pub fn connect_done(&self, cip: u32) {
+        if let Some(q) = self.quotas().get_mut(&cip) {
+            q.half_open = q.half_open.saturating_sub(1);
+        }
+    }
+
+    /// A new flow of container `cip` was refused (the table or its share was full).
+    pub fn count_refused(&self, sh: &mut Shard, cip: u32) {
+        sh.retired.entry(cip).or_default().refused += 1;
     }
 
     /// Locks the shard of flow `id` and finds its slot; with `now`, a flow found expired is
@@ -617,6 +791,26 @@ impl Table {
     /// Inserts a new flow under its keys, which the caller has checked are free. For an echo
     /// flow the translated identifier is allocated here (the `nat_ident` given is ignored).
     pub fn create(
+        &self,
+        sh: &mut Shard,
+        flow: Flow,
+        extra: Extra,
+        now: u64,
+    ) -> Result<FlowId, CreateError> {
+        // A full table is the table's limit, whoever holds the flows.
+        if self.live.load(Relaxed) >= self.max_flows {
+            self.counters.table_full.fetch_add(1, Relaxed);
+            return Err(CreateError::TableFull);
+        }
+        self.take_share(flow.cip, flow.kind)?;
+        let result = self.insert(sh, flow.clone(), extra, now);
+        if result.is_err() {
+            self.give_share(flow.cip, flow.kind);
+        }
+        result
+    }
+
+    fn insert(
         &self,
         sh: &mut Shard,
         mut flow: Flow,
@@ -713,6 +907,7 @@ impl Table {
             _ => {}
         }
         flow.add_to(sh.retired.entry(flow.cip).or_default());
+        self.give_share(flow.cip, flow.kind);
         self.live.fetch_sub(1, Relaxed);
         Some(Expired {
             flow: id,
@@ -757,6 +952,12 @@ impl Table {
             NatDrop::NoRelayPort => &c.no_relay_port,
             NatDrop::Unsupported => &c.unsupported,
             NatDrop::BadAddress => &c.bad_address,
+            NatDrop::BadChecksum => &c.bad_checksum,
+            NatDrop::BadLength => &c.bad_length,
+            NatDrop::TtlExceeded => &c.ttl_exceeded,
+            NatDrop::Tagged => &c.tagged,
+            // Counted where the flow is refused.
+            NatDrop::ContainerLimit | NatDrop::HalfOpenLimit => return,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -813,6 +1014,7 @@ impl Table {
                     inside: f.inside(),
                     outside,
                     published: f.kind.published(),
+                    gateway_port: f.kind.gateway_port(),
                     state: f.state_str(),
                     timeout_ms: f.expires_at - now,
                     packets_out: f.packets_out,
@@ -857,7 +1059,80 @@ impl Table {
             no_echo_ident: c.no_echo_ident.load(Relaxed),
             unsupported: c.unsupported.load(Relaxed),
             bad_address: c.bad_address.load(Relaxed),
+            bad_checksum: c.bad_checksum.load(Relaxed),
+            bad_length: c.bad_length.load(Relaxed),
+            ttl_exceeded: c.ttl_exceeded.load(Relaxed),
+            tagged: c.tagged.load(Relaxed),
+            container_limit: c.container_limit.load(Relaxed),
+            half_open_limit: c.half_open_limit.load(Relaxed),
         }
+    }
+
+    /// The refusal counters alone: cheap (no lock), for an edge that watches them.
+    pub fn refusals(&self) -> Refusals {
+        let c = &self.counters;
+        Refusals {
+            table_full: c.table_full.load(Relaxed),
+            container_limit: c.container_limit.load(Relaxed),
+            half_open_limit: c.half_open_limit.load(Relaxed),
+        }
+    }
+
+    /// Live flows by protocol and state, in a stable order (protocol, then state name).
+    pub fn count_by_state(&self, now: u64) -> Vec<StateCount> {
+        let mut counts: Vec<StateCount> = Vec::new();
+        for i in 0..SHARDS {
+            let sh = self.lock(i);
+            for f in sh.slots.iter().filter_map(|s| s.0.as_ref()) {
+                if f.expires_at <= now {
+                    continue;
+                }
+                let (proto, state) = (f.kind.proto(), f.state_str());
+                match counts
+                    .iter_mut()
+                    .find(|c| c.proto == proto && c.state == state)
+                {
+                    Some(c) => c.flows += 1,
+                    None => counts.push(StateCount {
+                        proto,
+                        state,
+                        flows: 1,
+                    }),
+                }
+            }
+        }
+        counts.sort_by_key(|c| (c.proto.code(), c.state));
+        counts
+    }
+
+    /// The state of flow `id` (as in [`FlowView::state`]), if it is in the table.
+    pub fn state_of(&self, id: FlowId) -> Option<&'static str> {
+        let (sh, slot) = self.lock_id(id, None)?;
+        sh.flow(slot).map(Flow::state_str)
+    }
+
+    /// Every container's counters, in one pass over the table (as [`Table::container_stats`]
+    /// of each address).
+    pub fn all_container_stats(&self) -> HashMap<u32, ContainerStats> {
+        let mut out: HashMap<u32, ContainerStats> = HashMap::new();
+        for i in 0..SHARDS {
+            let sh = self.lock(i);
+            for (&cip, r) in &sh.retired {
+                let total = out.entry(cip).or_default();
+                total.flows_created += r.flows_created;
+                total.refused += r.refused;
+                total.packets_out += r.packets_out;
+                total.packets_in += r.packets_in;
+                total.bytes_out += r.bytes_out;
+                total.bytes_in += r.bytes_in;
+            }
+            for f in sh.slots.iter().filter_map(|s| s.0.as_ref()) {
+                let total = out.entry(f.cip).or_default();
+                total.flows += 1;
+                f.add_to(total);
+            }
+        }
+        out
     }
 
     pub fn container_stats(&self, cip: u32) -> ContainerStats {
@@ -866,6 +1141,7 @@ impl Table {
             let sh = self.lock(i);
             if let Some(r) = sh.retired.get(&cip) {
                 total.flows_created += r.flows_created;
+                total.refused += r.refused;
                 total.packets_out += r.packets_out;
                 total.packets_in += r.packets_in;
                 total.bytes_out += r.bytes_out;

@@ -25,6 +25,18 @@ pub enum NatDrop {
     Unsupported,
     #[error("source or destination address not allowed")]
     BadAddress,
+    #[error("IPv4 header checksum wrong")]
+    BadChecksum,
+    #[error("IPv4 total length does not match the frame")]
+    BadLength,
+    #[error("TTL exhausted (answered with ICMP time exceeded)")]
+    TtlExceeded,
+    #[error("VLAN-tagged frame on an untagged port")]
+    Tagged,
+    #[error("the container's share of the flow table is used up")]
+    ContainerLimit,
+    #[error("the container has too many TCP connections still connecting")]
+    HalfOpenLimit,
 }
 
 /// Errors of the calls the edge makes for a flow.

@@ -10,9 +10,11 @@
 mod checksum;
 mod conntrack;
 mod craft;
+pub mod echo;
 mod error;
 mod hash;
 pub mod nat;
+pub mod snapshot;
 mod tcp_state;
 mod wire;
 
@@ -20,10 +22,12 @@ mod wire;
 mod tests;
 
 pub use conntrack::{
-    ContainerStats, Expired, FlowId, FlowView, NatStats, Proto, Timeouts, DEFAULT_MAX_FLOWS,
+    ContainerStats, Expired, FlowId, FlowView, NatStats, Proto, Refusals, Shares, StateCount,
+    Timeouts, DEFAULT_MAX_FLOWS,
 };
 pub use craft::{ECHO_FRAME_OVERHEAD, ICMP_ERROR_FRAME_MAX, TCP_RST_FRAME_LEN, UDP_FRAME_OVERHEAD};
 pub use error::{NatDrop, NatError};
-pub use nat::{Nat, NatConfig, RelayFlow, Verdict, ICMP_DEST_UNREACH};
+pub use nat::{Nat, NatConfig, RelayFlow, ReplyFrame, Verdict, ICMP_DEST_UNREACH};
+pub use snapshot::{NatSnapshot, RestoreError};
 pub use tcp_state::TcpState;
 pub use wire::{WireError, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};

@@ -21,16 +21,19 @@
 //! (UDP and echo replies) are not fragmented, and ICMP errors the host kernel itself sends about
 //! relayed segments are not translated (the relay listeners make them unlikely).
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 
 use crate::checksum::{self, Delta};
 use crate::conntrack::{
     inside_key, outside_key, ContainerStats, CreateError, Expired, Extra, Flow, FlowId, FlowView,
-    Kind, NatStats, Proto, Shard, Table, Timeouts, DEFAULT_MAX_FLOWS, QUOTE_LEN,
+    Kind, NatStats, Proto, Refusals, Shard, Shares, StateCount, Table, Timeouts, DEFAULT_MAX_FLOWS,
+    QUOTE_LEN,
 };
-use crate::craft::{self, Ends};
+use crate::craft::{self, Ends, ICMP_ERROR_FRAME_MAX};
 use crate::error::{NatDrop, NatError};
+use crate::snapshot::{NatSnapshot, RestoreError};
 use crate::tcp_state::Dir;
 use crate::wire::{
     rd16, rd32, wr16, wr32, IcmpHdr, Ipv4Frame, TcpHdr, UdpHdr, WireError, ETH_OFF,
@@ -40,6 +43,30 @@ use crate::wire::{
 
 /// ICMP destination unreachable.
 pub const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP time exceeded.
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Destination unreachable code: communication administratively prohibited (RFC 1812).
+const ICMP_ADMIN_PROHIBITED: u8 = 13;
+
+/// A frame the NAT wrote in answer to a container's (see [`Verdict::Reply`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplyFrame {
+    buf: [u8; ICMP_ERROR_FRAME_MAX],
+    len: usize,
+}
+
+impl ReplyFrame {
+    /// The frame, `[virtio_net_hdr][Ethernet][IPv4]...`.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Debug for ReplyFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplyFrame({} bytes)", self.len)
+    }
+}
 
 /// What the NAT needs to know about the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +84,8 @@ pub struct NatConfig {
     pub relay_ports: Vec<u16>,
     /// Bound on the number of flows (default [`DEFAULT_MAX_FLOWS`]).
     pub max_flows: usize,
+    /// Each container's share of the table (default [`Shares::for_table`]).
+    pub shares: Shares,
     pub timeouts: Timeouts,
 }
 
@@ -76,6 +105,7 @@ impl NatConfig {
             prefix,
             relay_ports,
             max_flows: DEFAULT_MAX_FLOWS,
+            shares: Shares::for_table(DEFAULT_MAX_FLOWS),
             timeouts: Timeouts::default(),
         }
     }
@@ -96,6 +126,8 @@ pub enum Verdict {
     /// [`Nat::icmp_unreachable_reply`] (unreachable).
     TcpConnect {
         flow: FlowId,
+        /// The container's address and port.
+        from: SocketAddrV4,
         dst: SocketAddrV4,
     },
     /// A UDP datagram to send from the flow's host socket (`new`: open one). A GSO super-frame
@@ -103,6 +135,8 @@ pub enum Verdict {
     /// to be sent one by one or with `UDP_SEGMENT`.
     UdpOut {
         flow: FlowId,
+        /// The container's address and port.
+        from: SocketAddrV4,
         dst: SocketAddrV4,
         payload: Range<usize>,
         new: bool,
@@ -116,6 +150,10 @@ pub enum Verdict {
         seq: u16,
         payload: Range<usize>,
     },
+    /// The NAT answered the frame itself, as a router would: a reset for a refused connection,
+    /// an ICMP error (administratively prohibited, time exceeded). Send `reply` back to the
+    /// container; the frame itself is dropped (and counted).
+    Reply(ReplyFrame),
     /// A container's datagram to a client of its published UDP port `publish_id`: send it from
     /// that port's host socket (`gso_size` as in `UdpOut`).
     UdpToClient {
@@ -184,6 +222,14 @@ pub(crate) fn rewrite_tcp(
 }
 
 /// Source MAC of a frame.
+/// Whether an Ethernet frame carries a VLAN tag (802.1Q, or 802.1ad's outer tag).
+fn is_tagged(frame: &[u8]) -> bool {
+    matches!(
+        frame.get(ETH_OFF + 12..ETH_OFF + 14),
+        Some([0x81, 0x00] | [0x88, 0xa8])
+    )
+}
+
 fn src_mac(frame: &[u8]) -> [u8; 6] {
     let mut m = [0u8; 6];
     if let Some(s) = frame.get(ETH_OFF + 6..ETH_OFF + 12) {
@@ -246,8 +292,40 @@ impl Nat {
             net: u32::from(cfg.subnet) & mask,
             mask,
             relay_ports: relay_ports.into(),
-            table: Table::new(cfg.max_flows, cfg.timeouts),
+            table: Table::with_shares(cfg.max_flows, cfg.shares, cfg.timeouts),
         }
+    }
+
+    /// The whole state as plain data, for a process that takes over (see [`crate::snapshot`]).
+    /// For a consistent snapshot, no frame may be translated meanwhile.
+    pub fn snapshot(&self) -> NatSnapshot {
+        NatSnapshot {
+            relay_ports: self.relay_ports.to_vec(),
+            table: self.table.snapshot(),
+        }
+    }
+
+    /// The NAT `snap` describes, with `cfg`'s addresses and bounds: every [`FlowId`] the
+    /// snapshot's NAT gave out names the same flow here. `cfg` must have the same relay ports.
+    pub fn restore(cfg: NatConfig, snap: &NatSnapshot) -> Result<Nat, RestoreError> {
+        let mut nat = Nat::new(cfg.clone());
+        let mut theirs = snap.relay_ports.clone();
+        theirs.sort_unstable();
+        theirs.dedup();
+        if *theirs != *nat.relay_ports {
+            return Err(RestoreError::RelayPorts {
+                got: theirs,
+                want: nat.relay_ports.to_vec(),
+            });
+        }
+        nat.table = Table::restore(
+            cfg.max_flows,
+            cfg.shares,
+            cfg.timeouts,
+            &snap.table,
+            &nat.relay_ports,
+        )?;
+        Ok(nat)
     }
 
     #[inline]
@@ -265,7 +343,76 @@ impl Nat {
             CreateError::TableFull => NatDrop::TableFull,
             CreateError::NoEchoIdent => NatDrop::NoEchoIdent,
             CreateError::InUse => NatDrop::NoFlow,
+            CreateError::ContainerLimit => NatDrop::ContainerLimit,
+            CreateError::HalfOpen => NatDrop::HalfOpenLimit,
         }
+    }
+
+    /// A new flow could not be created: refused the way a router that may not forward it
+    /// refuses, so that the container's application fails at once instead of timing out (a
+    /// reset for a TCP connection, ICMP administratively prohibited otherwise). A flow that
+    /// could not be created for a reason of the table itself (an address in use) is dropped.
+    fn refuse(&self, sh: &mut Shard, frame: &[u8], pkt: &Ipv4Frame, e: CreateError) -> Verdict {
+        let why = self.create_error(e);
+        if matches!(e, CreateError::InUse | CreateError::NoEchoIdent) {
+            return self.drop(why);
+        }
+        self.table.count_refused(sh, pkt.src);
+        let mut reply = ReplyFrame {
+            buf: [0; ICMP_ERROR_FRAME_MAX],
+            len: 0,
+        };
+        let written = match (pkt.proto, TcpHdr::parse(pkt.l4_bytes(frame))) {
+            (IPPROTO_TCP, Ok(tcp)) => {
+                let data = pkt.end - pkt.l4 - tcp.len;
+                let ack = tcp.seq.wrapping_add(1).wrapping_add(data as u32);
+                let e = self.answer_ends(frame, pkt);
+                craft::tcp_rst(&mut reply.buf, &e, tcp.dport, tcp.sport, 0, ack)
+            }
+            _ => self.icmp_error(
+                frame,
+                pkt,
+                ICMP_DEST_UNREACH,
+                ICMP_ADMIN_PROHIBITED,
+                &mut reply.buf,
+            ),
+        };
+        match written {
+            Ok(len) => {
+                reply.len = len;
+                self.table.count_drop(why);
+                Verdict::Reply(reply)
+            }
+            Err(_) => self.drop(why),
+        }
+    }
+
+    /// The ends of a frame that answers `frame`: from its destination, back to its sender.
+    fn answer_ends(&self, frame: &[u8], pkt: &Ipv4Frame) -> Ends {
+        Ends {
+            src_mac: self.gateway_mac,
+            dst_mac: src_mac(frame),
+            src: pkt.dst,
+            dst: pkt.src,
+        }
+    }
+
+    /// An ICMP error about `frame` from the gateway (the router that gives up on it), quoting
+    /// its IPv4 header and 8 bytes of what follows (RFC 792).
+    fn icmp_error(
+        &self,
+        frame: &[u8],
+        pkt: &Ipv4Frame,
+        kind: u8,
+        code: u8,
+        out: &mut [u8],
+    ) -> Result<usize, NatError> {
+        let body = &frame[IP_OFF..(pkt.l4 + 8).min(pkt.end)];
+        let e = Ends {
+            src: self.gateway,
+            ..self.answer_ends(frame, pkt)
+        };
+        craft::icmp(out, &e, kind, code, [0; 4], body)
     }
 
     /// A frame a container sent to the gateway's MAC. Frames to the gateway itself, to the
@@ -274,7 +421,9 @@ impl Nat {
     pub fn outbound(&self, frame: &mut [u8], now: u64) -> Verdict {
         let pkt = match Ipv4Frame::parse(frame) {
             Ok(Some(p)) => p,
+            Ok(None) if is_tagged(frame) => return self.drop(NatDrop::Tagged),
             Ok(None) => return Verdict::Pass,
+            Err(WireError::BadTotalLength) => return self.drop(NatDrop::BadLength),
             Err(_) => return self.drop(NatDrop::Malformed),
         };
         let dst_octet = pkt.dst >> 24;
@@ -285,6 +434,14 @@ impl Nat {
         {
             return self.drop(NatDrop::BadAddress);
         }
+        // What a router checks before it forwards: a packet it would not forward is never
+        // translated into a valid one.
+        if !pkt.header_checksum_ok(frame) {
+            return self.drop(NatDrop::BadChecksum);
+        }
+        if pkt.ttl <= 1 {
+            return self.time_exceeded(frame, &pkt);
+        }
         if pkt.fragment {
             return self.drop(NatDrop::Fragment);
         }
@@ -293,6 +450,23 @@ impl Nat {
             IPPROTO_UDP => self.udp_out(frame, &pkt, now),
             IPPROTO_ICMP => self.icmp_out(frame, &pkt, now),
             _ => self.drop(NatDrop::Unsupported),
+        }
+    }
+
+    /// A packet whose TTL ran out at the gateway: ICMP time exceeded, as a router answers (so
+    /// that traceroute shows the gateway as the first hop).
+    fn time_exceeded(&self, frame: &[u8], pkt: &Ipv4Frame) -> Verdict {
+        let mut reply = ReplyFrame {
+            buf: [0; ICMP_ERROR_FRAME_MAX],
+            len: 0,
+        };
+        self.table.count_drop(NatDrop::TtlExceeded);
+        match self.icmp_error(frame, pkt, ICMP_TIME_EXCEEDED, 0, &mut reply.buf) {
+            Ok(len) => {
+                reply.len = len;
+                Verdict::Reply(reply)
+            }
+            Err(_) => Verdict::Drop(NatDrop::TtlExceeded),
         }
     }
 
@@ -371,9 +545,10 @@ impl Nat {
         match self.table.create(sh, flow, Extra::mac(src_mac(frame)), now) {
             Ok(flow) => Verdict::TcpConnect {
                 flow,
+                from: sock(pkt.src, tcp.sport),
                 dst: sock(pkt.dst, tcp.dport),
             },
-            Err(e) => self.drop(self.create_error(e)),
+            Err(e) => self.refuse(sh, frame, pkt, e),
         }
     }
 
@@ -393,6 +568,7 @@ impl Nat {
             let verdict = match flow.kind {
                 Kind::UdpEgress => Verdict::UdpOut {
                     flow: id,
+                    from: sock(pkt.src, udp.sport),
                     dst: sock(pkt.dst, udp.dport),
                     payload,
                     new: false,
@@ -421,12 +597,13 @@ impl Nat {
         match self.table.create(&mut sh, flow, extra, now) {
             Ok(flow) => Verdict::UdpOut {
                 flow,
+                from: sock(pkt.src, udp.sport),
                 dst: sock(pkt.dst, udp.dport),
                 payload,
                 new: true,
                 gso_size,
             },
-            Err(e) => self.drop(self.create_error(e)),
+            Err(e) => self.refuse(&mut sh, frame, pkt, e),
         }
     }
 
@@ -462,7 +639,7 @@ impl Nat {
                 };
                 let id = match self.table.create(&mut sh, flow, extra, now) {
                     Ok(id) => id,
-                    Err(e) => return self.drop(self.create_error(e)),
+                    Err(e) => return self.refuse(&mut sh, frame, pkt, e),
                 };
                 let slot = id as u32;
                 match sh.flow(slot).map(|f| f.kind) {
@@ -551,6 +728,7 @@ impl Nat {
             relay,
             connecting: false,
         };
+        self.table.connect_done(f.cip);
         f.count_out(pkt.l3_len());
         self.table.refresh(f, now);
         Ok(())
@@ -673,7 +851,9 @@ impl Nat {
         self.table
             .create(&mut sh, flow, extra, now)
             .map_err(|e| match e {
-                CreateError::TableFull => NatError::TableFull,
+                CreateError::TableFull | CreateError::ContainerLimit | CreateError::HalfOpen => {
+                    NatError::TableFull
+                }
                 CreateError::NoEchoIdent => NatError::NoEchoIdent,
                 CreateError::InUse => NatError::InUse,
             })
@@ -863,6 +1043,12 @@ impl Nat {
         craft::icmp(out, &e, icmp_type, icmp_code, [0; 4], &quote)
     }
 
+    /// The container's address and port of flow `flow`, if it exists.
+    pub fn flow_inside(&self, flow: FlowId) -> Option<SocketAddrV4> {
+        let (sh, slot) = self.table.lock_id(flow, None)?;
+        sh.flow(slot).map(|f| f.inside())
+    }
+
     /// Removes a flow on the edge's request (it gave up on it); false if it was already gone.
     pub fn remove_flow(&self, flow: FlowId) -> bool {
         match self.table.lock_id(flow, None) {
@@ -893,9 +1079,36 @@ impl Nat {
         self.table.stats()
     }
 
+    /// The bound on the number of flows.
+    pub fn max_flows(&self) -> usize {
+        self.table.max_flows()
+    }
+
     /// A container's counters (zero for an unknown address).
     pub fn container_stats(&self, ip: Ipv4Addr) -> ContainerStats {
         self.table.container_stats(ip.into())
+    }
+
+    /// Every container's counters, by address, in one pass over the table.
+    pub fn all_container_stats(&self) -> HashMap<Ipv4Addr, ContainerStats> {
+        (self.table.all_container_stats().into_iter())
+            .map(|(ip, s)| (Ipv4Addr::from(ip), s))
+            .collect()
+    }
+
+    /// New flows refused so far, by why (cheap: no lock).
+    pub fn refusals(&self) -> Refusals {
+        self.table.refusals()
+    }
+
+    /// Live flows by protocol and state.
+    pub fn count_by_state(&self, now: u64) -> Vec<StateCount> {
+        self.table.count_by_state(now)
+    }
+
+    /// The state of a flow (as `conntrack -L` shows it), if it is still in the table.
+    pub fn state_of(&self, flow: FlowId) -> Option<&'static str> {
+        self.table.state_of(flow)
     }
 }
 

@@ -8,6 +8,7 @@ use crate::wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Tracked TCP state, with netfilter's names (`conntrack -L`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum TcpState {
     /// No segment seen yet (a published flow before the host's SYN).
     None,
@@ -74,6 +75,20 @@ impl TcpTracker {
     #[inline]
     pub fn state(&self) -> TcpState {
         self.state
+    }
+
+    /// The state, and the senders of the first and the last FIN (for a snapshot).
+    pub fn parts(&self) -> (TcpState, Dir, Dir) {
+        (self.state, self.first_fin, self.last_fin)
+    }
+
+    /// A tracker as [`TcpTracker::parts`] described it.
+    pub fn from_parts(state: TcpState, first_fin: Dir, last_fin: Dir) -> TcpTracker {
+        TcpTracker {
+            state,
+            first_fin,
+            last_fin,
+        }
     }
 
     /// Moves on a segment with `flags` seen going in direction `dir`.

@@ -8,8 +8,12 @@
 
 use thiserror::Error;
 
-/// Size of `struct virtio_net_hdr`, which precedes every frame on the datapath.
-pub const VNET_HDR_LEN: usize = 10;
+use vswitch_switch::vnet::VnetHdr;
+pub use vswitch_switch::vnet::{
+    F_DATA_VALID as VNET_F_DATA_VALID, F_NEEDS_CSUM as VNET_F_NEEDS_CSUM,
+    GSO_NONE as VNET_GSO_NONE, VNET_HDR_LEN,
+};
+
 /// Offset of the Ethernet header in a frame.
 pub const ETH_OFF: usize = VNET_HDR_LEN;
 /// Length of an untagged Ethernet header.
@@ -17,14 +21,7 @@ pub const ETH_HDR_LEN: usize = 14;
 /// Offset of the IPv4 header in a frame.
 pub const IP_OFF: usize = ETH_OFF + ETH_HDR_LEN;
 
-/// `virtio_net_hdr.flags`: the transport checksum is partial and must be finished downstream.
-pub const VNET_F_NEEDS_CSUM: u8 = 1;
-/// `virtio_net_hdr.flags`: the checksum has been verified.
-pub const VNET_F_DATA_VALID: u8 = 2;
-/// `virtio_net_hdr.gso_type` of an ordinary frame.
-pub const VNET_GSO_NONE: u8 = 0;
-
-pub(crate) const ETHERTYPE_IPV4: u16 = 0x0800;
+pub(crate) use vswitch_switch::ethertype::IPV4 as ETHERTYPE_IPV4;
 pub(crate) const IPPROTO_ICMP: u8 = 1;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
@@ -103,6 +100,7 @@ pub(crate) struct Ipv4Frame {
     pub src: u32,
     pub dst: u32,
     pub proto: u8,
+    pub ttl: u8,
     /// More-fragments set or a non-zero fragment offset.
     pub fragment: bool,
     /// IPv4 header length in bytes (20..=60).
@@ -136,30 +134,40 @@ impl Ipv4Frame {
         if ihl > ip.len() {
             return Err(WireError::Truncated);
         }
-        let gso_type = frame[1];
+        let vnet = VnetHdr::parse(frame).ok_or(WireError::Truncated)?;
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        let end = if total == 0 && gso_type != VNET_GSO_NONE {
+        // A GSO super-frame may carry 0 (a packet too long for the field); otherwise the
+        // packet must fit the frame (which may be longer: Ethernet padding).
+        let end = if total == 0 && vnet.is_gso() {
             frame.len()
-        } else if total < ihl {
+        } else if total < ihl || IP_OFF + total > frame.len() {
             return Err(WireError::BadTotalLength);
         } else {
-            frame.len().min(IP_OFF + total)
+            IP_OFF + total
         };
         let frag = u16::from_be_bytes([ip[6], ip[7]]);
         Ok(Some(Ipv4Frame {
-            vnet_flags: frame[0],
-            gso_type,
-            gso_size: u16::from_le_bytes([frame[4], frame[5]]),
-            csum_start: u16::from_le_bytes([frame[6], frame[7]]),
-            csum_offset: u16::from_le_bytes([frame[8], frame[9]]),
+            vnet_flags: vnet.flags,
+            gso_type: vnet.gso_type,
+            gso_size: vnet.gso_size,
+            csum_start: vnet.csum_start,
+            csum_offset: vnet.csum_offset,
             src: u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]),
             dst: u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]),
             proto: ip[9],
+            ttl: ip[8],
             fragment: frag & 0x3fff != 0,
             ihl,
             l4: IP_OFF + ihl,
             end,
         }))
+    }
+
+    /// Whether the IPv4 header's checksum is right (it sums to all ones, RFC 1071).
+    pub fn header_checksum_ok(&self, frame: &[u8]) -> bool {
+        frame
+            .get(IP_OFF..self.l4)
+            .is_some_and(|header| crate::checksum::finish(crate::checksum::sum(header, 0)) == 0)
     }
 
     /// A GSO super-frame, to be segmented downstream.
@@ -311,12 +319,12 @@ mod tests {
     }
 
     #[test]
-    fn total_length_is_clamped_to_the_buffer() {
+    fn total_length_must_fit_the_frame() {
+        // A total length past the frame is a lie (a 36-byte packet claiming 1000).
         let mut ip = ip_header(1000).to_vec();
         ip.extend([0u8; 8]);
         let f = frame(&ip, [0; VNET_HDR_LEN]);
-        let p = Ipv4Frame::parse(&f).unwrap().unwrap();
-        assert_eq!(p.end, f.len());
+        assert_eq!(Ipv4Frame::parse(&f), Err(WireError::BadTotalLength));
         // A shorter total length ends the packet early (Ethernet padding is not payload).
         let mut ip = ip_header(24).to_vec();
         ip.extend([0u8; 30]);

@@ -17,10 +17,12 @@ pub(crate) struct BrLock<T> {
     data: UnsafeCell<T>,
 }
 
+// SAFETY: the lock owns its `T` (and `RwLock<()>`s, which are Send): moving the lock to another
+// thread moves the `T`, hence `T: Send`, exactly like `RwLock<T>`.
+unsafe impl<T: Send> Send for BrLock<T> {}
 // SAFETY: `data` is only reached through the guards below, which give `&T` to any number of
 // threads (hence `T: Sync`) only while no `&mut T` exists, and `&mut T` to one thread at a
 // time (hence `T: Send`), exactly like `RwLock<T>`.
-unsafe impl<T: Send> Send for BrLock<T> {}
 unsafe impl<T: Send + Sync> Sync for BrLock<T> {}
 
 pub(crate) struct ReadGuard<'a, T> {

@@ -62,6 +62,8 @@ pub(crate) struct Fdb {
     table: BrLock<Table>,
     capacity: usize,
     age_ms: u64,
+    /// Entries removed because they aged (by `expire`, or to make room), so far.
+    aged: AtomicU64,
 }
 
 #[inline]
@@ -109,6 +111,7 @@ impl Fdb {
             }),
             capacity,
             age_ms,
+            aged: AtomicU64::new(0),
         }
     }
 
@@ -171,7 +174,8 @@ impl Fdb {
             };
         }
         if table.map.len() >= self.capacity && table.sweep_due(now, self.age_ms) {
-            table.sweep(now, self.age_ms);
+            let aged = table.sweep(now, self.age_ms);
+            self.aged.fetch_add(aged as u64, Ordering::Relaxed);
         }
         if table.map.len() >= self.capacity {
             return Learned::Full;
@@ -205,7 +209,22 @@ impl Fdb {
         if !self.read().sweep_due(now, self.age_ms) {
             return 0;
         }
-        self.write().sweep(now, self.age_ms)
+        let aged = self.write().sweep(now, self.age_ms);
+        self.aged.fetch_add(aged as u64, Ordering::Relaxed);
+        aged
+    }
+
+    /// Entries removed because they aged, so far.
+    pub fn aged(&self) -> u64 {
+        self.aged.load(Ordering::Relaxed)
+    }
+
+    /// Forgets every MAC, or those learned on `port`; returns how many.
+    pub fn flush(&self, port: Option<PortId>) -> usize {
+        let mut table = self.write();
+        let before = table.map.len();
+        table.map.retain(|_, e| port.is_some_and(|p| e.port != p));
+        before - table.map.len()
     }
 
     /// Forgets every MAC learned on `port`.

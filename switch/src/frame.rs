@@ -7,8 +7,16 @@ use std::net::Ipv4Addr;
 use crate::mac::MacAddr;
 
 pub(crate) const ETH_HDR_LEN: usize = 14;
-pub(crate) const ETHERTYPE_ARP: u16 = 0x0806;
-pub(crate) const ETHERTYPE_IPV4: u16 = 0x0800;
+pub(crate) use ethertype::{ARP as ETHERTYPE_ARP, IPV4 as ETHERTYPE_IPV4};
+
+/// The EtherTypes the switch and the NAT tell apart.
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const ARP: u16 = 0x0806;
+    /// An 802.1Q VLAN tag.
+    pub const VLAN: u16 = 0x8100;
+    pub const IPV6: u16 = 0x86dd;
+}
 /// Length of an ARP packet for IPv4 over Ethernet.
 pub(crate) const ARP_LEN: usize = 28;
 pub(crate) const ARP_HTYPE_ETHERNET: u16 = 1;

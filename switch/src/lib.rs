@@ -14,9 +14,11 @@ mod port;
 mod slot;
 mod stats;
 mod switch;
+pub mod vnet;
 
 pub use fdb::FdbEntry;
 pub use flow::flow_hash;
+pub use frame::ethertype;
 pub use mac::{MacAddr, ParseMacError};
 pub use port::{PortId, PortInfo};
 pub use stats::SwitchStats;
@@ -25,6 +27,7 @@ pub use switch::{Action, Config, DropReason, Switch};
 /// Monotonic time in milliseconds, supplied by the caller.
 pub type Millis = u64;
 
-/// Size of `struct virtio_net_hdr`, which precedes every frame on the ports. The edge strips
-/// it before [`Switch::process`] and writes a zeroed one before frames the switch generates.
-pub const VNET_HDR_LEN: usize = 10;
+/// Size of the virtio-net header (see [`vnet`]) that precedes every frame on the ports. The edge
+/// strips it before [`Switch::process`] and writes a zeroed one before frames the switch
+/// generates.
+pub use vnet::VNET_HDR_LEN;

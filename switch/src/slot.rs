@@ -17,10 +17,15 @@ pub(crate) struct CachePadded<T>(pub T);
 pub(crate) fn thread_slot() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+        static SLOT: usize = take_slot(&NEXT);
     }
     // During thread teardown the thread-local may be gone: any slot is correct.
     SLOT.try_with(|s| *s).unwrap_or(0)
+}
+
+/// The next slot of the round-robin that `next` counts.
+fn take_slot(next: &AtomicUsize) -> usize {
+    next.fetch_add(1, Ordering::Relaxed) % SLOTS
 }
 
 #[cfg(test)]
@@ -28,11 +33,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn threads_get_distinct_slots() {
+    fn a_thread_keeps_its_slot() {
         let mine = thread_slot();
+        assert!(mine < SLOTS);
         assert_eq!(mine, thread_slot());
-        let other = std::thread::spawn(thread_slot).join().unwrap();
-        assert!(mine < SLOTS && other < SLOTS);
-        assert_ne!(mine, other);
+        let other = std::thread::spawn(|| (thread_slot(), thread_slot()))
+            .join()
+            .unwrap();
+        assert!(other.0 < SLOTS);
+        assert_eq!(other.0, other.1);
+    }
+
+    #[test]
+    fn threads_take_slots_round_robin() {
+        // A counter of its own: the process-wide one is shared with every other test's threads,
+        // which may take any number of slots in between.
+        let next = AtomicUsize::new(0);
+        let first: Vec<usize> = (0..SLOTS).map(|_| take_slot(&next)).collect();
+        assert_eq!(
+            first,
+            (0..SLOTS).collect::<Vec<_>>(),
+            "16 threads, 16 slots"
+        );
+        assert_eq!(take_slot(&next), 0, "the 17th shares the first slot");
+        // Wrapping the counter itself does not leave the range.
+        let next = AtomicUsize::new(usize::MAX);
+        assert!(take_slot(&next) < SLOTS && take_slot(&next) < SLOTS);
     }
 }

@@ -27,6 +27,8 @@ pub struct SwitchStats {
     pub learned: u64,
     /// Learned MACs that moved to another port.
     pub moved: u64,
+    /// Learned MACs forgotten because they aged.
+    pub aged: u64,
 }
 
 #[derive(Debug, Default)]

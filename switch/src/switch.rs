@@ -207,12 +207,32 @@ impl Switch {
         self.fdb.entries(now)
     }
 
+    /// Learns the entries another switch reported (`fdb_entries` of a process handing over),
+    /// each as last seen `age_ms` before `now`: they age as if this switch had seen their
+    /// frames. The ports must be added first; entries of unknown ports are skipped.
+    pub fn restore_fdb(&self, entries: &[FdbEntry], now: Millis) {
+        for e in entries {
+            let seen = now.saturating_sub(e.age_ms);
+            self.fdb
+                .learn_and_lookup(e.mac, e.port, None, seen, &self.ports);
+        }
+    }
+
     /// Entries in the forwarding table, including aged ones that `expire` has not removed yet.
     pub fn fdb_len(&self) -> usize {
         self.fdb.len()
     }
 
     pub fn stats(&self) -> SwitchStats {
-        self.counters.snapshot()
+        SwitchStats {
+            aged: self.fdb.aged(),
+            ..self.counters.snapshot()
+        }
+    }
+
+    /// Forgets every learned MAC, or those learned on `port` (`vswitch fdb --flush`); returns
+    /// how many. Traffic to them is flooded until they are learned again.
+    pub fn flush_fdb(&self, port: Option<PortId>) -> usize {
+        self.fdb.flush(port)
     }
 }

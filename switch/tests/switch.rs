@@ -269,10 +269,46 @@ fn table_is_bounded_and_evicts_aged_entries() {
         vec![(host(1, 2), 1), (host(1, 3), 1), (host(2, 0), 2)]
     );
     assert_eq!(sw.fdb_len(), 3);
+    assert_eq!(sw.stats().aged, 2, "the two evicted entries count as aged");
     run(&sw, 2, &ipv4(MacAddr::BROADCAST, host(2, 1)), now);
     run(&sw, 2, &ipv4(MacAddr::BROADCAST, host(2, 2)), now);
     let s = sw.stats();
     assert_eq!((s.fdb_full, s.learned, sw.fdb_len()), (2, 6, 4));
+}
+
+#[test]
+fn aging_and_flushes_are_counted_and_a_flush_can_name_a_port() {
+    let sw = switch(3);
+    for (port, k) in [(1, 0), (1, 1), (2, 0), (3, 0)] {
+        run(&sw, port, &ipv4(MacAddr::BROADCAST, host(port as u8, k)), 0);
+    }
+    run(&sw, 3, &ipv4(MacAddr::BROADCAST, host(3, 0)), AGE);
+    assert_eq!(sw.expire(AGE + 1), 3);
+    assert_eq!(sw.stats().aged, 3);
+    assert_eq!(fdb(&sw, AGE + 1), vec![(host(3, 0), 3)]);
+
+    for (port, k) in [(1, 0), (1, 1), (2, 0)] {
+        run(
+            &sw,
+            port,
+            &ipv4(MacAddr::BROADCAST, host(port as u8, k)),
+            AGE + 1,
+        );
+    }
+    assert_eq!(sw.flush_fdb(Some(PortId(1))), 2);
+    assert_eq!(
+        fdb(&sw, AGE + 1),
+        vec![(host(2, 0), 2), (host(3, 0), 3)],
+        "only port 1's MACs go"
+    );
+    // Frames to a flushed MAC are flooded until it is learned again.
+    assert_eq!(
+        run(&sw, 2, &ipv4(host(1, 0), host(2, 0)), AGE + 1),
+        Action::Flood
+    );
+    assert_eq!(sw.flush_fdb(None), 2);
+    assert_eq!(sw.fdb_len(), 0);
+    assert_eq!(sw.stats().aged, 3, "a flush is not aging");
 }
 
 #[test]
@@ -626,22 +662,60 @@ fn random_bytes_never_panic() {
 
 #[test]
 fn concurrent_learning_never_resurrects_a_removed_port() {
-    let sw = switch(2);
-    std::thread::scope(|scope| {
-        for worker in 0..2u8 {
-            let sw = &sw;
-            scope.spawn(move || {
-                for k in 0..20_000u32 {
-                    let [_, _, a, b] = k.to_be_bytes();
-                    let src = MacAddr([2, 0xbb, worker, 0, a, b]);
-                    let _ = run(sw, 2, &ipv4(station(1), src), 0);
-                }
-            });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        sw.remove_port(PortId(2));
-    });
-    assert!(sw.fdb_entries(0).iter().all(|e| e.port != PortId(2)));
+    // Two workers learn new MACs on port 2 (every frame takes the table's write path) while
+    // port 2 is removed. The removal is forced into the middle of their work: it starts only
+    // once both have learned for a while, and they go on sending frames on port 2 after it, so
+    // frames in flight meet the removal on every round. No entry on port 2 may survive it.
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    const ROUNDS: u32 = 50;
+    const AFTER: u32 = 2_000;
+    for round in 0..ROUNDS {
+        // Room for everything the workers learn, however long the removal takes to come.
+        let cfg = Config {
+            fdb_capacity: 1 << 22,
+            fdb_age_ms: AGE,
+        };
+        let sw = switch_with(2, cfg);
+        let removed = AtomicBool::new(false);
+        let learned = [AtomicU32::new(0), AtomicU32::new(0)];
+        std::thread::scope(|scope| {
+            for worker in 0..2u8 {
+                let (sw, removed, learned) = (&sw, &removed, &learned);
+                scope.spawn(move || {
+                    let mut after = 0;
+                    for k in 0u32.. {
+                        let [_, a, b, c] = k.to_be_bytes();
+                        let src = MacAddr([2, 0xbb, worker, a, b, c]);
+                        let _ = run(sw, 2, &ipv4(station(1), src), 0);
+                        learned[usize::from(worker)].fetch_add(1, Ordering::Relaxed);
+                        if removed.load(Ordering::Acquire) {
+                            after += 1;
+                            if after == AFTER {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+            while learned.iter().any(|n| n.load(Ordering::Relaxed) < 200) {
+                std::thread::yield_now();
+            }
+            assert!(sw.fdb_len() > 0, "round {round}: nothing learned on port 2");
+            sw.remove_port(PortId(2));
+            removed.store(true, Ordering::Release);
+        });
+        let left: Vec<_> = sw
+            .fdb_entries(0)
+            .into_iter()
+            .filter(|e| e.port == PortId(2))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "round {round}: {} entries on removed port 2, e.g. {:?}",
+            left.len(),
+            left.first()
+        );
+    }
 }
 
 #[test]
@@ -663,4 +737,29 @@ fn frames_seen_elsewhere_refresh_or_learn_but_never_move() {
     sw.seen(station(2), PortId(1), AGE + 1);
     assert_eq!(fdb(&sw, AGE + 1), all);
     assert_eq!(sw.stats().learned, 3);
+}
+
+#[test]
+fn a_restored_fdb_forwards_and_ages_as_the_one_it_came_from() {
+    let old = switch(3);
+    run(&old, 1, &ipv4(MacAddr::BROADCAST, station(1)), 1_000);
+    run(&old, 2, &ipv4(MacAddr::BROADCAST, host(2, 7)), 3_000);
+    let entries = old.fdb_entries(4_000);
+    // A new switch (another process) with the same ports takes the table over.
+    let new = switch(3);
+    let mut unknown = entries.clone();
+    unknown.push(vswitch_switch::FdbEntry {
+        mac: host(9, 9),
+        port: PortId(9),
+        age_ms: 0,
+    });
+    new.restore_fdb(&unknown, 4_000);
+    assert_eq!(new.fdb_entries(4_000), entries, "same entries, same ages");
+    let to_host = ipv4(host(2, 7), station(3));
+    assert_eq!(run(&new, 3, &to_host, 4_000), Action::Forward(PortId(2)));
+    // station(1), last seen at 1 000, ages out at the same time in both.
+    let to_1 = ipv4(station(1), station(3));
+    assert_eq!(run(&new, 3, &to_1, 1_000 + AGE), Action::Forward(PortId(1)));
+    assert_eq!(run(&new, 3, &to_1, 1_001 + AGE), Action::Flood);
+    assert_eq!(run(&old, 3, &to_1, 1_001 + AGE), Action::Flood);
 }

@@ -95,13 +95,22 @@ impl Default for Wan {
 /// the daemon. The daemon forwards DNS to the wan (`--dns 198.51.100.2`); `extra_args` go to
 /// `vswitch run` as well. `wan_addrs` are more addresses for the wan's `eth0`.
 pub fn nat_sandbox(extra_args: &[&str], wan_addrs: &[&str]) -> (Sandbox, Wan) {
+    let opts = SandboxOptions {
+        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        ..SandboxOptions::default()
+    };
+    nat_sandbox_with(opts, wan_addrs)
+}
+
+/// [`nat_sandbox`] with the daemon's options given in full (e.g. a wrapper).
+pub fn nat_sandbox_with(mut opts: SandboxOptions, wan_addrs: &[&str]) -> (Sandbox, Wan) {
     let wan = Wan::new();
     let mut args = vec!["--dns".to_string(), WAN_IP.to_string()];
-    args.extend(extra_args.iter().map(|s| s.to_string()));
+    args.append(&mut opts.extra_args);
     let sb = Sandbox::start_prepared(
         SandboxOptions {
             extra_args: args,
-            ..SandboxOptions::default()
+            ..opts
         },
         |host| {
             run(host.cmd("sysctl", &["-q", "-w", "net.ipv4.ip_forward=0"])).ok();

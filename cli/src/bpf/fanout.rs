@@ -14,53 +14,59 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
-use super::sys::*;
+use super::asm::{skb, Asm, AsmError, Classic, Helper, Insn, R0, R1, R10, R2, R6, R7, R8};
+use super::map::Map;
+use super::sys::{load_program, ProgType};
 
-fn program(map_fd: RawFd, dense_queues: u32) -> Vec<Insn> {
+/// The eBPF program behind `Spread::Auto`: returns the queue (the kernel takes it modulo the
+/// number of queues). `mode` holds the mode (0: by CPU, else dense); `dense_queues` >= 1.
+fn program(mode: RawFd, dense_queues: u32) -> Result<Vec<Insn>, AsmError> {
     let net = |offset: i32| libc::SKF_NET_OFF + offset;
     let ipv4 = i32::from((libc::ETH_P_IP as u16).to_be());
     let ipv6 = i32::from((libc::ETH_P_IPV6 as u16).to_be());
-    // Jump offsets count from the next instruction; the comments number the instructions.
-    vec![
-        /* 0 */ insn(ALU64 | MOV | X, 6, 1, 0, 0), // r6 = skb (LD_ABS reads through r6)
-        /* 1 */ insn(LDX | MEM | W, 0, 6, SKB_LEN, 0), // r0 = skb->len
-        /* 2 */ insn(JMP | JGT | K, 0, 0, 15, BULK_LEN as i32), // bulk -> 18
-        // A small frame: by CPU, or in dense mode (map[0] != 0) to the first queues.
-        /* 3 */
-        insn(ST | MEM | W, 10, 0, -4, 0), // key 0, on the stack
-        /* 4 */ load_map(1, map_fd)[0],
-        /* 5 */ load_map(1, map_fd)[1],
-        /* 6 */ insn(ALU64 | MOV | X, 2, 10, 0, 0),
-        /* 7 */ insn(ALU64 | ADD | K, 2, 0, 0, -4), // r2 = &key
-        /* 8 */ insn(JMP | CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM),
-        /* 9 */ insn(JMP | JEQ | K, 0, 0, 3, 0), // no value -> 13
-        /* 10 */ insn(LDX | MEM | W, 7, 0, 0, 0), // r7 = the mode
-        /* 11 */ insn(JMP | JEQ | K, 7, 0, 1, 0), // sparse -> 13
-        /* 12 */ insn(JMP | JA, 0, 0, 2, 0), // dense -> 15
-        /* 13 */ insn(JMP | CALL, 0, 0, 0, FN_GET_SMP_PROCESSOR_ID),
-        /* 14 */ insn(JMP | EXIT, 0, 0, 0, 0), // the sending CPU
-        /* 15 */ insn(JMP | CALL, 0, 0, 0, FN_GET_SMP_PROCESSOR_ID),
-        /* 16 */ insn(ALU | MOD | K, 0, 0, 0, dense_queues as i32),
-        /* 17 */ insn(JMP | EXIT, 0, 0, 0, 0), // the sending CPU % dense_queues
-        // A bulk frame: the flow hash, or the address pair.
-        /* 18 */
-        insn(LDX | MEM | W, 0, 6, SKB_HASH, 0),
-        /* 19 */ insn(JMP | JNE | K, 0, 0, 11, 0), // a hash -> 31
-        /* 20 */ insn(LDX | MEM | W, 7, 6, SKB_PROTOCOL, 0),
-        /* 21 */ insn(JMP | JNE | K, 7, 0, 4, ipv4), // not IPv4 -> 26
-        /* 22 */ insn(LD | ABS | W, 0, 0, 0, net(12)), // the source
-        /* 23 */ insn(ALU64 | MOV | X, 8, 0, 0, 0),
-        /* 24 */ insn(LD | ABS | W, 0, 0, 0, net(16)), // the destination
-        /* 25 */ insn(JMP | JA, 0, 0, 4, 0), // -> 30
-        /* 26 */ insn(JMP | JNE | K, 7, 0, 5, ipv6), // not IPv6 either -> 32
-        /* 27 */ insn(LD | ABS | W, 0, 0, 0, net(20)), // the source's last word
-        /* 28 */ insn(ALU64 | MOV | X, 8, 0, 0, 0),
-        /* 29 */ insn(LD | ABS | W, 0, 0, 0, net(36)), // the destination's
-        /* 30 */ insn(ALU | XOR | X, 0, 8, 0, 0),
-        /* 31 */ insn(JMP | EXIT, 0, 0, 0, 0),
-        /* 32 */ insn(JMP | CALL, 0, 0, 0, FN_GET_SMP_PROCESSOR_ID),
-        /* 33 */ insn(JMP | EXIT, 0, 0, 0, 0),
-    ]
+    let mut a = Asm::new();
+    let (bulk, by_cpu, dense) = (a.label(), a.label(), a.label());
+    let (ipv6_frame, xor, done, not_ip) = (a.label(), a.label(), a.label(), a.label());
+    // The mode's key, 0, on the stack.
+    const KEY: i16 = -4;
+
+    a.mov64_reg(R6, R1); // r6 = skb (ld_abs reads through r6)
+    a.ldx_w(R0, R6, skb::LEN);
+    a.jgt_imm(R0, BULK_LEN as i32, bulk);
+    // A small frame: by CPU, or in dense mode (mode[0] != 0) to the first queues.
+    a.st_w(R10, KEY, 0);
+    a.ld_map_fd(R1, mode);
+    a.mov64_reg(R2, R10).add64_imm(R2, KEY.into());
+    a.call(Helper::MapLookupElem);
+    a.jeq_imm(R0, 0, by_cpu); // no value
+    a.ldx_w(R7, R0, 0);
+    a.jeq_imm(R7, 0, by_cpu); // sparse
+    a.ja(dense);
+    a.bind(by_cpu).call(Helper::GetSmpProcessorId);
+    a.exit(); // the sending CPU
+    a.bind(dense).call(Helper::GetSmpProcessorId);
+    a.mod32_imm(R0, dense_queues as i32);
+    a.exit(); // the sending CPU % dense_queues
+
+    // A bulk frame: the flow hash, or the address pair.
+    a.bind(bulk).ldx_w(R0, R6, skb::HASH);
+    a.jne_imm(R0, 0, done); // a hash
+    a.ldx_w(R7, R6, skb::PROTOCOL);
+    a.jne_imm(R7, ipv4, ipv6_frame);
+    a.ld_abs_w(net(12)); // the source
+    a.mov64_reg(R8, R0);
+    a.ld_abs_w(net(16)); // the destination
+    a.ja(xor);
+    a.bind(ipv6_frame).jne_imm(R7, ipv6, not_ip);
+    a.ld_abs_w(net(20)); // the source's last word
+    a.mov64_reg(R8, R0);
+    a.ld_abs_w(net(36)); // the destination's
+    a.bind(xor).xor32_reg(R0, R8);
+    a.bind(done).exit();
+    // Neither IPv4 nor IPv6: by CPU.
+    a.bind(not_ip).call(Helper::GetSmpProcessorId);
+    a.exit();
+    a.finish()
 }
 
 /// How a port's frames are spread over its queues (one per worker).
@@ -94,56 +100,43 @@ pub const BULK_LEN: u32 = 1024;
 
 /// The classic BPF program behind `Spread::Auto`, run by the kernel's fanout for every frame; it
 /// returns the queue (the kernel takes it modulo the number of queues).
-pub(crate) fn auto_fanout_program() -> [libc::sock_filter; 18] {
-    const LD_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
-    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
-    const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
-    const XOR_X: u16 = (libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X) as u16;
-    const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
+///
+/// Assembled with labels like the eBPF programs, although it is short and fixed: an offset
+/// counted by hand here would be checked by no verifier (a wrong jump stays a valid program
+/// that spreads frames wrongly), and labels cost nothing at run time.
+pub(crate) fn auto_fanout_program() -> Vec<libc::sock_filter> {
     let ancillary = |field: libc::c_int| (libc::SKF_AD_OFF + field) as u32;
     let net = |offset: libc::c_int| (libc::SKF_NET_OFF + offset) as u32;
-    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    // Jump offsets count from the next instruction.
-    [
-        // 0: A = skb->len (from the network header on)
-        op((libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16, 0, 0, 0),
-        // 1: bulk (A > BULK_LEN)? 2 : 16
-        op(JGT, 0, 14, BULK_LEN),
-        // 2: A = skb->hash, the flow hash the sending socket set (TCP and connected UDP do)
-        op(LD_W, 0, 0, ancillary(libc::SKF_AD_RXHASH)),
-        // 3: no hash (A == 0)? 4 : 15
-        op(JEQ, 0, 11, 0),
-        // 4: no hash (unconnected UDP...): by address pair. A = the EtherType
-        op(LD_W, 0, 0, ancillary(libc::SKF_AD_PROTOCOL)),
-        // 5: IPv4? 6 : 10
-        op(JEQ, 0, 4, libc::ETH_P_IP as u32),
-        // 6-8: X = source, A = destination
-        op(LD_W, 0, 0, net(12)),
-        op(TAX, 0, 0, 0),
-        op(LD_W, 0, 0, net(16)),
-        // 9: to 14
-        op(JA, 0, 0, 4),
-        // 10: IPv6? 11 : 16
-        op(JEQ, 0, 5, libc::ETH_P_IPV6 as u32),
-        // 11-13: X = last word of the source, A = last word of the destination
-        op(LD_W, 0, 0, net(20)),
-        op(TAX, 0, 0, 0),
-        op(LD_W, 0, 0, net(36)),
-        // 14: A ^= X
-        op(XOR_X, 0, 0, 0),
-        // 15: return A
-        op(RET_A, 0, 0, 0),
-        // 16: A = the CPU the frame arrived on (the sender's); 17: return A
-        op(LD_W, 0, 0, ancillary(libc::SKF_AD_CPU)),
-        op(RET_A, 0, 0, 0),
-    ]
+    let mut c = Classic::new();
+    let (bulk, small, no_hash, ret) = (c.label(), c.label(), c.label(), c.label());
+    let (ipv4, not_ipv4, ipv6, xor) = (c.label(), c.label(), c.label(), c.label());
+    c.ld_len(); // A = skb->len (from the network header on)
+    c.jgt(BULK_LEN, bulk, small);
+    // A = skb->hash, the flow hash the sending socket set (TCP and connected UDP do).
+    c.bind(bulk).ld_w_abs(ancillary(libc::SKF_AD_RXHASH));
+    c.jeq(0, no_hash, ret);
+    // No hash (unconnected UDP...): by address pair.
+    c.bind(no_hash).ld_w_abs(ancillary(libc::SKF_AD_PROTOCOL));
+    c.jeq(libc::ETH_P_IP as u32, ipv4, not_ipv4);
+    // X = source, A = destination.
+    c.bind(ipv4).ld_w_abs(net(12)).tax().ld_w_abs(net(16));
+    c.ja(xor);
+    c.bind(not_ipv4).jeq(libc::ETH_P_IPV6 as u32, ipv6, small);
+    // X = last word of the source, A = last word of the destination.
+    c.bind(ipv6).ld_w_abs(net(20)).tax().ld_w_abs(net(36));
+    c.bind(xor).xor_x();
+    c.bind(ret).ret_a();
+    // A = the CPU the frame arrived on (the sender's).
+    c.bind(small).ld_w_abs(ancillary(libc::SKF_AD_CPU));
+    c.ret_a();
+    // A fixed program whose assembly a test checks.
+    c.finish().expect("the classic fan-out program assembles")
 }
 
 pub struct SpreadProgram {
     prog: OwnedFd,
-    map: OwnedFd,
+    /// The mode: 0 sparse, 1 dense.
+    mode: Map<u32, u32>,
     /// Workers under sustained traffic; dense mode while any. A lock, not an atomic: the count
     /// and the map write must change together, or two workers crossing zero at once could leave
     /// the mode dense with no traffic (rare: only workers leaving or reaching home take it).
@@ -153,11 +146,11 @@ pub struct SpreadProgram {
 impl SpreadProgram {
     /// Loads the program (needs CAP_BPF); dense traffic goes to `dense_queues` queues.
     pub fn load(dense_queues: u32) -> io::Result<SpreadProgram> {
-        let map = create_map(BPF_MAP_TYPE_ARRAY, 4, 4, 1)?;
-        let insns = program(map.as_raw_fd(), dense_queues.max(1));
+        let mode = Map::array(1)?;
+        let insns = program(mode.fd(), dense_queues.max(1)).map_err(io::Error::other)?;
         Ok(SpreadProgram {
-            prog: load_program(BPF_PROG_TYPE_SOCKET_FILTER, &insns)?,
-            map,
+            prog: load_program(ProgType::SocketFilter, &insns)?,
+            mode,
             sustained: Mutex::new(0),
         })
     }
@@ -165,6 +158,21 @@ impl SpreadProgram {
     /// The program's descriptor, for `PACKET_FANOUT_DATA`.
     pub fn fd(&self) -> RawFd {
         self.prog.as_raw_fd()
+    }
+
+    /// Its mode map's descriptor (a hand-over passes it with the program's).
+    pub fn mode_fd(&self) -> RawFd {
+        self.mode.fd()
+    }
+
+    /// The program and mode map another process loaded (a hand-over: the ports' fanout groups
+    /// run that program, so the mode the workers flip must be its map).
+    pub fn from_fds(prog: OwnedFd, mode: OwnedFd) -> SpreadProgram {
+        SpreadProgram {
+            prog,
+            mode: Map::from_fd(mode),
+            sustained: Mutex::new(0),
+        }
     }
 
     /// A worker's traffic became sustained (it left its home CPU) or stopped (it went home):
@@ -185,21 +193,17 @@ impl SpreadProgram {
 
     /// Dense traffic (small frames to the first queues) or sparse (by CPU), for every port.
     pub fn set_dense(&self, dense: bool) -> io::Result<()> {
-        let (key, mut value) = (0u32, u32::from(dense));
-        let (key, value) = (
-            &key as *const u32 as *const u8,
-            &mut value as *mut u32 as *mut u8,
-        );
-        map_elem(BPF_MAP_UPDATE_ELEM, self.map.as_raw_fd(), key, value)
+        self.mode.update(&0, &u32::from(dense))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bpf::sys::test_run;
 
     fn run(program: &SpreadProgram, frame: &[u8]) -> u32 {
-        test_run(program.fd(), frame).unwrap()
+        test_run(&program.prog, frame).unwrap()
     }
 
     /// An IPv4 frame of `len` bytes from 10.1.1.11 to 10.1.1.12.
@@ -217,11 +221,7 @@ mod tests {
 
     #[test]
     fn small_frames_go_by_cpu_or_to_the_first_queues_and_bulk_ones_by_address_pair() {
-        // Loading a BPF program needs CAP_BPF: CI runs the tests as root.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: not root (CI runs this as root)");
-            return;
-        }
+        crate::bpf::tests::need_root();
         std::thread::spawn(|| {
             use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
             use nix::unistd::Pid;
@@ -290,5 +290,88 @@ mod tests {
             )
         };
         assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
+    }
+
+    /// What the kernel's fanout gets from the classic program for a frame: an interpreter of
+    /// the few instructions the program uses (the kernel cannot test-run classic BPF).
+    struct Skb {
+        len: u32,
+        hash: u32,
+        protocol: u16,
+        cpu: u32,
+        /// The network header on.
+        net: Vec<u8>,
+    }
+
+    fn run_classic(program: &[libc::sock_filter], skb: &Skb) -> u32 {
+        use libc::*;
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let load = |k: u32| {
+            if k >= SKF_AD_OFF as u32 {
+                match k as i32 - SKF_AD_OFF {
+                    SKF_AD_RXHASH => skb.hash,
+                    SKF_AD_PROTOCOL => u32::from(skb.protocol),
+                    SKF_AD_CPU => skb.cpu,
+                    field => panic!("ancillary field {field}"),
+                }
+            } else {
+                let at = (k as i32 - SKF_NET_OFF) as usize;
+                u32::from_be_bytes(skb.net[at..at + 4].try_into().unwrap())
+            }
+        };
+        loop {
+            let i = program[pc];
+            pc += 1;
+            let branch = |taken: bool| usize::from(if taken { i.jt } else { i.jf });
+            match u32::from(i.code) {
+                c if c == BPF_LD | BPF_W | BPF_LEN => a = skb.len,
+                c if c == BPF_LD | BPF_W | BPF_ABS => a = load(i.k),
+                c if c == BPF_MISC | BPF_TAX => x = a,
+                c if c == BPF_ALU | BPF_XOR | BPF_X => a ^= x,
+                c if c == BPF_RET | BPF_A => return a,
+                c if c == BPF_JMP | BPF_JA => pc += i.k as usize,
+                c if c == BPF_JMP | BPF_JGT | BPF_K => pc += branch(a > i.k),
+                c if c == BPF_JMP | BPF_JEQ | BPF_K => pc += branch(a == i.k),
+                code => panic!("instruction {code:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_classic_program_spreads_small_frames_by_cpu_and_bulk_ones_by_flow() {
+        let program = auto_fanout_program();
+        let mut ipv4 = vec![0u8; 40];
+        ipv4[12..16].copy_from_slice(&[10, 1, 1, 11]);
+        ipv4[16..20].copy_from_slice(&[10, 1, 1, 12]);
+        let mut ipv6 = vec![0u8; 40];
+        ipv6[20..24].copy_from_slice(&[0, 0, 0, 11]);
+        ipv6[36..40].copy_from_slice(&[0, 0, 0, 12]);
+        let skb = |len, hash, protocol, net: &Vec<u8>| Skb {
+            len,
+            hash,
+            protocol,
+            cpu: 3,
+            net: net.clone(),
+        };
+        let (ip, ip6, arp) = (
+            libc::ETH_P_IP as u16,
+            libc::ETH_P_IPV6 as u16,
+            libc::ETH_P_ARP as u16,
+        );
+        let pair = u32::from_be_bytes([10, 1, 1, 11]) ^ u32::from_be_bytes([10, 1, 1, 12]);
+        for (skb, queue, what) in [
+            (skb(100, 0x1234, ip, &ipv4), 3, "small: by CPU, hash or not"),
+            (skb(BULK_LEN, 0, ip, &ipv4), 3, "BULK_LEN itself is small"),
+            (skb(1400, 0x1234, ip, &ipv4), 0x1234, "bulk: the flow hash"),
+            (skb(1400, 0, ip, &ipv4), pair, "bulk, no hash: IPv4 pair"),
+            (
+                skb(1400, 0, ip6, &ipv6),
+                11 ^ 12,
+                "bulk, no hash: IPv6 pair",
+            ),
+            (skb(1400, 0, arp, &ipv4), 3, "bulk, no hash, not IP: by CPU"),
+        ] {
+            assert_eq!(run_classic(&program, &skb), queue, "{what}");
+        }
     }
 }

@@ -20,18 +20,22 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::offset_of;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
 
 use vswitch_switch::{MacAddr, PortId};
 
-use super::sys::*;
+use super::asm::{skb, Asm, AsmError, Helper, Insn, R0, R1, R10, R2, R3, R4, R6, R7, R8};
+use super::map::{Map, PerCpuMap, Pod};
+use super::pins::Pins;
+use super::sys::{
+    link_update, load_program, obj_get, obj_pin, tcx_attach, tcx_supported, ProgType,
+};
+use crate::kernel::netlink::{Netlink, NetlinkError};
 
 /// Ports with an id below this can use the fast path (the counter array is this long).
 pub const MAX_PORTS: u16 = 1024;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_TCX_INGRESS: u64 = 46;
-/// Per-port counters in the program's per-CPU array: rx frames, rx bytes, tx frames, tx bytes.
-const COUNTERS: usize = 4;
 
 /// Where a MAC lives: the host end of its container's veth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +44,44 @@ pub struct Station {
     pub port: PortId,
 }
 
-/// The map's value, as the programs read it.
+/// The stations map's key: a MAC and two bytes of zeros.
+type Key = [u8; 8];
+
+/// The stations map and the counters pinned in `pins` by a previous daemon, or new ones pinned
+/// there (a previous daemon's maps of another shape are replaced).
+fn open_or_pin(
+    pins: &Pins,
+    entries: u32,
+) -> io::Result<(Map<Key, Value>, PerCpuMap<u32, PortCounts>)> {
+    let ports = u32::from(MAX_PORTS);
+    if pins.exists(STATIONS) && pins.exists(COUNTERS) {
+        let stations = Map::open_hash(&pins.path(STATIONS), entries);
+        let counters = PerCpuMap::open_array(&pins.path(COUNTERS), ports);
+        if let (Ok(s), Ok(c)) = (stations, counters) {
+            return Ok((s, c));
+        }
+    }
+    pins.unpin(STATIONS);
+    pins.unpin(COUNTERS);
+    let (stations, counters) = (Map::hash(entries)?, PerCpuMap::array(ports)?);
+    stations.pin(&pins.path(STATIONS))?;
+    counters.pin(&pins.path(COUNTERS))?;
+    Ok((stations, counters))
+}
+
+fn mac_of(key: Key) -> MacAddr {
+    let [a, b, c, d, e, f, ..] = key;
+    MacAddr([a, b, c, d, e, f])
+}
+
+fn key(mac: MacAddr) -> Key {
+    let m = mac.0;
+    [m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]
+}
+
+/// The stations map's value, as the programs read it.
 #[repr(C)]
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Value {
     ifindex: u32,
     port: u32,
@@ -50,8 +89,13 @@ struct Value {
     used: u32,
     _pad: u32,
 }
+const _: () = assert!(size_of::<Value>() == 4 * 4, "no padding");
+// SAFETY: `#[repr(C)]`, four u32 and no padding (asserted above): any bits are a valid `Value`.
+unsafe impl Pod for Value {}
 
 /// Traffic the fast path carried for one port (the switch's view: rx = from the container).
+/// Also the counters map's value, of which the program keeps one per CPU.
+#[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PortCounts {
     pub rx_frames: u64,
@@ -59,164 +103,354 @@ pub struct PortCounts {
     pub tx_frames: u64,
     pub tx_bytes: u64,
 }
+const _: () = assert!(size_of::<PortCounts>() == 4 * 8, "no padding");
+// SAFETY: `#[repr(C)]`, four u64 and no padding (asserted above): any bits are a valid value.
+unsafe impl Pod for PortCounts {}
+
+/// A field's offset in one of our map values, as a load's or store's offset.
+const fn field(offset: usize) -> i16 {
+    assert!(offset <= i16::MAX as usize);
+    offset as i16
+}
+
+/// The programs' stack, below the frame pointer: the frame's two MACs (destination, then
+/// source at `MACS + 6`), the two stations' keys, and a port's key in the counters map.
+const MACS: i16 = -16;
+const DST_KEY: i16 = -24;
+const SRC_KEY: i16 = -32;
+const PORT_KEY: i16 = -36;
+
+/// The tc program's verdict for a frame it leaves alone: `TCX_NEXT` on a tcx link and
+/// `TC_ACT_UNSPEC` in a direct-action cls_bpf filter, both -1 and both "go on" (to the next
+/// program or filter, then the stack, where the packet sockets already have the frame).
+const TC_NEXT: i32 = -1;
+/// What `bpf_redirect_peer` returns on success and the program returns in turn:
+/// `TC_ACT_REDIRECT`, which both hooks carry out (`TCX_REDIRECT` is the same 7).
+#[cfg(test)]
+const TC_ACT_REDIRECT: u32 = 7;
 
 #[derive(Clone, Copy)]
 enum Kind {
-    /// The tc program: forwards what it can, passes the rest on (TCX_NEXT).
+    /// The tc program: forwards what it can, passes the rest on.
     Redirect,
     /// The packet sockets' filter: drops what the tc program will forward.
     Filter,
 }
 
-fn key(mac: MacAddr) -> [u8; 8] {
-    let m = mac.0;
-    [m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]
-}
-
 /// The program of either kind: the same decision, then forward (or drop, for the filter).
-fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Vec<Insn> {
-    let mut p = Vec::new();
-    // Jumps to `pass` (the frame is the daemon's), patched once its place is known.
-    let mut to_pass = Vec::new();
-    let mut jump_to_pass = |p: &mut Vec<Insn>, code: u32, dst: u8, src: u8, imm: i32| {
-        to_pass.push(p.len());
-        p.push(insn(JMP | code, dst, src, 0, imm));
-    };
-    p.push(insn(ALU64 | MOV | X, 6, 1, 0, 0)); // r6 = skb
-                                               // The two MACs onto the stack, at fp-16 (destination) and fp-10 (source).
-    p.push(insn(ALU64 | MOV | X, 1, 6, 0, 0));
-    p.push(insn(ALU64 | MOV | K, 2, 0, 0, 0));
-    p.push(insn(ALU64 | MOV | X, 3, 10, 0, 0));
-    p.push(insn(ALU64 | ADD | K, 3, 0, 0, -16));
-    p.push(insn(ALU64 | MOV | K, 4, 0, 0, 12));
-    p.push(insn(JMP | CALL, 0, 0, 0, FN_SKB_LOAD_BYTES));
-    jump_to_pass(&mut p, JNE | K, 0, 0, 0); // shorter than two MACs
-    p.push(insn(LDX | MEM | B, 1, 10, -16, 0));
-    p.push(insn(ALU64 | AND | K, 1, 0, 0, 1));
-    jump_to_pass(&mut p, JNE | K, 1, 0, 0); // a group address: flooded by the daemon
-                                            // Map keys (6 bytes of MAC, 2 of zeros) from aligned loads: destination at fp-24, source
-                                            // at fp-32.
-    p.push(insn(LDX | MEM | W, 1, 10, -16, 0));
-    p.push(insn(LDX | MEM | H, 2, 10, -12, 0));
-    p.push(insn(ALU64 | LSH | K, 2, 0, 0, 32));
-    p.push(insn(ALU64 | OR | X, 1, 2, 0, 0));
-    p.push(insn(STX | MEM | DW, 10, 1, -24, 0));
-    p.push(insn(LDX | MEM | H, 1, 10, -10, 0));
-    p.push(insn(LDX | MEM | W, 2, 10, -8, 0));
-    p.push(insn(ALU64 | LSH | K, 2, 0, 0, 16));
-    p.push(insn(ALU64 | OR | X, 1, 2, 0, 0));
-    p.push(insn(STX | MEM | DW, 10, 1, -32, 0));
+fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Result<Vec<Insn>, AsmError> {
+    const IFINDEX: i16 = field(offset_of!(Value, ifindex));
+    const PORT: i16 = field(offset_of!(Value, port));
+    const USED: i16 = field(offset_of!(Value, used));
+    let mut a = Asm::new();
+    // The frame is the daemon's.
+    let pass = a.label();
+
+    // r6 = skb, kept across calls; the two MACs onto the stack.
+    a.mov64_reg(R6, R1);
+    a.mov64_reg(R1, R6).mov64_imm(R2, 0);
+    a.mov64_reg(R3, R10).add64_imm(R3, MACS.into());
+    a.mov64_imm(R4, 12).call(Helper::SkbLoadBytes);
+    a.jne_imm(R0, 0, pass); // shorter than two MACs
+
+    // A group address (broadcast, multicast) is flooded by the daemon.
+    a.ldx_b(R1, R10, MACS).and64_imm(R1, 1);
+    a.jne_imm(R1, 0, pass);
+
+    // Map keys (6 bytes of MAC, 2 of zeros) from aligned loads.
+    a.ldx_w(R1, R10, MACS).ldx_h(R2, R10, MACS + 4);
+    a.lsh64_imm(R2, 32).or64_reg(R1, R2);
+    a.stx_dw(R10, R1, DST_KEY);
+    a.ldx_h(R1, R10, MACS + 6).ldx_w(R2, R10, MACS + 8);
+    a.lsh64_imm(R2, 16).or64_reg(R1, R2);
+    a.stx_dw(R10, R1, SRC_KEY);
     // r7 = the destination's station, r8 = the source's; both must be known.
-    for (slot, reg) in [(-24, 7), (-32, 8)] {
-        p.extend(load_map(1, stations));
-        p.push(insn(ALU64 | MOV | X, 2, 10, 0, 0));
-        p.push(insn(ALU64 | ADD | K, 2, 0, 0, slot));
-        p.push(insn(JMP | CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM));
-        jump_to_pass(&mut p, JEQ | K, 0, 0, 0);
-        p.push(insn(ALU64 | MOV | X, reg, 0, 0, 0));
+    for (key, station) in [(DST_KEY, R7), (SRC_KEY, R8)] {
+        a.ld_map_fd(R1, stations);
+        a.mov64_reg(R2, R10).add64_imm(R2, key.into());
+        a.call(Helper::MapLookupElem);
+        a.jeq_imm(R0, 0, pass);
+        a.mov64_reg(station, R0);
     }
     // The source lives on the port the frame came in by (else it moved: the daemon learns it),
     // the destination on another one (else a hairpin: the daemon drops and counts it).
-    p.push(insn(LDX | MEM | W, 1, 8, 0, 0));
-    p.push(insn(LDX | MEM | W, 2, 6, SKB_IFINDEX, 0));
-    jump_to_pass(&mut p, JNE | X, 1, 2, 0);
-    p.push(insn(LDX | MEM | W, 1, 7, 0, 0));
-    jump_to_pass(&mut p, JEQ | X, 1, 2, 0);
+    a.ldx_w(R1, R8, IFINDEX).ldx_w(R2, R6, skb::IFINDEX);
+    a.jne_reg(R1, R2, pass);
+    a.ldx_w(R1, R7, IFINDEX);
+    a.jeq_reg(R1, R2, pass);
 
     match kind {
         Kind::Filter => {
-            p.push(insn(ALU | MOV | K, 0, 0, 0, 0)); // the fast path's: not for the daemon
-            p.push(insn(JMP | EXIT, 0, 0, 0, 0));
+            a.mov32_imm(R0, 0).exit(); // the fast path's: not for the daemon
         }
         Kind::Redirect => {
             // The source was seen: mark its station used.
-            p.push(insn(LDX | MEM | W, 1, 8, 8, 0));
-            p.push(insn(JMP | JNE | K, 1, 0, 1, 0));
-            p.push(insn(ST | MEM | W, 8, 0, 8, 1));
+            let marked = a.label();
+            a.ldx_w(R1, R8, USED).jne_imm(R1, 0, marked);
+            a.st_w(R8, USED, 1);
+            a.bind(marked);
             // Count: rx on the source's port, tx on the destination's (this CPU's copy).
-            for (station, at) in [(8, 0), (7, 16)] {
-                p.push(insn(LDX | MEM | W, 1, station, 4, 0));
-                p.push(insn(STX | MEM | W, 10, 1, -36, 0));
-                p.extend(load_map(1, counters));
-                p.push(insn(ALU64 | MOV | X, 2, 10, 0, 0));
-                p.push(insn(ALU64 | ADD | K, 2, 0, 0, -36));
-                p.push(insn(JMP | CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM));
-                p.push(insn(JMP | JEQ | K, 0, 0, 7, 0));
-                p.push(insn(LDX | MEM | DW, 1, 0, at, 0));
-                p.push(insn(ALU64 | ADD | K, 1, 0, 0, 1));
-                p.push(insn(STX | MEM | DW, 0, 1, at, 0));
-                p.push(insn(LDX | MEM | DW, 1, 0, at + 8, 0));
-                p.push(insn(LDX | MEM | W, 2, 6, SKB_LEN, 0));
-                p.push(insn(ALU64 | ADD | X, 1, 2, 0, 0));
-                p.push(insn(STX | MEM | DW, 0, 1, at + 8, 0));
+            let rx = (
+                field(offset_of!(PortCounts, rx_frames)),
+                field(offset_of!(PortCounts, rx_bytes)),
+            );
+            let tx = (
+                field(offset_of!(PortCounts, tx_frames)),
+                field(offset_of!(PortCounts, tx_bytes)),
+            );
+            for (station, (frames, bytes)) in [(R8, rx), (R7, tx)] {
+                let counted = a.label();
+                a.ldx_w(R1, station, PORT).stx_w(R10, R1, PORT_KEY);
+                a.ld_map_fd(R1, counters);
+                a.mov64_reg(R2, R10).add64_imm(R2, PORT_KEY.into());
+                a.call(Helper::MapLookupElem);
+                a.jeq_imm(R0, 0, counted);
+                a.ldx_dw(R1, R0, frames)
+                    .add64_imm(R1, 1)
+                    .stx_dw(R0, R1, frames);
+                a.ldx_dw(R1, R0, bytes).ldx_w(R2, R6, skb::LEN);
+                a.add64_reg(R1, R2).stx_dw(R0, R1, bytes);
+                a.bind(counted);
             }
             // Into the destination container, through its veth's peer.
-            p.push(insn(LDX | MEM | W, 1, 7, 0, 0));
-            p.push(insn(ALU64 | MOV | K, 2, 0, 0, 0));
-            p.push(insn(JMP | CALL, 0, 0, 0, FN_REDIRECT_PEER));
-            p.push(insn(JMP | EXIT, 0, 0, 0, 0));
+            a.ldx_w(R1, R7, IFINDEX).mov64_imm(R2, 0);
+            a.call(Helper::RedirectPeer).exit();
         }
     }
-    let pass = p.len();
-    for at in to_pass {
-        p[at].jump_to(at, pass);
-    }
+    a.bind(pass);
     match kind {
         // The whole frame, for the daemon.
-        Kind::Filter => p.push(insn(ALU | MOV | K, 0, 0, 0, -1)),
-        // TCX_NEXT: on to the stack (and the packet sockets already have it).
-        Kind::Redirect => p.push(insn(ALU64 | MOV | K, 0, 0, 0, -1)),
-    }
-    p.push(insn(JMP | EXIT, 0, 0, 0, 0));
-    p
+        Kind::Filter => a.mov32_imm(R0, -1),
+        Kind::Redirect => a.mov64_imm(R0, TC_NEXT),
+    };
+    a.exit();
+    a.finish()
 }
 
-/// One more than the highest CPU the kernel may run: at least the number of possible CPUs, of
-/// which a per-CPU map value has one slot each (a sparse CPU list leaves unused zeros).
-fn possible_cpus() -> io::Result<usize> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    let last = text
-        .trim()
-        .rsplit([',', '-'])
-        .next()
-        .and_then(|n| n.parse::<usize>().ok())
-        .ok_or_else(|| io::Error::other(format!("unreadable CPU list {text:?}")))?;
-    Ok(last + 1)
+/// How the fast path's program goes on the ports (`vswitch run --fast-path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// tcx where the kernel has it (Linux 6.6), else a clsact qdisc and a cls_bpf filter.
+    Auto,
+    /// A tcx link on each port (Linux 6.6).
+    Tcx,
+    /// A clsact qdisc with a direct-action cls_bpf filter on each port (Linux 5.10).
+    Tc,
+    /// No fast path: the daemon switches every frame.
+    Off,
+}
+
+/// The hook a port's program sits on, as `vswitch ls --json` names it (`fast_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Tcx,
+    Tc,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Tcx => "tcx",
+            Hook::Tc => "tc",
+        }
+    }
+}
+
+/// The cls_bpf filter's priority on the clsact ingress hook, and its name there.
+const TC_PRIO: u16 = 1;
+const TC_NAME: &str = "vswitch_fast";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("zeroing its counters: {0}")]
+    Counters(#[source] io::Error),
+    #[error("tcx link: {0}")]
+    Tcx(#[source] io::Error),
+    #[error("clsact qdisc and cls_bpf filter: {0}")]
+    Tc(#[source] NetlinkError),
+}
+
+/// The fast path's program on a port's ingress, until dropped (or the port's veth goes, and the
+/// program with it), or kept for the next daemon ([`Attachment::keep`]).
+pub struct Attachment {
+    how: Attached,
+    /// Leave it attached when dropped.
+    kept: bool,
+}
+
+enum Attached {
+    /// The link holds the program: closing it detaches, unless it is pinned (`pin`: the pin's
+    /// name, removed on detach).
+    Tcx {
+        _link: OwnedFd,
+        pin: Option<(Pins, String)>,
+    },
+    Tc {
+        nl: Arc<Mutex<Netlink>>,
+        ifindex: u32,
+        /// Whether the daemon made the link's clsact qdisc (then it deletes it too).
+        own_qdisc: bool,
+    },
+}
+
+impl Attachment {
+    pub fn hook(&self) -> Hook {
+        match self.how {
+            Attached::Tcx { .. } => Hook::Tcx,
+            Attached::Tc { .. } => Hook::Tc,
+        }
+    }
+
+    /// Leaves the program on the port for the next daemon (a stop that keeps the network): a
+    /// pinned link and a tc filter stay when the daemon's descriptors close.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        if let Attached::Tcx {
+            pin: Some((pins, name)),
+            ..
+        } = &self.how
+        {
+            pins.unpin(name); // the link goes with its last descriptor, just after
+        }
+        if let Attached::Tc {
+            nl,
+            ifindex,
+            own_qdisc,
+        } = &self.how
+        {
+            // Best effort: when the veth went first, filter and qdisc went with it (and its
+            // ifindex is not reused: the kernel hands out ever larger ones until they wrap).
+            let mut nl = nl.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = nl.delete_ingress_bpf(*ifindex, TC_PRIO);
+            if *own_qdisc {
+                let _ = nl.delete_clsact(*ifindex);
+            }
+        }
+    }
+}
+
+/// The end of every log line that says there is no fast path.
+const OFF: &str = "every frame goes through the daemon";
+
+/// Loads the fast path for `mode` and chooses its hook, or says why there is none. Either way
+/// returns a line for the daemon's log that says which hook and why. The tc hook is set through
+/// a netlink socket opened here: call this in the network namespace of the ports.
+///
+/// With `pins`, the maps and the tcx links are pinned there, so that forwarding between
+/// containers outlives the daemon; a previous daemon's pinned maps are taken over.
+pub fn start(mode: Mode, fdb_size: usize, pins: Option<Pins>) -> (Option<FastPath>, String) {
+    if mode == Mode::Off {
+        return (None, format!("off (--fast-path off): {OFF}"));
+    }
+    let mut fast = match FastPath::load(fdb_size, pins) {
+        Ok(fast) => fast,
+        Err(e) => return (None, format!("off ({e}): {OFF}")),
+    };
+    let (hooks, why) = match plan(mode, tcx_supported(&fast.redirect)) {
+        Ok(plan) => plan,
+        Err(why) => return (None, why),
+    };
+    if hooks.contains(&Hook::Tc) {
+        match Netlink::open() {
+            Ok(nl) => fast.tc = Some(Arc::new(Mutex::new(nl))),
+            Err(e) if hooks == [Hook::Tc] => return (None, format!("off (netlink: {e}): {OFF}")),
+            Err(_) => {}
+        }
+    }
+    fast.hooks = hooks;
+    (Some(fast), why)
+}
+
+/// The hooks to try for `mode`, given whether the kernel has tcx links, and why; or why there
+/// is no fast path.
+fn plan(mode: Mode, tcx: io::Result<()>) -> Result<(Vec<Hook>, String), String> {
+    Ok(match (mode, tcx) {
+        (Mode::Off, _) => return Err(format!("off (--fast-path off): {OFF}")),
+        (Mode::Auto, Ok(())) => (
+            vec![Hook::Tcx, Hook::Tc],
+            "tcx (this kernel has tcx links)".to_string(),
+        ),
+        (Mode::Auto, Err(e)) => (
+            vec![Hook::Tc],
+            format!(
+                "tc (no tcx links, which need Linux 6.6: {e}): a clsact qdisc and a cls_bpf \
+                 filter on each port"
+            ),
+        ),
+        (Mode::Tcx, Ok(())) => (vec![Hook::Tcx], "tcx (--fast-path tcx)".to_string()),
+        (Mode::Tcx, Err(e)) => {
+            return Err(format!(
+                "off (--fast-path tcx, but no tcx links: {e}; Linux 6.6): {OFF}"
+            ))
+        }
+        (Mode::Tc, _) => (
+            vec![Hook::Tc],
+            "tc (--fast-path tc): a clsact qdisc and a cls_bpf filter on each port".to_string(),
+        ),
+    })
 }
 
 pub struct FastPath {
-    stations: OwnedFd,
-    counters: OwnedFd,
+    stations: Map<Key, Value>,
+    counters: PerCpuMap<u32, PortCounts>,
     redirect: OwnedFd,
     filter: OwnedFd,
-    cpus: usize,
     /// What the stations map holds, as last written.
     installed: HashMap<MacAddr, Station>,
+    /// The hooks `attach` tries, in order.
+    hooks: Vec<Hook>,
+    /// rtnetlink in the ports' namespace, for the tc hook.
+    tc: Option<Arc<Mutex<Netlink>>>,
+    /// Where the maps and the tcx links are pinned, if anywhere.
+    pins: Option<Pins>,
 }
 
+/// The pins' names.
+const STATIONS: &str = "stations";
+const COUNTERS: &str = "counters";
+
 impl FastPath {
-    /// Creates the maps and loads both programs (needs CAP_BPF and CAP_NET_ADMIN). The map
-    /// holds up to `fdb_size` learned MACs and the plugged containers' own.
-    pub fn load(fdb_size: usize) -> io::Result<FastPath> {
+    /// Creates the maps and loads both programs (needs CAP_BPF and CAP_NET_ADMIN), with no hook
+    /// to attach to yet (see [`start`]). The map holds up to `fdb_size` learned MACs and the
+    /// plugged containers' own.
+    fn load(fdb_size: usize, pins: Option<Pins>) -> io::Result<FastPath> {
         let entries = fdb_size.clamp(1, 1 << 20) as u32 + u32::from(MAX_PORTS);
-        let value = size_of::<Value>() as u32;
-        let stations = create_map(BPF_MAP_TYPE_HASH, 8, value, entries)?;
-        let counters = create_map(
-            BPF_MAP_TYPE_PERCPU_ARRAY,
-            4,
-            (COUNTERS * 8) as u32,
-            u32::from(MAX_PORTS),
-        )?;
-        let (s, c) = (stations.as_raw_fd(), counters.as_raw_fd());
-        let redirect = load_program(BPF_PROG_TYPE_SCHED_CLS, &program(Kind::Redirect, s, c))?;
-        let filter = load_program(BPF_PROG_TYPE_SOCKET_FILTER, &program(Kind::Filter, s, c))?;
+        let (stations, counters) = match &pins {
+            Some(p) => open_or_pin(p, entries)?,
+            None => (Map::hash(entries)?, PerCpuMap::array(u32::from(MAX_PORTS))?),
+        };
+        // A previous daemon's stations are what the map holds: `sync` starts from them.
+        let mut installed = HashMap::new();
+        for k in stations.keys()? {
+            if let Some(v) = stations.lookup(&k)? {
+                let station = Station {
+                    ifindex: v.ifindex,
+                    port: PortId(v.port as u16),
+                };
+                installed.insert(mac_of(k), station);
+            }
+        }
+        let (s, c) = (stations.fd(), counters.fd());
+        let assemble = |kind| program(kind, s, c).map_err(io::Error::other);
+        let redirect = load_program(ProgType::SchedCls, &assemble(Kind::Redirect)?)?;
+        let filter = load_program(ProgType::SocketFilter, &assemble(Kind::Filter)?)?;
         Ok(FastPath {
             stations,
             counters,
             redirect,
             filter,
-            cpus: possible_cpus()?,
-            installed: HashMap::new(),
+            installed,
+            hooks: Vec::new(),
+            tc: None,
+            pins,
         })
     }
 
@@ -225,56 +459,112 @@ impl FastPath {
         self.filter.as_raw_fd()
     }
 
-    /// Attaches the forwarding program to `ifindex`'s ingress; it stays until the returned link
-    /// is closed or the interface goes away.
-    pub fn attach(&self, ifindex: u32) -> io::Result<OwnedFd> {
-        // Link creation: prog_fd, target_ifindex, attach_type, flags.
-        let mut attr = [0u64; 16];
-        attr[0] = self.redirect.as_raw_fd() as u64 | u64::from(ifindex) << 32;
-        attr[1] = BPF_TCX_INGRESS;
-        // SAFETY: a descriptor the kernel just created for us.
-        Ok(unsafe { OwnedFd::from_raw_fd(bpf(BPF_LINK_CREATE, &mut attr)? as RawFd) })
+    /// Attaches the forwarding program for `port` to `ifindex`'s ingress, on the first hook that
+    /// takes it; it stays until the attachment is dropped or the interface goes away. A `new`
+    /// port's counters are zeroed (a port reusing a freed id starts from nothing); a port taken
+    /// over from a previous daemon keeps them, and its program is replaced in place.
+    pub fn attach(&self, port: PortId, ifindex: u32, new: bool) -> Result<Attachment, AttachError> {
+        if new {
+            self.clear_counts(port).map_err(AttachError::Counters)?;
+        }
+        let mut last = AttachError::Tc(NetlinkError::Protocol("no hook chosen".into()));
+        for &hook in &self.hooks {
+            let attached = match hook {
+                Hook::Tcx => self.attach_tcx(ifindex).map_err(AttachError::Tcx),
+                Hook::Tc => self.attach_tc(ifindex).map_err(AttachError::Tc),
+            };
+            match attached {
+                Ok(how) => return Ok(Attachment { how, kept: false }),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
-    /// A station's element: `cmd` on `mac`'s key with `value` (null for a delete).
-    fn station_elem(&self, cmd: libc::c_long, mac: MacAddr, value: *mut Value) -> io::Result<()> {
-        let k = key(mac);
-        map_elem(cmd, self.stations.as_raw_fd(), k.as_ptr(), value as *mut u8)
+    /// A tcx link, pinned where there are pins. A link a previous daemon pinned for this
+    /// interface gets this daemon's program, atomically: no frame misses the fast path.
+    fn attach_tcx(&self, ifindex: u32) -> io::Result<Attached> {
+        let Some(pins) = &self.pins else {
+            let link = tcx_attach(&self.redirect, ifindex)?;
+            return Ok(Attached::Tcx {
+                _link: link,
+                pin: None,
+            });
+        };
+        let name = format!("link-{ifindex}");
+        if pins.exists(&name) {
+            let updated = obj_get(&pins.path(&name)).and_then(|link| {
+                link_update(&link, &self.redirect)?;
+                Ok(link)
+            });
+            match updated {
+                Ok(link) => {
+                    let pin = Some((pins.clone(), name));
+                    return Ok(Attached::Tcx { _link: link, pin });
+                }
+                // A link of an interface that is gone (its ifindex now another's).
+                Err(_) => pins.unpin(&name),
+            }
+        }
+        let link = tcx_attach(&self.redirect, ifindex)?;
+        obj_pin(&link, &pins.path(&name))?;
+        Ok(Attached::Tcx {
+            _link: link,
+            pin: Some((pins.clone(), name)),
+        })
     }
 
-    /// A port's counters: `cmd` on its per-CPU slots.
-    fn counter_elem(&self, cmd: libc::c_long, port: PortId, slots: &mut [u64]) -> io::Result<()> {
-        let key = u32::from(port.0);
-        let key = &key as *const u32 as *const u8;
-        map_elem(
-            cmd,
-            self.counters.as_raw_fd(),
-            key,
-            slots.as_mut_ptr() as *mut u8,
-        )
+    fn attach_tc(&self, ifindex: u32) -> Result<Attached, NetlinkError> {
+        let Some(tc) = &self.tc else {
+            return Err(NetlinkError::Protocol("no netlink socket".into()));
+        };
+        let mut nl = tc.lock().unwrap_or_else(|e| e.into_inner());
+        let own_qdisc = nl.add_clsact(ifindex)?;
+        if let Err(e) = nl.add_ingress_bpf(ifindex, TC_PRIO, self.redirect.as_fd(), TC_NAME) {
+            if own_qdisc {
+                let _ = nl.delete_clsact(ifindex);
+            }
+            return Err(e);
+        }
+        Ok(Attached::Tc {
+            nl: tc.clone(),
+            ifindex,
+            own_qdisc,
+        })
+    }
+
+    /// Removes the pinned links of every interface but `ports`: links a previous daemon left on
+    /// ports that are gone.
+    pub fn prune_links(&self, ports: &[u32]) {
+        let Some(pins) = &self.pins else { return };
+        for name in pins.names("link-") {
+            let index = name["link-".len()..].parse::<u32>().ok();
+            if !index.is_some_and(|i| ports.contains(&i)) {
+                pins.unpin(&name);
+            }
+        }
     }
 
     /// A port's fast-path counters, summed over CPUs.
     pub fn counts(&self, port: PortId) -> PortCounts {
-        let mut slots = vec![0u64; COUNTERS * self.cpus];
-        if port.0 >= MAX_PORTS
-            || (self.counter_elem(BPF_MAP_LOOKUP_ELEM, port, &mut slots)).is_err()
-        {
-            return PortCounts::default();
-        }
-        let sum = |i: usize| slots.chunks(COUNTERS).map(|c| c[i]).sum();
-        PortCounts {
-            rx_frames: sum(0),
-            rx_bytes: sum(1),
-            tx_frames: sum(2),
-            tx_bytes: sum(3),
-        }
+        let per_cpu = match self.counters.lookup(&u32::from(port.0)) {
+            Ok(Some(per_cpu)) => per_cpu,
+            _ => return PortCounts::default(),
+        };
+        per_cpu
+            .iter()
+            .fold(PortCounts::default(), |sum, c| PortCounts {
+                rx_frames: sum.rx_frames + c.rx_frames,
+                rx_bytes: sum.rx_bytes + c.rx_bytes,
+                tx_frames: sum.tx_frames + c.tx_frames,
+                tx_bytes: sum.tx_bytes + c.tx_bytes,
+            })
     }
 
-    /// Zeroes a port's counters (a new port reusing a freed id starts from nothing).
+    /// Zeroes a port's counters.
     pub fn clear_counts(&self, port: PortId) -> io::Result<()> {
-        let mut slots = vec![0u64; COUNTERS * self.cpus];
-        self.counter_elem(BPF_MAP_UPDATE_ELEM, port, &mut slots)
+        let zeros = vec![PortCounts::default(); self.counters.cpus()];
+        self.counters.update(&u32::from(port.0), &zeros)
     }
 
     /// Makes the stations map hold exactly `want` (MACs of ports below [`MAX_PORTS`]).
@@ -284,21 +574,19 @@ impl FastPath {
             .copied()
             .collect();
         for mac in gone {
-            match self.station_elem(BPF_MAP_DELETE_ELEM, mac, std::ptr::null_mut()) {
-                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
-                _ => self.installed.remove(&mac),
-            };
+            self.stations.delete(&key(mac))?;
+            self.installed.remove(&mac);
         }
         for (&mac, &station) in want {
             if station.port.0 >= MAX_PORTS || self.installed.get(&mac) == Some(&station) {
                 continue;
             }
-            let mut v = Value {
+            let value = Value {
                 ifindex: station.ifindex,
                 port: u32::from(station.port.0),
                 ..Value::default()
             };
-            self.station_elem(BPF_MAP_UPDATE_ELEM, mac, &mut v)?;
+            self.stations.update(&key(mac), &value)?;
             self.installed.insert(mac, station);
         }
         Ok(())
@@ -309,13 +597,15 @@ impl FastPath {
     pub fn used(&self) -> Vec<(MacAddr, PortId)> {
         let mut seen = Vec::new();
         for (&mac, station) in &self.installed {
-            let mut v = Value::default();
-            if self.station_elem(BPF_MAP_LOOKUP_ELEM, mac, &mut v).is_ok() && v.used != 0 {
-                v.used = 0;
-                // A mark set between the two calls is lost: the station's next frame sets it
-                // again, and a last frame only makes the entry age that much sooner.
-                let _ = self.station_elem(BPF_MAP_UPDATE_ELEM, mac, &mut v);
-                seen.push((mac, station.port));
+            let k = key(mac);
+            if let Ok(Some(mut v)) = self.stations.lookup(&k) {
+                if v.used != 0 {
+                    v.used = 0;
+                    // A mark set between the two calls is lost: the station's next frame sets
+                    // it again, and a last frame only makes the entry age that much sooner.
+                    let _ = self.stations.update(&k, &v);
+                    seen.push((mac, station.port));
+                }
             }
         }
         seen
@@ -325,6 +615,8 @@ impl FastPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bpf::sys::test_run;
+    use crate::bpf::tests::need_root;
 
     fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
         let mut f = vec![0u8; 60];
@@ -336,12 +628,8 @@ mod tests {
 
     #[test]
     fn frames_between_known_stations_take_the_fast_path_and_are_counted() {
-        // Loading BPF programs needs CAP_BPF: CI runs the tests as root.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: not root (CI runs this as root)");
-            return;
-        }
-        let mut fast = FastPath::load(16).expect("the kernel accepts both programs");
+        need_root();
+        let mut fast = FastPath::load(16, None).expect("the kernel accepts both programs");
         let (a, b, c) = (
             MacAddr([2, 0, 0, 0, 0, 0xa]),
             MacAddr([2, 0, 0, 0, 0, 0xb]),
@@ -370,7 +658,7 @@ mod tests {
         fast.sync(&want).unwrap();
         // The socket filter makes the same decision; a test run cannot show it the Ethernet
         // header (it starts a socket filter's frame at the network header), the e2e tests do.
-        let (redirected, daemon) = (7, u32::MAX);
+        let (redirected, daemon) = (TC_ACT_REDIRECT, TC_NEXT as u32);
         assert!(fast.used().is_empty());
         let broadcast = MacAddr([0xff; 6]);
         for (dst, src, verdict, what) in [
@@ -381,7 +669,7 @@ mod tests {
             (broadcast, a, daemon, "broadcast"),
             (a, a, daemon, "hairpin"),
         ] {
-            let got = test_run(fast.redirect.as_raw_fd(), &frame(dst, src)).unwrap();
+            let got = test_run(&fast.redirect, &frame(dst, src)).unwrap();
             assert_eq!(got, verdict, "{what}");
         }
 
@@ -403,12 +691,135 @@ mod tests {
 
         // Unlearned: back to the daemon; the map holds exactly what is wanted.
         fast.sync(&HashMap::from([(a, want[&a])])).unwrap();
-        assert_eq!(
-            test_run(fast.redirect.as_raw_fd(), &frame(b, a)).unwrap(),
-            daemon
-        );
+        assert_eq!(test_run(&fast.redirect, &frame(b, a)).unwrap(), daemon);
         assert_eq!(fast.installed.len(), 1);
         fast.clear_counts(pa).unwrap();
         assert_eq!(fast.counts(pa), PortCounts::default());
+    }
+
+    /// The `tc -j` view of `dev`'s ingress in namespace `ns`: (qdisc kinds, filters).
+    fn tc_view(ns: &str, dev: &str) -> (Vec<String>, Vec<serde_json::Value>) {
+        use crate::kernel::netns::tests::run;
+        let json = |args: &[&str]| -> serde_json::Value {
+            let out = run(&[&["tc", "-n", ns, "-j"], args].concat());
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        };
+        let qdiscs = json(&["qdisc", "show", "dev", dev]);
+        let kinds = (qdiscs.as_array().unwrap().iter())
+            .map(|q| q["kind"].as_str().unwrap().to_string())
+            .collect();
+        let filters = json(&["filter", "show", "dev", dev, "ingress"]);
+        (kinds, filters.as_array().cloned().unwrap_or_default())
+    }
+
+    #[test]
+    fn the_program_goes_on_the_hook_asked_for_and_off_with_its_attachment() {
+        use crate::kernel::netns::{run_in_netns, tests::TestNetns};
+        use std::os::fd::AsFd;
+        need_root();
+        let (host, container) = (TestNetns::new(), TestNetns::new());
+        // Everything that names an interface runs in the host namespace: the fast path's
+        // netlink socket is opened there, and tcx finds the ifindex there.
+        let in_host = |f: &(dyn Fn() -> Result<Attachment, AttachError> + Sync)| {
+            run_in_netns(&host.fd, f).unwrap()
+        };
+        let index = run_in_netns(&host.fd, || {
+            let mut nl = Netlink::open().unwrap();
+            let mac = [2, 0, 0, 0, 0, 1];
+            (nl.create_veth("vsw-f0", "eth0", container.fd.as_fd(), mac, 1500)).unwrap()
+        })
+        .unwrap();
+        let tc_view = || tc_view(&host.name, "vsw-f0");
+        let clsact = |qdiscs: &[String]| qdiscs.iter().any(|q| q == "clsact");
+        let bare = || {
+            let (qdiscs, filters) = tc_view();
+            !clsact(&qdiscs) && filters.is_empty()
+        };
+        assert!(bare(), "{:?}", tc_view());
+
+        // tc: a clsact qdisc and a direct-action BPF filter, both gone with the attachment.
+        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Tc, 16, None)).unwrap();
+        let fast = fast.unwrap_or_else(|| panic!("{why}"));
+        assert!(why.starts_with("tc "), "{why}");
+        let link = in_host(&|| fast.attach(PortId(1), index, true)).unwrap();
+        assert_eq!(link.hook(), Hook::Tc);
+        let (qdiscs, filters) = tc_view();
+        assert!(clsact(&qdiscs), "{qdiscs:?}");
+        let filter = (filters.iter())
+            .find(|f| f["options"].is_object())
+            .unwrap_or_else(|| panic!("no BPF filter: {filters:?}"));
+        assert_eq!(filter["kind"], "bpf", "{filter}");
+        assert_eq!(filter["options"]["bpf_name"], TC_NAME, "{filter}");
+        assert_eq!(filter["options"]["direct-action"], true, "{filter}");
+        drop(link);
+        assert!(bare(), "{:?}", tc_view());
+
+        // A clsact qdisc that was there before stays: only the filter goes.
+        let (fast, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16, None)).unwrap();
+        let fast = fast.unwrap();
+        run_in_netns(&host.fd, || Netlink::open().unwrap().add_clsact(index))
+            .unwrap()
+            .unwrap();
+        drop(in_host(&|| fast.attach(PortId(1), index, true)).unwrap());
+        let (qdiscs, filters) = tc_view();
+        assert!(
+            qdiscs.contains(&"clsact".to_string()) && filters.is_empty(),
+            "{qdiscs:?} {filters:?}"
+        );
+
+        // A daemon killed on the tc hook leaves its filter (and qdisc) behind; the next one's
+        // program replaces it, so exactly one runs.
+        let programs = || -> Vec<u64> {
+            (tc_view().1.iter())
+                .filter_map(|f| f["options"]["prog"]["id"].as_u64())
+                .collect()
+        };
+        let (killed, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16, None)).unwrap();
+        let killed = killed.unwrap();
+        std::mem::forget(in_host(&|| killed.attach(PortId(1), index, true)).unwrap());
+        let old = programs();
+        let (next, _) = run_in_netns(&host.fd, || start(Mode::Tc, 16, None)).unwrap();
+        let next = next.unwrap();
+        let link = in_host(&|| next.attach(PortId(1), index, true)).unwrap();
+        let new = programs();
+        assert!(
+            old.len() == 1 && new.len() == 1 && old != new,
+            "{old:?} {new:?}"
+        );
+        drop(link);
+        assert!(tc_view().1.is_empty(), "{:?}", tc_view());
+
+        // tcx: this kernel has it (6.6 and later), so `auto` takes it; no qdisc is needed.
+        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Auto, 16, None)).unwrap();
+        let fast = fast.unwrap_or_else(|| panic!("{why}"));
+        assert!(why.starts_with("tcx "), "{why}");
+        let link = in_host(&|| fast.attach(PortId(1), index, true)).unwrap();
+        assert_eq!(link.hook(), Hook::Tcx);
+        assert!(tc_view().1.is_empty(), "{:?}", tc_view());
+        drop(link);
+        let (fast, why) = run_in_netns(&host.fd, || start(Mode::Tcx, 16, None)).unwrap();
+        assert!(fast.is_some() && why.starts_with("tcx "), "{why}");
+
+        let (fast, why) = start(Mode::Off, 16, None);
+        assert!(fast.is_none() && why.starts_with("off "), "{why}");
+    }
+
+    #[test]
+    fn auto_takes_tc_where_the_kernel_has_no_tcx() {
+        // What a kernel before 6.6 answers the tcx probe.
+        let einval = || Err(io::Error::from_raw_os_error(libc::EINVAL));
+        let (hooks, why) = plan(Mode::Auto, einval()).unwrap();
+        assert_eq!(hooks, [Hook::Tc]);
+        assert!(
+            why.starts_with("tc (no tcx links") && why.contains("6.6"),
+            "{why}"
+        );
+        let why = plan(Mode::Tcx, einval()).unwrap_err();
+        assert!(why.starts_with("off (--fast-path tcx"), "{why}");
+        assert_eq!(plan(Mode::Tc, einval()).unwrap().0, [Hook::Tc]);
+        // With tcx: tcx first, tc for a port that refuses a link.
+        assert_eq!(plan(Mode::Auto, Ok(())).unwrap().0, [Hook::Tcx, Hook::Tc]);
+        assert_eq!(plan(Mode::Tc, Ok(())).unwrap().0, [Hook::Tc]);
+        assert!(plan(Mode::Off, Ok(())).is_err());
     }
 }

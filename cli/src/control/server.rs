@@ -4,19 +4,30 @@
 //! any process on the host.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vswitch_capture::Session;
 
-use super::protocol::{Request, MAX_REQUEST};
+use super::protocol::{
+    decode_request, encode_response, ErrorCode, Failure, Reply, Request, MAX_REQUEST,
+};
 
 /// A request on its way to the manager thread, with where to send the answer.
 pub struct Call {
     pub request: Request,
-    pub reply: Sender<Result<serde_json::Value, String>>,
+    pub reply: Sender<Result<Reply, Failure>>,
+    /// The connection itself, for a `handover` (the manager answers on it, with descriptors).
+    pub conn: Option<UnixStream>,
+    /// A `capture` request's session, for the manager to attach to the ports it names.
+    pub capture: Option<Arc<Session>>,
 }
 
 /// Binds the control socket at `path`, refusing to steal it from a live daemon but replacing a
@@ -62,10 +73,38 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Accepts connections until the listener fails; each connection is served on its own short
-/// thread, so a slow or silent client never holds up the others.
-pub fn serve(listener: UnixListener, calls: Sender<Call>) {
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+/// thread, so a slow or silent client never holds up the others. While `hold` is set (a hand-over
+/// in progress), nothing is accepted: connections wait in the listener's backlog for whichever
+/// process serves next (the listener is shared with it).
+pub fn serve(listener: UnixListener, calls: Sender<Call>, hold: Arc<AtomicBool>) {
+    // Non-blocking and polled, so that a hold set while waiting is seen before an accept.
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    loop {
+        if hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        // A hold set meanwhile is seen before the next accept.
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::from(1000u16)), Ok(n) if n > 0) {
+            continue;
+        }
+        if hold.load(Ordering::SeqCst) {
+            continue;
+        }
+        let conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if conn.set_nonblocking(false).is_err() {
+            continue;
+        }
         let calls = calls.clone();
         let _ = std::thread::Builder::new()
             .name("vswitch-ctl".into())
@@ -79,28 +118,56 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = Vec::new();
     BufReader::new((&conn).take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line)?;
-    let answer = if line.len() > MAX_REQUEST {
-        Err(format!("request longer than {MAX_REQUEST} bytes"))
+    let shutting_down = || Failure::new(ErrorCode::Unavailable, "the daemon is shutting down");
+    let decoded = if line.len() > MAX_REQUEST {
+        tracing::warn!(
+            limit = MAX_REQUEST,
+            "refused a control request: longer than the limit"
+        );
+        Err(Failure::new(
+            ErrorCode::Invalid,
+            format!("request longer than {MAX_REQUEST} bytes"),
+        ))
     } else {
-        match serde_json::from_slice::<Request>(&line) {
-            Err(e) => Err(format!("malformed request: {e}")),
-            Ok(request) => {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                let call = Call { request, reply: tx };
-                if calls.send(call).is_err() {
-                    Err("the daemon is shutting down".to_string())
-                } else {
-                    rx.recv()
-                        .unwrap_or_else(|_| Err("the daemon is shutting down".to_string()))
-                }
-            }
-        }
+        decode_request(&line)
+            .inspect_err(|f| tracing::warn!(code = ?f.code, "refused a control request: {f}"))
     };
-    let response = match answer {
-        Ok(data) => serde_json::json!({"ok": true, "data": data}),
-        Err(error) => serde_json::json!({"ok": false, "error": error}),
-    };
-    let mut out = serde_json::to_vec(&response).expect("JSON values always serialize");
+    // The one request answered with more than a line.
+    if let Ok(Request::Capture(capture)) = decoded {
+        return super::stream::serve(conn, capture, calls);
+    }
+    let answer = decoded.and_then(|request| {
+        // A hand-over's manager answers on the connection itself (descriptors follow the answer).
+        let own = match request {
+            Request::Handover(_) => Some(conn.try_clone().map_err(|_| shutting_down())?),
+            _ => None,
+        };
+        ask(calls, request, own, None)
+    });
+    if let Ok(Reply::Handover(_)) = answer {
+        return Ok(()); // the manager answered on the connection itself
+    }
+    let mut out = encode_response(&answer);
     out.push(b'\n');
     (&conn).write_all(&out)
+}
+
+/// Hands a request to the manager (with the connection or the capture's session it needs) and
+/// waits for its answer.
+pub(super) fn ask(
+    calls: &Sender<Call>,
+    request: Request,
+    conn: Option<UnixStream>,
+    capture: Option<Arc<Session>>,
+) -> Result<Reply, Failure> {
+    let shutting_down = || Failure::new(ErrorCode::Unavailable, "the daemon is shutting down");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let call = Call {
+        request,
+        reply: tx,
+        conn,
+        capture,
+    };
+    calls.send(call).map_err(|_| shutting_down())?;
+    rx.recv().unwrap_or_else(|_| Err(shutting_down()))
 }

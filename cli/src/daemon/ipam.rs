@@ -115,7 +115,18 @@ impl Ipam {
     }
 
     /// Reserves `wanted`, or the lowest free address when `None`.
+    #[cfg(test)]
     pub fn reserve(&mut self, wanted: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+        self.reserve_where(wanted, |_| true)
+    }
+
+    /// Reserves `wanted`, or the lowest free address that is also `usable` when `None` (the
+    /// manager skips addresses whose derived MAC a manual plug has taken).
+    pub fn reserve_where(
+        &mut self,
+        wanted: Option<Ipv4Addr>,
+        usable: impl Fn(Ipv4Addr) -> bool,
+    ) -> Result<Ipv4Addr, IpamError> {
         let addr = match wanted {
             Some(addr) => {
                 if !self.net.is_host(addr) {
@@ -137,7 +148,7 @@ impl Ipam {
                 let last = u32::from(self.net.broadcast()) - 1;
                 (first..=last)
                     .map(Ipv4Addr::from)
-                    .find(|a| *a != self.gateway && !self.used.contains(a))
+                    .find(|a| *a != self.gateway && !self.used.contains(a) && usable(*a))
                     .ok_or(IpamError::Full(self.net))?
             }
         };
@@ -147,6 +158,13 @@ impl Ipam {
 
     pub fn release(&mut self, addr: Ipv4Addr) {
         self.used.remove(&addr);
+    }
+
+    /// How many addresses are left: the subnet's host addresses but the gateway and those in
+    /// use.
+    pub fn free(&self) -> u64 {
+        let hosts = (1u64 << (32 - self.net.prefix)) - 2;
+        hosts - 1 - self.used.len() as u64
     }
 }
 
@@ -208,9 +226,40 @@ mod tests {
     }
 
     #[test]
+    fn automatic_addresses_skip_unusable_ones() {
+        let mut book = ipam("10.1.1.0/24");
+        let three = Ipv4Addr::new(10, 1, 1, 3);
+        let got = book.reserve_where(None, |a| a != Ipv4Addr::new(10, 1, 1, 2));
+        assert_eq!(got, Ok(three));
+        // An explicit address is the caller's to check.
+        let two = Ipv4Addr::new(10, 1, 1, 2);
+        assert_eq!(book.reserve_where(Some(two), |_| false), Ok(two));
+        let mut small = ipam("10.9.9.0/30");
+        assert!(matches!(
+            small.reserve_where(None, |_| false),
+            Err(IpamError::Full(_))
+        ));
+    }
+
+    #[test]
     fn reports_a_full_subnet() {
         let mut ipam = ipam("10.9.9.0/30");
+        assert_eq!(ipam.free(), 1);
         assert_eq!(ipam.reserve(None), Ok(Ipv4Addr::new(10, 9, 9, 2)));
+        assert_eq!(ipam.free(), 0);
         assert!(matches!(ipam.reserve(None), Err(IpamError::Full(_))));
+    }
+
+    #[test]
+    fn counts_free_addresses() {
+        let mut book = ipam("10.1.1.0/24");
+        assert_eq!(book.free(), 253);
+        let five = Ipv4Addr::new(10, 1, 1, 5);
+        book.reserve(Some(five)).unwrap();
+        book.reserve(None).unwrap();
+        assert_eq!(book.free(), 251);
+        book.release(five);
+        assert_eq!(book.free(), 252);
+        assert_eq!(ipam("10.0.0.0/8").free(), (1 << 24) - 3);
     }
 }

@@ -1,8 +1,7 @@
 //! What every thread that moves frames shares: the switch, the published port table, and the
 //! ways to hand a frame the daemon wrote to a container or to the host.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use vswitch_switch::{Action, DropReason, Millis, PortId, Switch, VNET_HDR_LEN};
@@ -89,8 +88,13 @@ impl Fabric {
     }
 }
 
-/// Milliseconds on the daemon's monotonic clock, the time base of the switch's FDB.
+/// Milliseconds since boot on the monotonic clock: the time base of the FDB and the NAT's
+/// timeouts. The same for every process, so that a daemon that takes over from another keeps
+/// its tables' times as they were.
 pub fn now_ms() -> Millis {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as Millis
+    // SAFETY: all-zero is a valid timespec, which clock_gettime overwrites.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a live timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as Millis * 1000 + ts.tv_nsec as Millis / 1_000_000
 }

@@ -11,9 +11,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vswitch_switch::{Millis, PortId, Switch};
 
@@ -30,7 +30,7 @@ pub mod wait;
 mod worker;
 
 use relay::RelayPool;
-use wait::Waiter;
+use wait::{Busy, Waiter};
 use worker::WorkerCtx;
 
 /// What the workers hand frames to besides the switch: the NAT's edge (`natd`). The datapath
@@ -50,14 +50,44 @@ pub trait Hook: Send + Sync {
 
 struct Worker {
     epoll: Arc<Epoll>,
-    wake: EventFd,
+    wake: Arc<EventFd>,
+    /// Its time spent working (see [`Busy`]).
+    busy: Arc<Busy>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Holds the workers still between two batches (a process handing its ports over): they stop
+/// reading, and frames wait in the ports' socket buffers.
+#[derive(Default)]
+pub(crate) struct Pause {
+    wanted: AtomicBool,
+    /// How many workers are parked.
+    parked: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Pause {
+    /// Parks the calling worker while a pause is wanted.
+    pub(crate) fn park_if_wanted(&self) {
+        if !self.wanted.load(Ordering::Acquire) {
+            return;
+        }
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        *parked += 1;
+        self.changed.notify_all();
+        while self.wanted.load(Ordering::Acquire) {
+            parked = self.changed.wait(parked).unwrap_or_else(|e| e.into_inner());
+        }
+        *parked -= 1;
+        self.changed.notify_all();
+    }
 }
 
 pub struct Datapath {
     fabric: Fabric,
     workers: Vec<Worker>,
     stop: Arc<AtomicBool>,
+    pause: Arc<Pause>,
     relays: RelayPool,
     poll: Duration,
     /// Workers have home CPUs (small frames spread by CPU): see [`Waiter`].
@@ -77,11 +107,12 @@ impl Datapath {
         let mut list = Vec::new();
         for _ in 0..workers.max(1) {
             let epoll = Arc::new(Epoll::new()?);
-            let wake = EventFd::new()?;
+            let wake = Arc::new(EventFd::new()?);
             epoll.add(wake.as_raw_fd(), IN, Token::Wake.into())?;
             list.push(Worker {
                 epoll,
                 wake,
+                busy: Arc::default(),
                 thread: None,
             });
         }
@@ -90,6 +121,7 @@ impl Datapath {
             fabric,
             workers: list,
             stop: Arc::new(AtomicBool::new(false)),
+            pause: Arc::default(),
             relays: RelayPool::new(&epolls),
             poll,
             homes,
@@ -117,7 +149,10 @@ impl Datapath {
                 hook: hook.clone(),
                 relays: self.relays.clone(),
                 epoll: worker.epoll.clone(),
+                wake: worker.wake.clone(),
                 stop: self.stop.clone(),
+                pause: self.pause.clone(),
+                busy: worker.busy.clone(),
                 poll: self.poll,
                 home: if self.homes {
                     Waiter::home_cpu(i, count)
@@ -131,6 +166,11 @@ impl Datapath {
             worker.thread = Some(thread);
         }
         Ok(())
+    }
+
+    /// Each worker's time spent working so far, in nanoseconds.
+    pub fn busy_ns(&self) -> Vec<u64> {
+        self.workers.iter().map(|w| w.busy.nanos()).collect()
     }
 
     /// How many receive queues each port should have: one per worker.
@@ -193,6 +233,41 @@ impl Datapath {
                 port.transmit(0, frame);
             }
         }
+    }
+
+    /// Parks every running worker between two batches, within `timeout`; until
+    /// [`Datapath::resume`], no frame is read and no relayed byte moves. On a timeout the
+    /// workers are resumed and the pause fails.
+    pub fn pause(&self, timeout: Duration) -> io::Result<()> {
+        let running = self.workers.iter().filter(|w| w.thread.is_some()).count();
+        self.pause.wanted.store(true, Ordering::Release);
+        for worker in &self.workers {
+            worker.wake.wake();
+        }
+        let deadline = Instant::now() + timeout;
+        let mut parked = (self.pause.parked.lock()).unwrap_or_else(|e| e.into_inner());
+        while *parked < running {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(parked);
+                self.resume();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the datapath workers did not pause",
+                ));
+            }
+            parked = (self.pause.changed.wait_timeout(parked, left))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Lets paused workers go on.
+    pub fn resume(&self) {
+        let _guard = self.pause.parked.lock().unwrap_or_else(|e| e.into_inner());
+        self.pause.wanted.store(false, Ordering::Release);
+        self.pause.changed.notify_all();
     }
 
     /// Stops and joins the workers.

@@ -12,14 +12,18 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::kernel::epoll::Epoll;
 
 use super::Token;
+
+mod handover;
+
+pub use handover::PairSnap;
 
 /// Bytes a pipe may hold; larger pipes mean fewer `splice` calls per byte.
 const PIPE_SIZE: libc::c_int = 1 << 20;
@@ -44,6 +48,8 @@ struct Pairs {
 pub struct RelayPool {
     threads: Arc<Vec<Arc<Shared>>>,
     next: Arc<AtomicUsize>,
+    /// Pairs relayed so far.
+    relayed: Arc<AtomicU64>,
 }
 
 impl RelayPool {
@@ -61,13 +67,22 @@ impl RelayPool {
         RelayPool {
             threads: Arc::new(list),
             next: Arc::new(AtomicUsize::new(0)),
+            relayed: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Relays `a` <-> `b` until both directions are finished, then calls `done`. Pairs go to
-    /// the workers round robin: the thread that accepts them (the NAT service) runs on any CPU,
-    /// so its CPU says nothing about where the flow's frames are served.
-    pub fn relay(&self, a: TcpStream, b: TcpStream, done: impl FnOnce() + Send + 'static) {
+    /// Relays `a` <-> `b` until both directions are finished, then calls `done`. `owner` is the
+    /// container the pair serves, so that its pairs can be reset when it goes
+    /// ([`RelayPool::reset_owner`]). Pairs go to the workers round robin: the thread that
+    /// accepts them (the NAT service) runs on any CPU, so its CPU says nothing about where the
+    /// flow's frames are served.
+    pub fn relay(
+        &self,
+        a: TcpStream,
+        b: TcpStream,
+        owner: Ipv4Addr,
+        done: impl FnOnce() + Send + 'static,
+    ) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
         let shared = &self.threads[i];
         let mut pairs = shared.pairs.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,13 +106,68 @@ impl RelayPool {
             done();
             return;
         }
+        self.relayed.fetch_add(1, Ordering::Relaxed);
         let pair = Pair {
             socks: [a, b],
+            owner,
             flows: Default::default(),
             done: Some(Box::new(done)),
             wants_out: [false; 2],
         };
         pairs.map.insert(id, pair);
+    }
+}
+
+impl RelayPool {
+    /// Resets both sides of every pair `owner` has (a container that was unplugged or exited):
+    /// the far ends see the connection end at once rather than hang.
+    pub fn reset_owner(&self, owner: Ipv4Addr) {
+        self.reset_where(|p| p.owner == owner);
+    }
+
+    /// Resets every pair, at shutdown: a relayed connection ends with a reset on both sides,
+    /// not as an orphaned socket that keeps trying to deliver queued bytes.
+    pub fn reset_all(&self) {
+        self.reset_where(|_| true);
+    }
+
+    /// Resets the pairs that serve these NAT flows, each named by the container's address and
+    /// port and the gateway port of the host's socket facing it (the relay listener's port, or
+    /// a published connection's ephemeral port). Returns how many it reset.
+    pub fn reset_flows(&self, flows: &[(SocketAddrV4, u16)]) -> usize {
+        self.reset_where(|p| {
+            p.socks
+                .iter()
+                .any(|s| match (s.peer_addr(), s.local_addr()) {
+                    (Ok(SocketAddr::V4(peer)), Ok(local)) => {
+                        *peer.ip() == p.owner && flows.contains(&(peer, local.port()))
+                    }
+                    _ => false,
+                })
+        })
+    }
+
+    /// Pairs relayed so far.
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
+
+    fn reset_where(&self, which: impl Fn(&Pair) -> bool) -> usize {
+        let mut reset = 0;
+        for shared in self.threads.iter() {
+            let mut pairs = shared.pairs.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<u64> = (pairs.map.iter())
+                .filter(|(_, p)| which(p))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Some(pair) = pairs.map.remove(&id) {
+                    retire(shared, pair, true);
+                    reset += 1;
+                }
+            }
+        }
+        reset
     }
 }
 
@@ -131,6 +201,7 @@ struct Flow {
 
 struct Pair {
     socks: [TcpStream; 2],
+    owner: Ipv4Addr,
     /// `flows[0]`: socks[0] -> socks[1]; `flows[1]`: socks[1] -> socks[0].
     flows: [Flow; 2],
     done: Option<Done>,
@@ -194,17 +265,22 @@ fn service(shared: &Shared, id: u64) {
     }
     let finished = pair.flows.iter().all(|f| f.finished && f.queued == 0);
     if reset || finished {
-        let mut pair = pairs.map.remove(&id).expect("present");
+        let pair = pairs.map.remove(&id).expect("present");
         drop(pairs);
-        for s in &pair.socks {
-            if reset {
-                linger_zero(s);
-            }
-            let _ = shared.epoll.delete(s.as_raw_fd());
+        retire(shared, pair, reset);
+    }
+}
+
+/// Takes a finished (or reset) pair out of its worker's set; its sockets close on drop.
+fn retire(shared: &Shared, mut pair: Pair, reset: bool) {
+    for s in &pair.socks {
+        if reset {
+            linger_zero(s);
         }
-        if let Some(done) = pair.done.take() {
-            done();
-        }
+        let _ = shared.epoll.delete(s.as_raw_fd());
+    }
+    if let Some(done) = pair.done.take() {
+        done();
     }
 }
 
@@ -299,8 +375,10 @@ mod tests {
     use std::net::{Shutdown, TcpListener};
     use std::time::Duration;
 
+    const OWNER: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
+
     /// A pool served by `n` threads of its own, as the workers would.
-    fn pool(n: usize) -> RelayPool {
+    pub(super) fn pool(n: usize) -> RelayPool {
         let epolls: Vec<Arc<Epoll>> = (0..n).map(|_| Arc::new(Epoll::new().unwrap())).collect();
         let pool = RelayPool::new(&epolls);
         for (i, epoll) in epolls.into_iter().enumerate() {
@@ -319,7 +397,7 @@ mod tests {
     }
 
     /// A connected pair of loopback sockets.
-    fn pair() -> (TcpStream, TcpStream) {
+    pub(super) fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (b, _) = listener.accept().unwrap();
@@ -332,7 +410,7 @@ mod tests {
         let (mut client, relay_a) = pair();
         let (relay_b, mut server) = pair();
         let (tx, rx) = std::sync::mpsc::channel();
-        pool.relay(relay_a, relay_b, move || tx.send(()).unwrap());
+        pool.relay(relay_a, relay_b, OWNER, move || tx.send(()).unwrap());
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let writer = {
             let data = data.clone();
@@ -360,7 +438,7 @@ mod tests {
         let (mut client, relay_a) = pair();
         let (relay_b, server) = pair();
         let (tx, rx) = std::sync::mpsc::channel();
-        pool.relay(relay_a, relay_b, move || tx.send(()).unwrap());
+        pool.relay(relay_a, relay_b, OWNER, move || tx.send(()).unwrap());
         linger_zero(&server);
         drop(server); // RST
         let mut buf = [0u8; 16];
@@ -373,12 +451,65 @@ mod tests {
     }
 
     #[test]
+    fn resetting_an_owner_resets_its_pairs_only() {
+        let pool = pool(2);
+        let (mut mine, relay_a) = pair();
+        let (relay_b, _server) = pair();
+        pool.relay(relay_a, relay_b, OWNER, || {});
+        let (mut other, relay_c) = pair();
+        let (relay_d, mut other_server) = pair();
+        pool.relay(relay_c, relay_d, Ipv4Addr::new(10, 1, 1, 3), || {});
+        pool.reset_owner(OWNER);
+        mine.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        let err = mine.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        other.write_all(b"still").unwrap();
+        other_server.read_exact(&mut buf[..5]).unwrap();
+        assert_eq!(&buf[..5], b"still");
+    }
+
+    #[test]
+    fn resetting_flows_resets_the_pairs_that_serve_them() {
+        let pool = pool(2);
+        let loopback = Ipv4Addr::LOCALHOST;
+        let v4 = |a: SocketAddr| match a {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        // Each pair's first socket faces the "container" (the client's end, on loopback).
+        let (mut mine, relay_a) = pair();
+        let key = (
+            v4(mine.local_addr().unwrap()),
+            relay_a.local_addr().unwrap().port(),
+        );
+        let (relay_b, _server) = pair();
+        pool.relay(relay_a, relay_b, loopback, || {});
+        let (mut other, relay_c) = pair();
+        let (relay_d, mut other_server) = pair();
+        pool.relay(relay_c, relay_d, loopback, || {});
+        assert_eq!((pool.len(), pool.relayed()), (2, 2));
+
+        let unknown = (SocketAddrV4::new(loopback, 1), key.1);
+        assert_eq!(pool.reset_flows(&[unknown]), 0);
+        assert_eq!(pool.reset_flows(&[key]), 1);
+        assert_eq!((pool.len(), pool.relayed()), (1, 2));
+        mine.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        let err = mine.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        other.write_all(b"still").unwrap();
+        other_server.read_exact(&mut buf[..5]).unwrap();
+        assert_eq!(&buf[..5], b"still");
+    }
+
+    #[test]
     fn many_short_connections() {
         let pool = pool(2);
         for i in 0..200u32 {
             let (mut client, relay_a) = pair();
             let (relay_b, mut server) = pair();
-            pool.relay(relay_a, relay_b, || {});
+            pool.relay(relay_a, relay_b, OWNER, || {});
             client.write_all(&i.to_be_bytes()).unwrap();
             let mut b = [0u8; 4];
             server.read_exact(&mut b).unwrap();

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use vswitch_switch::{Action, DropReason, PortId, VNET_HDR_LEN};
 
-use crate::kernel::epoll::Epoll;
+use crate::kernel::epoll::{Epoll, EventFd};
 use crate::ports::{Port, RxBatch};
 
 use super::relay::RelayPool;
-use super::wait::Waiter;
+use super::wait::{Busy, Waiter};
 use super::{now_ms, Fabric, Hook, PortTable, Token};
 
 /// Frames read from one port per system call.
@@ -28,7 +28,11 @@ pub(super) struct WorkerCtx {
     pub hook: Option<Arc<dyn Hook>>,
     pub relays: RelayPool,
     pub epoll: Arc<Epoll>,
+    /// This worker's wake-up (see `Token::Wake`).
+    pub wake: Arc<EventFd>,
     pub stop: Arc<AtomicBool>,
+    pub pause: Arc<super::Pause>,
+    pub busy: Arc<Busy>,
     pub poll: Duration,
     pub home: Option<usize>,
 }
@@ -60,9 +64,10 @@ impl WorkerCtx {
         };
         // SAFETY: all-zero epoll_events are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
-        let mut waiter = Waiter::new(self.poll, self.home);
+        let mut waiter = Waiter::new(self.poll, self.home).count_busy(self.busy.clone());
         let mut at_home = waiter.at_home();
         while !self.stop.load(Ordering::Relaxed) {
+            self.pause.park_if_wanted();
             let ready = waiter.wait(&self.epoll, &mut events, -1);
             if waiter.at_home() != at_home {
                 at_home = waiter.at_home();
@@ -82,7 +87,8 @@ impl WorkerCtx {
                             hook.readable(&self.fabric, buf, out);
                         }
                     }
-                    // Wake: the loop condition checks `stop`.
+                    // Wake: the loop checks `stop` and the pause.
+                    Some(Token::Wake) => self.wake.drain(),
                     _ => {}
                 }
             }
@@ -121,6 +127,10 @@ impl WorkerCtx {
         let now = now_ms();
         s.sends.clear();
         let mut posted = false;
+        // Captured: the frames as they came in, before the NAT rewrites any.
+        if port.mirror.on() {
+            port.mirror_received(&s.rx, got);
+        }
         // Received frames and bytes, added to the port's shared counters once per batch.
         let (mut rx_frames, mut rx_bytes) = (0, 0);
         for i in 0..got {

@@ -17,6 +17,8 @@ pub struct NatHook {
     pub nat: Arc<Nat>,
     pub gateway_mac: [u8; 6],
     pub service: NatMailbox,
+    /// Where the NAT's own answers (resets, ICMP errors) go.
+    pub fabric: Fabric,
 }
 
 impl Hook for NatHook {
@@ -32,18 +34,19 @@ impl Hook for NatHook {
         self.service.wake();
     }
 
-    /// Runs a frame through the NAT. Returns whether the switch should still forward it (as is
-    /// or rewritten); frames the NAT service carries through host sockets, or drops, are done.
-    /// Sets `posted` when it queued a job for the NAT service (the caller wakes it once).
+    /// Frames to the gateway's MAC (they may leave the subnet) and frames from the host.
     fn frame(&self, ingress: PortId, frame: &mut [u8], now: Millis, posted: &mut bool) -> bool {
-        let eth = &frame[VNET_HDR_LEN..];
-        let ipv4 = eth.len() >= 34 && eth[12..14] == [0x08, 0x00];
-        if !ipv4 {
+        let Some(eth) = frame.get(VNET_HDR_LEN..VNET_HDR_LEN + 14) else {
             return true;
-        }
+        };
         let verdict = if ingress == TAP_PORT {
+            if eth[12..14] != [0x08, 0x00] {
+                return true;
+            }
             self.nat.from_host(frame, now)
         } else if eth[..6] == self.gateway_mac {
+            // Everything a container sends the gateway: the NAT passes what is not its own
+            // (ARP, the gateway's own address) and refuses what a router would not forward.
             self.nat.outbound(frame, now)
         } else {
             return true;
@@ -51,9 +54,14 @@ impl Hook for NatHook {
         match verdict {
             Verdict::Pass | Verdict::Rewritten => true,
             Verdict::Pending | Verdict::Drop(_) => false,
-            Verdict::TcpConnect { flow, dst } => {
+            Verdict::Reply(reply) => {
+                self.fabric.to_containers(reply.bytes());
+                false
+            }
+            Verdict::TcpConnect { flow, from, dst } => {
                 *posted |= self.service.post(NatJob::TcpConnect {
                     flow,
+                    from,
                     dst,
                     syn: frame.to_vec(),
                 });
@@ -61,6 +69,7 @@ impl Hook for NatHook {
             }
             Verdict::UdpOut {
                 flow,
+                from,
                 dst,
                 payload,
                 gso_size,
@@ -68,6 +77,7 @@ impl Hook for NatHook {
             } => {
                 *posted |= self.service.post(NatJob::UdpOut {
                     flow,
+                    from,
                     dst,
                     payload: frame[payload].to_vec(),
                     gso_size,

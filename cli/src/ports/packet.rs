@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::bpf::fanout::{auto_fanout_program, Spread, SpreadProgram};
 use crate::kernel::sys::cvt;
+use vswitch_switch::VNET_HDR_LEN;
 
 use super::port::{PortIo, RxBatch};
 
@@ -29,6 +30,73 @@ fn is_super_frame(frame: &[u8]) -> bool {
 const PACKET_FANOUT_CBPF: u32 = 6;
 const PACKET_FANOUT_EBPF: u32 = 7;
 const PACKET_FANOUT_DATA: libc::c_int = 22;
+
+/// Length of a VLAN tag (TPID and TCI).
+const VLAN_TAG_LEN: usize = 4;
+
+/// Room for one `PACKET_AUXDATA` control message (CMSG_SPACE of a tpacket_auxdata), aligned as
+/// a cmsghdr must be.
+#[repr(C, align(8))]
+struct AuxSpace([u8; 48]);
+
+const _: () = assert!(
+    size_of::<libc::cmsghdr>() + size_of::<libc::tpacket_auxdata>() <= size_of::<AuxSpace>()
+);
+
+/// The VLAN tag (TPID, TCI) the kernel took out of a received frame, from its auxiliary data.
+fn vlan_tag(hdr: &libc::msghdr) -> Option<[u8; 4]> {
+    // SAFETY: `hdr` is a msghdr the kernel filled in: its control buffer and length are ours
+    // and valid, and CMSG_FIRSTHDR/CMSG_NXTHDR stay within them.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(hdr) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` points to a control message header within the buffer.
+        let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+        if level == libc::SOL_PACKET && kind == libc::PACKET_AUXDATA {
+            // SAFETY: a PACKET_AUXDATA message carries a tpacket_auxdata (maybe unaligned).
+            let aux = unsafe {
+                std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::tpacket_auxdata)
+            };
+            if aux.tp_status & libc::TP_STATUS_VLAN_VALID == 0 {
+                return None;
+            }
+            let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                aux.tp_vlan_tpid
+            } else {
+                0x8100
+            };
+            let [t0, t1] = tpid.to_be_bytes();
+            let [c0, c1] = aux.tp_vlan_tci.to_be_bytes();
+            return Some([t0, t1, c0, c1]);
+        }
+        // SAFETY: as above.
+        cmsg = unsafe { libc::CMSG_NXTHDR(hdr, cmsg) };
+    }
+    None
+}
+
+/// Puts a VLAN tag back into a received frame (`[virtio_net_hdr][Ethernet]`, `len` bytes, with
+/// room for the tag in `buf`), after the MAC addresses, as the sender sent it; the virtio-net
+/// header's offsets move with the bytes. Returns the new length.
+fn insert_vlan_tag(buf: &mut [u8], len: usize, tag: [u8; 4]) -> usize {
+    let at = VNET_HDR_LEN + 12;
+    if len < at || len + VLAN_TAG_LEN > buf.len() {
+        return len;
+    }
+    buf.copy_within(at..len, at + VLAN_TAG_LEN);
+    buf[at..at + VLAN_TAG_LEN].copy_from_slice(&tag);
+    // hdr_len and, for a partial checksum, csum_start count from the Ethernet header.
+    let bump = |b: &mut [u8], off: usize| {
+        let v = u16::from_le_bytes([b[off], b[off + 1]]).saturating_add(VLAN_TAG_LEN as u16);
+        b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    };
+    if buf[2..4] != [0, 0] {
+        bump(buf, 2);
+    }
+    if buf[0] & vswitch_switch::vnet::F_NEEDS_CSUM != 0 {
+        bump(buf, 6);
+    }
+    len + VLAN_TAG_LEN
+}
 
 pub struct PacketSocket {
     fd: OwnedFd,
@@ -131,6 +199,33 @@ impl PacketSocket {
         Ok(sockets)
     }
 
+    /// A socket another process opened (a hand-over), bound, in its fanout group, set up as
+    /// `open` sets it up; it gets `filter` (this process's fast-path filter, on the same maps)
+    /// in place of the old one, in one step.
+    pub fn from_fd(fd: OwnedFd, filter: Option<RawFd>) -> io::Result<PacketSocket> {
+        let raw = fd.as_raw_fd();
+        if let Some(prog) = filter {
+            setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_BPF, &prog)?;
+        }
+        let mut bypass: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `bypass` and `len` are live and sized for an int option.
+        let ret = unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                &mut bypass as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        Ok(PacketSocket {
+            fd,
+            drops: AtomicU64::new(0),
+            bypass: AtomicBool::new(ret == 0 && bypass != 0),
+        })
+    }
+
     /// Opens a non-blocking AF_PACKET socket bound to interface `ifindex`, with the eBPF socket
     /// `filter` if given.
     pub fn open(ifindex: u32, filter: Option<RawFd>) -> io::Result<PacketSocket> {
@@ -152,6 +247,9 @@ impl PacketSocket {
         }
         let one: libc::c_int = 1;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)?;
+        // The kernel takes a frame's VLAN tag out of it on receive (into the socket buffer's
+        // metadata): with the auxiliary data the tag comes back, and is put back in the frame.
+        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_AUXDATA, &one)?;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
         // Transmit straight to the device: a veth has no queue worth going through.
         let bypass = setsockopt(raw, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one).is_ok();
@@ -197,20 +295,28 @@ impl PortIo for PacketSocket {
     fn recv_batch(&self, batch: &mut RxBatch) -> io::Result<usize> {
         const MAX: usize = 64;
         let n = batch.bufs.len().min(MAX);
-        // SAFETY: all-zero is valid for these plain C structs.
+        // SAFETY: all-zero is a valid control buffer (it is only ever read up to what the
+        // kernel wrote).
+        let mut controls: [AuxSpace; MAX] = unsafe { zeroed() };
+        // SAFETY: all-zero is a valid sockaddr_ll.
         let mut addrs: [libc::sockaddr_ll; MAX] = unsafe { zeroed() };
+        // SAFETY: all-zero is a valid iovec (null base, length 0).
         let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
+        // SAFETY: all-zero is a valid mmsghdr (no name, no buffers, no control data).
         let mut msgs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
         for i in 0..n {
             iovs[i] = libc::iovec {
                 iov_base: batch.bufs[i].as_mut_ptr() as *mut libc::c_void,
-                iov_len: batch.bufs[i].len(),
+                // Room left for a VLAN tag put back (MAX_FRAME counts one).
+                iov_len: batch.bufs[i].len() - VLAN_TAG_LEN,
             };
             let hdr = &mut msgs[i].msg_hdr;
             hdr.msg_iov = &mut iovs[i];
             hdr.msg_iovlen = 1;
             hdr.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
             hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+            hdr.msg_control = controls[i].0.as_mut_ptr() as *mut libc::c_void;
+            hdr.msg_controllen = size_of::<AuxSpace>();
         }
         // SAFETY: every mmsghdr points at live iovecs/addresses/buffers for the call's duration.
         let ret = unsafe {
@@ -234,6 +340,9 @@ impl PortIo for PacketSocket {
             batch.lens[i] = msgs[i].msg_len as usize;
             batch.truncated[i] = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             batch.outgoing[i] = addrs[i].sll_pkttype == libc::PACKET_OUTGOING;
+            if let Some(tag) = vlan_tag(&msgs[i].msg_hdr) {
+                batch.lens[i] = insert_vlan_tag(&mut batch.bufs[i], batch.lens[i], tag);
+            }
         }
         Ok(got)
     }
@@ -263,8 +372,9 @@ impl PortIo for PacketSocket {
         let (mut next, mut sent, mut bytes) = (0, 0, 0u64);
         while next < frames.len() {
             let chunk = &frames[next..frames.len().min(next + MAX)];
-            // SAFETY: all-zero is valid for these plain C structs.
+            // SAFETY: all-zero is a valid iovec (null base, length 0).
             let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
+            // SAFETY: all-zero is a valid mmsghdr (no name, no buffers, no control data).
             let mut msgs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
             for (i, frame) in chunk.iter().enumerate() {
                 iovs[i] = libc::iovec {
@@ -316,6 +426,39 @@ impl PortIo for PacketSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vlan_tag_goes_back_after_the_mac_addresses() {
+        let mut buf = vec![0u8; 64];
+        // A partial-checksum frame: csum_start 34, hdr_len 0.
+        buf[0] = 1;
+        buf[6..8].copy_from_slice(&34u16.to_le_bytes());
+        for (i, b) in buf[VNET_HDR_LEN..VNET_HDR_LEN + 20].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let len = insert_vlan_tag(&mut buf, VNET_HDR_LEN + 20, [0x81, 0x00, 0x00, 0x05]);
+        assert_eq!(len, VNET_HDR_LEN + 24);
+        let eth = &buf[VNET_HDR_LEN..len];
+        assert_eq!(
+            &eth[..12],
+            &(0..12).collect::<Vec<u8>>()[..],
+            "MACs unchanged"
+        );
+        assert_eq!(&eth[12..16], &[0x81, 0x00, 0x00, 0x05], "the tag");
+        assert_eq!(
+            &eth[16..],
+            &(12..20).collect::<Vec<u8>>()[..],
+            "then the rest"
+        );
+        assert_eq!(u16::from_le_bytes([buf[6], buf[7]]), 38, "csum_start moved");
+        assert_eq!(&buf[2..4], &[0, 0], "no hdr_len to move");
+        // No room: left as it is.
+        let mut full = vec![0u8; VNET_HDR_LEN + 20];
+        assert_eq!(
+            insert_vlan_tag(&mut full, VNET_HDR_LEN + 20, [0x81, 0, 0, 1]),
+            VNET_HDR_LEN + 20
+        );
+    }
 
     #[test]
     fn super_frames_are_told_by_their_gso_type() {

@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use vswitch_capture::{Direction, Mirror};
 use vswitch_switch::{flow_hash, PortId, VNET_HDR_LEN};
 
 /// Largest frame a port can hand us: a 64 KiB GSO super-frame plus Ethernet/VLAN headers and the
@@ -65,6 +66,12 @@ pub trait PortIo: Send + Sync {
     }
 }
 
+/// Nanoseconds since the Unix epoch: a captured frame's time.
+fn realtime_ns() -> u64 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Per-port counters, updated by the workers with relaxed atomics.
 #[derive(Default)]
 pub struct Counters {
@@ -72,7 +79,10 @@ pub struct Counters {
     pub rx_bytes: AtomicU64,
     pub tx_frames: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// Frames received and refused: truncated, malformed, for a port gone.
     pub drops: AtomicU64,
+    /// Frames the port's sockets would not take (queue full, link gone).
+    pub tx_drops: AtomicU64,
 }
 
 impl Counters {
@@ -98,6 +108,8 @@ pub struct Port {
     /// and one flow read from two queues by two workers would be reordered).
     pub by_flow: bool,
     pub counters: Counters,
+    /// The captures running on this port (`vswitch capture`); idle, one relaxed load per batch.
+    pub mirror: Mirror,
 }
 
 impl Port {
@@ -113,6 +125,9 @@ impl Port {
     }
 
     pub fn transmit_batch(&self, hint: usize, frames: &[&[u8]]) {
+        if self.mirror.on() {
+            self.mirror_sent(frames);
+        }
         let (sent, bytes) = if self.by_flow && self.queues.len() > 1 {
             frames.iter().fold((0, 0), |(sent, bytes), frame| {
                 let flow = flow_hash(frame.get(VNET_HDR_LEN..).unwrap_or_default());
@@ -127,7 +142,31 @@ impl Port {
         c.tx_bytes
             .fetch_add(bytes - (sent * VNET_HDR_LEN) as u64, Relaxed);
         if sent < frames.len() {
-            c.drops.fetch_add((frames.len() - sent) as u64, Relaxed);
+            c.tx_drops.fetch_add((frames.len() - sent) as u64, Relaxed);
+        }
+    }
+
+    /// Hands the frames of a received batch to the port's captures: those that came in
+    /// (`outgoing` ones are the host's own transmissions, captured when sent). Call only while
+    /// `self.mirror.on()`.
+    #[cold]
+    pub fn mirror_received(&self, batch: &RxBatch, got: usize) {
+        for i in 0..got {
+            if !batch.outgoing[i] && !batch.truncated[i] {
+                let frame = &batch.bufs[i][..batch.lens[i]];
+                self.mirror
+                    .offer(self.id.0, Direction::In, realtime_ns(), frame);
+            }
+        }
+    }
+
+    /// Hands frames about to be sent to the port's captures: before they go, so that a reply
+    /// to one of them is never captured ahead of it.
+    #[cold]
+    fn mirror_sent(&self, frames: &[&[u8]]) {
+        for frame in frames {
+            self.mirror
+                .offer(self.id.0, Direction::Out, realtime_ns(), frame);
         }
     }
 

@@ -3,8 +3,11 @@
 //! Opened by hand rather than with the `tun-tap` crate, which cannot set `IFF_VNET_HDR`: with the
 //! virtio-net header and `TUNSETOFFLOAD` the host kernel hands us (and accepts) GSO super-frames
 //! with partial checksums, exactly like the AF_PACKET ports, so frames cross the switch
-//! unsegmented in both directions. The TAP is not persistent: it disappears with the last
-//! descriptor, so even a killed daemon leaves no TAP behind.
+//! unsegmented in both directions.
+//!
+//! The TAP is persistent (`TUNSETPERSIST`): it outlives the daemon, with the gateway's address
+//! and the host's routes to the containers, so that a restarted daemon takes it over instead of
+//! making the host forget its way to them. The daemon deletes it when it removes the network.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -12,6 +15,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use vswitch_switch::VNET_HDR_LEN;
+
+use crate::kernel::sys::cvt;
 
 use super::port::{PortIo, RxBatch};
 
@@ -34,6 +39,34 @@ impl Tap {
         (0..queues.max(1))
             .map(|i| Tap::open(name, multi, i == 0))
             .collect()
+    }
+
+    /// Opens `queues` queues of TAP `name`, which an earlier daemon left (or creates it).
+    pub fn attach_queues(name: &str, queues: usize) -> io::Result<Vec<Tap>> {
+        let multi = queues > 1;
+        (0..queues.max(1))
+            .map(|_| Tap::open(name, multi, false))
+            .collect()
+    }
+
+    /// A queue another process opened (a hand-over), as it was set up.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Tap {
+        Tap {
+            file: File::from(fd),
+        }
+    }
+
+    /// Makes the device outlive its descriptors (or not).
+    pub fn set_persist(&self, persist: bool) -> io::Result<()> {
+        // SAFETY: TUNSETPERSIST takes its flag by value.
+        let ret = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                libc::c_ulong::from(persist),
+            )
+        };
+        cvt(ret).map(drop)
     }
 
     fn open(name: &str, multi_queue: bool, exclusive: bool) -> io::Result<Tap> {

@@ -1,7 +1,8 @@
 //! Frames for the NAT, `[virtio_net_hdr][Ethernet][IPv4][TCP|UDP|ICMP]`, built field by field
 //! from the fuzzer's decisions: mostly well-formed (right lengths and checksums, complete or
 //! partial as with the `NEEDS_CSUM` offload, GSO super-frames), sometimes with IP or TCP
-//! options, fragments, odd total lengths, a broken checksum or a few bytes overwritten.
+//! options, fragments, odd total lengths, a broken checksum, a TTL that runs out, a VLAN tag or
+//! a few bytes overwritten.
 
 use std::net::Ipv4Addr;
 
@@ -49,6 +50,9 @@ pub struct Spec {
     pub ip_opt_words: usize,
     pub tcp_opt_words: usize,
     pub frag: u16,
+    pub ttl: u8,
+    /// An 802.1Q tag (its TCI) before the EtherType.
+    pub vlan: Option<u16>,
     pub vnet: Vnet,
     /// Added to the right IPv4 total length (wrapping), 0 for the right one.
     pub total_delta: i32,
@@ -74,6 +78,8 @@ impl Spec {
             ip_opt_words: 0,
             tcp_opt_words: 0,
             frag: 0x4000,
+            ttl: 64,
+            vlan: None,
             vnet: Vnet::Plain,
             total_delta: 0,
             bad_ip_csum: false,
@@ -116,6 +122,12 @@ impl Spec {
         self.bad_l4_csum = d & 0x20 != 0 && inp.chance(64);
         if d & 0x40 != 0 {
             self.padding = inp.pick(&[1, 6, 18]);
+        }
+        if inp.chance(24) {
+            self.ttl = inp.pick(&[0, 1, 2, 255]);
+        }
+        if inp.chance(8) {
+            self.vlan = Some(inp.u16());
         }
     }
 
@@ -210,7 +222,7 @@ impl Spec {
         ip.extend(total.to_be_bytes());
         ip.extend([0x12, 0x34]);
         ip.extend(self.frag.to_be_bytes());
-        ip.extend([64, self.proto, 0, 0]);
+        ip.extend([self.ttl, self.proto, 0, 0]);
         ip.extend(self.src.octets());
         ip.extend(self.dst.octets());
         ip.resize(ihl, 1);
@@ -221,6 +233,10 @@ impl Spec {
         f.extend(vnet);
         f.extend(self.dst_mac);
         f.extend(self.src_mac);
+        if let Some(tci) = self.vlan {
+            f.extend([0x81, 0x00]);
+            f.extend(tci.to_be_bytes());
+        }
         f.extend([0x08, 0x00]);
         f.extend(ip);
         f.extend(l4);

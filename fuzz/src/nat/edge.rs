@@ -164,38 +164,9 @@ impl World {
         icmp: Option<u8>,
         what: &str,
     ) {
-        let (sport, dport) = p.ports(held).unwrap_or_default();
         match icmp {
-            None => {
-                let l4 = written(f, p.src_mac, GW_MAC, p.dst, p.src, TCP);
-                let hlen = p.tcp_hlen(held).unwrap_or(20);
-                let data = (p.end - p.l4 - hlen) as u32;
-                let seq = u32::from_be_bytes([
-                    held[p.l4 + 4],
-                    held[p.l4 + 5],
-                    held[p.l4 + 6],
-                    held[p.l4 + 7],
-                ]);
-                assert_eq!(
-                    (be16(l4, 0), be16(l4, 2)),
-                    (dport, sport),
-                    "{what}: RST ports"
-                );
-                assert_eq!(l4[4..8], [0; 4], "{what}: RST seq");
-                let ack = u32::from_be_bytes([l4[8], l4[9], l4[10], l4[11]]);
-                assert_eq!(
-                    ack,
-                    seq.wrapping_add(1).wrapping_add(data),
-                    "{what}: RST ack"
-                );
-                assert_eq!((l4[12], l4[13]), (0x50, RST | ACK), "{what}: RST flags");
-            }
-            Some(code) => {
-                let l4 = written(f, p.src_mac, GW_MAC, p.dst, p.src, ICMP);
-                assert_eq!(l4[..2], [3, code], "{what}: ICMP type/code");
-                assert_eq!(l4[4..8], [0; 4], "{what}: ICMP unused");
-                assert_eq!(l4[8..], held[IP..p.l4 + 8], "{what}: quote");
-            }
+            None => check_rst(f, held, p, what),
+            Some(code) => check_icmp_error(f, held, p, p.dst, (3, code), what),
         }
     }
 
@@ -514,6 +485,7 @@ impl World {
         for k in self.flows.iter_mut().filter(|k| *k.c.ip() == ip) {
             k.gone = true;
         }
+        self.refused.remove(&ip);
         assert_eq!(
             self.nat.container_stats(ip),
             Default::default(),
@@ -545,6 +517,52 @@ impl World {
         let live = self.nat.entries(now).len();
         assert_eq!(live, self.nat.stats().flows, "{what}: expired flows left");
     }
+}
+
+/// A reset answering TCP segment `held` (`p`), from its destination: ports swapped, sequence
+/// 0, acknowledging the segment (its SYN and data).
+pub(super) fn check_rst(f: &[u8], held: &[u8], p: &Ipv4View, what: &str) {
+    let (sport, dport) = p.ports(held).unwrap_or_default();
+    let l4 = written(f, p.src_mac, GW_MAC, p.dst, p.src, TCP);
+    let hlen = p.tcp_hlen(held).unwrap_or(20);
+    let data = (p.end - p.l4 - hlen) as u32;
+    let seq = u32::from_be_bytes([
+        held[p.l4 + 4],
+        held[p.l4 + 5],
+        held[p.l4 + 6],
+        held[p.l4 + 7],
+    ]);
+    assert_eq!(
+        (be16(l4, 0), be16(l4, 2)),
+        (dport, sport),
+        "{what}: RST ports"
+    );
+    assert_eq!(l4[4..8], [0; 4], "{what}: RST seq");
+    let ack = u32::from_be_bytes([l4[8], l4[9], l4[10], l4[11]]);
+    assert_eq!(
+        ack,
+        seq.wrapping_add(1).wrapping_add(data),
+        "{what}: RST ack"
+    );
+    assert_eq!((l4[12], l4[13]), (0x50, RST | ACK), "{what}: RST flags");
+}
+
+/// An ICMP error (`kind`: type and code) from `from` about packet `held` (`p`), back to its
+/// sender: it quotes the packet's IPv4 header as sent (options included) and up to 8 bytes of
+/// what follows (RFC 792).
+pub(super) fn check_icmp_error(
+    f: &[u8],
+    held: &[u8],
+    p: &Ipv4View,
+    from: Ipv4Addr,
+    kind: (u8, u8),
+    what: &str,
+) {
+    let l4 = written(f, p.src_mac, GW_MAC, from, p.src, ICMP);
+    assert_eq!(l4[..2], [kind.0, kind.1], "{what}: ICMP type/code");
+    assert_eq!(l4[4..8], [0; 4], "{what}: ICMP unused");
+    let quoted = &held[IP..(p.l4 + 8).min(p.end)];
+    assert_eq!(&l4[8..], quoted, "{what}: quote");
 }
 
 /// The quote of a container's first packet in an ICMP error: its IPv4 header without options

@@ -2,20 +2,28 @@
 //! `Nat::from_host` (a frame the host sent out of the TAP), each verdict checked against the
 //! frame's headers and what the fuzzer knows of the flows.
 
-use vswitch_nat::{NatDrop, NatStats, Proto, Verdict};
+use vswitch_nat::{NatDrop, NatStats, Proto, ReplyFrame, Verdict};
 
 use super::build::{ACK, FIN, RST, SYN};
-use super::{drop_counters, drop_index, in_subnet, sa, Kind, Known, World, GW};
+use super::edge::{check_icmp_error, check_rst};
+use super::{drop_counters, drop_index, in_subnet, sa, Kind, Known, World, DROPS, GW};
 use crate::check::{
-    be16, cross_check_ip_csum, ip_at, ip_csum_ok, parse, tcp_csum_ok, Ipv4View, Parsed, ICMP, IP,
-    TCP, UDP,
+    be16, cross_check_ip_csum, ip_at, ip_csum_ok, is_tagged, parse, tcp_csum_ok, Ipv4View, Parsed,
+    ICMP, IP, TCP, UDP,
 };
+
+/// ICMP time exceeded (in transit).
+const TIME_EXCEEDED: (u8, u8) = (11, 0);
+/// ICMP destination unreachable, communication administratively prohibited (RFC 1812).
+const ADMIN_PROHIBITED: (u8, u8) = (3, 13);
 
 /// What a container's frame must come to, from its headers alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OutClass {
     Pass,
     Drop(NatDrop),
+    /// Its TTL runs out at the gateway: answered with ICMP time exceeded.
+    TimeExceeded(Ipv4View),
     Tcp(Ipv4View),
     Udp(Ipv4View),
     Echo(Ipv4View),
@@ -24,6 +32,8 @@ enum OutClass {
 fn out_class(f: &[u8]) -> OutClass {
     let v = match parse(f) {
         Parsed::Short | Parsed::BadIpv4 => return OutClass::Drop(NatDrop::Malformed),
+        Parsed::BadLength => return OutClass::Drop(NatDrop::BadLength),
+        Parsed::NotIpv4 if is_tagged(f) => return OutClass::Drop(NatDrop::Tagged),
         Parsed::NotIpv4 => return OutClass::Pass,
         Parsed::Ipv4(v) => v,
     };
@@ -33,6 +43,13 @@ fn out_class(f: &[u8]) -> OutClass {
     }
     if !in_subnet(v.src) || v.src == GW || d0 == 0 || d0 == 127 {
         return OutClass::Drop(NatDrop::BadAddress);
+    }
+    // What a router checks before it forwards.
+    if !ip_csum_ok(f, &v) {
+        return OutClass::Drop(NatDrop::BadChecksum);
+    }
+    if v.ttl <= 1 {
+        return OutClass::TimeExceeded(v);
     }
     if v.is_fragment() {
         return OutClass::Drop(NatDrop::Fragment);
@@ -100,32 +117,112 @@ impl World {
         if v != Verdict::Rewritten {
             assert_eq!(f, frame, "{what}: frame changed");
         }
-        self.drop_counted(&before, &v, &what);
+        let why = self.drop_counted(&before, &v, &what);
         match (out_class(frame), &v) {
             (OutClass::Pass, Verdict::Pass) => {}
             (OutClass::Drop(want), Verdict::Drop(got)) => assert_eq!(got, &want, "{what}"),
-            (OutClass::Tcp(p), _) => self.tcp_out(frame, &f, &p, &v, &what),
-            (OutClass::Udp(p), _) => self.udp_out(frame, &p, &v, &what),
-            (OutClass::Echo(p), _) => self.echo_out(frame, &p, &v, &what),
+            (OutClass::TimeExceeded(p), Verdict::Reply(r)) => {
+                assert_eq!(why, Some(NatDrop::TtlExceeded), "{what}");
+                check_icmp_error(r.bytes(), frame, &p, GW, TIME_EXCEEDED, &what);
+            }
+            (OutClass::Tcp(p), _) => self.tcp_out(frame, &f, &p, &v, why, &what),
+            (OutClass::Udp(p), _) => self.udp_out(frame, &p, &v, why, &what),
+            (OutClass::Echo(p), _) => self.echo_out(frame, &p, &v, why, &what),
             (class, _) => panic!("{what}: expected {class:?}"),
         }
         v
     }
 
-    /// Every drop bumps its own counter, by one; nothing else bumps a drop counter.
-    fn drop_counted(&self, before: &NatStats, v: &Verdict, what: &str) {
+    /// Every drop bumps its own counter, by one, and so does a frame the NAT answered itself
+    /// (its TTL ran out, or its new flow was refused); nothing else bumps a drop counter.
+    /// Returns the drop counted.
+    fn drop_counted(&self, before: &NatStats, v: &Verdict, what: &str) -> Option<NatDrop> {
         let after = self.nat.stats();
-        let mut want = drop_counters(before);
-        if let Verdict::Drop(d) = v {
-            want[drop_index(*d)] += 1;
-            if *d == NatDrop::TableFull {
-                assert_eq!(after.flows, self.max_flows, "{what}: table not full");
+        let (was, now) = (drop_counters(before), drop_counters(&after));
+        let moved: Vec<NatDrop> = (DROPS.iter().zip(was.iter().zip(&now)))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(d, _)| *d)
+            .collect();
+        let why = match (v, moved.as_slice()) {
+            (Verdict::Drop(d), &[m]) => {
+                assert_eq!(*d, m, "{what}: drop counted as {m:?}");
+                Some(m)
             }
+            (Verdict::Reply(_), &[m]) => {
+                let answered = [
+                    NatDrop::TtlExceeded,
+                    NatDrop::TableFull,
+                    NatDrop::ContainerLimit,
+                    NatDrop::HalfOpenLimit,
+                ];
+                assert!(answered.contains(&m), "{what}: answered, counted as {m:?}");
+                Some(m)
+            }
+            (Verdict::Drop(_) | Verdict::Reply(_), _) => {
+                panic!("{what}: counters {moved:?} moved")
+            }
+            (_, []) => None,
+            (_, _) => panic!("{what}: not dropped, counters {moved:?} moved"),
+        };
+        if let Some(d) = why {
+            let i = drop_index(d);
+            assert_eq!(now[i], was[i] + 1, "{what}: {d:?} counted more than once");
         }
-        assert_eq!(drop_counters(&after), want, "{what}: drop counters");
+        if why == Some(NatDrop::TableFull) {
+            assert_eq!(after.flows, self.max_flows, "{what}: table not full");
+        }
+        why
     }
 
-    fn tcp_out(&mut self, frame: &[u8], f: &[u8], p: &Ipv4View, v: &Verdict, what: &str) {
+    /// A new flow refused, answered for the remote (`why` as counted): a reset for a TCP
+    /// connection, ICMP administratively prohibited from the gateway otherwise.
+    fn refused(
+        &mut self,
+        frame: &[u8],
+        p: &Ipv4View,
+        reply: &ReplyFrame,
+        why: Option<NatDrop>,
+        what: &str,
+    ) {
+        match why {
+            // The table's fullness was checked as the drop was counted.
+            Some(NatDrop::TableFull) => {}
+            Some(NatDrop::ContainerLimit) => {
+                let held = self.share_upper_bound(p.src, false);
+                assert!(
+                    held >= self.shares.flows,
+                    "{what}: {held} flows, share {:?}",
+                    self.shares
+                );
+            }
+            Some(NatDrop::HalfOpenLimit) => {
+                assert_eq!(p.proto, TCP, "{what}: half-open, not TCP");
+                let held = self.share_upper_bound(p.src, true);
+                assert!(
+                    held >= self.shares.half_open,
+                    "{what}: {held} connecting, share {:?}",
+                    self.shares
+                );
+            }
+            w => panic!("{what}: refused, counted as {w:?}"),
+        }
+        *self.refused.entry(p.src).or_default() += 1;
+        if p.proto == TCP {
+            check_rst(reply.bytes(), frame, p, what);
+        } else {
+            check_icmp_error(reply.bytes(), frame, p, GW, ADMIN_PROHIBITED, what);
+        }
+    }
+
+    fn tcp_out(
+        &mut self,
+        frame: &[u8],
+        f: &[u8],
+        p: &Ipv4View,
+        v: &Verdict,
+        why: Option<NatDrop>,
+        what: &str,
+    ) {
         let l4 = p.l4(frame);
         let (sport, dport, flags) = (be16(l4, 0), be16(l4, 2), l4[13]);
         let (c, r) = (sa(p.src, sport), sa(p.dst, dport));
@@ -172,9 +269,9 @@ impl World {
                     "{what}: pending on {k:?}"
                 );
             }
-            Verdict::TcpConnect { flow, dst } => {
+            Verdict::TcpConnect { flow, from, dst } => {
                 assert!(is_new_syn(flags), "{what}: not a SYN");
-                assert_eq!(*dst, r, "{what}: destination");
+                assert_eq!((*from, *dst), (c, r), "{what}: ends");
                 assert!(!partial || p.offload_at(16), "{what}: odd offload accepted");
                 self.fresh(*flow, what);
                 // The relay port: the one the relay finds the flow by.
@@ -215,12 +312,23 @@ impl World {
                     assert!(taken, "{what}: relay port {rp} free");
                 }
             }
-            Verdict::Drop(NatDrop::TableFull) => assert!(is_new_syn(flags), "{what}"),
+            Verdict::Reply(reply) => {
+                assert!(is_new_syn(flags), "{what}: refused, not a SYN");
+                assert!(!partial || p.offload_at(16), "{what}: odd offload refused");
+                self.refused(frame, p, reply, why, what);
+            }
             _ => panic!("{what}: not a TCP verdict"),
         }
     }
 
-    fn udp_out(&mut self, frame: &[u8], p: &Ipv4View, v: &Verdict, what: &str) {
+    fn udp_out(
+        &mut self,
+        frame: &[u8],
+        p: &Ipv4View,
+        v: &Verdict,
+        why: Option<NatDrop>,
+        what: &str,
+    ) {
         let l4 = p.l4(frame);
         let (c, r) = (sa(p.src, be16(l4, 0)), sa(p.dst, be16(l4, 2)));
         let gso = p.gso_type != 0;
@@ -237,14 +345,15 @@ impl World {
         match v {
             Verdict::UdpOut {
                 flow,
+                from,
                 dst,
                 payload,
                 new,
                 gso_size,
             } => {
                 assert_eq!(
-                    (*dst, payload.clone(), *gso_size),
-                    (r, p.l4 + 8..end, want_gso),
+                    (*from, *dst, payload.clone(), *gso_size),
+                    (c, r, p.l4 + 8..end, want_gso),
                     "{what}"
                 );
                 if *new {
@@ -292,12 +401,22 @@ impl World {
                 k.replied = true;
                 k.expires_at = now.saturating_add(self.timeouts.udp_replied);
             }
-            Verdict::Drop(NatDrop::TableFull) => assert!(known.is_none(), "{what}"),
+            Verdict::Reply(reply) => {
+                assert!(known.is_none(), "{what}: refused, but {known:?}");
+                self.refused(frame, p, reply, why, what);
+            }
             _ => panic!("{what}: not a UDP verdict"),
         }
     }
 
-    fn echo_out(&mut self, frame: &[u8], p: &Ipv4View, v: &Verdict, what: &str) {
+    fn echo_out(
+        &mut self,
+        frame: &[u8],
+        p: &Ipv4View,
+        v: &Verdict,
+        why: Option<NatDrop>,
+        what: &str,
+    ) {
         let l4 = p.l4(frame);
         let c = sa(p.src, be16(l4, 4));
         let known = self
@@ -343,7 +462,10 @@ impl World {
                     }
                 }
             }
-            Verdict::Drop(NatDrop::TableFull) => assert!(known.is_none(), "{what}"),
+            Verdict::Reply(reply) => {
+                assert!(known.is_none(), "{what}: refused, but {known:?}");
+                self.refused(frame, p, reply, why, what);
+            }
             _ => panic!("{what}: not an echo verdict"),
         }
     }

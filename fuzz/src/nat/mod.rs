@@ -9,11 +9,17 @@
 //! - a frame that is not `Rewritten` is left byte for byte as it was; a `Rewritten` one changed
 //!   only its address, port and checksum fields, to the flow's translation, and its IPv4 and
 //!   TCP checksums are still right if they were (complete or partial), and still wrong if not;
-//! - the verdict class follows from the frame (not IPv4 or local: `Pass`; bad addresses,
-//!   fragments, other protocols: their drops) and every drop bumps exactly its counter;
+//! - the verdict class follows from the frame (not IPv4 or local: `Pass`; VLAN tags, bad
+//!   lengths, addresses or header checksums, fragments, other protocols: their drops; a TTL
+//!   that runs out: ICMP time exceeded from the gateway) and every drop bumps exactly its
+//!   counter;
+//! - a new flow is refused (a reset, or ICMP administratively prohibited) only when the table,
+//!   the container's share of it or its share of connecting TCP flows is used up, and counted
+//!   once, as the table's refusal and the container's;
 //! - the frames the NAT writes are well-formed (by hand and by smoltcp), addressed to the flow's
 //!   container, fit the buffer, and nothing is written past them or on error;
-//! - the table never holds more than `max_flows`, `created = flows + expired + removed`, every
+//! - the table never holds more than `max_flows`, no container more than its shares,
+//!   `created = flows + expired + removed`, every
 //!   live entry is a flow the fuzzer saw created, no two share a key or an echo identifier,
 //!   UDP and echo flows live exactly as long as their timeouts say, and every flow is reported
 //!   (by `expire`) or removed (with a result saying so) exactly once.
@@ -26,10 +32,10 @@ mod decode;
 mod edge;
 mod frames;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use vswitch_nat::{FlowId, Nat, NatConfig, NatDrop, NatStats, Proto, Timeouts};
+use vswitch_nat::{FlowId, Nat, NatConfig, NatDrop, NatStats, Proto, Shares, Timeouts};
 
 use crate::input::Input;
 
@@ -109,6 +115,14 @@ impl Kind {
     fn timed(self) -> bool {
         self.proto() != Proto::Tcp
     }
+
+    /// A flow the container started: it counts against the container's share.
+    fn egress(self) -> bool {
+        matches!(
+            self,
+            Kind::TcpEgress { .. } | Kind::UdpEgress | Kind::Echo { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +156,7 @@ pub enum Mix {
 pub struct World {
     nat: Nat,
     max_flows: usize,
+    shares: Shares,
     relays: Vec<u16>,
     timeouts: Timeouts,
     now: u64,
@@ -151,10 +166,31 @@ pub struct World {
     /// Ids reported by `expire` or removed with a result saying so: each only once.
     dead: HashSet<FlowId>,
     stats: NatStats,
+    /// New flows each container was refused (the NAT answered for the remote), since it was
+    /// last forgotten.
+    refused: HashMap<Ipv4Addr, u64>,
 }
 
-/// The drop counters of a [`NatStats`], in [`NatDrop`] order.
-fn drop_counters(s: &NatStats) -> [u64; 8] {
+/// Every [`NatDrop`], in the order of [`drop_counters`].
+const DROPS: [NatDrop; 14] = [
+    NatDrop::Malformed,
+    NatDrop::Fragment,
+    NatDrop::TableFull,
+    NatDrop::NoFlow,
+    NatDrop::NoRelayPort,
+    NatDrop::NoEchoIdent,
+    NatDrop::Unsupported,
+    NatDrop::BadAddress,
+    NatDrop::BadChecksum,
+    NatDrop::BadLength,
+    NatDrop::TtlExceeded,
+    NatDrop::Tagged,
+    NatDrop::ContainerLimit,
+    NatDrop::HalfOpenLimit,
+];
+
+/// The drop counters of a [`NatStats`], in [`DROPS`] order.
+fn drop_counters(s: &NatStats) -> [u64; 14] {
     [
         s.malformed,
         s.fragments,
@@ -164,20 +200,20 @@ fn drop_counters(s: &NatStats) -> [u64; 8] {
         s.no_echo_ident,
         s.unsupported,
         s.bad_address,
+        s.bad_checksum,
+        s.bad_length,
+        s.ttl_exceeded,
+        s.tagged,
+        s.container_limit,
+        s.half_open_limit,
     ]
 }
 
 fn drop_index(d: NatDrop) -> usize {
-    match d {
-        NatDrop::Malformed => 0,
-        NatDrop::Fragment => 1,
-        NatDrop::TableFull => 2,
-        NatDrop::NoFlow => 3,
-        NatDrop::NoRelayPort => 4,
-        NatDrop::NoEchoIdent => 5,
-        NatDrop::Unsupported => 6,
-        NatDrop::BadAddress => 7,
-    }
+    DROPS.iter().position(|&x| x == d).unwrap_or_else(|| {
+        // A variant added to NatDrop must be added here (and to `drop_counters`).
+        panic!("{d:?} not in DROPS")
+    })
 }
 
 impl World {
@@ -190,6 +226,16 @@ impl World {
             Timeouts::default()
         };
         let now = inp.pick(&[0, 1, 1 << 40, 1_000_000]);
+        // Mostly the default shares (all of a small table); sometimes small ones, so that a
+        // container runs out of its share before the table is full.
+        let shares = if inp.chance(160) {
+            Shares::for_table(max_flows)
+        } else {
+            Shares {
+                flows: inp.pick(&[1, 2, 3, 5, 8]),
+                half_open: inp.pick(&[1, 1, 2, 1024]),
+            }
+        };
         let cfg = NatConfig {
             gateway: GW,
             gateway_mac: GW_MAC,
@@ -197,11 +243,13 @@ impl World {
             prefix: 24,
             relay_ports: relays.clone(),
             max_flows,
+            shares,
             timeouts,
         };
         World {
             nat: Nat::new(cfg),
             max_flows,
+            shares,
             relays,
             timeouts,
             now,
@@ -209,11 +257,32 @@ impl World {
             ids: HashSet::new(),
             dead: HashSet::new(),
             stats: NatStats::default(),
+            refused: HashMap::new(),
         }
     }
 
+    /// Room for every flow of the starting table.
     fn roomy(&self) -> bool {
-        self.max_flows >= 16
+        self.max_flows >= 16 && self.shares.flows >= 8 && self.shares.half_open >= 2
+    }
+
+    /// Container `ip`'s flows that count against its share and are certainly or perhaps
+    /// still in the table (not reported by `expire` nor removed): of all its egress flows
+    /// (`connecting` false), or of its connecting TCP flows only.
+    fn share_upper_bound(&self, ip: Ipv4Addr, connecting: bool) -> usize {
+        (self.flows.iter())
+            .filter(|k| !k.gone && k.kind.egress() && *k.c.ip() == ip)
+            .filter(|k| {
+                !connecting
+                    || matches!(
+                        k.kind,
+                        Kind::TcpEgress {
+                            connecting: true,
+                            ..
+                        }
+                    )
+            })
+            .count()
     }
 
     fn alive(&self, k: &Known) -> bool {
@@ -271,10 +340,17 @@ impl World {
     /// add up to the table's.
     pub fn container_totals(&self) {
         let s = self.nat.stats();
-        let ips: HashSet<Ipv4Addr> = self.flows.iter().map(|k| *k.c.ip()).collect();
+        let ips: HashSet<Ipv4Addr> = (self.flows.iter().map(|k| *k.c.ip()))
+            .chain(self.refused.keys().copied())
+            .collect();
         let mut sum = vswitch_nat::ContainerStats::default();
         for ip in ips {
             let c = self.nat.container_stats(ip);
+            assert_eq!(
+                c.refused,
+                self.refused.get(&ip).copied().unwrap_or(0),
+                "{ip}: refused"
+            );
             assert!(c.flows_created >= c.flows as u64, "{ip}: {c:?}");
             sum.flows += c.flows;
             sum.packets_out += c.packets_out;
@@ -349,6 +425,8 @@ impl World {
         let mut ids = HashSet::new();
         let mut keys = HashSet::new();
         let mut idents = HashSet::new();
+        // Live egress flows, and connecting ones, by container: within its shares.
+        let mut held: HashMap<Ipv4Addr, (usize, usize)> = HashMap::new();
         for e in &entries {
             assert!(e.timeout_ms > 0, "{e:?}");
             assert!(ids.insert(e.flow), "{e:?}: id listed twice");
@@ -379,6 +457,16 @@ impl World {
                 Kind::TcpPublished { .. } | Kind::UdpPublished { .. }
             );
             assert_eq!(e.published, published, "{e:?}");
+            if k.kind.egress() {
+                let h = held.entry(*k.c.ip()).or_default();
+                h.0 += 1;
+                if let Kind::TcpEgress {
+                    connecting: true, ..
+                } = k.kind
+                {
+                    h.1 += 1;
+                }
+            }
             if k.kind.timed() {
                 assert!(self.alive(k), "{e:?}: listed after it expired ({k:?})");
                 assert_eq!(e.timeout_ms, k.expires_at - now, "{e:?}: timeout");
@@ -390,6 +478,13 @@ impl World {
             if k.kind.timed() && self.alive(k) {
                 assert!(ids.contains(&k.id), "{k:?}: live but not listed");
             }
+        }
+        for (ip, (flows, connecting)) in held {
+            assert!(
+                flows <= self.shares.flows && connecting <= self.shares.half_open,
+                "{ip}: {flows} flows, {connecting} connecting, over {:?}",
+                self.shares
+            );
         }
     }
 

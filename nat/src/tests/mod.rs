@@ -3,14 +3,16 @@
 //! the translation and its verification cannot hide.
 
 mod checksum_props;
+mod limits;
 mod robustness;
+mod snapshot;
 mod table;
 mod tcp;
 mod udp_icmp;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::{Nat, NatConfig, Timeouts};
+use crate::{Nat, NatConfig, Shares, Timeouts};
 
 pub const GW: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 1);
 pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -41,6 +43,7 @@ pub fn config() -> NatConfig {
         prefix: 24,
         relay_ports: RELAYS.to_vec(),
         max_flows: 1000,
+        shares: Shares::for_table(1000),
         timeouts: Timeouts::default(),
     }
 }
@@ -156,6 +159,21 @@ pub fn frame(
     f.extend(ip);
     f.extend(l4);
     f
+}
+
+/// Recomputes the IPv4 header checksum of a frame after a test changed its header.
+pub fn fix_ip_checksum(f: &mut [u8]) {
+    f[34..36].fill(0);
+    let c = !(naive_sum(&[&f[24..44]]) as u16);
+    f[34..36].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The frame of a `Verdict::Reply`, checked like any frame the NAT writes.
+pub fn reply_of(v: &crate::Verdict) -> (Vec<u8>, Seen) {
+    match v {
+        crate::Verdict::Reply(r) => (r.bytes().to_vec(), check(r.bytes())),
+        other => panic!("expected a reply, got {other:?}"),
+    }
 }
 
 /// TCP header (no options) and payload.

@@ -37,6 +37,7 @@ fn mutated_valid_frames() {
     let nat = Nat::new(NatConfig {
         relay_ports: vec![40000],
         max_flows: 50,
+        shares: Shares::for_table(50),
         ..config()
     });
     let mut rng = Rng::new(42);

@@ -20,7 +20,7 @@ fn established(nat: &Nat, now: u64) -> (FlowId, u16) {
 /// SYN -> TcpConnect -> tcp_connected; returns (flow, relay port).
 fn connected(nat: &Nat, src: SocketAddrV4, dst: SocketAddrV4, now: u64) -> (FlowId, u16) {
     let mut syn = tcp_out(C1_MAC, src, dst, SYN, 100, b"");
-    let Verdict::TcpConnect { flow, dst: d } = nat.outbound(&mut syn, now) else {
+    let Verdict::TcpConnect { flow, dst: d, .. } = nat.outbound(&mut syn, now) else {
         panic!("no TcpConnect");
     };
     assert_eq!(d, dst);
@@ -42,10 +42,10 @@ fn syn_is_held_until_connected_then_relayed() {
     let nat = nat();
     let mut syn = tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), SYN, 100, b"");
     let original = syn.clone();
-    let Verdict::TcpConnect { flow, dst } = nat.outbound(&mut syn, T0) else {
+    let Verdict::TcpConnect { flow, from, dst } = nat.outbound(&mut syn, T0) else {
         panic!("SYN must start a connect");
     };
-    assert_eq!(dst, sa(OUT, 80));
+    assert_eq!((from, dst), (sa(C1, 5000), sa(OUT, 80)));
     assert_eq!(syn, original, "the held SYN is not rewritten yet");
 
     // A retransmission while connecting: no second connect.

@@ -11,6 +11,7 @@ fn udp_out_and_reply() {
     let mut q = udp_out(C1_MAC, sa(C1, 5353), sa(OUT, 53), b"query");
     let Verdict::UdpOut {
         flow,
+        from,
         dst,
         payload,
         new: true,
@@ -19,13 +20,14 @@ fn udp_out_and_reply() {
     else {
         panic!("new UDP flow")
     };
-    assert_eq!(dst, sa(OUT, 53));
+    assert_eq!((from, dst), (sa(C1, 5353), sa(OUT, 53)));
     assert_eq!(&q[payload], b"query");
     let mut q2 = udp_out(C1_MAC, sa(C1, 5353), sa(OUT, 53), b"again");
     assert_eq!(
         nat.outbound(&mut q2, T0 + 1),
         Verdict::UdpOut {
             flow,
+            from,
             dst,
             payload: 52..57,
             new: false,

@@ -1,0 +1,106 @@
+//! tc objects: the clsact qdisc and the fast path's direct-action cls_bpf filter on its
+//! ingress hook (where the kernel has no tcx links).
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::tc::{
+    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::{Netlink, NetlinkError};
+
+/// A clsact qdisc's handle (`ffff:0`).
+const CLSACT_HANDLE: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: 0,
+};
+/// A clsact qdisc's ingress hook, as a filter's parent (`TC_H_MAKE(TC_H_CLSACT,
+/// TC_H_MIN_INGRESS)`).
+const CLSACT_INGRESS: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: TcHandle::MIN_INGRESS,
+};
+/// The handle of the one BPF filter the daemon puts on a hook.
+const BPF_FILTER_HANDLE: TcHandle = TcHandle { major: 0, minor: 1 };
+
+impl Netlink {
+    /// Adds a `clsact` qdisc to link `index`: the hooks for tc programs on its ingress and
+    /// egress, with no queue. `false` if the link already had one (then it is not ours).
+    pub fn add_clsact(&mut self, index: u32) -> Result<bool, NetlinkError> {
+        let mut msg = tc_message(index, CLSACT_HANDLE, TcHandle::CLSACT);
+        msg.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self.request(
+            RouteNetlinkMessage::NewQueueDiscipline(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("add a clsact qdisc to link {index}"),
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes link `index`'s `clsact` qdisc and every filter on it.
+    pub fn delete_clsact(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let msg = tc_message(index, CLSACT_HANDLE, TcHandle::CLSACT);
+        self.request(RouteNetlinkMessage::DelQueueDiscipline(msg), 0, || {
+            format!("delete the clsact qdisc of link {index}")
+        })?;
+        Ok(())
+    }
+
+    /// Puts BPF program `prog` (a `SCHED_CLS` program) on link `index`'s clsact ingress hook as
+    /// a `cls_bpf` filter in direct-action mode (the program's return value is the verdict),
+    /// for every protocol, at priority `prio`, under `name`. A filter already there at that
+    /// priority (one a killed daemon left: unlike a tcx link, a filter outlives its process) is
+    /// replaced, in one step.
+    pub fn add_ingress_bpf(
+        &mut self,
+        index: u32,
+        prio: u16,
+        prog: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = ingress_bpf_filter(index, prio);
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("add BPF filter {name} to the ingress of link {index}"),
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the filter [`Netlink::add_ingress_bpf`] put on link `index` at priority `prio`.
+    pub fn delete_ingress_bpf(&mut self, index: u32, prio: u16) -> Result<(), NetlinkError> {
+        let mut msg = ingress_bpf_filter(index, prio);
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        self.request(RouteNetlinkMessage::DelTrafficFilter(msg), 0, || {
+            format!("delete the BPF filter on the ingress of link {index}")
+        })?;
+        Ok(())
+    }
+}
+
+/// A tc request about link `index`'s object `handle` under `parent`.
+fn tc_message(index: u32, handle: TcHandle, parent: TcHandle) -> TcMessage {
+    let mut msg = TcMessage::with_index(index as i32);
+    msg.header.handle = handle;
+    msg.header.parent = parent;
+    msg
+}
+
+/// The daemon's BPF filter on link `index`'s clsact ingress hook, at priority `prio`, for every
+/// protocol (`tcm_info` is `TC_H_MAKE(prio << 16, htons(ETH_P_ALL))`).
+fn ingress_bpf_filter(index: u32, prio: u16) -> TcMessage {
+    let mut msg = tc_message(index, BPF_FILTER_HANDLE, CLSACT_INGRESS);
+    msg.header.info = u32::from(prio) << 16 | u32::from((libc::ETH_P_ALL as u16).to_be());
+    msg
+}

@@ -1,0 +1,122 @@
+//! The socket calls the NAT service makes that std does not offer: a non-blocking connect, and
+//! a socket bound to an ephemeral port of the gateway before it connects.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::control::PublishSpec;
+use crate::kernel::sys::cvt;
+
+use super::Listener;
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+const SOCKADDR_IN_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in>() as _;
+
+/// A new TCP socket of ours.
+fn tcp_socket(flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain system call.
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | flags, 0) })?;
+    // SAFETY: `fd` is fresh and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn connect(fd: &impl AsRawFd, dst: SocketAddrV4) -> io::Result<()> {
+    let addr = sockaddr_in(dst);
+    // SAFETY: `addr` is a valid sockaddr_in of the length we pass.
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+            SOCKADDR_IN_LEN,
+        )
+    };
+    cvt(ret).map(drop)
+}
+
+/// Starts a non-blocking connect; the socket becomes writable when it is decided.
+pub fn connect_nonblocking(dst: SocketAddrV4) -> io::Result<TcpStream> {
+    let fd = tcp_socket(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    match connect(&fd, dst) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
+        _ => Ok(TcpStream::from(fd)),
+    }
+}
+
+/// A TCP socket bound to an ephemeral port of `gateway`, and that port.
+pub fn bound_tcp_socket(gateway: Ipv4Addr) -> io::Result<(OwnedFd, u16)> {
+    let fd = tcp_socket(libc::SOCK_CLOEXEC)?;
+    let addr = sockaddr_in(SocketAddrV4::new(gateway, 0));
+    // SAFETY: `addr` is a valid sockaddr_in of the length we pass.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+            SOCKADDR_IN_LEN,
+        )
+    })?;
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut local: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = SOCKADDR_IN_LEN;
+    // SAFETY: `local` and `len` are live and sized for a sockaddr_in.
+    cvt(unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            &mut local as *mut libc::sockaddr_in as *mut libc::sockaddr,
+            &mut len,
+        )
+    })?;
+    Ok((fd, u16::from_be(local.sin_port)))
+}
+
+/// Connects a bound socket, giving up after `timeout`.
+pub fn connect_blocking(
+    fd: OwnedFd,
+    dst: SocketAddrV4,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let stream = TcpStream::from(fd);
+    // With a send timeout set, connect gives up after it.
+    stream.set_write_timeout(Some(timeout))?;
+    connect(&stream, dst)?;
+    stream.set_write_timeout(None)?;
+    Ok(stream)
+}
+
+/// Binds the TCP relay listeners on the gateway address (the host kernel terminates the
+/// containers' outgoing TCP there). Several, so that one container port can reach several
+/// destinations at once.
+pub fn bind_relays(gateway: Ipv4Addr, count: usize) -> io::Result<Vec<(TcpListener, u16)>> {
+    (0..count)
+        .map(|_| {
+            let l = TcpListener::bind((gateway, 0))?;
+            l.set_nonblocking(true)?;
+            let port = l.local_addr()?.port();
+            Ok((l, port))
+        })
+        .collect()
+}
+
+/// Binds the host side of a published port (non-blocking).
+pub fn bind_published(spec: &PublishSpec) -> io::Result<Listener> {
+    if spec.udp {
+        let sock = UdpSocket::bind(spec.host())?;
+        sock.set_nonblocking(true)?;
+        Ok(Listener::Udp(sock))
+    } else {
+        let listener = TcpListener::bind(spec.host())?;
+        listener.set_nonblocking(true)?;
+        Ok(Listener::Tcp(listener))
+    }
+}
