@@ -1,16 +1,18 @@
 //! `switch_frames`: a sequence of frames on several ports with time advancing (forward, and
 //! sometimes a few milliseconds back, as workers reading the clock at different moments see
-//! it), interleaved with ports plugged and unplugged, aging sweeps, fast-path reports and
-//! gratuitous ARP, on a switch with a small forwarding table so that learning, moves, aging,
-//! a full table, ARP answers, flooding and hairpins are all reached.
+//! it), interleaved with ports plugged and unplugged, aging sweeps, fast-path reports,
+//! gratuitous ARP, table flushes and hand-overs, on a switch with a small forwarding table so
+//! that learning, moves, aging, a full table, ARP answers, flooding and hairpins are all
+//! reached.
 //!
 //! Every step is checked against a reference model written from the switch's documented
 //! behaviour (not from its data structures): the exact [`Action`], the ARP reply's bytes (and
 //! smoltcp's reading of them), that nothing is written into the reply buffer beyond the reply
 //! (or at all, without one), every counter, the forwarding table's length and live entries, the
-//! port directory, and `flow_hash` being the same both ways of a flow. Now and then a MAC
-//! address in text goes through `MacAddr`'s parser (the `--mac` option), which must accept
-//! exactly the documented syntax and read back what `Display` writes.
+//! port directory, the table a successor restores from the entries reported (ages included),
+//! and `flow_hash` being the same both ways of a flow. Now and then a MAC address in text goes
+//! through `MacAddr`'s parser (the `--mac` option), which must accept exactly the documented
+//! syntax and read back what `Display` writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -220,6 +222,14 @@ impl Model {
         let aged = before - self.fdb.len();
         self.stats.aged += aged as u64;
         aged
+    }
+
+    /// Forgets every entry, or those of `port`, aged or not (not counted as aged).
+    fn flush(&mut self, port: Option<PortId>) -> usize {
+        let before = self.fdb.len();
+        self.fdb
+            .retain(|_, &mut (p, _)| port.is_some_and(|x| x != p));
+        before - self.fdb.len()
     }
 
     fn learn(&mut self, mac: MacAddr, port: PortId, now: u64) -> Learned {
@@ -584,6 +594,34 @@ impl Run {
         }
     }
 
+    /// `vswitch fdb --flush [PORT]`.
+    fn flush(&mut self, inp: &mut Input) {
+        let port = inp.chance(128).then(|| port(inp));
+        let n = self.sw.flush_fdb(port);
+        assert_eq!(n, self.model.flush(port), "flush_fdb({port:?})");
+    }
+
+    /// A process taking over: a new switch with the same ports learns the live entries this
+    /// one reports, and reports them back the same, ages included.
+    fn handover(&self) {
+        let entries = self.sw.fdb_entries(self.now);
+        let next = Switch::new(Config {
+            fdb_capacity: self.model.capacity,
+            fdb_age_ms: self.model.age_ms,
+        });
+        for (&id, info) in &self.model.info {
+            next.add_port(id, info.clone());
+        }
+        next.restore_fdb(&entries, self.now);
+        assert_eq!(
+            next.fdb_entries(self.now),
+            entries,
+            "restored at {}",
+            self.now
+        );
+        assert_eq!(next.fdb_len(), entries.len(), "restored table length");
+    }
+
     fn check(&self) {
         assert_eq!(self.sw.stats(), self.model.stats, "counters");
         assert_eq!(self.sw.fdb_len(), self.model.fdb.len(), "table length");
@@ -655,6 +693,8 @@ pub fn switch_frames(data: &[u8]) {
             13 => run.gratuitous_arp(&mut inp),
             14 => run.jump_to_aging_edge(&mut inp),
             15 if inp.chance(64) => run.mac_text(&mut inp),
+            15 if inp.chance(16) => run.flush(&mut inp),
+            15 if inp.chance(16) => run.handover(),
             _ => {
                 for id in PORT_IDS.map(PortId) {
                     assert_eq!(run.sw.port_info(id).as_ref(), run.model.info.get(&id));

@@ -344,8 +344,20 @@ impl World {
             .chain(self.refused.keys().copied())
             .collect();
         let mut sum = vswitch_nat::ContainerStats::default();
+        let all = self.nat.all_container_stats();
+        for (ip, c) in &all {
+            assert!(
+                ips.contains(ip) || *c == Default::default(),
+                "{ip}: counters of an unknown container {c:?}"
+            );
+        }
         for ip in ips {
             let c = self.nat.container_stats(ip);
+            assert_eq!(
+                all.get(&ip).copied().unwrap_or_default(),
+                c,
+                "{ip}: all_container_stats vs container_stats"
+            );
             assert_eq!(
                 c.refused,
                 self.refused.get(&ip).copied().unwrap_or(0),
@@ -457,6 +469,7 @@ impl World {
                 Kind::TcpPublished { .. } | Kind::UdpPublished { .. }
             );
             assert_eq!(e.published, published, "{e:?}");
+            assert_eq!(e.gateway_port, k.kind.gateway_port(), "{e:?}");
             if k.kind.egress() {
                 let h = held.entry(*k.c.ip()).or_default();
                 h.0 += 1;
