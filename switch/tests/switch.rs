@@ -6,7 +6,8 @@ use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
 };
 use vswitch_switch::{
-    Action, Config, DropReason, MacAddr, PortId, PortInfo, Switch, SwitchStats, VNET_HDR_LEN,
+    Action, Config, DropReason, MacAddr, PortId, PortInfo, PortPolicy, Switch, SwitchStats,
+    VNET_HDR_LEN,
 };
 
 const AGE: u64 = 10_000;
@@ -27,16 +28,19 @@ fn host(n: u8, k: u8) -> MacAddr {
     MacAddr([0x02, 0xaa, 0, 0, n, k])
 }
 
-/// A switch with ports 1..=n, each with its station.
+/// A switch with ports 1..=n, each with its station, trusted (no port security, as the
+/// daemon's TAP and `plug --trusted` ports): the forwarding tests put other hosts behind ports.
+/// Port security has its own tests (`tests/security.rs`).
 fn switch_with(n: u8, cfg: Config) -> Switch {
     let sw = Switch::new(cfg);
     for p in 1..=n {
-        sw.add_port(
+        sw.add_port_with_policy(
             PortId(p.into()),
             PortInfo {
                 mac: station(p),
                 ip: Some(ip(p)),
             },
+            PortPolicy::trusted(),
         );
     }
     sw
@@ -62,8 +66,12 @@ fn eth(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// An IPv4 frame whose source address is the last four bytes of its source MAC (a station's
+/// own address, for a station's MAC).
 fn ipv4(dst: MacAddr, src: MacAddr) -> Vec<u8> {
-    eth(dst, src, IPV4, &[0x45; 46])
+    let mut packet = [0x45; 46];
+    packet[12..16].copy_from_slice(&src.0[2..]);
+    eth(dst, src, IPV4, &packet)
 }
 
 fn arp(op: u16, sha: MacAddr, spa: Ipv4Addr, tha: MacAddr, tpa: Ipv4Addr) -> Vec<u8> {
@@ -236,6 +244,7 @@ fn table_is_bounded_and_evicts_aged_entries() {
     let cfg = Config {
         fdb_capacity: 4,
         fdb_age_ms: AGE,
+        ..Config::default()
     };
     let sw = switch_with(2, cfg);
     for k in 0..4 {
@@ -280,6 +289,7 @@ fn zero_capacity_learns_nothing_and_floods() {
     let cfg = Config {
         fdb_capacity: 0,
         fdb_age_ms: AGE,
+        ..Config::default()
     };
     let sw = switch_with(2, cfg);
     run(&sw, 1, &ipv4(MacAddr::BROADCAST, station(1)), 0);
@@ -580,6 +590,7 @@ fn random_bytes_never_panic() {
         Config {
             fdb_capacity: 64,
             fdb_age_ms: 1_000,
+            ..Config::default()
         },
     );
     let mut rng = Rng(0x5eed_1234_abcd_ef01);

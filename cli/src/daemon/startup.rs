@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use vswitch_nat::{Nat, NatConfig, Shares};
-use vswitch_switch::{MacAddr, PortInfo, Switch};
+use vswitch_switch::{MacAddr, PortInfo, PortPolicy, Switch};
 
 use crate::bpf::fanout::{Spread, SpreadProgram};
 use crate::bpf::fastpath::{self, Mode};
@@ -60,13 +60,16 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     let switch = Arc::new(Switch::new(vswitch_switch::Config {
         fdb_capacity: cfg.fdb_size,
         fdb_age_ms: cfg.fdb_age_secs.saturating_mul(1000),
+        ..vswitch_switch::Config::default()
     }));
-    switch.add_port(
+    // The host's port: unchecked (the host routes anything) and reached by isolated ports.
+    switch.add_port_with_policy(
         TAP_PORT,
         PortInfo {
             mac: gateway_mac,
             ip: Some(cfg.gateway),
         },
+        PortPolicy::uplink(),
     );
     let spread_program = (cfg.spread == Spread::Auto && cfg.workers > 1)
         .then(|| match SpreadProgram::load((cfg.workers / 2) as u32) {
