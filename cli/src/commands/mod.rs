@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::control::{Client, Plug, PortView, Target, Unplug};
-use crate::{daemon, Cli, Command, TargetArg};
+use crate::control::{Client, Plug, PortView, SecurityOpts, Target, Unplug};
+use crate::{daemon, Cli, Command, SecurityArgs, TargetArg};
 
 mod table;
 
@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
             poll_us,
             fast_path,
             no_fast_path,
+            security,
         } => daemon::run(daemon::Config {
             subnet,
             gateway: gateway.unwrap_or_else(|| subnet.first_host()),
@@ -52,6 +53,8 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 fast_path
             },
+            isolate: security.isolate,
+            max_macs_per_port: security.max_macs_per_port,
         }),
         Command::Plug {
             target,
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> Result<()> {
             mac,
             ifname,
             publish,
+            security,
             json,
         } => {
             let port = client.plug(Plug {
@@ -67,6 +71,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 mac,
                 ifname,
                 publish,
+                security: security_of(security)?,
             })?;
             if json {
                 return print_json(&port);
@@ -87,6 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if let Some(resolv) = &port.resolv {
                 println!("{resolv}");
             }
+            println!("port security: {}", table::security(&port.security));
             Ok(())
         }
         Command::Unplug { target } => {
@@ -154,6 +160,19 @@ fn target_of(arg: TargetArg) -> Result<Target> {
         (None, Some(path)) => Ok(Target::Netns(absolute(path)?)),
         (None, None) => unreachable!("clap requires one of pid and --netns"),
     }
+}
+
+/// `plug`'s port-security options, checked as the daemon checks them.
+fn security_of(args: SecurityArgs) -> Result<SecurityOpts> {
+    let opts = SecurityOpts {
+        trusted: args.trusted,
+        isolated: args.isolated,
+        allow_macs: args.allow_mac,
+        allow_ips: args.allow_ip,
+        allow_ethertypes: args.allow_ethertype,
+        max_macs: args.max_macs,
+    };
+    Ok(opts.validate()?)
 }
 
 fn absolute(path: PathBuf) -> Result<PathBuf> {

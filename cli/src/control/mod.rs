@@ -3,8 +3,10 @@
 
 mod client;
 mod protocol;
+mod security;
 mod server;
 
 pub use client::Client;
 pub use protocol::*;
+pub use security::*;
 pub use server::{bind, serve, Call};

@@ -19,6 +19,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use vswitch_switch::MacAddr;
 
+use super::security::{SecurityOpts, SecurityView, SpoofCounts};
+
 /// The protocol version this build speaks. Bump it whenever a message changes shape.
 pub const PROTOCOL: u32 = 1;
 
@@ -63,6 +65,8 @@ pub struct Plug {
     /// Its interface's name (default `eth0`).
     pub ifname: Option<IfName>,
     pub publish: Vec<PublishSpec>,
+    /// Port security: anti-spoofing on unless `trusted`, widened by `allow_*`; isolation.
+    pub security: SecurityOpts,
 }
 
 /// `unplug`: detach a container and delete its interface.
@@ -105,6 +109,24 @@ struct PlugWire {
     /// `[HOSTIP:]HOSTPORT:CPORT[/tcp|/udp]`, as on the command line.
     #[serde(default)]
     publish: Vec<String>,
+    // Port security (see `SecurityOpts`); left out when not asked for.
+    #[serde(default, skip_serializing_if = "is_false")]
+    trusted: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    isolated: bool,
+    /// MACs, `ADDR/LEN` prefixes and hex EtherTypes, as on the command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allow_mac: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allow_ip: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allow_ethertype: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_macs: Option<u32>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 #[derive(Serialize, Deserialize)]
@@ -150,6 +172,14 @@ impl TryFrom<PlugWire> for Plug {
             publish: (w.publish.iter().map(|p| p.parse()))
                 .collect::<Result<_, _>>()
                 .map_err(|e: ParseError| e.to_string())?,
+            security: SecurityOpts::from_wire(
+                w.trusted,
+                w.isolated,
+                &w.allow_mac,
+                &w.allow_ip,
+                &w.allow_ethertype,
+                w.max_macs,
+            )?,
         })
     }
 }
@@ -157,6 +187,7 @@ impl TryFrom<PlugWire> for Plug {
 impl From<Plug> for PlugWire {
     fn from(p: Plug) -> PlugWire {
         let (pid, netns) = target_parts(p.target);
+        let (allow_mac, allow_ip, allow_ethertype) = p.security.to_wire();
         PlugWire {
             pid,
             netns,
@@ -164,6 +195,12 @@ impl From<Plug> for PlugWire {
             mac: p.mac.map(|m| m.to_string()),
             ifname: p.ifname.map(|n| n.0),
             publish: p.publish.iter().map(|p| p.to_string()).collect(),
+            trusted: p.security.trusted,
+            isolated: p.security.isolated,
+            allow_mac,
+            allow_ip,
+            allow_ethertype,
+            max_macs: p.security.max_macs,
         }
     }
 }
@@ -195,6 +232,13 @@ pub enum ParseError {
     IfName(String),
     #[error("invalid --publish {0:?}: expected [HOSTIP:]HOSTPORT:CPORT[/tcp|/udp]")]
     Publish(String),
+    #[error(
+        "invalid --allow-ethertype {0:?}: expected a hex EtherType of 0x0600 or more (IPv4 and \
+         ARP are always allowed)"
+    )]
+    EtherType(String),
+    #[error("{0}")]
+    Security(String),
 }
 
 impl From<ParseError> for String {
@@ -351,6 +395,20 @@ pub struct PortView {
     /// What `plug` did about the container's resolv.conf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolv: Option<String>,
+    /// Port security: what the port may send and reach...
+    #[serde(default)]
+    pub security: SecurityView,
+    /// ...the spoofed frames it sent (dropped), by kind...
+    #[serde(default)]
+    pub spoofed: SpoofCounts,
+    /// ...the frames it sent to or towards an isolated container, dropped...
+    #[serde(default)]
+    pub isolation_drops: u64,
+    /// ...and the MACs the switch learned on it besides its own, and refused to learn.
+    #[serde(default)]
+    pub fdb_macs: u64,
+    #[serde(default)]
+    pub fdb_refused: u64,
 }
 
 /// One NAT flow as `vswitch conntrack` shows it.
@@ -419,6 +477,17 @@ pub struct SwitchCounters {
     /// Source MACs not learned because the table was full.
     pub fdb_full: u64,
     pub fdb_entries: usize,
+    /// Entries evicted from a full table to learn a newly plugged container.
+    #[serde(default)]
+    pub fdb_evicted: u64,
+    /// Source MACs not learned: over their port's limit, or another port's station.
+    #[serde(default)]
+    pub fdb_refused: u64,
+    /// Spoofed frames dropped (port security), and frames dropped by isolation.
+    #[serde(default)]
+    pub spoofed: u64,
+    #[serde(default)]
+    pub isolation_drops: u64,
 }
 
 /// The NAT's table and counters since start.
@@ -607,6 +676,7 @@ mod tests {
             mac: None,
             ifname: None,
             publish: vec!["8080:80".parse().unwrap()],
+            security: SecurityOpts::default(),
         });
         let text = String::from_utf8(encode_request(&plug)).unwrap();
         assert_eq!(
@@ -648,11 +718,40 @@ mod tests {
             r#"{"v":1,"cmd":"plug","pid":1,"ifname":"tab\tname"}"#,
             r#"{"v":1,"cmd":"plug","pid":1,"ifname":"sixteen-chars-xx"}"#,
             r#"{"v":1,"cmd":"plug","pid":1,"publish":["80"]}"#,
+            r#"{"v":1,"cmd":"plug","pid":1,"trusted":"yes"}"#,
+            r#"{"v":1,"cmd":"plug","pid":1,"trusted":true,"allow_ip":["10.1.1.0/28"]}"#,
+            r#"{"v":1,"cmd":"plug","pid":1,"allow_mac":["01:00:5e:00:00:01"]}"#,
+            r#"{"v":1,"cmd":"plug","pid":1,"allow_ip":["10.1.1.5/24"]}"#,
+            r#"{"v":1,"cmd":"plug","pid":1,"allow_ip":"10.1.1.0/24"}"#,
+            r#"{"v":1,"cmd":"plug","pid":1,"allow_ethertype":["0x0800"]}"#,
+            r#"{"v":1,"cmd":"plug","pid":1,"max_macs":-1}"#,
         ] {
             let err = decode(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::Invalid, "{bad}: {err}");
             assert!(err.message.starts_with("malformed request"), "{err}");
         }
+    }
+
+    #[test]
+    fn port_security_travels_only_when_asked_for() {
+        let text = r#"{"v":1,"cmd":"plug","pid":7,"isolated":true,"allow_mac":["02:00:00:00:00:09"],"allow_ip":["10.1.1.0/28"],"allow_ethertype":["86DD"],"max_macs":9}"#;
+        let Request::Plug(plug) = decode(text).unwrap() else {
+            panic!("not a plug")
+        };
+        let security = SecurityOpts {
+            trusted: false,
+            isolated: true,
+            allow_macs: vec!["02:00:00:00:00:09".parse().unwrap()],
+            allow_ips: vec!["10.1.1.0/28".parse().unwrap()],
+            allow_ethertypes: vec![0x86dd],
+            max_macs: Some(9),
+        };
+        assert_eq!(plug.security, security);
+        let again = String::from_utf8(encode_request(&Request::Plug(plug.clone()))).unwrap();
+        assert!(again.contains(r#""allow_ethertype":["0x86dd"]"#), "{again}");
+        assert_eq!(decode(&again).unwrap(), Request::Plug(plug));
+        let trusted = decode(r#"{"v":1,"cmd":"plug","pid":7,"trusted":true}"#).unwrap();
+        assert!(matches!(trusted, Request::Plug(p) if p.security.trusted));
     }
 
     #[test]

@@ -5,13 +5,13 @@ use std::os::fd::AsFd;
 
 use vswitch_switch::{MacAddr, PortId};
 
-use crate::control::{IfName, PublishSpec, Target};
+use crate::control::{IfName, PublishSpec, SecurityOpts, Target};
 
 use super::error::DaemonError;
 use super::manager::{Container, Manager};
 use super::plug::{NewPort, Undo};
 use super::plumbing::NetnsConf;
-use super::state::{self, PortRecord, State, FORMAT};
+use super::state::{self, PortRecord, SecurityRecord, State, FORMAT};
 
 impl Manager {
     /// The state to write: the switch's configuration and every port.
@@ -92,6 +92,18 @@ impl Manager {
             .map(|p| p.parse())
             .collect::<Result<_, _>>()
             .map_err(|_| bad("its published ports"))?;
+        let s = &r.security;
+        let security = SecurityOpts::from_wire(
+            s.trusted,
+            s.isolated,
+            &s.allow_mac,
+            &s.allow_ip,
+            &s.allow_ethertype,
+            s.max_macs,
+        )
+        .map_err(|_| bad("its port security"))?;
+        // As it was plugged: a port isolated by `run --isolate` stays isolated.
+        let policy = security.policy(false);
         let id = PortId(r.port);
         if id.0 == 0 || self.containers.iter().any(|c| c.port == id) {
             return Err(bad("its port number"));
@@ -113,6 +125,7 @@ impl Manager {
             ip: r.ip,
             mac,
             new: false,
+            policy: &policy,
         };
         let fast_link = match self.add_port(&port, &mut undo) {
             Ok(link) => link,
@@ -134,6 +147,7 @@ impl Manager {
             netns_conf: (r.netns_conf.clone())
                 .map(|(file, created_dir)| NetnsConf { file, created_dir }),
             fast_link,
+            policy,
         };
         self.serve_published(&container, listeners);
         self.containers.push(container);
@@ -201,5 +215,17 @@ fn record(c: &Container) -> PortRecord {
         mac: c.mac.to_string(),
         publish: c.publish.iter().map(|p| p.to_string()).collect(),
         netns_conf: (c.netns_conf.as_ref()).map(|n| (n.file.clone(), n.created_dir)),
+        security: {
+            let opts = SecurityOpts::of(&c.policy);
+            let (allow_mac, allow_ip, allow_ethertype) = opts.to_wire();
+            SecurityRecord {
+                trusted: opts.trusted,
+                isolated: opts.isolated,
+                allow_mac,
+                allow_ip,
+                allow_ethertype,
+                max_macs: opts.max_macs,
+            }
+        },
     }
 }

@@ -33,4 +33,8 @@ pub struct Config {
     /// Forward frames between learned containers in the kernel, on which hook (see
     /// `bpf::fastpath`).
     pub fast_path: crate::bpf::fastpath::Mode,
+    /// Isolate every container plugged (`run --isolate`).
+    pub isolate: bool,
+    /// Most MACs learned on a trusted port besides its own (`run --max-macs-per-port`).
+    pub max_macs_per_port: u32,
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, tick, Receiver};
 use vswitch_nat::Nat;
-use vswitch_switch::{MacAddr, PortId};
+use vswitch_switch::{MacAddr, PortId, PortPolicy};
 
 use crate::bpf::fastpath::{Attachment, FastPath};
 use crate::bpf::pins;
@@ -41,6 +41,8 @@ pub struct Container {
     pub netns_conf: Option<NetnsConf>,
     /// The fast path's program on the host end's ingress (detached when dropped).
     pub fast_link: Option<Attachment>,
+    /// What its port may send and reach (port security).
+    pub policy: PortPolicy,
 }
 
 pub struct Manager {
@@ -73,6 +75,8 @@ pub struct Manager {
     pub tap_index: u32,
     /// systemd's watchdog, pinged from the tick.
     pub watchdog: Option<Watchdog>,
+    /// Every container plugged is isolated (`run --isolate`).
+    pub isolate: bool,
 }
 
 /// How the daemon stops.

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use vswitch_switch::{MacAddr, PortId, PortInfo, VNET_HDR_LEN};
+use vswitch_switch::{ethertype, MacAddr, PortId, PortInfo, PortPolicy, VNET_HDR_LEN};
 
 use crate::bpf::fastpath::{Attachment, MAX_PORTS};
 use crate::control::{Plug, PortView, PublishSpec, Target};
@@ -51,6 +51,8 @@ pub(super) struct NewPort<'a> {
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
     pub new: bool,
+    /// What it may send and reach.
+    pub policy: &'a PortPolicy,
 }
 
 /// A container's namespace, opened and identified.
@@ -85,6 +87,7 @@ impl Manager {
     fn try_plug(&mut self, req: Plug, undo: &mut Undo) -> Result<PortView, DaemonError> {
         let ns = self.open_namespace(&req.target)?;
         let ifname = req.ifname.unwrap_or_else(|| "eth0".parse().expect("valid"));
+        let policy = req.security.policy(self.isolate);
         let host_ifname = host_ifname(&req.target);
         self.clear_leftover(&host_ifname)?;
         let (ip, mac) = self.address(req.ip, req.mac, undo)?;
@@ -105,6 +108,7 @@ impl Manager {
             ip,
             prefix: self.ipam.net().prefix,
             gateway: self.ipam.gateway(),
+            ipv6: policy.trusted || policy.allow_ethertypes.contains(&ethertype::IPV6),
         };
         (self.plumbing).configure_container(ns.fd.as_fd(), ifname.as_str(), addressing)?;
         let id = self.free_port_id().ok_or(DaemonError::TooManyPorts)?;
@@ -115,6 +119,7 @@ impl Manager {
             ip,
             mac,
             new: true,
+            policy: &policy,
         };
         let fast_link = self.add_port(&port, undo)?;
 
@@ -130,6 +135,7 @@ impl Manager {
             publish: req.publish,
             netns_conf: None,
             fast_link,
+            policy,
         };
         Ok(self.commit(container, listeners))
     }
@@ -211,6 +217,7 @@ impl Manager {
             ip,
             mac,
             new,
+            policy,
         } = *p;
         let fast = self.fast_path.as_ref().filter(|_| id.0 < MAX_PORTS);
         let filter = fast.map(|f| f.filter());
@@ -235,7 +242,7 @@ impl Manager {
             counters: Counters::default(),
         });
         let station = PortInfo { mac, ip: Some(ip) };
-        self.datapath.switch().add_port(id, station);
+        (self.datapath.switch()).add_port_with_policy(id, station, policy.clone());
         undo.0.push(Made::SwitchPort(id));
         (self.datapath.add_port(port))
             .map_err(|e| DaemonError::io("adding the port to a worker", e))?;

@@ -60,7 +60,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
     let switch = Arc::new(Switch::new(vswitch_switch::Config {
         fdb_capacity: cfg.fdb_size,
         fdb_age_ms: cfg.fdb_age_secs.saturating_mul(1000),
-        ..vswitch_switch::Config::default()
+        max_macs_per_port: cfg.max_macs_per_port,
     }));
     // The host's port: unchecked (the host routes anything) and reached by isolated ports.
     switch.add_port_with_policy(
@@ -176,6 +176,7 @@ pub fn start(cfg: &Config, ipam: Ipam, fd_limit: usize) -> Result<Manager> {
         pins_dir: pins::dir_for(&cfg.control),
         tap_index,
         watchdog: Watchdog::from_env(),
+        isolate: cfg.isolate,
     };
     if let Some(previous) = previous {
         manager.adopt(previous);

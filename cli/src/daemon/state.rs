@@ -52,6 +52,34 @@ pub struct PortRecord {
     /// The `/etc/netns/NAME/resolv.conf` the plug wrote, and whether it made the directory.
     #[serde(default)]
     pub netns_conf: Option<(PathBuf, bool)>,
+    /// Its port security, when not the default (anti-spoofing on, not isolated): a state
+    /// written before port security existed adopts its ports with the default.
+    #[serde(default, skip_serializing_if = "SecurityRecord::is_default")]
+    pub security: SecurityRecord,
+}
+
+/// A port's security policy, as `plug` was asked for it (see `control::SecurityOpts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityRecord {
+    #[serde(default)]
+    pub trusted: bool,
+    #[serde(default)]
+    pub isolated: bool,
+    #[serde(default)]
+    pub allow_mac: Vec<String>,
+    #[serde(default)]
+    pub allow_ip: Vec<String>,
+    #[serde(default)]
+    pub allow_ethertype: Vec<String>,
+    #[serde(default)]
+    pub max_macs: Option<u32>,
+}
+
+impl SecurityRecord {
+    pub fn is_default(&self) -> bool {
+        *self == SecurityRecord::default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +172,11 @@ mod tests {
                 mac: "02:76:0a:01:01:02".into(),
                 publish: vec!["8080:80/tcp".into()],
                 netns_conf: None,
+                security: SecurityRecord {
+                    isolated: true,
+                    allow_ip: vec!["10.1.1.0/28".into()],
+                    ..SecurityRecord::default()
+                },
             }],
         }
     }

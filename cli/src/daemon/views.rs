@@ -3,11 +3,12 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use vswitch_switch::{MacAddr, PortId};
+use vswitch_switch::{MacAddr, PortId, SpoofKind};
 
 use crate::bpf::fastpath::PortCounts;
 use crate::control::{
-    FdStats, FdbView, FlowRow, NatCounters, PortView, Stats, SwitchCounters, Target,
+    FdStats, FdbView, FlowRow, NatCounters, PortView, SecurityView, SpoofCounts, Stats,
+    SwitchCounters, Target,
 };
 use crate::datapath::{now_ms, TAP_PORT};
 use crate::ports::Counters;
@@ -47,6 +48,11 @@ impl Manager {
             |f: fn(&Counters) -> &AtomicU64| port.map_or(0, |p| f(&p.counters).load(Relaxed));
         // Frames the kernel fast path carried count as the port's too.
         let fast = (self.fast_path.as_ref()).map_or_else(PortCounts::default, |f| f.counts(id));
+        let switch = self.datapath.switch();
+        let security = (switch.port_policy(id))
+            .map(|p| SecurityView::new(&p, switch.port_mac_limit(id)))
+            .unwrap_or_default();
+        let counts = switch.port_security(id).unwrap_or_default();
         PortView {
             port: id.0,
             kind: kind.to_string(),
@@ -78,6 +84,16 @@ impl Manager {
             nat_bytes_in: 0,
             nat_refused: 0,
             resolv: None,
+            security,
+            spoofed: SpoofCounts {
+                mac: counts.spoofed(SpoofKind::Mac),
+                ip: counts.spoofed(SpoofKind::Ip),
+                arp: counts.spoofed(SpoofKind::Arp),
+                ethertype: counts.spoofed(SpoofKind::EtherType),
+            },
+            isolation_drops: counts.isolated,
+            fdb_macs: switch.fdb_learned_on(id) as u64,
+            fdb_refused: counts.learn_refused,
         }
     }
 
@@ -130,6 +146,10 @@ impl Manager {
                 moved: sw.moved,
                 fdb_full: sw.fdb_full,
                 fdb_entries: self.datapath.switch().fdb_len(),
+                fdb_evicted: sw.evicted,
+                fdb_refused: sw.learn_refused,
+                spoofed: sw.spoofed,
+                isolation_drops: sw.isolated,
             },
             nat: NatCounters {
                 flows: nat.flows,

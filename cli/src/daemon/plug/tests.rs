@@ -214,6 +214,7 @@ fn harness() -> Harness {
         pins_dir: std::env::temp_dir().join("vsw-plug-test-no-pins"),
         tap_index: 0,
         watchdog: None,
+        isolate: false,
     };
     Harness {
         manager,
@@ -243,6 +244,7 @@ fn plug_req(pid: u32) -> Plug {
         mac: None,
         ifname: None,
         publish: vec![],
+        security: Default::default(),
     }
 }
 
@@ -393,4 +395,53 @@ fn automatic_addresses_skip_a_mac_taken_by_a_manual_plug() {
     assert!(matches!(err, DaemonError::MacInUse(_)), "{err}");
     assert!(!h.fake.world().links.contains_key("vsw-16"));
     assert_eq!(h.plug(17).unwrap(), Ipv4Addr::new(10, 1, 1, 9));
+}
+
+#[test]
+fn a_plug_gives_the_port_its_security_and_the_state_keeps_it() {
+    use crate::control::SecurityOpts;
+    use vswitch_switch::PortPolicy;
+    let mut h = harness();
+    h.plug(10).unwrap();
+    let mut req = plug_req(11);
+    req.security = SecurityOpts {
+        isolated: true,
+        allow_ips: vec!["192.168.9.0/24".parse().unwrap()],
+        allow_ethertypes: vec![0x86dd],
+        ..SecurityOpts::default()
+    };
+    h.plug_in((0, 11), req).unwrap();
+    let mut trusted = plug_req(12);
+    trusted.security.trusted = true;
+    h.plug_in((0, 12), trusted).unwrap();
+    let switch = h.manager.datapath.switch();
+    assert_eq!(switch.port_policy(PortId(1)), Some(PortPolicy::default()));
+    let widened = switch.port_policy(PortId(2)).unwrap();
+    assert!(widened.isolated && widened.allow_ethertypes == [0x86dd]);
+    assert!(switch.port_policy(PortId(3)).unwrap().trusted);
+    // IPv6 stays on only where the switch lets it through.
+    let ipv6: Vec<bool> = (h.fake.world().configured.iter())
+        .map(|(_, a)| a.ipv6)
+        .collect();
+    assert_eq!(ipv6, [false, true, true]);
+    // `ls` shows it; the state file keeps it (and only where it is not the default).
+    let views = h.manager.ls();
+    assert_eq!(views[2].security.short(), "on+allow,isolated");
+    assert_eq!(views[2].security.allow_ip, ["192.168.9.0/24"]);
+    assert_eq!(views[3].security.max_macs, 256);
+    let state = h.manager.state();
+    assert!(state.ports[0].security.is_default());
+    assert!(state.ports[1].security.isolated);
+    assert_eq!(state.ports[1].security.allow_ethertype, ["0x86dd"]);
+    assert!(state.ports[2].security.trusted);
+}
+
+#[test]
+fn run_isolate_isolates_every_container() {
+    let mut h = harness();
+    h.manager.isolate = true;
+    h.plug(10).unwrap();
+    let policy = h.manager.datapath.switch().port_policy(PortId(1)).unwrap();
+    assert!(policy.isolated && !policy.trusted);
+    assert!(h.manager.state().ports[0].security.isolated);
 }
