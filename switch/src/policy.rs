@@ -147,6 +147,23 @@ impl PortPolicy {
         }
     }
 
+    /// The one prefix that holds exactly the IPv4 sources a checked port with station address
+    /// `own` may use, if there is one: `own/32` without `allow_ips`, or the allowed prefix
+    /// that holds `own` and every other allowed one. `None` for a trusted port (no check), and
+    /// where no single prefix says it (a kernel fast path that compares one prefix must leave
+    /// such a port's frames to the switch).
+    pub fn source_prefix(&self, own: Option<Ipv4Addr>) -> Option<Ipv4Prefix> {
+        if self.trusted {
+            return None;
+        }
+        let mut all: Vec<Ipv4Prefix> = self.allow_ips.clone();
+        all.extend(own.map(Ipv4Prefix::host));
+        let widest = *all.iter().min_by_key(|p| p.len)?;
+        all.iter()
+            .all(|p| p.len >= widest.len && widest.contains(p.addr))
+            .then_some(widest)
+    }
+
     /// Whether the checks need the lists (else one compare per field does).
     pub(crate) fn is_extended(&self) -> bool {
         !(self.allow_macs.is_empty()
@@ -353,6 +370,36 @@ mod tests {
         ] {
             assert!(bad.parse::<Ipv4Prefix>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn one_prefix_for_the_sources_where_there_is_one() {
+        let own = Some(Ipv4Addr::new(10, 1, 1, 5));
+        let with = |ips: &[&str]| PortPolicy {
+            allow_ips: ips.iter().map(|p| p.parse().unwrap()).collect(),
+            ..PortPolicy::default()
+        };
+        let prefix = |p: &str| Some(p.parse::<Ipv4Prefix>().unwrap());
+        assert_eq!(with(&[]).source_prefix(own), prefix("10.1.1.5/32"));
+        assert_eq!(with(&[]).source_prefix(None), None);
+        assert_eq!(
+            with(&["10.1.1.0/24"]).source_prefix(own),
+            prefix("10.1.1.0/24")
+        );
+        assert_eq!(
+            with(&["10.1.1.0/28", "10.1.0.0/16"]).source_prefix(own),
+            prefix("10.1.0.0/16")
+        );
+        assert_eq!(with(&["192.168.0.0/16"]).source_prefix(own), None);
+        assert_eq!(
+            with(&["192.168.0.0/16"]).source_prefix(None),
+            prefix("192.168.0.0/16")
+        );
+        assert_eq!(
+            with(&["10.1.1.0/28", "10.1.2.0/28"]).source_prefix(own),
+            None
+        );
+        assert_eq!(PortPolicy::trusted().source_prefix(own), None);
     }
 
     #[test]
