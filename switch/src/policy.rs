@@ -16,7 +16,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use crate::frame::{Arp, Ethernet, ARP_OP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use crate::frame::{Arp, ARP_OP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::mac::MacAddr;
 
 /// An IPv4 prefix, `ADDR/LEN` (host bits zero).
@@ -239,20 +239,24 @@ pub(crate) trait Allowed {
     fn ethertype(&self, ethertype: u16) -> bool;
 }
 
-/// The common case: the station's own MAC and address, IPv4 and ARP.
+/// The common case: the station's own MAC and address, IPv4 and ARP. Numbers, so that the
+/// hot path compares registers.
+#[derive(Clone, Copy)]
 pub(crate) struct Station {
-    pub mac: MacAddr,
-    pub ip: Option<Ipv4Addr>,
+    /// `MacAddr::as_u64`.
+    pub mac: u64,
+    /// The address as a number, if the station has one.
+    pub ip: Option<u32>,
 }
 
 impl Allowed for Station {
     #[inline]
     fn mac(&self, mac: MacAddr) -> bool {
-        mac == self.mac
+        mac.as_u64() == self.mac
     }
     #[inline]
     fn ip(&self, ip: Ipv4Addr) -> bool {
-        Some(ip) == self.ip
+        Some(u32::from(ip)) == self.ip
     }
     #[inline]
     fn ethertype(&self, _: u16) -> bool {
@@ -278,20 +282,27 @@ impl Allowed for Widened<'_> {
     }
 }
 
-/// The anti-spoofing decision for a frame from a checked port. `arp` is the frame's ARP
-/// packet, parsed by the caller: `None` for an ARP frame of another hardware or protocol type.
+/// A frame, as much of it as the checks read.
+#[derive(Clone, Copy)]
+pub(crate) struct Sent<'a> {
+    pub src: MacAddr,
+    pub ethertype: u16,
+    /// What follows the Ethernet header.
+    pub payload: &'a [u8],
+    /// The frame's ARP packet (IPv4 over Ethernet), parsed by the caller: `None` for an ARP
+    /// frame of another hardware or protocol type, and for every other frame.
+    pub arp: Option<&'a Arp>,
+}
+
+/// The anti-spoofing decision for a frame from a checked port.
 #[inline]
-pub(crate) fn check(
-    allowed: &impl Allowed,
-    eth: &Ethernet,
-    arp: Option<&Arp>,
-) -> Result<(), Refusal> {
-    if !allowed.mac(eth.src) {
+pub(crate) fn check(allowed: &impl Allowed, sent: Sent<'_>) -> Result<(), Refusal> {
+    if !allowed.mac(sent.src) {
         return Err(Refusal::Spoofed(SpoofKind::Mac));
     }
-    match eth.ethertype {
+    match sent.ethertype {
         ETHERTYPE_IPV4 => {
-            let Some(&[a, b, c, d]) = eth.payload.get(12..16) else {
+            let Some(&[a, b, c, d]) = sent.payload.get(12..16) else {
                 return Err(Refusal::Truncated);
             };
             if !allowed.ip(Ipv4Addr::new(a, b, c, d)) {
@@ -299,7 +310,7 @@ pub(crate) fn check(
             }
         }
         ETHERTYPE_ARP => {
-            let ok = arp.is_some_and(|a| {
+            let ok = sent.arp.is_some_and(|a| {
                 // RFC 5227: a probe says 0.0.0.0 while it asks whether an address is taken.
                 let probe = a.op == ARP_OP_REQUEST && a.spa.is_unspecified();
                 allowed.mac(a.sha) && (probe || allowed.ip(a.spa))

@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{OnceLock, PoisonError, RwLock};
 
 use crate::brlock::BrLock;
-use crate::frame::{Arp, Ethernet};
 use crate::mac::MacAddr;
-use crate::policy::{self, PortPolicy, PortSecurityStats, Refusal, SpoofKind, Station, Widened};
+use crate::policy::{
+    self, PortPolicy, PortSecurityStats, Refusal, Sent, SpoofKind, Station, Widened,
+};
 
 /// A switch port, numbered by the caller.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -269,44 +270,38 @@ impl Ports {
     }
 
     /// Anti-spoofing for a frame from port `id`, whose word is `word`.
-    #[inline]
-    pub fn check(
-        &self,
-        id: PortId,
-        word: PortWord,
-        eth: &Ethernet,
-        arp: Option<&Arp>,
-    ) -> Result<(), Refusal> {
+    #[inline(always)]
+    pub fn check(&self, id: PortId, word: PortWord, sent: Sent<'_>) -> Result<(), Refusal> {
         if word.0 & CHECKED == 0 {
             return Ok(());
         }
+        self.check_station(id, word, sent)
+    }
+
+    #[inline]
+    fn check_station(&self, id: PortId, word: PortWord, sent: Sent<'_>) -> Result<(), Refusal> {
         let ip = (word.0 & HAS_IP != 0).then(|| {
             let raw = self.slot(id).map_or(0, |s| s.ip.load(Ordering::Relaxed));
-            Ipv4Addr::from(raw.to_ne_bytes())
+            u32::from_be_bytes(raw.to_ne_bytes())
         });
         let station = Station {
-            mac: word.mac(),
+            mac: word.0 & MAC_BITS,
             ip,
         };
         if word.0 & WIDENED == 0 {
-            return policy::check(&station, eth, arp);
+            return policy::check(&station, sent);
         }
-        self.check_widened(id, station, eth, arp)
+        self.check_widened(id, station, sent)
     }
 
     #[cold]
-    fn check_widened(
-        &self,
-        id: PortId,
-        station: Station,
-        eth: &Ethernet,
-        arp: Option<&Arp>,
-    ) -> Result<(), Refusal> {
+    #[inline(never)]
+    fn check_widened(&self, id: PortId, station: Station, sent: Sent<'_>) -> Result<(), Refusal> {
         let widened = self.widened.read();
         match widened.get(&id) {
-            Some(policy) => policy::check(&Widened { station, policy }, eth, arp),
+            Some(policy) => policy::check(&Widened { station, policy }, sent),
             // Replaced meanwhile by a port without lists.
-            None => policy::check(&station, eth, arp),
+            None => policy::check(&station, sent),
         }
     }
 

@@ -6,7 +6,7 @@ use crate::arp;
 use crate::fdb::{Fdb, FdbEntry, Learned};
 use crate::frame::{Arp, Ethernet, ARP_OP_REQUEST, ETHERTYPE_ARP};
 use crate::mac::MacAddr;
-use crate::policy::{PortPolicy, PortSecurityStats, Refusal, SpoofKind};
+use crate::policy::{PortPolicy, PortSecurityStats, Refusal, Sent, SpoofKind};
 use crate::port::{may_talk, ArpTarget, PortId, PortInfo, PortWord, Ports};
 use crate::stats::{Counters, SwitchStats};
 use crate::Millis;
@@ -172,10 +172,34 @@ impl Switch {
             c.outgoing.inc();
             return Action::Drop(DropReason::Outgoing);
         }
-        let (word, eth, arp) = match self.screen(ingress, frame) {
-            Ok(screened) => screened,
-            Err(drop) => return drop,
+        let word = self.ports.word(ingress);
+        if !word.is_live() {
+            return Action::Drop(DropReason::UnknownPort);
+        }
+        let Some(eth) = Ethernet::parse(frame) else {
+            return self.malformed();
         };
+        if eth.src.is_multicast() || eth.src.is_zero() {
+            return self.malformed();
+        }
+        let arp = if eth.ethertype == ETHERTYPE_ARP {
+            match Arp::parse(eth.payload) {
+                Ok(arp) => arp,
+                Err(_) => return self.malformed(),
+            }
+        } else {
+            None
+        };
+        // Port security, before anything learns from the frame.
+        let sent = Sent {
+            src: eth.src,
+            ethertype: eth.ethertype,
+            payload: eth.payload,
+            arp: arp.as_ref(),
+        };
+        if let Err(refusal) = self.ports.check(ingress, word, sent) {
+            return self.refused(ingress, refusal);
+        }
         let arp_request = arp.filter(|a| a.op == ARP_OP_REQUEST);
 
         let unicast_dst = (!eth.dst.is_multicast()).then_some(eth.dst);
@@ -229,44 +253,38 @@ impl Switch {
     /// hands frames to someone else before the switch (the NAT), so that no path skips the
     /// checks; `process` checks again, which costs a few nanoseconds and keeps it whole.
     pub fn admit(&self, ingress: PortId, frame: &[u8]) -> Result<(), DropReason> {
-        match self.screen(ingress, frame) {
-            Ok(_) => Ok(()),
-            Err(Action::Drop(reason)) => Err(reason),
-            Err(_) => unreachable!("screening only drops"),
+        // As `process` does it (not shared: its hot path keeps the frame in registers).
+        let word = self.ports.word(ingress);
+        if !word.is_live() {
+            return Err(DropReason::UnknownPort);
+        }
+        let eth = match Ethernet::parse(frame) {
+            Some(eth) if !(eth.src.is_multicast() || eth.src.is_zero()) => eth,
+            _ => return Err(self.malformed_reason()),
+        };
+        let arp = match eth.ethertype {
+            ETHERTYPE_ARP => Arp::parse(eth.payload).map_err(|_| self.malformed_reason())?,
+            _ => None,
+        };
+        let sent = Sent {
+            src: eth.src,
+            ethertype: eth.ethertype,
+            payload: eth.payload,
+            arp: arp.as_ref(),
+        };
+        match self.ports.check(ingress, word, sent) {
+            Ok(()) => Ok(()),
+            Err(refusal) => match self.refused(ingress, refusal) {
+                Action::Drop(reason) => Err(reason),
+                _ => unreachable!("a refusal is a drop"),
+            },
         }
     }
 
-    /// What every frame from a registered port goes through first: the ingress port is live,
-    /// the frame is well-formed Ethernet (and ARP), and the port may send it. Returns the
-    /// port's word, the frame and its ARP packet (IPv4 over Ethernet), or the drop.
-    #[inline]
-    fn screen<'f>(
-        &self,
-        ingress: PortId,
-        frame: &'f [u8],
-    ) -> Result<(PortWord, Ethernet<'f>, Option<Arp>), Action> {
-        let word = self.ports.word(ingress);
-        if !word.is_live() {
-            return Err(Action::Drop(DropReason::UnknownPort));
-        }
-        let Some(eth) = Ethernet::parse(frame) else {
-            return Err(self.malformed());
-        };
-        if eth.src.is_multicast() || eth.src.is_zero() {
-            return Err(self.malformed());
-        }
-        let arp = if eth.ethertype == ETHERTYPE_ARP {
-            match Arp::parse(eth.payload) {
-                Ok(arp) => arp,
-                Err(_) => return Err(self.malformed()),
-            }
-        } else {
-            None
-        };
-        if let Err(refusal) = self.ports.check(ingress, word, &eth, arp.as_ref()) {
-            return Err(self.refused(ingress, refusal));
-        }
-        Ok((word, eth, arp))
+    #[cold]
+    fn malformed_reason(&self) -> DropReason {
+        self.counters.mine().malformed.inc();
+        DropReason::Malformed
     }
 
     /// Whether the ingress port (`word`) may send to `egress`.
