@@ -280,21 +280,26 @@ fn spoofed_frames_are_dropped_and_counted(fast: bool) {
     let total = (mac + ip + arp + ethertype) * COPIES;
     assert_eq!(out.stdout.trim(), format!("sent {total}"));
 
+    // Every check below is made, and all that fail are reported together.
+    let mut failed: Vec<String> = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            failed.push(what);
+        }
+    };
     // No ping lost, while the attacks went on.
     for p in pings {
         let what = p.what.clone();
         let (sent, received) = ping_result(p);
-        assert!(
-            sent >= 150 && received == sent,
-            "{what}: {received} of {sent} pings answered"
-        );
+        let ok = sent >= 150 && received == sent;
+        check(ok, format!("{what}: {received} of {sent} pings answered"));
     }
     // Each kind counted on the attacker's port, exactly, and in its drops.
     let after = poll(Duration::from_secs(3), || {
         let p = port(&sb, &attacker);
         (p["spoofed"].num("ip") >= ip * COPIES).then_some(p)
     })
-    .unwrap_or_else(|| panic!("spoofed frames not counted: {}", port(&sb, &attacker)));
+    .unwrap_or_else(|| port(&sb, &attacker));
     let spoofed = &after["spoofed"];
     let counted = (
         spoofed.num("mac"),
@@ -302,44 +307,59 @@ fn spoofed_frames_are_dropped_and_counted(fast: bool) {
         spoofed.num("arp"),
         spoofed.num("ethertype"),
     );
-    assert_eq!(
-        counted,
-        (mac * COPIES, ip * COPIES, arp * COPIES, ethertype * COPIES),
-        "spoofed by kind on the attacker's port: {after}"
+    let want = (mac * COPIES, ip * COPIES, arp * COPIES, ethertype * COPIES);
+    check(
+        counted == want,
+        format!(
+            "spoofed (mac, ip, arp, ethertype) on the attacker's port: {counted:?}, not {want:?}"
+        ),
     );
-    assert!(after.num("drops") >= before.num("drops") + total, "{after}");
+    let drops = after.num("drops");
+    check(
+        drops >= before.num("drops") + total,
+        format!("the attacker's drops: {drops}"),
+    );
     for c in [&victim, &peer] {
         let p = port(&sb, c);
         let kinds = ["mac", "ip", "arp", "ethertype"];
         let sum: u64 = kinds.iter().map(|k| p["spoofed"].num(k)).sum();
-        assert_eq!(sum, 0, "counted on another port: {p}");
+        check(sum == 0, format!("counted on another port: {p}"));
     }
     // No sniffer saw a spoofed frame; each saw the legitimate one meant for it.
     for (who, s) in sniffers {
         let (spoofed, legit) = report(s);
-        assert_eq!(spoofed, 0, "{who} received spoofed frames");
+        check(
+            spoofed == 0,
+            format!("{who} received {spoofed} spoofed frames"),
+        );
         let want = if who == "the victim" { 0 } else { 1 };
-        assert_eq!(
-            legit, want,
-            "{who} should see the attacker's legitimate frame"
+        check(
+            legit == want,
+            format!("{who} saw {legit} of the attacker's legitimate frames, not {want}"),
         );
     }
     // The victim's MAC stayed on its port; the neighbours still have its MAC.
-    assert_eq!(fdb_of(&victim_mac), Some(victim_port));
-    assert_eq!(peer_neigh().as_deref(), Some(victim_mac.as_str()));
-    assert_eq!(host_neigh().as_deref(), Some(victim_mac.as_str()));
+    let on = fdb_of(&victim_mac);
+    check(
+        on == Some(victim_port),
+        format!("the victim's MAC is on port {on:?}"),
+    );
+    for (who, mac) in [("the peer", peer_neigh()), ("the host", host_neigh())] {
+        check(
+            mac.as_deref() == Some(victim_mac.as_str()),
+            format!("{who} has the victim at {mac:?}"),
+        );
+    }
     // No NAT flow in the victim's name, or from an outside address; the legitimate one exists.
     let flows = sb.vswitch(&["conntrack", "--json"]).ok().stdout;
     let flows = Json::parse(flows.trim()).unwrap();
     let insides: Vec<&str> = (flows.as_array().unwrap().iter())
         .map(|f| f.str("inside"))
         .collect();
-    assert!(
-        insides
-            .iter()
-            .all(|i| i.starts_with(&format!("{}:", host_ip(2))))
-            && !insides.is_empty(),
-        "flows: {insides:?}"
+    let mine = format!("{}:", host_ip(2));
+    check(
+        insides.iter().all(|i| i.starts_with(&mine)) && !insides.is_empty(),
+        format!("NAT flows: {insides:?}"),
     );
     // The text `ls` names the attacker.
     let text = sb.vswitch(&["ls"]).ok().stdout;
@@ -347,15 +367,20 @@ fn spoofed_frames_are_dropped_and_counted(fast: bool) {
         "spoofed from port {} (pid {}): mac {}, ip {}, arp {}, ethertype {}",
         after.num("port"),
         attacker.pid,
-        counted.0,
-        counted.1,
-        counted.2,
-        counted.3
+        want.0,
+        want.1,
+        want.2,
+        want.3
     );
-    assert!(text.contains(&line), "{text}");
+    check(text.contains(&line), format!("`ls` lacks {line:?}: {text}"));
     let stats = sb.vswitch(&["stats", "--json"]).ok().stdout;
     let stats = Json::parse(stats.trim()).unwrap();
-    assert_eq!(stats["switch"].num("spoofed"), total, "{stats}");
+    let total_counted = stats["switch"].num("spoofed");
+    check(
+        total_counted == total,
+        format!("stats: {total_counted} spoofed frames"),
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
