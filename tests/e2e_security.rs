@@ -501,13 +501,13 @@ fn contradictory_security_options_are_refused() {
 // Isolation
 // ---------------------------------------------------------------------------------------------
 
-/// Broadcasts one UDP datagram carrying argv[1] from eth0, as itself.
+/// Sends one UDP datagram carrying argv[1] to argv[2] (a broadcast address or not) from eth0.
 const BROADCAST: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
-s.sendto(sys.argv[1].encode(), ("255.255.255.255", 9))
+s.sendto(sys.argv[1].encode(), (sys.argv[2], 9))
 print("sent", flush=True)
 "#;
 
@@ -588,14 +588,36 @@ fn an_isolated_container_reaches_the_host_and_the_outside_only(fast: bool) {
         sniffer(cmd)
     });
     for c in [&iso, &b] {
-        let out = c.run("python3", &["-c", BROADCAST, LEGIT]).ok();
+        let out = c
+            .run("python3", &["-c", BROADCAST, LEGIT, "255.255.255.255"])
+            .ok();
         assert_eq!(out.stdout.trim(), "sent");
+    }
+    // Unicast to a MAC known without ARP (a static neighbour entry: the MACs are
+    // predictable) does not cross either, over the fast path or through the daemon.
+    for (from, to) in [(&b, &iso_ip), (&iso, &host_ip(2))] {
+        let mac = default_mac(to);
+        let neigh = [
+            "neigh",
+            "replace",
+            to,
+            "lladdr",
+            &mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ];
+        from.run("ip", &neigh).ok();
+        for _ in 0..3 {
+            from.run("python3", &["-c", BROADCAST, LEGIT, to]).ok();
+        }
     }
     let seen = [report(in_a).1, report(in_iso).1, report(in_host).1];
     assert_eq!(
         seen,
         [1, 0, 2],
-        "broadcasts seen by a, the isolated one and the host"
+        "datagrams seen by a, the isolated one and the host"
     );
     // What it tried is counted, on whichever side sent it.
     let tried = port(&sb, &iso).num("isolation_drops") + port(&sb, &b).num("isolation_drops");
