@@ -159,8 +159,10 @@ impl PortPolicy {
         let mut all: Vec<Ipv4Prefix> = self.allow_ips.clone();
         all.extend(own.map(Ipv4Prefix::host));
         let widest = *all.iter().min_by_key(|p| p.len)?;
+        // The widest holds another allowed prefix when it holds its address (the other is no
+        // wider).
         all.iter()
-            .all(|p| p.len >= widest.len && widest.contains(p.addr))
+            .all(|p| widest.contains(p.addr))
             .then_some(widest)
     }
 
