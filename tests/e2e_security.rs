@@ -8,8 +8,10 @@ mod common;
 
 use common::wan::{nat_sandbox, HOST_WAN_IP, WAN_IP};
 use common::{
-    default_mac, host_ip, poll, run, Container, Json, Proc, Sandbox, SandboxOptions, GATEWAY,
+    default_mac, host_ip, poll, run, try_run, wait_timeout, Container, Json, Proc, Sandbox,
+    SandboxOptions, GATEWAY, SUBNET, VSWITCH,
 };
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
@@ -733,4 +735,77 @@ fn a_mac_flood_neither_fills_the_table_for_good_nor_hides_new_containers() {
     .unwrap_or_else(|| panic!("refusals not counted: {}", port(&sb, &flooder2)));
     assert_eq!(p.num("fdb_macs"), 256, "{p}");
     assert_eq!(p["security"].num("max_macs"), 256);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across a restart
+// ---------------------------------------------------------------------------------------------
+
+/// A second daemon started by the test in the sandbox's host namespace; stopped (SIGTERM, so
+/// that it removes the network) on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        common::signal(self.0.id(), "TERM");
+        if wait_timeout(&mut self.0, Duration::from_secs(5)).is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn a_restarted_daemon_keeps_each_ports_security() {
+    let mut sb = Sandbox::start();
+    let iso = Container::plain();
+    sb.plug(&iso, &["--isolated"]); // 10.1.1.2
+    let widened = Container::plain();
+    sb.plug(&widened, &["--allow-ip", "10.1.1.48/28"]); // 10.1.1.3
+    let plain = sb.plug_plain(); // 10.1.1.4
+    assert!(!plain.ping(&host_ip(2)));
+
+    // The daemon goes, leaving the network; the next one takes it over from the state file.
+    let status = sb.stop_daemon("USR2");
+    assert!(status.success(), "{status}: {}", sb.daemon_log());
+    let log = std::fs::File::create(sb.dir.path.join("daemon2.log")).unwrap();
+    let mut cmd = sb
+        .host
+        .cmd(VSWITCH, &["run", "--subnet", SUBNET, "--control"]);
+    cmd.arg(&sb.control)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let _daemon = Daemon(cmd.spawn().expect("start the second daemon"));
+    let ready = poll(Duration::from_secs(10), || {
+        let out = try_run(sb.vswitch_cmd("ls", &[]), Duration::from_secs(5))?;
+        out.success().then_some(())
+    });
+    let log = || std::fs::read_to_string(sb.dir.path.join("daemon2.log")).unwrap_or_default();
+    assert!(
+        ready.is_some(),
+        "the second daemon did not come up: {}",
+        log()
+    );
+
+    let sec = |c: &Container| port(&sb, c)["security"].clone();
+    assert_eq!(sec(&iso)["isolated"].as_bool(), Some(true), "{}", log());
+    let allowed = sec(&widened)["allow_ip"].clone();
+    assert_eq!(allowed.as_array().map(|a| a.len()), Some(1), "{allowed}");
+    assert_eq!(sec(&plain)["trusted"].as_bool(), Some(false));
+    // ...and enforces it: still isolated, still checked.
+    assert!(iso.ping(GATEWAY) && plain.ping(&host_ip(3)));
+    assert!(
+        !plain.ping(&host_ip(2)),
+        "isolation lost across the restart"
+    );
+    let forged = ["addr", "add", "10.1.1.99/24", "dev", "eth0"];
+    plain.run("ip", &forged).ok();
+    let mut from = plain.cmd("ping", &["-c", "1", "-W", "1", "-I", "10.1.1.99"]);
+    from.arg(host_ip(3));
+    assert!(
+        !run(&mut from).success(),
+        "a forged source answered after the restart"
+    );
+    assert!(port(&sb, &plain)["spoofed"].num("arp") + port(&sb, &plain)["spoofed"].num("ip") > 0);
 }
