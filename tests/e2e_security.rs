@@ -615,6 +615,16 @@ fn an_isolated_container_reaches_the_host_and_the_outside_only(fast: bool) {
             from.run("python3", &["-c", BROADCAST, LEGIT, to]).ok();
         }
     }
+    // Nor routed through a host that forwards (as a Docker host does): to the other's address
+    // by way of the gateway.
+    run(sb.host_cmd("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])).ok();
+    for (from, to) in [(&b, &iso_ip), (&iso, &host_ip(2))] {
+        from.run("ip", &["route", "replace", to, "via", GATEWAY])
+            .ok();
+        for _ in 0..3 {
+            from.run("python3", &["-c", BROADCAST, LEGIT, to]).ok();
+        }
+    }
     let seen = [report(in_a).1, report(in_iso).1, report(in_host).1];
     assert_eq!(
         seen,

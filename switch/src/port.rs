@@ -115,6 +115,9 @@ pub(crate) struct Ports {
     /// The policies with `allow_*` lists, by port: read by every frame of such a port, so a
     /// lock whose readers share no cache line.
     widened: BrLock<HashMap<PortId, PortPolicy>>,
+    /// Whose station each IPv4 address is: read by a container's IPv4 frames while some port
+    /// is isolated (see `Switch::process`), so the same kind of lock.
+    owners: BrLock<HashMap<u32, PortId>>,
     dir: RwLock<Directory>,
 }
 
@@ -151,6 +154,7 @@ impl Ports {
             chunks: std::array::from_fn(|_| OnceLock::new()),
             isolated: AtomicUsize::new(0),
             widened: BrLock::new(HashMap::new()),
+            owners: BrLock::new(HashMap::new()),
             dir: RwLock::default(),
         }
     }
@@ -177,6 +181,11 @@ impl Ports {
     #[inline]
     pub fn is_live(&self, id: PortId) -> bool {
         self.word(id).is_live()
+    }
+
+    /// The port whose station has IPv4 address `ip` (as a number), if any.
+    pub fn owner_of(&self, ip: u32) -> Option<PortId> {
+        self.owners.read().get(&ip).copied()
     }
 
     /// Whether any registered port is isolated.
@@ -239,6 +248,13 @@ impl Ports {
             _ => {}
         }
         dir.forget(id);
+        {
+            let mut owners = self.owners.write();
+            owners.retain(|_, owner| *owner != id);
+            if let Some(ip) = info.ip {
+                owners.insert(u32::from(ip), id);
+            }
+        }
         if let Some(ip) = info.ip {
             dir.by_ip.insert(ip, id);
         }
@@ -255,6 +271,7 @@ impl Ports {
             }
         }
         self.widened.write().remove(&id);
+        self.owners.write().retain(|_, owner| *owner != id);
         dir.forget(id);
         dir.info.remove(&id);
     }

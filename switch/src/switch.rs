@@ -4,7 +4,7 @@
 
 use crate::arp;
 use crate::fdb::{Fdb, FdbEntry, Learned};
-use crate::frame::{Arp, Ethernet, ARP_OP_REQUEST, ETHERTYPE_ARP};
+use crate::frame::{Arp, Ethernet, ARP_OP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::mac::MacAddr;
 use crate::policy::{PortPolicy, PortSecurityStats, Refusal, Sent, SpoofKind};
 use crate::port::{may_talk, ArpTarget, PortId, PortInfo, PortWord, Ports};
@@ -200,6 +200,14 @@ impl Switch {
         if let Err(refusal) = self.ports.check(ingress, word, sent) {
             return self.refused(ingress, refusal);
         }
+        // Isolation by address too: a container that sends another container's address to the
+        // gateway's MAC must not reach it through a host that forwards.
+        if eth.ethertype == ETHERTYPE_IPV4
+            && self.ports.isolation_active()
+            && self.crosses_isolation(ingress, word, eth.payload)
+        {
+            return self.isolated(ingress);
+        }
         let arp_request = arp.filter(|a| a.op == ARP_OP_REQUEST);
 
         let unicast_dst = (!eth.dst.is_multicast()).then_some(eth.dst);
@@ -291,6 +299,19 @@ impl Switch {
     #[inline]
     fn may_reach(&self, word: PortWord, egress: PortId) -> bool {
         !self.ports.isolation_active() || may_talk(word, self.ports.word(egress))
+    }
+
+    /// Whether an IPv4 packet from `ingress` (whose word is `word`) is addressed to the station
+    /// of a port it may not reach, whatever the frame's destination MAC.
+    #[cold]
+    fn crosses_isolation(&self, ingress: PortId, word: PortWord, packet: &[u8]) -> bool {
+        let Some(&[a, b, c, d]) = packet.get(16..20) else {
+            return false;
+        };
+        match self.ports.owner_of(u32::from_be_bytes([a, b, c, d])) {
+            Some(owner) if owner != ingress => !may_talk(word, self.ports.word(owner)),
+            _ => false,
+        }
     }
 
     #[cold]

@@ -460,6 +460,22 @@ fn an_isolated_port_reaches_the_host_only() {
     assert_eq!(stats(&sw, 5).isolated, 2);
     assert_eq!((stats(&sw, 2).isolated, stats(&sw, 3).isolated), (1, 1));
     assert_eq!(sw.stats().isolated, 4);
+    // Nor through the gateway's MAC (a host that forwards would route it back in).
+    let via_gateway = |from: u8, to: u8| {
+        let mut f = ipv4(station(1), me(from));
+        f[14 + 16..14 + 20].copy_from_slice(&ip(to).octets());
+        f
+    };
+    assert_eq!(run(&sw, 2, &via_gateway(2, 5)), isolated);
+    assert_eq!(run(&sw, iso, &via_gateway(5, 3)), isolated);
+    assert_eq!(run(&sw, 2, &via_gateway(2, 3)), Action::Forward(PortId(GW)));
+    assert_eq!(
+        run(&sw, iso, &via_gateway(5, 1)),
+        Action::Forward(PortId(GW))
+    );
+    assert_eq!(stats(&sw, 5).isolated, 3);
+    assert_eq!((stats(&sw, 2).isolated, stats(&sw, 3).isolated), (2, 1));
+    assert_eq!(sw.stats().isolated, 6);
     // The others still talk to each other.
     assert_eq!(
         run(&sw, 2, &ipv4(station(3), me(2))),
