@@ -76,6 +76,8 @@ def udp(dst, src, sip, dip, dport, mark):
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 0, 0x4000, 64, 17, 0, ip(sip), ip(dip))
     h = h[:10] + struct.pack("!H", csum(h)) + h[12:]
     return eth(dst, src, 0x0800, h + u, b"")
+def tagged(frame, vid):
+    return frame[:12] + struct.pack("!HH", 0x8100, vid) + frame[12:]
 def arp(dst, src, op, sha, spa, tha, tpa, mark):
     p = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + mac(sha) + ip(spa) + mac(tha) + ip(tpa)
     return eth(dst, src, 0x0806, p, mark)
@@ -98,6 +100,9 @@ else:
         udp(gw[0], me[0], victim[1], gw[1], 53, m),
         udp(gw[0], me[0], victim[1], a["wan_ip"], 7, m),
         udp(gw[0], me[0], "198.51.100.77", a["wan_ip"], 7, m),
+        # ...and in a VLAN-tagged frame (the kernel takes the tag off: the switch checks and
+        # counts the frame inside)
+        tagged(udp(peer[0], me[0], victim[1], peer[1], 9, m), 5),
         # arp: gratuitous ARP (request and reply) saying the victim's address is at our MAC;
         # an ARP reply to the gateway saying the same; one in the victim's own name
         arp(bcast, me[0], 1, me[0], victim[1], zero, victim[1], m),
@@ -116,7 +121,7 @@ print("sent", len(frames) * copies, flush=True)
 "#;
 
 /// Spoofed frames of each kind the `spoof` set sends, per copy: (mac, ip, arp, ethertype).
-const SPOOFS: (u64, u64, u64, u64) = (1, 4, 4, 1);
+const SPOOFS: (u64, u64, u64, u64) = (1, 5, 4, 1);
 
 /// A sniffer of `iface` in whatever namespace `cmd` runs.
 fn sniffer(cmd: std::process::Command) -> Proc {
