@@ -183,7 +183,8 @@ impl Fdb {
     /// Learns `src` on `ingress`, then looks up `dst` (if given): the port it lives on, if live.
     /// Learning a new MAC re-checks under the write lock that `ingress` is still registered,
     /// which pairs with [`Fdb::purge_port`] so a removed port never gets entries back.
-    #[inline]
+    /// Always inlined into the hot path (its arguments stay in registers).
+    #[inline(always)]
     pub fn learn_and_lookup(
         &self,
         src: MacAddr,

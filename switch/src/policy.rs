@@ -252,15 +252,15 @@ pub(crate) struct Station {
 }
 
 impl Allowed for Station {
-    #[inline]
+    #[inline(always)]
     fn mac(&self, mac: MacAddr) -> bool {
         mac.as_u64() == self.mac
     }
-    #[inline]
+    #[inline(always)]
     fn ip(&self, ip: Ipv4Addr) -> bool {
         Some(u32::from(ip)) == self.ip
     }
-    #[inline]
+    #[inline(always)]
     fn ethertype(&self, _: u16) -> bool {
         false
     }
@@ -296,8 +296,9 @@ pub(crate) struct Sent<'a> {
     pub arp: Option<&'a Arp>,
 }
 
-/// The anti-spoofing decision for a frame from a checked port.
-#[inline]
+/// The anti-spoofing decision for a frame from a checked port. Always inlined: its caller's
+/// frame must stay in registers (a `Sent` passed through memory stalls on the reload).
+#[inline(always)]
 pub(crate) fn check(allowed: &impl Allowed, sent: Sent<'_>) -> Result<(), Refusal> {
     if !allowed.mac(sent.src) {
         return Err(Refusal::Spoofed(SpoofKind::Mac));

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{OnceLock, PoisonError, RwLock};
 
 use crate::brlock::BrLock;
+use crate::frame::{Arp, Ethernet, ETHERTYPE_ARP};
 use crate::mac::MacAddr;
 use crate::policy::{
     self, PortPolicy, PortSecurityStats, Refusal, Sent, SpoofKind, Station, Widened,
@@ -81,8 +82,23 @@ impl PortWord {
         self.0 & ISOLATED != 0
     }
     #[inline]
-    fn uplink(self) -> bool {
+    pub fn uplink(self) -> bool {
         self.0 & UPLINK != 0
+    }
+}
+
+/// A port's word, read once, and its slot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PortRef<'a> {
+    pub word: PortWord,
+    slot: Option<&'a Slot>,
+}
+
+impl PortWord {
+    /// Its frames are checked (port security).
+    #[inline]
+    pub fn checked(self) -> bool {
+        self.0 & CHECKED != 0
     }
 }
 
@@ -109,7 +125,7 @@ struct Slot {
 
 #[derive(Debug)]
 pub(crate) struct Ports {
-    chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
+    chunks: [OnceLock<Box<[Slot; CHUNK]>>; CHUNKS],
     /// Registered ports that are isolated: while there are none, nothing needs checking.
     isolated: AtomicUsize,
     /// The policies with `allow_*` lists, by port: read by every frame of such a port, so a
@@ -162,20 +178,30 @@ impl Ports {
     #[inline]
     fn slot(&self, id: PortId) -> Option<&Slot> {
         let (chunk, i) = split(id);
-        self.chunks.get(chunk)?.get()?.get(i)
+        Some(&self.chunks.get(chunk)?.get()?[i])
     }
 
     fn slot_or_new(&self, id: PortId) -> &Slot {
         let (chunk, i) = split(id);
-        let chunk =
-            self.chunks[chunk].get_or_init(|| (0..CHUNK).map(|_| Slot::default()).collect());
+        let chunk = self.chunks[chunk].get_or_init(|| {
+            let slots: Box<[Slot]> = (0..CHUNK).map(|_| Slot::default()).collect();
+            slots.try_into().expect("CHUNK slots")
+        });
         &chunk[i]
     }
 
     /// The port's word (not live if the port is not registered).
     #[inline]
     pub fn word(&self, id: PortId) -> PortWord {
-        PortWord(self.slot(id).map_or(0, |s| s.word.load(Ordering::Acquire)))
+        self.port(id).word
+    }
+
+    /// The port's word, and where the rest of its state is, for `check`.
+    #[inline]
+    pub fn port(&self, id: PortId) -> PortRef<'_> {
+        let slot = self.slot(id);
+        let word = PortWord(slot.map_or(0, |s| s.word.load(Ordering::Acquire)));
+        PortRef { word, slot }
     }
 
     #[inline]
@@ -286,19 +312,21 @@ impl Ports {
         dir.info.get(&id).map(|(_, policy)| policy.clone())
     }
 
-    /// Anti-spoofing for a frame from port `id`, whose word is `word`.
+    /// Anti-spoofing for a frame from a checked port (`port.word.checked()`, which the caller
+    /// tests first: a trusted port's frame needs no `Sent`). `sent` is `frame`, parsed. Always
+    /// inlined, so that `sent` stays in registers: the port with lists parses `frame` again in
+    /// a cold function instead of taking `sent` through memory.
     #[inline(always)]
-    pub fn check(&self, id: PortId, word: PortWord, sent: Sent<'_>) -> Result<(), Refusal> {
-        if word.0 & CHECKED == 0 {
-            return Ok(());
-        }
-        self.check_station(id, word, sent)
-    }
-
-    #[inline]
-    fn check_station(&self, id: PortId, word: PortWord, sent: Sent<'_>) -> Result<(), Refusal> {
+    pub fn check(
+        &self,
+        id: PortId,
+        port: PortRef<'_>,
+        sent: Sent<'_>,
+        frame: &[u8],
+    ) -> Result<(), Refusal> {
+        let word = port.word;
         let ip = (word.0 & HAS_IP != 0).then(|| {
-            let raw = self.slot(id).map_or(0, |s| s.ip.load(Ordering::Relaxed));
+            let raw = port.slot.map_or(0, |s| s.ip.load(Ordering::Relaxed));
             u32::from_be_bytes(raw.to_ne_bytes())
         });
         let station = Station {
@@ -308,12 +336,26 @@ impl Ports {
         if word.0 & WIDENED == 0 {
             return policy::check(&station, sent);
         }
-        self.check_widened(id, station, sent)
+        self.check_widened(id, station, frame)
     }
 
     #[cold]
     #[inline(never)]
-    fn check_widened(&self, id: PortId, station: Station, sent: Sent<'_>) -> Result<(), Refusal> {
+    fn check_widened(&self, id: PortId, station: Station, frame: &[u8]) -> Result<(), Refusal> {
+        // The caller parsed it already: these succeed.
+        let Some(eth) = Ethernet::parse(frame) else {
+            return Err(Refusal::Truncated);
+        };
+        let arp = match eth.ethertype {
+            ETHERTYPE_ARP => Arp::parse(eth.payload).ok().flatten(),
+            _ => None,
+        };
+        let sent = Sent {
+            src: eth.src,
+            ethertype: eth.ethertype,
+            payload: eth.payload,
+            arp: arp.as_ref(),
+        };
         let widened = self.widened.read();
         match widened.get(&id) {
             Some(policy) => policy::check(&Widened { station, policy }, sent),

@@ -172,7 +172,8 @@ impl Switch {
             c.outgoing.inc();
             return Action::Drop(DropReason::Outgoing);
         }
-        let word = self.ports.word(ingress);
+        let port = self.ports.port(ingress);
+        let word = port.word;
         if !word.is_live() {
             return Action::Drop(DropReason::UnknownPort);
         }
@@ -191,22 +192,16 @@ impl Switch {
             None
         };
         // Port security, before anything learns from the frame.
-        let sent = Sent {
-            src: eth.src,
-            ethertype: eth.ethertype,
-            payload: eth.payload,
-            arp: arp.as_ref(),
-        };
-        if let Err(refusal) = self.ports.check(ingress, word, sent) {
-            return self.refused(ingress, refusal);
-        }
-        // Isolation by address too: a container that sends another container's address to the
-        // gateway's MAC must not reach it through a host that forwards.
-        if eth.ethertype == ETHERTYPE_IPV4
-            && self.ports.isolation_active()
-            && self.crosses_isolation(ingress, word, eth.payload)
-        {
-            return self.isolated(ingress);
+        if word.checked() {
+            let sent = Sent {
+                src: eth.src,
+                ethertype: eth.ethertype,
+                payload: eth.payload,
+                arp: arp.as_ref(),
+            };
+            if let Err(refusal) = self.ports.check(ingress, port, sent, frame) {
+                return self.refused(ingress, refusal);
+            }
         }
         let arp_request = arp.filter(|a| a.op == ARP_OP_REQUEST);
 
@@ -242,6 +237,16 @@ impl Switch {
             }
         }
 
+        // Isolation by address too: a container that sends another container's address to the
+        // gateway's MAC (or floods it) must not reach it through a host that forwards. (To a
+        // container's MAC, `may_reach` below decides.)
+        if eth.ethertype == ETHERTYPE_IPV4
+            && self.ports.isolation_active()
+            && dst_port.is_none_or(|p| self.ports.word(p).uplink())
+            && self.crosses_isolation(ingress, word, eth.payload)
+        {
+            return self.isolated(ingress);
+        }
         match dst_port {
             Some(port) if port == ingress => {
                 c.hairpin.inc();
@@ -262,8 +267,8 @@ impl Switch {
     /// checks; `process` checks again, which costs a few nanoseconds and keeps it whole.
     pub fn admit(&self, ingress: PortId, frame: &[u8]) -> Result<(), DropReason> {
         // As `process` does it (not shared: its hot path keeps the frame in registers).
-        let word = self.ports.word(ingress);
-        if !word.is_live() {
+        let port = self.ports.port(ingress);
+        if !port.word.is_live() {
             return Err(DropReason::UnknownPort);
         }
         let eth = match Ethernet::parse(frame) {
@@ -280,7 +285,10 @@ impl Switch {
             payload: eth.payload,
             arp: arp.as_ref(),
         };
-        match self.ports.check(ingress, word, sent) {
+        if !port.word.checked() {
+            return Ok(());
+        }
+        match self.ports.check(ingress, port, sent, frame) {
             Ok(()) => Ok(()),
             Err(refusal) => match self.refused(ingress, refusal) {
                 Action::Drop(reason) => Err(reason),
