@@ -74,6 +74,10 @@
 #   --vswitch P  the vswitch binary (default: target/release/vswitch, built if missing)
 #   --churn SEC  burst and measured phase of crrs/crrc (default 30)
 #   --baseline P a second vswitch binary, run as scenario vswitch-base (add it to -s)
+#   --busy       a busy host (issue 16): 64 more containers plugged (vswitch scenarios; kbridge and
+#                kbridge-nat: 64 more veths in br0) and, in WAN mode, 10,000 idle UDP flows from c1
+#                to a UDP echo server in wan, each refreshed every 50 s (every WAN scenario); vswitch
+#                then runs with --max-flows 20000 (the default follows the descriptor limit)
 #   env: E2E_SOCKPERF_SEC (5), E2E_PING_COUNT (200), E2E_PING_INTERVAL (0.005)
 #
 # OUTPUT  stdout: a markdown table, median over the runs of each metric for each scenario, and the
@@ -95,6 +99,7 @@ REPO=$(cd "$HERE/.." && pwd)
 TAG=vswb$$
 NS_HOST=host-$TAG NS_C1=c1-$TAG NS_C2=c2-$TAG NS_WAN=wan-$TAG
 ALL_NS=("$NS_HOST" "$NS_C1" "$NS_C2" "$NS_WAN")
+busy_ns() { printf 'b%02d-%s' "$1" "$TAG"; }   # role first: vswitch names veths by the first 11 characters
 MODE=l2 RUNS=3 DUR=10 CONN_DUR=5 METRICS_ARG= SCEN_ARG= OUTDIR= MTU= WORKERS=
 VSWITCH=${VSWITCH:-$REPO/target/release/vswitch}
 SOCKPERF_SEC=${E2E_SOCKPERF_SEC:-5} PING_COUNT=${E2E_PING_COUNT:-200}
@@ -103,6 +108,7 @@ SUBNET=10.1.1.0/24 GW=10.1.1.1 C1_IP=10.1.1.11 C2_IP=10.1.1.12
 HOST_WAN_CIDR=198.51.100.1/24 WAN_SRV_IP=198.51.100.2 WAN_GW_IP=198.51.100.254
 P_IPERF=5201 P_CONN=5301 P_CRR=5302 P_SOCKPERF=11111
 P_SF_A=5311 P_SF_B=5312 P_CF_A=5321 P_CF_B=5322 CHURN_SEC=30 CONNBIN= BASELINE=
+BUSY=0 BUSY_PORTS=64 BUSY_FLOWS=10000 P_IDLE=5401
 PY=/usr/bin/python3; [[ -x $PY ]] || PY=$(command -v python3 || true)
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -305,7 +311,7 @@ vsw() { cmdlog "[$SCEN run $RUN] vswitch --control $RUNDIR/ctl.sock $*"; timeout
 # ------------------------------------------------------------------------------ python helper
 write_helper() {
 cat >"$OUTDIR/e2e_helper.py" <<'PYEOF'
-import json, math, re, socket, statistics, sys, time
+import json, math, os, re, socket, statistics, sys, time
 
 def pct(vals, p):
     s = sorted(vals)
@@ -402,6 +408,44 @@ def conn_client(mode, host, port, dur):
         except OSError:
             fail += 1
     print('%.1f %d %d' % (n / (time.monotonic() - t0), n, fail))
+
+def udp_echo(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(('0.0.0.0', int(port)))
+    while True:
+        d, a = s.recvfrom(2048)
+        s.sendto(d, a)
+
+def idle_flows(host, port, n):
+    # n UDP sockets, one flow each, answered once, then refreshed every 50 s (replied UDP flows
+    # live 120 s); prints "ready ANSWERED/N" once all had their chance
+    import resource, select
+    n = int(n)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 64)), hard))
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect((host, int(port)))
+        s.setblocking(False)
+        socks.append(s)
+    ep = select.epoll()
+    for s in socks:
+        ep.register(s.fileno(), select.EPOLLIN)
+    answered = set()
+    while True:
+        for i in range(0, n, 500):
+            for s in socks[i:i + 500]:
+                try: s.send(b'idle')
+                except OSError: pass
+            time.sleep(0.01)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and len(answered) < n:
+            for fd, _ in ep.poll(0.5):
+                try: os.read(fd, 64); answered.add(fd)
+                except OSError: pass
+        print('ready %d/%d flows answered' % (len(answered), n), flush=True)
+        time.sleep(50)
 
 def probe(mode, host, port, secs, tmo='1.0'):
     end = time.monotonic() + float(secs)
@@ -532,6 +576,7 @@ if __name__ == '__main__':
     cmd, args = sys.argv[1], sys.argv[2:]
     {'iperf-tcp': iperf_tcp, 'iperf-udp': iperf_udp, 'ping': ping, 'sockperf': sockperf,
      'drops': drops, 'conn-server': conn_server, 'conn-client': conn_client, 'probe': probe,
+     'udp-echo': udp_echo, 'idle-flows': idle_flows,
      'summarize': summarize}[cmd](*args)
 PYEOF
 }
@@ -611,6 +656,7 @@ start_vswitch() {
   [[ -n $MTU ]] && args+=(--mtu "$MTU")
   [[ -n $WORKERS ]] && args+=(--workers "$WORKERS")
   [[ $SCEN == vswitch-nofp ]] && args+=(--no-fast-path)
+  ((BUSY)) && args+=(--max-flows 20000 --max-flows-per-container 20000)
   local bin=$VSWITCH; [[ $SCEN == vswitch-base ]] && bin=$BASELINE
   start_daemon vswitch "$bin" "${args[@]}"
   wait_for 10 vsw ls || { warn "vswitch not ready (see $LOGP.vswitch.log)"; return 1; }
@@ -705,6 +751,36 @@ base_wan() {  # host:wan0 198.51.100.1/24 <-> wan:eth0 .2 (the server) and .254 
   ip -n "$NS_WAN" addr add "$WAN_GW_IP/24" dev eth0
   ip -n "$NS_WAN" link set eth0 up
   ip -n "$NS_HOST" route add default via "$WAN_GW_IP"
+}
+
+# ------------------------------------------------------------------------------ a busy host
+busy_up() {  # --busy: more ports on the switch (or bridge) and idle NAT flows
+  local i ns
+  case $SCEN in
+    vswitch*|kbridge*)
+      log "  busy: $BUSY_PORTS more containers"
+      for i in $(seq "$BUSY_PORTS"); do
+        ns=$(busy_ns "$i"); ns_create "$ns"
+        if [[ $SCEN == vswitch* ]]; then
+          plug "$ns" "10.1.1.$((100 + i))" >>"$RUNLOG" 2>&1
+        else
+          ip -n "$NS_HOST" link add "bz$i" $(link_mtu) type veth peer name eth0 $(link_mtu) netns "$ns"
+          ip -n "$NS_HOST" link set "bz$i" master br0 up
+          container_addr "$ns" "10.1.1.$((100 + i))"
+        fi
+      done ;;
+  esac
+  if [[ $MODE == wan ]]; then
+    log "  busy: $BUSY_FLOWS idle UDP flows"
+    nsbg udp-echo "$SRV_NS" "$DAEMON_TMO" "$PY" "$OUTDIR/e2e_helper.py" udp-echo $P_IDLE
+    wait_listen "$SRV_NS" udp $P_IDLE
+    nsbg idle-flows "$NS_C1" "$DAEMON_TMO" "$PY" "$OUTDIR/e2e_helper.py" idle-flows "$TARGET" $P_IDLE "$BUSY_FLOWS"
+    wait_for 120 grep -q '^ready' "$LOGP.idle-flows.log" ||
+      { warn "idle flows not ready: $(tail -1 "$LOGP.idle-flows.log")"; return 1; }
+    log "  busy: $(tail -1 "$LOGP.idle-flows.log")"
+    [[ $SCEN == vswitch* ]] && vsw stats >>"$RUNLOG" 2>&1
+  fi
+  return 0
 }
 
 # ------------------------------------------------------------------------------ metrics
@@ -836,6 +912,7 @@ run_once() {  # in a background subshell with set -e; RUNDIR/LOGP/RUNLOG/SCEN/RU
   "setup_${SCEN//-/_}" >>"$RUNLOG" 2>&1
   HN "$NS_C1" 30 probe crr "$TARGET" $P_CRR 15 >>"$RUNLOG" 2>&1 ||
     { warn "$SCEN: c1 cannot reach $TARGET:$P_CRR"; return 1; }
+  ((BUSY)) && busy_up
   {
     for ns in "${ALL_NS[@]}"; do ns_exists "$ns" || continue
       echo "== $ns"; ip -n "$ns" -d link; ip -n "$ns" -br addr; ip -n "$ns" route; done
@@ -883,7 +960,7 @@ busy_check() {  # the machine's load skews every number: say so when it is not i
 
 cmd_cleanup() {  # namespaces of runs whose process is gone
   local ns pid
-  for ns in $(ip netns list | awk '{print $1}' | grep -E -- '^(host|c1|c2|wan)-vswb[0-9]+$' || true); do
+  for ns in $(ip netns list | awk '{print $1}' | grep -E -- '^(host|c1|c2|wan|b[0-9][0-9])-vswb[0-9]+$' || true); do
     pid=${ns##*-vswb}
     if kill -0 "$pid" 2>/dev/null && grep -q e2e.sh "/proc/$pid/cmdline" 2>/dev/null; then
       log "skip $ns: its run ($pid) is alive"; continue
@@ -916,6 +993,7 @@ main() {
       --vswitch) VSWITCH=$(realpath "${2:?}"); shift ;;
       --churn) CHURN_SEC=${2:?}; shift ;;
       --baseline) BASELINE=$(realpath "${2:?}"); shift ;;
+      --busy) BUSY=1 ;;
       -h|--help) usage 0 ;;
       *) warn "unknown argument '$1'"; usage 2 ;;
     esac
@@ -924,6 +1002,7 @@ main() {
   [[ $RUNS =~ ^[1-9][0-9]*$ && $DUR =~ ^[1-9][0-9]*$ && $CONN_DUR =~ ^[1-9][0-9]*$ ]] || die "bad -r/-t/-c"
   [[ -z $MTU || $MTU =~ ^[1-9][0-9]*$ ]] || die "bad --mtu"
   [[ $(id -u) == 0 ]] || die "must run as root (it creates network namespaces)"
+  if ((BUSY)); then local i; for i in $(seq "$BUSY_PORTS"); do ALL_NS+=("$(busy_ns "$i")"); done; fi
 
   log "tools:"; check_tools
   ensure_vswitch; warn_if_stale
