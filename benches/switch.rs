@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use vswitch_switch::{Action, Config, MacAddr, Millis, PortId, PortInfo, Switch};
+use vswitch_switch::{Action, Config, MacAddr, Millis, PortId, PortInfo, PortPolicy, Switch};
 
 const PORTS: u16 = 64;
 const NOW: Millis = 1_000_000;
@@ -26,26 +26,34 @@ fn host(i: u32) -> MacAddr {
     MacAddr([0x02, 0xaa, a, b, c, d])
 }
 
-/// A 64-byte frame (60 + room for the FCS, as a NIC would count it).
+/// A 64-byte frame (60 + room for the FCS, as a NIC would count it). An IPv4 frame's source
+/// address is the last four bytes of its source MAC: a station's own address.
 fn frame(dst: MacAddr, src: MacAddr, ethertype: u16) -> [u8; 64] {
     let mut f = [0u8; 64];
     f[0..6].copy_from_slice(&dst.0);
     f[6..12].copy_from_slice(&src.0);
     f[12..14].copy_from_slice(&ethertype.to_be_bytes());
     f[14] = 0x45;
+    f[26..30].copy_from_slice(&src.0[2..]);
     f
 }
 
 /// A switch with ports 1..=64 (each with its station) and `hosts` more MACs learned, spread
-/// over the ports, plus stations 1 and 2.
+/// over the ports, plus stations 1 and 2. The ports are trusted (no port security: background
+/// hosts live behind them, as behind a container that bridges).
 fn switch(hosts: u32) -> Switch {
+    switch_with(hosts, PortPolicy::trusted())
+}
+
+/// The same with every port on `policy`.
+fn switch_with(hosts: u32, policy: PortPolicy) -> Switch {
     let sw = Switch::new(Config::default());
     for p in 1..=PORTS {
         let info = PortInfo {
             mac: station(p),
             ip: Some(ip(p.into())),
         };
-        sw.add_port(PortId(p), info);
+        sw.add_port_with_policy(PortId(p), info, policy.clone());
     }
     let learn = |port: u16, mac: MacAddr| {
         let f = frame(MacAddr::BROADCAST, mac, 0x0800);
@@ -103,7 +111,7 @@ fn switch_ports(ports: u16) -> Switch {
             mac: station(p),
             ip: Some(ip(p.into())),
         };
-        sw.add_port(PortId(p), info);
+        sw.add_port_with_policy(PortId(p), info, PortPolicy::trusted());
         learn(p, station(p));
     }
     for i in 0..MACS - u32::from(ports) {
@@ -235,6 +243,90 @@ fn contended(c: &mut Criterion) {
     group.finish();
 }
 
+/// Port security on (every port checked, the default for a container): station 1 -> station
+/// 2 with 1 or 4096 background MACs learned (on trusted ports 3..=64, the only ones that may
+/// send them), a broadcast and an ARP request; and the unicast again with an isolated port
+/// elsewhere on the switch (the destination's isolation is then checked too). Compare with
+/// `unicast`, `flood` and `arp_reply` (no checks).
+fn secure(c: &mut Criterion) {
+    let secured = |hosts: u32| {
+        let sw = switch(hosts);
+        for p in [1, 2] {
+            let info = PortInfo {
+                mac: station(p),
+                ip: Some(ip(p.into())),
+            };
+            sw.add_port_with_policy(PortId(p), info, PortPolicy::default());
+        }
+        sw
+    };
+    let mut group = c.benchmark_group("secure_unicast");
+    group.throughput(Throughput::Elements(1));
+    let f = frame(station(2), station(1), 0x0800);
+    let mut reply = [0u8; 64];
+    for hosts in [1, 4096] {
+        let sw = secured(hosts);
+        assert_eq!(
+            process(&sw, PortId(1), &f, &mut reply),
+            Action::Forward(PortId(2))
+        );
+        group.bench_function(BenchmarkId::from_parameter(hosts), |b| {
+            b.iter(|| process(&sw, PortId(1), &f, &mut reply))
+        });
+    }
+    group.finish();
+
+    let sw = secured(4096);
+    let isolated = PortInfo {
+        mac: station(64),
+        ip: Some(ip(64)),
+    };
+    let policy = PortPolicy {
+        isolated: true,
+        ..PortPolicy::default()
+    };
+    sw.add_port_with_policy(PortId(64), isolated, policy);
+    assert_eq!(
+        process(&sw, PortId(1), &f, &mut reply),
+        Action::Forward(PortId(2))
+    );
+    c.bench_function("secure_unicast_isolation/4096", |b| {
+        b.iter(|| process(&sw, PortId(1), &f, &mut reply))
+    });
+
+    let sw = secured(64);
+    let bcast = frame(MacAddr::BROADCAST, station(1), 0x0800);
+    assert_eq!(process(&sw, PortId(1), &bcast, &mut reply), Action::Flood);
+    c.bench_function("secure_flood/64ports", |b| {
+        b.iter(|| process(&sw, PortId(1), &bcast, &mut reply))
+    });
+
+    let mut req = frame(MacAddr::BROADCAST, station(1), 0x0806);
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend(station(1).0);
+    arp.extend(ip(1).octets());
+    arp.extend([0; 6]);
+    arp.extend(ip(2).octets());
+    req[14..14 + arp.len()].copy_from_slice(&arp);
+    assert_eq!(
+        process(&sw, PortId(1), &req, &mut reply),
+        Action::Reply { len: 60 }
+    );
+    c.bench_function("secure_arp_reply", |b| {
+        b.iter(|| process(&sw, PortId(1), &req, &mut reply))
+    });
+
+    // A spoofed frame: how cheaply a flood of them is dropped.
+    let forged = frame(station(2), station(3), 0x0800);
+    assert!(matches!(
+        process(&sw, PortId(1), &forged, &mut reply),
+        Action::Drop(_)
+    ));
+    c.bench_function("secure_spoofed_drop", |b| {
+        b.iter(|| process(&sw, PortId(1), &forged, &mut reply))
+    });
+}
+
 fn config() -> Criterion {
     Criterion::default().warm_up_time(Duration::from_secs(1))
 }
@@ -242,6 +334,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = unicast, unicast_ports, unicast_mix, flood, arp_reply, contended
+    targets = unicast, unicast_ports, unicast_mix, flood, arp_reply, contended, secure
 }
 criterion_main!(benches);

@@ -55,6 +55,45 @@ pub struct TargetArg {
     pub netns: Option<PathBuf>,
 }
 
+/// Port security of a plugged container (README.md, "Security"). By default the switch drops
+/// (and counts) every frame from the container whose source MAC, IPv4 source or ARP sender is
+/// not the container's own, and any EtherType but IPv4 and ARP.
+#[derive(Args)]
+pub struct SecurityArgs {
+    /// No source checks at all: for a container that routes or bridges other hosts.
+    #[arg(long)]
+    pub trusted: bool,
+    /// The container reaches the gateway, the host and the outside, but no other container,
+    /// and is reached by none.
+    #[arg(long)]
+    pub isolated: bool,
+    /// Let the container also send from this MAC (repeatable).
+    #[arg(long, value_name = "MAC", value_parser = control::unicast_mac)]
+    pub allow_mac: Vec<vswitch_switch::MacAddr>,
+    /// Let the container also send from addresses of this prefix, ADDR/LEN (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub allow_ip: Vec<vswitch_switch::Ipv4Prefix>,
+    /// Let the container also send this EtherType, in hex, e.g. 86dd for IPv6 (repeatable).
+    #[arg(long, value_name = "HEX", value_parser = control::parse_ethertype)]
+    pub allow_ethertype: Vec<u16>,
+    /// Most MAC addresses the switch learns on the port besides the container's own (default:
+    /// the --allow-mac ones; --max-macs-per-port of `run` for a trusted port).
+    #[arg(long, value_name = "N")]
+    pub max_macs: Option<u32>,
+}
+
+/// Port security for the whole switch.
+#[derive(Args)]
+pub struct RunSecurityArgs {
+    /// Isolate every container plugged: each reaches the gateway, the host and the outside,
+    /// but no other container (as Docker's enable_icc=false).
+    #[arg(long)]
+    pub isolate: bool,
+    /// Most MAC addresses the switch learns on a trusted port (and the TAP) besides its own.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_macs_per_port: u32,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the switch daemon in the foreground.
@@ -126,6 +165,8 @@ pub enum Command {
         /// `warn,vswitch::natd=debug`); default: RUST_LOG, else info.
         #[arg(long)]
         log_level: Option<String>,
+        #[command(flatten)]
+        security: RunSecurityArgs,
     },
     /// Attach a container's network namespace to the switch.
     Plug {
@@ -143,6 +184,8 @@ pub enum Command {
         /// Publish a container port on the host: [HOSTIP:]HOSTPORT:CPORT[/tcp|/udp] (repeatable).
         #[arg(long, short = 'p')]
         publish: Vec<PublishSpec>,
+        #[command(flatten)]
+        security: SecurityArgs,
         /// Print the new port as JSON.
         #[arg(long)]
         json: bool,

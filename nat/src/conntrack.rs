@@ -18,8 +18,14 @@
 //! flows whose time has passed; a packet that finds an expired flow before that reclaims it on
 //! the spot, and the edge still hears of it at the next `expire`, so that it can close the
 //! flow's sockets.
+//!
+//! Finished TCP connections (TIME_WAIT, CLOSE) are kept for their timeout, as netfilter keeps
+//! them, but they cost new connections nothing: they leave the table's bound and their
+//! container's share the moment they finish, and the oldest are dropped first when too many
+//! pile up (netfilter's early drop), so that a container opening thousands of short connections
+//! a second is never refused because of those that are over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -40,6 +46,12 @@ pub const DEFAULT_MAX_FLOWS: usize = 65536;
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 const GEN_MASK: u32 = (1 << 24) - 1;
+
+/// How many finished TCP flows a shard keeps at most: together as many as the table's bound
+/// (at least 64 Ki), a few seconds of history even at tens of thousands of connections a second.
+fn finished_per_shard(max_flows: usize) -> usize {
+    max_flows.max(65536).div_ceil(SHARDS)
+}
 
 /// `[generation: 24][shard: 8][slot: 32]`
 fn make_id(generation: u32, shard: usize, slot: u32) -> FlowId {
@@ -442,6 +454,9 @@ struct Slot(Option<Flow>);
 struct Cold {
     generation: u32,
     extra: Extra,
+    /// A finished TCP flow (see [`Table::settle`]): outside the table's bound and its
+    /// container's share, listed in its shard's `finished` queue.
+    finished: bool,
 }
 
 /// One shard: an index from both keys to slots, and the slots.
@@ -462,6 +477,11 @@ pub(crate) struct Shard {
     retired: HashMap<u32, ContainerStats>,
     /// Where the next relay port search starts, so consecutive flows spread over the ports.
     relay_cursor: usize,
+    /// Finished TCP flows (slot, generation), oldest first; entries of flows since removed are
+    /// skipped when they reach the front.
+    finished: VecDeque<(u32, u32)>,
+    /// How many of this shard's flows are finished.
+    finished_count: usize,
 }
 
 impl Shard {
@@ -476,6 +496,8 @@ impl Shard {
             reaped: Vec::new(),
             retired: HashMap::new(),
             relay_cursor: index,
+            finished: VecDeque::new(),
+            finished_count: 0,
         }
     }
 
@@ -514,10 +536,15 @@ impl Shard {
         (f.inside_key() == key || f.outside_key() == Some(key)).then_some((slot, id))
     }
 
-    pub fn next_relay_cursor(&mut self) -> usize {
-        let c = self.relay_cursor;
-        self.relay_cursor = c.wrapping_add(1);
-        c
+    /// Whether the flow in `slot` is a finished TCP flow.
+    #[inline]
+    pub fn is_finished(&self, slot: u32) -> bool {
+        self.cold.get(slot as usize).is_some_and(|c| c.finished)
+    }
+
+    /// Whether the `finished` queue entry names a flow still finished.
+    fn finished_entry_live(&self, (slot, generation): (u32, u32)) -> bool {
+        (self.cold.get(slot as usize)).is_some_and(|c| c.finished && c.generation == generation)
     }
 }
 
@@ -621,7 +648,12 @@ pub(crate) struct Table {
     /// removal, the end of a connect).
     quotas: Mutex<HashMap<u32, Quota>>,
     shares: Shares,
+    /// Flows that count against `max_flows`: every flow but the finished ones.
     live: AtomicUsize,
+    /// Finished TCP flows, kept until their timeout or until a shard holds more than
+    /// `finished_per_shard` of them.
+    finished: AtomicUsize,
+    finished_per_shard: usize,
     max_flows: usize,
     pub timeouts: Timeouts,
     shard_seed: u64,
@@ -659,11 +691,23 @@ impl Table {
             quotas: Mutex::new(HashMap::new()),
             shares,
             live: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            finished_per_shard: finished_per_shard(max_flows),
             max_flows: max_flows.min(u32::MAX as usize),
             timeouts,
             shard_seed: random_seed(0x7368_6172_6473),
             counters: Counters::default(),
         }
+    }
+
+    /// Where a TCP flow's search for a relay port starts: a keyed hash of its container port
+    /// and destination, so that the same connection (the same four addresses and ports, as the
+    /// container sees them) comes back to the same relay port, and another one from the same
+    /// container port most likely to another.
+    #[inline]
+    pub fn relay_start(&self, cport: u16, rip: u32, rport: u16) -> usize {
+        let x = (u64::from(rip) << 32) | (u64::from(rport) << 16) | u64::from(cport);
+        hash64(self.shard_seed ^ 0x7265_6c61_7973, x) as usize
     }
 
     /// The shard of the flows of a container address and port.
@@ -861,13 +905,18 @@ impl Table {
         sh.retired.entry(flow.cip).or_default().flows_created += 1;
         if sh.free.pop().is_none() {
             sh.slots.push(Slot(Some(flow)));
-            sh.cold.push(Cold { generation, extra });
+            sh.cold.push(Cold {
+                generation,
+                extra,
+                finished: false,
+            });
         } else if let (Some(s), Some(c)) = (
             sh.slots.get_mut(slot as usize),
             sh.cold.get_mut(slot as usize),
         ) {
             s.0 = Some(flow);
             c.extra = extra;
+            c.finished = false;
         }
         self.counters.created.fetch_add(1, Relaxed);
         Ok(id)
@@ -877,8 +926,10 @@ impl Table {
     pub fn remove(&self, sh: &mut Shard, slot: u32) -> Option<Expired> {
         let id = sh.id_of(slot);
         let flow = sh.slots.get_mut(slot as usize)?.0.take()?;
+        let mut finished = false;
         if let Some(c) = sh.cold.get_mut(slot as usize) {
             c.generation = (c.generation + 1) & GEN_MASK;
+            finished = std::mem::take(&mut c.finished);
         }
         sh.free.push(slot);
         let k = fingerprint(sh.seed, flow.inside_key());
@@ -907,8 +958,14 @@ impl Table {
             _ => {}
         }
         flow.add_to(sh.retired.entry(flow.cip).or_default());
-        self.give_share(flow.cip, flow.kind);
-        self.live.fetch_sub(1, Relaxed);
+        if finished {
+            // It left the bound and its share when it finished.
+            sh.finished_count -= 1;
+            self.finished.fetch_sub(1, Relaxed);
+        } else {
+            self.give_share(flow.cip, flow.kind);
+            self.live.fetch_sub(1, Relaxed);
+        }
         Some(Expired {
             flow: id,
             proto: flow.kind.proto(),
@@ -928,6 +985,70 @@ impl Table {
         if let Some(e) = self.remove(sh, slot) {
             sh.reaped.push(e);
             self.counters.expired.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Call after a TCP flow's tracked state may have moved between open and finished
+    /// (TIME_WAIT or CLOSE): a flow that finishes gives its place in the table's bound and in
+    /// its container's share back at once and joins its shard's queue of finished flows, whose
+    /// oldest are dropped (and reported to the edge) beyond the shard's bound; a finished flow
+    /// that opens again (a new SYN on its addresses) takes its places back.
+    pub fn settle(&self, sh: &mut Shard, slot: u32) {
+        let Some(flow) = sh.flow(slot) else { return };
+        let (closed, cip, kind) = (flow.tcp.state().is_closed(), flow.cip, flow.kind);
+        if kind.proto() != Proto::Tcp || closed == sh.is_finished(slot) {
+            return;
+        }
+        let Some(c) = sh.cold.get_mut(slot as usize) else {
+            return;
+        };
+        c.finished = closed;
+        let generation = c.generation;
+        if closed {
+            self.give_share(cip, kind);
+            self.live.fetch_sub(1, Relaxed);
+            self.finished.fetch_add(1, Relaxed);
+            sh.finished_count += 1;
+            sh.finished.push_back((slot, generation));
+            self.drop_finished(sh);
+        } else {
+            self.force_share(cip, kind);
+            self.live.fetch_add(1, Relaxed);
+            self.finished.fetch_sub(1, Relaxed);
+            sh.finished_count -= 1;
+        }
+    }
+
+    /// Drops the oldest finished flows of a shard beyond its bound, and forgets queue entries
+    /// of flows already gone.
+    fn drop_finished(&self, sh: &mut Shard) {
+        while let Some(&front) = sh.finished.front() {
+            if sh.finished_entry_live(front) {
+                if sh.finished_count <= self.finished_per_shard {
+                    break;
+                }
+                self.reap(sh, front.0);
+            }
+            sh.finished.pop_front();
+        }
+        // Entries of flows removed meanwhile (expired, replaced) may sit behind live ones.
+        if sh.finished.len() > 2 * sh.finished_count + 64 {
+            let queue = std::mem::take(&mut sh.finished);
+            sh.finished = queue
+                .into_iter()
+                .filter(|&e| sh.finished_entry_live(e))
+                .collect();
+        }
+    }
+
+    /// Takes back a place in `cip`'s share for a flow that opened again, whatever the share's
+    /// bound: the flow exists already.
+    fn force_share(&self, cip: u32, kind: Kind) {
+        if kind.egress() {
+            let mut quotas = self.quotas();
+            let q = quotas.entry(cip).or_default();
+            q.live += 1;
+            q.half_open += usize::from(kind.connecting());
         }
     }
 
@@ -1043,7 +1164,7 @@ impl Table {
             }
         }
         NatStats {
-            flows: self.live.load(Relaxed),
+            flows: self.live.load(Relaxed) + self.finished.load(Relaxed),
             created: c.created.load(Relaxed),
             expired: c.expired.load(Relaxed),
             removed: c.removed.load(Relaxed),

@@ -478,7 +478,7 @@ impl Nat {
         let mut sh = self.table.lock(self.table.shard_of(pkt.src, tcp.sport));
         let Some((slot, _)) = self.table.lookup(&mut sh, key, now) else {
             if is_new_syn(tcp.flags) {
-                return self.tcp_new(&mut sh, frame, pkt, &tcp, now);
+                return self.tcp_new(&mut sh, frame, pkt, &tcp, None, now);
             }
             return self.drop(NatDrop::NoFlow);
         };
@@ -491,13 +491,19 @@ impl Nat {
             } => {
                 flow.tcp.update(Dir::Orig, tcp.flags);
                 self.table.refresh(flow, now);
+                self.table.settle(&mut sh, slot);
                 return Verdict::Pending;
             }
-            Kind::TcpEgress { .. } if is_new_syn(tcp.flags) && flow.tcp.state().is_closed() => {
-                // The container reuses the port for a new connection: a new flow, a new
-                // connect; the edge hears of the old one at the next `expire`.
+            Kind::TcpEgress { relay, .. }
+                if is_new_syn(tcp.flags) && flow.tcp.state().is_closed() =>
+            {
+                // The container reuses the port for a new connection to the same destination:
+                // a new flow, a new connect, on the same relay port, so that the host sees the
+                // same connection come back (a TIME_WAIT the host may still hold for it takes a
+                // newer SYN of the same connection, as any TCP endpoint does). The edge hears of
+                // the old flow at the next `expire`.
                 self.table.reap(&mut sh, slot);
-                return self.tcp_new(&mut sh, frame, pkt, &tcp, now);
+                return self.tcp_new(&mut sh, frame, pkt, &tcp, Some(relay), now);
             }
             Kind::TcpEgress { relay, .. } => (self.gateway, relay, Dir::Orig),
             Kind::TcpPublished { eph } => (self.gateway, eph, Dir::Reply),
@@ -506,34 +512,32 @@ impl Nat {
         if rewrite_tcp(frame, pkt, End::Dst, ip, port).is_err() {
             return self.drop(NatDrop::Malformed);
         }
+        let was_closed = flow.tcp.state().is_closed();
         flow.tcp.update(dir, tcp.flags);
         flow.count_out(pkt.l3_len());
         self.table.refresh(flow, now);
+        if flow.tcp.state().is_closed() != was_closed {
+            self.table.settle(&mut sh, slot);
+        }
         Verdict::Rewritten
     }
 
     /// A container's first SYN to the outside: a flow with a free relay port, the SYN held.
+    /// `reuse`: the relay port of the finished flow this connection replaces.
     fn tcp_new(
         &self,
         sh: &mut Shard,
         frame: &[u8],
         pkt: &Ipv4Frame,
         tcp: &TcpHdr,
+        reuse: Option<u16>,
         now: u64,
     ) -> Verdict {
         if pkt.partial_csum(TCP_CSUM_OFF).is_err() {
             return self.drop(NatDrop::Malformed);
         }
-        let n = self.relay_ports.len();
-        let start = sh.next_relay_cursor();
-        let relay = (0..n)
-            .map(|i| self.relay_ports[(start.wrapping_add(i)) % n])
-            .find(|&r| {
-                self.table
-                    .lookup(sh, outside_key(pkt.src, tcp.sport, r), now)
-                    .is_none()
-            });
-        let Some(relay) = relay else {
+        let Some(relay) = self.relay_port(sh, pkt.src, tcp.sport, pkt.dst, tcp.dport, reuse, now)
+        else {
             return self.drop(NatDrop::NoRelayPort);
         };
         let kind = Kind::TcpEgress {
@@ -550,6 +554,53 @@ impl Nat {
             },
             Err(e) => self.refuse(sh, frame, pkt, e),
         }
+    }
+
+    /// The relay port for a new connection from `cip:cport` to `rip:rport`: the host will see
+    /// it come from `cip:cport` to `GATEWAY:relay`, so that pair of ports must not be another
+    /// live connection's. Nor, if possible, a finished one's: the host may still hold a
+    /// TIME_WAIT for it (if it closed first), which takes a new SYN only from the same
+    /// connection (newer timestamps and sequence numbers), and answers another connection's
+    /// SYN with an ACK that the container resets, leaving it to retransmit its SYN a second
+    /// later. So: the port of the finished flow this connection replaces (`reuse`), else the
+    /// first port, from a start that the connection's addresses choose, that no flow uses,
+    /// else one a finished flow uses (which goes).
+    #[allow(clippy::too_many_arguments)]
+    fn relay_port(
+        &self,
+        sh: &mut Shard,
+        cip: u32,
+        cport: u16,
+        rip: u32,
+        rport: u16,
+        reuse: Option<u16>,
+        now: u64,
+    ) -> Option<u16> {
+        if let Some(r) = reuse {
+            if self
+                .table
+                .lookup(sh, outside_key(cip, cport, r), now)
+                .is_none()
+            {
+                return Some(r);
+            }
+        }
+        let n = self.relay_ports.len();
+        let start = self.table.relay_start(cport, rip, rport);
+        let mut finished = None;
+        for i in 0..n {
+            let r = self.relay_ports[start.wrapping_add(i) % n];
+            match self.table.lookup(sh, outside_key(cip, cport, r), now) {
+                None => return Some(r),
+                Some((slot, _)) if finished.is_none() && sh.is_finished(slot) => {
+                    finished = Some((slot, r))
+                }
+                Some(_) => {}
+            }
+        }
+        let (slot, r) = finished?;
+        self.table.reap(sh, slot);
+        Some(r)
     }
 
     fn udp_out(&self, frame: &mut [u8], pkt: &Ipv4Frame, now: u64) -> Verdict {
@@ -685,9 +736,13 @@ impl Nat {
         if rewrite_tcp(frame, &pkt, End::Src, flow.rip, flow.rport).is_err() {
             return self.drop(NatDrop::Malformed);
         }
+        let was_closed = flow.tcp.state().is_closed();
         flow.tcp.update(dir, tcp.flags);
         flow.count_in(pkt.l3_len());
         self.table.refresh(flow, now);
+        if flow.tcp.state().is_closed() != was_closed {
+            self.table.settle(&mut sh, slot);
+        }
         Verdict::Rewritten
     }
 

@@ -29,6 +29,14 @@ pub struct SwitchStats {
     pub moved: u64,
     /// Learned MACs forgotten because they aged.
     pub aged: u64,
+    /// Entries evicted from a full table to learn a station's own MAC.
+    pub evicted: u64,
+    /// Source MACs not learned: over their port's limit, or another port's station.
+    pub learn_refused: u64,
+    /// Dropped as `Spoofed` (port security), whatever the kind.
+    pub spoofed: u64,
+    /// Dropped as `Isolated`.
+    pub isolated: u64,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +70,10 @@ pub(crate) struct Slot {
     pub fdb_full: Counter,
     pub learned: Counter,
     pub moved: Counter,
+    pub evicted: Counter,
+    pub learn_refused: Counter,
+    pub spoofed: Counter,
+    pub isolated: Counter,
 }
 
 impl Counters {
@@ -83,6 +95,10 @@ impl Counters {
             s.fdb_full += c.fdb_full.get();
             s.learned += c.learned.get();
             s.moved += c.moved.get();
+            s.evicted += c.evicted.get();
+            s.learn_refused += c.learn_refused.get();
+            s.spoofed += c.spoofed.get();
+            s.isolated += c.isolated.get();
         }
         s
     }

@@ -4,9 +4,10 @@
 
 use crate::arp;
 use crate::fdb::{Fdb, FdbEntry, Learned};
-use crate::frame::{Arp, Ethernet, ARP_OP_REQUEST, ETHERTYPE_ARP};
+use crate::frame::{Arp, Ethernet, ARP_OP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::mac::MacAddr;
-use crate::port::{ArpTarget, PortId, PortInfo, Ports};
+use crate::policy::{PortPolicy, PortSecurityStats, Refusal, Sent, SpoofKind};
+use crate::port::{may_talk, ArpTarget, PortId, PortInfo, PortWord, Ports};
 use crate::stats::{Counters, SwitchStats};
 use crate::Millis;
 
@@ -17,6 +18,9 @@ pub struct Config {
     pub fdb_capacity: usize,
     /// A MAC not seen for longer than this is forgotten (default 300 s, like Linux bridges).
     pub fdb_age_ms: u64,
+    /// Most MACs the table learns on a trusted port besides its station's own, unless its
+    /// policy says otherwise (default 256). A checked port learns only the MACs it may send.
+    pub max_macs_per_port: u32,
 }
 
 impl Default for Config {
@@ -24,6 +28,7 @@ impl Default for Config {
         Config {
             fdb_capacity: 8192,
             fdb_age_ms: 300_000,
+            max_macs_per_port: 256,
         }
     }
 }
@@ -57,6 +62,10 @@ pub enum DropReason {
     /// An ARP request for the ingress port's own address (e.g. duplicate address detection):
     /// no answer.
     ArpForSelf,
+    /// The ingress port may not send it (port security: see [`PortPolicy`]).
+    Spoofed(SpoofKind),
+    /// It would cross between two containers, one of them isolated.
+    Isolated,
 }
 
 /// The switch: port directory, forwarding table and counters. `Send + Sync`; share one.
@@ -65,6 +74,7 @@ pub struct Switch {
     ports: Ports,
     fdb: Fdb,
     counters: Counters,
+    max_macs_per_port: u32,
 }
 
 impl Switch {
@@ -73,12 +83,56 @@ impl Switch {
             ports: Ports::new(),
             fdb: Fdb::new(cfg.fdb_capacity, cfg.fdb_age_ms),
             counters: Counters::default(),
+            max_macs_per_port: cfg.max_macs_per_port,
         }
     }
 
-    /// Registers (or replaces) a port and its station, which the switch answers ARP for.
+    /// Registers (or replaces) a port and its station, which the switch answers ARP for, with
+    /// the default policy: its frames are checked (anti-spoofing, see [`PortPolicy`]).
     pub fn add_port(&self, id: PortId, info: PortInfo) {
-        self.ports.add(id, info);
+        self.add_port_with_policy(id, info, PortPolicy::default());
+    }
+
+    /// Registers (or replaces) a port, its station and what it may send and reach. A port
+    /// that was not registered starts with zeroed port-security counters.
+    pub fn add_port_with_policy(&self, id: PortId, info: PortInfo, policy: PortPolicy) {
+        self.ports.add(id, info, policy, self.max_macs_per_port);
+    }
+
+    /// The policy port `id` was registered with.
+    pub fn port_policy(&self, id: PortId) -> Option<PortPolicy> {
+        self.ports.policy(id)
+    }
+
+    /// Port `id`'s port-security counters, `None` if it is not registered.
+    pub fn port_security(&self, id: PortId) -> Option<PortSecurityStats> {
+        self.ports.security_stats(id)
+    }
+
+    /// Most MACs the forwarding table learns on port `id` besides its station's own.
+    pub fn port_mac_limit(&self, id: PortId) -> u32 {
+        self.ports.mac_limit(id).try_into().unwrap_or(u32::MAX)
+    }
+
+    /// MACs learned on port `id` besides its station's own (aged ones not yet expired
+    /// included).
+    pub fn fdb_learned_on(&self, id: PortId) -> usize {
+        self.fdb.learned_on(id)
+    }
+
+    /// Whether a frame from `ingress` that the switch floods may go out of `egress`: not back
+    /// out of `ingress`, and not between two containers when either is isolated. The caller of
+    /// [`Switch::process`] asks this for every port when it gets [`Action::Flood`].
+    #[inline]
+    pub fn floods_to(&self, ingress: PortId, egress: PortId) -> bool {
+        if ingress == egress {
+            return false;
+        }
+        if !self.ports.isolation_active() {
+            return true;
+        }
+        let (a, b) = (self.ports.word(ingress), self.ports.word(egress));
+        a.is_live() && b.is_live() && may_talk(a, b)
     }
 
     /// Forgets the port and every MAC learned on it.
@@ -96,11 +150,14 @@ impl Switch {
     /// The hot path. `outgoing` = the frame was sent by this host (AF_PACKET `sll_pkttype ==
     /// PACKET_OUTGOING`): it is dropped and never learned from.
     ///
-    /// Validate, learn the source (on the ingress port), answer ARP requests for a station on
-    /// another port (written into `reply_buf`), then forward by destination: group address or
-    /// unknown -> `Flood`, learned on another port -> `Forward`, on the ingress port -> `Drop`.
-    /// An ARP request for an unknown address is forwarded like any frame (flooded). If
-    /// `reply_buf` is shorter than 60 bytes the request is forwarded instead of answered.
+    /// Validate, check what the ingress port may send (port security: a spoofed frame is
+    /// dropped before anything learns from it), learn the source (on the ingress port), answer
+    /// ARP requests for a station on another port (written into `reply_buf`), then forward by
+    /// destination: group address or unknown -> `Flood` (to the ports [`Switch::floods_to`]
+    /// allows), learned on another port -> `Forward`, on the ingress port -> `Drop`; frames
+    /// between an isolated container and another container are dropped. An ARP request for an
+    /// unknown address is forwarded like any frame (flooded). If `reply_buf` is shorter than
+    /// 60 bytes the request is forwarded instead of answered.
     pub fn process(
         &self,
         ingress: PortId,
@@ -115,7 +172,9 @@ impl Switch {
             c.outgoing.inc();
             return Action::Drop(DropReason::Outgoing);
         }
-        if !self.ports.is_live(ingress) {
+        let port = self.ports.port(ingress);
+        let word = port.word;
+        if !word.is_live() {
             return Action::Drop(DropReason::UnknownPort);
         }
         let Some(eth) = Ethernet::parse(frame) else {
@@ -124,14 +183,27 @@ impl Switch {
         if eth.src.is_multicast() || eth.src.is_zero() {
             return self.malformed();
         }
-        let arp_request = if eth.ethertype == ETHERTYPE_ARP {
+        let arp = if eth.ethertype == ETHERTYPE_ARP {
             match Arp::parse(eth.payload) {
-                Ok(arp) => arp.filter(|a| a.op == ARP_OP_REQUEST),
+                Ok(arp) => arp,
                 Err(_) => return self.malformed(),
             }
         } else {
             None
         };
+        // Port security, before anything learns from the frame.
+        if word.checked() {
+            let sent = Sent {
+                src: eth.src,
+                ethertype: eth.ethertype,
+                payload: eth.payload,
+                arp: arp.as_ref(),
+            };
+            if let Err(refusal) = self.ports.check(ingress, port, sent, frame) {
+                return self.refused(ingress, refusal);
+            }
+        }
+        let arp_request = arp.filter(|a| a.op == ARP_OP_REQUEST);
 
         let unicast_dst = (!eth.dst.is_multicast()).then_some(eth.dst);
         let (learned, dst_port) =
@@ -140,14 +212,22 @@ impl Switch {
         match learned {
             Learned::Known | Learned::PortGone => {}
             Learned::New => c.learned.inc(),
+            Learned::NewEvicting => {
+                c.learned.inc();
+                c.evicted.inc();
+            }
             Learned::Moved => c.moved.inc(),
             Learned::Full => c.fdb_full.inc(),
+            Learned::Refused => self.learn_refused(ingress),
         }
 
         if let Some(req) = arp_request {
             match self.ports.arp_target(ingress, req.tpa) {
                 ArpTarget::IngressItself => return Action::Drop(DropReason::ArpForSelf),
-                ArpTarget::Station(mac) => {
+                ArpTarget::Station(_, port) if !self.may_reach(word, port) => {
+                    return self.isolated(ingress);
+                }
+                ArpTarget::Station(mac, _) => {
                     if let Some(len) = arp::write_reply(reply_buf, (mac, req.tpa), eth.src, &req) {
                         c.arp_replies.inc();
                         return Action::Reply { len };
@@ -157,17 +237,118 @@ impl Switch {
             }
         }
 
+        // A station not learned yet (silent since it was plugged, or aged) is still known by
+        // its port: its frames go there, not to every port.
+        let dst_port = dst_port.or_else(|| self.ports.station_port(unicast_dst?));
+
+        // Isolation by address too: a container that sends another container's address to the
+        // gateway's MAC (or floods it) must not reach it through a host that forwards. (To a
+        // container's MAC, `may_reach` below decides.)
+        if eth.ethertype == ETHERTYPE_IPV4
+            && self.ports.isolation_active()
+            && dst_port.is_none_or(|p| self.ports.word(p).uplink())
+            && self.crosses_isolation(ingress, word, eth.payload)
+        {
+            return self.isolated(ingress);
+        }
         match dst_port {
             Some(port) if port == ingress => {
                 c.hairpin.inc();
                 Action::Drop(DropReason::Hairpin)
             }
+            Some(port) if !self.may_reach(word, port) => self.isolated(ingress),
             Some(port) => Action::Forward(port),
             None => {
                 c.flooded.inc();
                 Action::Flood
             }
         }
+    }
+
+    /// Port security alone: whether `frame` from `ingress` passes the checks of
+    /// [`Switch::process`] (a spoofed frame is dropped and counted here). For an edge that
+    /// hands frames to someone else before the switch (the NAT), so that no path skips the
+    /// checks; `process` checks again, which costs a few nanoseconds and keeps it whole.
+    pub fn admit(&self, ingress: PortId, frame: &[u8]) -> Result<(), DropReason> {
+        // As `process` does it (not shared: its hot path keeps the frame in registers).
+        let port = self.ports.port(ingress);
+        if !port.word.is_live() {
+            return Err(DropReason::UnknownPort);
+        }
+        let eth = match Ethernet::parse(frame) {
+            Some(eth) if !(eth.src.is_multicast() || eth.src.is_zero()) => eth,
+            _ => return Err(self.malformed_reason()),
+        };
+        let arp = match eth.ethertype {
+            ETHERTYPE_ARP => Arp::parse(eth.payload).map_err(|_| self.malformed_reason())?,
+            _ => None,
+        };
+        let sent = Sent {
+            src: eth.src,
+            ethertype: eth.ethertype,
+            payload: eth.payload,
+            arp: arp.as_ref(),
+        };
+        if !port.word.checked() {
+            return Ok(());
+        }
+        match self.ports.check(ingress, port, sent, frame) {
+            Ok(()) => Ok(()),
+            Err(refusal) => match self.refused(ingress, refusal) {
+                Action::Drop(reason) => Err(reason),
+                _ => unreachable!("a refusal is a drop"),
+            },
+        }
+    }
+
+    #[cold]
+    fn malformed_reason(&self) -> DropReason {
+        self.counters.mine().malformed.inc();
+        DropReason::Malformed
+    }
+
+    /// Whether the ingress port (`word`) may send to `egress`.
+    #[inline]
+    fn may_reach(&self, word: PortWord, egress: PortId) -> bool {
+        !self.ports.isolation_active() || may_talk(word, self.ports.word(egress))
+    }
+
+    /// Whether an IPv4 packet from `ingress` (whose word is `word`) is addressed to the station
+    /// of a port it may not reach, whatever the frame's destination MAC.
+    #[cold]
+    fn crosses_isolation(&self, ingress: PortId, word: PortWord, packet: &[u8]) -> bool {
+        let Some(&[a, b, c, d]) = packet.get(16..20) else {
+            return false;
+        };
+        match self.ports.owner_of(u32::from_be_bytes([a, b, c, d])) {
+            Some(owner) if owner != ingress => !may_talk(word, self.ports.word(owner)),
+            _ => false,
+        }
+    }
+
+    #[cold]
+    fn refused(&self, ingress: PortId, refusal: Refusal) -> Action {
+        match refusal {
+            Refusal::Spoofed(kind) => {
+                self.counters.mine().spoofed.inc();
+                self.ports.count_spoofed(ingress, kind);
+                Action::Drop(DropReason::Spoofed(kind))
+            }
+            Refusal::Truncated => self.malformed(),
+        }
+    }
+
+    #[cold]
+    fn isolated(&self, ingress: PortId) -> Action {
+        self.counters.mine().isolated.inc();
+        self.ports.count_isolated(ingress);
+        Action::Drop(DropReason::Isolated)
+    }
+
+    #[cold]
+    fn learn_refused(&self, ingress: PortId) {
+        self.counters.mine().learn_refused.inc();
+        self.ports.count_learn_refused(ingress);
     }
 
     #[cold]
@@ -191,8 +372,13 @@ impl Switch {
     pub fn seen(&self, mac: MacAddr, port: PortId, now: Millis) {
         if !self.fdb.refresh(mac, port, now) {
             let (learned, _) = self.fdb.learn_and_lookup(mac, port, None, now, &self.ports);
-            if learned == Learned::New {
-                self.counters.mine().learned.inc();
+            match learned {
+                Learned::New => self.counters.mine().learned.inc(),
+                Learned::NewEvicting => {
+                    self.counters.mine().learned.inc();
+                    self.counters.mine().evicted.inc();
+                }
+                _ => {}
             }
         }
     }

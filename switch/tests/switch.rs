@@ -6,7 +6,8 @@ use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
 };
 use vswitch_switch::{
-    Action, Config, DropReason, MacAddr, PortId, PortInfo, Switch, SwitchStats, VNET_HDR_LEN,
+    Action, Config, DropReason, MacAddr, PortId, PortInfo, PortPolicy, Switch, SwitchStats,
+    VNET_HDR_LEN,
 };
 
 const AGE: u64 = 10_000;
@@ -27,16 +28,19 @@ fn host(n: u8, k: u8) -> MacAddr {
     MacAddr([0x02, 0xaa, 0, 0, n, k])
 }
 
-/// A switch with ports 1..=n, each with its station.
+/// A switch with ports 1..=n, each with its station, trusted (no port security, as the
+/// daemon's TAP and `plug --trusted` ports): the forwarding tests put other hosts behind ports.
+/// Port security has its own tests (`tests/security.rs`).
 fn switch_with(n: u8, cfg: Config) -> Switch {
     let sw = Switch::new(cfg);
     for p in 1..=n {
-        sw.add_port(
+        sw.add_port_with_policy(
             PortId(p.into()),
             PortInfo {
                 mac: station(p),
                 ip: Some(ip(p)),
             },
+            PortPolicy::trusted(),
         );
     }
     sw
@@ -62,8 +66,12 @@ fn eth(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// An IPv4 frame whose source address is the last four bytes of its source MAC (a station's
+/// own address, for a station's MAC).
 fn ipv4(dst: MacAddr, src: MacAddr) -> Vec<u8> {
-    eth(dst, src, IPV4, &[0x45; 46])
+    let mut packet = [0x45; 46];
+    packet[12..16].copy_from_slice(&src.0[2..]);
+    eth(dst, src, IPV4, &packet)
 }
 
 fn arp(op: u16, sha: MacAddr, spa: Ipv4Addr, tha: MacAddr, tpa: Ipv4Addr) -> Vec<u8> {
@@ -107,23 +115,23 @@ fn defaults_and_sharing() {
 fn learns_sources_and_forwards_to_them() {
     let sw = switch(3);
     // Nothing learned yet: unknown unicast floods, and the source is learned.
-    assert_eq!(run(&sw, 1, &ipv4(station(2), station(1)), 0), Action::Flood);
-    assert_eq!(fdb(&sw, 0), vec![(station(1), 1)]);
+    assert_eq!(run(&sw, 1, &ipv4(host(2, 1), host(1, 1)), 0), Action::Flood);
+    assert_eq!(fdb(&sw, 0), vec![(host(1, 1), 1)]);
     assert_eq!(
-        run(&sw, 2, &ipv4(station(1), station(2)), 1),
+        run(&sw, 2, &ipv4(host(1, 1), host(2, 1)), 1),
         Action::Forward(PortId(1))
     );
     assert_eq!(
-        run(&sw, 1, &ipv4(station(2), station(1)), 2),
+        run(&sw, 1, &ipv4(host(2, 1), host(1, 1)), 2),
         Action::Forward(PortId(2))
     );
     // A second host behind port 3.
     assert_eq!(
-        run(&sw, 3, &ipv4(station(1), host(3, 1)), 3),
+        run(&sw, 3, &ipv4(host(1, 1), host(3, 1)), 3),
         Action::Forward(PortId(1))
     );
     assert_eq!(
-        run(&sw, 1, &ipv4(host(3, 1), station(1)), 4),
+        run(&sw, 1, &ipv4(host(3, 1), host(1, 1)), 4),
         Action::Forward(PortId(3))
     );
     assert_eq!(sw.fdb_len(), 3);
@@ -153,19 +161,42 @@ fn fdb_entries_are_sorted_with_ages() {
 }
 
 #[test]
+fn a_station_is_reached_before_it_speaks_and_after_it_aged() {
+    let sw = switch(3);
+    // Registered at plug: frames to it go to its port, not to every port...
+    assert_eq!(
+        run(&sw, 1, &ipv4(station(2), station(1)), 0),
+        Action::Forward(PortId(2))
+    );
+    // ...also once its learned entry aged...
+    run(&sw, 2, &ipv4(MacAddr::BROADCAST, station(2)), 0);
+    assert_eq!(
+        run(&sw, 1, &ipv4(station(2), station(1)), AGE + 1),
+        Action::Forward(PortId(2))
+    );
+    // ...and a removed port's station is unknown again.
+    sw.remove_port(PortId(2));
+    assert_eq!(
+        run(&sw, 1, &ipv4(station(2), station(1)), AGE + 2),
+        Action::Flood
+    );
+    assert_eq!(sw.stats().flooded, 2);
+}
+
+#[test]
 fn entries_age_out_unless_refreshed() {
     let sw = switch(3);
-    run(&sw, 1, &ipv4(MacAddr::BROADCAST, station(1)), 0);
-    run(&sw, 2, &ipv4(MacAddr::BROADCAST, station(2)), 0);
-    // station(2) keeps talking; station(1) goes quiet.
-    run(&sw, 2, &ipv4(MacAddr::BROADCAST, station(2)), AGE / 2);
-    let to_1 = ipv4(station(1), station(3));
-    let to_2 = ipv4(station(2), station(3));
+    run(&sw, 1, &ipv4(MacAddr::BROADCAST, host(1, 1)), 0);
+    run(&sw, 2, &ipv4(MacAddr::BROADCAST, host(2, 1)), 0);
+    // host(2, 1) keeps talking; host(1, 1) goes quiet.
+    run(&sw, 2, &ipv4(MacAddr::BROADCAST, host(2, 1)), AGE / 2);
+    let to_1 = ipv4(host(1, 1), host(3, 1));
+    let to_2 = ipv4(host(2, 1), host(3, 1));
     assert_eq!(run(&sw, 3, &to_1, AGE), Action::Forward(PortId(1)));
-    // One millisecond later station(1) is absent: flooded, not listed, then expired.
+    // One millisecond later host(1, 1) is absent: flooded, not listed, then expired.
     assert_eq!(run(&sw, 3, &to_1, AGE + 1), Action::Flood);
     assert_eq!(run(&sw, 3, &to_2, AGE + 1), Action::Forward(PortId(2)));
-    assert_eq!(fdb(&sw, AGE + 1), vec![(station(2), 2), (station(3), 3)]);
+    assert_eq!(fdb(&sw, AGE + 1), vec![(host(2, 1), 2), (host(3, 1), 3)]);
     assert_eq!(sw.fdb_len(), 3);
     assert_eq!(sw.expire(AGE + 1), 1);
     assert_eq!(sw.fdb_len(), 2);
@@ -177,7 +208,7 @@ fn entries_age_out_unless_refreshed() {
     );
     assert_eq!(sw.expire(AGE / 2 + AGE + 1), 1);
     // A quiet station that speaks again is learned again.
-    run(&sw, 1, &ipv4(MacAddr::BROADCAST, station(1)), 3 * AGE);
+    run(&sw, 1, &ipv4(MacAddr::BROADCAST, host(1, 1)), 3 * AGE);
     assert_eq!(run(&sw, 3, &to_1, 3 * AGE), Action::Forward(PortId(1)));
 }
 
@@ -236,6 +267,7 @@ fn table_is_bounded_and_evicts_aged_entries() {
     let cfg = Config {
         fdb_capacity: 4,
         fdb_age_ms: AGE,
+        ..Config::default()
     };
     let sw = switch_with(2, cfg);
     for k in 0..4 {
@@ -316,10 +348,11 @@ fn zero_capacity_learns_nothing_and_floods() {
     let cfg = Config {
         fdb_capacity: 0,
         fdb_age_ms: AGE,
+        ..Config::default()
     };
     let sw = switch_with(2, cfg);
-    run(&sw, 1, &ipv4(MacAddr::BROADCAST, station(1)), 0);
-    assert_eq!(run(&sw, 2, &ipv4(station(1), station(2)), 0), Action::Flood);
+    run(&sw, 1, &ipv4(MacAddr::BROADCAST, host(1, 1)), 0);
+    assert_eq!(run(&sw, 2, &ipv4(host(1, 1), host(2, 1)), 0), Action::Flood);
     assert_eq!((sw.fdb_len(), sw.stats().fdb_full), (0, 2));
 }
 
@@ -587,8 +620,8 @@ fn malformed_frames_are_dropped_and_counted() {
         );
     }
     assert_eq!(run(&sw, 1, &req[..42], 0), Action::Reply { len: 60 });
-    // A bare 14-byte IPv4 frame is not the switch's business.
-    assert_eq!(run(&sw, 1, &ok[..14], 0), Action::Flood);
+    // A bare 14-byte IPv4 frame is not the switch's business: forwarded to its station.
+    assert_eq!(run(&sw, 1, &ok[..14], 0), Action::Forward(PortId(2)));
     assert_eq!(sw.fdb_len(), 1);
     assert_eq!(sw.stats().malformed, 14 + 3 + 28);
 }
@@ -616,6 +649,7 @@ fn random_bytes_never_panic() {
         Config {
             fdb_capacity: 64,
             fdb_age_ms: 1_000,
+            ..Config::default()
         },
     );
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
@@ -674,6 +708,8 @@ fn concurrent_learning_never_resurrects_a_removed_port() {
         let cfg = Config {
             fdb_capacity: 1 << 22,
             fdb_age_ms: AGE,
+            // Every MAC learned: the race is between learning and the removal.
+            max_macs_per_port: u32::MAX,
         };
         let sw = switch_with(2, cfg);
         let removed = AtomicBool::new(false);
@@ -742,7 +778,7 @@ fn frames_seen_elsewhere_refresh_or_learn_but_never_move() {
 #[test]
 fn a_restored_fdb_forwards_and_ages_as_the_one_it_came_from() {
     let old = switch(3);
-    run(&old, 1, &ipv4(MacAddr::BROADCAST, station(1)), 1_000);
+    run(&old, 1, &ipv4(MacAddr::BROADCAST, host(1, 1)), 1_000);
     run(&old, 2, &ipv4(MacAddr::BROADCAST, host(2, 7)), 3_000);
     let entries = old.fdb_entries(4_000);
     // A new switch (another process) with the same ports takes the table over.
@@ -755,10 +791,10 @@ fn a_restored_fdb_forwards_and_ages_as_the_one_it_came_from() {
     });
     new.restore_fdb(&unknown, 4_000);
     assert_eq!(new.fdb_entries(4_000), entries, "same entries, same ages");
-    let to_host = ipv4(host(2, 7), station(3));
+    let to_host = ipv4(host(2, 7), host(3, 1));
     assert_eq!(run(&new, 3, &to_host, 4_000), Action::Forward(PortId(2)));
-    // station(1), last seen at 1 000, ages out at the same time in both.
-    let to_1 = ipv4(station(1), station(3));
+    // host(1, 1), last seen at 1 000, ages out at the same time in both.
+    let to_1 = ipv4(host(1, 1), host(3, 1));
     assert_eq!(run(&new, 3, &to_1, 1_000 + AGE), Action::Forward(PortId(1)));
     assert_eq!(run(&new, 3, &to_1, 1_001 + AGE), Action::Flood);
     assert_eq!(run(&old, 3, &to_1, 1_001 + AGE), Action::Flood);

@@ -61,6 +61,9 @@ pub mod skb {
     pub const LEN: i16 = 0;
     /// `__u32 protocol`: the EtherType, in network byte order.
     pub const PROTOCOL: i16 = 16;
+    /// `__u32 vlan_present`: the kernel took a VLAN tag off the frame (it is in the skb's
+    /// metadata, no longer in its bytes).
+    pub const VLAN_PRESENT: i16 = 20;
     /// `__u32 ifindex`: the device the frame is on.
     pub const IFINDEX: i16 = 40;
     /// `__u32 hash`: the flow hash the sending socket set, else 0.
@@ -244,6 +247,10 @@ impl Asm {
     /// `dst |= src`.
     pub fn or64_reg(&mut self, dst: Reg, src: Reg) -> &mut Asm {
         self.emit(ALU64 | OR | X, dst, src, 0, 0)
+    }
+    /// `dst &= src`.
+    pub fn and64_reg(&mut self, dst: Reg, src: Reg) -> &mut Asm {
+        self.emit(ALU64 | AND | X, dst, src, 0, 0)
     }
     /// `dst &= imm`.
     pub fn and64_imm(&mut self, dst: Reg, imm: i32) -> &mut Asm {
@@ -484,6 +491,14 @@ mod tests {
         assert_eq!(offsets(&insns), [0, 2, 0, 0, -5, 0]);
         // Encoding: opcode, registers (dst low, src high), immediate.
         assert_eq!(insns[1].code, 0x15);
+        let mut b = Asm::new();
+        b.and64_reg(R1, R2).exit();
+        let and = b.finish().unwrap()[0];
+        assert_eq!(
+            (and.code, and.regs),
+            (0x5f, 0x21),
+            "BPF_ALU64 | BPF_AND | BPF_X, r1 &= r2"
+        );
         assert_eq!(insns[2].code, 0x18);
         assert_eq!(insns[2].regs, 0x11, "dst r1, src BPF_PSEUDO_MAP_FD");
         assert_eq!(insns[2].imm, 3);

@@ -17,6 +17,14 @@
 //! takes. The program marks each source station it forwards for as used; the daemon refreshes
 //! (or learns) those MACs in its forwarding table, so they age as if the switch had seen their
 //! frames.
+//!
+//! Port security holds on the fast path too: a frame takes it only if its source MAC is a
+//! station of the port it came in by (so a forged source MAC never does), and a station of a
+//! checked port carries the one prefix its IPv4 sources must be in (`SrcCheck`): its frames
+//! take the fast path only as untagged IPv4 from that prefix. Everything else (ARP, other
+//! EtherTypes, a forged source address, a port whose sources no single prefix describes) goes
+//! to the daemon, which drops and counts what is spoofed. Isolated ports have no stations in
+//! the map: the daemon carries (and refuses) their frames.
 
 use std::collections::HashMap;
 use std::io;
@@ -24,7 +32,9 @@ use std::mem::offset_of;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use vswitch_switch::{MacAddr, PortId};
+use std::net::Ipv4Addr;
+
+use vswitch_switch::{Ipv4Prefix, MacAddr, PortId};
 
 use super::asm::{skb, Asm, AsmError, Helper, Insn, R0, R1, R10, R2, R3, R4, R6, R7, R8};
 use super::map::{Map, PerCpuMap, Pod};
@@ -37,11 +47,55 @@ use crate::kernel::netlink::{Netlink, NetlinkError};
 /// Ports with an id below this can use the fast path (the counter array is this long).
 pub const MAX_PORTS: u16 = 1024;
 
-/// Where a MAC lives: the host end of its container's veth.
+/// Where a MAC lives: the host end of its container's veth, and what frames from it may take
+/// the fast path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Station {
     pub ifindex: u32,
     pub port: PortId,
+    pub check: SrcCheck,
+}
+
+/// What the program checks of a frame from a station before it takes the fast path (port
+/// security, see `vswitch_switch::PortPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrcCheck {
+    /// Nothing: a trusted port.
+    None,
+    /// Untagged IPv4 whose source address is in the prefix; anything else goes to the daemon.
+    Ipv4(Ipv4Prefix),
+    /// Nothing from this station takes the fast path (its port's policy is more than one
+    /// prefix); frames to it still may.
+    Daemon,
+}
+
+/// `Value::flags`.
+const SRC_IPV4: u32 = 1;
+const SRC_DAEMON: u32 = 2;
+
+impl SrcCheck {
+    /// (flags, address, mask), the address and mask as the frame's bytes read as a u32.
+    fn encode(self) -> (u32, u32, u32) {
+        match self {
+            SrcCheck::None => (0, 0, 0),
+            SrcCheck::Ipv4(p) => (
+                SRC_IPV4,
+                u32::from_ne_bytes(p.addr().octets()),
+                u32::from_ne_bytes(p.mask().to_be_bytes()),
+            ),
+            SrcCheck::Daemon => (SRC_DAEMON, 0, 0),
+        }
+    }
+
+    fn decode(flags: u32, ip: u32, mask: u32) -> SrcCheck {
+        let len = u32::from_be_bytes(mask.to_ne_bytes()).count_ones() as u8;
+        let prefix = Ipv4Prefix::new(Ipv4Addr::from(ip.to_ne_bytes()), len);
+        match (flags, prefix) {
+            (0, _) => SrcCheck::None,
+            (SRC_IPV4, Some(prefix)) => SrcCheck::Ipv4(prefix),
+            _ => SrcCheck::Daemon,
+        }
+    }
 }
 
 /// The stations map's key: a MAC and two bytes of zeros.
@@ -87,10 +141,15 @@ struct Value {
     port: u32,
     /// Set by the program when it forwards a frame from this MAC, cleared by [`FastPath::used`].
     used: u32,
-    _pad: u32,
+    /// `SRC_IPV4`, `SRC_DAEMON` or 0 (see [`SrcCheck`]).
+    flags: u32,
+    /// With `SRC_IPV4`: a frame's source address, masked with `mask`, must be `ip` (both as
+    /// the frame's four bytes read as a u32).
+    ip: u32,
+    mask: u32,
 }
-const _: () = assert!(size_of::<Value>() == 4 * 4, "no padding");
-// SAFETY: `#[repr(C)]`, four u32 and no padding (asserted above): any bits are a valid `Value`.
+const _: () = assert!(size_of::<Value>() == 6 * 4, "no padding");
+// SAFETY: `#[repr(C)]`, six u32 and no padding (asserted above): any bits are a valid `Value`.
 unsafe impl Pod for Value {}
 
 /// Traffic the fast path carried for one port (the switch's view: rx = from the container).
@@ -113,12 +172,23 @@ const fn field(offset: usize) -> i16 {
     offset as i16
 }
 
-/// The programs' stack, below the frame pointer: the frame's two MACs (destination, then
-/// source at `MACS + 6`), the two stations' keys, and a port's key in the counters map.
-const MACS: i16 = -16;
-const DST_KEY: i16 = -24;
-const SRC_KEY: i16 = -32;
-const PORT_KEY: i16 = -36;
+/// The programs' stack, below the frame pointer: the two stations' keys, a port's key in the
+/// counters map, and the frame's first `HDR_LEN` bytes (its two MACs, its EtherType and, for
+/// IPv4, the header up to the source address), placed so that every field is naturally
+/// aligned: destination MAC at `HDR` (2 bytes, then 4), source MAC at `HDR + 6` (4, then 2),
+/// EtherType at `HDR + 12`, the IPv4 source at `HDR + 26`.
+const DST_KEY: i16 = -8;
+const SRC_KEY: i16 = -16;
+const PORT_KEY: i16 = -20;
+const HDR: i16 = -62;
+const HDR_LEN: i32 = 30;
+const ETHERTYPE: i16 = HDR + 12;
+const IPV4_SRC: i16 = HDR + 26;
+const _: () = assert!(
+    HDR.rem_euclid(4) == 2 && IPV4_SRC.rem_euclid(4) == 0 && HDR + HDR_LEN as i16 <= PORT_KEY
+);
+/// The IPv4 EtherType as a little-endian load of its two bytes reads it.
+const ETHERTYPE_IPV4: i32 = u16::from_ne_bytes(0x0800u16.to_be_bytes()) as i32;
 
 /// The tc program's verdict for a frame it leaves alone: `TCX_NEXT` on a tcx link and
 /// `TC_ACT_UNSPEC` in a direct-action cls_bpf filter, both -1 and both "go on" (to the next
@@ -142,27 +212,30 @@ fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Result<Vec<Insn>, As
     const IFINDEX: i16 = field(offset_of!(Value, ifindex));
     const PORT: i16 = field(offset_of!(Value, port));
     const USED: i16 = field(offset_of!(Value, used));
+    const FLAGS: i16 = field(offset_of!(Value, flags));
+    const IP: i16 = field(offset_of!(Value, ip));
+    const MASK: i16 = field(offset_of!(Value, mask));
     let mut a = Asm::new();
     // The frame is the daemon's.
     let pass = a.label();
 
-    // r6 = skb, kept across calls; the two MACs onto the stack.
+    // r6 = skb, kept across calls; the frame's header onto the stack.
     a.mov64_reg(R6, R1);
     a.mov64_reg(R1, R6).mov64_imm(R2, 0);
-    a.mov64_reg(R3, R10).add64_imm(R3, MACS.into());
-    a.mov64_imm(R4, 12).call(Helper::SkbLoadBytes);
-    a.jne_imm(R0, 0, pass); // shorter than two MACs
+    a.mov64_reg(R3, R10).add64_imm(R3, HDR.into());
+    a.mov64_imm(R4, HDR_LEN).call(Helper::SkbLoadBytes);
+    a.jne_imm(R0, 0, pass); // shorter than that: not a frame the fast path wants
 
     // A group address (broadcast, multicast) is flooded by the daemon.
-    a.ldx_b(R1, R10, MACS).and64_imm(R1, 1);
+    a.ldx_b(R1, R10, HDR).and64_imm(R1, 1);
     a.jne_imm(R1, 0, pass);
 
     // Map keys (6 bytes of MAC, 2 of zeros) from aligned loads.
-    a.ldx_w(R1, R10, MACS).ldx_h(R2, R10, MACS + 4);
-    a.lsh64_imm(R2, 32).or64_reg(R1, R2);
-    a.stx_dw(R10, R1, DST_KEY);
-    a.ldx_h(R1, R10, MACS + 6).ldx_w(R2, R10, MACS + 8);
+    a.ldx_h(R1, R10, HDR).ldx_w(R2, R10, HDR + 2);
     a.lsh64_imm(R2, 16).or64_reg(R1, R2);
+    a.stx_dw(R10, R1, DST_KEY);
+    a.ldx_w(R1, R10, HDR + 6).ldx_h(R2, R10, HDR + 10);
+    a.lsh64_imm(R2, 32).or64_reg(R1, R2);
     a.stx_dw(R10, R1, SRC_KEY);
     // r7 = the destination's station, r8 = the source's; both must be known.
     for (key, station) in [(DST_KEY, R7), (SRC_KEY, R8)] {
@@ -178,6 +251,21 @@ fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Result<Vec<Insn>, As
     a.jne_reg(R1, R2, pass);
     a.ldx_w(R1, R7, IFINDEX);
     a.jeq_reg(R1, R2, pass);
+
+    // Port security: what the source's port may send. A trusted port's frames go as they
+    // are; a checked port's only as untagged IPv4 from its prefix (the daemon checks the rest,
+    // and drops and counts what is spoofed).
+    let allowed = a.label();
+    a.ldx_w(R1, R8, FLAGS).jeq_imm(R1, 0, allowed);
+    a.jne_imm(R1, SRC_IPV4 as i32, pass);
+    a.ldx_w(R1, R6, skb::VLAN_PRESENT).jne_imm(R1, 0, pass);
+    a.ldx_h(R1, R10, ETHERTYPE)
+        .jne_imm(R1, ETHERTYPE_IPV4, pass);
+    a.ldx_w(R1, R10, IPV4_SRC)
+        .ldx_w(R2, R8, MASK)
+        .and64_reg(R1, R2);
+    a.ldx_w(R2, R8, IP).jne_reg(R1, R2, pass);
+    a.bind(allowed);
 
     match kind {
         Kind::Filter => {
@@ -434,6 +522,7 @@ impl FastPath {
                 let station = Station {
                     ifindex: v.ifindex,
                     port: PortId(v.port as u16),
+                    check: SrcCheck::decode(v.flags, v.ip, v.mask),
                 };
                 installed.insert(mac_of(k), station);
             }
@@ -581,9 +670,13 @@ impl FastPath {
             if station.port.0 >= MAX_PORTS || self.installed.get(&mac) == Some(&station) {
                 continue;
             }
+            let (flags, ip, mask) = station.check.encode();
             let value = Value {
                 ifindex: station.ifindex,
                 port: u32::from(station.port.0),
+                flags,
+                ip,
+                mask,
                 ..Value::default()
             };
             self.stations.update(&key(mac), &value)?;
@@ -618,11 +711,14 @@ mod tests {
     use crate::bpf::sys::test_run;
     use crate::bpf::tests::need_root;
 
-    fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+    /// A 60-byte frame: `ethertype`, and for IPv4 the source address `src_ip`.
+    fn frame(dst: MacAddr, src: MacAddr, ethertype: u16, src_ip: [u8; 4]) -> Vec<u8> {
         let mut f = vec![0u8; 60];
         f[..6].copy_from_slice(&dst.0);
         f[6..12].copy_from_slice(&src.0);
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        f[14] = 0x45;
+        f[26..30].copy_from_slice(&src_ip);
         f
     }
 
@@ -630,30 +726,31 @@ mod tests {
     fn frames_between_known_stations_take_the_fast_path_and_are_counted() {
         need_root();
         let mut fast = FastPath::load(16, None).expect("the kernel accepts both programs");
-        let (a, b, c) = (
-            MacAddr([2, 0, 0, 0, 0, 0xa]),
-            MacAddr([2, 0, 0, 0, 0, 0xb]),
-            MacAddr([2, 0, 0, 0, 0, 0xc]),
-        );
-        let (pa, pb) = (PortId(1), PortId(2));
-        fast.clear_counts(pa).unwrap();
-        fast.clear_counts(pb).unwrap();
-        // A test run's frame comes in on loopback (ifindex 1): put `a` there.
+        let mac = |n: u8| MacAddr([2, 0, 0, 0, 0, n]);
+        // a: a checked port's station (10.1.1.10); t: a trusted one's; w: a checked port with
+        // more than one prefix (and e, a MAC of the same port elsewhere); b and d: destinations
+        // elsewhere; c: unknown.
+        let (a, t, w, b, c, d) = (mac(0xa), mac(0x7), mac(0x3), mac(0xb), mac(0xc), mac(0xd));
+        let e = mac(0xe);
+        let (pa, pb, pt, pw, pd) = (PortId(1), PortId(2), PortId(3), PortId(4), PortId(5));
+        for p in [pa, pb, pt, pw, pd] {
+            fast.clear_counts(p).unwrap();
+        }
+        let own: Ipv4Prefix = "10.1.1.10/32".parse().unwrap();
+        let nested: Ipv4Prefix = "192.168.0.0/16".parse().unwrap();
+        // A test run's frame comes in on loopback (ifindex 1): put a, t and w there.
+        let station = |ifindex, port, check| Station {
+            ifindex,
+            port,
+            check,
+        };
         let want = HashMap::from([
-            (
-                a,
-                Station {
-                    ifindex: 1,
-                    port: pa,
-                },
-            ),
-            (
-                b,
-                Station {
-                    ifindex: 77,
-                    port: pb,
-                },
-            ),
+            (a, station(1, pa, SrcCheck::Ipv4(own))),
+            (t, station(1, pt, SrcCheck::None)),
+            (w, station(1, pw, SrcCheck::Daemon)),
+            (e, station(79, pw, SrcCheck::Daemon)),
+            (b, station(77, pb, SrcCheck::Ipv4(own))),
+            (d, station(78, pd, SrcCheck::Ipv4(nested))),
         ]);
         fast.sync(&want).unwrap();
         // The socket filter makes the same decision; a test run cannot show it the Ethernet
@@ -661,40 +758,124 @@ mod tests {
         let (redirected, daemon) = (TC_ACT_REDIRECT, TC_NEXT as u32);
         assert!(fast.used().is_empty());
         let broadcast = MacAddr([0xff; 6]);
-        for (dst, src, verdict, what) in [
-            (b, a, redirected, "a -> b"),
-            (c, a, daemon, "unknown destination"),
-            (a, c, daemon, "unknown source"),
-            (a, b, daemon, "b came in by a's port"),
-            (broadcast, a, daemon, "broadcast"),
-            (a, a, daemon, "hairpin"),
+        let (ipv4, arp, ipv6, vlan) = (0x0800, 0x0806, 0x86dd, 0x8100);
+        let (mine, other) = ([10, 1, 1, 10], [10, 1, 1, 11]);
+        for (dst, src, ethertype, ip, verdict, what) in [
+            (b, a, ipv4, mine, redirected, "a -> b"),
+            (c, a, ipv4, mine, daemon, "unknown destination"),
+            (a, c, ipv4, mine, daemon, "unknown source"),
+            (
+                a,
+                b,
+                ipv4,
+                mine,
+                daemon,
+                "b came in by a's port (a forged source MAC)",
+            ),
+            (broadcast, a, ipv4, mine, daemon, "broadcast"),
+            (a, a, ipv4, mine, daemon, "hairpin"),
+            // Port security: a checked port's frames only as IPv4 from its own prefix.
+            (b, a, ipv4, other, daemon, "a forged source address"),
+            (b, a, ipv4, [0, 0, 0, 0], daemon, "source 0.0.0.0"),
+            (
+                b,
+                a,
+                arp,
+                mine,
+                daemon,
+                "ARP (the daemon checks its sender)",
+            ),
+            (b, a, ipv6, mine, daemon, "IPv6"),
+            (b, a, vlan, mine, daemon, "a VLAN tag"),
+            (
+                b,
+                w,
+                ipv4,
+                mine,
+                daemon,
+                "a port whose sources are no one prefix",
+            ),
+            (e, a, ipv4, mine, redirected, "...but frames to it go"),
+            (
+                b,
+                t,
+                ipv4,
+                [203, 0, 113, 1],
+                redirected,
+                "a trusted port sends anything",
+            ),
+            (b, t, arp, mine, redirected, "ARP from a trusted port"),
+            (b, t, ipv6, mine, redirected, "IPv6 from a trusted port"),
         ] {
-            let got = test_run(&fast.redirect, &frame(dst, src)).unwrap();
+            let got = test_run(&fast.redirect, &frame(dst, src, ethertype, ip)).unwrap();
             assert_eq!(got, verdict, "{what}");
         }
+        // The program reads the first HDR_LEN bytes; a shorter frame is the daemon's.
+        let f = frame(b, t, 0x88b5, mine);
+        let len = HDR_LEN as usize;
+        assert_eq!(test_run(&fast.redirect, &f[..len - 1]).unwrap(), daemon);
+        assert_eq!(test_run(&fast.redirect, &f[..len]).unwrap(), redirected);
 
-        // One frame forwarded: counted on both ports, its source marked seen once.
-        let one = PortCounts {
-            rx_frames: 1,
-            rx_bytes: 60,
+        // Frames forwarded: counted on both ports, each source marked seen once.
+        let sent = |frames: u64| PortCounts {
+            rx_frames: frames,
+            rx_bytes: 60 * frames,
             ..PortCounts::default()
         };
-        assert_eq!(fast.counts(pa), one);
-        let sent = PortCounts {
-            tx_frames: 1,
-            tx_bytes: 60,
+        let extra = HDR_LEN as u64; // the 30-byte frame
+        assert_eq!(fast.counts(pa), sent(2));
+        let mut trusted = sent(4);
+        trusted.rx_bytes -= 60 - extra;
+        assert_eq!(fast.counts(pt), trusted);
+        let received = |frames: u64| PortCounts {
+            tx_frames: frames,
+            tx_bytes: 60 * frames,
             ..PortCounts::default()
         };
-        assert_eq!(fast.counts(pb), sent);
-        assert_eq!(fast.used(), vec![(a, pa)]);
+        let mut to_b = received(5);
+        to_b.tx_bytes -= 60 - extra;
+        assert_eq!(fast.counts(pb), to_b);
+        assert_eq!(fast.counts(pw), received(1));
+        let mut used = fast.used();
+        used.sort_by_key(|(_, port)| *port);
+        assert_eq!(used, vec![(a, pa), (t, pt)]);
         assert!(fast.used().is_empty());
 
-        // Unlearned: back to the daemon; the map holds exactly what is wanted.
+        // Unlearned: back to the daemon; the map holds exactly what is wanted, checks and all.
         fast.sync(&HashMap::from([(a, want[&a])])).unwrap();
-        assert_eq!(test_run(&fast.redirect, &frame(b, a)).unwrap(), daemon);
+        assert_eq!(
+            test_run(&fast.redirect, &frame(b, a, ipv4, mine)).unwrap(),
+            daemon
+        );
         assert_eq!(fast.installed.len(), 1);
+        let (_, value) = (fast.stations.keys().unwrap().into_iter())
+            .map(|k| (k, fast.stations.lookup(&k).unwrap().unwrap()))
+            .next()
+            .unwrap();
+        assert_eq!(
+            SrcCheck::decode(value.flags, value.ip, value.mask),
+            SrcCheck::Ipv4(own)
+        );
         fast.clear_counts(pa).unwrap();
         assert_eq!(fast.counts(pa), PortCounts::default());
+    }
+
+    #[test]
+    fn source_checks_round_trip_through_the_map_value() {
+        for check in [
+            SrcCheck::None,
+            SrcCheck::Daemon,
+            SrcCheck::Ipv4("10.1.1.10/32".parse().unwrap()),
+            SrcCheck::Ipv4("10.0.0.0/8".parse().unwrap()),
+            SrcCheck::Ipv4("0.0.0.0/0".parse().unwrap()),
+        ] {
+            let (flags, ip, mask) = check.encode();
+            assert_eq!(SrcCheck::decode(flags, ip, mask), check);
+        }
+        // The program reads the frame's bytes as a little-endian u32, like the value's.
+        let (_, ip, mask) = SrcCheck::Ipv4("10.1.0.0/16".parse().unwrap()).encode();
+        assert_eq!(ip.to_ne_bytes(), [10, 1, 0, 0]);
+        assert_eq!(mask.to_ne_bytes(), [255, 255, 0, 0]);
     }
 
     /// The `tc -j` view of `dev`'s ingress in namespace `ns`: (qdisc kinds, filters).

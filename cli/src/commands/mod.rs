@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::control::{Client, FlowFilter, Plug, PortRef, PortView, Selector, Target, Unplug};
-use crate::{cni, daemon, observe, Cli, CniCommand, Command, TargetArg};
+use crate::control::{
+    Client, FlowFilter, Plug, PortRef, PortView, SecurityOpts, Selector, Target, Unplug,
+};
+use crate::{cni, daemon, observe, Cli, CniCommand, Command, SecurityArgs, TargetArg};
 
 pub mod capture;
 mod table;
@@ -34,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
             takeover,
             metrics,
             log_level,
+            security,
         } => {
             observe::log::init(log_level.as_deref())?;
             daemon::run(daemon::Config {
@@ -60,6 +63,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
                 takeover,
                 metrics,
+                isolate: security.isolate,
+                max_macs_per_port: security.max_macs_per_port,
             })
         }
         Command::Plug {
@@ -68,6 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
             mac,
             ifname,
             publish,
+            security,
             json,
         } => {
             let port = client.plug(Plug {
@@ -75,6 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 mac,
                 ifname,
                 publish,
+                security: security_of(security)?,
                 ..Plug::new(target_of(target)?)
             })?;
             if json {
@@ -96,6 +103,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if let Some(resolv) = &port.resolv {
                 println!("{resolv}");
             }
+            println!("port security: {}", table::security(&port.security));
             Ok(())
         }
         Command::Unplug { target } => {
@@ -256,6 +264,19 @@ fn target_of(arg: TargetArg) -> Result<Target> {
         (None, Some(path)) => Ok(Target::Netns(absolute(path)?)),
         (None, None) => unreachable!("clap requires one of pid and --netns"),
     }
+}
+
+/// `plug`'s port-security options, checked as the daemon checks them.
+fn security_of(args: SecurityArgs) -> Result<SecurityOpts> {
+    let opts = SecurityOpts {
+        trusted: args.trusted,
+        isolated: args.isolated,
+        allow_macs: args.allow_mac,
+        allow_ips: args.allow_ip,
+        allow_ethertypes: args.allow_ethertype,
+        max_macs: args.max_macs,
+    };
+    Ok(opts.validate()?)
 }
 
 fn absolute(path: PathBuf) -> Result<PathBuf> {

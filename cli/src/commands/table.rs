@@ -2,7 +2,7 @@
 
 use std::net::SocketAddrV4;
 
-use crate::control::{FdbView, FlowFilter, FlowRow, HistogramView, PortView, Stats};
+use crate::control::{FdbView, FlowFilter, FlowRow, HistogramView, PortView, SecurityView, Stats};
 
 /// How a port's container is named to the user: `pid 4242`, `netns /run/netns/x`, `host`, or
 /// for a runtime's attachment its container id, shortened as runtimes show it
@@ -24,9 +24,15 @@ pub fn ports(ports: &[PortView]) {
         .iter()
         .map(|p| container(p).len())
         .fold(10, usize::max);
+    // Port security: "on", "trusted", "on+allow,isolated"... ("host" for the TAP).
+    let sec = |p: &PortView| match p.kind.as_str() {
+        "tap" => "host".to_string(),
+        _ => p.security.short(),
+    };
+    let s = ports.iter().map(|p| sec(p).len()).fold(3, usize::max);
     println!(
         "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6} {:>9} \
-         {:>12} {:>12} {:>11}",
+         {:>12} {:>12} {:>11} {:<s$} {:>7}",
         "PORT",
         "CONTAINER",
         "HOST-IF",
@@ -41,7 +47,9 @@ pub fn ports(ports: &[PortView]) {
         "NAT-FLOWS",
         "NAT-OUT-B",
         "NAT-IN-B",
-        "NAT-REFUSED"
+        "NAT-REFUSED",
+        "SEC",
+        "SPOOFED"
     );
     for p in ports {
         // The NAT serves containers; the TAP's row has none of its counters.
@@ -51,7 +59,7 @@ pub fn ports(ports: &[PortView]) {
         };
         println!(
             "{:<5} {:<w$} {:<15} {:<8} {:<18} {:<18} {:>10} {:>12} {:>10} {:>12} {:>6} {:>9} \
-             {:>12} {:>12} {:>11}",
+             {:>12} {:>12} {:>11} {:<s$} {:>7}",
             p.port,
             container(p),
             p.host_ifname,
@@ -66,9 +74,46 @@ pub fn ports(ports: &[PortView]) {
             nat(p.nat_flows),
             nat(p.nat_bytes_out),
             nat(p.nat_bytes_in),
-            nat(p.nat_refused)
+            nat(p.nat_refused),
+            sec(p),
+            p.spoofed.total()
         );
     }
+    // Who tried what: the ports that sent spoofed frames, by kind.
+    for p in ports.iter().filter(|p| p.spoofed.total() > 0) {
+        let k = &p.spoofed;
+        println!(
+            "spoofed from port {} ({}): mac {}, ip {}, arp {}, ethertype {}",
+            p.port,
+            container(p),
+            k.mac,
+            k.ip,
+            k.arp,
+            k.ethertype
+        );
+    }
+}
+
+/// A port's policy in words, for `plug`'s answer.
+pub fn security(s: &SecurityView) -> String {
+    let mut text = if s.trusted {
+        "trusted (no source checks)".to_string()
+    } else {
+        "on (own MAC and address only, IPv4 and ARP)".to_string()
+    };
+    for (what, list) in [
+        ("MACs", &s.allow_mac),
+        ("addresses", &s.allow_ip),
+        ("EtherTypes", &s.allow_ethertype),
+    ] {
+        if !list.is_empty() {
+            text.push_str(&format!(", also {what} {}", list.join(" ")));
+        }
+    }
+    if s.isolated {
+        text.push_str("; isolated from the other containers");
+    }
+    text
 }
 
 pub fn fdb(entries: &[FdbView]) {
@@ -156,8 +201,13 @@ pub fn stats(s: &Stats) {
         w.frames, w.flooded, w.malformed, w.hairpin, w.arp_replies
     );
     println!(
-        "fdb             entries {}, learned {}, moved {}, not learned (full) {}",
-        w.fdb_entries, w.learned, w.moved, w.fdb_full
+        "fdb             entries {}, learned {}, moved {}, not learned (full) {}, refused {}, \
+         evicted {}",
+        w.fdb_entries, w.learned, w.moved, w.fdb_full, w.fdb_refused, w.fdb_evicted
+    );
+    println!(
+        "port security   spoofed frames dropped {}, isolation drops {}",
+        w.spoofed, w.isolation_drops
     );
     let n = &s.nat;
     println!(

@@ -4,9 +4,11 @@
 
 mod client;
 mod protocol;
+mod security;
 mod server;
 mod stream;
 
 pub use client::{CaptureItem, CaptureStream, Client, ClientError};
 pub use protocol::*;
+pub use security::*;
 pub use server::{bind, serve, Call};

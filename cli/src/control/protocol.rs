@@ -24,12 +24,15 @@ use serde::{Deserialize, Serialize};
 use vswitch_capture::{Filter, Proto};
 use vswitch_switch::MacAddr;
 
+use super::security::{SecurityOpts, SecurityView, SpoofCounts};
+
 /// The protocol version this build speaks. Bump it whenever a message changes shape.
 /// 2: attachments (`container_id`, `network`, `resolv` on `plug`; selection by attachment),
 /// `inspect`, `gc`, the subnet in `stats`.
 /// Added since without a bump (no existing message changed shape; an older daemon refuses a new
 /// command as unknown, which the client reports as such): `capture`, `conntrack_delete` and
-/// `fdb_flush`, and fields with defaults in `stats` and the port view.
+/// `fdb_flush`, port security on `plug` (fields left out mean the defaults), and fields with
+/// defaults in `stats` and the port view.
 pub const PROTOCOL: u32 = 2;
 
 /// Requests longer than this are refused: no legitimate request is anywhere near it.
@@ -181,6 +184,8 @@ pub struct Plug {
     pub network: Option<NetworkName>,
     /// Whether to write the container's resolv.conf; a CNI runtime writes its own.
     pub resolv: bool,
+    /// Port security: anti-spoofing on unless `trusted`, widened by `allow_*`; isolation.
+    pub security: SecurityOpts,
 }
 
 impl Plug {
@@ -195,6 +200,7 @@ impl Plug {
             container_id: None,
             network: None,
             resolv: true,
+            security: SecurityOpts::default(),
         }
     }
 
@@ -321,6 +327,24 @@ struct PlugWire {
     network: Option<String>,
     #[serde(default = "yes")]
     resolv: bool,
+    // Port security (see `SecurityOpts`); left out when not asked for.
+    #[serde(default, skip_serializing_if = "is_false")]
+    trusted: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    isolated: bool,
+    /// MACs, `ADDR/LEN` prefixes and hex EtherTypes, as on the command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allow_mac: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allow_ip: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allow_ethertype: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_macs: Option<u32>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn yes() -> bool {
@@ -393,6 +417,14 @@ impl TryFrom<PlugWire> for Plug {
             container_id: w.container_id.map(|id| id.parse()).transpose()?,
             network: w.network.map(|n| n.parse()).transpose()?,
             resolv: w.resolv,
+            security: SecurityOpts::from_wire(
+                w.trusted,
+                w.isolated,
+                &w.allow_mac,
+                &w.allow_ip,
+                &w.allow_ethertype,
+                w.max_macs,
+            )?,
         })
     }
 }
@@ -400,6 +432,7 @@ impl TryFrom<PlugWire> for Plug {
 impl From<Plug> for PlugWire {
     fn from(p: Plug) -> PlugWire {
         let (pid, netns) = target_parts(p.target);
+        let (allow_mac, allow_ip, allow_ethertype) = p.security.to_wire();
         PlugWire {
             pid,
             netns,
@@ -410,6 +443,12 @@ impl From<Plug> for PlugWire {
             container_id: p.container_id.map(|id| id.0),
             network: p.network.map(|n| n.0),
             resolv: p.resolv,
+            trusted: p.security.trusted,
+            isolated: p.security.isolated,
+            allow_mac,
+            allow_ip,
+            allow_ethertype,
+            max_macs: p.security.max_macs,
         }
     }
 }
@@ -712,6 +751,13 @@ pub enum ParseError {
          them, pid:PID, or a namespace path"
     )]
     PortRef(String),
+    #[error(
+        "invalid --allow-ethertype {0:?}: expected a hex EtherType of 0x0600 or more (IPv4 and \
+         ARP are always allowed)"
+    )]
+    EtherType(String),
+    #[error("{0}")]
+    Security(String),
 }
 
 impl From<ParseError> for String {
@@ -954,6 +1000,20 @@ pub struct PortView {
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Port security: what the port may send and reach...
+    #[serde(default)]
+    pub security: SecurityView,
+    /// ...the spoofed frames it sent (dropped), by kind...
+    #[serde(default)]
+    pub spoofed: SpoofCounts,
+    /// ...the frames it sent to or towards an isolated container, dropped...
+    #[serde(default)]
+    pub isolation_drops: u64,
+    /// ...and the MACs the switch learned on it besides its own, and refused to learn.
+    #[serde(default)]
+    pub fdb_macs: u64,
+    #[serde(default)]
+    pub fdb_refused: u64,
 }
 
 /// One NAT flow as `vswitch conntrack` shows it.
@@ -1111,6 +1171,17 @@ pub struct SwitchCounters {
     /// Most MACs the table holds (`--fdb-size`).
     #[serde(default)]
     pub fdb_capacity: usize,
+    /// Entries evicted from a full table to learn a newly plugged container.
+    #[serde(default)]
+    pub fdb_evicted: u64,
+    /// Source MACs not learned: over their port's limit, or another port's station.
+    #[serde(default)]
+    pub fdb_refused: u64,
+    /// Spoofed frames dropped (port security), and frames dropped by isolation.
+    #[serde(default)]
+    pub spoofed: u64,
+    #[serde(default)]
+    pub isolation_drops: u64,
 }
 
 /// The NAT's table and counters since start.
@@ -1488,6 +1559,13 @@ mod tests {
             r#"{"v":2,"cmd":"conntrack_delete","container":"10.1.1.2"}"#,
             r#"{"v":2,"cmd":"fdb_flush","port":1}"#,
             r#"{"v":2,"cmd":"fdb_flush","all":true}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"trusted":"yes"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"trusted":true,"allow_ip":["10.1.1.0/28"]}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"allow_mac":["01:00:5e:00:00:01"]}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"allow_ip":["10.1.1.5/24"]}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"allow_ip":"10.1.1.0/24"}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"allow_ethertype":["0x0800"]}"#,
+            r#"{"v":2,"cmd":"plug","pid":1,"max_macs":-1}"#,
         ] {
             let err = decode(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::Invalid, "{bad}: {err}");
@@ -1505,6 +1583,28 @@ mod tests {
                 decode(&text)
             );
         }
+    }
+
+    #[test]
+    fn port_security_travels_only_when_asked_for() {
+        let text = r#"{"v":2,"cmd":"plug","pid":7,"isolated":true,"allow_mac":["02:00:00:00:00:09"],"allow_ip":["10.1.1.0/28"],"allow_ethertype":["86DD"],"max_macs":9}"#;
+        let Request::Plug(plug) = decode(text).unwrap() else {
+            panic!("not a plug")
+        };
+        let security = SecurityOpts {
+            trusted: false,
+            isolated: true,
+            allow_macs: vec!["02:00:00:00:00:09".parse().unwrap()],
+            allow_ips: vec!["10.1.1.0/28".parse().unwrap()],
+            allow_ethertypes: vec![0x86dd],
+            max_macs: Some(9),
+        };
+        assert_eq!(plug.security, security);
+        let again = String::from_utf8(encode_request(&Request::Plug(plug.clone()))).unwrap();
+        assert!(again.contains(r#""allow_ethertype":["0x86dd"]"#), "{again}");
+        assert_eq!(decode(&again).unwrap(), Request::Plug(plug));
+        let trusted = decode(r#"{"v":2,"cmd":"plug","pid":7,"trusted":true}"#).unwrap();
+        assert!(matches!(trusted, Request::Plug(p) if p.security.trusted));
     }
 
     #[test]

@@ -3,16 +3,16 @@
 
 use std::os::fd::AsFd;
 
-use vswitch_switch::{MacAddr, PortId};
+use vswitch_switch::{MacAddr, PortId, PortPolicy};
 
 use crate::bpf::fastpath::Attachment as FastLink;
-use crate::control::{Attachment, IfName, NetworkName, PublishSpec, Target};
+use crate::control::{Attachment, IfName, NetworkName, PublishSpec, SecurityOpts, Target};
 
 use super::error::DaemonError;
 use super::manager::{Container, Manager};
 use super::plug::{NewPort, Undo};
 use super::plumbing::NetnsConf;
-use super::state::{self, PortRecord, State, FORMAT};
+use super::state::{self, PortRecord, SecurityRecord, State, FORMAT};
 
 impl Manager {
     /// The state to write: the switch's configuration and every port.
@@ -117,6 +117,7 @@ impl Manager {
             ip: r.ip,
             mac: rec.mac,
             new: false,
+            policy: &rec.policy,
         };
         let fast_link = match self.add_port(&port, &mut undo) {
             Ok(link) => link,
@@ -185,6 +186,8 @@ pub(super) struct Recorded {
     attachment: Option<Attachment>,
     network: Option<NetworkName>,
     netns_conf: Option<NetnsConf>,
+    /// Its port security, as it was plugged: a port isolated by `run --isolate` stays isolated.
+    pub policy: PortPolicy,
 }
 
 impl Recorded {
@@ -207,6 +210,16 @@ impl Recorded {
         if r.port == 0 {
             return Err(bad("its port number"));
         }
+        let s = &r.security;
+        let security = SecurityOpts::from_wire(
+            s.trusted,
+            s.isolated,
+            &s.allow_mac,
+            &s.allow_ip,
+            &s.allow_ethertype,
+            s.max_macs,
+        )
+        .map_err(|_| bad("its port security"))?;
         Ok(Some(Recorded {
             id: PortId(r.port),
             target,
@@ -222,6 +235,7 @@ impl Recorded {
                 .transpose()?,
             netns_conf: (r.netns_conf.clone())
                 .map(|(file, created_dir)| NetnsConf { file, created_dir }),
+            policy: security.policy(false),
         }))
     }
 
@@ -241,6 +255,7 @@ impl Recorded {
             fast_link,
             attachment: self.attachment,
             network: self.network,
+            policy: self.policy,
         }
     }
 }
@@ -264,5 +279,17 @@ pub(super) fn record(c: &Container) -> PortRecord {
         netns_conf: (c.netns_conf.as_ref()).map(|n| (n.file.clone(), n.created_dir)),
         container_id: (c.attachment.as_ref()).map(|a| a.container_id.to_string()),
         network: c.network.as_ref().map(|n| n.to_string()),
+        security: {
+            let opts = SecurityOpts::of(&c.policy);
+            let (allow_mac, allow_ip, allow_ethertype) = opts.to_wire();
+            SecurityRecord {
+                trusted: opts.trusted,
+                isolated: opts.isolated,
+                allow_mac,
+                allow_ip,
+                allow_ethertype,
+                max_macs: opts.max_macs,
+            }
+        },
     }
 }

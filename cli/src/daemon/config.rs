@@ -38,4 +38,8 @@ pub struct Config {
     pub takeover: bool,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Isolate every container plugged (`run --isolate`).
+    pub isolate: bool,
+    /// Most MACs learned on a trusted port besides its own (`run --max-macs-per-port`).
+    pub max_macs_per_port: u32,
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use vswitch_switch::{MacAddr, PortId};
 
-use crate::bpf::fastpath::Station;
+use crate::bpf::fastpath::{SrcCheck, Station};
 use crate::datapath::now_ms;
 use crate::natd::NatJob;
 
@@ -107,6 +107,8 @@ impl Manager {
     /// overridden by the forwarding table on the ports the fast path serves: a MAC learned
     /// elsewhere is the daemon's, a MAC learned on a served port (a container that changed its
     /// address, or bridges others) is added within a tick, what the switch forgot is removed.
+    /// Each station carries what its port may send (port security); an isolated port is not
+    /// served: its frames, to and from anyone, are the daemon's.
     /// A captured port is not served while the capture runs.
     pub fn sync_fast_path(&mut self) {
         // A captured port's frames must all cross the daemon (see `capture`).
@@ -114,13 +116,24 @@ impl Manager {
         let Some(fast) = &mut self.fast_path else {
             return;
         };
-        let served: HashMap<PortId, u32> = (self.containers.iter())
-            .filter(|c| c.fast_link.is_some() && !captured.contains(&c.port))
-            .map(|c| (c.port, c.host_index))
+        let served: HashMap<PortId, (u32, SrcCheck)> = (self.containers.iter())
+            .filter(|c| c.fast_link.is_some() && !c.policy.isolated && !captured.contains(&c.port))
+            .map(|c| {
+                let check = match (c.policy.trusted, c.policy.source_prefix(Some(c.ip))) {
+                    (true, _) => SrcCheck::None,
+                    (false, Some(prefix)) => SrcCheck::Ipv4(prefix),
+                    (false, None) => SrcCheck::Daemon,
+                };
+                (c.port, (c.host_index, check))
+            })
             .collect();
         let station = |port: PortId| {
-            let ifindex = *served.get(&port)?;
-            Some(Station { ifindex, port })
+            let &(ifindex, check) = served.get(&port)?;
+            Some(Station {
+                ifindex,
+                port,
+                check,
+            })
         };
         let mut want: HashMap<MacAddr, Station> = (self.containers.iter())
             .filter_map(|c| Some((c.mac, station(c.port)?)))

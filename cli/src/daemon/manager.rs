@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, Receiver};
 use vswitch_nat::Nat;
-use vswitch_switch::{MacAddr, PortId};
+use vswitch_switch::{MacAddr, PortId, PortPolicy};
 
 use crate::bpf::fastpath::{Attachment, FastPath};
 use crate::bpf::pins;
@@ -49,6 +49,8 @@ pub struct Container {
     /// A runtime's plug (CNI): the key it removes the port by, and its network.
     pub attachment: Option<control::Attachment>,
     pub network: Option<NetworkName>,
+    /// What its port may send and reach (port security).
+    pub policy: PortPolicy,
 }
 
 impl Container {
@@ -92,6 +94,8 @@ pub struct Manager {
     pub captures: Vec<Capturing>,
     /// What the manager counts beyond the datapath's counters (see `counters`).
     pub tally: Tally,
+    /// Every container plugged is isolated (`run --isolate`).
+    pub isolate: bool,
 }
 
 /// How the daemon stops.

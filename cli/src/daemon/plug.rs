@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use vswitch_switch::{MacAddr, PortId, PortInfo, VNET_HDR_LEN};
+use vswitch_switch::{ethertype, MacAddr, PortId, PortInfo, PortPolicy, VNET_HDR_LEN};
 
 use crate::bpf::fastpath::{Attachment, MAX_PORTS};
 use crate::control::{Plug, PortView, PublishSpec, Target};
@@ -51,6 +51,8 @@ pub(super) struct NewPort<'a> {
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
     pub new: bool,
+    /// What it may send and reach.
+    pub policy: &'a PortPolicy,
 }
 
 /// A container's namespace, opened and identified.
@@ -93,6 +95,7 @@ impl Manager {
             Some(a) => attachment_ifname(a),
             None => host_ifname(&req.target),
         };
+        let policy = req.security.policy(self.isolate);
         self.clear_leftover(&host_ifname)?;
         let (ip, mac) = self.address(req.ip, req.mac, undo)?;
         // Published ports are bound before the veth exists: a port in use fails the plug
@@ -112,6 +115,7 @@ impl Manager {
             ip,
             prefix: self.ipam.net().prefix,
             gateway: self.ipam.gateway(),
+            ipv6: policy.trusted || policy.allow_ethertypes.contains(&ethertype::IPV6),
         };
         (self.plumbing).configure_container(ns.fd.as_fd(), ifname.as_str(), addressing)?;
         let id = self.free_port_id().ok_or(DaemonError::TooManyPorts)?;
@@ -122,6 +126,7 @@ impl Manager {
             ip,
             mac,
             new: true,
+            policy: &policy,
         };
         let fast_link = self.add_port(&port, undo)?;
 
@@ -139,6 +144,7 @@ impl Manager {
             fast_link,
             attachment,
             network: req.network,
+            policy,
         };
         Ok(self.commit(container, listeners, req.resolv))
     }
@@ -237,6 +243,7 @@ impl Manager {
             ip,
             mac,
             new,
+            policy,
         } = *p;
         let fast = self.fast_path.as_ref().filter(|_| id.0 < MAX_PORTS);
         self.budget.reserve(port_fds(queues.len()));
@@ -259,7 +266,7 @@ impl Manager {
             mirror: Default::default(),
         });
         let station = PortInfo { mac, ip: Some(ip) };
-        self.datapath.switch().add_port(id, station);
+        (self.datapath.switch()).add_port_with_policy(id, station, policy.clone());
         undo.0.push(Made::SwitchPort(id));
         (self.datapath.add_port(port))
             .map_err(|e| DaemonError::io("adding the port to a worker", e))?;

@@ -29,6 +29,10 @@ pub struct Addressing {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
+    /// Whether the interface keeps IPv6: only where port security lets IPv6 through (a
+    /// trusted port, `--allow-ethertype 86dd`); elsewhere the switch would drop all of it, so
+    /// the container does not try it at all.
+    pub ipv6: bool,
 }
 
 pub trait Plumbing: Send {
@@ -50,7 +54,8 @@ pub trait Plumbing: Send {
     ) -> Result<u32, DaemonError>;
     /// Marks the host end as the daemon's, makes it inert (no IPv6, NOARP) and up.
     fn prepare_host_end(&mut self, name: &str, index: u32) -> Result<(), DaemonError>;
-    /// Inside `ns`: `lo` up, the address on `ifname`, `ifname` up, the default route.
+    /// Inside `ns`: `lo` up, IPv6 off on `ifname` unless `addressing.ipv6`, the address on
+    /// `ifname`, `ifname` up, the default route.
     fn configure_container(
         &mut self,
         ns: BorrowedFd<'_>,
@@ -154,6 +159,11 @@ impl Plumbing for Kernel {
             }
             let index = (nl.link_index(ifname)?)
                 .ok_or_else(|| DaemonError::IfnameVanished(ifname.to_string()))?;
+            if !a.ipv6 {
+                // Before the link is up: not one router solicitation leaves.
+                netns::disable_ipv6(ifname)
+                    .map_err(|e| DaemonError::io(format!("disabling IPv6 on {ifname}"), e))?;
+            }
             nl.add_address(index, a.ip, a.prefix)?;
             nl.set_link(index, true, false, None, None)?;
             nl.add_default_route(a.gateway)

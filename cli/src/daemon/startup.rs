@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use vswitch_nat::{Nat, NatConfig, Shares};
-use vswitch_switch::{MacAddr, PortInfo, Switch};
+use vswitch_switch::{MacAddr, PortInfo, PortPolicy, Switch};
 
 use crate::bpf::fanout::{Spread, SpreadProgram};
 use crate::bpf::fastpath::{self, FastPath, Mode};
@@ -138,12 +138,14 @@ pub(super) fn new_switch(cfg: &Config) -> Arc<Switch> {
     let switch = Arc::new(Switch::new(vswitch_switch::Config {
         fdb_capacity: cfg.fdb_size,
         fdb_age_ms: cfg.fdb_age_secs.saturating_mul(1000),
+        max_macs_per_port: cfg.max_macs_per_port,
     }));
     let station = PortInfo {
         mac: MacAddr::from_ipv4(cfg.gateway),
         ip: Some(cfg.gateway),
     };
-    switch.add_port(TAP_PORT, station);
+    // The host's port: unchecked (the host routes anything) and reached by isolated ports.
+    switch.add_port_with_policy(TAP_PORT, station, PortPolicy::uplink());
     switch
 }
 
@@ -261,6 +263,7 @@ impl Manager {
             tap_index: p.tap_index,
             watchdog: p.watchdog,
             captures: Vec::new(),
+            isolate: cfg.isolate,
             tally: Tally {
                 dns: p.dns,
                 nat_busy: p.nat_busy,

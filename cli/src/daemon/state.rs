@@ -58,6 +58,34 @@ pub struct PortRecord {
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Its port security, when not the default (anti-spoofing on, not isolated): a state
+    /// written before port security existed adopts its ports with the default.
+    #[serde(default, skip_serializing_if = "SecurityRecord::is_default")]
+    pub security: SecurityRecord,
+}
+
+/// A port's security policy, as `plug` was asked for it (see `control::SecurityOpts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityRecord {
+    #[serde(default)]
+    pub trusted: bool,
+    #[serde(default)]
+    pub isolated: bool,
+    #[serde(default)]
+    pub allow_mac: Vec<String>,
+    #[serde(default)]
+    pub allow_ip: Vec<String>,
+    #[serde(default)]
+    pub allow_ethertype: Vec<String>,
+    #[serde(default)]
+    pub max_macs: Option<u32>,
+}
+
+impl SecurityRecord {
+    pub fn is_default(&self) -> bool {
+        *self == SecurityRecord::default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +180,11 @@ mod tests {
                 netns_conf: None,
                 container_id: Some("3f2a9b1c0d4e".into()),
                 network: Some("vswitch".into()),
+                security: SecurityRecord {
+                    isolated: true,
+                    allow_ip: vec!["10.1.1.0/28".into()],
+                    ..SecurityRecord::default()
+                },
             }],
         }
     }

@@ -7,12 +7,12 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use vswitch_nat::ContainerStats;
-use vswitch_switch::{MacAddr, PortId};
+use vswitch_switch::{MacAddr, PortId, SpoofKind};
 
 use crate::bpf::fastpath::PortCounts;
 use crate::control::{
-    DnsStats, FdStats, FdbView, FlowRow, FlowStateCount, NatCounters, PortView, Stats, SubnetStats,
-    SwitchCounters, Target, ThreadStats,
+    DnsStats, FdStats, FdbView, FlowRow, FlowStateCount, NatCounters, PortView, SecurityView,
+    SpoofCounts, Stats, SubnetStats, SwitchCounters, Target, ThreadStats,
 };
 use crate::datapath::{now_ms, TAP_PORT};
 use crate::ports::Counters;
@@ -60,6 +60,11 @@ impl Manager {
         let fast = (self.fast_path.as_ref()).map_or_else(PortCounts::default, |f| f.counts(id));
         let (rx_invalid, tx_failed) = (read(|c| &c.drops), read(|c| &c.tx_drops));
         let kernel_drops = port.map_or(0, |p| p.kernel_drops());
+        let switch = self.datapath.switch();
+        let security = (switch.port_policy(id))
+            .map(|p| SecurityView::new(&p, switch.port_mac_limit(id)))
+            .unwrap_or_default();
+        let counts = switch.port_security(id).unwrap_or_default();
         PortView {
             port: id.0,
             kind: kind.to_string(),
@@ -99,6 +104,16 @@ impl Manager {
             resolv: None,
             container_id: None,
             network: None,
+            security,
+            spoofed: SpoofCounts {
+                mac: counts.spoofed(SpoofKind::Mac),
+                ip: counts.spoofed(SpoofKind::Ip),
+                arp: counts.spoofed(SpoofKind::Arp),
+                ethertype: counts.spoofed(SpoofKind::EtherType),
+            },
+            isolation_drops: counts.isolated,
+            fdb_macs: switch.fdb_learned_on(id) as u64,
+            fdb_refused: counts.learn_refused,
         }
     }
 
@@ -178,6 +193,10 @@ impl Manager {
                 aged: sw.aged,
                 flushed: self.tally.fdb_flushed,
                 fdb_capacity: self.tally.fdb_capacity,
+                fdb_evicted: sw.evicted,
+                fdb_refused: sw.learn_refused,
+                spoofed: sw.spoofed,
+                isolation_drops: sw.isolated,
             },
             nat: NatCounters {
                 flows: nat.flows,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use vswitch_switch::{Action, DropReason, Millis, PortId, Switch, VNET_HDR_LEN};
+use vswitch_switch::{Action, Millis, PortId, Switch, VNET_HDR_LEN};
 
 use crate::bpf::fanout::SpreadProgram;
 use crate::ports::Port;
@@ -55,7 +55,7 @@ impl Fabric {
             }
             Action::Flood => {
                 for egress in table.iter().flatten() {
-                    if egress.id != ingress.id {
+                    if self.switch.floods_to(ingress.id, egress.id) {
                         egress.transmit(0, frame);
                     }
                 }
@@ -64,9 +64,7 @@ impl Fabric {
                 reply[..VNET_HDR_LEN].fill(0);
                 ingress.transmit(0, &reply[..VNET_HDR_LEN + len]);
             }
-            Action::Drop(DropReason::Malformed | DropReason::UnknownPort) => {
-                ingress.counters.drop_one()
-            }
+            Action::Drop(why) if super::worker::counts_as_drop(why) => ingress.counters.drop_one(),
             Action::Drop(_) => {}
         }
     }

@@ -226,10 +226,11 @@ impl Datapath {
         Some(port)
     }
 
-    /// Sends a frame the switch made itself (e.g. a gratuitous ARP) out of every port but `except`.
-    pub fn flood(&self, except: PortId, frame: &[u8]) {
+    /// Sends a frame the switch made itself on behalf of port `from` (e.g. a gratuitous ARP
+    /// announcing it) out of every port the switch would flood `from`'s frames to.
+    pub fn flood(&self, from: PortId, frame: &[u8]) {
         for port in self.fabric.table.load().iter().flatten() {
-            if port.id != except {
+            if self.fabric.switch.floods_to(from, port.id) {
                 port.transmit(0, frame);
             }
         }

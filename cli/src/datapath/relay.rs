@@ -4,20 +4,29 @@
 //!
 //! Data moves with `splice` through a pipe per direction, so it never enters user space. End of
 //! stream on one side becomes a half-close (`shutdown(SHUT_WR)`) on the other; a reset on one
-//! side becomes a reset on the other, so each end sees what the far end did. A pair costs no
+//! side becomes a reset on the other, so each end sees what the far end did.
+//!
+//! Passing the first FIN on makes the relay's socket on the other leg the one that closed
+//! first there, so the host would keep a TIME_WAIT for it (60 s) besides the one the endpoint
+//! that really closed first keeps: tens of thousands of them under short connections, each in
+//! the way of a container that reuses its port. Once a pair is finished the relay ends that
+//! TIME_WAIT (`kernel::sockdiag`), so that, as through a kernel NAT, only the side that closed
+//! first holds one. A pair costs no
 //! thread of its own: it is registered straight into the epoll set of a worker (round robin),
 //! which wakes only when bytes (or a FIN) arrive. Sharing the workers' threads matters for
 //! request/response traffic: a worker that hands a container's segment to the host is often
 //! still polling when the host's socket becomes readable, and no other thread has to wake.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::kernel::epoll::Epoll;
+use crate::kernel::sockdiag::{SockDiag, TcpEnds};
 
 use super::Token;
 
@@ -113,6 +122,7 @@ impl RelayPool {
             flows: Default::default(),
             done: Some(Box::new(done)),
             wants_out: [false; 2],
+            closed_first: None,
         };
         pairs.map.insert(id, pair);
     }
@@ -207,6 +217,9 @@ struct Pair {
     done: Option<Done>,
     /// Whether writability of each socket is being watched.
     wants_out: [bool; 2],
+    /// The relay's socket that sent the first FIN of its leg (the other side's FIN passed on),
+    /// as it was while connected: it will hold a TIME_WAIT once the pair is finished.
+    closed_first: Option<TcpEnds>,
 }
 
 enum Step {
@@ -279,14 +292,54 @@ fn retire(shared: &Shared, mut pair: Pair, reset: bool) {
         }
         let _ = shared.epoll.delete(s.as_raw_fd());
     }
+    if !reset {
+        if let Some(ends) = pair.closed_first.take() {
+            end_time_wait(&ends);
+        }
+    }
     if let Some(done) = pair.done.take() {
         done();
+    }
+}
+
+/// Set once ending a TIME_WAIT has failed for a reason that will not change (the kernel or the
+/// process cannot): the relay stops trying.
+static NO_SOCK_DESTROY: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Each worker's sock_diag socket, made on first use.
+    static SOCK_DIAG: RefCell<Option<SockDiag>> = const { RefCell::new(None) };
+}
+
+/// Ends the TIME_WAIT the relay's socket `ends` keeps (see the module's documentation).
+fn end_time_wait(ends: &TcpEnds) {
+    if NO_SOCK_DESTROY.load(Ordering::Relaxed) {
+        return;
+    }
+    let result = SOCK_DIAG.with(|diag| {
+        let mut diag = diag.borrow_mut();
+        if diag.is_none() {
+            *diag = Some(SockDiag::new()?);
+        }
+        diag.as_mut().expect("just made").end_time_wait(ends)
+    });
+    if let Err(e) = result {
+        // ENOENT/ESTALE: no TIME_WAIT there (both sides closed at once, or it went already).
+        if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) {
+            NO_SOCK_DESTROY.store(true, Ordering::Relaxed);
+            eprintln!(
+                "vswitch: cannot end the relay's TIME_WAIT sockets ({e}): each finished NAT'd \
+                 connection leaves one on the host for 60 s"
+            );
+        }
     }
 }
 
 /// Moves bytes of one direction until the kernel says "would block" on either side.
 fn pump(pair: &mut Pair, dir: usize) -> Step {
     let (from, to) = (pair.socks[dir].as_raw_fd(), pair.socks[1 - dir].as_raw_fd());
+    let first_fin = !pair.flows[1 - dir].finished;
+    let closed_first = &mut pair.closed_first;
     let flow = &mut pair.flows[dir];
     loop {
         // First drain what the pipe holds.
@@ -311,8 +364,13 @@ fn pump(pair: &mut Pair, dir: usize) -> Step {
         let pipe = flow.pipe.as_ref().expect("just made");
         match splice(from, pipe.write.as_raw_fd(), PIPE_SIZE as usize) {
             Ok(0) => {
-                // End of stream: pass the FIN on (the pipe is empty here).
+                // End of stream: pass the FIN on (the pipe is empty here). The first FIN of the
+                // pair makes `to` the socket that closes first on its leg: note what ending its
+                // TIME_WAIT will need while it is still connected.
                 flow.finished = true;
+                if first_fin && !NO_SOCK_DESTROY.load(Ordering::Relaxed) {
+                    *closed_first = TcpEnds::of(to).ok();
+                }
                 // SAFETY: plain system call on a descriptor we hold.
                 unsafe { libc::shutdown(to, libc::SHUT_WR) };
                 return Step::Idle;

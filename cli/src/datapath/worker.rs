@@ -12,7 +12,7 @@ use crate::ports::{Port, RxBatch};
 
 use super::relay::RelayPool;
 use super::wait::{Busy, Waiter};
-use super::{now_ms, Fabric, Hook, PortTable, Token};
+use super::{now_ms, Fabric, Hook, PortTable, Token, TAP_PORT};
 
 /// Frames read from one port per system call.
 const BATCH: usize = 32;
@@ -144,6 +144,17 @@ impl WorkerCtx {
                 rx_frames += 1;
                 rx_bytes += frame.len() - VNET_HDR_LEN;
                 if let Some(hook) = &self.hook {
+                    // Port security before the NAT (and so DNS and published ports) sees the
+                    // frame: a container's spoofed frame goes nowhere. The switch checks again.
+                    if port.id != TAP_PORT {
+                        if let Err(why) = self.fabric.switch.admit(port.id, &frame[VNET_HDR_LEN..])
+                        {
+                            if counts_as_drop(why) {
+                                port.counters.drop_one();
+                            }
+                            continue;
+                        }
+                    }
                     if !hook.frame(port.id, frame, now, &mut posted) {
                         continue;
                     }
@@ -162,7 +173,7 @@ impl WorkerCtx {
                 Action::Forward(out) => s.sends.push((out, i, false)),
                 Action::Flood => {
                     for egress in table.iter().flatten() {
-                        if egress.id != port.id {
+                        if self.fabric.switch.floods_to(port.id, egress.id) {
                             s.sends.push((egress.id, i, false));
                         }
                     }
@@ -172,9 +183,7 @@ impl WorkerCtx {
                     s.reply_lens[usize::from(i)] = VNET_HDR_LEN + len;
                     s.sends.push((port.id, i, true));
                 }
-                Action::Drop(DropReason::Malformed | DropReason::UnknownPort) => {
-                    port.counters.drop_one()
-                }
+                Action::Drop(why) if counts_as_drop(why) => port.counters.drop_one(),
                 Action::Drop(_) => {}
             }
         }
@@ -209,4 +218,17 @@ impl WorkerCtx {
             start = end;
         }
     }
+}
+
+/// Whether a drop counts in the port's `drops`: frames that were wrong (malformed, for an
+/// unknown port, spoofed, or crossing an isolation), not those the switch just has no use for
+/// (its own transmissions, hairpins, ARP for the sender itself).
+pub(super) fn counts_as_drop(why: DropReason) -> bool {
+    matches!(
+        why,
+        DropReason::Malformed
+            | DropReason::UnknownPort
+            | DropReason::Spoofed(_)
+            | DropReason::Isolated
+    )
 }

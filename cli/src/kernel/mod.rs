@@ -5,4 +5,5 @@ pub mod epoll;
 pub mod fdpass;
 pub mod netlink;
 pub mod netns;
+pub mod sockdiag;
 pub mod sys;

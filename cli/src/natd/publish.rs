@@ -10,7 +10,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use vswitch_nat::NatError;
@@ -21,11 +21,32 @@ use crate::kernel::epoll::IN;
 
 use super::budget::{Lease, TCP_RELAY, UDP_FLOW};
 use super::service::{Entry, NatService};
-use super::sockets::{bound_tcp_socket, connect_blocking};
+use super::sockets::{bound_tcp_socket, connect_blocking, local_port_range};
 use super::udp::send_segments;
 use super::Listener;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gateway ports a published connection from `client` to `container` tries first, in the
+/// host's ephemeral range: the same ones for the same client address and port. The container
+/// sees the connection come from the client's address and port whatever the gateway port, so
+/// when the client reuses a port, the container (which keeps a TIME_WAIT for the previous
+/// connection, if it closed first) sees the same connection come back: from another gateway
+/// port, the host's SYN would carry timestamps and a sequence number of another connection,
+/// which that TIME_WAIT answers with an ACK, and the connection would wait a second for its SYN
+/// to be sent again.
+fn gateway_ports(client: SocketAddrV4, container: SocketAddrV4) -> Vec<u16> {
+    use std::hash::BuildHasher;
+    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    let start = KEY
+        .get_or_init(Default::default)
+        .hash_one((client, container));
+    let (lo, hi) = local_port_range();
+    let span = u64::from(hi - lo) + 1;
+    (0..4)
+        .map(|i| lo + (start.wrapping_add(i) % span) as u16)
+        .collect()
+}
 
 /// One published connection being connected, counted while it lives.
 struct Publishing(Arc<AtomicUsize>);
@@ -170,7 +191,10 @@ impl NatService {
             .spawn(move || {
                 let _publishing = publishing;
                 let _ = client.set_nonblocking(false);
-                let Ok((socket, eph)) = bound_tcp_socket(gateway) else {
+                let ports = client_v4
+                    .map(|c| gateway_ports(c, container))
+                    .unwrap_or_default();
+                let Ok((socket, eph)) = bound_tcp_socket(gateway, &ports) else {
                     return;
                 };
                 // The mapping lives until the connection's own close has been translated (the

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::control::PublishSpec;
@@ -54,10 +55,33 @@ pub fn connect_nonblocking(dst: SocketAddrV4) -> io::Result<TcpStream> {
     }
 }
 
-/// A TCP socket bound to an ephemeral port of `gateway`, and that port.
-pub fn bound_tcp_socket(gateway: Ipv4Addr) -> io::Result<(OwnedFd, u16)> {
+/// A TCP socket bound to a port of `gateway`, and that port: the first of `ports` that is free,
+/// else an ephemeral port of the kernel's choice.
+pub fn bound_tcp_socket(gateway: Ipv4Addr, ports: &[u16]) -> io::Result<(OwnedFd, u16)> {
+    for &port in ports {
+        if let Ok(bound) = bound_tcp_socket_at(gateway, port) {
+            return Ok(bound);
+        }
+    }
+    bound_tcp_socket_at(gateway, 0)
+}
+
+/// The host's ephemeral port range (`net.ipv4.ip_local_port_range`, read once).
+pub fn local_port_range() -> (u16, u16) {
+    static RANGE: OnceLock<(u16, u16)> = OnceLock::new();
+    *RANGE.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range");
+        let mut it = text.as_deref().unwrap_or("").split_whitespace();
+        match (it.next().map(str::parse), it.next().map(str::parse)) {
+            (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi && lo > 0 => (lo, hi),
+            _ => (32768, 60999),
+        }
+    })
+}
+
+fn bound_tcp_socket_at(gateway: Ipv4Addr, port: u16) -> io::Result<(OwnedFd, u16)> {
     let fd = tcp_socket(libc::SOCK_CLOEXEC)?;
-    let addr = sockaddr_in(SocketAddrV4::new(gateway, 0));
+    let addr = sockaddr_in(SocketAddrV4::new(gateway, port));
     // SAFETY: `addr` is a valid sockaddr_in of the length we pass.
     cvt(unsafe {
         libc::bind(

@@ -118,11 +118,22 @@ fn ports(page: &mut Exposition, s: &Stats) {
     let f = &mut page.family(
         "vswitch_port_dropped_frames_total",
         Kind::Counter,
-        "Frames lost on the port: received and refused (invalid), refused by the port's \
-         sockets on the way out (tx_failed), dropped by the kernel before the daemon read them \
-         (kernel: its receive queue was full).",
+        "Frames lost on the port: received and refused as malformed (invalid), as spoofed \
+         (port security) or as crossing an isolation (isolated), refused by the port's sockets \
+         on the way out (tx_failed), dropped by the kernel before the daemon read them (kernel: \
+         its receive queue was full).",
     );
-    per_port(f, &s.ports, &[("reason", "invalid")], |p| p.rx_invalid);
+    // `rx_invalid` counts every frame refused on the way in; port security's share apart.
+    let invalid = |p: &PortView| {
+        (p.rx_invalid)
+            .saturating_sub(p.spoofed.total())
+            .saturating_sub(p.isolation_drops)
+    };
+    per_port(f, &s.ports, &[("reason", "invalid")], invalid);
+    per_port(f, &s.ports, &[("reason", "spoofed")], |p| p.spoofed.total());
+    per_port(f, &s.ports, &[("reason", "isolated")], |p| {
+        p.isolation_drops
+    });
     per_port(f, &s.ports, &[("reason", "tx_failed")], |p| p.tx_failed);
     per_port(f, &s.ports, &[("reason", "kernel")], |p| p.kernel_drops);
 
@@ -130,6 +141,21 @@ fn ports(page: &mut Exposition, s: &Stats) {
         .filter(|p| p.kind != "tap")
         .cloned()
         .collect();
+    let f = &mut page.family(
+        "vswitch_port_spoofed_frames_total",
+        Kind::Counter,
+        "Spoofed frames the port's container sent, dropped, by the field that was not its own: \
+         the source MAC (mac), the IPv4 source (ip), the ARP sender (arp), an EtherType it may \
+         not send (ethertype).",
+    );
+    for (field, count) in [
+        ("mac", (|p| p.spoofed.mac) as fn(&PortView) -> u64),
+        ("ip", |p| p.spoofed.ip),
+        ("arp", |p| p.spoofed.arp),
+        ("ethertype", |p| p.spoofed.ethertype),
+    ] {
+        per_port(f, &containers, &[("field", field)], count);
+    }
     let f = &mut page.family(
         "vswitch_port_nat_flows",
         Kind::Gauge,
@@ -227,6 +253,17 @@ fn switch(page: &mut Exposition, s: &Stats) {
             "vswitch_fdb_full_total",
             "Source MAC addresses not learned because the table was full.",
             w.fdb_full,
+        ),
+        (
+            "vswitch_fdb_evicted_total",
+            "Entries evicted from a full table to learn a newly plugged container's MAC.",
+            w.fdb_evicted,
+        ),
+        (
+            "vswitch_fdb_refused_total",
+            "Source MAC addresses not learned: over their port's limit, or another port's \
+             station.",
+            w.fdb_refused,
         ),
     ] {
         page.family(name, Kind::Counter, help).int(&[], v);

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use super::{
-    fingerprint, make_id, Cold, Counters, Expired, Extra, Flow, Kind, Padded, Quota, Shard, Shares,
-    Side, Slot, Table, Timeouts, QUOTE_LEN, SHARDS,
+    fingerprint, make_id, Cold, Counters, Expired, Extra, Flow, Kind, Padded, Proto, Quota, Shard,
+    Shares, Side, Slot, Table, Timeouts, QUOTE_LEN, SHARDS,
 };
 use crate::snapshot::{
     CountersSnapshot, FlowKind, FlowSnapshot, RestoreError, ShardSnapshot, SlotSnapshot,
@@ -61,6 +61,7 @@ impl Table {
         };
         let mut quotas: HashMap<u32, Quota> = HashMap::new();
         let mut live = 0;
+        let mut finished = 0;
         let mut shards = Vec::with_capacity(SHARDS);
         for (index, s) in snap.shards.iter().enumerate() {
             let shard = restore_shard(&table, index, snap.key_seed, s, relay_ports)?;
@@ -75,6 +76,10 @@ impl Table {
                 if taken {
                     return Err(RestoreError::DuplicateSide(id));
                 }
+                if shard.is_finished(slot as u32) {
+                    finished += 1;
+                    continue;
+                }
                 if flow.kind.egress() {
                     let q = quotas.entry(flow.cip).or_default();
                     q.live += 1;
@@ -88,6 +93,7 @@ impl Table {
         table.side = Mutex::new(side);
         table.quotas = Mutex::new(quotas);
         table.live = AtomicUsize::new(live);
+        table.finished = AtomicUsize::new(finished);
         table.counters = restore_counters(&snap.counters);
         Ok(table)
     }
@@ -170,6 +176,7 @@ fn restore_shard(
         }
     }
     sh.free = s.free.clone();
+    let mut by_age = Vec::new();
     for (slot, snap) in s.slots.iter().enumerate() {
         let slot = slot as u32;
         let id = make_id(snap.generation, index, slot);
@@ -197,12 +204,24 @@ fn restore_shard(
                 }
             }
         }
+        // A finished TCP flow is outside the bound and the shares (see `Table::settle`).
+        let finished = flow
+            .as_ref()
+            .is_some_and(|f| f.kind.proto() == Proto::Tcp && f.tcp.state().is_closed());
+        if finished {
+            let expires_at = flow.as_ref().map_or(0, |f| f.expires_at);
+            by_age.push((expires_at, slot, snap.generation));
+        }
         sh.slots.push(Slot(flow));
         sh.cold.push(Cold {
             generation: snap.generation,
             extra,
+            finished,
         });
     }
+    by_age.sort_unstable();
+    sh.finished_count = by_age.len();
+    sh.finished = by_age.into_iter().map(|(_, s, g)| (s, g)).collect();
     sh.reaped = (s.reaped.iter())
         .map(|&(flow, proto)| Expired { flow, proto })
         .collect();

@@ -1,7 +1,7 @@
 //! TCP: relayed egress, published ports, state tracking and timeouts.
 
 use super::*;
-use crate::{FlowId, NatDrop, NatError, RelayFlow, Verdict};
+use crate::{FlowId, NatDrop, NatError, RelayFlow, Shares, Verdict};
 
 const T0: u64 = 1_000_000;
 
@@ -398,7 +398,109 @@ fn port_reuse_after_time_wait_is_a_new_flow() {
     assert_eq!(gone.len(), 1);
     assert_eq!(gone[0].flow, flow);
     nat.tcp_connected(new, &mut syn, T0 + 3).unwrap();
-    assert_ne!(check(&syn).dport(), relay, "another relay port");
+    // The same connection comes back to the host on the same ports: a TIME_WAIT the host may
+    // still hold for it takes the newer SYN.
+    assert_eq!(check(&syn).dport(), relay, "the same relay port");
+}
+
+/// Takes a connected flow through a close where the outside closes first (the host's FIN,
+/// the container's FIN, the host's last ACK): TIME_WAIT.
+fn close_outside_first(nat: &Nat, src: SocketAddrV4, dst: SocketAddrV4, relay: u16, now: u64) {
+    let mut synack = tcp_host(sa(GW, relay), src, SYN | ACK, Csum::Full);
+    assert_eq!(nat.from_host(&mut synack, now), Verdict::Rewritten);
+    let mut ack = tcp_out(C1_MAC, src, dst, ACK, 101, b"");
+    assert_eq!(nat.outbound(&mut ack, now), Verdict::Rewritten);
+    let mut fin = tcp_host(sa(GW, relay), src, FIN | ACK, Csum::Full);
+    assert_eq!(nat.from_host(&mut fin, now), Verdict::Rewritten);
+    let mut fin = tcp_out(C1_MAC, src, dst, FIN | ACK, 101, b"");
+    assert_eq!(nat.outbound(&mut fin, now), Verdict::Rewritten);
+    let mut last = tcp_host(sa(GW, relay), src, ACK, Csum::Full);
+    assert_eq!(nat.from_host(&mut last, now), Verdict::Rewritten);
+}
+
+#[test]
+fn another_destination_from_the_same_port_gets_another_relay_port() {
+    let nat = nat();
+    let (flow, relay) = connected(&nat, sa(C1, 5000), sa(OUT, 80), T0);
+    close_outside_first(&nat, sa(C1, 5000), sa(OUT, 80), relay, T0);
+    assert_eq!(state(&nat, flow, T0), "TIME_WAIT");
+    // The host may hold a TIME_WAIT for (GATEWAY:relay, C1:5000) of that connection, which
+    // would not take another connection's SYN: the next destination goes elsewhere...
+    let (_, other) = connected(&nat, sa(C1, 5000), sa(OUT, 81), T0 + 1);
+    assert_ne!(other, relay);
+    // ...and when every relay port has a finished flow of this container port, one goes.
+    let mut taken = vec![relay, other];
+    for (i, port) in (82..).take(RELAYS.len()).enumerate() {
+        let (_, r) = connected(&nat, sa(C1, 5000), sa(OUT, port), T0 + 2);
+        close_outside_first(&nat, sa(C1, 5000), sa(OUT, port), r, T0 + 2);
+        if i + 2 < RELAYS.len() {
+            assert!(!taken.contains(&r), "a relay port no flow of C1:5000 used");
+        }
+        taken.push(r);
+    }
+    assert_eq!(nat.stats().no_relay_port, 0);
+}
+
+#[test]
+fn finished_connections_never_keep_new_ones_out() {
+    // A small table and share: far more finished connections than either holds.
+    let nat = Nat::new(NatConfig {
+        max_flows: 100,
+        shares: Shares {
+            flows: 10,
+            half_open: 4,
+        },
+        ..config()
+    });
+    let mut now = T0;
+    for i in 0..70_000u32 {
+        let port = 1024 + (i % 60_000) as u16;
+        let dst = sa(OUT, 80 + (i / 60_000) as u16);
+        let (flow, relay) = connected(&nat, sa(C1, port), dst, now);
+        close_outside_first(&nat, sa(C1, port), dst, relay, now);
+        if i % 20_000 == 0 {
+            assert_eq!(state(&nat, flow, now), "TIME_WAIT");
+        }
+        now += 1;
+    }
+    let stats = nat.stats();
+    assert_eq!(
+        stats.container_limit + stats.table_full + stats.no_relay_port,
+        0
+    );
+    // Kept for their timeout, but not without bound: the oldest went first.
+    assert!(stats.flows <= 65_536 + 1024, "{} flows kept", stats.flows);
+    assert!(stats.flows >= 50_000, "{} flows kept", stats.flows);
+    assert!(nat.entries(now).iter().all(|e| e.state == "TIME_WAIT"));
+    // A connection still open counts: the share is 10.
+    for port in 0..10 {
+        connected(&nat, sa(C1, 100 + port), sa(OUT, 90), now);
+    }
+    let mut more = tcp_out(C1_MAC, sa(C1, 200), sa(OUT, 90), SYN, 1, b"");
+    assert!(matches!(nat.outbound(&mut more, now), Verdict::Reply(_)));
+    assert_eq!(nat.stats().container_limit, 1);
+}
+
+#[test]
+fn a_finished_connection_opened_again_counts_as_a_new_one() {
+    let nat = Nat::new(NatConfig {
+        max_flows: 100,
+        shares: Shares {
+            flows: 2,
+            half_open: 4,
+        },
+        ..config()
+    });
+    let (flow, relay) = connected(&nat, sa(C1, 5000), sa(OUT, 80), T0);
+    close_outside_first(&nat, sa(C1, 5000), sa(OUT, 80), relay, T0);
+    connected(&nat, sa(C1, 5001), sa(OUT, 80), T0);
+    connected(&nat, sa(C1, 5002), sa(OUT, 80), T0);
+    // The share is used up by the two open ones: the finished one, opened again, is a new
+    // flow, refused since the share is full.
+    let mut syn = tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), SYN, 900, b"");
+    assert!(matches!(nat.outbound(&mut syn, T0 + 1), Verdict::Reply(_)));
+    assert!(entry(&nat, flow, T0 + 1).is_none());
+    assert_eq!(nat.container_stats(C1).flows, 2);
 }
 
 #[test]

@@ -414,6 +414,7 @@ impl Manager {
             ip: r.ip,
             mac: rec.mac,
             new: false,
+            policy: &rec.policy,
         };
         let fast_link = match self.install_port(&port, queues, &mut undo) {
             Ok(link) => link,

@@ -223,6 +223,7 @@ fn harness() -> Harness {
         watchdog: None,
         captures: Vec::new(),
         tally: Default::default(),
+        isolate: false,
     };
     Harness {
         manager,
@@ -570,4 +571,53 @@ fn gc_removes_only_the_networks_attachments_that_are_not_valid() {
     // Nothing valid: every attachment of n2 goes, the plug by hand stays.
     assert_eq!(h.manager.gc(&"n2".parse().unwrap(), &[]).len(), 1);
     assert_eq!(h.manager.containers.len(), 2);
+}
+
+#[test]
+fn a_plug_gives_the_port_its_security_and_the_state_keeps_it() {
+    use crate::control::SecurityOpts;
+    use vswitch_switch::PortPolicy;
+    let mut h = harness();
+    h.plug(10).unwrap();
+    let mut req = plug_req(11);
+    req.security = SecurityOpts {
+        isolated: true,
+        allow_ips: vec!["192.168.9.0/24".parse().unwrap()],
+        allow_ethertypes: vec![0x86dd],
+        ..SecurityOpts::default()
+    };
+    h.plug_in((0, 11), req).unwrap();
+    let mut trusted = plug_req(12);
+    trusted.security.trusted = true;
+    h.plug_in((0, 12), trusted).unwrap();
+    let switch = h.manager.datapath.switch();
+    assert_eq!(switch.port_policy(PortId(1)), Some(PortPolicy::default()));
+    let widened = switch.port_policy(PortId(2)).unwrap();
+    assert!(widened.isolated && widened.allow_ethertypes == [0x86dd]);
+    assert!(switch.port_policy(PortId(3)).unwrap().trusted);
+    // IPv6 stays on only where the switch lets it through.
+    let ipv6: Vec<bool> = (h.fake.world().configured.iter())
+        .map(|(_, a)| a.ipv6)
+        .collect();
+    assert_eq!(ipv6, [false, true, true]);
+    // `ls` shows it; the state file keeps it (and only where it is not the default).
+    let views = h.manager.ls();
+    assert_eq!(views[2].security.short(), "on+allow,isolated");
+    assert_eq!(views[2].security.allow_ip, ["192.168.9.0/24"]);
+    assert_eq!(views[3].security.max_macs, 256);
+    let state = h.manager.state();
+    assert!(state.ports[0].security.is_default());
+    assert!(state.ports[1].security.isolated);
+    assert_eq!(state.ports[1].security.allow_ethertype, ["0x86dd"]);
+    assert!(state.ports[2].security.trusted);
+}
+
+#[test]
+fn run_isolate_isolates_every_container() {
+    let mut h = harness();
+    h.manager.isolate = true;
+    h.plug(10).unwrap();
+    let policy = h.manager.datapath.switch().port_policy(PortId(1)).unwrap();
+    assert!(policy.isolated && !policy.trusted);
+    assert!(h.manager.state().ports[0].security.isolated);
 }

@@ -103,6 +103,7 @@ impl RelayPool {
             flows,
             done: Some(Box::new(done)),
             wants_out: snap.wants_out,
+            closed_first: None,
         };
         pairs.map.insert(id, pair);
         Ok(())
