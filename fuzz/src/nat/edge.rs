@@ -340,6 +340,7 @@ impl World {
                     mac: [0; 6],
                     first: Vec::new(),
                     gone: false,
+                    finished: false,
                     expires_at: 0,
                     replied: false,
                 });
@@ -450,6 +451,7 @@ impl World {
                     mac,
                     first: Vec::new(),
                     gone: false,
+                    finished: false,
                     expires_at: now.saturating_add(self.timeouts.udp),
                     replied: false,
                 });

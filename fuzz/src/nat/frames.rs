@@ -296,6 +296,7 @@ impl World {
                     mac: p.src_mac,
                     first: frame.to_vec(),
                     gone: false,
+                    finished: false,
                     expires_at: 0,
                     replied: false,
                 });
@@ -369,6 +370,7 @@ impl World {
                         mac: p.src_mac,
                         first: frame.to_vec(),
                         gone: false,
+                        finished: false,
                         expires_at: now.saturating_add(self.timeouts.udp),
                         replied: false,
                     });
@@ -459,6 +461,7 @@ impl World {
                             mac: p.src_mac,
                             first: frame.to_vec(),
                             gone: false,
+                            finished: false,
                             expires_at: now.saturating_add(self.timeouts.icmp),
                             replied: false,
                         });

@@ -19,10 +19,11 @@
 //! - the frames the NAT writes are well-formed (by hand and by smoltcp), addressed to the flow's
 //!   container, fit the buffer, and nothing is written past them or on error;
 //! - a flow is created only within `max_flows` open flows (finished TCP connections are
-//!   outside the bound) and its container's shares; `created = flows + expired + removed`,
-//!   every live entry is a flow the fuzzer saw created, no two share a key or an echo
-//!   identifier, UDP and echo flows live exactly as long as their timeouts say, and every flow
-//!   is reported (by `expire`) or removed (with a result saying so) exactly once.
+//!   outside the bound) and its container's shares, and a connected flow, once finished, never
+//!   opens again in place (a new connection is a new flow); `created = flows + expired +
+//!   removed`, every live entry is a flow the fuzzer saw created, no two share a key or an
+//!   echo identifier, UDP and echo flows live exactly as long as their timeouts say, and every
+//!   flow is reported (by `expire`) or removed (with a result saying so) exactly once.
 //!
 //! `frames.rs` checks the verdicts on frames, `edge.rs` the edge's calls, `decode.rs` turns the
 //! fuzzer's bytes into steps (and builds the starting table), `build.rs` builds frames.
@@ -138,6 +139,9 @@ struct Known {
     first: Vec<u8>,
     /// Certainly no longer in the table.
     gone: bool,
+    /// A connected TCP egress flow seen finished (TIME_WAIT or CLOSE): it never opens again in
+    /// place (a new SYN on its addresses is a new flow, and a new connect).
+    finished: bool,
     /// Timed flows: when the flow expires, and whether it was replied.
     expires_at: u64,
     replied: bool,
@@ -472,6 +476,23 @@ impl World {
         for k in &self.flows {
             if k.kind.timed() && self.alive(k) {
                 assert!(ids.contains(&k.id), "{k:?}: live but not listed");
+            }
+        }
+        for e in &entries {
+            let Some(i) = self.by_id(e.flow) else {
+                continue;
+            };
+            let k = &mut self.flows[i];
+            if let Kind::TcpEgress {
+                connecting: false, ..
+            } = k.kind
+            {
+                let finished = matches!(e.state, "TIME_WAIT" | "CLOSE");
+                assert!(
+                    finished || !k.finished,
+                    "{e:?}: a finished connection opened again in place"
+                );
+                k.finished = finished;
             }
         }
     }
