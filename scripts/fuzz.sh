@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of vswitch's pure crates (switch/, nat/) with libFuzzer, through
-# cargo-fuzz on nightly Rust. The targets and what they check: fuzz/src/lib.rs.
+# Coverage-guided fuzzing with libFuzzer, through cargo-fuzz on nightly Rust: vswitch's pure
+# crates (switch/, nat/) and the parsers at the daemon's edge (the control protocol, the CNI
+# configuration). The targets and what they check: fuzz/src/lib.rs.
 #
 # Usage: scripts/fuzz.sh [TARGET...] [-runs N | -time SEC] [-- LIBFUZZER_OPTION...]
 #   TARGET      a target of fuzz/Cargo.toml (`cargo fuzz list`): switch_frames, nat_frames,
-#               nat_replies... (default: all, one after the other)
+#               nat_replies, control_requests, cni_config... (default: all, one after the other)
 #   -runs N     inputs per target (default 10000000)
 #   -time SEC   run each target for SEC seconds instead
 #   after --    passed to libFuzzer as is (e.g. -seed=1 -max_len=8192)
@@ -18,7 +19,8 @@
 # One libFuzzer process per target (no -jobs/-fork), nice'd, with -timeout=10 (an input taking
 # over 10 s is a hang) and -rss_limit_mb=2048; built with debug assertions, so integer overflow
 # is a crash too. The corpus grows in fuzz/corpus/TARGET (kept between runs, not in git) and
-# also reads the inputs kept in fuzz/regressions/TARGET. A crash leaves its input in
+# also reads the inputs kept in fuzz/regressions/TARGET; fuzz/dict/TARGET.dict, if there is one,
+# is its libFuzzer dictionary (the JSON targets' names and values). A crash leaves its input in
 # fuzz/artifacts/TARGET/: replay it on stable with
 #   cargo run -p vswitch-fuzz --bin TARGET -- fuzz/artifacts/TARGET/crash-...
 # and, once fixed, keep it in fuzz/regressions/TARGET/ (the test suite replays that folder).
@@ -72,7 +74,7 @@ done
 
 log "$(cargo +nightly --version), $(cargo fuzz --version)"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD -- switch nat fuzz 2>/dev/null || commit="$commit+changes"
+git diff --quiet HEAD -- switch nat capture cli fuzz 2>/dev/null || commit="$commit+changes"
 limit=(-runs="$runs")
 [ -n "$time_s" ] && limit=(-max_total_time="$time_s")
 
@@ -82,11 +84,13 @@ for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/regressions/$t" "fuzz/artifacts/$t"
     out="fuzz/artifacts/$t/last-run.log"
     log "$t: ${limit[*]} (log: $out)"
+    dict=()
+    [ -f "fuzz/dict/$t.dict" ] && dict=(-dict="fuzz/dict/$t.dict")
     start=$(date +%s)
     status=0
     nice -n "$niceness" cargo +nightly fuzz run --sanitizer "$sanitizer" --debug-assertions "$t" \
         "fuzz/corpus/$t" "fuzz/regressions/$t" -- \
-        "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${extra[@]}" \
+        "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" "${extra[@]}" \
         2>&1 | tee "$out" | grep --line-buffered -E '^#[0-9]+.*(pulse|DONE)|^(==|SUMMARY|thread)|panicked|Test unit written|deadly signal' || true
     status=${PIPESTATUS[0]}
     wall=$(($(date +%s) - start))

@@ -36,6 +36,16 @@ fn nat_replies() {
 }
 
 #[test]
+fn control_requests() {
+    smoke("control_requests");
+}
+
+#[test]
+fn cni_config() {
+    smoke("cni_config");
+}
+
+#[test]
 fn every_target_has_a_test_and_a_binary() {
     let manifest = include_str!("../Cargo.toml");
     let me = include_str!("smoke.rs");
