@@ -88,11 +88,14 @@ for t in "${targets[@]}"; do
     [ -f "fuzz/dict/$t.dict" ] && dict=(-dict="fuzz/dict/$t.dict")
     start=$(date +%s)
     status=0
-    nice -n "$niceness" cargo +nightly fuzz run --sanitizer "$sanitizer" --debug-assertions "$t" \
-        "fuzz/corpus/$t" "fuzz/regressions/$t" -- \
-        "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" "${extra[@]}" \
-        2>&1 | tee "$out" | grep --line-buffered -E '^#[0-9]+.*(pulse|DONE)|^(==|SUMMARY|thread)|panicked|Test unit written|deadly signal' || true
-    status=${PIPESTATUS[0]}
+    # libFuzzer's exit status, read inside the group: after `|| true`, PIPESTATUS is true's.
+    {
+        nice -n "$niceness" cargo +nightly fuzz run --sanitizer "$sanitizer" --debug-assertions "$t" \
+            "fuzz/corpus/$t" "fuzz/regressions/$t" -- \
+            "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" "${extra[@]}" \
+            2>&1 | tee "$out" | grep --line-buffered -E '^#[0-9]+.*(pulse|DONE)|^(==|SUMMARY|thread)|panicked|Test unit written|deadly signal'
+        status=${PIPESTATUS[0]}
+    } || true
     wall=$(($(date +%s) - start))
     done_line=$(grep -E '^#[0-9]+\s+DONE' "$out" | tail -n1 || true)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out" | tail -n1)
