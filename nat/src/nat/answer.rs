@@ -3,7 +3,7 @@
 //! packet whose TTL ran out at the gateway.
 
 use crate::conntrack::{CreateError, Shard};
-use crate::craft::{self, Ends, ICMP_ERROR_FRAME_MAX};
+use crate::craft::{self, Ends};
 use crate::error::{NatDrop, NatError};
 use crate::wire::{Ipv4Frame, TcpHdr, IPPROTO_TCP, IP_OFF};
 
@@ -46,37 +46,39 @@ impl Nat {
             return self.drop(why);
         }
         self.table.count_refused(sh, pkt.src);
-        let mut reply = ReplyFrame {
-            buf: [0; ICMP_ERROR_FRAME_MAX],
-            len: 0,
-        };
-        let written = match (pkt.proto, TcpHdr::parse(pkt.l4_bytes(frame))) {
-            (IPPROTO_TCP, Ok(tcp)) => {
-                let data = pkt.end - pkt.l4 - tcp.len;
-                let ack = tcp.seq.wrapping_add(1).wrapping_add(data as u32);
-                let e = self.answer_ends(frame, pkt);
-                craft::tcp_rst(&mut reply.buf, &e, tcp.dport, tcp.sport, 0, ack)
-            }
-            _ => self.icmp_error(
-                frame,
-                pkt,
-                ICMP_DEST_UNREACH,
-                ICMP_ADMIN_PROHIBITED,
-                &mut reply.buf,
-            ),
-        };
-        match written {
-            Ok(len) => {
-                reply.len = len;
+        let reply =
+            ReplyFrame::write(
+                |buf| match (pkt.proto, TcpHdr::parse(pkt.l4_bytes(frame))) {
+                    (IPPROTO_TCP, Ok(tcp)) => self.reset(frame, pkt, &tcp, buf),
+                    _ => self.icmp_error(frame, pkt, ICMP_DEST_UNREACH, ICMP_ADMIN_PROHIBITED, buf),
+                },
+            );
+        match reply {
+            Some(reply) => {
                 self.table.count_drop(why);
                 Verdict::Reply(reply)
             }
-            Err(_) => self.drop(why),
+            None => self.drop(why),
         }
     }
 
+    /// A RST|ACK from the destination of the TCP segment in `frame` back to its sender,
+    /// acknowledging it: its SYN and any data it carries (TCP Fast Open).
+    pub(super) fn reset(
+        &self,
+        frame: &[u8],
+        pkt: &Ipv4Frame,
+        tcp: &TcpHdr,
+        out: &mut [u8],
+    ) -> Result<usize, NatError> {
+        let data = pkt.end - pkt.l4 - tcp.len;
+        let ack = tcp.seq.wrapping_add(1).wrapping_add(data as u32);
+        let e = self.answer_ends(frame, pkt);
+        craft::tcp_rst(out, &e, tcp.dport, tcp.sport, 0, ack)
+    }
+
     /// The ends of a frame that answers `frame`: from its destination, back to its sender.
-    fn answer_ends(&self, frame: &[u8], pkt: &Ipv4Frame) -> Ends {
+    pub(super) fn answer_ends(&self, frame: &[u8], pkt: &Ipv4Frame) -> Ends {
         Ends {
             src_mac: self.gateway_mac,
             dst_mac: src_mac(frame),
@@ -106,17 +108,10 @@ impl Nat {
     /// A packet whose TTL ran out at the gateway: ICMP time exceeded, as a router answers (so
     /// that traceroute shows the gateway as the first hop).
     pub(super) fn time_exceeded(&self, frame: &[u8], pkt: &Ipv4Frame) -> Verdict {
-        let mut reply = ReplyFrame {
-            buf: [0; ICMP_ERROR_FRAME_MAX],
-            len: 0,
-        };
         self.table.count_drop(NatDrop::TtlExceeded);
-        match self.icmp_error(frame, pkt, ICMP_TIME_EXCEEDED, 0, &mut reply.buf) {
-            Ok(len) => {
-                reply.len = len;
-                Verdict::Reply(reply)
-            }
-            Err(_) => Verdict::Drop(NatDrop::TtlExceeded),
+        match ReplyFrame::write(|buf| self.icmp_error(frame, pkt, ICMP_TIME_EXCEEDED, 0, buf)) {
+            Some(reply) => Verdict::Reply(reply),
+            None => Verdict::Drop(NatDrop::TtlExceeded),
         }
     }
 }

@@ -35,7 +35,7 @@ use std::ops::Range;
 
 use crate::conntrack::{FlowId, Shares, Table, Timeouts, DEFAULT_MAX_FLOWS};
 use crate::craft::ICMP_ERROR_FRAME_MAX;
-use crate::error::NatDrop;
+use crate::error::{NatDrop, NatError};
 use crate::snapshot::{NatSnapshot, RestoreError};
 
 mod answer;
@@ -56,6 +56,16 @@ pub struct ReplyFrame {
 }
 
 impl ReplyFrame {
+    /// The frame `write` writes into an empty buffer, if it could.
+    fn write(write: impl FnOnce(&mut [u8]) -> Result<usize, NatError>) -> Option<ReplyFrame> {
+        let mut reply = ReplyFrame {
+            buf: [0; ICMP_ERROR_FRAME_MAX],
+            len: 0,
+        };
+        reply.len = write(&mut reply.buf).ok()?;
+        Some(reply)
+    }
+
     /// The frame, `[virtio_net_hdr][Ethernet][IPv4]...`.
     pub fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]

@@ -5,11 +5,11 @@
 use std::net::SocketAddrV4;
 
 use crate::conntrack::{outside_key, FlowId, Kind, Shard};
-use crate::craft::{self, Ends};
+use crate::craft;
 use crate::error::NatError;
 use crate::wire::{Ipv4Frame, TcpHdr, IPPROTO_TCP, IP_OFF, TCP_SYN};
 
-use super::frame::{rewrite_tcp, src_mac, End};
+use super::frame::{rewrite_tcp, End};
 use super::{Nat, RelayFlow, ICMP_DEST_UNREACH};
 
 impl Nat {
@@ -68,10 +68,7 @@ impl Nat {
         held_syn: &mut [u8],
         now: u64,
     ) -> Result<(), NatError> {
-        let pkt = match Ipv4Frame::parse(held_syn) {
-            Ok(Some(p)) if p.proto == IPPROTO_TCP => p,
-            _ => return Err(NatError::Malformed),
-        };
+        let pkt = held_segment(held_syn)?;
         let tcp = TcpHdr::parse(pkt.l4_bytes(held_syn)).map_err(|_| NatError::Malformed)?;
         let (mut sh, slot) = self
             .table
@@ -130,21 +127,13 @@ impl Nat {
         out: &mut [u8],
     ) -> Result<usize, NatError> {
         self.remove_held(flow);
-        let pkt = match Ipv4Frame::parse(held_syn) {
-            Ok(Some(p)) if p.proto == IPPROTO_TCP => p,
-            _ => return Err(NatError::Malformed),
-        };
+        let pkt = held_segment(held_syn)?;
         // The header as sent, options included, and 8 bytes of the segment.
         let body = held_syn
             .get(IP_OFF..pkt.l4 + 8)
             .filter(|_| pkt.l4 + 8 <= pkt.end)
             .ok_or(NatError::Malformed)?;
-        let e = Ends {
-            src_mac: self.gateway_mac,
-            dst_mac: src_mac(held_syn),
-            src: pkt.dst,
-            dst: pkt.src,
-        };
+        let e = self.answer_ends(held_syn, &pkt);
         craft::icmp(out, &e, ICMP_DEST_UNREACH, code, [0; 4], body)
     }
 
@@ -157,24 +146,12 @@ impl Nat {
         out: &mut [u8],
     ) -> Result<usize, NatError> {
         self.remove_held(flow);
-        let pkt = match Ipv4Frame::parse(held_syn) {
-            Ok(Some(p)) if p.proto == IPPROTO_TCP => p,
-            _ => return Err(NatError::Malformed),
-        };
+        let pkt = held_segment(held_syn)?;
         let tcp = TcpHdr::parse(pkt.l4_bytes(held_syn)).map_err(|_| NatError::Malformed)?;
         if tcp.flags & TCP_SYN == 0 {
             return Err(NatError::Malformed);
         }
-        // The SYN and any data it carries (TCP Fast Open) are acknowledged.
-        let data = pkt.end - pkt.l4 - tcp.len;
-        let ack = tcp.seq.wrapping_add(1).wrapping_add(data as u32);
-        let e = Ends {
-            src_mac: self.gateway_mac,
-            dst_mac: src_mac(held_syn),
-            src: pkt.dst,
-            dst: pkt.src,
-        };
-        craft::tcp_rst(out, &e, tcp.dport, tcp.sport, 0, ack)
+        self.reset(held_syn, &pkt, &tcp, out)
     }
 
     fn remove_held(&self, flow: FlowId) {
@@ -183,5 +160,13 @@ impl Nat {
                 self.table.remove_requested(&mut sh, slot);
             }
         }
+    }
+}
+
+/// The held SYN's IPv4 view, if it is a TCP segment.
+fn held_segment(held_syn: &[u8]) -> Result<Ipv4Frame, NatError> {
+    match Ipv4Frame::parse(held_syn) {
+        Ok(Some(p)) if p.proto == IPPROTO_TCP => Ok(p),
+        _ => Err(NatError::Malformed),
     }
 }
