@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::tcp_state::TcpState;
+use crate::tcp_state::{Dir, TcpState};
 
 use super::{Flow, FlowId, Proto, Table, SHARDS};
 
@@ -81,6 +81,16 @@ impl Table {
     #[inline]
     pub fn refresh(&self, flow: &mut Flow, now: u64) {
         flow.expires_at = now.saturating_add(self.timeout(flow));
+    }
+
+    /// A segment of a TCP flow, sent from `dir` with `flags`: the flow's state moves on and its
+    /// expiry with it. True if it moved between open and finished: [`Table::settle`] it then.
+    #[inline]
+    pub fn tcp_segment(&self, flow: &mut Flow, dir: Dir, flags: u8, now: u64) -> bool {
+        let was_closed = flow.tcp.state().is_closed();
+        flow.tcp.update(dir, flags);
+        self.refresh(flow, now);
+        flow.tcp.state().is_closed() != was_closed
     }
 
     /// Reclaims every flow expired at `now`, and reports those reclaimed since the last call.

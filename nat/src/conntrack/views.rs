@@ -129,13 +129,7 @@ impl Table {
         for i in 0..SHARDS {
             let sh = self.lock(i);
             for (&cip, r) in &sh.retired {
-                let total = out.entry(cip).or_default();
-                total.flows_created += r.flows_created;
-                total.refused += r.refused;
-                total.packets_out += r.packets_out;
-                total.packets_in += r.packets_in;
-                total.bytes_out += r.bytes_out;
-                total.bytes_in += r.bytes_in;
+                add_retired(out.entry(cip).or_default(), r);
             }
             for f in sh.slots.iter().filter_map(|s| s.0.as_ref()) {
                 let total = out.entry(f.cip).or_default();
@@ -151,12 +145,7 @@ impl Table {
         for i in 0..SHARDS {
             let sh = self.lock(i);
             if let Some(r) = sh.retired.get(&cip) {
-                total.flows_created += r.flows_created;
-                total.refused += r.refused;
-                total.packets_out += r.packets_out;
-                total.packets_in += r.packets_in;
-                total.bytes_out += r.bytes_out;
-                total.bytes_in += r.bytes_in;
+                add_retired(&mut total, r);
             }
             for f in sh.slots.iter().filter_map(|s| s.0.as_ref()) {
                 if f.cip == cip {
@@ -167,4 +156,15 @@ impl Table {
         }
         total
     }
+}
+
+/// Adds what a shard keeps of a container (its flows created and refused, the counters of its
+/// flows gone) to its totals.
+fn add_retired(total: &mut ContainerStats, r: &ContainerStats) {
+    total.flows_created += r.flows_created;
+    total.refused += r.refused;
+    total.packets_out += r.packets_out;
+    total.packets_in += r.packets_in;
+    total.bytes_out += r.bytes_out;
+    total.bytes_in += r.bytes_in;
 }

@@ -40,11 +40,8 @@ impl Nat {
         if rewrite_tcp(frame, &pkt, End::Src, flow.rip, flow.rport).is_err() {
             return self.drop(NatDrop::Malformed);
         }
-        let was_closed = flow.tcp.state().is_closed();
-        flow.tcp.update(dir, tcp.flags);
         flow.count_in(pkt.l3_len());
-        self.table.refresh(flow, now);
-        if flow.tcp.state().is_closed() != was_closed {
+        if self.table.tcp_segment(flow, dir, tcp.flags, now) {
             self.table.settle(&mut sh, slot);
         }
         Verdict::Rewritten
