@@ -36,7 +36,6 @@ use super::super::config::Config;
 use super::super::error::DaemonError;
 use super::super::ipam::Ipam;
 use super::super::manager::Manager;
-use super::super::plug::{NewPort, Undo};
 use super::super::startup::{
     dns_upstreams, log_fast_path, nat_config, nat_hook, new_switch, tap_port, Parts,
 };
@@ -404,25 +403,9 @@ impl Manager {
         if self.containers.iter().any(|c| c.port == id) {
             return Err(bad("its port number"));
         }
-        self.ipam.reserve_where(Some(r.ip), |_| true)?;
-        let mut undo = Undo::default();
-        undo.address(r.ip);
-        let port = NewPort {
-            id,
-            host_ifname: &r.host_ifname,
-            index: r.host_index,
-            ip: r.ip,
-            mac: rec.mac,
-            new: false,
-            policy: &rec.policy,
-        };
-        let fast_link = match self.install_port(&port, queues, &mut undo) {
-            Ok(link) => link,
-            Err(e) => {
-                self.roll_back(undo);
-                return Err(e);
-            }
-        };
+        let undo = self.reserve_recorded(r.ip)?;
+        let port = rec.port(r);
+        let fast_link = self.undo_on_error(undo, |m, undo| m.install_port(&port, queues, undo))?;
         let table = self.datapath.ports();
         if let Some(Some(installed)) = table.get(usize::from(id.0)) {
             p.counters.store(&installed.counters);

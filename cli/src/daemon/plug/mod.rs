@@ -27,9 +27,8 @@ mod undo;
 mod unplug;
 
 pub(super) use port::NewPort;
-pub use undo::Undo;
 
-use undo::Made;
+use undo::{Made, Undo};
 
 /// A container's namespace, opened and identified.
 struct Namespace {
@@ -39,12 +38,7 @@ struct Namespace {
 
 impl Manager {
     pub fn plug(&mut self, req: Plug) -> Result<PortView, DaemonError> {
-        let mut undo = Undo::default();
-        let result = self.try_plug(req, &mut undo);
-        if result.is_err() {
-            self.roll_back(undo);
-        }
-        result
+        self.undo_on_error(Undo::default(), |m, undo| m.try_plug(req, undo))
     }
 
     fn try_plug(&mut self, req: Plug, undo: &mut Undo) -> Result<PortView, DaemonError> {

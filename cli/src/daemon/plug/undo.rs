@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use vswitch_switch::PortId;
 
-use super::Manager;
+use super::{DaemonError, Manager};
 
 /// What a plug has made so far, in order.
 #[derive(Debug, Default)]
@@ -19,15 +19,32 @@ pub(super) enum Made {
     DatapathPort(PortId),
 }
 
-impl Undo {
-    /// An address reserved outside `try_plug` (adoption).
-    pub fn address(&mut self, ip: Ipv4Addr) {
-        self.0.push(Made::Address(ip));
-    }
-}
-
 impl Manager {
-    pub(in crate::daemon) fn roll_back(&mut self, undo: Undo) {
+    /// Runs `steps` after what `undo` records was made: if they fail, all of it is undone, in
+    /// reverse order.
+    pub(in crate::daemon) fn undo_on_error<T>(
+        &mut self,
+        mut undo: Undo,
+        steps: impl FnOnce(&mut Manager, &mut Undo) -> Result<T, DaemonError>,
+    ) -> Result<T, DaemonError> {
+        let result = steps(self, &mut undo);
+        if result.is_err() {
+            self.roll_back(undo);
+        }
+        result
+    }
+
+    /// Reserves the address of a port this process did not plug (adopted, or handed over):
+    /// the first thing to undo if taking the port fails.
+    pub(in crate::daemon) fn reserve_recorded(
+        &mut self,
+        ip: Ipv4Addr,
+    ) -> Result<Undo, DaemonError> {
+        self.ipam.reserve_where(Some(ip), |_| true)?;
+        Ok(Undo(vec![Made::Address(ip)]))
+    }
+
+    fn roll_back(&mut self, undo: Undo) {
         for made in undo.0.into_iter().rev() {
             match made {
                 Made::DatapathPort(id) => drop(self.datapath.remove_port(id)),
