@@ -1,4 +1,5 @@
-//! What a plug has made so far, so that a plug that fails half-way is undone in reverse order.
+//! What a plug has made so far, and the guard that undoes it, in reverse order, when a plug (or
+//! an adoption, or a hand-over's port) fails half-way.
 
 use std::net::Ipv4Addr;
 
