@@ -347,7 +347,10 @@ fn a_hundred_thousand_source_macs() {
     let stats = survive(&w, "macs", 100_000, WAN_IP);
     let sw = &stats["switch"];
     assert!(sw.num("fdb_entries") <= 4096, "{sw}");
-    assert!(sw.num("fdb_full") > 0, "the flood did not fill the table: {sw}");
+    assert!(
+        sw.num("fdb_full") > 0,
+        "the flood did not fill the table: {sw}"
+    );
 }
 
 #[test]
