@@ -6,7 +6,11 @@
 # are printed. Then the NAT: a second namespace plays the outside world (198.51.100.2, a
 # documentation address); a container downloads from it and pings it through vswitch's own NAT
 # (the host namespace keeps ip_forward=0 and has no firewall rule), and the outside reaches a
-# container's published port. Everything is removed afterwards, also on failure or Ctrl-C.
+# container's published port. Then what an operator sees and does: `vswitch stats`, the
+# Prometheus page, a capture read by tcpdump, an upgrade in place (`vswitch run --takeover`)
+# under a ping every 10 ms through the NAT, and a `kill -9` of the daemon, after which the
+# containers keep talking and a restart adopts the network.
+# Everything is removed afterwards, also on failure or Ctrl-C.
 # Nothing is added to the machine's own network namespace.
 # Usage: sudo ./scripts/demo.sh
 set -euo pipefail
@@ -29,6 +33,8 @@ WANNS=vswdemowan$$
 WORK=$(mktemp -d /tmp/vswitch-demo.XXXXXX)
 export VSWITCH_CONTROL=$WORK/ctl.sock
 DAEMON=
+CAPTURE=
+PING=
 C1=
 C2=
 SINK=
@@ -38,7 +44,7 @@ cleanup() {
     local status=$? i
     set +e
     log "cleaning up"
-    for pid in $SINK $WEB $C1 $C2; do kill "$pid" 2>/dev/null; done
+    for pid in $CAPTURE $PING $SINK $WEB $C1 $C2; do kill "$pid" 2>/dev/null; done
     ip netns pids "$WANNS" 2>/dev/null | xargs -r kill 2>/dev/null
     if [ -n "$DAEMON" ] && kill -0 "$DAEMON" 2>/dev/null; then
         kill -TERM "$DAEMON"
@@ -46,6 +52,9 @@ cleanup() {
         kill -KILL "$DAEMON" 2>/dev/null
     fi
     wait 2>/dev/null
+    # A daemon that died without removing its network (the kill -9 below) left it for this.
+    [ -e "$VSWITCH_CONTROL.state" ] && in_host "$VSW" cleanup >/dev/null 2>&1
+    umount "$VSWITCH_CONTROL.bpf" 2>/dev/null
     if [ "$status" -ne 0 ] && [ -s "$WORK/daemon.log" ]; then
         echo "--- daemon output ---" >&2
         cat "$WORK/daemon.log" >&2
@@ -78,6 +87,23 @@ start_container() {
 }
 
 in_ct() { local pid=$1; shift; nsenter --net="/proc/$pid/ns/net" "$@"; }
+# The daemon enters the host's network namespace only (not `ip netns exec`, whose private
+# mount namespace would take the daemon's pinned fast path with it when it dies).
+in_host() { nsenter --net="/run/netns/$HOSTNS" "$@"; }
+
+# Starts the daemon (extra arguments appended) and waits until it serves.
+start_daemon() {
+    # A plain command, not the function: $! is then the daemon itself (nsenter execs it).
+    nsenter --net="/run/netns/$HOSTNS" "$VSW" run --subnet "$SUBNET" --dns 198.51.100.2 \
+        --metrics 127.0.0.1:9477 "$@" >>"$WORK/daemon.log" 2>&1 </dev/null &
+    DAEMON=$!
+    for _ in $(seq 100); do
+        "$VSW" ls >/dev/null 2>&1 && return
+        kill -0 "$DAEMON" 2>/dev/null || die "the daemon exited"
+        sleep 0.1
+    done
+    die "the daemon did not become ready"
+}
 
 log "a namespace playing the host: $HOSTNS, running: vswitch run --subnet $SUBNET"
 ip netns add "$HOSTNS"
@@ -95,15 +121,7 @@ mkdir "$WORK/www"
 head -c 10000000 /dev/urandom >"$WORK/www/file"
 (cd "$WORK/www" && exec ip netns exec "$WANNS" python3 -m http.server 80 >/dev/null 2>&1 </dev/null) &
 WEB=$!
-ip netns exec "$HOSTNS" "$VSW" run --subnet "$SUBNET" --dns 198.51.100.2 \
-    >"$WORK/daemon.log" 2>&1 </dev/null &
-DAEMON=$!
-for _ in $(seq 100); do
-    "$VSW" ls >/dev/null 2>&1 && break
-    kill -0 "$DAEMON" 2>/dev/null || die "the daemon exited"
-    sleep 0.1
-done
-"$VSW" ls >/dev/null || die "the daemon did not become ready"
+start_daemon
 
 log "two sample containers (unshare --net sleep), plugged"
 C1=$(start_container)
@@ -178,5 +196,43 @@ kill "$SINK" 2>/dev/null || true
 SINK=$!
 for _ in $(seq 50); do in_ct "$C2" python3 -c 'import socket; socket.create_connection(("127.0.0.1", 80), 1)' 2>/dev/null && break; sleep 0.1; done
 show ip netns exec "$WANNS" python3 -c 'import urllib.request; print(urllib.request.urlopen("http://198.51.100.1:8080/", timeout=5).read().decode(), end="")'
+
+log "what the daemon counts: vswitch stats, and the same numbers as Prometheus metrics"
+show "$VSW" stats
+printf '\n$ curl http://127.0.0.1:9477/metrics   # in the host namespace; a few of its lines\n'
+ip netns exec "$HOSTNS" python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9477/metrics", timeout=5).read().decode(), end="")' |
+    grep -E '^vswitch_(port_rx_frames_total|nat_flows|fdb_entries|containers)\b' | head -12
+
+log "a capture of container $C1's port, read by tcpdump, while it pings $IP2 (the fast path steps aside)"
+"$VSW" capture --pid "$C1" --proto icmp -c 6 -w "$WORK/c1.pcapng" 2>"$WORK/capture.err" &
+CAPTURE=$!
+for _ in $(seq 50); do grep -q capturing "$WORK/capture.err" && break; sleep 0.1; done
+in_ct "$C1" ping -q -c 3 -i 0.2 "$IP2" >/dev/null
+wait "$CAPTURE" || { cat "$WORK/capture.err" >&2; die "the capture failed"; }
+show tcpdump -n -r "$WORK/c1.pcapng"
+
+log "an upgrade in place: a second daemon takes over (vswitch run ... --takeover) while $C1 pings the outside every 10 ms through the NAT"
+in_ct "$C1" ping -q -i 0.01 -c 300 198.51.100.2 >"$WORK/ping.out" 2>&1 &
+PING=$!
+sleep 1
+OLD=$DAEMON
+printf '\n$ vswitch run --subnet %s ... --takeover\n' "$SUBNET"
+start_daemon --takeover
+# The old daemon exits once the new one serves.
+wait "$OLD" 2>/dev/null || true
+wait "$PING" || true
+grep -E "took over" "$WORK/daemon.log" | tail -1
+grep -E "packets transmitted" "$WORK/ping.out"
+echo "old daemon pid $OLD has exited; pid $DAEMON serves the same control socket"
+
+log "a crash: kill -9 the daemon; the containers keep talking over the kernel fast path"
+show kill -9 "$DAEMON"
+wait "$DAEMON" 2>/dev/null || true
+show in_ct "$C1" ping -c 2 -i 0.2 "$IP2"
+"$VSW" ls >/dev/null 2>&1 && die "the daemon still answers after kill -9"
+log "a restart with the same arguments adopts the network: same ports, same addresses"
+start_daemon
+show "$VSW" ls
+show in_ct "$C1" ping -c 2 -i 0.2 198.51.100.2
 
 log "demo finished"

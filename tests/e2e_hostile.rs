@@ -77,6 +77,11 @@ elif kind == "syn":
         pseudo = src_b + dst_b + struct.pack("!BBH", 0, 6, len(tcp))
         tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
         send(eth(ip(6, tcp)))
+elif kind == "macs":
+    # Broadcasts from n different locally administered source MACs.
+    bcast = b"\xff" * 6
+    for i in range(n):
+        send(bcast + struct.pack("!BBI", 0x02, 0xee, i) + b"\x08\x00" + ip(17, b"\0" * 8))
 elif kind == "udp":
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for i in range(n):
@@ -327,6 +332,24 @@ fn crafted_malformed_ipv4_is_never_translated() {
     assert!(
         arrived.iter().all(|l| !l.starts_with("evil")),
         "malformed packets were translated and sent out: {arrived:?}"
+    );
+}
+
+#[test]
+fn a_hundred_thousand_source_macs() {
+    // Trusted and allowed more MACs than the table holds, so that the flood reaches the
+    // forwarding table (port security drops it as spoofed otherwise).
+    let w = world_with(
+        &["--fdb-size", "4096"],
+        &[],
+        &["--trusted", "--max-macs", "200000"],
+    );
+    let stats = survive(&w, "macs", 100_000, WAN_IP);
+    let sw = &stats["switch"];
+    assert!(sw.num("fdb_entries") <= 4096, "{sw}");
+    assert!(
+        sw.num("fdb_full") > 0,
+        "the flood did not fill the table: {sw}"
     );
 }
 

@@ -97,99 +97,9 @@ pub struct RunSecurityArgs {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the switch daemon in the foreground.
-    Run {
-        /// The containers' subnet, e.g. 10.1.1.0/24.
-        #[arg(long)]
-        subnet: Ipv4Net,
-        /// The gateway address held by the TAP (default: the subnet's first host address).
-        #[arg(long)]
-        gateway: Option<Ipv4Addr>,
-        /// Name of the TAP device, the host's port on the switch.
-        #[arg(long, default_value = "vsw0")]
-        tap: String,
-        /// MTU of the TAP and of every container interface.
-        #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(576..=65521))]
-        mtu: u32,
-        /// Seconds after which an unused learned MAC address is forgotten.
-        #[arg(long, default_value_t = 300)]
-        fdb_age: u64,
-        /// Most MAC addresses the forwarding table holds.
-        #[arg(long, default_value_t = 8192)]
-        fdb_size: usize,
-        /// Datapath worker threads (default: one per core).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Upstream DNS resolver for the containers (repeatable; default: the host's).
-        #[arg(long)]
-        dns: Vec<std::net::IpAddr>,
-        /// Run no DNS forwarder on the gateway address.
-        #[arg(long)]
-        no_dns: bool,
-        /// Most NAT flows tracked at once; new flows are refused past it (default: what the
-        /// process's descriptor limit can carry, at most 65536).
-        #[arg(long)]
-        max_flows: Option<usize>,
-        /// Most NAT flows one container may start at once; past it its new flows are refused
-        /// (default: a quarter of the table, at least 256).
-        #[arg(long)]
-        max_flows_per_container: Option<usize>,
-        /// Most TCP connections of one container still connecting at once (default 1024).
-        #[arg(long)]
-        max_half_open: Option<usize>,
-        /// How a port's frames are spread over the workers: bulk frames by flow and the rest by
-        /// the CPU that sent them (auto), all by CPU, or all by flow hash.
-        #[arg(long, value_enum, default_value_t = bpf::fanout::Spread::Auto)]
-        spread: bpf::fanout::Spread,
-        /// Microseconds a worker keeps polling for frames after its last one before it sleeps
-        /// (0: sleep at once). Cuts request/response latency; costs CPU only while traffic flows.
-        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
-        poll_us: u64,
-        /// Where the kernel fast path for frames between learned containers goes on each port:
-        /// a tcx link where the kernel has them, else tc (auto); a tcx link (tcx, Linux 6.6); a
-        /// clsact qdisc with a cls_bpf filter (tc, Linux 5.10); nowhere, the daemon switching
-        /// every frame (off). See ARCHITECTURE.md.
-        #[arg(long, value_enum, default_value_t = bpf::fastpath::Mode::Auto)]
-        fast_path: bpf::fastpath::Mode,
-        /// The same as --fast-path off.
-        #[arg(long, conflicts_with = "fast_path")]
-        no_fast_path: bool,
-        /// Take over from the daemon running on the control socket (an upgrade without loss:
-        /// started with the same arguments, this process receives its sockets and tables and
-        /// serves on; the old one exits).
-        #[arg(long)]
-        takeover: bool,
-        /// Serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9477).
-        #[arg(long, value_name = "ADDR:PORT")]
-        metrics: Option<std::net::SocketAddr>,
-        /// Which log lines to write (error, warn, info, debug, trace, or a filter such as
-        /// `warn,vswitch::natd=debug`); default: RUST_LOG, else info.
-        #[arg(long)]
-        log_level: Option<String>,
-        #[command(flatten)]
-        security: RunSecurityArgs,
-    },
+    Run(RunArgs),
     /// Attach a container's network namespace to the switch.
-    Plug {
-        #[command(flatten)]
-        target: TargetArg,
-        /// Address to give the container (default: the next free one).
-        #[arg(long)]
-        ip: Option<Ipv4Addr>,
-        /// MAC address of the container's interface (default: derived from its address).
-        #[arg(long, value_parser = control::unicast_mac)]
-        mac: Option<vswitch_switch::MacAddr>,
-        /// Name of the interface inside the container.
-        #[arg(long)]
-        ifname: Option<IfName>,
-        /// Publish a container port on the host: [HOSTIP:]HOSTPORT:CPORT[/tcp|/udp] (repeatable).
-        #[arg(long, short = 'p')]
-        publish: Vec<PublishSpec>,
-        #[command(flatten)]
-        security: SecurityArgs,
-        /// Print the new port as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Plug(PlugArgs),
     /// Detach a container and delete its interface.
     Unplug {
         #[command(flatten)]
@@ -227,74 +137,176 @@ pub enum Command {
     /// List the NAT's connection-tracking table (like `conntrack -L`), or delete flows from it
     /// (`-D` with filters, `-F` for all): their sockets close and relayed TCP connections are
     /// reset on both sides.
-    Conntrack {
-        #[arg(long)]
-        json: bool,
-        /// Delete the flows the filters select (at least one filter).
-        #[arg(short = 'D', long)]
-        delete: bool,
-        /// Delete every flow.
-        #[arg(short = 'F', long, conflicts_with_all = ["delete", "proto", "src", "sport", "dst", "dport"])]
-        flush: bool,
-        /// Only flows of this protocol.
-        #[arg(short = 'p', long, value_enum)]
-        proto: Option<control::FlowProto>,
-        /// Only flows of the container with this address (the flow's inside end).
-        #[arg(short = 's', long, visible_alias = "container")]
-        src: Option<Ipv4Addr>,
-        /// Only flows of this container port (ICMP: the echo identifier).
-        #[arg(long)]
-        sport: Option<u16>,
-        /// Only flows with this remote address (the destination of an outgoing flow, the
-        /// client of a published one).
-        #[arg(short = 'd', long)]
-        dst: Option<Ipv4Addr>,
-        /// Only flows with this remote port.
-        #[arg(long)]
-        dport: Option<u16>,
-    },
+    Conntrack(ConntrackArgs),
     /// Capture the frames that cross ports, for tcpdump and tshark (pcapng, one interface per
     /// port) or as text. The kernel fast path steps aside for a captured port while the capture
     /// runs, so nothing is missed. Ctrl-C ends it.
-    Capture {
-        /// Ports as `vswitch ls` shows them: a port number, a host interface (the TAP's name for
-        /// the host's port), pid:PID, or a namespace path (repeatable).
-        #[arg(value_parser = parse_port_ref)]
-        ports: Vec<control::PortRef>,
-        /// Every port, the TAP included (those plugged when the capture starts).
-        #[arg(long, conflicts_with_all = ["ports", "pid"])]
-        all: bool,
-        /// The port of the container with this pid (repeatable).
-        #[arg(long)]
-        pid: Vec<u32>,
-        /// Write the frames to FILE (`-`: stdout, e.g. `-w - | tcpdump -r -`) instead of
-        /// printing one line per frame.
-        #[arg(short = 'w', value_name = "FILE")]
-        write: Option<PathBuf>,
-        /// Stop after COUNT frames.
-        #[arg(short = 'c', value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
-        count: Option<u64>,
-        /// Only frames of this protocol: tcp, udp, icmp or arp.
-        #[arg(long)]
-        proto: Option<vswitch_capture::Proto>,
-        /// Only frames from or to this IPv4 address (ARP's sender or target too).
-        #[arg(long)]
-        host: Option<Ipv4Addr>,
-        /// Only TCP or UDP frames from or to this port.
-        #[arg(long)]
-        port: Option<u16>,
-        /// Bytes kept of each frame (default: all of it, up to 262144).
-        #[arg(long, short = 's', value_parser = clap::value_parser!(u32).range(i64::from(control::MIN_SNAPLEN)..=i64::from(control::MAX_SNAPLEN)))]
-        snaplen: Option<u32>,
-        /// File format with -w.
-        #[arg(long, value_enum, default_value_t = commands::capture::Format::Pcapng)]
-        format: commands::capture::Format,
-    },
+    Capture(CaptureArgs),
     /// vswitch as a CNI network for container runtimes (podman, containerd, Kubernetes).
     Cni {
         #[command(subcommand)]
         command: CniCommand,
     },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The containers' subnet, e.g. 10.1.1.0/24.
+    #[arg(long)]
+    pub subnet: Ipv4Net,
+    /// The gateway address held by the TAP (default: the subnet's first host address).
+    #[arg(long)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Name of the TAP device, the host's port on the switch.
+    #[arg(long, default_value = "vsw0")]
+    pub tap: String,
+    /// MTU of the TAP and of every container interface.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(576..=65521))]
+    pub mtu: u32,
+    /// Seconds after which an unused learned MAC address is forgotten.
+    #[arg(long, default_value_t = 300)]
+    pub fdb_age: u64,
+    /// Most MAC addresses the forwarding table holds.
+    #[arg(long, default_value_t = 8192)]
+    pub fdb_size: usize,
+    /// Datapath worker threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Upstream DNS resolver for the containers (repeatable; default: the host's).
+    #[arg(long)]
+    pub dns: Vec<std::net::IpAddr>,
+    /// Run no DNS forwarder on the gateway address.
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Most NAT flows tracked at once; new flows are refused past it (default: what the
+    /// process's descriptor limit can carry, at most 65536).
+    #[arg(long)]
+    pub max_flows: Option<usize>,
+    /// Most NAT flows one container may start at once; past it its new flows are refused
+    /// (default: a quarter of the table, at least 256).
+    #[arg(long)]
+    pub max_flows_per_container: Option<usize>,
+    /// Most TCP connections of one container still connecting at once (default 1024).
+    #[arg(long)]
+    pub max_half_open: Option<usize>,
+    /// How a port's frames are spread over the workers: bulk frames by flow and the rest by
+    /// the CPU that sent them (auto), all by CPU, or all by flow hash.
+    #[arg(long, value_enum, default_value_t = bpf::fanout::Spread::Auto)]
+    pub spread: bpf::fanout::Spread,
+    /// Microseconds a worker keeps polling for frames after its last one before it sleeps
+    /// (0: sleep at once). Cuts request/response latency; costs CPU only while traffic flows.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub poll_us: u64,
+    /// Where the kernel fast path for frames between learned containers goes on each port:
+    /// a tcx link where the kernel has them, else tc (auto); a tcx link (tcx, Linux 6.6); a
+    /// clsact qdisc with a cls_bpf filter (tc, Linux 5.10); nowhere, the daemon switching
+    /// every frame (off). See ARCHITECTURE.md.
+    #[arg(long, value_enum, default_value_t = bpf::fastpath::Mode::Auto)]
+    pub fast_path: bpf::fastpath::Mode,
+    /// The same as --fast-path off.
+    #[arg(long, conflicts_with = "fast_path")]
+    pub no_fast_path: bool,
+    /// Take over from the daemon running on the control socket (an upgrade without loss:
+    /// started with the same arguments, this process receives its sockets and tables and
+    /// serves on; the old one exits).
+    #[arg(long)]
+    pub takeover: bool,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9477).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Which log lines to write (error, warn, info, debug, trace, or a filter such as
+    /// `warn,vswitch::natd=debug`); default: RUST_LOG, else info.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    #[command(flatten)]
+    pub security: RunSecurityArgs,
+}
+
+#[derive(Args)]
+pub struct PlugArgs {
+    #[command(flatten)]
+    pub target: TargetArg,
+    /// Address to give the container (default: the next free one).
+    #[arg(long)]
+    pub ip: Option<Ipv4Addr>,
+    /// MAC address of the container's interface (default: derived from its address).
+    #[arg(long, value_parser = control::unicast_mac)]
+    pub mac: Option<vswitch_switch::MacAddr>,
+    /// Name of the interface inside the container.
+    #[arg(long)]
+    pub ifname: Option<IfName>,
+    /// Publish a container port on the host: [HOSTIP:]HOSTPORT:CPORT[/tcp|/udp] (repeatable).
+    #[arg(long, short = 'p')]
+    pub publish: Vec<PublishSpec>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    /// Print the new port as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ConntrackArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Delete the flows the filters select (at least one filter).
+    #[arg(short = 'D', long)]
+    pub delete: bool,
+    /// Delete every flow.
+    #[arg(short = 'F', long, conflicts_with_all = ["delete", "proto", "src", "sport", "dst", "dport"])]
+    pub flush: bool,
+    /// Only flows of this protocol.
+    #[arg(short = 'p', long, value_enum)]
+    pub proto: Option<control::FlowProto>,
+    /// Only flows of the container with this address (the flow's inside end).
+    #[arg(short = 's', long, visible_alias = "container")]
+    pub src: Option<Ipv4Addr>,
+    /// Only flows of this container port (ICMP: the echo identifier).
+    #[arg(long)]
+    pub sport: Option<u16>,
+    /// Only flows with this remote address (the destination of an outgoing flow, the
+    /// client of a published one).
+    #[arg(short = 'd', long)]
+    pub dst: Option<Ipv4Addr>,
+    /// Only flows with this remote port.
+    #[arg(long)]
+    pub dport: Option<u16>,
+}
+
+#[derive(Args)]
+pub struct CaptureArgs {
+    /// Ports as `vswitch ls` shows them: a port number, a host interface (the TAP's name for
+    /// the host's port), pid:PID, or a namespace path (repeatable).
+    #[arg(value_parser = parse_port_ref)]
+    pub ports: Vec<control::PortRef>,
+    /// Every port, the TAP included (those plugged when the capture starts).
+    #[arg(long, conflicts_with_all = ["ports", "pid"])]
+    pub all: bool,
+    /// The port of the container with this pid (repeatable).
+    #[arg(long)]
+    pub pid: Vec<u32>,
+    /// Write the frames to FILE (`-`: stdout, e.g. `-w - | tcpdump -r -`) instead of
+    /// printing one line per frame.
+    #[arg(short = 'w', value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Stop after COUNT frames.
+    #[arg(short = 'c', value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Only frames of this protocol: tcp, udp, icmp or arp.
+    #[arg(long)]
+    pub proto: Option<vswitch_capture::Proto>,
+    /// Only frames from or to this IPv4 address (ARP's sender or target too).
+    #[arg(long)]
+    pub host: Option<Ipv4Addr>,
+    /// Only TCP or UDP frames from or to this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Bytes kept of each frame (default: all of it, up to 262144).
+    #[arg(long, short = 's', value_parser = clap::value_parser!(u32).range(i64::from(control::MIN_SNAPLEN)..=i64::from(control::MAX_SNAPLEN)))]
+    pub snaplen: Option<u32>,
+    /// File format with -w.
+    #[arg(long, value_enum, default_value_t = commands::capture::Format::Pcapng)]
+    pub format: commands::capture::Format,
 }
 
 #[derive(Subcommand)]

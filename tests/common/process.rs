@@ -214,6 +214,8 @@ pub struct Proc {
     child: Child,
     stdin: Option<std::process::ChildStdin>,
     lines: mpsc::Receiver<String>,
+    /// Disconnected once its stdout reached EOF (nothing is ever sent on it).
+    stdout_eof: mpsc::Receiver<()>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -231,7 +233,9 @@ impl Proc {
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
+        let (eof_tx, stdout_eof) = mpsc::channel::<()>();
         thread::spawn(move || {
+            let _eof = eof_tx;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if tx.send(line).is_err() {
@@ -257,6 +261,7 @@ impl Proc {
             stdin: child.stdin.take(),
             child,
             lines,
+            stdout_eof,
             stderr,
         }
     }
@@ -316,17 +321,21 @@ impl Proc {
             .unwrap_or_else(|e| panic!("writing to {}: {e}", self.what));
     }
 
-    /// Waits for it to exit; panics if it does not within `timeout`.
+    /// Waits for it to exit; panics if it does not within `timeout`. Then everything it
+    /// printed is in `lines_so_far` (its last lines may still have been on their way to the
+    /// reader thread when it exited), unless a child of it still holds its stdout.
     #[track_caller]
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         self.stdin.take();
-        wait_timeout(&mut self.child, timeout).unwrap_or_else(|| {
+        let status = wait_timeout(&mut self.child, timeout).unwrap_or_else(|| {
             panic!(
                 "{} did not exit within {timeout:?}; stderr:\n{}",
                 self.what,
                 self.stderr()
             )
-        })
+        });
+        let _ = self.stdout_eof.recv_timeout(Duration::from_secs(5));
+        status
     }
 
     /// Kills the whole process group and reaps the process.

@@ -149,18 +149,7 @@ pub fn version_of(value: &Value) -> Result<Version, CniError> {
 
 /// Parses the configuration read from stdin.
 pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-    let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            Code::Decode,
-            "cannot decode the network configuration",
-            format!("stdin is not JSON: {e}"),
-        )
-    })?;
-    if !value.is_object() {
-        return Err(CniError::config("the configuration is not a JSON object"));
-    }
-    let version = version_of(&value)?;
-    let raw: Raw = serde_json::from_value(value).map_err(|e| CniError::config(e.to_string()))?;
+    let (version, raw) = decode(stdin)?;
     let name = raw
         .name
         .ok_or_else(|| CniError::config("the network has no name"))?;
@@ -168,55 +157,20 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
     if raw.kind.is_none_or(|t| t.is_empty()) {
         return Err(CniError::config("the configuration has no type"));
     }
-    let control = raw.control.unwrap_or_else(|| DEFAULT_CONTROL.into());
-    if !control.is_absolute() {
-        return Err(CniError::config(format!(
-            "control is {}: it must be an absolute path",
-            control.display()
-        )));
-    }
+    let control = control_socket(raw.control)?;
     let subnet = (raw.subnet.as_deref())
         .map(|s| s.parse::<Ipv4Net>())
         .transpose()
         .map_err(|e| CniError::config(format!("subnet: {e}")))?;
     let rc = raw.runtime_config;
-    // The capability wins over the older `args` convention.
-    let ips = match rc.ips.is_empty() {
-        false => ("runtimeConfig.ips", rc.ips),
-        true => ("args.cni.ips", raw.args.cni.ips),
-    };
-    let ip = match ips.1.as_slice() {
-        [] => None,
-        [one] => Some(parse_ip(one).map_err(|e| match e.contains("IPv4 only") {
-            true => CniError::unsupported(format!("{}: {e}", ips.0)),
-            false => CniError::config(format!("{}: {e}", ips.0)),
-        })?),
-        more => {
-            return Err(CniError::unsupported(format!(
-                "{}: {more:?}: vswitch gives a container one IPv4 address",
-                ips.0
-            )))
-        }
-    };
+    let ip = requested_ip(rc.ips, raw.args.cni.ips)?;
     let mac = (rc.mac.or(raw.args.cni.mac))
         .map(|m| unicast_mac(&m).map_err(|e| CniError::config(format!("mac: {e}"))))
         .transpose()?;
     let publish = (rc.port_mappings.iter())
         .map(publish_spec)
         .collect::<Result<_, _>>()?;
-    let valid_attachments = (raw.valid_attachments)
-        .map(|list| {
-            (list.into_iter())
-                .map(|a| {
-                    let bad = |e| CniError::config(format!("cni.dev/valid-attachments: {e}"));
-                    Ok(Attachment {
-                        container_id: a.container_id.parse().map_err(bad)?,
-                        ifname: a.ifname.parse().map_err(bad)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, CniError>>()
-        })
-        .transpose()?;
+    let valid_attachments = (raw.valid_attachments).map(valid_attachments).transpose()?;
     Ok(NetConf {
         version,
         name,
@@ -230,6 +184,73 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         prev_result: raw.prev_result.filter(|v| !v.is_null()),
         valid_attachments,
     })
+}
+
+/// The configuration as JSON, and its version.
+fn decode(stdin: &[u8]) -> Result<(Version, Raw), CniError> {
+    let value: Value = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            Code::Decode,
+            "cannot decode the network configuration",
+            format!("stdin is not JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(CniError::config("the configuration is not a JSON object"));
+    }
+    let version = version_of(&value)?;
+    let raw: Raw = serde_json::from_value(value).map_err(|e| CniError::config(e.to_string()))?;
+    Ok((version, raw))
+}
+
+/// The daemon's control socket: `control`, an absolute path, by default `vswitch run`'s.
+fn control_socket(control: Option<PathBuf>) -> Result<PathBuf, CniError> {
+    let control = control.unwrap_or_else(|| DEFAULT_CONTROL.into());
+    if !control.is_absolute() {
+        return Err(CniError::config(format!(
+            "control is {}: it must be an absolute path",
+            control.display()
+        )));
+    }
+    Ok(control)
+}
+
+/// The static address asked for, with its prefix length if given: one IPv4 address at most,
+/// from the `ips` capability, else from the older `args.cni.ips` convention.
+fn requested_ip(
+    capability: Vec<String>,
+    args: Vec<String>,
+) -> Result<Option<(Ipv4Addr, Option<u8>)>, CniError> {
+    // The capability wins over the older `args` convention.
+    let (field, ips) = match capability.is_empty() {
+        false => ("runtimeConfig.ips", capability),
+        true => ("args.cni.ips", args),
+    };
+    match ips.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(parse_ip(one).map_err(
+            |e| match e.contains("IPv4 only") {
+                true => CniError::unsupported(format!("{field}: {e}")),
+                false => CniError::config(format!("{field}: {e}")),
+            },
+        )?)),
+        more => Err(CniError::unsupported(format!(
+            "{field}: {more:?}: vswitch gives a container one IPv4 address"
+        ))),
+    }
+}
+
+/// GC's `cni.dev/valid-attachments`, each checked as a plug's attachment is.
+fn valid_attachments(list: Vec<ValidAttachment>) -> Result<Vec<Attachment>, CniError> {
+    (list.into_iter())
+        .map(|a| {
+            let bad = |e| CniError::config(format!("cni.dev/valid-attachments: {e}"));
+            Ok(Attachment {
+                container_id: a.container_id.parse().map_err(bad)?,
+                ifname: a.ifname.parse().map_err(bad)?,
+            })
+        })
+        .collect()
 }
 
 /// One `portMappings` entry as a published port.

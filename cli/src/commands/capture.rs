@@ -7,18 +7,19 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use nix::sys::signal::{SigSet, Signal};
-use vswitch_capture::{pcap, pcapng, summary, Filter, Proto, Record};
+use vswitch_capture::{pcap, pcapng, summary, Filter, Record};
 
 use crate::control::{
     Capture, CaptureEnd, CaptureItem, CaptureStream, CaptureView, Client, PortRef,
 };
+use crate::CaptureArgs;
+
+use super::absolute;
 
 /// The file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -29,19 +30,6 @@ pub enum Format {
     Pcap,
 }
 
-/// What the command line asked for.
-pub struct Args {
-    pub ports: Vec<PortRef>,
-    pub all: bool,
-    pub write: Option<PathBuf>,
-    pub count: Option<u64>,
-    pub proto: Option<Proto>,
-    pub host: Option<Ipv4Addr>,
-    pub port: Option<u16>,
-    pub snaplen: Option<u32>,
-    pub format: Format,
-}
-
 /// Where frames go.
 enum Out {
     Pcapng(pcapng::Writer<Box<dyn Write>>, HashMap<u16, u32>),
@@ -50,7 +38,7 @@ enum Out {
 }
 
 impl Out {
-    fn open(args: &Args, header: &CaptureView) -> Result<Out> {
+    fn open(args: &CaptureArgs, header: &CaptureView) -> Result<Out> {
         let (sink, name): (Box<dyn Write>, String) = match &args.write {
             None => (Box::new(io::stdout()), "stdout".into()),
             Some(p) if p.as_os_str() == "-" => (Box::new(io::stdout()), "stdout".into()),
@@ -127,12 +115,26 @@ fn clock(ts_ns: u64) -> String {
     )
 }
 
-pub fn run(client: &Client, args: Args) -> Result<()> {
-    if args.ports.is_empty() && !args.all {
+/// The ports the command line names, by name, number or path, and by pid; a namespace path
+/// is made absolute, since the daemon may run in another working directory.
+fn ports_named(args: &CaptureArgs) -> Result<Vec<PortRef>> {
+    let mut ports = args.ports.clone();
+    ports.extend(args.pid.iter().map(|&pid| PortRef::Pid(pid)));
+    for p in &mut ports {
+        if let PortRef::Netns(path) = p {
+            *path = absolute(path.clone())?;
+        }
+    }
+    Ok(ports)
+}
+
+pub fn run(client: &Client, args: CaptureArgs) -> Result<()> {
+    let ports = ports_named(&args)?;
+    if ports.is_empty() && !args.all {
         bail!("capture: name the ports to capture (as `vswitch ls` shows them) or --all");
     }
     let request = Capture {
-        ports: (!args.all).then(|| args.ports.clone()),
+        ports: (!args.all).then_some(ports),
         filter: Filter {
             proto: args.proto,
             host: args.host,

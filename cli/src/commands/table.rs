@@ -2,7 +2,9 @@
 
 use std::net::SocketAddrV4;
 
-use crate::control::{FdbView, FlowFilter, FlowRow, HistogramView, PortView, SecurityView, Stats};
+use crate::control::{
+    FdbView, FlowFilter, FlowRow, HistogramView, NatCounters, PortView, SecurityView, Stats,
+};
 
 /// How a port's container is named to the user: `pid 4242`, `netns /run/netns/x`, `host`, or
 /// for a runtime's attachment its container id, shortened as runtimes show it
@@ -182,6 +184,7 @@ pub fn conntrack(flows: &[FlowRow]) {
     }
 }
 
+/// `vswitch stats`: the daemon, the switch, the NAT, its services, a line each.
 pub fn stats(s: &Stats) {
     let f = &s.fds;
     println!("containers      {}", s.containers);
@@ -209,7 +212,16 @@ pub fn stats(s: &Stats) {
         "port security   spoofed frames dropped {}, isolation drops {}",
         w.spoofed, w.isolation_drops
     );
-    let n = &s.nat;
+    nat_stats(&s.nat);
+    println!(
+        "fdb aging       capacity {}, aged {}, flushed {}; own frames seen again {}",
+        w.fdb_capacity, w.aged, w.flushed, w.outgoing
+    );
+    services_stats(s);
+}
+
+/// The NAT's lines of `vswitch stats`.
+fn nat_stats(n: &NatCounters) {
     println!(
         "nat             flows {}/{}, created {}, expired {}, removed {}, refused (full) {}",
         n.flows, n.max_flows, n.created, n.expired, n.removed, n.table_full
@@ -249,11 +261,10 @@ pub fn stats(s: &Stats) {
             false => states.join(", "),
         }
     );
-    let w = &s.switch;
-    println!(
-        "fdb aging       capacity {}, aged {}, flushed {}; own frames seen again {}",
-        w.fdb_capacity, w.aged, w.flushed, w.outgoing
-    );
+}
+
+/// The last lines of `vswitch stats`: the DNS forwarder, plugs, the threads, the ports' drops.
+fn services_stats(s: &Stats) {
     let d = &s.dns;
     match d.enabled {
         true => println!(

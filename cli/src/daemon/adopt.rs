@@ -10,7 +10,7 @@ use crate::control::{Attachment, IfName, NetworkName, PublishSpec, SecurityOpts,
 
 use super::error::DaemonError;
 use super::manager::{Container, Manager};
-use super::plug::{NewPort, Undo};
+use super::plug::NewPort;
 use super::plumbing::NetnsConf;
 use super::state::{self, PortRecord, SecurityRecord, State, FORMAT};
 
@@ -100,32 +100,11 @@ impl Manager {
                 std::io::Error::other("taken twice"),
             ));
         }
-        self.ipam.reserve_where(Some(r.ip), |_| true)?;
-        let mut undo = Undo::default();
-        undo.address(r.ip);
-        let listeners = match self.bind_all(&rec.publish) {
-            Ok(listeners) => listeners,
-            Err(e) => {
-                self.roll_back(undo);
-                return Err(e);
-            }
-        };
-        let port = NewPort {
-            id: rec.id,
-            host_ifname: &r.host_ifname,
-            index: r.host_index,
-            ip: r.ip,
-            mac: rec.mac,
-            new: false,
-            policy: &rec.policy,
-        };
-        let fast_link = match self.add_port(&port, &mut undo) {
-            Ok(link) => link,
-            Err(e) => {
-                self.roll_back(undo);
-                return Err(e);
-            }
-        };
+        let undo = self.reserve_recorded(r.ip)?;
+        let (listeners, fast_link) = self.undo_on_error(undo, |m, undo| {
+            let listeners = m.bind_all(&rec.publish)?;
+            Ok((listeners, m.add_port(&rec.port(r), undo)?))
+        })?;
         let container = rec.container(r, fast_link);
         self.serve_published(&container, listeners);
         self.containers.push(container);
@@ -237,6 +216,19 @@ impl Recorded {
                 .map(|(file, created_dir)| NetnsConf { file, created_dir }),
             policy: security.policy(false),
         }))
+    }
+
+    /// The port to install for the record: the same number, link, address and MAC, not new.
+    pub fn port<'a>(&'a self, r: &'a PortRecord) -> NewPort<'a> {
+        NewPort {
+            id: self.id,
+            host_ifname: &r.host_ifname,
+            index: r.host_index,
+            ip: r.ip,
+            mac: self.mac,
+            new: false,
+            policy: &self.policy,
+        }
     }
 
     /// The container of the record, with its port's fast-path program.

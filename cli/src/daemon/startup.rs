@@ -3,6 +3,7 @@
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use vswitch_nat::{Nat, NatConfig, Shares};
@@ -22,7 +23,7 @@ use crate::ports::{Counters, Port, PortIo};
 
 use super::config::Config;
 use super::counters::{unix_now, Tally};
-use super::handover::{Handoff, Network};
+use super::handover::Handoff;
 use super::ipam::Ipam;
 use super::manager::Manager;
 use super::plumbing::{initial_netns, marker, own_netns, Kernel};
@@ -53,44 +54,11 @@ pub fn start(
     let mut nl = Netlink::open().context("opening netlink")?;
     let (taps, tap_index) = open_tap(cfg, &mut nl, &marker(&cfg.control))?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let dns_counters = (!cfg.no_dns).then(|| Arc::new(dns::DnsCounters::default()));
-    let dns_fds = match &dns_counters {
-        None => None,
-        Some(counters) => Some(
-            dns::start(
-                cfg.gateway,
-                dns_upstreams(cfg, &host_resolv),
-                budget.clone(),
-                counters.clone(),
-            )
-            .with_context(|| {
-                format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway)
-            })?,
-        ),
-    };
+    let (dns_counters, dns_fds) = start_dns(cfg, &host_resolv, &budget)?.unzip();
     let spread_program = spread_program(cfg);
     let fast_path = fast_path(cfg);
-    let fabric = Fabric::new(new_switch(cfg), spread_program.clone());
-    let homes = cfg.spread != Spread::Hash;
-    let mut datapath =
-        Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
-    let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
-    let relay_ports = relays.iter().map(|(_, port)| *port).collect();
-    let nat = Arc::new(Nat::new(nat_config(cfg, fd_limit, relay_ports)));
-    let (service, nat_jobs) = NatService::new(
-        nat.clone(),
-        fabric.clone(),
-        budget.clone(),
-        datapath.relays(),
-        cfg.gateway,
-        relays,
-    )
-    .context("starting the NAT service")?;
-    let nat_busy = service.busy();
-    let poll = cfg.poll;
-    std::thread::Builder::new()
-        .name("vswitch-nat".into())
-        .spawn(move || service.run(poll))?;
+    let (fabric, mut datapath) = new_datapath(cfg, spread_program.clone())?;
+    let (nat, nat_jobs, nat_busy) = start_nat(cfg, fd_limit, &fabric, &budget, &datapath)?;
     let hook = nat_hook(cfg, &nat, &nat_jobs, fabric);
     datapath.run(Some(hook)).context("starting workers")?;
     let taps = taps.into_iter().map(|t| Box::new(t) as Box<dyn PortIo>);
@@ -114,27 +82,77 @@ pub fn start(
         nat_busy,
     };
     let mut manager = Manager::assemble(cfg, ipam, parts)?;
-    if let Some(previous) = previous {
-        manager.adopt(previous);
-    }
-    manager.clear_unexplained_links();
-    if let Some(fast) = &manager.fast_path {
-        let ports: Vec<u32> = manager.containers.iter().map(|c| c.host_index).collect();
-        fast.prune_links(&ports);
-    }
-    manager.save_state();
-    let handoff = Handoff {
-        hold: Arc::default(),
-        network: Network::of(cfg),
-        control,
-        dns: dns_fds,
-        spread: spread_program,
-    };
+    manager.settle_in(previous);
+    let handoff = Handoff::new(cfg, control, dns_fds, spread_program);
     Ok((manager, handoff))
 }
 
+/// The DNS forwarder on the gateway's port 53 (none with `--no-dns`): what it counts, and its
+/// sockets, for a later hand-over.
+fn start_dns(
+    cfg: &Config,
+    host_resolv: &str,
+    budget: &Arc<FdBudget>,
+) -> Result<Option<(Arc<DnsCounters>, [RawFd; 2])>> {
+    if cfg.no_dns {
+        return Ok(None);
+    }
+    let counters = Arc::new(DnsCounters::default());
+    let upstreams = dns_upstreams(cfg, host_resolv);
+    let fds = dns::start(cfg.gateway, upstreams, budget.clone(), counters.clone())
+        .with_context(|| format!("DNS forwarder on {}:53 (--no-dns disables it)", cfg.gateway))?;
+    Ok(Some((counters, fds)))
+}
+
+/// The datapath's workers, not started yet, and what they share: the network's switch and the
+/// fan-out program.
+pub(super) fn new_datapath(
+    cfg: &Config,
+    spread_program: Option<Arc<SpreadProgram>>,
+) -> Result<(Fabric, Datapath)> {
+    let fabric = Fabric::new(new_switch(cfg), spread_program);
+    let homes = cfg.spread != Spread::Hash;
+    let datapath =
+        Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
+    Ok((fabric, datapath))
+}
+
+/// The NAT with its relay listeners bound, and its service thread started: the NAT, the
+/// service's mailbox and its busy time.
+fn start_nat(
+    cfg: &Config,
+    fd_limit: usize,
+    fabric: &Fabric,
+    budget: &Arc<FdBudget>,
+    datapath: &Datapath,
+) -> Result<(Arc<Nat>, NatMailbox, Arc<Busy>)> {
+    let relays = natd::bind_relays(cfg.gateway, RELAY_PORTS).context("binding NAT relays")?;
+    let relay_ports = relays.iter().map(|(_, port)| *port).collect();
+    let nat = Arc::new(Nat::new(nat_config(cfg, fd_limit, relay_ports)));
+    let (service, nat_jobs) = NatService::new(
+        nat.clone(),
+        fabric.clone(),
+        budget.clone(),
+        datapath.relays(),
+        cfg.gateway,
+        relays,
+    )
+    .context("starting the NAT service")?;
+    let nat_busy = service.busy();
+    spawn_nat_service(service, cfg.poll)?;
+    Ok((nat, nat_jobs, nat_busy))
+}
+
+/// Runs the NAT service on a thread of its own.
+pub(super) fn spawn_nat_service(service: NatService, poll: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("vswitch-nat".into())
+        .spawn(move || service.run(poll))?;
+    Ok(())
+}
+
 /// The switch of the network, with the host's station (the gateway) on the TAP's port.
-pub(super) fn new_switch(cfg: &Config) -> Arc<Switch> {
+fn new_switch(cfg: &Config) -> Arc<Switch> {
     let switch = Arc::new(Switch::new(vswitch_switch::Config {
         fdb_capacity: cfg.fdb_size,
         fdb_age_ms: cfg.fdb_age_secs.saturating_mul(1000),
@@ -232,6 +250,20 @@ pub(super) struct Parts {
 }
 
 impl Manager {
+    /// Takes over the ports a previous daemon left (if it left a state), removes the links it
+    /// left that no port explains and the fast path's links of ports gone, and writes the state.
+    fn settle_in(&mut self, previous: Option<State>) {
+        if let Some(previous) = previous {
+            self.adopt(previous);
+        }
+        self.clear_unexplained_links();
+        if let Some(fast) = &self.fast_path {
+            let ports: Vec<u32> = self.containers.iter().map(|c| c.host_index).collect();
+            fast.prune_links(&ports);
+        }
+        self.save_state();
+    }
+
     /// A manager of the network `cfg` describes, with no containers yet.
     pub(super) fn assemble(cfg: &Config, ipam: Ipam, p: Parts) -> Result<Manager> {
         let marker = marker(&cfg.control);

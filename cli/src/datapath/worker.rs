@@ -122,15 +122,38 @@ impl WorkerCtx {
     }
 
     /// Decides every frame of a batch, then sends them grouped by egress port, one system call
-    /// per port and batch.
+    /// per port and batch. The two halves are `#[inline]` helpers: one body for the optimiser,
+    /// as when it was written whole.
     fn switch_batch(&self, table: &PortTable, port: &Port, got: usize, s: &mut Scratch) {
         let now = now_ms();
         s.sends.clear();
-        let mut posted = false;
         // Captured: the frames as they came in, before the NAT rewrites any.
         if port.mirror.on() {
             port.mirror_received(&s.rx, got);
         }
+        let posted = self.decide_batch(table, port, got, now, s);
+        // The NAT service's jobs of the whole batch, behind one wake-up.
+        if posted {
+            if let Some(hook) = &self.hook {
+                hook.batch_done();
+            }
+        }
+        self.send_batch(table, s);
+    }
+
+    /// Decides each received frame: dropped, taken by the NAT hook, or switched, its sends
+    /// queued in `s.sends` (the switch's replies written in `s.replies`). True if the hook
+    /// posted jobs for the NAT service.
+    #[inline]
+    fn decide_batch(
+        &self,
+        table: &PortTable,
+        port: &Port,
+        got: usize,
+        now: u64,
+        s: &mut Scratch,
+    ) -> bool {
+        let mut posted = false;
         // Received frames and bytes, added to the port's shared counters once per batch.
         let (mut rx_frames, mut rx_bytes) = (0, 0);
         for i in 0..got {
@@ -188,12 +211,12 @@ impl WorkerCtx {
             }
         }
         port.counters.rx(rx_frames, rx_bytes);
-        // The NAT service's jobs of the whole batch, behind one wake-up.
-        if posted {
-            if let Some(hook) = &self.hook {
-                hook.batch_done();
-            }
-        }
+        posted
+    }
+
+    /// Sends the frames `s.sends` lists, grouped by egress port.
+    #[inline]
+    fn send_batch(&self, table: &PortTable, s: &mut Scratch) {
         // Stable by egress: each port's frames keep their arrival order.
         s.sends.sort_by_key(|(out, _, _)| *out);
         // Up to one sendmmsg's worth of frames at a time, on the stack: no allocation per batch.

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::nat::{rewrite_tcp, End};
+use crate::nat::frame::{rewrite_tcp, End};
 use crate::wire::Ipv4Frame;
 
 /// Normalizes the one's complement zero (0x0000 and 0xffff are the same sum).

@@ -195,3 +195,22 @@ pub struct Handoff {
     pub dns: Option<[RawFd; 2]>,
     pub spread: Option<Arc<SpreadProgram>>,
 }
+
+impl Handoff {
+    /// What a daemon serving `cfg`'s network needs to hand it over: its control socket's
+    /// listener, its DNS forwarder's sockets and its fan-out program.
+    pub fn new(
+        cfg: &Config,
+        control: RawFd,
+        dns: Option<[RawFd; 2]>,
+        spread: Option<Arc<SpreadProgram>>,
+    ) -> Handoff {
+        Handoff {
+            hold: Arc::default(),
+            network: Network::of(cfg),
+            control,
+            dns,
+            spread,
+        }
+    }
+}

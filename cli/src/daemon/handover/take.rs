@@ -21,7 +21,7 @@ use crate::control::{
     decode_response, encode_request, HandoverArgs, HandoverOffer, Request, MAX_REQUEST,
 };
 use crate::datapath::relay::RelayPool;
-use crate::datapath::{now_ms, Datapath, Fabric};
+use crate::datapath::{now_ms, Fabric};
 use crate::kernel::fdpass::{FdIn, FdStream};
 use crate::kernel::netlink::Netlink;
 use crate::natd::budget::{open_now, FdBudget, TCP_RELAY};
@@ -29,16 +29,16 @@ use crate::natd::dns::DnsCounters;
 use crate::natd::{dns, NatHook, NatMailbox, NatService};
 use crate::ports::packet::PacketSocket;
 use crate::ports::tap::Tap;
-use crate::ports::PortIo;
+use crate::ports::{Port, PortIo};
 
 use super::super::adopt::Recorded;
 use super::super::config::Config;
 use super::super::error::DaemonError;
 use super::super::ipam::Ipam;
 use super::super::manager::Manager;
-use super::super::plug::{NewPort, Undo};
 use super::super::startup::{
-    dns_upstreams, log_fast_path, nat_config, nat_hook, new_switch, tap_port, Parts,
+    dns_upstreams, log_fast_path, nat_config, nat_hook, new_datapath, spawn_nat_service, tap_port,
+    Parts,
 };
 use super::super::systemd::{self, Watchdog};
 use super::{Handoff, Network, PortSnap, Snapshot, FORMAT, MAX_SNAPSHOT, TIMEOUT};
@@ -142,9 +142,7 @@ fn start_serving(built: Built) -> (Manager, UnixListener, Handoff) {
         .datapath
         .run(Some(datapath_hook))
         .unwrap_or_else(|e| abandon(&anyhow!("starting workers: {e}")));
-    std::thread::Builder::new()
-        .name("vswitch-nat".into())
-        .spawn(move || service.run(poll))
+    spawn_nat_service(service, poll)
         .unwrap_or_else(|e| abandon(&anyhow!("starting the NAT service: {e}")));
     pool.kick();
     if let (Some((udp, tcp)), Some(counters)) = (dns_sockets, manager.tally.dns.clone()) {
@@ -230,6 +228,8 @@ struct Built {
     poll: Duration,
 }
 
+/// Builds everything from the old process's snapshot and descriptors, starting nothing: the
+/// old process is still serving, and resumes if this fails.
 fn build(
     cfg: &Config,
     fd_limit: usize,
@@ -240,34 +240,14 @@ fn build(
 ) -> Result<Built> {
     let budget = FdBudget::new(fd_limit);
     let listener = UnixListener::from(fds.take(snap.control)?);
-    let spread_program = match snap.spread {
-        Some([prog, mode]) => Some(Arc::new(SpreadProgram::from_fds(
-            fds.take(prog)?,
-            fds.take(mode)?,
-        ))),
-        None => None,
-    };
-    let fabric = Fabric::new(new_switch(cfg), spread_program.clone());
-    let homes = cfg.spread != crate::bpf::fanout::Spread::Hash;
-    let mut datapath =
-        Datapath::new(fabric.clone(), cfg.workers, cfg.poll, homes).context("preparing workers")?;
+    let spread_program = take_spread(&snap, &mut fds)?;
+    let (fabric, mut datapath) = new_datapath(cfg, spread_program.clone())?;
     let pool = datapath.relays();
     let (nat, service, nat_jobs) =
         restore_nat(cfg, fd_limit, &snap, &mut fds, &fabric, &budget, &pool)?;
     let hook = nat_hook(cfg, &nat, &nat_jobs, fabric);
-    let taps = (snap.tap.iter())
-        .map(|&i| Ok(Box::new(Tap::from_fd(fds.take(i)?)) as Box<dyn PortIo>))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let tap = tap_port(cfg, taps);
-    snap.tap_counters.store(&tap.counters);
-    datapath.add_port(Arc::new(tap))?;
-    let dns = match snap.dns {
-        Some([udp, tcp]) => Some((
-            UdpSocket::from(fds.take(udp)?),
-            TcpListener::from(fds.take(tcp)?),
-        )),
-        None => None,
-    };
+    datapath.add_port(Arc::new(take_tap(cfg, &snap, &mut fds)?))?;
+    let dns = take_dns(&snap, &mut fds)?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let upstreams = match dns {
         Some(_) => dns_upstreams(cfg, &host_resolv),
@@ -293,34 +273,16 @@ fn build(
     };
     let mut manager = Manager::assemble(cfg, Ipam::new(cfg.subnet, cfg.gateway)?, parts)?;
     take_ports(&mut manager, &snap, &mut fds)?;
-    for pair in &snap.pairs {
-        let lease = budget.lease_held(TCP_RELAY, Some(pair.owner));
-        pool.adopt(pair, &mut fds, move || drop(lease))
-            .context("taking over a relayed connection")?;
-    }
+    take_pairs(&snap, &mut fds, &budget, &pool)?;
     if fds.unused() > 0 {
         bail!(
             "{} descriptors came that the state does not name",
             fds.unused()
         );
     }
-    // What the daemon holds open now is its own, less what flows and pairs leased and what
-    // the ports reserved above.
-    let ports: usize = snap.ports.iter().map(|p| p.queues.len() + 1).sum();
-    let leased = budget.view().leased;
-    budget.reserve(open_now().saturating_sub(leased + ports) + SLACK);
-    tracing::info!(
-        old = snap.leased,
-        new = budget.view().leased,
-        "descriptors leased to traffic by the old process and by this one"
-    );
-    let handoff = Handoff {
-        hold: Arc::default(),
-        network: Network::of(cfg),
-        control: listener.as_raw_fd(),
-        dns: dns.as_ref().map(|(u, t)| [u.as_raw_fd(), t.as_raw_fd()]),
-        spread: spread_program,
-    };
+    reserve_own(&budget, &snap);
+    let dns_fds = dns.as_ref().map(|(u, t)| [u.as_raw_fd(), t.as_raw_fd()]);
+    let handoff = Handoff::new(cfg, listener.as_raw_fd(), dns_fds, spread_program);
     Ok(Built {
         manager,
         handoff,
@@ -332,6 +294,66 @@ fn build(
         pool,
         poll: cfg.poll,
     })
+}
+
+/// The old process's fan-out program, if it had one.
+fn take_spread(snap: &Snapshot, fds: &mut FdIn) -> Result<Option<Arc<SpreadProgram>>> {
+    Ok(match snap.spread {
+        Some([prog, mode]) => Some(Arc::new(SpreadProgram::from_fds(
+            fds.take(prog)?,
+            fds.take(mode)?,
+        ))),
+        None => None,
+    })
+}
+
+/// The host's port with the old process's TAP queues and counters.
+fn take_tap(cfg: &Config, snap: &Snapshot, fds: &mut FdIn) -> Result<Port> {
+    let taps = (snap.tap.iter())
+        .map(|&i| Ok(Box::new(Tap::from_fd(fds.take(i)?)) as Box<dyn PortIo>))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let tap = tap_port(cfg, taps);
+    snap.tap_counters.store(&tap.counters);
+    Ok(tap)
+}
+
+/// The old process's DNS forwarder sockets, if it ran one.
+fn take_dns(snap: &Snapshot, fds: &mut FdIn) -> Result<Option<(UdpSocket, TcpListener)>> {
+    Ok(match snap.dns {
+        Some([udp, tcp]) => Some((
+            UdpSocket::from(fds.take(udp)?),
+            TcpListener::from(fds.take(tcp)?),
+        )),
+        None => None,
+    })
+}
+
+/// The old process's relayed connections, each with its descriptors leased again.
+fn take_pairs(
+    snap: &Snapshot,
+    fds: &mut FdIn,
+    budget: &Arc<FdBudget>,
+    pool: &RelayPool,
+) -> Result<()> {
+    for pair in &snap.pairs {
+        let lease = budget.lease_held(TCP_RELAY, Some(pair.owner));
+        pool.adopt(pair, fds, move || drop(lease))
+            .context("taking over a relayed connection")?;
+    }
+    Ok(())
+}
+
+/// Reserves what the daemon holds open now for itself: all it holds, less what flows and pairs
+/// leased and what the ports reserved.
+fn reserve_own(budget: &FdBudget, snap: &Snapshot) {
+    let ports: usize = snap.ports.iter().map(|p| p.queues.len() + 1).sum();
+    let leased = budget.view().leased;
+    budget.reserve(open_now().saturating_sub(leased + ports) + SLACK);
+    tracing::info!(
+        old = snap.leased,
+        new = budget.view().leased,
+        "descriptors leased to traffic by the old process and by this one"
+    );
 }
 
 /// The NAT's table as the old process left it, and its service with the old sockets.
@@ -404,25 +426,9 @@ impl Manager {
         if self.containers.iter().any(|c| c.port == id) {
             return Err(bad("its port number"));
         }
-        self.ipam.reserve_where(Some(r.ip), |_| true)?;
-        let mut undo = Undo::default();
-        undo.address(r.ip);
-        let port = NewPort {
-            id,
-            host_ifname: &r.host_ifname,
-            index: r.host_index,
-            ip: r.ip,
-            mac: rec.mac,
-            new: false,
-            policy: &rec.policy,
-        };
-        let fast_link = match self.install_port(&port, queues, &mut undo) {
-            Ok(link) => link,
-            Err(e) => {
-                self.roll_back(undo);
-                return Err(e);
-            }
-        };
+        let undo = self.reserve_recorded(r.ip)?;
+        let port = rec.port(r);
+        let fast_link = self.undo_on_error(undo, |m, undo| m.install_port(&port, queues, undo))?;
         let table = self.datapath.ports();
         if let Some(Some(installed)) = table.get(usize::from(id.0)) {
             p.counters.store(&installed.counters);

@@ -1,0 +1,79 @@
+//! The edge's hand on the table apart from frames: removing flows, expiry, and the reads behind
+//! `conntrack -L` and the stats.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::conntrack::{ContainerStats, Expired, FlowId, FlowView, NatStats, Refusals, StateCount};
+
+use super::Nat;
+
+impl Nat {
+    /// The container's address and port of flow `flow`, if it exists.
+    pub fn flow_inside(&self, flow: FlowId) -> Option<SocketAddrV4> {
+        let (sh, slot) = self.table.lock_id(flow, None)?;
+        sh.flow(slot).map(|f| f.inside())
+    }
+
+    /// Removes a flow on the edge's request (it gave up on it); false if it was already gone.
+    pub fn remove_flow(&self, flow: FlowId) -> bool {
+        match self.table.lock_id(flow, None) {
+            Some((mut sh, slot)) => self.table.remove_requested(&mut sh, slot).is_some(),
+            None => false,
+        }
+    }
+
+    /// Reclaims the flows expired at `now` and returns them with those reclaimed since the last
+    /// call (found expired by a packet, or replaced by a new connection): the edge closes their
+    /// sockets. Scans the whole table: call it about once a second.
+    pub fn expire(&self, now: u64) -> Vec<Expired> {
+        self.table.expire(now)
+    }
+
+    /// Removes every flow of a container that is going away (the edge closes their sockets) and
+    /// forgets its counters.
+    pub fn forget_container(&self, ip: Ipv4Addr) -> Vec<Expired> {
+        self.table.forget_container(ip.into())
+    }
+
+    /// The live flows, like `conntrack -L`.
+    pub fn entries(&self, now: u64) -> Vec<FlowView> {
+        self.table.entries(now)
+    }
+
+    pub fn stats(&self) -> NatStats {
+        self.table.stats()
+    }
+
+    /// The bound on the number of flows.
+    pub fn max_flows(&self) -> usize {
+        self.table.max_flows()
+    }
+
+    /// A container's counters (zero for an unknown address).
+    pub fn container_stats(&self, ip: Ipv4Addr) -> ContainerStats {
+        self.table.container_stats(ip.into())
+    }
+
+    /// Every container's counters, by address, in one pass over the table.
+    pub fn all_container_stats(&self) -> HashMap<Ipv4Addr, ContainerStats> {
+        (self.table.all_container_stats().into_iter())
+            .map(|(ip, s)| (Ipv4Addr::from(ip), s))
+            .collect()
+    }
+
+    /// New flows refused so far, by why (cheap: no lock).
+    pub fn refusals(&self) -> Refusals {
+        self.table.refusals()
+    }
+
+    /// Live flows by protocol and state.
+    pub fn count_by_state(&self, now: u64) -> Vec<StateCount> {
+        self.table.count_by_state(now)
+    }
+
+    /// The state of a flow (as `conntrack -L` shows it), if it is still in the table.
+    pub fn state_of(&self, flow: FlowId) -> Option<&'static str> {
+        self.table.state_of(flow)
+    }
+}
