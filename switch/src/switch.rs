@@ -3,13 +3,15 @@
 //! forwarding table, both shared by `&self` so every worker thread uses the same switch.
 
 use crate::arp;
-use crate::fdb::{Fdb, FdbEntry, Learned};
+use crate::fdb::{Fdb, Learned};
 use crate::frame::{Arp, Ethernet, ARP_OP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4};
-use crate::mac::MacAddr;
-use crate::policy::{PortPolicy, PortSecurityStats, Refusal, Sent, SpoofKind};
-use crate::port::{may_talk, ArpTarget, PortId, PortInfo, PortWord, Ports};
-use crate::stats::{Counters, SwitchStats};
+use crate::policy::{Refusal, Sent, SpoofKind};
+use crate::port::{may_talk, ArpTarget, PortId, PortWord, Ports};
+use crate::stats::Counters;
 use crate::Millis;
+
+mod ports;
+mod table;
 
 /// Switch tunables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +64,7 @@ pub enum DropReason {
     /// An ARP request for the ingress port's own address (e.g. duplicate address detection):
     /// no answer.
     ArpForSelf,
-    /// The ingress port may not send it (port security: see [`PortPolicy`]).
+    /// The ingress port may not send it (port security: see [`PortPolicy`](crate::PortPolicy)).
     Spoofed(SpoofKind),
     /// It would cross between two containers, one of them isolated.
     Isolated,
@@ -87,39 +89,6 @@ impl Switch {
         }
     }
 
-    /// Registers (or replaces) a port and its station, which the switch answers ARP for, with
-    /// the default policy: its frames are checked (anti-spoofing, see [`PortPolicy`]).
-    pub fn add_port(&self, id: PortId, info: PortInfo) {
-        self.add_port_with_policy(id, info, PortPolicy::default());
-    }
-
-    /// Registers (or replaces) a port, its station and what it may send and reach. A port
-    /// that was not registered starts with zeroed port-security counters.
-    pub fn add_port_with_policy(&self, id: PortId, info: PortInfo, policy: PortPolicy) {
-        self.ports.add(id, info, policy, self.max_macs_per_port);
-    }
-
-    /// The policy port `id` was registered with.
-    pub fn port_policy(&self, id: PortId) -> Option<PortPolicy> {
-        self.ports.policy(id)
-    }
-
-    /// Port `id`'s port-security counters, `None` if it is not registered.
-    pub fn port_security(&self, id: PortId) -> Option<PortSecurityStats> {
-        self.ports.security_stats(id)
-    }
-
-    /// Most MACs the forwarding table learns on port `id` besides its station's own.
-    pub fn port_mac_limit(&self, id: PortId) -> u32 {
-        self.ports.mac_limit(id).try_into().unwrap_or(u32::MAX)
-    }
-
-    /// MACs learned on port `id` besides its station's own (aged ones not yet expired
-    /// included).
-    pub fn fdb_learned_on(&self, id: PortId) -> usize {
-        self.fdb.learned_on(id)
-    }
-
     /// Whether a frame from `ingress` that the switch floods may go out of `egress`: not back
     /// out of `ingress`, and not between two containers when either is isolated. The caller of
     /// [`Switch::process`] asks this for every port when it gets [`Action::Flood`].
@@ -135,18 +104,6 @@ impl Switch {
         a.is_live() && b.is_live() && may_talk(a, b)
     }
 
-    /// Forgets the port and every MAC learned on it.
-    pub fn remove_port(&self, id: PortId) {
-        // Unregister first: learning re-checks registration under the table's write lock,
-        // so after the purge no frame still in flight can bring an entry back.
-        self.ports.remove(id);
-        self.fdb.purge_port(id);
-    }
-
-    pub fn port_info(&self, id: PortId) -> Option<PortInfo> {
-        self.ports.info(id)
-    }
-
     /// The hot path. `outgoing` = the frame was sent by this host (AF_PACKET `sll_pkttype ==
     /// PACKET_OUTGOING`): it is dropped and never learned from.
     ///
@@ -158,6 +115,11 @@ impl Switch {
     /// between an isolated container and another container are dropped. An ARP request for an
     /// unknown address is forwarded like any frame (flooded). If `reply_buf` is shorter than
     /// 60 bytes the request is forwarded instead of answered.
+    //
+    // One function of ~100 lines on purpose: it is the hot path, and the frame's fields and the
+    // ingress port's word stay in registers from the parse to the decision. Its rare branches
+    // are `#[cold]` helpers below; moving the common steps out through a returned struct cost
+    // 99 more instructions a frame (BENCHMARKS.md, "Port security").
     pub fn process(
         &self,
         ingress: PortId,
@@ -355,70 +317,5 @@ impl Switch {
     fn malformed(&self) -> Action {
         self.counters.mine().malformed.inc();
         Action::Drop(DropReason::Malformed)
-    }
-
-    /// A gratuitous ARP announcing port `id`'s station (broadcast request, sender IP = target
-    /// IP), written into `buf`. `None` if the port is unknown, has no IPv4 address, or `buf` is
-    /// shorter than 60 bytes.
-    pub fn gratuitous_arp(&self, id: PortId, buf: &mut [u8]) -> Option<usize> {
-        let info = self.ports.info(id)?;
-        arp::write_gratuitous(buf, info.mac, info.ip?)
-    }
-
-    /// Frames from `mac` came in on `port` and were forwarded without the switch (the edge's
-    /// kernel fast path, which carries only frames the switch would forward the same way): the
-    /// entry is refreshed as if the switch had seen them, or learned if `mac` is unknown. A
-    /// `mac` learned on another port meanwhile stays there (the report may predate the move).
-    pub fn seen(&self, mac: MacAddr, port: PortId, now: Millis) {
-        if !self.fdb.refresh(mac, port, now) {
-            let (learned, _) = self.fdb.learn_and_lookup(mac, port, None, now, &self.ports);
-            match learned {
-                Learned::New => self.counters.mine().learned.inc(),
-                Learned::NewEvicting => {
-                    self.counters.mine().learned.inc();
-                    self.counters.mine().evicted.inc();
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Removes aged entries, returns how many.
-    pub fn expire(&self, now: Millis) -> usize {
-        self.fdb.expire(now)
-    }
-
-    /// Live entries only, sorted by MAC.
-    pub fn fdb_entries(&self, now: Millis) -> Vec<FdbEntry> {
-        self.fdb.entries(now)
-    }
-
-    /// Learns the entries another switch reported (`fdb_entries` of a process handing over),
-    /// each as last seen `age_ms` before `now`: they age as if this switch had seen their
-    /// frames. The ports must be added first; entries of unknown ports are skipped.
-    pub fn restore_fdb(&self, entries: &[FdbEntry], now: Millis) {
-        for e in entries {
-            let seen = now.saturating_sub(e.age_ms);
-            self.fdb
-                .learn_and_lookup(e.mac, e.port, None, seen, &self.ports);
-        }
-    }
-
-    /// Entries in the forwarding table, including aged ones that `expire` has not removed yet.
-    pub fn fdb_len(&self) -> usize {
-        self.fdb.len()
-    }
-
-    pub fn stats(&self) -> SwitchStats {
-        SwitchStats {
-            aged: self.fdb.aged(),
-            ..self.counters.snapshot()
-        }
-    }
-
-    /// Forgets every learned MAC, or those learned on `port` (`vswitch fdb --flush`); returns
-    /// how many. Traffic to them is flooded until they are learned again.
-    pub fn flush_fdb(&self, port: Option<PortId>) -> usize {
-        self.fdb.flush(port)
     }
 }

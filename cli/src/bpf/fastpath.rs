@@ -208,6 +208,10 @@ enum Kind {
 }
 
 /// The program of either kind: the same decision, then forward (or drop, for the filter).
+//
+// One listing of ~100 lines on purpose: it is one eBPF program, read top to bottom as the
+// verifier reads it, its jumps to labels within it; cut into functions it would only hide
+// where each label is.
 fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Result<Vec<Insn>, AsmError> {
     const IFINDEX: i16 = field(offset_of!(Value, ifindex));
     const PORT: i16 = field(offset_of!(Value, port));

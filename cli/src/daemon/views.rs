@@ -150,9 +150,6 @@ impl Manager {
     /// Every counter the daemon keeps, in one snapshot.
     pub fn stats(&self) -> Stats {
         let fds = self.budget.view();
-        let sw = self.datapath.switch().stats();
-        let nat = self.nat.stats();
-        let relays = self.datapath.relays();
         let mut threads: Vec<ThreadStats> = (self.datapath.busy_ns().into_iter().enumerate())
             .map(|(i, busy_ns)| ThreadStats {
                 name: format!("dp{i}"),
@@ -179,59 +176,8 @@ impl Manager {
                 refused: fds.refused,
                 exhausted: fds.exhausted,
             },
-            switch: SwitchCounters {
-                frames: sw.frames,
-                malformed: sw.malformed,
-                flooded: sw.flooded,
-                hairpin: sw.hairpin,
-                arp_replies: sw.arp_replies,
-                learned: sw.learned,
-                moved: sw.moved,
-                fdb_full: sw.fdb_full,
-                fdb_entries: self.datapath.switch().fdb_len(),
-                outgoing: sw.outgoing,
-                aged: sw.aged,
-                flushed: self.tally.fdb_flushed,
-                fdb_capacity: self.tally.fdb_capacity,
-                fdb_evicted: sw.evicted,
-                fdb_refused: sw.learn_refused,
-                spoofed: sw.spoofed,
-                isolation_drops: sw.isolated,
-            },
-            nat: NatCounters {
-                flows: nat.flows,
-                max_flows: self.nat.max_flows(),
-                created: nat.created,
-                expired: nat.expired,
-                removed: nat.removed,
-                table_full: nat.table_full,
-                malformed: nat.malformed,
-                fragments: nat.fragments,
-                no_flow: nat.no_flow,
-                bad_checksum: nat.bad_checksum,
-                bad_length: nat.bad_length,
-                ttl_exceeded: nat.ttl_exceeded,
-                tagged: nat.tagged,
-                container_limit: nat.container_limit,
-                half_open_limit: nat.half_open_limit,
-                no_relay_port: nat.no_relay_port,
-                no_echo_ident: nat.no_echo_ident,
-                unsupported: nat.unsupported,
-                bad_address: nat.bad_address,
-                packets_out: nat.packets_out,
-                packets_in: nat.packets_in,
-                bytes_out: nat.bytes_out,
-                bytes_in: nat.bytes_in,
-                by_state: (self.nat.count_by_state(now_ms()).into_iter())
-                    .map(|c| FlowStateCount {
-                        proto: c.proto.as_str().to_string(),
-                        state: c.state.to_string(),
-                        flows: c.flows,
-                    })
-                    .collect(),
-                relays: relays.len(),
-                relayed: relays.relayed(),
-            },
+            switch: self.switch_counters(),
+            nat: self.nat_counters(),
             ports: self.ls(),
             dns: (self.tally.dns.as_ref()).map_or_else(DnsStats::default, |d| DnsStats {
                 enabled: true,
@@ -246,6 +192,70 @@ impl Manager {
             plugs: self.tally.plugs.view(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             start_time: self.tally.start_time,
+        }
+    }
+
+    /// The switch's counters and its forwarding table's.
+    fn switch_counters(&self) -> SwitchCounters {
+        let sw = self.datapath.switch().stats();
+        SwitchCounters {
+            frames: sw.frames,
+            malformed: sw.malformed,
+            flooded: sw.flooded,
+            hairpin: sw.hairpin,
+            arp_replies: sw.arp_replies,
+            learned: sw.learned,
+            moved: sw.moved,
+            fdb_full: sw.fdb_full,
+            fdb_entries: self.datapath.switch().fdb_len(),
+            outgoing: sw.outgoing,
+            aged: sw.aged,
+            flushed: self.tally.fdb_flushed,
+            fdb_capacity: self.tally.fdb_capacity,
+            fdb_evicted: sw.evicted,
+            fdb_refused: sw.learn_refused,
+            spoofed: sw.spoofed,
+            isolation_drops: sw.isolated,
+        }
+    }
+
+    /// The NAT's table and counters, its flows by state, the relayed connections.
+    fn nat_counters(&self) -> NatCounters {
+        let nat = self.nat.stats();
+        let relays = self.datapath.relays();
+        NatCounters {
+            flows: nat.flows,
+            max_flows: self.nat.max_flows(),
+            created: nat.created,
+            expired: nat.expired,
+            removed: nat.removed,
+            table_full: nat.table_full,
+            malformed: nat.malformed,
+            fragments: nat.fragments,
+            no_flow: nat.no_flow,
+            bad_checksum: nat.bad_checksum,
+            bad_length: nat.bad_length,
+            ttl_exceeded: nat.ttl_exceeded,
+            tagged: nat.tagged,
+            container_limit: nat.container_limit,
+            half_open_limit: nat.half_open_limit,
+            no_relay_port: nat.no_relay_port,
+            no_echo_ident: nat.no_echo_ident,
+            unsupported: nat.unsupported,
+            bad_address: nat.bad_address,
+            packets_out: nat.packets_out,
+            packets_in: nat.packets_in,
+            bytes_out: nat.bytes_out,
+            bytes_in: nat.bytes_in,
+            by_state: (self.nat.count_by_state(now_ms()).into_iter())
+                .map(|c| FlowStateCount {
+                    proto: c.proto.as_str().to_string(),
+                    state: c.state.to_string(),
+                    flows: c.flows,
+                })
+                .collect(),
+            relays: relays.len(),
+            relayed: relays.relayed(),
         }
     }
 

@@ -12,8 +12,10 @@ pub fn render(s: &Stats) -> String {
     let mut page = Exposition::new();
     daemon(&mut page, s);
     ports(&mut page, s);
+    container_ports(&mut page, s);
     switch(&mut page, s);
     nat(&mut page, s);
+    nat_traffic(&mut page, s);
     fds(&mut page, s);
     dns(&mut page, s);
     work(&mut page, s);
@@ -136,7 +138,10 @@ fn ports(page: &mut Exposition, s: &Stats) {
     });
     per_port(f, &s.ports, &[("reason", "tx_failed")], |p| p.tx_failed);
     per_port(f, &s.ports, &[("reason", "kernel")], |p| p.kernel_drops);
+}
 
+/// What only a container's port has: spoofed frames, its NAT.
+fn container_ports(page: &mut Exposition, s: &Stats) {
     let containers: Vec<PortView> = (s.ports.iter())
         .filter(|p| p.kind != "tap")
         .cloned()
@@ -316,6 +321,11 @@ fn nat(page: &mut Exposition, s: &Stats) {
     .int(&[("reason", "table_full")], n.table_full)
     .int(&[("reason", "container_share")], n.container_limit)
     .int(&[("reason", "half_open")], n.half_open_limit);
+}
+
+/// What crossed the NAT and what it dropped.
+fn nat_traffic(page: &mut Exposition, s: &Stats) {
+    let n = &s.nat;
     let f = &mut page.family(
         "vswitch_nat_dropped_packets_total",
         Kind::Counter,
