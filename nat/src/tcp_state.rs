@@ -102,6 +102,10 @@ impl TcpTracker {
         );
         if flags & TCP_RST != 0 {
             self.state = Close;
+        } else if syn && fin {
+            // Invalid (netfilter's tcp_valid_flags): it neither opens a connection nor closes
+            // one. Taken for a SYN, it would open a finished one again in place, where the NAT
+            // sees no new SYN (see `Nat::outbound`).
         } else if syn {
             match (dir, ack, self.state) {
                 (Dir::Orig, false, None | SynSent | TimeWait | Close) => {
@@ -213,6 +217,22 @@ mod tests {
             (Orig, ACK, SynSent),
             (Orig, FINACK, SynSent),
             (Reply, SYN, SynSent),
+        ]);
+    }
+
+    #[test]
+    fn a_syn_with_fin_moves_nothing() {
+        use TcpState::*;
+        const SYNFIN: u8 = TCP_SYN | TCP_FIN;
+        run(&[
+            (Orig, SYNFIN, None),
+            (Orig, SYN, SynSent),
+            (Orig, RST, Close),
+        ]);
+        run(&[
+            (Orig, SYN, SynSent),
+            (Orig, RST, Close),
+            (Orig, SYNFIN, Close),
         ]);
     }
 }

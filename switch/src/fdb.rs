@@ -324,9 +324,17 @@ impl Fdb {
     /// Forgets every MAC, or those learned on `port`; returns how many.
     pub fn flush(&self, port: Option<PortId>) -> usize {
         let mut table = self.write();
-        let before = table.map.len();
-        table.map.retain(|_, e| port.is_some_and(|p| e.port != p));
-        before - table.map.len()
+        let Table { map, learned, .. } = &mut *table;
+        let before = map.len();
+        map.retain(|_, e| {
+            let keep = port.is_some_and(|p| e.port != p);
+            if !keep && !e.pinned {
+                // Its place in the port's limit goes with it.
+                uncount(learned, e.port);
+            }
+            keep
+        });
+        before - map.len()
     }
 
     /// Forgets every MAC learned on `port`.
@@ -423,6 +431,46 @@ mod tests {
         assert_eq!(learn(&fdb, &ports, mac(102), 1, 5_001), Learned::New);
         fdb.purge_port(PortId(1));
         assert_eq!((fdb.learned_on(PortId(1)), fdb.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_flush_gives_the_ports_their_places_back() {
+        // Found by the switch_frames fuzz target: a flush forgot the MACs but not how many each
+        // port had learned, so that a port at its limit never learned another.
+        let (fdb, ports) = (Fdb::new(64, 5_000), ports(3));
+        for p in 1..3 {
+            ports.add(
+                PortId(p),
+                PortInfo {
+                    mac: mac(u32::from(p)),
+                    ip: None,
+                },
+                PortPolicy {
+                    max_macs: Some(1),
+                    ..PortPolicy::trusted()
+                },
+                8,
+            );
+            assert_eq!(learn(&fdb, &ports, mac(u32::from(p)), p, 0), Learned::New);
+            assert_eq!(
+                learn(&fdb, &ports, mac(100 + u32::from(p)), p, 0),
+                Learned::New
+            );
+            assert_eq!(learn(&fdb, &ports, mac(200), p, 0), Learned::Refused);
+        }
+        // One port's, then all: the stations' own MACs were never counted.
+        assert_eq!(fdb.flush(Some(PortId(1))), 2);
+        assert_eq!(
+            (fdb.learned_on(PortId(1)), fdb.learned_on(PortId(2))),
+            (0, 1)
+        );
+        assert_eq!(learn(&fdb, &ports, mac(201), 1, 1), Learned::New);
+        assert_eq!(fdb.flush(None), 3);
+        assert_eq!(
+            (fdb.learned_on(PortId(1)), fdb.learned_on(PortId(2))),
+            (0, 0)
+        );
+        assert_eq!(learn(&fdb, &ports, mac(202), 2, 2), Learned::New);
     }
 
     #[test]

@@ -504,6 +504,33 @@ fn a_finished_connection_opened_again_counts_as_a_new_one() {
 }
 
 #[test]
+fn a_syn_with_fin_does_not_open_a_finished_connection_again() {
+    // Found by the nat_frames fuzz target's check that a connected flow, once finished, never
+    // opens again in place: a SYN that also carries FIN is not a new SYN (a new flow, a new
+    // connect), and the tracker took it for one, so the finished flow opened again where it
+    // was, taking back its places past the container's share (and the table's bound).
+    let nat = Nat::new(NatConfig {
+        max_flows: 100,
+        shares: Shares {
+            flows: 2,
+            half_open: 4,
+        },
+        ..config()
+    });
+    let (flow, relay) = connected(&nat, sa(C1, 5000), sa(OUT, 80), T0);
+    close_outside_first(&nat, sa(C1, 5000), sa(OUT, 80), relay, T0);
+    connected(&nat, sa(C1, 5001), sa(OUT, 80), T0);
+    connected(&nat, sa(C1, 5002), sa(OUT, 80), T0);
+    let mut synfin = tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), SYN | FIN, 900, b"");
+    nat.outbound(&mut synfin, T0 + 1);
+    assert_eq!(state(&nat, flow, T0 + 1), "TIME_WAIT");
+    assert_eq!(nat.container_stats(C1).flows, 3);
+    // The share is still used up by the two open ones.
+    let mut syn = tcp_out(C1_MAC, sa(C1, 5003), sa(OUT, 80), SYN, 900, b"");
+    assert!(matches!(nat.outbound(&mut syn, T0 + 2), Verdict::Reply(_)));
+}
+
+#[test]
 fn segments_without_flow_are_dropped_and_counted() {
     let nat = nat();
     for flags in [ACK, SYN | ACK, FIN | ACK, RST] {

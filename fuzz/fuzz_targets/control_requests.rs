@@ -1,0 +1,11 @@
+//! The `control_requests` target (see the crate's documentation). Under cargo-fuzz (`--cfg fuzzing`) a
+//! libFuzzer target; otherwise a replayer: `cargo run -p vswitch-fuzz --bin control_requests -- FILE...`.
+#![cfg_attr(fuzzing, no_main)]
+
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vswitch_fuzz::control_requests(data));
+
+#[cfg(not(fuzzing))]
+fn main() -> std::process::ExitCode {
+    vswitch_fuzz::smoke::replay_main("control_requests")
+}
