@@ -308,7 +308,7 @@ fn build(
     // the ports reserved above.
     let ports: usize = snap.ports.iter().map(|p| p.queues.len() + 1).sum();
     let leased = budget.view().leased;
-    budget.reserve(open_now().saturating_sub(leased + ports) + SLACK);
+    budget.reserve(open_now().saturating_sub(leased + ports) + SLACK + pool.spare_fds());
     tracing::info!(
         old = snap.leased,
         new = budget.view().leased,
