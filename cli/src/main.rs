@@ -186,7 +186,8 @@ pub struct RunArgs {
     /// (default: a quarter of the table, at least 256).
     #[arg(long)]
     pub max_flows_per_container: Option<usize>,
-    /// Most TCP connections of one container still connecting at once (default 1024).
+    /// Most TCP connections of one container still connecting at once (default 1024, or
+    /// half of what the container's share of the descriptors pays for, if less).
     #[arg(long)]
     pub max_half_open: Option<usize>,
     /// How a port's frames are spread over the workers: bulk frames by flow and the rest by

@@ -25,7 +25,7 @@ pub struct Config {
     pub max_flows: Option<usize>,
     /// Most NAT flows one container may start (default: a quarter of the table).
     pub max_flows_per_container: Option<usize>,
-    /// Most TCP connections of one container still connecting (default 1024).
+    /// Most TCP connections of one container still connecting (default: see `startup`).
     pub max_half_open: Option<usize>,
     pub spread: Spread,
     /// How long a datapath worker polls after its last frame before sleeping.

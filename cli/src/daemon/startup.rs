@@ -65,7 +65,7 @@ pub fn start(
     datapath.add_port(Arc::new(tap_port(cfg, taps.collect())))?;
     // What the daemon holds open now is its own, plus a slack for control connections and
     // the threads that open a namespace or a file for a moment.
-    budget.reserve(open_now() + SLACK);
+    budget.reserve(open_now() + SLACK + datapath.relays().spare_fds());
     let parts = Parts {
         nl,
         spread_program: spread_program.clone(),
@@ -317,7 +317,8 @@ pub(super) fn nat_config(cfg: &Config, fd_limit: usize, relay_ports: Vec<u16>) -
         max_flows,
         shares: Shares {
             flows: cfg.max_flows_per_container.unwrap_or(default_shares.flows),
-            half_open: cfg.max_half_open.unwrap_or(default_shares.half_open),
+            half_open: (cfg.max_half_open)
+                .unwrap_or_else(|| default_half_open(default_shares.half_open, fd_limit)),
         },
         ..NatConfig::new(
             cfg.gateway,
@@ -327,6 +328,16 @@ pub(super) fn nat_config(cfg: &Config, fd_limit: usize, relay_ports: Vec<u16>) -
             relay_ports,
         )
     }
+}
+
+/// Most TCP connections of one container still connecting, by default: the table's share,
+/// but no more than half of what the container's share of the descriptors pays for. The
+/// workers lease a connection's descriptors the moment its SYN arrives, so under a SYN flood
+/// this limit, which the NAT counts (`half_open`), binds before the descriptor share does, and
+/// the container keeps descriptors for its established connections.
+fn default_half_open(table_share: usize, fd_limit: usize) -> usize {
+    let payable = fd_limit / natd::budget::SHARE_DIVISOR / natd::budget::TCP_RELAY;
+    table_share.min(payable / 2).max(1)
 }
 
 /// The resolvers the DNS forwarder asks: `--dns`, else the host's.

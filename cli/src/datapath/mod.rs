@@ -39,7 +39,18 @@ pub trait Hook: Send + Sync {
     /// Runs a received frame through the NAT. Returns whether the switch should still forward
     /// it (as is or rewritten); frames the NAT carries through host sockets, or drops, are
     /// done. Sets `posted` when it queued work that `batch_done` must announce.
-    fn frame(&self, ingress: PortId, frame: &mut [u8], now: Millis, posted: &mut bool) -> bool;
+    /// `worker` is the calling worker's index.
+    fn frame(
+        &self,
+        worker: usize,
+        ingress: PortId,
+        frame: &mut [u8],
+        now: Millis,
+        posted: &mut bool,
+    ) -> bool;
+    /// An event of worker `worker`'s epoll set about a descriptor the hook put there
+    /// (`Token::Entry` or `Token::Listener`).
+    fn event(&self, worker: usize, token: Token);
     /// A batch is over and some frame of it `posted` work: wake whoever does it, once.
     fn batch_done(&self);
     /// A descriptor every worker polls for the hook (the NAT's echo socket), if any.

@@ -37,6 +37,11 @@ pub use handover::PairSnap;
 /// Bytes a pipe may hold; larger pipes mean fewer `splice` calls per byte.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
+/// Empty pipes each worker keeps for its next pairs: a short connection then costs no
+/// `pipe2`, `fcntl` and two `close` per direction. Their descriptors are the daemon's own
+/// (see [`RelayPool::spare_fds`]), not a flow's.
+const SPARE_PIPES: usize = 8;
+
 /// Called once when a pair is finished (both directions closed or reset).
 pub type Done = Box<dyn FnOnce() + Send>;
 
@@ -93,7 +98,27 @@ impl RelayPool {
         done: impl FnOnce() + Send + 'static,
     ) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
-        let shared = &self.threads[i];
+        if [&a, &b].iter().any(|s| s.set_nonblocking(true).is_err()) {
+            for s in [&a, &b] {
+                linger_zero(s);
+            }
+            return done();
+        }
+        self.relay_on(i, a, b, owner, done)
+    }
+
+    /// [`RelayPool::relay`] on worker `worker` (the one that accepted the pair: its sockets'
+    /// first bytes are about to come through that worker, which is awake). Both sockets must
+    /// be non-blocking already.
+    pub fn relay_on(
+        &self,
+        worker: usize,
+        a: TcpStream,
+        b: TcpStream,
+        owner: Ipv4Addr,
+        done: impl FnOnce() + Send + 'static,
+    ) {
+        let shared = &self.threads[worker % self.threads.len()];
         let mut pairs = shared.pairs.lock().unwrap_or_else(|e| e.into_inner());
         let id = pairs.next_id;
         pairs.next_id += 1;
@@ -101,10 +126,9 @@ impl RelayPool {
         // wake the thread for nothing. Writability is asked for when a write would block.
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
         let ok = [&a, &b].into_iter().enumerate().all(|(side, s)| {
-            s.set_nonblocking(true).is_ok()
-                && (shared.epoll)
-                    .add(s.as_raw_fd(), events, token(id, side))
-                    .is_ok()
+            (shared.epoll)
+                .add(s.as_raw_fd(), events, token(id, side))
+                .is_ok()
         });
         if !ok {
             for s in [&a, &b] {
@@ -155,6 +179,21 @@ impl RelayPool {
                     _ => false,
                 })
         })
+    }
+
+    /// Worker `worker`'s epoll set.
+    pub fn epoll(&self, worker: usize) -> Option<&Arc<Epoll>> {
+        self.threads.get(worker).map(|s| &s.epoll)
+    }
+
+    /// How many workers serve the pool.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Descriptors the workers' spare pipes may hold at most: the daemon's own, to reserve.
+    pub fn spare_fds(&self) -> usize {
+        self.threads.len() * SPARE_PIPES * 2
     }
 
     /// Pairs relayed so far.
@@ -296,6 +335,12 @@ fn retire(shared: &Shared, mut pair: Pair, reset: bool) {
         if let Some(ends) = pair.closed_first.take() {
             end_time_wait(&ends);
         }
+        // Finished: both pipes are empty, the next pairs of this thread take them.
+        for flow in &mut pair.flows {
+            if let Some(pipe) = flow.pipe.take().filter(|_| flow.queued == 0) {
+                pipe.spare();
+            }
+        }
     }
     if let Some(done) = pair.done.take() {
         done();
@@ -356,7 +401,7 @@ fn pump(pair: &mut Pair, dir: usize) -> Step {
             return Step::Idle;
         }
         if flow.pipe.is_none() {
-            match Pipe::new() {
+            match Pipe::take() {
                 Ok(p) => flow.pipe = Some(p),
                 Err(_) => return Step::Reset,
             }
@@ -410,7 +455,30 @@ struct Pipe {
     write: OwnedFd,
 }
 
+thread_local! {
+    /// This thread's empty pipes (see `SPARE_PIPES`).
+    static SPARES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Pipe {
+    /// An empty pipe: a spare one of this thread's, else a new one.
+    fn take() -> io::Result<Pipe> {
+        match SPARES.with(|s| s.borrow_mut().pop()) {
+            Some(pipe) => Ok(pipe),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Keeps an empty pipe for this thread's next pair (closes it when there are enough).
+    fn spare(self) {
+        SPARES.with(|s| {
+            let mut spares = s.borrow_mut();
+            if spares.len() < SPARE_PIPES {
+                spares.push(self);
+            }
+        })
+    }
+
     fn new() -> io::Result<Pipe> {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 returns.

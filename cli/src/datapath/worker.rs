@@ -87,6 +87,11 @@ impl WorkerCtx {
                             hook.readable(&self.fabric, buf, out);
                         }
                     }
+                    Some(token @ (Token::Entry(_) | Token::Listener(_))) => {
+                        if let Some(hook) = &self.hook {
+                            hook.event(self.index, token);
+                        }
+                    }
                     // Wake: the loop checks `stop` and the pause.
                     Some(Token::Wake) => self.wake.drain(),
                     _ => {}
@@ -178,7 +183,7 @@ impl WorkerCtx {
                             continue;
                         }
                     }
-                    if !hook.frame(port.id, frame, now, &mut posted) {
+                    if !hook.frame(self.index, port.id, frame, now, &mut posted) {
                         continue;
                     }
                 }

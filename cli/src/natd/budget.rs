@@ -22,7 +22,7 @@ pub const TCP_RELAY: usize = 6;
 pub const UDP_FLOW: usize = 1;
 /// The part of the descriptors left for traffic that one container may hold: a quarter, as of
 /// the flow table, so that one container cannot spend them all.
-const SHARE_DIVISOR: usize = 4;
+pub const SHARE_DIVISOR: usize = 4;
 
 /// What the budget looks like, for `vswitch stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use vswitch_nat::{Nat, Verdict};
 use vswitch_switch::{Millis, PortId, VNET_HDR_LEN};
 
-use crate::datapath::{Fabric, Hook, TAP_PORT};
+use crate::datapath::{Fabric, Hook, Token, TAP_PORT};
 
 use super::{NatJob, NatMailbox};
 
@@ -35,7 +35,24 @@ impl Hook for NatHook {
     }
 
     /// Frames to the gateway's MAC (they may leave the subnet) and frames from the host.
-    fn frame(&self, ingress: PortId, frame: &mut [u8], now: Millis, posted: &mut bool) -> bool {
+    /// Outgoing TCP's sockets in the worker's epoll set: a connect decided, a connection at a
+    /// relay listener.
+    fn event(&self, worker: usize, token: Token) {
+        match token {
+            Token::Entry(t) => self.service.outbound.ready(worker, t),
+            Token::Listener(i) => self.service.outbound.accept(worker, usize::from(i)),
+            _ => {}
+        }
+    }
+
+    fn frame(
+        &self,
+        worker: usize,
+        ingress: PortId,
+        frame: &mut [u8],
+        now: Millis,
+        posted: &mut bool,
+    ) -> bool {
         let Some(eth) = frame.get(VNET_HDR_LEN..VNET_HDR_LEN + 14) else {
             return true;
         };
@@ -59,12 +76,7 @@ impl Hook for NatHook {
                 false
             }
             Verdict::TcpConnect { flow, from, dst } => {
-                *posted |= self.service.post(NatJob::TcpConnect {
-                    flow,
-                    from,
-                    dst,
-                    syn: frame.to_vec(),
-                });
+                (self.service.outbound).connect(worker, flow, from, dst, frame.to_vec());
                 false
             }
             Verdict::UdpOut {

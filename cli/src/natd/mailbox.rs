@@ -12,6 +12,7 @@ use vswitch_nat::Nat;
 use crate::datapath::{now_ms, Fabric};
 use crate::kernel::epoll::EventFd;
 
+use super::connect::Outbound;
 use super::NatJob;
 
 /// Cloned into every worker and the manager.
@@ -21,6 +22,8 @@ pub struct NatMailbox {
     pub(super) wake: Arc<EventFd>,
     /// The raw ICMP socket echo requests leave through (none without CAP_NET_RAW).
     pub(super) icmp: Option<Arc<OwnedFd>>,
+    /// Outgoing TCP connections, connected and accepted by the workers themselves.
+    pub(super) outbound: Arc<Outbound>,
 }
 
 impl NatMailbox {

@@ -39,14 +39,6 @@ pub use sockets::{bind_published, bind_relays};
 
 /// Work the datapath and the manager hand to the NAT service.
 pub enum NatJob {
-    /// A container's SYN to the outside: connect to `dst`, then release or answer the SYN.
-    TcpConnect {
-        flow: FlowId,
-        /// The container's address and port.
-        from: SocketAddrV4,
-        dst: SocketAddrV4,
-        syn: Vec<u8>,
-    },
     UdpOut {
         flow: FlowId,
         /// The container's address and port.

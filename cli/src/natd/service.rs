@@ -20,7 +20,7 @@ use crate::kernel::epoll::{Epoll, EventFd, IN};
 use crate::kernel::sys::cvt;
 
 use super::budget::{FdBudget, Lease};
-use super::connect::Waiting;
+use super::connect::Outbound;
 use super::{NatJob, NatMailbox};
 
 /// A loopback client of a published UDP port is forgotten after this long without traffic
@@ -86,7 +86,8 @@ pub struct NatService {
     epoll: Epoll,
     rx: Receiver<NatJob>,
     wake: Arc<EventFd>,
-    pub(super) relays: Vec<(TcpListener, u16)>,
+    /// Outgoing TCP connections until they reach the relay (served by the workers).
+    pub(super) outbound: Arc<Outbound>,
     /// The workers that splice relayed connections.
     pub(super) pool: RelayPool,
     pub(super) entries: HashMap<u64, Entry>,
@@ -96,8 +97,6 @@ pub struct NatService {
     /// Loopback clients of published UDP ports, by (publish id, client).
     pub(super) pub_udp_local: HashMap<(u32, SocketAddr), u64>,
     pub(super) next_publish_id: u32,
-    /// Upstream connections waiting for the container's connection to reach the relay.
-    pub(super) waiting: HashMap<FlowId, Waiting>,
     pub(super) buf: Vec<u8>,
     pub(super) out: Vec<u8>,
     /// Published connections being connected to their container on threads of their own.
@@ -133,14 +132,19 @@ impl NatService {
         let epoll = Epoll::new()?;
         let wake = Arc::new(EventFd::new()?);
         epoll.add(wake.as_raw_fd(), IN, Token::Wake.into())?;
-        for (i, (l, _)) in relays.iter().enumerate() {
-            epoll.add(l.as_raw_fd(), IN, Token::Listener(i as u16).into())?;
-        }
+        let outbound = Arc::new(Outbound::new(
+            nat.clone(),
+            fabric.clone(),
+            budget.clone(),
+            pool.clone(),
+            relays,
+        )?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let mailbox = NatMailbox {
             tx,
             wake: wake.clone(),
             icmp: icmp.map(Arc::new),
+            outbound: outbound.clone(),
         };
         let service = NatService {
             nat,
@@ -150,7 +154,7 @@ impl NatService {
             epoll,
             rx,
             wake,
-            relays,
+            outbound,
             pool,
             entries: HashMap::new(),
             next_token: 0,
@@ -158,7 +162,6 @@ impl NatService {
             pub_udp_by_id: HashMap::new(),
             pub_udp_local: HashMap::new(),
             next_publish_id: 1,
-            waiting: HashMap::new(),
             buf: vec![0; 65536],
             out: vec![0; 65536 + 128],
             publishing: Arc::default(),
@@ -183,7 +186,6 @@ impl NatService {
             for ev in waiter.wait(&self.epoll, &mut events, 1000) {
                 match Token::decode(ev.u64) {
                     Some(Token::Wake) => self.wake.drain(),
-                    Some(Token::Listener(i)) => self.relay_accept(usize::from(i)),
                     Some(Token::Entry(t)) => self.entry_ready(t),
                     _ => {}
                 }
@@ -206,12 +208,6 @@ impl NatService {
 
     fn job(&mut self, job: NatJob) {
         match job {
-            NatJob::TcpConnect {
-                flow,
-                from,
-                dst,
-                syn,
-            } => self.tcp_connect(flow, from, dst, syn),
             NatJob::UdpOut {
                 flow,
                 from,
@@ -237,7 +233,7 @@ impl NatService {
                     if let Some(token) = self.udp_by_flow.remove(&e.flow) {
                         self.remove_entry(token);
                     }
-                    self.waiting.remove(&e.flow);
+                    self.outbound.forget(e.flow);
                 }
             }
         }
@@ -257,7 +253,7 @@ impl NatService {
     /// Drops what has waited too long: upstreams whose container never reached the relay,
     /// loopback clients of published UDP ports gone quiet.
     fn sweep(&mut self, now: Instant) {
-        self.waiting.retain(|_, w| !w.expired(now));
+        self.outbound.waiting().retain(|_, w| !w.expired(now));
         let idle: Vec<u64> = (self.entries.iter())
             .filter(|(_, e)| match e {
                 Entry::PubUdpLocal { last, .. } => now.duration_since(*last) > LOCAL_UDP_IDLE,

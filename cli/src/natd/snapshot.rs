@@ -108,14 +108,14 @@ impl NatService {
     }
 
     fn snapshot(&self, fds: &mut FdOut) -> ServiceSnap {
-        let relays = (self.relays.iter())
+        let relays = (self.outbound.relays.iter())
             .map(|(l, port)| (fds.add(l), *port))
             .collect();
         let now = Instant::now();
         let mut tokens: Vec<&u64> = self.entries.keys().collect();
         // In the order they were made: a restored service makes them again in that order.
         tokens.sort_unstable();
-        let entries = (tokens.into_iter())
+        let mut entries: Vec<EntrySnap> = (tokens.into_iter())
             .map(|t| match &self.entries[t] {
                 Entry::Connecting {
                     flow,
@@ -167,7 +167,16 @@ impl NatService {
                 },
             })
             .collect();
-        let waiting = (self.waiting.iter())
+        // Connects in progress on the (paused) workers: a restored service watches them.
+        self.outbound.each_connecting(|c| {
+            entries.push(EntrySnap::Connecting {
+                flow: c.flow,
+                from: c.from,
+                fd: fds.add(&c.stream),
+                syn: c.syn.clone(),
+            })
+        });
+        let waiting = (self.outbound.waiting().iter())
             .map(|(flow, w)| WaitingSnap {
                 flow: *flow,
                 fd: fds.add(&w.upstream),
@@ -235,7 +244,7 @@ impl NatService {
                 since: ago(w.age_ms),
                 lease: service.budget.lease_held(TCP_RELAY, Some(*w.from.ip())),
             };
-            service.waiting.insert(w.flow, waiting);
+            service.outbound.waiting().insert(w.flow, waiting);
         }
         Ok((service, mailbox))
     }

@@ -55,6 +55,30 @@ pub fn connect_nonblocking(dst: SocketAddrV4) -> io::Result<TcpStream> {
     }
 }
 
+/// Accepts a connection (IPv4) already non-blocking: no `ioctl` to make it so afterwards.
+pub fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddrV4)> {
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = SOCKADDR_IN_LEN;
+    let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: `peer` and `len` are live and sized for a sockaddr_in.
+    let fd = cvt(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            &mut peer as *mut libc::sockaddr_in as *mut libc::sockaddr,
+            &mut len,
+            flags,
+        )
+    })?;
+    // SAFETY: `fd` is fresh and nothing else owns it.
+    let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if peer.sin_family != libc::AF_INET as libc::sa_family_t {
+        return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+    }
+    let ip = Ipv4Addr::from(u32::from_be(peer.sin_addr.s_addr));
+    Ok((stream, SocketAddrV4::new(ip, u16::from_be(peer.sin_port))))
+}
+
 /// A TCP socket bound to a port of `gateway`, and that port: the first of `ports` that is free,
 /// else an ephemeral port of the kernel's choice.
 pub fn bound_tcp_socket(gateway: Ipv4Addr, ports: &[u16]) -> io::Result<(OwnedFd, u16)> {

@@ -280,7 +280,7 @@ fn build(
             fds.unused()
         );
     }
-    reserve_own(&budget, &snap);
+    reserve_own(&budget, &snap, pool.spare_fds());
     let dns_fds = dns.as_ref().map(|(u, t)| [u.as_raw_fd(), t.as_raw_fd()]);
     let handoff = Handoff::new(cfg, listener.as_raw_fd(), dns_fds, spread_program);
     Ok(Built {
@@ -345,10 +345,10 @@ fn take_pairs(
 
 /// Reserves what the daemon holds open now for itself: all it holds, less what flows and pairs
 /// leased and what the ports reserved.
-fn reserve_own(budget: &FdBudget, snap: &Snapshot) {
+fn reserve_own(budget: &FdBudget, snap: &Snapshot, spare_pipes: usize) {
     let ports: usize = snap.ports.iter().map(|p| p.queues.len() + 1).sum();
     let leased = budget.view().leased;
-    budget.reserve(open_now().saturating_sub(leased + ports) + SLACK);
+    budget.reserve(open_now().saturating_sub(leased + ports) + SLACK + spare_pipes);
     tracing::info!(
         old = snap.leased,
         new = budget.view().leased,
