@@ -136,6 +136,10 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
     if let Ok(Request::Capture(capture)) = decoded {
         return super::stream::serve(conn, capture, calls);
     }
+    let stop = match &decoded {
+        Ok(Request::Stop(stop)) => Some(stop.keep),
+        _ => None,
+    };
     let answer = decoded.and_then(|request| {
         // A hand-over's manager answers on the connection itself (descriptors follow the answer).
         let own = match request {
@@ -149,7 +153,20 @@ fn serve_one(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
     }
     let mut out = encode_response(&answer);
     out.push(b'\n');
-    (&conn).write_all(&out)
+    let written = (&conn).write_all(&out);
+    if let (Some(keep), Ok(_)) = (stop, &answer) {
+        stop_daemon(keep);
+    }
+    written
+}
+
+/// Stops the daemon as the signal that means the same does (the main thread takes signals), so
+/// that both ways stop alike; sent only once the reply is written, or the process could exit
+/// before the client reads it.
+fn stop_daemon(keep: bool) {
+    let signal = if keep { libc::SIGUSR2 } else { libc::SIGTERM };
+    // SAFETY: sending a signal to our own process has no memory-safety concern.
+    unsafe { libc::kill(libc::getpid(), signal) };
 }
 
 /// Hands a request to the manager (with the connection or the capture's session it needs) and

@@ -177,18 +177,8 @@ impl Manager {
                     "a capture is served on a connection of its own",
                 ))
             }
-            Request::Stop(stop) => {
-                // The main thread stops the daemon on a signal: send it the one that means
-                // the same, so that both ways stop alike.
-                let signal = if stop.keep {
-                    libc::SIGUSR2
-                } else {
-                    libc::SIGTERM
-                };
-                // SAFETY: sending a signal to our own process has no memory-safety concern.
-                unsafe { libc::kill(libc::getpid(), signal) };
-                Reply::Stats(Box::new(self.stats()))
-            }
+            // The control thread stops the daemon once this reply is written (`control::server`).
+            Request::Stop(_) => Reply::Stats(Box::new(self.stats())),
         })
     }
 
