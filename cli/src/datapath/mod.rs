@@ -49,8 +49,9 @@ pub trait Hook: Send + Sync {
         posted: &mut bool,
     ) -> bool;
     /// An event of worker `worker`'s epoll set about a descriptor the hook put there
-    /// (`Token::Entry` or `Token::Listener`).
-    fn event(&self, worker: usize, token: Token);
+    /// (`Token::Entry`, `Token::Listener` or `Token::Udp`); `buf` and `out` are the worker's
+    /// scratch, as for `readable`.
+    fn event(&self, worker: usize, token: Token, buf: &mut [u8], out: &mut [u8]);
     /// A batch is over and some frame of it `posted` work: wake whoever does it, once.
     fn batch_done(&self);
     /// A descriptor every worker polls for the hook (the NAT's echo socket), if any.

@@ -18,6 +18,8 @@ pub enum Token {
     Listener(u16),
     /// One of the NAT service's on-the-fly sockets.
     Entry(u64),
+    /// A NAT'd UDP flow's socket (the NAT service's token for it).
+    Udp(u64),
 }
 
 /// The top 4 bits say which kind of token, the other 60 carry its fields.
@@ -33,6 +35,7 @@ impl From<Token> for u64 {
             Token::Relay { pair, side } => (3, (pair << 1 | u64::from(side & 1)) & PAYLOAD),
             Token::Listener(n) => (4, u64::from(n)),
             Token::Entry(n) => (5, n & PAYLOAD),
+            Token::Udp(n) => (6, n & PAYLOAD),
         };
         kind << KIND_SHIFT | payload
     }
@@ -55,6 +58,7 @@ impl Token {
             },
             4 => Token::Listener(payload as u16),
             5 => Token::Entry(payload),
+            6 => Token::Udp(payload),
             _ => return None,
         })
     }
@@ -79,6 +83,7 @@ mod tests {
             },
             Token::Listener(15),
             Token::Entry(1 << 40),
+            Token::Udp(1 << 40),
         ] {
             assert_eq!(Token::decode(u64::from(token)), Some(token));
         }

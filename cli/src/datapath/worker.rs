@@ -87,9 +87,10 @@ impl WorkerCtx {
                             hook.readable(&self.fabric, buf, out);
                         }
                     }
-                    Some(token @ (Token::Entry(_) | Token::Listener(_))) => {
+                    Some(token @ (Token::Entry(_) | Token::Listener(_) | Token::Udp(_))) => {
                         if let Some(hook) = &self.hook {
-                            hook.event(self.index, token);
+                            let (buf, out) = (&mut scratch.echo_in, &mut scratch.echo_out);
+                            hook.event(self.index, token, buf, out);
                         }
                     }
                     // Wake: the loop checks `stop` and the pause.

@@ -9,6 +9,7 @@ use vswitch_switch::{Millis, PortId, VNET_HDR_LEN};
 
 use crate::datapath::{Fabric, Hook, Token, TAP_PORT};
 
+use super::udp::send_segments;
 use super::{NatJob, NatMailbox};
 
 /// What the workers need to hand NAT traffic over: the translation engine, the gateway's MAC
@@ -36,11 +37,12 @@ impl Hook for NatHook {
 
     /// Frames to the gateway's MAC (they may leave the subnet) and frames from the host.
     /// Outgoing TCP's sockets in the worker's epoll set: a connect decided, a connection at a
-    /// relay listener.
-    fn event(&self, worker: usize, token: Token) {
+    /// relay listener; a UDP flow's replies.
+    fn event(&self, worker: usize, token: Token, buf: &mut [u8], out: &mut [u8]) {
         match token {
             Token::Entry(t) => self.service.outbound.ready(worker, t),
             Token::Listener(i) => self.service.outbound.accept(worker, usize::from(i)),
+            Token::Udp(t) => (self.service.udp).ready(t, &self.nat, &self.fabric, buf, out),
             _ => {}
         }
     }
@@ -87,6 +89,12 @@ impl Hook for NatHook {
                 gso_size,
                 ..
             } => {
+                // The flow's socket is open: send on it from here. Its first datagram (or one
+                // that raced it) goes through the service, which opens the socket.
+                if let Some(sock) = self.service.udp.get(flow) {
+                    send_segments(|chunk| sock.send(chunk), &frame[payload], gso_size);
+                    return false;
+                }
                 *posted |= self.service.post(NatJob::UdpOut {
                     flow,
                     from,

@@ -13,6 +13,7 @@ use crate::datapath::{now_ms, Fabric};
 use crate::kernel::epoll::EventFd;
 
 use super::connect::Outbound;
+use super::udp::UdpFlows;
 use super::NatJob;
 
 /// Cloned into every worker and the manager.
@@ -24,6 +25,8 @@ pub struct NatMailbox {
     pub(super) icmp: Option<Arc<OwnedFd>>,
     /// Outgoing TCP connections, connected and accepted by the workers themselves.
     pub(super) outbound: Arc<Outbound>,
+    /// UDP flows' sockets, sent and read on by the workers.
+    pub(super) udp: Arc<UdpFlows>,
 }
 
 impl NatMailbox {

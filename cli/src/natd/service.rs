@@ -21,6 +21,7 @@ use crate::kernel::sys::cvt;
 
 use super::budget::{FdBudget, Lease};
 use super::connect::Outbound;
+use super::udp::UdpFlows;
 use super::{NatJob, NatMailbox};
 
 /// A loopback client of a published UDP port is forgotten after this long without traffic
@@ -40,7 +41,8 @@ pub(super) enum Entry {
     },
     Udp {
         flow: FlowId,
-        sock: UdpSocket,
+        /// Shared with the workers (`UdpFlows`), which send and read on it.
+        sock: Arc<UdpSocket>,
         _lease: Lease,
     },
     PubTcp {
@@ -70,9 +72,8 @@ impl Entry {
     pub(super) fn fd(&self) -> RawFd {
         match self {
             Entry::Connecting { stream, .. } => stream.as_raw_fd(),
-            Entry::Udp { sock, .. }
-            | Entry::PubUdp { sock, .. }
-            | Entry::PubUdpLocal { sock, .. } => sock.as_raw_fd(),
+            Entry::Udp { sock, .. } => sock.as_raw_fd(),
+            Entry::PubUdp { sock, .. } | Entry::PubUdpLocal { sock, .. } => sock.as_raw_fd(),
             Entry::PubTcp { listener, .. } => listener.as_raw_fd(),
         }
     }
@@ -88,6 +89,8 @@ pub struct NatService {
     wake: Arc<EventFd>,
     /// Outgoing TCP connections until they reach the relay (served by the workers).
     pub(super) outbound: Arc<Outbound>,
+    /// UDP flows' sockets, handed to the workers.
+    pub(super) udp: Arc<UdpFlows>,
     /// The workers that splice relayed connections.
     pub(super) pool: RelayPool,
     pub(super) entries: HashMap<u64, Entry>,
@@ -140,11 +143,13 @@ impl NatService {
             relays,
         )?);
         let (tx, rx) = crossbeam_channel::unbounded();
+        let udp = Arc::new(UdpFlows::default());
         let mailbox = NatMailbox {
             tx,
             wake: wake.clone(),
             icmp: icmp.map(Arc::new),
             outbound: outbound.clone(),
+            udp: udp.clone(),
         };
         let service = NatService {
             nat,
@@ -155,6 +160,7 @@ impl NatService {
             rx,
             wake,
             outbound,
+            udp,
             pool,
             entries: HashMap::new(),
             next_token: 0,
@@ -270,15 +276,25 @@ impl NatService {
     pub(super) fn add_entry(&mut self, events: u32, entry: Entry) -> Option<u64> {
         let token = self.next_token;
         self.next_token += 1;
-        (self.epoll)
-            .add(entry.fd(), events, Token::Entry(token).into())
-            .ok()?;
+        // A UDP flow's socket goes to the workers; the service reads it only without any.
+        let to_workers = match &entry {
+            Entry::Udp { flow, sock, .. } => self.udp.add(&self.pool, token, *flow, sock),
+            _ => false,
+        };
+        if !to_workers {
+            (self.epoll)
+                .add(entry.fd(), events, Token::Entry(token).into())
+                .ok()?;
+        }
         self.entries.insert(token, entry);
         Some(token)
     }
 
     pub(super) fn remove_entry(&mut self, token: u64) -> Option<Entry> {
         let entry = self.entries.remove(&token)?;
+        if let Entry::Udp { .. } = entry {
+            self.udp.remove(&self.pool, token);
+        }
         let _ = self.epoll.delete(entry.fd());
         Some(entry)
     }

@@ -278,7 +278,7 @@ fn restore_entry(
             IN,
             Entry::Udp {
                 flow: *flow,
-                sock: UdpSocket::from(fds.take(*fd)?),
+                sock: Arc::new(UdpSocket::from(fds.take(*fd)?)),
                 _lease: service.budget.lease_held(UDP_FLOW, owner(*flow)),
             },
         ),
