@@ -176,19 +176,6 @@ with urllib.request.urlopen(sys.argv[1], timeout=60) as r:
 print(n, h.hexdigest())
 "#;
 
-/// Writes argv[1] bytes of random data to argv[2] and prints its sha256.
-const MAKE_FILE: &str = r#"
-import hashlib, os, sys
-left, h = int(sys.argv[1]), hashlib.sha256()
-with open(sys.argv[2], "wb") as f:
-    while left:
-        b = os.urandom(min(left, 1 << 20))
-        f.write(b)
-        h.update(b)
-        left -= len(b)
-print(h.hexdigest())
-"#;
-
 /// Connects to argv[1]:argv[2] with a timeout of argv[3] seconds and prints one of
 /// `connected <ms>`, `refused <ms>`, `timeout <ms>`, `error <errno> <ms>`.
 const CONNECT_PROBE: &str = r#"
@@ -501,7 +488,12 @@ fn download_100_mb_over_http_through_the_nat_without_kernel_forwarding() {
     let sha = run_timeout(
         command(
             "python3",
-            &["-c", MAKE_FILE, &size.to_string(), file.to_str().unwrap()],
+            &[
+                "-c",
+                common::MAKE_FILE,
+                &size.to_string(),
+                file.to_str().unwrap(),
+            ],
         ),
         Duration::from_secs(60),
     )

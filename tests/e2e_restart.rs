@@ -242,19 +242,6 @@ fn umount(dir: &Path) {
 // Traffic that runs across a restart
 // ---------------------------------------------------------------------------------------------
 
-/// Writes argv[1] bytes of random data to argv[2] and prints its sha256.
-const MAKE_FILE: &str = r#"
-import hashlib, os, sys
-left, h = int(sys.argv[1]), hashlib.sha256()
-with open(sys.argv[2], "wb") as f:
-    while left:
-        b = os.urandom(min(left, 1 << 20))
-        f.write(b)
-        h.update(b)
-        left -= len(b)
-print(h.hexdigest())
-"#;
-
 /// GETs http://argv[1]:argv[2]argv[3] at no more than argv[4] bytes/s; prints `progress` once
 /// 8 MB came, then `<bytes> <sha256>` of the body (or `error ...`).
 const SLOW_GET: &str = r#"
@@ -374,7 +361,12 @@ fn an_upgrade_mid_download_loses_no_byte_no_connection_and_at_most_one_ping() {
     let size = 100 * MB;
     let make = command(
         "python3",
-        &["-c", MAKE_FILE, &size.to_string(), file.to_str().unwrap()],
+        &[
+            "-c",
+            common::MAKE_FILE,
+            &size.to_string(),
+            file.to_str().unwrap(),
+        ],
     );
     let sha = run_timeout(make, Duration::from_secs(120)).ok().stdout;
     let _http = w

@@ -8,6 +8,20 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A python3 script: writes argv[1] bytes of random data to file argv[2] and prints its
+/// sha256 (the file a transfer's receiver checks against).
+pub const MAKE_FILE: &str = r#"
+import hashlib, os, sys
+left, h = int(sys.argv[1]), hashlib.sha256()
+with open(sys.argv[2], "wb") as f:
+    while left:
+        b = os.urandom(min(left, 1 << 20))
+        f.write(b)
+        h.update(b)
+        left -= len(b)
+print(h.hexdigest())
+"#;
+
 /// Adds the ping arguments to a `ping` command: two probes, 2 s to answer. ping exits 0 if
 /// any reply came back.
 pub fn ping_cmd(mut cmd: Command, ip: &str) -> Command {
