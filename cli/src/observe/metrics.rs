@@ -576,6 +576,35 @@ mod tests {
     }
 
     #[test]
+    fn port_security_drops_are_reasons_of_their_own() {
+        let mut st = stats();
+        let p = &mut st.ports[1];
+        p.rx_invalid = 10; // every frame refused on the way in: 4 spoofed, 2 isolated, 4 malformed
+        p.spoofed.mac = 1;
+        p.spoofed.ip = 3;
+        p.isolation_drops = 2;
+        let name = p.host_ifname.clone();
+        let text = render(&st);
+        let s = samples(&text);
+        let value = |metric: &str, label: &str| {
+            (s.iter())
+                .find(|l| l.starts_with(metric) && l.contains(&name) && l.contains(label))
+                .unwrap_or_else(|| panic!("no {metric} {label} in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let drops = "vswitch_port_dropped_frames_total{";
+        assert_eq!(value(drops, r#"reason="invalid""#), "4");
+        assert_eq!(value(drops, r#"reason="spoofed""#), "4");
+        assert_eq!(value(drops, r#"reason="isolated""#), "2");
+        let spoofed = "vswitch_port_spoofed_frames_total{";
+        assert_eq!(value(spoofed, r#"field="ip""#), "3");
+        assert_eq!(value(spoofed, r#"field="arp""#), "0");
+    }
+
+    #[test]
     fn ports_are_labelled_by_name_and_container_and_split_by_path() {
         let text = render(&stats());
         let s = samples(&text);
