@@ -186,12 +186,13 @@ pub(super) fn nat_hook(
     nat_jobs: &NatMailbox,
     fabric: Fabric,
 ) -> Arc<NatHook> {
-    Arc::new(NatHook {
-        nat: nat.clone(),
-        gateway_mac: MacAddr::from_ipv4(cfg.gateway).0,
-        service: nat_jobs.clone(),
+    Arc::new(NatHook::new(
+        nat.clone(),
+        MacAddr::from_ipv4(cfg.gateway).0,
+        nat_jobs.clone(),
         fabric,
-    })
+        cfg.workers,
+    ))
 }
 
 /// The eBPF fan-out program, where it serves (several workers, `--spread auto`) and loads.

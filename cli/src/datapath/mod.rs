@@ -52,8 +52,9 @@ pub trait Hook: Send + Sync {
     /// (`Token::Entry`, `Token::Listener` or `Token::Udp`); `buf` and `out` are the worker's
     /// scratch, as for `readable`.
     fn event(&self, worker: usize, token: Token, buf: &mut [u8], out: &mut [u8]);
-    /// A batch is over and some frame of it `posted` work: wake whoever does it, once.
-    fn batch_done(&self);
+    /// Worker `worker`'s batch is over: send what the hook gathered over it, and if some frame
+    /// of it `posted` work, wake whoever does it, once.
+    fn batch_done(&self, worker: usize, posted: bool);
     /// A descriptor every worker polls for the hook (the NAT's echo socket), if any.
     fn fd(&self) -> Option<RawFd>;
     /// `fd` is readable; `buf` and `out` are the worker's scratch (64 KiB and a bit more).

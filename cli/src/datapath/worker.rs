@@ -138,11 +138,9 @@ impl WorkerCtx {
             port.mirror_received(&s.rx, got);
         }
         let posted = self.decide_batch(table, port, got, now, s);
-        // The NAT service's jobs of the whole batch, behind one wake-up.
-        if posted {
-            if let Some(hook) = &self.hook {
-                hook.batch_done();
-            }
+        // The NAT's datagrams of the whole batch, and the NAT service's jobs behind one wake-up.
+        if let Some(hook) = &self.hook {
+            hook.batch_done(self.index, posted);
         }
         self.send_batch(table, s);
     }

@@ -2,14 +2,14 @@
 //! becomes of each verdict.
 
 use std::os::fd::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vswitch_nat::{Nat, Verdict};
 use vswitch_switch::{Millis, PortId, VNET_HDR_LEN};
 
 use crate::datapath::{Fabric, Hook, Token, TAP_PORT};
 
-use super::udp::send_segments;
+use super::udp::UdpBatch;
 use super::{NatJob, NatMailbox};
 
 /// What the workers need to hand NAT traffic over: the translation engine, the gateway's MAC
@@ -20,6 +20,32 @@ pub struct NatHook {
     pub service: NatMailbox,
     /// Where the NAT's own answers (resets, ICMP errors) go.
     pub fabric: Fabric,
+    /// Each worker's datagrams to UDP flows' sockets, sent at the end of its batch.
+    pub udp_batches: Box<[Mutex<UdpBatch>]>,
+}
+
+impl NatHook {
+    pub fn new(
+        nat: Arc<Nat>,
+        gateway_mac: [u8; 6],
+        service: NatMailbox,
+        fabric: Fabric,
+        workers: usize,
+    ) -> NatHook {
+        NatHook {
+            nat,
+            gateway_mac,
+            service,
+            fabric,
+            udp_batches: (0..workers).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// Worker `worker`'s batch of datagrams (only that worker takes it: never contended).
+    fn udp_batch(&self, worker: usize) -> Option<std::sync::MutexGuard<'_, UdpBatch>> {
+        let m = self.udp_batches.get(worker)?;
+        Some(m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Hook for NatHook {
@@ -31,8 +57,13 @@ impl Hook for NatHook {
         self.service.echo_replies(&self.nat, fabric, buf, out);
     }
 
-    fn batch_done(&self) {
-        self.service.wake();
+    fn batch_done(&self, worker: usize, posted: bool) {
+        if let Some(mut batch) = self.udp_batch(worker) {
+            batch.flush();
+        }
+        if posted {
+            self.service.wake();
+        }
     }
 
     /// Frames to the gateway's MAC (they may leave the subnet) and frames from the host.
@@ -92,7 +123,10 @@ impl Hook for NatHook {
                 // The flow's socket is open: send on it from here. Its first datagram (or one
                 // that raced it) goes through the service, which opens the socket.
                 if let Some(sock) = self.service.udp.get(flow) {
-                    send_segments(|chunk| sock.send(chunk), &frame[payload], gso_size);
+                    match self.udp_batch(worker) {
+                        Some(mut batch) => batch.push(&sock, &frame[payload], gso_size),
+                        None => UdpBatch::default().push_now(&sock, &frame[payload], gso_size),
+                    }
                     return false;
                 }
                 *posted |= self.service.post(NatJob::UdpOut {

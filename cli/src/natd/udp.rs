@@ -199,6 +199,95 @@ impl NatService {
     }
 }
 
+/// Most datagrams in one UDP GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 before 5.x).
+const MAX_SEGMENTS: usize = 64;
+/// Most bytes of datagrams in one UDP GSO send (one IPv4 packet's worth).
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// A worker's datagrams to one flow's socket, gathered over a batch of frames and sent with one
+/// system call: a run of datagrams of the same size (the last may be shorter) goes as one UDP
+/// GSO send (`UDP_SEGMENT`), which the kernel cuts back into the same datagrams. A container
+/// that sends small datagrams fast then costs the worker one `sendmsg` and one pass through the
+/// host's UDP and IP output per batch instead of per datagram. A datagram for another socket,
+/// or one that does not fit the run, sends the run first: each flow's order is kept.
+#[derive(Default)]
+pub struct UdpBatch {
+    sock: Option<Arc<UdpSocket>>,
+    /// The size of each datagram in the run (the first's).
+    seg: usize,
+    count: usize,
+    /// A shorter datagram ended the run.
+    closed: bool,
+    buf: Vec<u8>,
+}
+
+impl UdpBatch {
+    /// Adds `payload`, a datagram for `sock`; cut into `gso_size` pieces when it is a UDP GSO
+    /// super-datagram.
+    pub fn push(&mut self, sock: &Arc<UdpSocket>, payload: &[u8], gso_size: u16) {
+        if gso_size == 0 || payload.len() <= usize::from(gso_size) {
+            return self.push_one(sock, payload);
+        }
+        for chunk in payload.chunks(usize::from(gso_size)) {
+            self.push_one(sock, chunk);
+        }
+    }
+
+    fn push_one(&mut self, sock: &Arc<UdpSocket>, payload: &[u8]) {
+        let joins = self.sock.as_ref().is_some_and(|s| Arc::ptr_eq(s, sock))
+            && !self.closed
+            && !payload.is_empty()
+            && payload.len() <= self.seg
+            && self.count < MAX_SEGMENTS
+            && self.buf.len() + payload.len() <= MAX_GSO_BYTES;
+        if !joins {
+            self.flush();
+            if payload.is_empty() {
+                // No run of empty datagrams: a segment size of 0 means none.
+                let _ = sock.send(payload);
+                return;
+            }
+            self.sock = Some(sock.clone());
+            self.seg = payload.len();
+        }
+        self.closed = payload.len() < self.seg;
+        self.buf.extend_from_slice(payload);
+        self.count += 1;
+    }
+
+    /// Sends `payload` at once (see [`UdpBatch::push`]).
+    pub fn push_now(mut self, sock: &Arc<UdpSocket>, payload: &[u8], gso_size: u16) {
+        self.push(sock, payload, gso_size);
+        self.flush();
+    }
+
+    /// Sends what was gathered.
+    pub fn flush(&mut self) {
+        let Some(sock) = self.sock.take() else {
+            return;
+        };
+        if self.count > 1 && send_gso(&sock, &self.buf, self.seg as u16).is_ok() {
+            // Sent whole.
+        } else {
+            // One datagram, or a path the kernel cannot segment for (e.g. datagrams it must
+            // fragment): one by one, as the container sent them.
+            for d in self.buf.chunks(self.seg) {
+                let _ = sock.send(d);
+            }
+        }
+        self.buf.clear();
+        (self.count, self.closed) = (0, false);
+    }
+}
+
+/// Sends `buf` as datagrams of `seg` bytes (the last may be shorter) in one system call.
+fn send_gso(sock: &UdpSocket, buf: &[u8], seg: u16) -> nix::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [std::io::IoSlice::new(buf)];
+    let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+}
+
 /// Sends `payload`, cut into `gso_size` pieces when it is a UDP GSO super-datagram.
 pub(super) fn send_segments(
     mut send: impl FnMut(&[u8]) -> io::Result<usize>,
@@ -217,6 +306,66 @@ pub(super) fn send_segments(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket connected to a receiver on loopback, and the receiver.
+    fn pair() -> (Arc<UdpSocket>, UdpSocket) {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        (Arc::new(tx), rx)
+    }
+
+    fn received(rx: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+        let mut buf = [0u8; 70_000];
+        (0..n)
+            .map(|_| {
+                let len = rx.recv(&mut buf).unwrap();
+                buf[..len].to_vec()
+            })
+            .collect()
+    }
+
+    fn datagram(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| (i * 31 + j) as u8).collect()
+    }
+
+    #[test]
+    fn a_batch_delivers_each_datagram_whole_and_in_order() {
+        let (a, rx_a) = pair();
+        let (b, rx_b) = pair();
+        let mut batch = UdpBatch::default();
+        // A run of 100 same-size datagrams (two GSO sends: 64 at most in one), a shorter one
+        // that ends the run, a longer one, an empty one; another flow's in between.
+        let mut want_a: Vec<Vec<u8>> = (0..100).map(|i| datagram(i, 64)).collect();
+        want_a.extend([datagram(100, 10), datagram(101, 1400), vec![]]);
+        let want_b = vec![datagram(7, 64), datagram(8, 64)];
+        for (i, d) in want_a.iter().enumerate() {
+            batch.push(&a, d, 0);
+            if i == 50 {
+                for d in &want_b {
+                    batch.push(&b, d, 0);
+                }
+            }
+        }
+        // A container's own GSO super-datagram, cut as it says.
+        let sup: Vec<u8> = (0..2500).map(|j| j as u8).collect();
+        batch.push(&a, &sup, 1000);
+        batch.flush();
+        want_a.extend(sup.chunks(1000).map(<[u8]>::to_vec));
+        assert_eq!(received(&rx_a, want_a.len()), want_a);
+        assert_eq!(received(&rx_b, want_b.len()), want_b);
+        // The kernel takes the GSO send here (else the batch fell back to one by one).
+        assert_eq!(send_gso(&a, &[5u8; 150], 64), Ok(150));
+        assert_eq!(
+            received(&rx_a, 3),
+            vec![vec![5; 64], vec![5; 64], vec![5; 22]]
+        );
+        // Nothing left over, nothing sent twice.
+        rx_a.set_nonblocking(true).unwrap();
+        assert!(rx_a.recv(&mut [0u8; 100]).is_err());
+    }
 
     #[test]
     fn splits_gso_datagrams() {
