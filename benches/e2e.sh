@@ -84,7 +84,8 @@
 #                kbridge-nat: 64 more veths in br0) and, in WAN mode, 10,000 idle UDP flows from five of those
 #                (2,000 each; from c1 for slirp and pasta, which have no other container)
 #                to a UDP echo server in wan, each refreshed every 50 s (every WAN scenario); vswitch
-#                then runs with --max-flows 20000 (the default follows the descriptor limit)
+#                then runs with --max-flows 20000 (the default follows the descriptor limit);
+#                env BUSY_PORTS (64) and BUSY_FLOWS (10000) change the counts
 #   env: E2E_SOCKPERF_SEC (5), E2E_PING_COUNT (200), E2E_PING_INTERVAL (0.005)
 #
 # OUTPUT  stdout: a markdown table, median over the runs of each metric for each scenario, and the
@@ -115,7 +116,7 @@ SUBNET=10.1.1.0/24 GW=10.1.1.1 C1_IP=10.1.1.11 C2_IP=10.1.1.12
 HOST_WAN_CIDR=198.51.100.1/24 WAN_SRV_IP=198.51.100.2 WAN_GW_IP=198.51.100.254
 P_IPERF=5201 P_CONN=5301 P_CRR=5302 P_SOCKPERF=11111
 P_SF_A=5311 P_SF_B=5312 P_CF_A=5321 P_CF_B=5322 CHURN_SEC=30 CONNBIN= BASELINE=
-BUSY=0 BUSY_PORTS=64 BUSY_FLOWS=10000 P_IDLE=5401
+BUSY=0 BUSY_PORTS=${BUSY_PORTS:-64} BUSY_FLOWS=${BUSY_FLOWS:-10000} P_IDLE=5401
 PY=/usr/bin/python3; [[ -x $PY ]] || PY=$(command -v python3 || true)
 CLK_TCK=$(getconf CLK_TCK)
 
