@@ -233,7 +233,7 @@ fn nat_stats(n: &NatCounters) {
     println!(
         "nat drops       malformed {}, bad checksum {}, bad length {}, ttl exceeded {}, \
          tagged {}, fragments {}, no flow {}, no relay port {}, no echo id {}, unsupported {}, \
-         bad address {}",
+         bad address {}, send failed {}",
         n.malformed,
         n.bad_checksum,
         n.bad_length,
@@ -244,7 +244,8 @@ fn nat_stats(n: &NatCounters) {
         n.no_relay_port,
         n.no_echo_ident,
         n.unsupported,
-        n.bad_address
+        n.bad_address,
+        n.send_failed
     );
     println!(
         "nat traffic     out {} packets {} bytes, in {} packets {} bytes; relayed TCP {} now, \

@@ -1213,6 +1213,9 @@ pub struct NatCounters {
     pub no_echo_ident: u64,
     #[serde(default)]
     pub unsupported: u64,
+    /// Datagrams to the outside a host socket refused to send (its buffer full, a route gone).
+    #[serde(default)]
+    pub send_failed: u64,
     #[serde(default)]
     pub bad_address: u64,
     /// IPv4 packets and bytes through the NAT, from the containers (out) and to them (in).

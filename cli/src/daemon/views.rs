@@ -242,6 +242,7 @@ impl Manager {
             no_relay_port: nat.no_relay_port,
             no_echo_ident: nat.no_echo_ident,
             unsupported: nat.unsupported,
+            send_failed: self.nat_jobs.udp_send_failed(),
             bad_address: nat.bad_address,
             packets_out: nat.packets_out,
             packets_in: nat.packets_in,

@@ -2,6 +2,7 @@
 //! becomes of each verdict.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use vswitch_nat::{Nat, Verdict};
@@ -60,6 +61,10 @@ impl Hook for NatHook {
     fn batch_done(&self, worker: usize, posted: bool) {
         if let Some(mut batch) = self.udp_batch(worker) {
             batch.flush();
+            let failed = batch.take_failed();
+            if failed > 0 {
+                (self.service.udp.send_failed).fetch_add(failed, Relaxed);
+            }
         }
         if posted {
             self.service.wake();
@@ -125,7 +130,11 @@ impl Hook for NatHook {
                 if let Some(sock) = self.service.udp.get(flow) {
                     match self.udp_batch(worker) {
                         Some(mut batch) => batch.push(&sock, &frame[payload], gso_size),
-                        None => UdpBatch::default().push_now(&sock, &frame[payload], gso_size),
+                        None => {
+                            let failed =
+                                UdpBatch::default().push_now(&sock, &frame[payload], gso_size);
+                            (self.service.udp.send_failed).fetch_add(failed, Relaxed);
+                        }
                     }
                     return false;
                 }

@@ -30,6 +30,11 @@ pub struct NatMailbox {
 }
 
 impl NatMailbox {
+    /// Datagrams to the outside that a host socket refused to send.
+    pub fn udp_send_failed(&self) -> u64 {
+        (self.udp.send_failed).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Sends a container's echo request out, translated, straight from the worker: one thread
     /// hop less on a ping's way.
     pub fn send_echo(&self, dst: Ipv4Addr, ident: u16, seq: u16, payload: &[u8]) {

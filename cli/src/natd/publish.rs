@@ -136,7 +136,8 @@ impl NatService {
             .get(&id)
             .and_then(|t| self.entries.get(t));
         if let Some(Entry::PubUdp { sock, .. }) = published {
-            send_segments(|chunk| sock.send_to(chunk, client), payload, gso_size);
+            let failed = send_segments(|chunk| sock.send_to(chunk, client), payload, gso_size);
+            (self.udp.send_failed).fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

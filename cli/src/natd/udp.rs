@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use vswitch_nat::{FlowId, Nat, ICMP_DEST_UNREACH};
@@ -26,6 +27,8 @@ use super::service::{Entry, NatService};
 #[derive(Default)]
 pub struct UdpFlows {
     maps: RwLock<FlowMaps>,
+    /// Datagrams a host socket refused to send (its buffer full, a route gone, too large).
+    pub send_failed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -169,7 +172,8 @@ impl NatService {
             }
         };
         if let Some(Entry::Udp { sock, .. }) = self.entries.get(&token) {
-            send_segments(|chunk| sock.send(chunk), payload, gso_size);
+            let failed = send_segments(|chunk| sock.send(chunk), payload, gso_size);
+            self.udp.send_failed.fetch_add(failed, Ordering::Relaxed);
         }
     }
 
@@ -219,6 +223,8 @@ pub struct UdpBatch {
     /// A shorter datagram ended the run.
     closed: bool,
     buf: Vec<u8>,
+    /// Datagrams the socket refused since [`UdpBatch::take_failed`].
+    failed: u64,
 }
 
 impl UdpBatch {
@@ -244,7 +250,7 @@ impl UdpBatch {
             self.flush();
             if payload.is_empty() {
                 // No run of empty datagrams: a segment size of 0 means none.
-                let _ = sock.send(payload);
+                self.failed += u64::from(sock.send(payload).is_err());
                 return;
             }
             self.sock = Some(sock.clone());
@@ -255,10 +261,17 @@ impl UdpBatch {
         self.count += 1;
     }
 
-    /// Sends `payload` at once (see [`UdpBatch::push`]).
-    pub fn push_now(mut self, sock: &Arc<UdpSocket>, payload: &[u8], gso_size: u16) {
+    /// Sends `payload` at once (see [`UdpBatch::push`]); returns how many datagrams the
+    /// socket refused.
+    pub fn push_now(mut self, sock: &Arc<UdpSocket>, payload: &[u8], gso_size: u16) -> u64 {
         self.push(sock, payload, gso_size);
         self.flush();
+        self.failed
+    }
+
+    /// How many datagrams the sockets refused since the last call.
+    pub fn take_failed(&mut self) -> u64 {
+        std::mem::take(&mut self.failed)
     }
 
     /// Sends what was gathered.
@@ -272,7 +285,7 @@ impl UdpBatch {
             // One datagram, or a path the kernel cannot segment for (e.g. datagrams it must
             // fragment): one by one, as the container sent them.
             for d in self.buf.chunks(self.seg) {
-                let _ = sock.send(d);
+                self.failed += u64::from(sock.send(d).is_err());
             }
         }
         self.buf.clear();
@@ -288,19 +301,19 @@ fn send_gso(sock: &UdpSocket, buf: &[u8], seg: u16) -> nix::Result<usize> {
     sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
 }
 
-/// Sends `payload`, cut into `gso_size` pieces when it is a UDP GSO super-datagram.
+/// Sends `payload`, cut into `gso_size` pieces when it is a UDP GSO super-datagram; returns how
+/// many datagrams `send` refused.
 pub(super) fn send_segments(
     mut send: impl FnMut(&[u8]) -> io::Result<usize>,
     payload: &[u8],
     gso_size: u16,
-) {
+) -> u64 {
     if gso_size == 0 || payload.len() <= usize::from(gso_size) {
-        let _ = send(payload);
-        return;
+        return u64::from(send(payload).is_err());
     }
-    for chunk in payload.chunks(usize::from(gso_size)) {
-        let _ = send(chunk);
-    }
+    (payload.chunks(usize::from(gso_size)))
+        .map(|chunk| u64::from(send(chunk).is_err()))
+        .sum()
 }
 
 #[cfg(test)]
@@ -368,14 +381,31 @@ mod tests {
     }
 
     #[test]
+    fn datagrams_a_socket_refuses_are_counted() {
+        let (a, rx) = pair();
+        // Past the largest UDP datagram: refused (EMSGSIZE), in a batch or alone.
+        let mut batch = UdpBatch::default();
+        batch.push(&a, &[1; 100], 0);
+        batch.push(&a, &vec![0; 70_000], 0);
+        batch.push(&a, &[2; 100], 0);
+        batch.flush();
+        assert_eq!(batch.take_failed(), 1);
+        assert_eq!(batch.take_failed(), 0);
+        assert_eq!(received(&rx, 2), vec![vec![1; 100], vec![2; 100]]);
+        assert_eq!(UdpBatch::default().push_now(&a, &vec![0; 70_000], 0), 1);
+        let too_big = |_: &[u8]| Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        assert_eq!(send_segments(too_big, &[0; 2500], 1000), 3);
+    }
+
+    #[test]
     fn splits_gso_datagrams() {
         let mut sent = Vec::new();
         let mut record = |c: &[u8]| {
             sent.push(c.len());
             Ok(c.len())
         };
-        send_segments(&mut record, &[0u8; 2500], 1000);
-        send_segments(&mut record, &[0u8; 500], 0);
+        assert_eq!(send_segments(&mut record, &[0u8; 2500], 1000), 0);
+        assert_eq!(send_segments(&mut record, &[0u8; 500], 0), 0);
         assert_eq!(sent, vec![1000, 1000, 500, 500]);
     }
 }

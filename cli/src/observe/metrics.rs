@@ -343,6 +343,7 @@ fn nat_traffic(page: &mut Exposition, s: &Stats) {
         ("no_echo_ident", n.no_echo_ident),
         ("unsupported", n.unsupported),
         ("bad_address", n.bad_address),
+        ("send_failed", n.send_failed),
     ] {
         f.int(&[("reason", reason)], v);
     }
