@@ -203,7 +203,8 @@ impl NatService {
     }
 }
 
-/// Most datagrams in one UDP GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 before 5.x).
+/// Most datagrams in one UDP GSO send: what every kernel with UDP GSO (4.18+) takes
+/// (`UDP_MAX_SEGMENTS`, raised on later kernels).
 const MAX_SEGMENTS: usize = 64;
 /// Most bytes of datagrams in one UDP GSO send (one IPv4 packet's worth).
 const MAX_GSO_BYTES: usize = 65_000;
