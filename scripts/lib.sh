@@ -14,8 +14,9 @@ export DEBIAN_FRONTEND=noninteractive
 #   reference plugins that benches/cni.sh compares with), tcpdump + tshark (the capture test
 #   reads `vswitch capture`'s files with both; tshark's question about capturing as a normal
 #   user is answered "no" by the non-interactive install), prometheus (its `promtool check
-#   metrics` checks the daemon's /metrics page in tests/e2e_observe.rs; curl scrapes it).
-VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates podman runc busybox-static tcpdump tshark prometheus)
+#   metrics` checks the daemon's /metrics page in tests/e2e_observe.rs; curl scrapes it), iperf3
+#   (tests/e2e_nat.rs measures UDP through the NAT with it, as users do).
+VSWITCH_APT_PACKAGES=(iproute2 iputils-ping python3 util-linux procps ethtool nftables iptables build-essential pkg-config curl ca-certificates podman runc busybox-static tcpdump tshark prometheus iperf3)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
