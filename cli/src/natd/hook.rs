@@ -22,8 +22,14 @@ pub struct NatHook {
     /// Where the NAT's own answers (resets, ICMP errors) go.
     pub fabric: Fabric,
     /// Each worker's datagrams to UDP flows' sockets, sent at the end of its batch.
-    pub udp_batches: Box<[Mutex<UdpBatch>]>,
+    pub udp_batches: Box<[WorkerSlot]>,
 }
+
+/// A worker's batch of datagrams, on cache lines of its own: the workers write theirs for
+/// every datagram, and must not share a line.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct WorkerSlot(Mutex<UdpBatch>);
 
 impl NatHook {
     pub fn new(
@@ -38,14 +44,14 @@ impl NatHook {
             gateway_mac,
             service,
             fabric,
-            udp_batches: (0..workers).map(|_| Mutex::default()).collect(),
+            udp_batches: (0..workers.max(1)).map(|_| WorkerSlot::default()).collect(),
         }
     }
 
-    /// Worker `worker`'s batch of datagrams (only that worker takes it: never contended).
-    fn udp_batch(&self, worker: usize) -> Option<std::sync::MutexGuard<'_, UdpBatch>> {
-        let m = self.udp_batches.get(worker)?;
-        Some(m.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Worker `worker`'s batch of datagrams (one per worker, so never contended).
+    fn udp_batch(&self, worker: usize) -> std::sync::MutexGuard<'_, UdpBatch> {
+        let WorkerSlot(m) = &self.udp_batches[worker % self.udp_batches.len()];
+        m.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -59,12 +65,11 @@ impl Hook for NatHook {
     }
 
     fn batch_done(&self, worker: usize, posted: bool) {
-        if let Some(mut batch) = self.udp_batch(worker) {
-            batch.flush();
-            let failed = batch.take_failed();
-            if failed > 0 {
-                (self.service.udp.send_failed).fetch_add(failed, Relaxed);
-            }
+        let mut batch = self.udp_batch(worker);
+        batch.flush();
+        let failed = batch.take_failed();
+        if failed > 0 {
+            (self.service.udp.send_failed).fetch_add(failed, Relaxed);
         }
         if posted {
             self.service.wake();
@@ -128,14 +133,8 @@ impl Hook for NatHook {
                 // The flow's socket is open: send on it from here. Its first datagram (or one
                 // that raced it) goes through the service, which opens the socket.
                 if let Some(sock) = self.service.udp.get(flow) {
-                    match self.udp_batch(worker) {
-                        Some(mut batch) => batch.push(&sock, &frame[payload], gso_size),
-                        None => {
-                            let failed =
-                                UdpBatch::default().push_now(&sock, &frame[payload], gso_size);
-                            (self.service.udp.send_failed).fetch_add(failed, Relaxed);
-                        }
-                    }
+                    self.udp_batch(worker)
+                        .push(&sock, &frame[payload], gso_size);
                     return false;
                 }
                 *posted |= self.service.post(NatJob::UdpOut {

@@ -262,14 +262,6 @@ impl UdpBatch {
         self.count += 1;
     }
 
-    /// Sends `payload` at once (see [`UdpBatch::push`]); returns how many datagrams the
-    /// socket refused.
-    pub fn push_now(mut self, sock: &Arc<UdpSocket>, payload: &[u8], gso_size: u16) -> u64 {
-        self.push(sock, payload, gso_size);
-        self.flush();
-        self.failed
-    }
-
     /// How many datagrams the sockets refused since the last call.
     pub fn take_failed(&mut self) -> u64 {
         std::mem::take(&mut self.failed)
@@ -393,7 +385,9 @@ mod tests {
         assert_eq!(batch.take_failed(), 1);
         assert_eq!(batch.take_failed(), 0);
         assert_eq!(received(&rx, 2), vec![vec![1; 100], vec![2; 100]]);
-        assert_eq!(UdpBatch::default().push_now(&a, &vec![0; 70_000], 0), 1);
+        batch.push(&a, &vec![0; 70_000], 0);
+        batch.flush();
+        assert_eq!(batch.take_failed(), 1);
         let too_big = |_: &[u8]| Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
         assert_eq!(send_segments(too_big, &[0; 2500], 1000), 3);
     }
