@@ -537,6 +537,49 @@ fn the_taps_capture_sees_natd_traffic() {
     assert!(fields.iter().all(|f| f[0] == "vsw0"), "{fields:?}");
 }
 
+/// Established relayed TCP connections that carried more than a short exchange go through the
+/// kernel (the fast path's programs on the container's veth and the TAP), not the daemon
+/// (issue 16). While the TAP is captured the kernel steps aside: the capture sees every byte of a
+/// long connection; once the capture ends, the kernel takes the next one.
+#[test]
+fn a_captured_tap_sees_every_byte_of_a_long_relayed_connection() {
+    let (sb, wan) = nat_sandbox(&[], &[]);
+    let a = sb.plug_plain();
+    let in_kernel = || {
+        let out = sb.vswitch(&["stats", "--json"]).ok().stdout;
+        let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+        stats["nat"]["in_kernel_total"].as_u64().unwrap()
+    };
+    let tap_file = file(&sb, "tap.pcapng");
+    let tap = start_capture(
+        &sb,
+        &["vsw0", "--proto", "tcp", "-w", tap_file.to_str().unwrap()],
+    );
+    let bytes: u64 = 4 << 20;
+    tcp_transfer(&a, &wan, WAN_IP, bytes);
+    stop_capture(tap);
+    let to_relay: u64 = (tshark(&tap_file, &["ip.dst", "tcp.len"]).iter())
+        .filter(|f| f[0] == GATEWAY)
+        .map(|f| f[1].parse::<u64>().unwrap_or(0))
+        .sum();
+    assert!(
+        to_relay >= bytes,
+        "the TAP's capture has {to_relay} bytes of the {bytes} sent"
+    );
+    assert_eq!(
+        in_kernel(),
+        0,
+        "handed to the kernel while the TAP was captured"
+    );
+    // The capture is over: within a tick, the kernel takes long connections again.
+    std::thread::sleep(Duration::from_millis(600));
+    tcp_transfer(&a, &wan, WAN_IP, bytes);
+    assert!(
+        in_kernel() >= 1,
+        "not handed to the kernel after the capture"
+    );
+}
+
 /// A reader that stops reading loses frames (counted, reported at the end) but never slows the
 /// switch: a transfer through the captured port completes meanwhile. A client that dies
 /// (SIGKILL, no goodbye) ends its capture: the fast path carries the port's frames again.

@@ -538,6 +538,23 @@ fn download_100_mb_over_http_through_the_nat_without_kernel_forwarding() {
         "{p}"
     );
     assert!(p.num("nat_bytes_out") > 0, "{p}");
+    // Once established (and past its first segments), the connection went through the kernel
+    // (the fast path's programs on the container's veth and the TAP), not the daemon's
+    // workers: nearly all the download's bytes count on the container's port as the fast
+    // path's, and the NAT says so.
+    assert!(
+        p.num("fast_tx_bytes") >= size * 9 / 10,
+        "carried by the kernel: {p}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.vswitch(&["stats", "--json"]).ok().stdout).unwrap();
+    let nat = &stats["nat"];
+    assert!(nat["in_kernel_total"].as_u64() >= Some(1), "{nat}");
+    assert_eq!(
+        nat["in_kernel"].as_u64(),
+        Some(0),
+        "the connection closed: {nat}"
+    );
     p.num("nat_flows");
 
     assert_no_kernel_nat(&sb);

@@ -27,7 +27,9 @@ pub use conntrack::{
 };
 pub use craft::{ECHO_FRAME_OVERHEAD, ICMP_ERROR_FRAME_MAX, TCP_RST_FRAME_LEN, UDP_FRAME_OVERHEAD};
 pub use error::{NatDrop, NatError};
-pub use nat::{Nat, NatConfig, RelayFlow, ReplyFrame, Verdict, ICMP_DEST_UNREACH};
+pub use nat::{
+    Nat, NatConfig, Offload, RelayFlow, ReplyFrame, Verdict, ICMP_DEST_UNREACH, OFFLOAD_AFTER,
+};
 pub use snapshot::{NatSnapshot, RestoreError};
 pub use tcp_state::TcpState;
 pub use wire::{WireError, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};

@@ -48,6 +48,14 @@ pub enum Helper {
     MapLookupElem = 1,
     /// `u32 bpf_get_smp_processor_id(void)`.
     GetSmpProcessorId = 8,
+    /// `long bpf_skb_store_bytes(skb, offset, from, len, flags)`.
+    SkbStoreBytes = 9,
+    /// `long bpf_l3_csum_replace(skb, offset, from, to, size)`.
+    L3CsumReplace = 10,
+    /// `long bpf_l4_csum_replace(skb, offset, from, to, flags)`.
+    L4CsumReplace = 11,
+    /// `long bpf_redirect(ifindex, flags)`.
+    Redirect = 23,
     /// `long bpf_skb_load_bytes(skb, offset, to, len)`.
     SkbLoadBytes = 26,
     /// `long bpf_redirect_peer(ifindex, flags)`, Linux 5.10.
@@ -85,6 +93,7 @@ const DW: u8 = 0x18;
 const IMM: u8 = 0x00;
 const ABS: u8 = 0x20;
 const MEM: u8 = 0x60;
+const ATOMIC: u8 = 0xc0;
 const K: u8 = 0x00;
 const X: u8 = 0x08;
 const ADD: u8 = 0x00;
@@ -301,6 +310,11 @@ impl Asm {
     /// `*(u64 *)(dst + off) = src`.
     pub fn stx_dw(&mut self, dst: Reg, src: Reg, off: i16) -> &mut Asm {
         self.emit(STX | MEM | DW, dst, src, off, 0)
+    }
+    /// `*(u64 *)(dst + off) += src`, atomically (`BPF_ATOMIC` with `BPF_ADD`, once `BPF_XADD`):
+    /// counters that several CPUs may bump at once.
+    pub fn atomic_add_dw(&mut self, dst: Reg, src: Reg, off: i16) -> &mut Asm {
+        self.emit(STX | ATOMIC | DW, dst, src, off, i32::from(ADD))
     }
     /// `*(u32 *)(dst + off) = imm`.
     pub fn st_w(&mut self, dst: Reg, off: i16, imm: i32) -> &mut Asm {

@@ -39,10 +39,11 @@ use vswitch_switch::{Ipv4Prefix, MacAddr, PortId};
 use super::asm::{skb, Asm, AsmError, Helper, Insn, R0, R1, R10, R2, R3, R4, R6, R7, R8};
 use super::map::{Map, PerCpuMap, Pod};
 use super::pins::Pins;
+use super::relay::{self, RelayMaps};
 use super::sys::{
     link_update, load_program, obj_get, obj_pin, tcx_attach, tcx_supported, ProgType,
 };
-use crate::kernel::netlink::{Netlink, NetlinkError};
+use crate::kernel::netlink::{Netlink, NetlinkError, TcHook};
 
 /// Ports with an id below this can use the fast path (the counter array is this long).
 pub const MAX_PORTS: u16 = 1024;
@@ -167,7 +168,7 @@ const _: () = assert!(size_of::<PortCounts>() == 4 * 8, "no padding");
 unsafe impl Pod for PortCounts {}
 
 /// A field's offset in one of our map values, as a load's or store's offset.
-const fn field(offset: usize) -> i16 {
+pub(super) const fn field(offset: usize) -> i16 {
     assert!(offset <= i16::MAX as usize);
     offset as i16
 }
@@ -188,40 +189,76 @@ const _: () = assert!(
     HDR.rem_euclid(4) == 2 && IPV4_SRC.rem_euclid(4) == 0 && HDR + HDR_LEN as i16 <= PORT_KEY
 );
 /// The IPv4 EtherType as a little-endian load of its two bytes reads it.
-const ETHERTYPE_IPV4: i32 = u16::from_ne_bytes(0x0800u16.to_be_bytes()) as i32;
+pub(super) const ETHERTYPE_IPV4: i32 = u16::from_ne_bytes(0x0800u16.to_be_bytes()) as i32;
 
 /// The tc program's verdict for a frame it leaves alone: `TCX_NEXT` on a tcx link and
 /// `TC_ACT_UNSPEC` in a direct-action cls_bpf filter, both -1 and both "go on" (to the next
 /// program or filter, then the stack, where the packet sockets already have the frame).
-const TC_NEXT: i32 = -1;
+pub(super) const TC_NEXT: i32 = -1;
 /// What `bpf_redirect_peer` returns on success and the program returns in turn:
 /// `TC_ACT_REDIRECT`, which both hooks carry out (`TCX_REDIRECT` is the same 7).
 #[cfg(test)]
 const TC_ACT_REDIRECT: u32 = 7;
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     /// The tc program: forwards what it can, passes the rest on.
     Redirect,
     /// The packet sockets' filter: drops what the tc program will forward.
     Filter,
 }
 
+/// A port's counters in the counters map: (frames, bytes) received and sent.
+pub(super) const RX: (i16, i16) = (
+    field(offset_of!(PortCounts, rx_frames)),
+    field(offset_of!(PortCounts, rx_bytes)),
+);
+pub(super) const TX: (i16, i16) = (
+    field(offset_of!(PortCounts, tx_frames)),
+    field(offset_of!(PortCounts, tx_bytes)),
+);
+/// A station's `used` mark, for the relayed segments' part of the program (`relay`).
+pub(super) const STATION_USED: i16 = field(offset_of!(Value, used));
+
+/// Adds the frame (context in R6) to this CPU's `(frames, bytes)` counters of the port whose id
+/// is in R1.
+pub(super) fn emit_count(a: &mut Asm, counters: RawFd, (frames, bytes): (i16, i16)) {
+    let counted = a.label();
+    a.stx_w(R10, R1, PORT_KEY);
+    a.ld_map_fd(R1, counters);
+    a.mov64_reg(R2, R10).add64_imm(R2, PORT_KEY.into());
+    a.call(Helper::MapLookupElem);
+    a.jeq_imm(R0, 0, counted);
+    a.ldx_dw(R1, R0, frames)
+        .add64_imm(R1, 1)
+        .stx_dw(R0, R1, frames);
+    a.ldx_dw(R1, R0, bytes).ldx_w(R2, R6, skb::LEN);
+    a.add64_reg(R1, R2).stx_dw(R0, R1, bytes);
+    a.bind(counted);
+}
+
 /// The program of either kind: the same decision, then forward (or drop, for the filter).
+/// A frame to a MAC that is no station may be a relayed TCP segment (`relay`, map `relay_out`).
 //
 // One listing of ~100 lines on purpose: it is one eBPF program, read top to bottom as the
 // verifier reads it, its jumps to labels within it; cut into functions it would only hide
 // where each label is.
-fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Result<Vec<Insn>, AsmError> {
+fn program(
+    kind: Kind,
+    stations: RawFd,
+    counters: RawFd,
+    relay_out: RawFd,
+) -> Result<Vec<Insn>, AsmError> {
     const IFINDEX: i16 = field(offset_of!(Value, ifindex));
     const PORT: i16 = field(offset_of!(Value, port));
-    const USED: i16 = field(offset_of!(Value, used));
     const FLAGS: i16 = field(offset_of!(Value, flags));
     const IP: i16 = field(offset_of!(Value, ip));
     const MASK: i16 = field(offset_of!(Value, mask));
     let mut a = Asm::new();
     // The frame is the daemon's.
     let pass = a.label();
+    // The destination is no station: perhaps a relayed connection's segment to the gateway.
+    let relayed = a.label();
 
     // r6 = skb, kept across calls; the frame's header onto the stack.
     a.mov64_reg(R6, R1);
@@ -241,20 +278,15 @@ fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Result<Vec<Insn>, As
     a.ldx_w(R1, R10, HDR + 6).ldx_h(R2, R10, HDR + 10);
     a.lsh64_imm(R2, 32).or64_reg(R1, R2);
     a.stx_dw(R10, R1, SRC_KEY);
-    // r7 = the destination's station, r8 = the source's; both must be known.
-    for (key, station) in [(DST_KEY, R7), (SRC_KEY, R8)] {
-        a.ld_map_fd(R1, stations);
-        a.mov64_reg(R2, R10).add64_imm(R2, key.into());
-        a.call(Helper::MapLookupElem);
-        a.jeq_imm(R0, 0, pass);
-        a.mov64_reg(station, R0);
-    }
-    // The source lives on the port the frame came in by (else it moved: the daemon learns it),
-    // the destination on another one (else a hairpin: the daemon drops and counts it).
+    // r8 = the source's station, which must be known and live on the port the frame came in
+    // by (else it moved: the daemon learns it).
+    a.ld_map_fd(R1, stations);
+    a.mov64_reg(R2, R10).add64_imm(R2, SRC_KEY.into());
+    a.call(Helper::MapLookupElem);
+    a.jeq_imm(R0, 0, pass);
+    a.mov64_reg(R8, R0);
     a.ldx_w(R1, R8, IFINDEX).ldx_w(R2, R6, skb::IFINDEX);
     a.jne_reg(R1, R2, pass);
-    a.ldx_w(R1, R7, IFINDEX);
-    a.jeq_reg(R1, R2, pass);
 
     // Port security: what the source's port may send. A trusted port's frames go as they
     // are; a checked port's only as untagged IPv4 from its prefix (the daemon checks the rest,
@@ -271,6 +303,16 @@ fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Result<Vec<Insn>, As
     a.ldx_w(R2, R8, IP).jne_reg(R1, R2, pass);
     a.bind(allowed);
 
+    // r7 = the destination's station, on another port (else a hairpin: the daemon drops and
+    // counts it).
+    a.ld_map_fd(R1, stations);
+    a.mov64_reg(R2, R10).add64_imm(R2, DST_KEY.into());
+    a.call(Helper::MapLookupElem);
+    a.jeq_imm(R0, 0, relayed);
+    a.mov64_reg(R7, R0);
+    a.ldx_w(R1, R7, IFINDEX).ldx_w(R2, R6, skb::IFINDEX);
+    a.jeq_reg(R1, R2, pass);
+
     match kind {
         Kind::Filter => {
             a.mov32_imm(R0, 0).exit(); // the fast path's: not for the daemon
@@ -278,37 +320,21 @@ fn program(kind: Kind, stations: RawFd, counters: RawFd) -> Result<Vec<Insn>, As
         Kind::Redirect => {
             // The source was seen: mark its station used.
             let marked = a.label();
-            a.ldx_w(R1, R8, USED).jne_imm(R1, 0, marked);
-            a.st_w(R8, USED, 1);
+            a.ldx_w(R1, R8, STATION_USED).jne_imm(R1, 0, marked);
+            a.st_w(R8, STATION_USED, 1);
             a.bind(marked);
             // Count: rx on the source's port, tx on the destination's (this CPU's copy).
-            let rx = (
-                field(offset_of!(PortCounts, rx_frames)),
-                field(offset_of!(PortCounts, rx_bytes)),
-            );
-            let tx = (
-                field(offset_of!(PortCounts, tx_frames)),
-                field(offset_of!(PortCounts, tx_bytes)),
-            );
-            for (station, (frames, bytes)) in [(R8, rx), (R7, tx)] {
-                let counted = a.label();
-                a.ldx_w(R1, station, PORT).stx_w(R10, R1, PORT_KEY);
-                a.ld_map_fd(R1, counters);
-                a.mov64_reg(R2, R10).add64_imm(R2, PORT_KEY.into());
-                a.call(Helper::MapLookupElem);
-                a.jeq_imm(R0, 0, counted);
-                a.ldx_dw(R1, R0, frames)
-                    .add64_imm(R1, 1)
-                    .stx_dw(R0, R1, frames);
-                a.ldx_dw(R1, R0, bytes).ldx_w(R2, R6, skb::LEN);
-                a.add64_reg(R1, R2).stx_dw(R0, R1, bytes);
-                a.bind(counted);
+            for (station, which) in [(R8, RX), (R7, TX)] {
+                a.ldx_w(R1, station, PORT);
+                emit_count(&mut a, counters, which);
             }
             // Into the destination container, through its veth's peer.
             a.ldx_w(R1, R7, IFINDEX).mov64_imm(R2, 0);
             a.call(Helper::RedirectPeer).exit();
         }
     }
+    a.bind(relayed);
+    relay::emit(&mut a, relay::Dir::Out, kind, relay_out, counters, pass);
     a.bind(pass);
     match kind {
         // The whole frame, for the daemon.
@@ -380,6 +406,7 @@ enum Attached {
     Tc {
         nl: Arc<Mutex<Netlink>>,
         ifindex: u32,
+        hook: TcHook,
         /// Whether the daemon made the link's clsact qdisc (then it deletes it too).
         own_qdisc: bool,
     },
@@ -415,13 +442,14 @@ impl Drop for Attachment {
         if let Attached::Tc {
             nl,
             ifindex,
+            hook,
             own_qdisc,
         } = &self.how
         {
             // Best effort: when the veth went first, filter and qdisc went with it (and its
             // ifindex is not reused: the kernel hands out ever larger ones until they wrap).
             let mut nl = nl.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = nl.delete_ingress_bpf(*ifindex, TC_PRIO);
+            let _ = nl.delete_bpf_filter(*ifindex, *hook, TC_PRIO);
             if *own_qdisc {
                 let _ = nl.delete_clsact(*ifindex);
             }
@@ -495,6 +523,10 @@ pub struct FastPath {
     counters: PerCpuMap<u32, PortCounts>,
     redirect: OwnedFd,
     filter: OwnedFd,
+    /// Relayed TCP connections (`relay`): their maps, the TAP's program and its attachment.
+    relay: Arc<RelayMaps>,
+    tap_program: OwnedFd,
+    tap_link: Option<Attachment>,
     /// What the stations map holds, as last written.
     installed: HashMap<MacAddr, Station>,
     /// The hooks `attach` tries, in order.
@@ -505,6 +537,9 @@ pub struct FastPath {
     pins: Option<Pins>,
 }
 
+/// Relayed TCP connections the kernel may carry at once (each way); beyond, the daemon does.
+const RELAY_ENTRIES: u32 = 65536;
+
 /// The pins' names.
 const STATIONS: &str = "stations";
 const COUNTERS: &str = "counters";
@@ -513,7 +548,7 @@ impl FastPath {
     /// Creates the maps and loads both programs (needs CAP_BPF and CAP_NET_ADMIN), with no hook
     /// to attach to yet (see [`start`]). The map holds up to `fdb_size` learned MACs and the
     /// plugged containers' own.
-    fn load(fdb_size: usize, pins: Option<Pins>) -> io::Result<FastPath> {
+    pub(super) fn load(fdb_size: usize, pins: Option<Pins>) -> io::Result<FastPath> {
         let entries = fdb_size.clamp(1, 1 << 20) as u32 + u32::from(MAX_PORTS);
         let (stations, counters) = match &pins {
             Some(p) => open_or_pin(p, entries)?,
@@ -531,20 +566,38 @@ impl FastPath {
                 installed.insert(mac_of(k), station);
             }
         }
-        let (s, c) = (stations.fd(), counters.fd());
-        let assemble = |kind| program(kind, s, c).map_err(io::Error::other);
+        let relay = Arc::new(RelayMaps::new(RELAY_ENTRIES)?);
+        let (s, c, r) = (stations.fd(), counters.fd(), relay.out_fd());
+        let assemble = |kind| program(kind, s, c, r).map_err(io::Error::other);
         let redirect = load_program(ProgType::SchedCls, &assemble(Kind::Redirect)?)?;
         let filter = load_program(ProgType::SocketFilter, &assemble(Kind::Filter)?)?;
+        let tap = relay::tap_program(&relay, c).map_err(io::Error::other)?;
+        let tap_program = load_program(ProgType::SchedCls, &tap)?;
         Ok(FastPath {
             stations,
             counters,
             redirect,
             filter,
+            relay,
+            tap_program,
+            tap_link: None,
             installed,
             hooks: Vec::new(),
             tc: None,
             pins,
         })
+    }
+
+    /// The relayed connections' maps, without a TAP to attach to.
+    #[cfg(test)]
+    pub(super) fn relay_maps_for_tests(&self) -> Arc<RelayMaps> {
+        self.relay.clone()
+    }
+
+    /// The ports' tc program and the TAP's, for tests that run them.
+    #[cfg(test)]
+    pub(super) fn programs(&self) -> (&OwnedFd, &OwnedFd) {
+        (&self.redirect, &self.tap_program)
     }
 
     /// The socket filter every packet socket of a fast-path port must carry (`SO_ATTACH_BPF`).
@@ -564,7 +617,8 @@ impl FastPath {
         for &hook in &self.hooks {
             let attached = match hook {
                 Hook::Tcx => self.attach_tcx(ifindex).map_err(AttachError::Tcx),
-                Hook::Tc => self.attach_tc(ifindex).map_err(AttachError::Tc),
+                Hook::Tc => (self.attach_tc(&self.redirect, ifindex, TcHook::Ingress))
+                    .map_err(AttachError::Tc),
             };
             match attached {
                 Ok(how) => return Ok(Attachment { how, kept: false }),
@@ -578,7 +632,7 @@ impl FastPath {
     /// interface gets this daemon's program, atomically: no frame misses the fast path.
     fn attach_tcx(&self, ifindex: u32) -> io::Result<Attached> {
         let Some(pins) = &self.pins else {
-            let link = tcx_attach(&self.redirect, ifindex)?;
+            let link = tcx_attach(&self.redirect, ifindex, TcHook::Ingress)?;
             return Ok(Attached::Tcx {
                 _link: link,
                 pin: None,
@@ -599,7 +653,7 @@ impl FastPath {
                 Err(_) => pins.unpin(&name),
             }
         }
-        let link = tcx_attach(&self.redirect, ifindex)?;
+        let link = tcx_attach(&self.redirect, ifindex, TcHook::Ingress)?;
         obj_pin(&link, &pins.path(&name))?;
         Ok(Attached::Tcx {
             _link: link,
@@ -607,13 +661,18 @@ impl FastPath {
         })
     }
 
-    fn attach_tc(&self, ifindex: u32) -> Result<Attached, NetlinkError> {
+    fn attach_tc(
+        &self,
+        prog: &OwnedFd,
+        ifindex: u32,
+        hook: TcHook,
+    ) -> Result<Attached, NetlinkError> {
         let Some(tc) = &self.tc else {
             return Err(NetlinkError::Protocol("no netlink socket".into()));
         };
         let mut nl = tc.lock().unwrap_or_else(|e| e.into_inner());
         let own_qdisc = nl.add_clsact(ifindex)?;
-        if let Err(e) = nl.add_ingress_bpf(ifindex, TC_PRIO, self.redirect.as_fd(), TC_NAME) {
+        if let Err(e) = nl.add_bpf_filter(ifindex, hook, TC_PRIO, prog.as_fd(), TC_NAME) {
             if own_qdisc {
                 let _ = nl.delete_clsact(ifindex);
             }
@@ -622,8 +681,45 @@ impl FastPath {
         Ok(Attached::Tc {
             nl: tc.clone(),
             ifindex,
+            hook,
             own_qdisc,
         })
+    }
+
+    /// Puts the relayed connections' program on TAP `tap`'s egress (on the first hook that
+    /// takes it; a tcx link is not pinned: a next daemon puts its own) and returns the maps the
+    /// NAT's edge hands connections to; or says why there is no relayed fast path.
+    pub fn relay(&mut self, tap: u32) -> Result<Arc<RelayMaps>, AttachError> {
+        self.relay.set_tap(tap);
+        let mut last = AttachError::Tc(NetlinkError::Protocol("no hook chosen".into()));
+        for &hook in &self.hooks {
+            let attached = match hook {
+                Hook::Tcx => (tcx_attach(&self.tap_program, tap, TcHook::Egress))
+                    .map(|link| Attached::Tcx {
+                        _link: link,
+                        pin: None,
+                    })
+                    .map_err(AttachError::Tcx),
+                Hook::Tc => (self.attach_tc(&self.tap_program, tap, TcHook::Egress))
+                    .map_err(AttachError::Tc),
+            };
+            match attached {
+                Ok(how) => {
+                    self.tap_link = Some(Attachment { how, kept: false });
+                    return Ok(self.relay.clone());
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Leaves the TAP's program on for the next daemon, which replaces it (a hand-over): taking
+    /// it off would take the next daemon's tc filter, which has the same name.
+    pub fn keep_tap(&mut self) {
+        if let Some(link) = self.tap_link.take() {
+            link.keep();
+        }
     }
 
     /// Removes the pinned links of every interface but `ports`: links a previous daemon left on

@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod fastpath;
 pub mod map;
 pub mod pins;
+pub mod relay;
 pub mod sys;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::asm::Insn;
+use crate::kernel::netlink::TcHook;
 
 // Commands, from <linux/bpf.h>.
 pub(super) const BPF_MAP_CREATE: libc::c_long = 0;
@@ -24,6 +25,7 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 /// `enum bpf_attach_type`: the tcx ingress hook (Linux 6.6).
 const BPF_TCX_INGRESS: u64 = 46;
+const BPF_TCX_EGRESS: u64 = 47;
 
 /// `union bpf_attr`, as 128 zero-padded bytes: every command the daemon uses fits, and the
 /// kernel takes a shorter union than its own as long as it ends in zeros.
@@ -100,13 +102,16 @@ pub fn load_program(kind: ProgType, insns: &[Insn]) -> io::Result<OwnedFd> {
     }
 }
 
-/// Attaches tc program `prog` to `ifindex`'s ingress as a tcx link (Linux 6.6); the program
+/// Attaches tc program `prog` to `ifindex`'s `hook` as a tcx link (Linux 6.6); the program
 /// stays until the returned link is closed or the interface goes away.
-pub fn tcx_attach(prog: impl AsFd, ifindex: u32) -> io::Result<OwnedFd> {
+pub fn tcx_attach(prog: impl AsFd, ifindex: u32, hook: TcHook) -> io::Result<OwnedFd> {
     // Link creation: prog_fd, target_ifindex, attach_type, flags.
     let mut attr: Attr = [0; 16];
     attr[0] = prog.as_fd().as_raw_fd() as u64 | u64::from(ifindex) << 32;
-    attr[1] = BPF_TCX_INGRESS;
+    attr[1] = match hook {
+        TcHook::Ingress => BPF_TCX_INGRESS,
+        TcHook::Egress => BPF_TCX_EGRESS,
+    };
     // SAFETY: no address in a link creation's attributes for tcx.
     Ok(owned(unsafe { bpf(BPF_LINK_CREATE, &mut attr) }?))
 }
@@ -168,7 +173,7 @@ pub fn map_info(map: impl AsFd) -> io::Result<MapInfo> {
 /// Whether this kernel has tcx links: asks for one on no interface at all. A kernel with tcx
 /// looks the interface up (ENODEV); one without refuses the attach type (EINVAL).
 pub fn tcx_supported(prog: impl AsFd) -> io::Result<()> {
-    match tcx_attach(prog, 0) {
+    match tcx_attach(prog, 0, TcHook::Ingress) {
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
         Err(e) => Err(e),
         // Interface 0 does not exist; should a kernel ever take it, the link goes at once.
@@ -188,4 +193,21 @@ pub fn test_run(prog: impl AsFd, frame: &[u8]) -> io::Result<u32> {
     // SAFETY: the kernel only reads `frame`, which is live for the call at the size given.
     unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     Ok((attr[0] >> 32) as u32)
+}
+
+/// Runs program `prog` once on `frame` as [`test_run`] does; returns its verdict and the frame
+/// as the program left it (rewritten, for a program that rewrites). For tests.
+#[cfg(test)]
+pub fn test_run_out(prog: impl AsFd, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr: Attr = [0; 16];
+    attr[0] = prog.as_fd().as_raw_fd() as u64;
+    attr[1] = frame.len() as u64 | (out.len() as u64) << 32;
+    attr[2] = frame.as_ptr() as u64;
+    attr[3] = out.as_mut_ptr() as u64;
+    // SAFETY: the kernel reads `frame` and writes at most `out.len()` bytes to `out`, both live
+    // for the call at the sizes given.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
+    out.truncate((attr[1] >> 32) as usize);
+    Ok(((attr[0] >> 32) as u32, out))
 }

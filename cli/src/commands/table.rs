@@ -248,9 +248,16 @@ fn nat_stats(n: &NatCounters) {
         n.send_failed
     );
     println!(
-        "nat traffic     out {} packets {} bytes, in {} packets {} bytes; relayed TCP {} now, \
-         {} so far",
-        n.packets_out, n.bytes_out, n.packets_in, n.bytes_in, n.relays, n.relayed
+        "nat traffic     out {} packets {} bytes, in {} packets {} bytes; relayed TCP {} now \
+         ({} in the kernel), {} so far ({} through the kernel)",
+        n.packets_out,
+        n.bytes_out,
+        n.packets_in,
+        n.bytes_in,
+        n.relays,
+        n.in_kernel,
+        n.relayed,
+        n.in_kernel_total
     );
     let states: Vec<String> = (n.by_state.iter())
         .map(|c| format!("{} {} {}", c.proto, c.state, c.flows))

@@ -1235,6 +1235,11 @@ pub struct NatCounters {
     pub relays: usize,
     #[serde(default)]
     pub relayed: u64,
+    /// Established relayed connections whose segments the kernel translates now, and so far.
+    #[serde(default)]
+    pub in_kernel: usize,
+    #[serde(default)]
+    pub in_kernel_total: u64,
 }
 
 /// A histogram of durations as it travels: at each upper bound (seconds), how many

@@ -6,10 +6,13 @@ use std::collections::HashMap;
 use vswitch_switch::{MacAddr, PortId};
 
 use crate::bpf::fastpath::{SrcCheck, Station};
-use crate::datapath::now_ms;
+use crate::datapath::{now_ms, TAP_PORT};
 use crate::natd::NatJob;
 
 use super::manager::Manager;
+
+/// How often the kernel's share of relayed connections is counted on their flows.
+const REPORT_MS: u64 = 5000;
 
 impl Manager {
     pub fn tick(&mut self) {
@@ -36,6 +39,14 @@ impl Manager {
         }
         self.datapath.switch().expire(now);
         let flows = self.nat.expire(now);
+        if let Some(offloads) = &self.offloads {
+            offloads.forget(flows.iter().map(|e| e.flow));
+            // What the kernel carried counts on the flows (and keeps them alive) within seconds.
+            if now >= self.last_report + REPORT_MS {
+                self.last_report = now;
+                offloads.report(&self.nat, now);
+            }
+        }
         if !flows.is_empty() {
             self.nat_jobs.send(NatJob::Forget(flows));
         }
@@ -146,6 +157,15 @@ impl Manager {
         }
         if let Err(e) = fast.sync(&want) {
             tracing::warn!("updating the kernel fast path's stations: {e}");
+        }
+        // Relayed connections go through the kernel for the same ports, but not while the TAP
+        // (the host's side of every one) is captured.
+        if let Some(offloads) = &self.offloads {
+            let served = (self.containers.iter())
+                .filter(|_| !captured.contains(&TAP_PORT))
+                .filter_map(|c| Some((c.ip, (c.port, served.get(&c.port)?.0))))
+                .collect();
+            offloads.serve(served);
         }
     }
 }

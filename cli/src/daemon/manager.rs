@@ -18,7 +18,7 @@ use crate::control::{
 };
 use crate::datapath::{Datapath, TAP_PORT};
 use crate::natd::budget::FdBudget;
-use crate::natd::NatMailbox;
+use crate::natd::{NatMailbox, Offloads};
 
 use super::capture::Capturing;
 use super::counters::Tally;
@@ -78,6 +78,10 @@ pub struct Manager {
     /// When the FDB and the flow table were last swept.
     pub last_expiry: u64,
     pub fast_path: Option<FastPath>,
+    /// Established relayed TCP connections the kernel carries (with the fast path).
+    pub offloads: Option<Arc<Offloads>>,
+    /// When the kernel's traffic of those was last reported to the NAT.
+    pub last_report: u64,
     /// The descriptors traffic may spend; each port's sockets are kept out of it.
     pub budget: Arc<FdBudget>,
     /// The alias of every link this daemon makes (see `plumbing::marker`).
@@ -205,6 +209,9 @@ impl Manager {
                 if let Some(link) = c.fast_link.take() {
                     link.keep();
                 }
+            }
+            if let Some(fast) = &mut self.fast_path {
+                fast.keep_tap();
             }
             self.save_state();
         }

@@ -17,7 +17,7 @@ use crate::datapath::{Datapath, Fabric, TAP_PORT};
 use crate::kernel::netlink::Netlink;
 use crate::natd::budget::{open_now, FdBudget};
 use crate::natd::dns::DnsCounters;
-use crate::natd::{self, dns, resolv, NatHook, NatMailbox, NatService};
+use crate::natd::{self, dns, resolv, NatHook, NatMailbox, NatService, Offloads};
 use crate::ports::tap::Tap;
 use crate::ports::{Counters, Port, PortIo};
 
@@ -56,10 +56,11 @@ pub fn start(
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let (dns_counters, dns_fds) = start_dns(cfg, &host_resolv, &budget)?.unzip();
     let spread_program = spread_program(cfg);
-    let fast_path = fast_path(cfg);
+    let mut fast_path = fast_path(cfg);
+    let offloads = offloads(fast_path.as_mut(), tap_index);
     let (fabric, mut datapath) = new_datapath(cfg, spread_program.clone())?;
     let (nat, nat_jobs, nat_busy) = start_nat(cfg, fd_limit, &fabric, &budget, &datapath)?;
-    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric);
+    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone());
     datapath.run(Some(hook)).context("starting workers")?;
     let taps = taps.into_iter().map(|t| Box::new(t) as Box<dyn PortIo>);
     datapath.add_port(Arc::new(tap_port(cfg, taps.collect())))?;
@@ -74,6 +75,7 @@ pub fn start(
         nat_jobs,
         host_resolv,
         fast_path,
+        offloads,
         budget,
         tap_index,
         last_expiry: 0,
@@ -185,6 +187,7 @@ pub(super) fn nat_hook(
     nat: &Arc<Nat>,
     nat_jobs: &NatMailbox,
     fabric: Fabric,
+    offloads: Option<Arc<Offloads>>,
 ) -> Arc<NatHook> {
     Arc::new(NatHook::new(
         nat.clone(),
@@ -192,7 +195,23 @@ pub(super) fn nat_hook(
         nat_jobs.clone(),
         fabric,
         cfg.workers,
+        offloads,
     ))
+}
+
+/// The kernel's share of relayed TCP: the fast path's program on TAP `tap`'s egress, and what
+/// hands it connections. None without a fast path, or if the TAP takes no program (said why).
+pub(super) fn offloads(fast_path: Option<&mut FastPath>, tap: u32) -> Option<Arc<Offloads>> {
+    match fast_path?.relay(tap) {
+        Ok(maps) => {
+            tracing::info!("relayed TCP: established connections go through the kernel");
+            Some(Arc::new(Offloads::new(maps)))
+        }
+        Err(e) => {
+            tracing::warn!("relayed TCP stays in the daemon: the TAP takes no program ({e})");
+            None
+        }
+    }
 }
 
 /// The eBPF fan-out program, where it serves (several workers, `--spread auto`) and loads.
@@ -241,6 +260,7 @@ pub(super) struct Parts {
     pub nat_jobs: NatMailbox,
     pub host_resolv: String,
     pub fast_path: Option<FastPath>,
+    pub offloads: Option<Arc<Offloads>>,
     pub budget: Arc<FdBudget>,
     pub tap_index: u32,
     pub last_expiry: u64,
@@ -289,6 +309,8 @@ impl Manager {
             host_resolv: p.host_resolv,
             last_expiry: p.last_expiry,
             fast_path: p.fast_path,
+            offloads: p.offloads,
+            last_report: 0,
             budget: p.budget,
             marker,
             state_path: state::path_for(&cfg.control),

@@ -257,6 +257,8 @@ impl Manager {
                 .collect(),
             relays: relays.len(),
             relayed: relays.relayed(),
+            in_kernel: self.offloads.as_ref().map_or(0, |o| o.len()),
+            in_kernel_total: self.offloads.as_ref().map_or(0, |o| o.total()),
         }
     }
 

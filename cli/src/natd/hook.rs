@@ -10,6 +10,7 @@ use vswitch_switch::{Millis, PortId, VNET_HDR_LEN};
 
 use crate::datapath::{Fabric, Hook, Token, TAP_PORT};
 
+use super::offload::Offloads;
 use super::udp::UdpBatch;
 use super::{NatJob, NatMailbox};
 
@@ -23,6 +24,8 @@ pub struct NatHook {
     pub fabric: Fabric,
     /// Each worker's datagrams to UDP flows' sockets, sent at the end of its batch.
     pub udp_batches: Box<[WorkerSlot]>,
+    /// Established relayed connections handed to the kernel, where it can carry them.
+    pub offloads: Option<Arc<Offloads>>,
 }
 
 /// A worker's batch of datagrams, on cache lines of its own: the workers write theirs for
@@ -38,6 +41,7 @@ impl NatHook {
         service: NatMailbox,
         fabric: Fabric,
         workers: usize,
+        offloads: Option<Arc<Offloads>>,
     ) -> NatHook {
         NatHook {
             nat,
@@ -45,6 +49,7 @@ impl NatHook {
             service,
             fabric,
             udp_batches: (0..workers.max(1)).map(|_| WorkerSlot::default()).collect(),
+            offloads,
         }
     }
 
@@ -113,6 +118,19 @@ impl Hook for NatHook {
         };
         match verdict {
             Verdict::Pass | Verdict::Rewritten => true,
+            Verdict::Offload(o) => {
+                if let Some(offloads) = &self.offloads {
+                    offloads.offer(&o);
+                }
+                true
+            }
+            Verdict::Closing(flow) => {
+                // Before the segment goes on: what follows it crosses the daemon again.
+                if let Some(offloads) = &self.offloads {
+                    offloads.closing(flow, &self.nat, now);
+                }
+                true
+            }
             Verdict::Pending | Verdict::Drop(_) => false,
             Verdict::Reply(reply) => {
                 self.fabric.to_containers(reply.bytes());

@@ -24,6 +24,7 @@ mod connect;
 pub mod dns;
 mod hook;
 mod mailbox;
+mod offload;
 mod publish;
 pub mod resolv;
 mod service;
@@ -33,6 +34,7 @@ mod udp;
 
 pub use hook::NatHook;
 pub use mailbox::NatMailbox;
+pub use offload::Offloads;
 pub use service::NatService;
 pub use snapshot::ServiceSnap;
 pub use sockets::{bind_published, bind_relays};

@@ -373,6 +373,18 @@ fn nat_traffic(page: &mut Exposition, s: &Stats) {
         "TCP connections relayed so far.",
     )
     .int(&[], n.relayed);
+    page.family(
+        "vswitch_nat_relays_in_kernel",
+        Kind::Gauge,
+        "Established relayed TCP connections whose segments the kernel translates now.",
+    )
+    .int(&[], n.in_kernel as u64);
+    page.family(
+        "vswitch_nat_relays_in_kernel_total",
+        Kind::Counter,
+        "Relayed TCP connections handed to the kernel once established, so far.",
+    )
+    .int(&[], n.in_kernel_total);
 }
 
 fn fds(page: &mut Exposition, s: &Stats) {

@@ -2,6 +2,8 @@
 //! `Nat::from_host` (a frame the host sent out of the TAP), each verdict checked against the
 //! frame's headers and what the fuzzer knows of the flows.
 
+use std::net::SocketAddrV4;
+
 use vswitch_nat::{NatDrop, NatStats, Proto, ReplyFrame, Verdict};
 
 use super::build::{ACK, FIN, RST, SYN};
@@ -114,7 +116,7 @@ impl World {
         let mut f = frame.to_vec();
         let v = self.nat.outbound(&mut f, self.now);
         let what = format!("outbound({v:?}) at {} of {frame:02x?}", self.now);
-        if v != Verdict::Rewritten {
+        if !v.rewrote() {
             assert_eq!(f, frame, "{what}: frame changed");
         }
         let why = self.drop_counted(&before, &v, &what);
@@ -229,10 +231,11 @@ impl World {
         let (c, r) = (sa(p.src, sport), sa(p.dst, dport));
         let partial = p.vnet_flags & 1 != 0;
         match v {
-            Verdict::Rewritten => {
+            Verdict::Rewritten | Verdict::Offload(_) | Verdict::Closing(_) => {
                 let i = self
                     .by_ends(Proto::Tcp, c, r)
                     .unwrap_or_else(|| panic!("{what}: rewritten, but no such flow"));
+                offload_agrees(v, c, r, self.flows[i].kind, what);
                 let gw_port = match self.flows[i].kind {
                     Kind::TcpEgress { connecting, relay } => {
                         assert!(!connecting, "{what}: rewritten while connecting");
@@ -483,7 +486,7 @@ impl World {
         let mut f = frame.to_vec();
         let v = self.nat.from_host(&mut f, self.now);
         let what = format!("from_host({v:?}) at {} of {frame:02x?}", self.now);
-        if v != Verdict::Rewritten {
+        if !v.rewrote() {
             assert_eq!(f, frame, "{what}: frame changed");
         }
         self.drop_counted(&before, &v, &what);
@@ -500,8 +503,9 @@ impl World {
             .by_outside(sa(p.dst, dport), sport)
             .unwrap_or_else(|| panic!("{what}: no such flow"));
         match v {
-            Verdict::Rewritten => {
+            Verdict::Rewritten | Verdict::Offload(_) | Verdict::Closing(_) => {
                 let r = self.flows[i].r;
+                offload_agrees(&v, self.flows[i].c, r, self.flows[i].kind, &what);
                 let allowed = [
                     IP + 12..IP + 16,
                     IP + 10..IP + 12,
@@ -522,5 +526,20 @@ impl World {
             _ => panic!("{what}: not a from_host verdict"),
         }
         v
+    }
+}
+
+/// An `Offload` verdict hands the edge the translation the NAT itself applies to the
+/// connection: the container's ends, the relay port on the gateway; only for relayed egress.
+fn offload_agrees(v: &Verdict, c: SocketAddrV4, r: SocketAddrV4, kind: Kind, what: &str) {
+    if let Verdict::Offload(o) = v {
+        let Kind::TcpEgress { relay, .. } = kind else {
+            panic!("{what}: a published flow handed to the edge");
+        };
+        assert_eq!(
+            (o.container, o.remote, o.relay),
+            (c, r, sa(GW, relay)),
+            "{what}: the offload is not the translation"
+        );
     }
 }

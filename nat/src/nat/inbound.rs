@@ -26,7 +26,7 @@ impl Nat {
         };
         let key = outside_key(pkt.dst, tcp.dport, tcp.sport);
         let mut sh = self.table.lock(self.table.shard_of(pkt.dst, tcp.dport));
-        let Some((slot, _)) = self.table.lookup(&mut sh, key, now) else {
+        let Some((slot, id)) = self.table.lookup(&mut sh, key, now) else {
             return Verdict::Pass;
         };
         let Some(flow) = sh.flow_mut(slot) else {
@@ -41,10 +41,13 @@ impl Nat {
             return self.drop(NatDrop::Malformed);
         }
         flow.count_in(pkt.l3_len());
-        if self.table.tcp_segment(flow, dir, tcp.flags, now) {
+        let before = flow.tcp.state();
+        let settle = self.table.tcp_segment(flow, dir, tcp.flags, now);
+        let verdict = self.translated(id, flow, before);
+        if settle {
             self.table.settle(&mut sh, slot);
         }
-        Verdict::Rewritten
+        verdict
     }
 
     /// A datagram the flow's host socket received: writes the frame from the flow's

@@ -33,10 +33,11 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 
-use crate::conntrack::{FlowId, Shares, Table, Timeouts, DEFAULT_MAX_FLOWS};
+use crate::conntrack::{Flow, FlowId, Kind, Shares, Table, Timeouts, DEFAULT_MAX_FLOWS};
 use crate::craft::ICMP_ERROR_FRAME_MAX;
 use crate::error::{NatDrop, NatError};
 use crate::snapshot::{NatSnapshot, RestoreError};
+use crate::tcp_state::TcpState;
 
 mod answer;
 mod flows;
@@ -128,6 +129,16 @@ pub enum Verdict {
     Pass,
     /// Translated in place: switch it as usual.
     Rewritten,
+    /// Translated in place (switch it as usual), and the relayed connection is established and
+    /// has carried [`OFFLOAD_AFTER`] segments (it is more than a short exchange): every later
+    /// segment of it without SYN, FIN or RST translates the same way, so the edge may translate
+    /// those itself (a kernel fast path) until it sees [`Verdict::Closing`] or the flow
+    /// expires. Those segments never reach the NAT: the edge reports what it carried with
+    /// [`Nat::offloaded`].
+    Offload(Offload),
+    /// Translated in place (switch it as usual), and the flow left ESTABLISHED: whatever the edge
+    /// translates of it itself must come back through the NAT.
+    Closing(FlowId),
     /// A SYN retransmitted while the edge connects (or anything else from the container on a
     /// flow still connecting): drop it; `tcp_connected` will release the first SYN.
     Pending,
@@ -173,6 +184,32 @@ pub enum Verdict {
         gso_size: u16,
     },
     Drop(NatDrop),
+}
+
+/// Segments (both ways, handshake included) a relayed connection carries through the NAT before
+/// it is offered to the edge ([`Verdict::Offload`]): handing a connection over and taking it
+/// back costs the edge a few system calls, more than a short exchange's segments would.
+pub const OFFLOAD_AFTER: u64 = 32;
+
+/// An established relayed TCP connection's translation (see [`Verdict::Offload`]): the
+/// container's segments from `container` to `remote` go to `relay` (the host's side of the
+/// connection, on the gateway), and the host's from `relay` to `container` come from `remote`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload {
+    pub flow: FlowId,
+    pub container: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub relay: SocketAddrV4,
+}
+
+impl Verdict {
+    /// The frame was translated in place (and goes on).
+    pub fn rewrote(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Rewritten | Verdict::Offload(_) | Verdict::Closing(_)
+        )
+    }
 }
 
 /// A relayed TCP flow, as the relay finds it when it accepts the container's connection.
@@ -246,6 +283,47 @@ impl Nat {
     #[inline]
     fn in_subnet(&self, ip: u32) -> bool {
         ip & self.mask == self.net
+    }
+
+    /// The verdict for a translated segment of flow `id`, whose TCP state was `before`:
+    /// `Offload` for an established relayed connection at its [`OFFLOAD_AFTER`]th segment,
+    /// `Closing` for a flow that just left ESTABLISHED, else `Rewritten`.
+    fn translated(&self, id: FlowId, flow: &Flow, before: TcpState) -> Verdict {
+        use TcpState::Established as E;
+        let segments = flow.packets_out + flow.packets_in;
+        match (before, flow.tcp.state(), flow.kind) {
+            (_, E, Kind::TcpEgress { relay, .. }) if segments == OFFLOAD_AFTER => {
+                Verdict::Offload(Offload {
+                    flow: id,
+                    container: flow.inside(),
+                    remote: flow.remote(),
+                    relay: SocketAddrV4::new(Ipv4Addr::from(self.gateway), relay),
+                })
+            }
+            (E, after, _) if after != E => Verdict::Closing(id),
+            _ => Verdict::Rewritten,
+        }
+    }
+
+    /// What the edge translated itself of established flow `flow` since its last report (see
+    /// [`Verdict::Offload`]): segments and bytes (IPv4 packets, as the NAT counts them)
+    /// from the container and to it. Counted on the flow, and keeps it alive as those segments
+    /// would have. False if the flow is gone.
+    pub fn offloaded(&self, flow: FlowId, out: (u64, u64), back: (u64, u64), now: u64) -> bool {
+        let Some((mut sh, slot)) = self.table.lock_id(flow, None) else {
+            return false;
+        };
+        let Some(f) = sh.flow_mut(slot) else {
+            return false;
+        };
+        f.packets_out += out.0;
+        f.bytes_out += out.1;
+        f.packets_in += back.0;
+        f.bytes_in += back.1;
+        if out.0 + back.0 > 0 {
+            self.table.refresh(f, now);
+        }
+        true
     }
 
     fn drop(&self, d: NatDrop) -> Verdict {

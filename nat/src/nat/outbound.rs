@@ -60,7 +60,7 @@ impl Nat {
         };
         let key = inside_key(Proto::Tcp, pkt.src, tcp.sport, pkt.dst, tcp.dport);
         let mut sh = self.table.lock(self.table.shard_of(pkt.src, tcp.sport));
-        let Some((slot, _)) = self.table.lookup(&mut sh, key, now) else {
+        let Some((slot, id)) = self.table.lookup(&mut sh, key, now) else {
             if is_new_syn(tcp.flags) {
                 return self.tcp_new(&mut sh, frame, pkt, &tcp, None, now);
             }
@@ -97,10 +97,13 @@ impl Nat {
             return self.drop(NatDrop::Malformed);
         }
         flow.count_out(pkt.l3_len());
-        if self.table.tcp_segment(flow, dir, tcp.flags, now) {
+        let before = flow.tcp.state();
+        let settle = self.table.tcp_segment(flow, dir, tcp.flags, now);
+        let verdict = self.translated(id, flow, before);
+        if settle {
             self.table.settle(&mut sh, slot);
         }
-        Verdict::Rewritten
+        verdict
     }
 
     /// A container's first SYN to the outside: a flow with a free relay port, the SYN held.

@@ -1,7 +1,7 @@
 //! TCP: relayed egress, published ports, state tracking and timeouts.
 
 use super::*;
-use crate::{FlowId, NatDrop, NatError, RelayFlow, Shares, Verdict};
+use crate::{FlowId, NatDrop, NatError, Offload, RelayFlow, Shares, Verdict};
 
 const T0: u64 = 1_000_000;
 
@@ -294,7 +294,8 @@ fn fin_both_ways_then_time_wait_expiry() {
     assert_eq!(entry(&nat, flow, T0).unwrap().timeout_ms, 432_000_000);
 
     let mut fin = tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), FIN | ACK, 200, b"");
-    assert_eq!(nat.outbound(&mut fin, t(1)), Verdict::Rewritten);
+    // Leaving ESTABLISHED: the edge must stop translating the flow itself.
+    assert_eq!(nat.outbound(&mut fin, t(1)), Verdict::Closing(flow));
     assert_eq!(state(&nat, flow, t(1)), "FIN_WAIT");
     assert_eq!(entry(&nat, flow, t(1)).unwrap().timeout_ms, 120_000);
 
@@ -332,7 +333,7 @@ fn reset_closes_and_expires_after_ten_seconds() {
     let nat = nat();
     let (flow, relay) = established(&nat, T0);
     let mut rst = tcp_host(sa(GW, relay), sa(C1, 5000), RST | ACK, Csum::Full);
-    assert_eq!(nat.from_host(&mut rst, T0 + 5), Verdict::Rewritten);
+    assert_eq!(nat.from_host(&mut rst, T0 + 5), Verdict::Closing(flow));
     assert_eq!(state(&nat, flow, T0 + 5), "CLOSE");
     assert!(nat.expire(T0 + 5 + 9_999).is_empty());
     assert_eq!(nat.expire(T0 + 5 + 10_000).len(), 1);
@@ -386,7 +387,7 @@ fn port_reuse_after_time_wait_is_a_new_flow() {
     let nat = nat();
     let (flow, relay) = established(&nat, T0);
     let mut rst = tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), RST, 200, b"");
-    assert_eq!(nat.outbound(&mut rst, T0), Verdict::Rewritten);
+    assert_eq!(nat.outbound(&mut rst, T0), Verdict::Closing(flow));
     assert_eq!(check(&rst).dport(), relay);
     let mut syn = tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), SYN, 900, b"");
     let Verdict::TcpConnect { flow: new, .. } = nat.outbound(&mut syn, T0 + 1) else {
@@ -411,7 +412,7 @@ fn close_outside_first(nat: &Nat, src: SocketAddrV4, dst: SocketAddrV4, relay: u
     let mut ack = tcp_out(C1_MAC, src, dst, ACK, 101, b"");
     assert_eq!(nat.outbound(&mut ack, now), Verdict::Rewritten);
     let mut fin = tcp_host(sa(GW, relay), src, FIN | ACK, Csum::Full);
-    assert_eq!(nat.from_host(&mut fin, now), Verdict::Rewritten);
+    assert!(matches!(nat.from_host(&mut fin, now), Verdict::Closing(_)));
     let mut fin = tcp_out(C1_MAC, src, dst, FIN | ACK, 101, b"");
     assert_eq!(nat.outbound(&mut fin, now), Verdict::Rewritten);
     let mut last = tcp_host(sa(GW, relay), src, ACK, Csum::Full);
@@ -559,4 +560,61 @@ fn held_syn_of_another_flow_is_refused() {
         nat.tcp_connected(flow, &mut [0u8; 30], T0),
         Err(NatError::Malformed)
     );
+}
+
+#[test]
+fn what_the_edge_carried_is_counted_and_keeps_the_flow_alive() {
+    let nat = nat();
+    let (flow, _) = established(&nat, T0);
+    let before = entry(&nat, flow, T0).unwrap();
+    let day = 86_400_000;
+    // Four days later, segments the edge translated itself: the flow counts them and lives on
+    // for five days from now, not from the handshake.
+    assert!(nat.offloaded(flow, (10, 15_000), (7, 700), T0 + 4 * day));
+    let after = entry(&nat, flow, T0 + 4 * day).unwrap();
+    assert_eq!(after.packets_out, before.packets_out + 10);
+    assert_eq!(after.bytes_out, before.bytes_out + 15_000);
+    assert_eq!(after.packets_in, before.packets_in + 7);
+    assert_eq!(after.bytes_in, before.bytes_in + 700);
+    assert!(nat.expire(T0 + 8 * day).is_empty(), "kept alive");
+    // Nothing carried: no refresh, and the flow expires five days after its last traffic.
+    assert!(nat.offloaded(flow, (0, 0), (0, 0), T0 + 8 * day));
+    assert_eq!(nat.expire(T0 + 9 * day + 1).len(), 1);
+    assert!(
+        !nat.offloaded(flow, (1, 1), (0, 0), T0 + 9 * day + 2),
+        "gone"
+    );
+}
+
+#[test]
+fn a_connection_is_offered_to_the_edge_once_at_its_32nd_segment() {
+    let nat = nat();
+    let (flow, relay) = established(&nat, T0);
+    let offload = Offload {
+        flow,
+        container: sa(C1, 5000),
+        remote: sa(OUT, 80),
+        relay: sa(GW, relay),
+    };
+    // The handshake was three segments; a short exchange stays with the NAT.
+    let mut offered = Vec::new();
+    for i in 3..40u64 {
+        let v = if i % 2 == 0 {
+            nat.from_host(
+                &mut tcp_host(sa(GW, relay), sa(C1, 5000), ACK, Csum::Full),
+                T0,
+            )
+        } else {
+            nat.outbound(
+                &mut tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), ACK, 101, b"x"),
+                T0,
+            )
+        };
+        match v {
+            Verdict::Rewritten => {}
+            Verdict::Offload(o) => offered.push((i + 1, o)),
+            v => panic!("segment {}: {v:?}", i + 1),
+        }
+    }
+    assert_eq!(offered, [(crate::OFFLOAD_AFTER, offload)]);
 }

@@ -37,8 +37,8 @@ use super::super::error::DaemonError;
 use super::super::ipam::Ipam;
 use super::super::manager::Manager;
 use super::super::startup::{
-    dns_upstreams, log_fast_path, nat_config, nat_hook, new_datapath, spawn_nat_service, tap_port,
-    Parts,
+    dns_upstreams, log_fast_path, nat_config, nat_hook, new_datapath, offloads, spawn_nat_service,
+    tap_port, Parts,
 };
 use super::super::systemd::{self, Watchdog};
 use super::{Handoff, Network, PortSnap, Snapshot, FORMAT, MAX_SNAPSHOT, TIMEOUT};
@@ -235,7 +235,7 @@ fn build(
     fd_limit: usize,
     snap: Snapshot,
     mut fds: FdIn,
-    fast_path: Option<FastPath>,
+    mut fast_path: Option<FastPath>,
     nl: Netlink,
 ) -> Result<Built> {
     let budget = FdBudget::new(fd_limit);
@@ -245,7 +245,8 @@ fn build(
     let pool = datapath.relays();
     let (nat, service, nat_jobs) =
         restore_nat(cfg, fd_limit, &snap, &mut fds, &fabric, &budget, &pool)?;
-    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric);
+    let offloads = offloads(fast_path.as_mut(), snap.tap_index);
+    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone());
     datapath.add_port(Arc::new(take_tap(cfg, &snap, &mut fds)?))?;
     let dns = take_dns(&snap, &mut fds)?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -264,6 +265,7 @@ fn build(
         nat_jobs,
         host_resolv,
         fast_path,
+        offloads,
         budget: budget.clone(),
         tap_index: snap.tap_index,
         last_expiry: snap.last_expiry,

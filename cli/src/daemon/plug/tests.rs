@@ -215,6 +215,8 @@ fn harness() -> Harness {
         host_resolv: String::new(),
         last_expiry: 0,
         fast_path: None,
+        offloads: None,
+        last_report: 0,
         budget,
         marker: MARKER.into(),
         state_path: state_path(),

@@ -24,6 +24,7 @@ mod tests;
 
 pub use addr::Ipv4Route;
 pub use link::Link;
+pub use tc::TcHook;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {

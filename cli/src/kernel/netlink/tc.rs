@@ -1,5 +1,5 @@
-//! tc objects: the clsact qdisc and the fast path's direct-action cls_bpf filter on its
-//! ingress hook (where the kernel has no tcx links).
+//! tc objects: the clsact qdisc and the fast path's direct-action cls_bpf filters on its
+//! ingress and egress hooks (where the kernel has no tcx links).
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -22,8 +22,29 @@ const CLSACT_INGRESS: TcHandle = TcHandle {
     major: 0xffff,
     minor: TcHandle::MIN_INGRESS,
 };
+/// Its egress hook (`TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)`).
+const CLSACT_EGRESS: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: TcHandle::MIN_EGRESS,
+};
 /// The handle of the one BPF filter the daemon puts on a hook.
 const BPF_FILTER_HANDLE: TcHandle = TcHandle { major: 0, minor: 1 };
+
+/// Which of a link's two clsact (or tcx) hooks: frames it receives, or frames it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcHook {
+    Ingress,
+    Egress,
+}
+
+impl TcHook {
+    pub fn name(self) -> &'static str {
+        match self {
+            TcHook::Ingress => "ingress",
+            TcHook::Egress => "egress",
+        }
+    }
+}
 
 impl Netlink {
     /// Adds a `clsact` qdisc to link `index`: the hooks for tc programs on its ingress and
@@ -51,19 +72,20 @@ impl Netlink {
         Ok(())
     }
 
-    /// Puts BPF program `prog` (a `SCHED_CLS` program) on link `index`'s clsact ingress hook as
-    /// a `cls_bpf` filter in direct-action mode (the program's return value is the verdict),
+    /// Puts BPF program `prog` (a `SCHED_CLS` program) on link `index`'s clsact `hook` as a
+    /// `cls_bpf` filter in direct-action mode (the program's return value is the verdict),
     /// for every protocol, at priority `prio`, under `name`. A filter already there at that
     /// priority (one a killed daemon left: unlike a tcx link, a filter outlives its process) is
     /// replaced, in one step.
-    pub fn add_ingress_bpf(
+    pub fn add_bpf_filter(
         &mut self,
         index: u32,
+        hook: TcHook,
         prio: u16,
         prog: BorrowedFd<'_>,
         name: &str,
     ) -> Result<(), NetlinkError> {
-        let mut msg = ingress_bpf_filter(index, prio);
+        let mut msg = bpf_filter(index, hook, prio);
         msg.attributes.push(TcAttribute::Kind("bpf".into()));
         msg.attributes.push(TcAttribute::Options(vec![
             TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
@@ -73,17 +95,31 @@ impl Netlink {
         self.request(
             RouteNetlinkMessage::NewTrafficFilter(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
-            || format!("add BPF filter {name} to the ingress of link {index}"),
+            || {
+                format!(
+                    "add BPF filter {name} to the {} of link {index}",
+                    hook.name()
+                )
+            },
         )?;
         Ok(())
     }
 
-    /// Deletes the filter [`Netlink::add_ingress_bpf`] put on link `index` at priority `prio`.
-    pub fn delete_ingress_bpf(&mut self, index: u32, prio: u16) -> Result<(), NetlinkError> {
-        let mut msg = ingress_bpf_filter(index, prio);
+    /// Deletes the filter [`Netlink::add_bpf_filter`] put on link `index`'s `hook` at priority
+    /// `prio`.
+    pub fn delete_bpf_filter(
+        &mut self,
+        index: u32,
+        hook: TcHook,
+        prio: u16,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = bpf_filter(index, hook, prio);
         msg.attributes.push(TcAttribute::Kind("bpf".into()));
         self.request(RouteNetlinkMessage::DelTrafficFilter(msg), 0, || {
-            format!("delete the BPF filter on the ingress of link {index}")
+            format!(
+                "delete the BPF filter on the {} of link {index}",
+                hook.name()
+            )
         })?;
         Ok(())
     }
@@ -97,10 +133,14 @@ fn tc_message(index: u32, handle: TcHandle, parent: TcHandle) -> TcMessage {
     msg
 }
 
-/// The daemon's BPF filter on link `index`'s clsact ingress hook, at priority `prio`, for every
+/// The daemon's BPF filter on link `index`'s clsact `hook`, at priority `prio`, for every
 /// protocol (`tcm_info` is `TC_H_MAKE(prio << 16, htons(ETH_P_ALL))`).
-fn ingress_bpf_filter(index: u32, prio: u16) -> TcMessage {
-    let mut msg = tc_message(index, BPF_FILTER_HANDLE, CLSACT_INGRESS);
+fn bpf_filter(index: u32, hook: TcHook, prio: u16) -> TcMessage {
+    let parent = match hook {
+        TcHook::Ingress => CLSACT_INGRESS,
+        TcHook::Egress => CLSACT_EGRESS,
+    };
+    let mut msg = tc_message(index, BPF_FILTER_HANDLE, parent);
     msg.header.info = u32::from(prio) << 16 | u32::from((libc::ETH_P_ALL as u16).to_be());
     msg
 }

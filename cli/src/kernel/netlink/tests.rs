@@ -242,6 +242,6 @@ fn a_clsact_qdisc_is_added_once_and_deleted() {
     assert!(!has_clsact(&qdiscs(&host)), "{}", qdiscs(&host));
     assert!(nl.delete_clsact(index).is_err(), "nothing left to delete");
     // A filter needs the qdisc's hook.
-    let err = nl.delete_ingress_bpf(index, 1).unwrap_err();
+    let err = nl.delete_bpf_filter(index, TcHook::Ingress, 1).unwrap_err();
     assert!(matches!(err, NetlinkError::Kernel { .. }), "{err}");
 }
