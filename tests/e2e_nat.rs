@@ -19,8 +19,8 @@ use common::wan::{
     nat_sandbox, DNS_QUERY, DNS_SERVER, HOST_WAN_IP, HTTP_SERVER, TCP_SERVER, UDP_SERVER, WAN_IP,
 };
 use common::{
-    assert_mentions, command, exists, host_ip, poll, require_program, run, run_timeout, Container,
-    Json, JsonExt, Out, Proc, Sandbox, TempDir, DEADLINE, GATEWAY,
+    assert_mentions, command, exists, host_ip, poll, require_program, run, run_timeout,
+    tcp_transfer, Container, Json, JsonExt, Out, Proc, Sandbox, TempDir, DEADLINE, GATEWAY,
 };
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -1526,4 +1526,58 @@ fn resolv_conf_of_a_named_namespace_goes_to_etc_netns_and_goes_away_with_the_por
         dir.display()
     );
     host_resolv.assert_unchanged();
+}
+
+/// An established relayed connection goes through the kernel on either hook (tcx from Linux 6.6,
+/// a clsact qdisc's cls_bpf filters before): the container's segments in by its veth's program,
+/// the host's out by the TAP's egress program. Every byte arrives (SHA-256), nearly all of them
+/// counted as the fast path's on the container's port, and the NAT counts the flow's bytes.
+fn relayed_tcp_goes_through_the_kernel(hook: &str) {
+    let (sb, wan) = nat_sandbox(&["--fast-path", hook], &[]);
+    let c = Container::plain();
+    sb.plug(&c, &[]);
+    let tap_filter = run_timeout(
+        sb.host_cmd("tc", &["filter", "show", "dev", "vsw0", "egress"]),
+        Duration::from_secs(5),
+    )
+    .ok()
+    .stdout;
+    assert_eq!(
+        tap_filter.contains("vswitch_fast"),
+        hook == "tc",
+        "the TAP's egress program on {hook}: {tap_filter}"
+    );
+    let bytes: u64 = 16 * MB;
+    tcp_transfer(&c, &wan, WAN_IP, bytes);
+    let p = port_of(&sb, &c);
+    assert!(
+        p.num("fast_rx_bytes") >= bytes * 9 / 10,
+        "carried by the kernel on {hook}: {p}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.vswitch(&["stats", "--json"]).ok().stdout).unwrap();
+    assert!(
+        stats["nat"]["in_kernel_total"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    // What the kernel carried counts on the flow within seconds.
+    let flow_bytes = || {
+        let flows = conntrack(&sb);
+        let flows = flows_to(&flows, "tcp", &format!("{WAN_IP}:5201"));
+        flows.first().map_or(0, |f| f.num("bytes_out"))
+    };
+    poll(Duration::from_secs(15), || {
+        (flow_bytes() >= bytes).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the flow counts {} of {bytes} bytes", flow_bytes()));
+}
+
+#[test]
+fn relayed_tcp_goes_through_the_kernel_on_tcx() {
+    relayed_tcp_goes_through_the_kernel("tcx");
+}
+
+#[test]
+fn relayed_tcp_goes_through_the_kernel_on_tc_as_before_linux_6_6() {
+    relayed_tcp_goes_through_the_kernel("tc");
 }
