@@ -1531,11 +1531,12 @@ fn resolv_conf_of_a_named_namespace_goes_to_etc_netns_and_goes_away_with_the_por
 /// An established relayed connection goes through the kernel on either hook (tcx from Linux 6.6,
 /// a clsact qdisc's cls_bpf filters before): the container's segments in by its veth's program,
 /// the host's out by the TAP's egress program. Every byte arrives (SHA-256), nearly all of them
-/// counted as the fast path's on the container's port, and the NAT counts the flow's bytes.
+/// counted as the fast path's on the container's port, and the NAT counts the flow's bytes. The
+/// same for a connection from outside to a published port.
 fn relayed_tcp_goes_through_the_kernel(hook: &str) {
     let (sb, wan) = nat_sandbox(&["--fast-path", hook], &[]);
     let c = Container::plain();
-    sb.plug(&c, &[]);
+    sb.plug(&c, &["--publish", "5201:5201"]);
     let tap_filter = run_timeout(
         sb.host_cmd("tc", &["filter", "show", "dev", "vsw0", "egress"]),
         Duration::from_secs(5),
@@ -1570,6 +1571,18 @@ fn relayed_tcp_goes_through_the_kernel(hook: &str) {
         (flow_bytes() >= bytes).then_some(())
     })
     .unwrap_or_else(|| panic!("the flow counts {} of {bytes} bytes", flow_bytes()));
+
+    // From the wan to the container's published port.
+    let before = port_of(&sb, &c).num("fast_tx_bytes");
+    tcp_transfer(&wan, &c, HOST_WAN_IP, bytes);
+    let p = port_of(&sb, &c);
+    assert!(
+        p.num("fast_tx_bytes") - before >= bytes * 9 / 10,
+        "a published connection carried by the kernel on {hook}: {p}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.vswitch(&["stats", "--json"]).ok().stdout).unwrap();
+    assert!(stats["nat"]["in_kernel_total"].as_u64() >= Some(2), "{stats}");
 }
 
 #[test]

@@ -530,11 +530,12 @@ impl World {
 }
 
 /// An `Offload` verdict hands the edge the translation the NAT itself applies to the
-/// connection: the container's ends, the relay port on the gateway; only for relayed egress.
+/// connection: the container's ends, the relay's (or published connection's) port on the
+/// gateway; only for TCP.
 fn offload_agrees(v: &Verdict, c: SocketAddrV4, r: SocketAddrV4, kind: Kind, what: &str) {
     if let Verdict::Offload(o) = v {
-        let Kind::TcpEgress { relay, .. } = kind else {
-            panic!("{what}: a published flow handed to the edge");
+        let (Kind::TcpEgress { relay, .. } | Kind::TcpPublished { eph: relay }) = kind else {
+            panic!("{what}: {kind:?} handed to the edge");
         };
         assert_eq!(
             (o.container, o.remote, o.relay),

@@ -292,7 +292,10 @@ impl Nat {
         use TcpState::Established as E;
         let segments = flow.packets_out + flow.packets_in;
         match (before, flow.tcp.state(), flow.kind) {
-            (_, E, Kind::TcpEgress { relay, .. }) if segments == OFFLOAD_AFTER => {
+            // A published connection is relayed the same way, from `GATEWAY:EPH`.
+            (_, E, Kind::TcpEgress { relay, .. } | Kind::TcpPublished { eph: relay })
+                if segments == OFFLOAD_AFTER =>
+            {
                 Verdict::Offload(Offload {
                     flow: id,
                     container: flow.inside(),

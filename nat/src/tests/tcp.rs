@@ -618,3 +618,41 @@ fn a_connection_is_offered_to_the_edge_once_at_its_32nd_segment() {
     }
     assert_eq!(offered, [(crate::OFFLOAD_AFTER, offload)]);
 }
+
+#[test]
+fn a_published_connection_is_offered_too_from_its_gateway_port() {
+    let nat = nat();
+    let flow = nat
+        .publish_tcp(50000, sa(C1, 80), sa(CLIENT, 6000), T0)
+        .unwrap();
+    let mut syn = tcp_host(sa(GW, 50000), sa(C1, 80), SYN, Csum::Full);
+    assert_eq!(nat.from_host(&mut syn, T0), Verdict::Rewritten);
+    let mut synack = tcp_out(C1_MAC, sa(C1, 80), sa(CLIENT, 6000), SYN | ACK, 9, b"");
+    assert_eq!(nat.outbound(&mut synack, T0), Verdict::Rewritten);
+    let mut offered = Vec::new();
+    for i in 2..40u64 {
+        let v = if i % 2 == 0 {
+            nat.from_host(
+                &mut tcp_host(sa(GW, 50000), sa(C1, 80), ACK, Csum::Full),
+                T0,
+            )
+        } else {
+            nat.outbound(
+                &mut tcp_out(C1_MAC, sa(C1, 80), sa(CLIENT, 6000), ACK, 10, b"x"),
+                T0,
+            )
+        };
+        match v {
+            Verdict::Rewritten => {}
+            Verdict::Offload(o) => offered.push((i + 1, o)),
+            v => panic!("segment {}: {v:?}", i + 1),
+        }
+    }
+    let offload = Offload {
+        flow,
+        container: sa(C1, 80),
+        remote: sa(CLIENT, 6000),
+        relay: sa(GW, 50000),
+    };
+    assert_eq!(offered, [(crate::OFFLOAD_AFTER, offload)]);
+}
