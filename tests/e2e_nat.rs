@@ -1582,7 +1582,10 @@ fn relayed_tcp_goes_through_the_kernel(hook: &str) {
     );
     let stats: serde_json::Value =
         serde_json::from_str(&sb.vswitch(&["stats", "--json"]).ok().stdout).unwrap();
-    assert!(stats["nat"]["in_kernel_total"].as_u64() >= Some(2), "{stats}");
+    assert!(
+        stats["nat"]["in_kernel_total"].as_u64() >= Some(2),
+        "{stats}"
+    );
 }
 
 #[test]

@@ -911,3 +911,54 @@ fn learned_pairs_take_the_fast_path(args: &[&str], hook: &str) {
     let pb = sb.port_of(b.pid).unwrap();
     assert!(pb.num("fast_tx_frames") > before + 100, "{pb}");
 }
+
+/// What the host itself sends a container, and what a container sends the host's address,
+/// cross in the kernel on either hook: into the host's stack through the TAP's ingress, out of
+/// the container's veth from the TAP's egress. Every byte arrives (SHA-256) both ways, nearly all
+/// of it counted as the fast path's on both ports; the host's ping is answered once.
+fn host_and_container_through_the_kernel(hook: &str) {
+    let sb = Sandbox::start_with(SandboxOptions {
+        extra_args: vec!["--fast-path".into(), hook.into()],
+        ..SandboxOptions::default()
+    });
+    let c = sb.plug_plain();
+    let c_ip = host_ip(2);
+    let ping = run_timeout(
+        sb.host_cmd("ping", &["-c", "5", "-i", "0.2", "-W", "2", &c_ip]),
+        Duration::from_secs(20),
+    )
+    .ok();
+    assert!(
+        ping.stdout.contains("5 received") && !ping.stdout.contains("DUP"),
+        "{}",
+        ping.stdout
+    );
+    let bytes: u64 = 32 << 20;
+    let fast = |field: &str| sb.port_of(c.pid).unwrap().num(field);
+    let before = (fast("fast_tx_bytes"), fast("fast_rx_bytes"));
+    tcp_transfer(&sb, &c, &c_ip, bytes);
+    tcp_transfer(&c, &sb, GATEWAY, bytes);
+    let (tx, rx) = (
+        fast("fast_tx_bytes") - before.0,
+        fast("fast_rx_bytes") - before.1,
+    );
+    assert!(
+        tx >= bytes * 9 / 10 && rx >= bytes * 9 / 10,
+        "carried by the kernel on {hook}: to the container {tx}, from it {rx} of {bytes}"
+    );
+    let tap = sb.tap_port();
+    assert!(
+        tap.num("fast_tx_bytes") >= bytes * 9 / 10 && tap.num("fast_rx_bytes") >= bytes * 9 / 10,
+        "the TAP's port counts them too: {tap}"
+    );
+}
+
+#[test]
+fn host_and_container_through_the_kernel_on_tcx() {
+    host_and_container_through_the_kernel("tcx");
+}
+
+#[test]
+fn host_and_container_through_the_kernel_on_tc_as_before_linux_6_6() {
+    host_and_container_through_the_kernel("tc");
+}

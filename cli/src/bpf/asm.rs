@@ -67,6 +67,8 @@ pub enum Helper {
 pub mod skb {
     /// `__u32 len`.
     pub const LEN: i16 = 0;
+    /// `__u32 mark`: the packet's mark (from its socket's `SO_MARK`, for what the host sends).
+    pub const MARK: i16 = 8;
     /// `__u32 protocol`: the EtherType, in network byte order.
     pub const PROTOCOL: i16 = 16;
     /// `__u32 vlan_present`: the kernel took a VLAN tag off the frame (it is in the skb's

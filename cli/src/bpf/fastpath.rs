@@ -39,7 +39,7 @@ use vswitch_switch::{Ipv4Prefix, MacAddr, PortId};
 use super::asm::{skb, Asm, AsmError, Helper, Insn, R0, R1, R10, R2, R3, R4, R6, R7, R8};
 use super::map::{Map, PerCpuMap, Pod};
 use super::pins::Pins;
-use super::relay::{self, RelayMaps};
+use super::relay::{self, RelayMaps, BPF_F_INGRESS};
 use super::sys::{
     link_update, load_program, obj_get, obj_pin, tcx_attach, tcx_supported, ProgType,
 };
@@ -68,11 +68,16 @@ pub enum SrcCheck {
     /// Nothing from this station takes the fast path (its port's policy is more than one
     /// prefix); frames to it still may.
     Daemon,
+    /// The host's own station (the gateway's MAC on the TAP): its frames are trusted; a frame to
+    /// it takes the fast path only as untagged IPv4 to this address (the host itself, not the
+    /// NAT), into the TAP's ingress.
+    Host(Ipv4Addr),
 }
 
 /// `Value::flags`.
 const SRC_IPV4: u32 = 1;
 const SRC_DAEMON: u32 = 2;
+const HOST: u32 = 4;
 
 impl SrcCheck {
     /// (flags, address, mask), the address and mask as the frame's bytes read as a u32.
@@ -85,6 +90,7 @@ impl SrcCheck {
                 u32::from_ne_bytes(p.mask().to_be_bytes()),
             ),
             SrcCheck::Daemon => (SRC_DAEMON, 0, 0),
+            SrcCheck::Host(ip) => (HOST, u32::from_ne_bytes(ip.octets()), 0),
         }
     }
 
@@ -94,6 +100,7 @@ impl SrcCheck {
         match (flags, prefix) {
             (0, _) => SrcCheck::None,
             (SRC_IPV4, Some(prefix)) => SrcCheck::Ipv4(prefix),
+            (HOST, _) => SrcCheck::Host(Ipv4Addr::from(ip.to_ne_bytes())),
             _ => SrcCheck::Daemon,
         }
     }
@@ -185,6 +192,10 @@ const HDR: i16 = -62;
 const HDR_LEN: i32 = 30;
 const ETHERTYPE: i16 = HDR + 12;
 const IPV4_SRC: i16 = HDR + 26;
+/// A frame's IPv4 destination, loaded on its own (where the frame's destination is the host),
+/// and where it is in the frame.
+const IPV4_DST: i16 = -28;
+const IPV4_DST_AT: i32 = 30;
 const _: () = assert!(
     HDR.rem_euclid(4) == 2 && IPV4_SRC.rem_euclid(4) == 0 && HDR + HDR_LEN as i16 <= PORT_KEY
 );
@@ -237,17 +248,33 @@ pub(super) fn emit_count(a: &mut Asm, counters: RawFd, (frames, bytes): (i16, i1
     a.bind(counted);
 }
 
+/// Where a program runs: on a container's veth (its ingress), or on the TAP's egress.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    Veth,
+    Tap,
+}
+
+/// The fast path's `skb->mark` on the host's sockets whose segments the NAT translates (the
+/// relay's side of a relayed or published connection): the TAP's program leaves those to the
+/// NAT (or to the relayed connections' map) and carries only what the host itself sends.
+pub const NAT_MARK: u32 = 0x7673_0000;
+
 /// The program of either kind: the same decision, then forward (or drop, for the filter).
-/// A frame to a MAC that is no station may be a relayed TCP segment (`relay`, map `relay_out`).
+/// On a veth, a frame to a MAC that is no station may be a relayed TCP segment (`relay`, map
+/// `relay_out`); one to the host's station goes into the TAP's ingress. On the TAP, the host's
+/// relayed segments (`relay_back`) go first; then a frame of the host's own to a container
+/// goes out of its veth.
 //
-// One listing of ~100 lines on purpose: it is one eBPF program, read top to bottom as the
+// One listing of ~130 lines on purpose: it is one eBPF program, read top to bottom as the
 // verifier reads it, its jumps to labels within it; cut into functions it would only hide
 // where each label is.
 fn program(
     kind: Kind,
+    place: Place,
     stations: RawFd,
     counters: RawFd,
-    relay_out: RawFd,
+    relay: RawFd,
 ) -> Result<Vec<Insn>, AsmError> {
     const IFINDEX: i16 = field(offset_of!(Value, ifindex));
     const PORT: i16 = field(offset_of!(Value, port));
@@ -260,8 +287,18 @@ fn program(
     // The destination is no station: perhaps a relayed connection's segment to the gateway.
     let relayed = a.label();
 
-    // r6 = skb, kept across calls; the frame's header onto the stack.
+    // r6 = skb, kept across calls.
     a.mov64_reg(R6, R1);
+    if place == Place::Tap {
+        // The host's side of a relayed connection, once established; then its other segments
+        // are the NAT's (marked), and what is left is the host's own.
+        let own = a.label();
+        relay::emit(&mut a, relay::Dir::Back, kind, relay, counters, own);
+        a.bind(own);
+        a.ldx_w(R1, R6, skb::MARK)
+            .jeq_imm(R1, NAT_MARK as i32, pass);
+    }
+    // The frame's header onto the stack.
     a.mov64_reg(R1, R6).mov64_imm(R2, 0);
     a.mov64_reg(R3, R10).add64_imm(R3, HDR.into());
     a.mov64_imm(R4, HDR_LEN).call(Helper::SkbLoadBytes);
@@ -278,21 +315,33 @@ fn program(
     a.ldx_w(R1, R10, HDR + 6).ldx_h(R2, R10, HDR + 10);
     a.lsh64_imm(R2, 32).or64_reg(R1, R2);
     a.stx_dw(R10, R1, SRC_KEY);
-    // r8 = the source's station, which must be known and live on the port the frame came in
-    // by (else it moved: the daemon learns it).
-    a.ld_map_fd(R1, stations);
-    a.mov64_reg(R2, R10).add64_imm(R2, SRC_KEY.into());
-    a.call(Helper::MapLookupElem);
-    a.jeq_imm(R0, 0, pass);
-    a.mov64_reg(R8, R0);
-    a.ldx_w(R1, R8, IFINDEX).ldx_w(R2, R6, skb::IFINDEX);
-    a.jne_reg(R1, R2, pass);
+    // r8 = the source's station, which must be known and live on the interface the frame came
+    // in by (else it moved: the daemon learns it); r7 = the destination's.
+    for (key, station, missing) in [(SRC_KEY, R8, pass), (DST_KEY, R7, relayed)] {
+        let missing = match place {
+            Place::Tap => pass,
+            Place::Veth => missing,
+        };
+        a.ld_map_fd(R1, stations);
+        a.mov64_reg(R2, R10).add64_imm(R2, key.into());
+        a.call(Helper::MapLookupElem);
+        a.jeq_imm(R0, 0, missing);
+        a.mov64_reg(station, R0);
+        if station == R8 {
+            a.ldx_w(R1, R8, IFINDEX).ldx_w(R2, R6, skb::IFINDEX);
+            a.jne_reg(R1, R2, pass);
+        }
+    }
+    // ... on another interface (else a hairpin: the daemon drops and counts it).
+    a.ldx_w(R1, R7, IFINDEX).ldx_w(R2, R6, skb::IFINDEX);
+    a.jeq_reg(R1, R2, pass);
 
-    // Port security: what the source's port may send. A trusted port's frames go as they
-    // are; a checked port's only as untagged IPv4 from its prefix (the daemon checks the rest,
-    // and drops and counts what is spoofed).
+    // Port security: what the source's port may send. A trusted port's frames (and the host's)
+    // go as they are; a checked port's only as untagged IPv4 from its prefix (the daemon checks
+    // the rest, and drops and counts what is spoofed).
     let allowed = a.label();
     a.ldx_w(R1, R8, FLAGS).jeq_imm(R1, 0, allowed);
+    a.jeq_imm(R1, HOST as i32, allowed);
     a.jne_imm(R1, SRC_IPV4 as i32, pass);
     a.ldx_w(R1, R6, skb::VLAN_PRESENT).jne_imm(R1, 0, pass);
     a.ldx_h(R1, R10, ETHERTYPE)
@@ -303,15 +352,24 @@ fn program(
     a.ldx_w(R2, R8, IP).jne_reg(R1, R2, pass);
     a.bind(allowed);
 
-    // r7 = the destination's station, on another port (else a hairpin: the daemon drops and
-    // counts it).
-    a.ld_map_fd(R1, stations);
-    a.mov64_reg(R2, R10).add64_imm(R2, DST_KEY.into());
-    a.call(Helper::MapLookupElem);
-    a.jeq_imm(R0, 0, relayed);
-    a.mov64_reg(R7, R0);
-    a.ldx_w(R1, R7, IFINDEX).ldx_w(R2, R6, skb::IFINDEX);
-    a.jeq_reg(R1, R2, pass);
+    // To the host: only untagged IPv4 to the host's own address. The rest to its MAC is the
+    // NAT's (perhaps a relayed connection's segment) or ARP's.
+    let container = a.label();
+    let not_host = match place {
+        Place::Veth => relayed,
+        Place::Tap => pass,
+    };
+    a.ldx_w(R1, R7, FLAGS).jne_imm(R1, HOST as i32, container);
+    a.ldx_w(R1, R6, skb::VLAN_PRESENT).jne_imm(R1, 0, pass);
+    a.ldx_h(R1, R10, ETHERTYPE)
+        .jne_imm(R1, ETHERTYPE_IPV4, pass);
+    a.mov64_reg(R1, R6).mov64_imm(R2, IPV4_DST_AT);
+    a.mov64_reg(R3, R10).add64_imm(R3, IPV4_DST.into());
+    a.mov64_imm(R4, 4).call(Helper::SkbLoadBytes);
+    a.jne_imm(R0, 0, pass);
+    a.ldx_w(R1, R10, IPV4_DST).ldx_w(R2, R7, IP);
+    a.jne_reg(R1, R2, not_host);
+    a.bind(container);
 
     match kind {
         Kind::Filter => {
@@ -328,13 +386,24 @@ fn program(
                 a.ldx_w(R1, station, PORT);
                 emit_count(&mut a, counters, which);
             }
-            // Into the destination container, through its veth's peer.
-            a.ldx_w(R1, R7, IFINDEX).mov64_imm(R2, 0);
-            a.call(Helper::RedirectPeer).exit();
+            // Into the host's stack through the TAP's ingress, out of the destination's veth
+            // (from the TAP), or into the destination container through its veth's peer.
+            let peer = a.label();
+            a.ldx_w(R1, R7, IFINDEX);
+            a.ldx_w(R2, R7, FLAGS).jne_imm(R2, HOST as i32, peer);
+            a.mov64_imm(R2, BPF_F_INGRESS).call(Helper::Redirect).exit();
+            a.bind(peer);
+            a.mov64_imm(R2, 0);
+            match place {
+                Place::Veth => a.call(Helper::RedirectPeer).exit(),
+                Place::Tap => a.call(Helper::Redirect).exit(),
+            };
         }
     }
     a.bind(relayed);
-    relay::emit(&mut a, relay::Dir::Out, kind, relay_out, counters, pass);
+    if place == Place::Veth {
+        relay::emit(&mut a, relay::Dir::Out, kind, relay, counters, pass);
+    }
     a.bind(pass);
     match kind {
         // The whole frame, for the daemon.
@@ -457,6 +526,12 @@ impl Drop for Attachment {
     }
 }
 
+/// Deletes the fast path's cls_bpf filter on `ifindex`'s `hook`, if a killed daemon left one (a
+/// daemon with no fast path must not run a previous one's program). Best effort.
+pub fn remove_left_filter(nl: &mut Netlink, ifindex: u32, hook: TcHook) {
+    let _ = nl.delete_bpf_filter(ifindex, hook, TC_PRIO);
+}
+
 /// The end of every log line that says there is no fast path.
 const OFF: &str = "every frame goes through the daemon";
 
@@ -567,12 +642,16 @@ impl FastPath {
             }
         }
         let relay = Arc::new(RelayMaps::new(RELAY_ENTRIES)?);
-        let (s, c, r) = (stations.fd(), counters.fd(), relay.out_fd());
-        let assemble = |kind| program(kind, s, c, r).map_err(io::Error::other);
-        let redirect = load_program(ProgType::SchedCls, &assemble(Kind::Redirect)?)?;
-        let filter = load_program(ProgType::SocketFilter, &assemble(Kind::Filter)?)?;
-        let tap = relay::tap_program(&relay, c).map_err(io::Error::other)?;
-        let tap_program = load_program(ProgType::SchedCls, &tap)?;
+        let (s, c) = (stations.fd(), counters.fd());
+        let (out, back) = (relay.out_fd(), relay.back_fd());
+        let assemble =
+            |kind, place, relay| program(kind, place, s, c, relay).map_err(io::Error::other);
+        let redirect = assemble(Kind::Redirect, Place::Veth, out)?;
+        let redirect = load_program(ProgType::SchedCls, &redirect)?;
+        let filter = assemble(Kind::Filter, Place::Veth, out)?;
+        let filter = load_program(ProgType::SocketFilter, &filter)?;
+        let tap_program = assemble(Kind::Redirect, Place::Tap, back)?;
+        let tap_program = load_program(ProgType::SchedCls, &tap_program)?;
         Ok(FastPath {
             stations,
             counters,
@@ -808,7 +887,7 @@ impl FastPath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::sys::test_run;
+    use crate::bpf::sys::{test_run, test_run_out};
     use crate::bpf::tests::need_root;
 
     /// A 60-byte frame: `ethertype`, and for IPv4 the source address `src_ip`.
@@ -820,6 +899,108 @@ mod tests {
         f[14] = 0x45;
         f[26..30].copy_from_slice(&src_ip);
         f
+    }
+
+    /// What the host itself sends a container, and what a container sends the host's address,
+    /// cross in the kernel: through the TAP's ingress one way, out of the container's veth the
+    /// other; what is the NAT's (to the gateway's MAC but another address, or from the NAT's
+    /// marked sockets) and ARP go to the daemon.
+    #[test]
+    fn the_hosts_own_frames_cross_between_the_tap_and_a_container() {
+        need_root();
+        let fast = FastPath::load(16, None).expect("the kernel accepts the programs");
+        let mut fast = fast;
+        let (gateway, container) = (MacAddr([2, 0, 10, 1, 1, 1]), MacAddr([2, 0, 0, 0, 0, 0xa]));
+        let (tap, port) = (PortId(0), PortId(1));
+        for p in [tap, port] {
+            fast.clear_counts(p).unwrap();
+        }
+        let host_ip = Ipv4Addr::new(10, 1, 1, 1);
+        // A test run's frame comes in on loopback (ifindex 1): the container's veth for the
+        // veth's program, then the TAP for the TAP's.
+        let want = |tap_index, veth_index| {
+            HashMap::from([
+                (
+                    gateway,
+                    Station {
+                        ifindex: tap_index,
+                        port: tap,
+                        check: SrcCheck::Host(host_ip),
+                    },
+                ),
+                (
+                    container,
+                    Station {
+                        ifindex: veth_index,
+                        port,
+                        check: SrcCheck::Ipv4("10.1.1.10/32".parse().unwrap()),
+                    },
+                ),
+            ])
+        };
+        let (veth_prog, tap_prog) = fast.programs();
+        let (veth_prog, tap_prog) = (
+            veth_prog.try_clone().unwrap(),
+            tap_prog.try_clone().unwrap(),
+        );
+        let ip_frame = |dst: MacAddr, src: MacAddr, from: [u8; 4], to: [u8; 4]| {
+            let mut f = frame(dst, src, 0x0800, from);
+            f[30..34].copy_from_slice(&to);
+            f
+        };
+        let (c_ip, outside) = ([10, 1, 1, 10], [198, 51, 100, 7]);
+        let (redirected, daemon) = (TC_ACT_REDIRECT, TC_NEXT as u32);
+
+        fast.sync(&want(2, 1)).unwrap();
+        for (f, verdict, what) in [
+            (
+                ip_frame(gateway, container, c_ip, host_ip.octets()),
+                redirected,
+                "to the host",
+            ),
+            (
+                ip_frame(gateway, container, c_ip, outside),
+                daemon,
+                "to the NAT",
+            ),
+            (frame(gateway, container, 0x0806, c_ip), daemon, "ARP"),
+            (
+                ip_frame(gateway, container, [10, 1, 1, 11], host_ip.octets()),
+                daemon,
+                "a forged source address",
+            ),
+        ] {
+            assert_eq!(
+                test_run_out(&veth_prog, &f, 0).unwrap().0,
+                verdict,
+                "{what}"
+            );
+        }
+        fast.sync(&want(1, 2)).unwrap();
+        let to_c = ip_frame(container, gateway, host_ip.octets(), c_ip);
+        assert_eq!(
+            test_run_out(&tap_prog, &to_c, 0).unwrap().0,
+            redirected,
+            "the host's own"
+        );
+        assert_eq!(
+            test_run_out(&tap_prog, &to_c, NAT_MARK).unwrap().0,
+            daemon,
+            "the NAT's (a marked socket's)"
+        );
+        let arp = frame(MacAddr([0xff; 6]), gateway, 0x0806, host_ip.octets());
+        assert_eq!(test_run_out(&tap_prog, &arp, 0).unwrap().0, daemon, "ARP");
+        // Counted as the switch would: into the host on the TAP's port, and back.
+        let (c, t) = (fast.counts(port), fast.counts(tap));
+        assert_eq!(
+            (c.rx_frames, c.tx_frames, t.rx_frames, t.tx_frames),
+            (1, 1, 1, 1)
+        );
+        // The TAP captured: no host station, everything through the daemon.
+        let mut captured = want(1, 2);
+        captured.remove(&gateway);
+        fast.sync(&captured).unwrap();
+        assert_eq!(test_run_out(&tap_prog, &to_c, 0).unwrap().0, daemon);
     }
 
     #[test]
@@ -968,6 +1149,7 @@ mod tests {
             SrcCheck::Ipv4("10.1.1.10/32".parse().unwrap()),
             SrcCheck::Ipv4("10.0.0.0/8".parse().unwrap()),
             SrcCheck::Ipv4("0.0.0.0/0".parse().unwrap()),
+            SrcCheck::Host(Ipv4Addr::new(10, 1, 1, 1)),
         ] {
             let (flags, ip, mask) = check.encode();
             assert_eq!(SrcCheck::decode(flags, ip, mask), check);

@@ -29,10 +29,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use vswitch_switch::PortId;
 
-use super::asm::{
-    skb, Asm, AsmError, Helper, Insn, Label, R0, R1, R10, R2, R3, R4, R5, R6, R8, R9,
-};
-use super::fastpath::{emit_count, field, Kind, ETHERTYPE_IPV4, RX, TC_NEXT, TX};
+use super::asm::{skb, Asm, Helper, Label, R0, R1, R10, R2, R3, R4, R5, R6, R8, R9};
+use super::fastpath::{emit_count, field, Kind, ETHERTYPE_IPV4, RX, TX};
 use super::map::{Map, Pod};
 
 /// Which way a segment goes, and so which map and which end of it is rewritten.
@@ -200,7 +198,7 @@ const STATE_FLAGS: i32 = 0x01 | 0x02 | 0x04;
 /// `bpf_l4_csum_replace`'s flag for a change in the pseudo-header (an address).
 const BPF_F_PSEUDO_HDR: i32 = 1 << 4;
 /// `bpf_redirect`'s flag for the interface's ingress (the host receives the frame).
-const BPF_F_INGRESS: i32 = 1;
+pub(super) const BPF_F_INGRESS: i32 = 1;
 const TC_ACT_SHOT: i32 = 2;
 /// The TAP's port (`datapath::TAP_PORT`, a layer above).
 const TAP_PORT_ID: i32 = 0;
@@ -314,25 +312,6 @@ pub(super) fn emit(a: &mut Asm, dir: Dir, kind: Kind, map: RawFd, counters: RawF
     a.mov64_imm(R0, TC_ACT_SHOT).exit();
 }
 
-/// The program on the TAP's egress: the host's segments of relayed connections, rewritten and
-/// sent out of their container's veth; everything else goes on to the TAP (the daemon).
-pub fn tap_program(maps: &RelayMaps, counters: RawFd) -> Result<Vec<Insn>, AsmError> {
-    let mut a = Asm::new();
-    let pass = a.label();
-    a.mov64_reg(R6, R1);
-    emit(
-        &mut a,
-        Dir::Back,
-        Kind::Redirect,
-        maps.back_fd(),
-        counters,
-        pass,
-    );
-    a.bind(pass);
-    a.mov64_imm(R0, TC_NEXT).exit();
-    a.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -342,7 +321,7 @@ mod tests {
     use vswitch_switch::MacAddr;
 
     use super::*;
-    use crate::bpf::fastpath::{FastPath, PortCounts, SrcCheck, Station};
+    use crate::bpf::fastpath::{FastPath, PortCounts, SrcCheck, Station, NAT_MARK, TC_NEXT};
     use crate::bpf::sys::test_run_out;
     use crate::bpf::tests::need_root;
 
@@ -434,8 +413,18 @@ mod tests {
             port: container,
             check: SrcCheck::None,
         };
-        fast.sync(&HashMap::from([(MacAddr(CONTAINER_MAC), station)]))
-            .unwrap();
+        // The host's station too, as the daemon has it: a segment to the gateway's MAC but not
+        // to the gateway's address is still the relay's.
+        let host = Station {
+            ifindex: 99,
+            port: tap,
+            check: SrcCheck::Host(Ipv4Addr::new(10, 1, 1, 1)),
+        };
+        let stations = [
+            (MacAddr(CONTAINER_MAC), station),
+            (MacAddr(GATEWAY_MAC), host),
+        ];
+        fast.sync(&HashMap::from(stations)).unwrap();
         let maps: Arc<RelayMaps> = fast.relay_maps_for_tests();
         let (c, remote, relay) = (
             sa([10, 1, 1, 10], 5000),
@@ -462,7 +451,7 @@ mod tests {
 
         // Out: to the relay, checksums still right.
         let frame = segment(GATEWAY_MAC, CONTAINER_MAC, c, remote, ACK);
-        let (verdict, rewritten) = test_run_out(veth_prog, &frame).unwrap();
+        let (verdict, rewritten) = test_run_out(veth_prog, &frame, 0).unwrap();
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(ends(&rewritten), (c, relay, true));
         assert_eq!(
@@ -473,7 +462,7 @@ mod tests {
         assert_eq!(rewritten[54..], frame[54..], "the payload");
         // Back: from the remote end.
         let frame = segment(CONTAINER_MAC, GATEWAY_MAC, relay, c, ACK | 0x08);
-        let (verdict, rewritten) = test_run_out(tap_prog, &frame).unwrap();
+        let (verdict, rewritten) = test_run_out(tap_prog, &frame, NAT_MARK).unwrap();
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(ends(&rewritten), (remote, c, true));
 
@@ -481,10 +470,14 @@ mod tests {
         let next = TC_NEXT as u32;
         for (flags, what) in [(0x02, "SYN"), (0x11, "FIN"), (0x14, "RST")] {
             let frame = segment(GATEWAY_MAC, CONTAINER_MAC, c, remote, flags);
-            assert_eq!(test_run_out(veth_prog, &frame).unwrap().0, next, "{what}");
+            assert_eq!(
+                test_run_out(veth_prog, &frame, 0).unwrap().0,
+                next,
+                "{what}"
+            );
             let frame = segment(CONTAINER_MAC, GATEWAY_MAC, relay, c, flags);
             assert_eq!(
-                test_run_out(tap_prog, &frame).unwrap().0,
+                test_run_out(tap_prog, &frame, NAT_MARK).unwrap().0,
                 next,
                 "{what} back"
             );
@@ -497,20 +490,20 @@ mod tests {
             ACK,
         );
         assert_eq!(
-            test_run_out(veth_prog, &other).unwrap().0,
+            test_run_out(veth_prog, &other, 0).unwrap().0,
             next,
             "another connection"
         );
         let mut fragment = segment(GATEWAY_MAC, CONTAINER_MAC, c, remote, ACK);
         fragment[20] |= 0x20; // more fragments
         assert_eq!(
-            test_run_out(veth_prog, &fragment).unwrap().0,
+            test_run_out(veth_prog, &fragment, 0).unwrap().0,
             next,
             "a fragment"
         );
         let stranger = segment(GATEWAY_MAC, [2, 0, 0, 0, 0, 0xb], c, remote, ACK);
         assert_eq!(
-            test_run_out(veth_prog, &stranger).unwrap().0,
+            test_run_out(veth_prog, &stranger, 0).unwrap().0,
             next,
             "an unknown MAC"
         );
@@ -519,7 +512,7 @@ mod tests {
         maps.install(&elsewhere, &back).unwrap();
         let frame = segment(GATEWAY_MAC, CONTAINER_MAC, c, remote, ACK);
         assert_eq!(
-            test_run_out(veth_prog, &frame).unwrap().0,
+            test_run_out(veth_prog, &frame, 0).unwrap().0,
             next,
             "another veth"
         );
@@ -530,7 +523,7 @@ mod tests {
         assert_eq!((o.packets, o.bytes), (0, 0), "the entry was replaced");
         assert_eq!((b.packets, b.bytes), (0, 0));
         maps.install(&out, &back).unwrap();
-        test_run_out(veth_prog, &frame).unwrap();
+        test_run_out(veth_prog, &frame, 0).unwrap();
         let (o, _) = maps.traffic(&out, &back);
         assert_eq!((o.packets, o.bytes), (1, len));
         let counts = fast.counts(container);
@@ -542,7 +535,11 @@ mod tests {
         } = fast.counts(tap);
         assert_eq!((rx_frames, tx_frames), (1, 2));
         maps.remove(&out, &back);
-        assert_eq!(test_run_out(veth_prog, &frame).unwrap().0, next, "removed");
+        assert_eq!(
+            test_run_out(veth_prog, &frame, 0).unwrap().0,
+            next,
+            "removed"
+        );
         assert_eq!(maps.traffic(&out, &back), Default::default());
     }
 }

@@ -195,18 +195,24 @@ pub fn test_run(prog: impl AsFd, frame: &[u8]) -> io::Result<u32> {
     Ok((attr[0] >> 32) as u32)
 }
 
-/// Runs program `prog` once on `frame` as [`test_run`] does; returns its verdict and the frame
-/// as the program left it (rewritten, for a program that rewrites). For tests.
+/// Runs program `prog` once on `frame` as [`test_run`] does, the packet marked `mark` (as its
+/// socket's `SO_MARK` would); returns its verdict and the frame as the program left it
+/// (rewritten, for a program that rewrites). For tests.
 #[cfg(test)]
-pub fn test_run_out(prog: impl AsFd, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+pub fn test_run_out(prog: impl AsFd, frame: &[u8], mark: u32) -> io::Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
+    // The head of a `struct __sk_buff`: len and pkt_type (zeros: the kernel sets them), mark.
+    let ctx: [u32; 3] = [0, 0, mark];
     let mut attr: Attr = [0; 16];
     attr[0] = prog.as_fd().as_raw_fd() as u64;
     attr[1] = frame.len() as u64 | (out.len() as u64) << 32;
     attr[2] = frame.as_ptr() as u64;
     attr[3] = out.as_mut_ptr() as u64;
-    // SAFETY: the kernel reads `frame` and writes at most `out.len()` bytes to `out`, both live
-    // for the call at the sizes given.
+    // ctx_size_in, ctx_in.
+    attr[5] = size_of::<[u32; 3]>() as u64;
+    attr[6] = ctx.as_ptr() as u64;
+    // SAFETY: the kernel reads `frame` and `ctx` and writes at most `out.len()` bytes to `out`,
+    // all live for the call at the sizes given.
     unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     out.truncate((attr[1] >> 32) as usize);
     Ok(((attr[0] >> 32) as u32, out))

@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 
+use vswitch_nat::Expired;
 use vswitch_switch::{MacAddr, PortId};
 
 use crate::bpf::fastpath::{SrcCheck, Station};
 use crate::datapath::{now_ms, TAP_PORT};
+
 use crate::natd::NatJob;
 
 use super::manager::Manager;
@@ -39,18 +41,27 @@ impl Manager {
         }
         self.datapath.switch().expire(now);
         let flows = self.nat.expire(now);
+        self.forget_flows(flows);
+        // What the kernel carried counts on the flows (and keeps them alive) within seconds.
         if let Some(offloads) = &self.offloads {
-            offloads.forget(flows.iter().map(|e| e.flow));
-            // What the kernel carried counts on the flows (and keeps them alive) within seconds.
             if now >= self.last_report + REPORT_MS {
                 self.last_report = now;
                 offloads.report(&self.nat, now);
             }
         }
-        if !flows.is_empty() {
-            self.nat_jobs.send(NatJob::Forget(flows));
-        }
         self.log_refusals();
+    }
+
+    /// Flows the NAT no longer has (expired, deleted, their container gone): the kernel stops
+    /// carrying them and the NAT service closes their sockets.
+    pub fn forget_flows(&self, flows: Vec<Expired>) {
+        if flows.is_empty() {
+            return;
+        }
+        if let Some(offloads) = &self.offloads {
+            offloads.forget(flows.iter().map(|e| e.flow));
+        }
+        self.nat_jobs.send(NatJob::Forget(flows));
     }
 
     /// Logs the NAT's refusals of new flows, at most once per ten seconds, with the containers
@@ -154,6 +165,17 @@ impl Manager {
                 Some(s) => want.insert(e.mac, s),
                 None => want.remove(&e.mac),
             };
+        }
+        // The host's own station: what containers send to the host's address, and what the
+        // host sends them (not the NAT's), crosses in the kernel too. Not while the TAP is
+        // captured.
+        if !captured.contains(&TAP_PORT) {
+            let host = Station {
+                ifindex: self.tap_index,
+                port: TAP_PORT,
+                check: SrcCheck::Host(self.ipam.gateway()),
+            };
+            want.insert(self.gateway_mac, host);
         }
         if let Err(e) = fast.sync(&want) {
             tracing::warn!("updating the kernel fast path's stations: {e}");

@@ -8,7 +8,6 @@ use vswitch_nat::{Expired, FlowView, Proto};
 
 use crate::control::{FdbView, FlowFilter, FlowProto, FlowRow};
 use crate::datapath::{now_ms, TAP_PORT};
-use crate::natd::NatJob;
 
 use super::error::DaemonError;
 use super::manager::Manager;
@@ -65,9 +64,7 @@ impl Manager {
                 deleted.push(row(f));
             }
         }
-        if !gone.is_empty() {
-            self.nat_jobs.send(NatJob::Forget(gone));
-        }
+        self.forget_flows(gone);
         tracing::info!(
             filter = %filter,
             flows = deleted.len(),

@@ -14,7 +14,7 @@ use crate::bpf::fastpath::{self, FastPath, Mode};
 use crate::bpf::pins::{self, Pins};
 use crate::datapath::wait::Busy;
 use crate::datapath::{Datapath, Fabric, TAP_PORT};
-use crate::kernel::netlink::Netlink;
+use crate::kernel::netlink::{Netlink, TcHook};
 use crate::natd::budget::{open_now, FdBudget};
 use crate::natd::dns::DnsCounters;
 use crate::natd::{self, dns, resolv, NatHook, NatMailbox, NatService, Offloads};
@@ -57,7 +57,7 @@ pub fn start(
     let (dns_counters, dns_fds) = start_dns(cfg, &host_resolv, &budget)?.unzip();
     let spread_program = spread_program(cfg);
     let mut fast_path = fast_path(cfg);
-    let offloads = offloads(fast_path.as_mut(), tap_index);
+    let offloads = offloads(fast_path.as_mut(), tap_index, &mut nl);
     let (fabric, mut datapath) = new_datapath(cfg, spread_program.clone())?;
     let (nat, nat_jobs, nat_busy) = start_nat(cfg, fd_limit, &fabric, &budget, &datapath)?;
     let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone());
@@ -200,9 +200,19 @@ pub(super) fn nat_hook(
 }
 
 /// The kernel's share of relayed TCP: the fast path's program on TAP `tap`'s egress, and what
-/// hands it connections. None without a fast path, or if the TAP takes no program (said why).
-pub(super) fn offloads(fast_path: Option<&mut FastPath>, tap: u32) -> Option<Arc<Offloads>> {
-    match fast_path?.relay(tap) {
+/// hands it connections. None without a fast path (then a filter a killed daemon left on the
+/// TAP goes: its maps name connections that died with it), or if the TAP takes no program
+/// (said why).
+pub(super) fn offloads(
+    fast_path: Option<&mut FastPath>,
+    tap: u32,
+    nl: &mut Netlink,
+) -> Option<Arc<Offloads>> {
+    let Some(fast_path) = fast_path else {
+        fastpath::remove_left_filter(nl, tap, TcHook::Egress);
+        return None;
+    };
+    match fast_path.relay(tap) {
         Ok(maps) => {
             tracing::info!("relayed TCP: established connections go through the kernel");
             Some(Arc::new(Offloads::new(maps)))

@@ -75,6 +75,11 @@ impl FdIn {
         }
     }
 
+    /// The descriptors not taken yet.
+    pub fn raw(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.fds.iter().flatten().map(|fd| fd.as_raw_fd())
+    }
+
     /// The descriptor the message names `index`; an index out of range or taken twice is an
     /// error (a malformed message).
     pub fn take(&mut self, index: usize) -> io::Result<OwnedFd> {

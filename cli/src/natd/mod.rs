@@ -37,7 +37,7 @@ pub use mailbox::NatMailbox;
 pub use offload::Offloads;
 pub use service::NatService;
 pub use snapshot::ServiceSnap;
-pub use sockets::{bind_published, bind_relays};
+pub use sockets::{bind_published, bind_relays, mark_gateway_sockets};
 
 /// Work the datapath and the manager hand to the NAT service.
 pub enum NatJob {

@@ -83,6 +83,13 @@ impl Offloads {
             veth,
             port,
         };
+        // A connection on the same ports that the NAT forgot without a word: its entries go
+        // first (its way back may have had another relay port).
+        if let Some(old) = st.holder.remove(&(o.container, o.remote)) {
+            if let Some(e) = st.flows.remove(&old) {
+                self.maps.remove(&e.out, &e.back);
+            }
+        }
         if self.maps.install(&out, &back).is_err() {
             return;
         }
@@ -91,9 +98,7 @@ impl Offloads {
             back,
             reported: Default::default(),
         };
-        if let Some(old) = st.holder.insert((o.container, o.remote), o.flow) {
-            st.flows.remove(&old);
-        }
+        st.holder.insert((o.container, o.remote), o.flow);
         st.flows.insert(o.flow, entry);
         self.total.fetch_add(1, Relaxed);
     }

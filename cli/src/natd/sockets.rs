@@ -3,10 +3,13 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{getsockname, getsockopt, setsockopt, sockopt, SockType, SockaddrIn};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::bpf::fastpath::NAT_MARK;
 use crate::control::PublishSpec;
 use crate::kernel::sys::cvt;
 
@@ -105,6 +108,7 @@ pub fn local_port_range() -> (u16, u16) {
 
 fn bound_tcp_socket_at(gateway: Ipv4Addr, port: u16) -> io::Result<(OwnedFd, u16)> {
     let fd = tcp_socket(libc::SOCK_CLOEXEC)?;
+    mark_nat_socket(&fd)?;
     let addr = sockaddr_in(SocketAddrV4::new(gateway, port));
     // SAFETY: `addr` is a valid sockaddr_in of the length we pass.
     cvt(unsafe {
@@ -149,11 +153,40 @@ pub fn bind_relays(gateway: Ipv4Addr, count: usize) -> io::Result<Vec<(TcpListen
     (0..count)
         .map(|_| {
             let l = TcpListener::bind((gateway, 0))?;
+            // The connections it accepts inherit the mark.
+            mark_nat_socket(&l)?;
             l.set_nonblocking(true)?;
             let port = l.local_addr()?.port();
             Ok((l, port))
         })
         .collect()
+}
+
+/// Marks a host socket whose segments to a container the NAT translates (the relay's side of a
+/// relayed or published connection): the kernel fast path leaves those to the NAT, and carries
+/// only what the host itself sends a container (`bpf::fastpath::NAT_MARK`). Needs
+/// CAP_NET_ADMIN, as the daemon does anyway.
+pub fn mark_nat_socket(fd: &impl AsFd) -> io::Result<()> {
+    setsockopt(fd, sockopt::Mark, &NAT_MARK).map_err(io::Error::from)
+}
+
+/// Marks, among the descriptors a previous daemon handed over, every TCP socket bound to the
+/// gateway's address (`mark_nat_socket`): a daemon that did not mark them may have made them.
+/// Marking one that needs no mark (the DNS forwarder's) only leaves its segments to the NAT,
+/// which passes them on.
+pub fn mark_gateway_sockets(fds: impl Iterator<Item = RawFd>, gateway: Ipv4Addr) {
+    for fd in fds {
+        // SAFETY: `fd` is a live descriptor the caller owns for this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let tcp = getsockopt(&fd, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+        let on_gateway = matches!(
+            getsockname::<SockaddrIn>(fd.as_raw_fd()),
+            Ok(addr) if addr.ip() == gateway
+        );
+        if tcp && on_gateway {
+            let _ = mark_nat_socket(&fd);
+        }
+    }
 }
 
 /// Binds the host side of a published port (non-blocking).

@@ -26,7 +26,7 @@ use crate::kernel::fdpass::{FdIn, FdStream};
 use crate::kernel::netlink::Netlink;
 use crate::natd::budget::{open_now, FdBudget, TCP_RELAY};
 use crate::natd::dns::DnsCounters;
-use crate::natd::{dns, NatHook, NatMailbox, NatService};
+use crate::natd::{self, dns, NatHook, NatMailbox, NatService};
 use crate::ports::packet::PacketSocket;
 use crate::ports::tap::Tap;
 use crate::ports::{Port, PortIo};
@@ -236,16 +236,18 @@ fn build(
     snap: Snapshot,
     mut fds: FdIn,
     mut fast_path: Option<FastPath>,
-    nl: Netlink,
+    mut nl: Netlink,
 ) -> Result<Built> {
     let budget = FdBudget::new(fd_limit);
+    // The fast path carries the host's own frames to containers; the NAT's must be marked.
+    natd::mark_gateway_sockets(fds.raw(), cfg.gateway);
     let listener = UnixListener::from(fds.take(snap.control)?);
     let spread_program = take_spread(&snap, &mut fds)?;
     let (fabric, mut datapath) = new_datapath(cfg, spread_program.clone())?;
     let pool = datapath.relays();
     let (nat, service, nat_jobs) =
         restore_nat(cfg, fd_limit, &snap, &mut fds, &fabric, &budget, &pool)?;
-    let offloads = offloads(fast_path.as_mut(), snap.tap_index);
+    let offloads = offloads(fast_path.as_mut(), snap.tap_index, &mut nl);
     let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone());
     datapath.add_port(Arc::new(take_tap(cfg, &snap, &mut fds)?))?;
     let dns = take_dns(&snap, &mut fds)?;

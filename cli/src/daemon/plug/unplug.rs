@@ -63,9 +63,7 @@ impl Manager {
             self.nat_jobs.send(NatJob::Unpublish { container: c.ip });
         }
         let flows = self.nat.forget_container(c.ip);
-        if !flows.is_empty() {
-            self.nat_jobs.send(NatJob::Forget(flows));
-        }
+        self.forget_flows(flows);
         // Its relayed connections end now: the far ends see a reset, not a hang.
         self.datapath.relays().reset_owner(c.ip);
         if let Some(conf) = &c.netns_conf {
