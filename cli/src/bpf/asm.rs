@@ -67,6 +67,8 @@ pub enum Helper {
 pub mod skb {
     /// `__u32 len`.
     pub const LEN: i16 = 0;
+    /// `__u32 pkt_type`: `PACKET_HOST`, `PACKET_OUTGOING` (4: the interface sends it), ...
+    pub const PKT_TYPE: i16 = 4;
     /// `__u32 mark`: the packet's mark (from its socket's `SO_MARK`, for what the host sends).
     pub const MARK: i16 = 8;
     /// `__u32 protocol`: the EtherType, in network byte order.

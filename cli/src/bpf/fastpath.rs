@@ -255,6 +255,9 @@ pub(super) enum Place {
     Tap,
 }
 
+/// `skb->pkt_type` of a frame the interface sends (<linux/if_packet.h>).
+const PACKET_OUTGOING: i32 = 4;
+
 /// The fast path's `skb->mark` on the host's sockets whose segments the NAT translates (the
 /// relay's side of a relayed or published connection): the TAP's program leaves those to the
 /// NAT (or to the relayed connections' map) and carries only what the host itself sends.
@@ -289,6 +292,15 @@ fn program(
 
     // r6 = skb, kept across calls.
     a.mov64_reg(R6, R1);
+    if let Kind::Filter = kind {
+        // What the host end sends (the fast path's frames from the TAP) is no frame for the
+        // daemon: a fanout group hands it to its sockets despite their PACKET_IGNORE_OUTGOING.
+        let incoming = a.label();
+        a.ldx_w(R1, R6, skb::PKT_TYPE)
+            .jne_imm(R1, PACKET_OUTGOING, incoming);
+        a.mov32_imm(R0, 0).exit();
+        a.bind(incoming);
+    }
     if place == Place::Tap {
         // The host's side of a relayed connection, once established; then its other segments
         // are the NAT's (marked), and what is left is the host's own.
