@@ -796,6 +796,12 @@ impl FastPath {
             };
             match attached {
                 Ok(how) => {
+                    if let (Attached::Tcx { .. }, Some(tc)) = (&how, &self.tc) {
+                        // A filter a killed daemon on the tc hook left would run after this
+                        // program, on its own maps.
+                        let mut nl = tc.lock().unwrap_or_else(|e| e.into_inner());
+                        remove_left_filter(&mut nl, tap, TcHook::Egress);
+                    }
                     self.tap_link = Some(Attachment { how, kept: false });
                     return Ok(self.relay.clone());
                 }

@@ -4,10 +4,10 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
-use nix::sys::socket::{getsockname, getsockopt, setsockopt, sockopt, SockType, SockaddrIn};
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use nix::sys::socket::{getsockname, getsockopt, setsockopt, sockopt, SockType, SockaddrIn};
 
 use crate::bpf::fastpath::NAT_MARK;
 use crate::control::PublishSpec;
@@ -199,5 +199,43 @@ pub fn bind_published(spec: &PublishSpec) -> io::Result<Listener> {
         let listener = TcpListener::bind(spec.host())?;
         listener.set_nonblocking(true)?;
         Ok(Listener::Tcp(listener))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::tests::need_root;
+
+    fn mark_of(fd: &impl AsFd) -> u32 {
+        getsockopt(fd, sockopt::Mark).unwrap()
+    }
+
+    /// A daemon that takes over marks what an older one may have left unmarked: the TCP sockets
+    /// on the gateway's address, and nothing else.
+    #[test]
+    fn a_hand_over_marks_the_tcp_sockets_on_the_gateways_address_only() {
+        need_root(); // SO_MARK needs CAP_NET_ADMIN
+        let gateway = Ipv4Addr::new(127, 0, 0, 1);
+        let on_gateway = TcpListener::bind((gateway, 0)).unwrap();
+        let elsewhere = TcpListener::bind("127.0.0.2:0").unwrap();
+        let udp = UdpSocket::bind((gateway, 0)).unwrap();
+        let fds = [
+            on_gateway.as_raw_fd(),
+            elsewhere.as_raw_fd(),
+            udp.as_raw_fd(),
+        ];
+        mark_gateway_sockets(fds.into_iter(), gateway);
+        assert_eq!(mark_of(&on_gateway), NAT_MARK);
+        assert_eq!((mark_of(&elsewhere), mark_of(&udp)), (0, 0));
+        // New relay listeners and published connections' sockets are marked from the start.
+        let (relay, _) = bind_relays(gateway, 1).unwrap().pop().unwrap();
+        let (published, _) = bound_tcp_socket(gateway, &[]).unwrap();
+        assert_eq!((mark_of(&relay), mark_of(&published)), (NAT_MARK, NAT_MARK));
+        // What a relay listener accepts inherits its mark.
+        let _client = TcpStream::connect(relay.local_addr().unwrap()).unwrap();
+        relay.set_nonblocking(false).unwrap();
+        let (accepted, _) = relay.accept().unwrap();
+        assert_eq!(mark_of(&accepted), NAT_MARK);
     }
 }
