@@ -1597,3 +1597,58 @@ fn relayed_tcp_goes_through_the_kernel_on_tcx() {
 fn relayed_tcp_goes_through_the_kernel_on_tc_as_before_linux_6_6() {
     relayed_tcp_goes_through_the_kernel("tc");
 }
+
+/// Sends and reads back argv[3] bytes through the echo server at argv[1]:argv[2], checks them,
+/// prints `ready` and keeps the connection open until killed.
+const ECHO_AND_HOLD: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+total, chunk, got = int(sys.argv[3]), b"v" * 65536, 0
+sent = 0
+while sent < total:
+    s.sendall(chunk)
+    sent += len(chunk)
+    want = sent
+    while got < want:
+        b = s.recv(65536)
+        assert b and set(b) == {ord("v")}, "the echo differs"
+        got += len(b)
+print("ready", flush=True)
+time.sleep(120)
+"#;
+
+/// `conntrack` shows an open, established connection that carried more than a short exchange
+/// as carried by the kernel (`PATH kernel`, `in_kernel`), with the bytes the kernel carried
+/// already counted; once it closes, it is the daemon's again.
+#[test]
+fn conntrack_shows_a_connection_the_kernel_carries_with_its_bytes() {
+    let (sb, wan) = nat_sandbox(&[], &[]);
+    let c = Container::plain();
+    sb.plug(&c, &[]);
+    let _echo = wan.python(TCP_SERVER, &["7007", "echo"]);
+    let bytes: u64 = 4 * MB;
+    let client = py_bg(&c, ECHO_AND_HOLD, &[WAN_IP, "7007", &bytes.to_string()]);
+    let flow = || {
+        let flows = conntrack(&sb);
+        flows_to(&flows, "tcp", &format!("{WAN_IP}:7007")).pop()
+    };
+    let f = flow().expect("the flow");
+    assert_eq!(f["in_kernel"].as_bool(), Some(true), "{f}");
+    assert_eq!(f.str("state"), "ESTABLISHED", "{f}");
+    assert!(
+        f.num("bytes_out") >= bytes && f.num("bytes_in") >= bytes,
+        "counted without waiting for a report: {f}"
+    );
+    let table = sb.vswitch(&["conntrack"]).ok().stdout;
+    let line = (table.lines())
+        .find(|l| l.contains(&format!("{WAN_IP}:7007")))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.trim_end().ends_with("kernel"), "{table}");
+    drop(client);
+    poll(Duration::from_secs(10), || {
+        flow()
+            .is_none_or(|f| f["in_kernel"].as_bool() == Some(false))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("still in the kernel after the close: {:?}", flow()));
+}

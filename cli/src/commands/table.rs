@@ -153,7 +153,7 @@ pub fn flow_selected(filter: &FlowFilter, f: &FlowRow) -> bool {
 
 pub fn conntrack(flows: &[FlowRow]) {
     println!(
-        "{:<5} {:<22} {:<22} {:<12} {:>8} {:>9} {:>12} {:>9} {:>12}",
+        "{:<5} {:<22} {:<22} {:<12} {:>8} {:>9} {:>12} {:>9} {:>12} {:<6}",
         "PROTO",
         "INSIDE",
         "OUTSIDE",
@@ -162,7 +162,8 @@ pub fn conntrack(flows: &[FlowRow]) {
         "PKTS-OUT",
         "BYTES-OUT",
         "PKTS-IN",
-        "BYTES-IN"
+        "BYTES-IN",
+        "PATH"
     );
     for f in flows {
         let outside = match f.published {
@@ -170,7 +171,7 @@ pub fn conntrack(flows: &[FlowRow]) {
             false => f.outside.clone(),
         };
         println!(
-            "{:<5} {:<22} {:<22} {:<12} {:>8} {:>9} {:>12} {:>9} {:>12}",
+            "{:<5} {:<22} {:<22} {:<12} {:>8} {:>9} {:>12} {:>9} {:>12} {:<6}",
             f.proto,
             f.inside,
             outside,
@@ -179,7 +180,8 @@ pub fn conntrack(flows: &[FlowRow]) {
             f.packets_out,
             f.bytes_out,
             f.packets_in,
-            f.bytes_in
+            f.bytes_in,
+            if f.in_kernel { "kernel" } else { "daemon" }
         );
     }
 }

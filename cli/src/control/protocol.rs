@@ -1031,6 +1031,9 @@ pub struct FlowRow {
     pub packets_in: u64,
     pub bytes_out: u64,
     pub bytes_in: u64,
+    /// The kernel translates the flow's segments now (an established relayed connection).
+    #[serde(default)]
+    pub in_kernel: bool,
 }
 
 /// One learned MAC as `vswitch fdb` shows it.

@@ -263,7 +263,18 @@ impl Manager {
     }
 
     pub fn conntrack(&self) -> Vec<FlowRow> {
-        (self.nat.entries(now_ms()).iter()).map(row).collect()
+        let now = now_ms();
+        let Some(offloads) = &self.offloads else {
+            return (self.nat.entries(now).iter()).map(row).collect();
+        };
+        // What the kernel carried so far counts on the flows, not only at the next report.
+        offloads.report(&self.nat, now);
+        (self.nat.entries(now).iter())
+            .map(|f| FlowRow {
+                in_kernel: offloads.carries(f.flow),
+                ..row(f)
+            })
+            .collect()
     }
 }
 
@@ -280,5 +291,6 @@ pub fn row(f: &vswitch_nat::FlowView) -> FlowRow {
         packets_in: f.packets_in,
         bytes_out: f.bytes_out,
         bytes_in: f.bytes_in,
+        in_kernel: false,
     }
 }

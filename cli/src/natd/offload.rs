@@ -57,6 +57,11 @@ impl Offloads {
         self.lock().flows.len()
     }
 
+    /// Whether the kernel carries flow `flow` now.
+    pub fn carries(&self, flow: FlowId) -> bool {
+        self.lock().flows.contains_key(&flow)
+    }
+
     /// Connections handed to the kernel so far.
     pub fn total(&self) -> u64 {
         self.total.load(Relaxed)
