@@ -5,8 +5,9 @@
 //! container's segments to `OUTSIDE:DPORT` are rewritten to `GATEWAY:RELAY` and written into the
 //! TAP, the host's segments back are read from the TAP and rewritten to come from
 //! `OUTSIDE:DPORT` (a published port's connection the same way, with the client's address and
-//! `GATEWAY:EPH`). Once the NAT has seen the connection established, that rewrite is the same
-//! for every segment, so the daemon hands it to the kernel: two hash maps, one per direction,
+//! `GATEWAY:EPH`). Once the NAT has seen the connection established (and past its first 32
+//! segments: a short exchange is not worth the hand-over), that rewrite is the same for every
+//! segment, so the daemon hands it to the kernel: two hash maps, one per direction,
 //! keyed by a segment's addresses and ports as they are on the wire, give the address and port
 //! to write over and the interface the segment goes to. The fast path's tc program on the
 //! container's veth rewrites a segment it finds in `out` and redirects it into the TAP's

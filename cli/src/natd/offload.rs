@@ -1,5 +1,6 @@
-//! Relayed TCP connections handed to the kernel (`bpf::relay`). The NAT says when a relayed
-//! connection is established and when it leaves that state (or the table forgets it); this
+//! Relayed TCP connections handed to the kernel (`bpf::relay`). The NAT offers a relayed
+//! connection once it is established and past its first segments (`Verdict::Offload`), and says
+//! when it leaves ESTABLISHED (`Verdict::Closing`) or the table forgets it; this
 //! installs and removes the connection's two entries, only for containers whose port the kernel
 //! fast path serves (not isolated, not captured), and reports to the NAT what the kernel
 //! carried, which counts on the flow and keeps it alive.
