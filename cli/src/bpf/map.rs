@@ -13,8 +13,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ffi::CStr;
 
 use super::sys::{
-    bpf, create_map, map_info, obj_get, obj_pin, Attr, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY,
-    BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM,
+    bpf, create_map, map_info, obj_get, obj_pin, Attr, BPF_F_NO_PREALLOC, BPF_MAP_DELETE_ELEM,
+    BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM,
 };
 
 /// Plain data that the kernel may read and write as bytes.
@@ -96,9 +96,9 @@ pub struct Map<K: Pod, V: Pod> {
 }
 
 impl<K: Pod, V: Pod> Map<K, V> {
-    fn create(kind: MapType, entries: u32) -> io::Result<Self> {
+    fn create(kind: MapType, entries: u32, flags: u32) -> io::Result<Self> {
         Ok(Map {
-            fd: create_map(kind as u32, size::<K>(), size::<V>(), entries)?,
+            fd: create_map(kind as u32, size::<K>(), size::<V>(), entries, flags)?,
             _types: PhantomData,
         })
     }
@@ -114,7 +114,13 @@ impl<K: Pod, V: Pod> Map<K, V> {
 
     /// A hash map of up to `entries` elements (needs CAP_BPF).
     pub fn hash(entries: u32) -> io::Result<Self> {
-        Self::create(MapType::Hash, entries)
+        Self::create(MapType::Hash, entries, 0)
+    }
+
+    /// A hash map of up to `entries` elements whose memory is taken as they are added (needs
+    /// CAP_BPF): for a bound far above what is usually in it. An update costs an allocation.
+    pub fn sparse_hash(entries: u32) -> io::Result<Self> {
+        Self::create(MapType::Hash, entries, BPF_F_NO_PREALLOC)
     }
 
     /// The hash map of `entries` elements pinned at `path` (see [`Map::pin`]).
@@ -195,7 +201,7 @@ impl<K: Pod, V: Pod> Map<K, V> {
 impl<V: Pod> Map<u32, V> {
     /// An array of `entries` values, all zeros at first (needs CAP_BPF).
     pub fn array(entries: u32) -> io::Result<Self> {
-        Self::create(MapType::Array, entries)
+        Self::create(MapType::Array, entries, 0)
     }
 }
 
@@ -223,6 +229,7 @@ impl<V: Pod> PerCpuMap<u32, V> {
                 size::<u32>(),
                 size::<V>(),
                 entries,
+                0,
             )?,
             cpus: possible_cpus()?,
             _types: PhantomData,
@@ -312,6 +319,12 @@ mod tests {
         assert!(map.delete(&key).unwrap());
         assert!(!map.delete(&key).unwrap(), "a second delete finds nothing");
         assert_eq!(map.lookup(&key).unwrap(), None);
+
+        // The same without preallocation, and bounded all the same.
+        let sparse = Map::<[u8; 8], u64>::sparse_hash(1).unwrap();
+        sparse.update(&key, &1).unwrap();
+        assert_eq!(sparse.lookup(&key).unwrap(), Some(1));
+        assert!(sparse.update(b"another!", &2).is_err(), "full");
 
         let array = Map::<u32, u32>::array(1).unwrap();
         assert_eq!(array.lookup(&0).unwrap(), Some(0), "arrays start zeroed");

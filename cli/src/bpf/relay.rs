@@ -111,11 +111,13 @@ pub struct RelayMaps {
 }
 
 impl RelayMaps {
-    /// Maps for up to `entries` connections each way.
+    /// Maps for up to `entries` connections each way, whose memory follows the connections in
+    /// them (a bound of tens of thousands, preallocated, would hold megabytes of kernel memory
+    /// for nothing).
     pub fn new(entries: u32) -> io::Result<RelayMaps> {
         Ok(RelayMaps {
-            out: Map::hash(entries)?,
-            back: Map::hash(entries)?,
+            out: Map::sparse_hash(entries)?,
+            back: Map::sparse_hash(entries)?,
             tap: AtomicU32::new(0),
         })
     }

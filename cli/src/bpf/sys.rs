@@ -66,12 +66,22 @@ fn owned(fd: libc::c_long) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
 }
 
+/// `BPF_F_NO_PREALLOC`: a hash map's elements are allocated as they are added, not all at once.
+pub(super) const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// Creates a map (needs CAP_BPF); `map` does this for typed maps.
-pub(super) fn create_map(kind: u32, key: u32, value: u32, entries: u32) -> io::Result<OwnedFd> {
-    // Map creation: map_type, key_size, value_size, max_entries.
+pub(super) fn create_map(
+    kind: u32,
+    key: u32,
+    value: u32,
+    entries: u32,
+    flags: u32,
+) -> io::Result<OwnedFd> {
+    // Map creation: map_type, key_size, value_size, max_entries, map_flags.
     let mut attr: Attr = [0; 16];
     attr[0] = u64::from(kind) | u64::from(key) << 32;
     attr[1] = u64::from(value) | u64::from(entries) << 32;
+    attr[2] = u64::from(flags);
     // SAFETY: no address in a map creation's attributes.
     Ok(owned(unsafe { bpf(BPF_MAP_CREATE, &mut attr) }?))
 }
