@@ -546,9 +546,9 @@ fn a_captured_tap_sees_every_byte_of_a_long_relayed_connection() {
     let (sb, wan) = nat_sandbox(&[], &[]);
     let a = sb.plug_plain();
     let in_kernel = || {
-        let out = sb.vswitch(&["stats", "--json"]).ok().stdout;
-        let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
-        stats["nat"]["in_kernel_total"].as_u64().unwrap()
+        common::cni::stats(&sb)["nat"]["in_kernel_total"]
+            .as_u64()
+            .unwrap()
     };
     let tap_file = file(&sb, "tap.pcapng");
     let tap = start_capture(

@@ -546,8 +546,7 @@ fn download_100_mb_over_http_through_the_nat_without_kernel_forwarding() {
         p.num("fast_tx_bytes") >= size * 9 / 10,
         "carried by the kernel: {p}"
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.vswitch(&["stats", "--json"]).ok().stdout).unwrap();
+    let stats = common::cni::stats(&sb);
     let nat = &stats["nat"];
     assert!(nat["in_kernel_total"].as_u64() >= Some(1), "{nat}");
     assert_eq!(
@@ -1555,8 +1554,7 @@ fn relayed_tcp_goes_through_the_kernel(hook: &str) {
         p.num("fast_rx_bytes") >= bytes * 9 / 10,
         "carried by the kernel on {hook}: {p}"
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.vswitch(&["stats", "--json"]).ok().stdout).unwrap();
+    let stats = common::cni::stats(&sb);
     assert!(
         stats["nat"]["in_kernel_total"].as_u64() >= Some(1),
         "{stats}"
@@ -1580,8 +1578,7 @@ fn relayed_tcp_goes_through_the_kernel(hook: &str) {
         p.num("fast_tx_bytes") - before >= bytes * 9 / 10,
         "a published connection carried by the kernel on {hook}: {p}"
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.vswitch(&["stats", "--json"]).ok().stdout).unwrap();
+    let stats = common::cni::stats(&sb);
     assert!(
         stats["nat"]["in_kernel_total"].as_u64() >= Some(2),
         "{stats}"

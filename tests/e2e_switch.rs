@@ -954,8 +954,7 @@ fn host_and_container_through_the_kernel(hook: &str) {
     // The daemon never reads the frames the kernel sends out of the container's veth: its
     // packet sockets' filter drops what the host end transmits (a fanout group would hand it to
     // them all the same), and the port lost nothing on the way.
-    let stats: serde_json::Value =
-        serde_json::from_str(&sb.vswitch(&["stats", "--json"]).ok().stdout).unwrap();
+    let stats = common::cni::stats(&sb);
     let own = stats["switch"]["outgoing"].as_u64().unwrap();
     assert!(own < 100, "the daemon read {own} frames the host end sent");
     assert_eq!(sb.port_of(c.pid).unwrap().num("kernel_drops"), 0);

@@ -597,25 +597,7 @@ fn a_connection_is_offered_to_the_edge_once_at_its_32nd_segment() {
         relay: sa(GW, relay),
     };
     // The handshake was three segments; a short exchange stays with the NAT.
-    let mut offered = Vec::new();
-    for i in 3..40u64 {
-        let v = if i % 2 == 0 {
-            nat.from_host(
-                &mut tcp_host(sa(GW, relay), sa(C1, 5000), ACK, Csum::Full),
-                T0,
-            )
-        } else {
-            nat.outbound(
-                &mut tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), ACK, 101, b"x"),
-                T0,
-            )
-        };
-        match v {
-            Verdict::Rewritten => {}
-            Verdict::Offload(o) => offered.push((i + 1, o)),
-            v => panic!("segment {}: {v:?}", i + 1),
-        }
-    }
+    let offered = segments_offered(&nat, sa(GW, relay), sa(C1, 5000), sa(OUT, 80), 3);
     assert_eq!(offered, [(crate::OFFLOAD_AFTER, offload)]);
 }
 
@@ -629,25 +611,7 @@ fn a_published_connection_is_offered_too_from_its_gateway_port() {
     assert_eq!(nat.from_host(&mut syn, T0), Verdict::Rewritten);
     let mut synack = tcp_out(C1_MAC, sa(C1, 80), sa(CLIENT, 6000), SYN | ACK, 9, b"");
     assert_eq!(nat.outbound(&mut synack, T0), Verdict::Rewritten);
-    let mut offered = Vec::new();
-    for i in 2..40u64 {
-        let v = if i % 2 == 0 {
-            nat.from_host(
-                &mut tcp_host(sa(GW, 50000), sa(C1, 80), ACK, Csum::Full),
-                T0,
-            )
-        } else {
-            nat.outbound(
-                &mut tcp_out(C1_MAC, sa(C1, 80), sa(CLIENT, 6000), ACK, 10, b"x"),
-                T0,
-            )
-        };
-        match v {
-            Verdict::Rewritten => {}
-            Verdict::Offload(o) => offered.push((i + 1, o)),
-            v => panic!("segment {}: {v:?}", i + 1),
-        }
-    }
+    let offered = segments_offered(&nat, sa(GW, 50000), sa(C1, 80), sa(CLIENT, 6000), 2);
     let offload = Offload {
         flow,
         container: sa(C1, 80),
@@ -655,4 +619,30 @@ fn a_published_connection_is_offered_too_from_its_gateway_port() {
         relay: sa(GW, 50000),
     };
     assert_eq!(offered, [(crate::OFFLOAD_AFTER, offload)]);
+}
+
+/// Sends ACKs of an established connection through the NAT, the host's and the container's in
+/// turn, from segment `first + 1` to the 40th: the offers it made, with the segment's number.
+fn segments_offered(
+    nat: &Nat,
+    host: SocketAddrV4,
+    container: SocketAddrV4,
+    remote: SocketAddrV4,
+    first: u64,
+) -> Vec<(u64, Offload)> {
+    let mut offered = Vec::new();
+    for i in first..40u64 {
+        let v = if i % 2 == 0 {
+            nat.from_host(&mut tcp_host(host, container, ACK, Csum::Full), T0)
+        } else {
+            let mut ack = tcp_out(C1_MAC, container, remote, ACK, 101, b"x");
+            nat.outbound(&mut ack, T0)
+        };
+        match v {
+            Verdict::Rewritten => {}
+            Verdict::Offload(o) => offered.push((i + 1, o)),
+            v => panic!("segment {}: {v:?}", i + 1),
+        }
+    }
+    offered
 }
