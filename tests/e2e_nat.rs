@@ -1649,3 +1649,82 @@ fn conntrack_shows_a_connection_the_kernel_carries_with_its_bytes() {
     })
     .unwrap_or_else(|| panic!("still in the kernel after the close: {:?}", flow()));
 }
+
+/// The host's TCP sockets whose peer is `ip` (`ss`), as "local peer" lines.
+fn host_sockets_with(sb: &Sandbox, ip: &str) -> Vec<String> {
+    let out = run_timeout(sb.host_cmd("ss", &["-Htn"]), Duration::from_secs(5))
+        .ok()
+        .stdout;
+    (out.lines())
+        .filter(|l| (l.split_whitespace().nth(4)).is_some_and(|p| p.starts_with(&format!("{ip}:"))))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `--tcp-nat kernel`: an outgoing connection is translated in the kernel from its SYN on, on
+/// either hook: every byte arrives (SHA-256), nearly all of them on the fast path of the
+/// container's port, the host holds no socket of the container's connection (nothing relays
+/// it), the NAT's flow follows the connection (ESTABLISHED, then closed, its bytes counted),
+/// and a closed port answers with a refusal at once.
+fn translated_tcp_goes_through_the_kernel(hook: &str) {
+    let (sb, wan) = nat_sandbox(&["--fast-path", hook, "--tcp-nat", "kernel"], &[]);
+    let c = Container::plain();
+    let cip = sb.plug(&c, &[]).str("ip").to_string();
+    let _echo = wan.python(TCP_SERVER, &["7007", "echo"]);
+    let bytes: u64 = 4 * MB;
+    let client = py_bg(&c, ECHO_AND_HOLD, &[WAN_IP, "7007", &bytes.to_string()]);
+    assert_eq!(
+        host_sockets_with(&sb, &cip),
+        Vec::<String>::new(),
+        "the host relays the connection"
+    );
+    let flow = || {
+        let flows = conntrack(&sb);
+        flows_to(&flows, "tcp", &format!("{WAN_IP}:7007")).pop()
+    };
+    let f = flow().expect("the flow");
+    assert_eq!(f["in_kernel"].as_bool(), Some(true), "{f}");
+    assert_eq!(f.str("state"), "ESTABLISHED", "{f}");
+    assert!(
+        f.num("bytes_out") >= bytes && f.num("bytes_in") >= bytes,
+        "counted: {f}"
+    );
+    drop(client);
+    poll(Duration::from_secs(15), || {
+        flow()
+            .is_some_and(|f| f.str("state") == "TIME_WAIT" || f.str("state") == "CLOSE")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("not closed: {:?}", flow()));
+
+    let bytes: u64 = 16 * MB;
+    let before = port_of(&sb, &c).num("fast_rx_bytes");
+    tcp_transfer(&c, &wan, WAN_IP, bytes);
+    let p = port_of(&sb, &c);
+    assert!(
+        p.num("fast_rx_bytes") - before >= bytes * 9 / 10,
+        "carried by the kernel on {hook}: {p}"
+    );
+    let stats = common::cni::stats(&sb);
+    assert!(
+        stats["nat"]["in_kernel_total"].as_u64() >= Some(2),
+        "{stats}"
+    );
+    let out = py(&c, CMD, CONNECT_PROBE, &[WAN_IP, "9", "20"]).ok();
+    let refused = out.stdout.trim().strip_prefix("refused ");
+    assert!(
+        refused.is_some_and(|ms| ms.parse::<u64>().is_ok_and(|ms| ms < 2000)),
+        "a closed port refuses at once: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn translated_tcp_goes_through_the_kernel_on_tcx() {
+    translated_tcp_goes_through_the_kernel("tcx");
+}
+
+#[test]
+fn translated_tcp_goes_through_the_kernel_on_tc_as_before_linux_6_6() {
+    translated_tcp_goes_through_the_kernel("tc");
+}

@@ -44,12 +44,19 @@ struct World {
     control: PathBuf,
     /// Every daemon started, oldest first.
     daemons: Vec<(Child, PathBuf)>,
+    /// Arguments every daemon of this world gets.
+    extra: Vec<String>,
 }
 
 impl World {
     /// The host namespace, its wan (ip_forward 0, as on a real host where no one set it) and
     /// a daemon for 10.1.1.0/24 forwarding DNS to the wan.
     fn start() -> World {
+        World::start_with(&[])
+    }
+
+    /// The same, every daemon with `extra` arguments too.
+    fn start_with(extra: &[&str]) -> World {
         let wan = Wan::new();
         let name = format!("{}r", wan.ns.name);
         let host = NetNs::new(&name);
@@ -63,6 +70,7 @@ impl World {
             dir,
             control,
             daemons: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         world.run_daemon(VSWITCH, &[]);
         world
@@ -81,6 +89,7 @@ impl World {
         .map(|s| s.to_string())
         .collect();
         a.push(self.control.display().to_string());
+        a.extend(self.extra.iter().cloned());
         a
     }
 
@@ -348,7 +357,28 @@ impl Pinger {
 
 #[test]
 fn an_upgrade_mid_download_loses_no_byte_no_connection_and_at_most_one_ping() {
-    let mut w = World::start();
+    upgrade_mid_download(&[]);
+}
+
+/// The same with the download translated in the kernel (`--tcp-nat kernel`): the next daemon
+/// carries on with the connection from the pinned maps, with the host's side it was handed.
+#[test]
+fn an_upgrade_mid_download_translated_in_the_kernel_loses_no_byte() {
+    upgrade_mid_download(&["--tcp-nat", "kernel"]);
+}
+
+/// The conntrack line of the flow to `remote`, as the newest daemon shows it.
+fn conntrack_line(w: &World, remote: &str) -> String {
+    let table = w.vswitch(&["conntrack"]).ok().stdout;
+    (table.lines())
+        .find(|l| l.contains(remote))
+        .unwrap_or_else(|| panic!("no flow to {remote}: {table}"))
+        .to_string()
+}
+
+fn upgrade_mid_download(extra: &[&str]) {
+    let kernel = !extra.is_empty();
+    let mut w = World::start_with(extra);
     let (c1, c2, c3) = (Container::plain(), Container::plain(), Container::plain());
     w.plug(&c1, &[]);
     w.plug(&c2, &[]);
@@ -390,6 +420,11 @@ fn an_upgrade_mid_download_loses_no_byte_no_connection_and_at_most_one_ping() {
     client.args([HOST_WAN_IP, "8080"]);
     let mut client = Proc::spawn_ready(client);
     thread::sleep(Duration::from_millis(1500));
+    let remote = format!("{WAN_IP}:8000");
+    if kernel {
+        let line = conntrack_line(&w, &remote);
+        assert!(line.trim_end().ends_with("kernel"), "translated: {line}");
+    }
 
     // The upgrade: a second copy of the binary takes over.
     let upgraded = w.copy_binary();
@@ -416,6 +451,13 @@ fn an_upgrade_mid_download_loses_no_byte_no_connection_and_at_most_one_ping() {
     let c4 = Container::plain();
     w.plug(&c4, &[]);
     assert!(c4.ping(GATEWAY) && c4.ping("10.1.1.2"), "a new plug works");
+    if kernel {
+        let line = conntrack_line(&w, &remote);
+        assert!(
+            line.trim_end().ends_with("kernel"),
+            "still in the kernel: {line}"
+        );
+    }
 
     // Everything that was in flight completes, intact.
     let got = download.line(Duration::from_secs(120));

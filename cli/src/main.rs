@@ -207,6 +207,12 @@ pub struct RunArgs {
     /// The same as --fast-path off.
     #[arg(long, conflicts_with = "fast_path")]
     pub no_fast_path: bool,
+    /// How containers' outgoing TCP connections reach the outside: relayed through the host's
+    /// sockets (relay), or translated in the kernel from their SYN on, as a kernel NAT does,
+    /// where the fast path serves the container and the route leaves by an interface of the
+    /// host (kernel; else relayed). See ARCHITECTURE.md.
+    #[arg(long, value_enum, default_value_t = natd::TcpNat::Relay)]
+    pub tcp_nat: natd::TcpNat,
     /// Take over from the daemon running on the control socket (an upgrade without loss:
     /// started with the same arguments, this process receives its sockets and tables and
     /// serves on; the old one exits).

@@ -93,6 +93,7 @@ pub struct FlowSnapshot {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub enum FlowKind {
     TcpEgress { relay: u16, connecting: bool },
+    TcpTranslated { relay: u16 },
     TcpPublished { eph: u16 },
     UdpEgress,
     UdpPublished { publish_id: u32 },

@@ -58,6 +58,12 @@ pub enum Helper {
     Redirect = 23,
     /// `long bpf_skb_load_bytes(skb, offset, to, len)`.
     SkbLoadBytes = 26,
+    /// `long bpf_ringbuf_output(ringbuf, data, size, flags)`, Linux 5.8.
+    RingbufOutput = 130,
+    /// `long bpf_redirect_neigh(ifindex, params, plen, flags)`, Linux 5.10: out of `ifindex`
+    /// to the next hop the host's routes give for the packet's destination, whose MAC the
+    /// host's neighbour table resolves.
+    RedirectNeigh = 152,
     /// `long bpf_redirect_peer(ifindex, flags)`, Linux 5.10.
     RedirectPeer = 155,
 }
@@ -306,6 +312,10 @@ impl Asm {
     /// `dst = *(u64 *)(src + off)`.
     pub fn ldx_dw(&mut self, dst: Reg, src: Reg, off: i16) -> &mut Asm {
         self.emit(LDX | MEM | DW, dst, src, off, 0)
+    }
+    /// `*(u8 *)(dst + off) = src`.
+    pub fn stx_b(&mut self, dst: Reg, src: Reg, off: i16) -> &mut Asm {
+        self.emit(STX | MEM | B, dst, src, off, 0)
     }
     /// `*(u32 *)(dst + off) = src`.
     pub fn stx_w(&mut self, dst: Reg, src: Reg, off: i16) -> &mut Asm {

@@ -277,7 +277,7 @@ fn program(
     place: Place,
     stations: RawFd,
     counters: RawFd,
-    relay: RawFd,
+    relay: &RelayMaps,
 ) -> Result<Vec<Insn>, AsmError> {
     const IFINDEX: i16 = field(offset_of!(Value, ifindex));
     const PORT: i16 = field(offset_of!(Value, port));
@@ -572,6 +572,9 @@ pub fn start(mode: Mode, fdb_size: usize, pins: Option<Pins>) -> (Option<FastPat
             Err(_) => {}
         }
     }
+    let uplinks = Arc::get_mut(&mut fast.uplinks).expect("not shared before it starts");
+    uplinks.hooks = hooks.clone();
+    uplinks.tc = fast.tc.clone();
     fast.hooks = hooks;
     (Some(fast), why)
 }
@@ -614,6 +617,8 @@ pub struct FastPath {
     relay: Arc<RelayMaps>,
     tap_program: OwnedFd,
     tap_link: Option<Attachment>,
+    /// Translated TCP connections (`relay`): the uplinks' program and its attachments.
+    uplinks: Arc<Uplinks>,
     /// What the stations map holds, as last written.
     installed: HashMap<MacAddr, Station>,
     /// The hooks `attach` tries, in order.
@@ -624,8 +629,98 @@ pub struct FastPath {
     pins: Option<Pins>,
 }
 
+/// The program on the uplinks' ingress (`relay::uplink_program`): where the remote ends'
+/// segments of translated connections come in, to go to their containers. Put on an uplink the
+/// first time a connection leaves by it; off when the fast path goes.
+pub struct Uplinks {
+    program: OwnedFd,
+    hooks: Vec<Hook>,
+    tc: Option<Arc<Mutex<Netlink>>>,
+    attached: Mutex<HashMap<u32, Attachment>>,
+}
+
+impl Uplinks {
+    /// Puts the program on uplink `ifindex`'s ingress, unless it is there already.
+    pub fn attach(&self, ifindex: u32) -> Result<(), AttachError> {
+        let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(e) = attached.entry(ifindex) {
+            let (hooks, tc) = (&self.hooks, self.tc.as_ref());
+            e.insert(attach_unpinned(
+                hooks,
+                tc,
+                &self.program,
+                ifindex,
+                TcHook::Ingress,
+            )?);
+        }
+        Ok(())
+    }
+}
+
+/// Attaches `prog` to `ifindex`'s `hook`, on the first of `hooks` that takes it; not pinned.
+fn attach_unpinned(
+    hooks: &[Hook],
+    tc: Option<&Arc<Mutex<Netlink>>>,
+    prog: &OwnedFd,
+    ifindex: u32,
+    hook: TcHook,
+) -> Result<Attachment, AttachError> {
+    let mut last = AttachError::Tc(NetlinkError::Protocol("no hook chosen".into()));
+    for &how in hooks {
+        let attached = match how {
+            Hook::Tcx => (tcx_attach(prog, ifindex, hook))
+                .map(|link| Attached::Tcx {
+                    _link: link,
+                    pin: None,
+                })
+                .map_err(AttachError::Tcx),
+            Hook::Tc => attach_tc(tc, prog, ifindex, hook).map_err(AttachError::Tc),
+        };
+        match attached {
+            Ok(how) => {
+                if let (Attached::Tcx { .. }, Some(tc)) = (&how, tc) {
+                    // A filter a killed daemon on the tc hook left would run after this
+                    // program, on its own maps.
+                    let mut nl = tc.lock().unwrap_or_else(|e| e.into_inner());
+                    remove_left_filter(&mut nl, ifindex, hook);
+                }
+                return Ok(Attachment { how, kept: false });
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// A clsact qdisc (unless there is one) and the fast path's cls_bpf filter with `prog` on
+/// `ifindex`'s `hook`.
+fn attach_tc(
+    tc: Option<&Arc<Mutex<Netlink>>>,
+    prog: &OwnedFd,
+    ifindex: u32,
+    hook: TcHook,
+) -> Result<Attached, NetlinkError> {
+    let Some(tc) = tc else {
+        return Err(NetlinkError::Protocol("no netlink socket".into()));
+    };
+    let mut nl = tc.lock().unwrap_or_else(|e| e.into_inner());
+    let own_qdisc = nl.add_clsact(ifindex)?;
+    if let Err(e) = nl.add_bpf_filter(ifindex, hook, TC_PRIO, prog.as_fd(), TC_NAME) {
+        if own_qdisc {
+            let _ = nl.delete_clsact(ifindex);
+        }
+        return Err(e);
+    }
+    Ok(Attached::Tc {
+        nl: tc.clone(),
+        ifindex,
+        hook,
+        own_qdisc,
+    })
+}
+
 /// Relayed TCP connections the kernel may carry at once (each way); beyond, the daemon does.
-const RELAY_ENTRIES: u32 = 65536;
+const RELAY_ENTRIES: u32 = 262_144;
 
 /// The pins' names.
 const STATIONS: &str = "stations";
@@ -653,17 +748,18 @@ impl FastPath {
                 installed.insert(mac_of(k), station);
             }
         }
-        let relay = Arc::new(RelayMaps::new(RELAY_ENTRIES)?);
+        let relay = Arc::new(RelayMaps::new(RELAY_ENTRIES, pins.as_ref())?);
         let (s, c) = (stations.fd(), counters.fd());
-        let (out, back) = (relay.out_fd(), relay.back_fd());
         let assemble =
             |kind, place, relay| program(kind, place, s, c, relay).map_err(io::Error::other);
-        let redirect = assemble(Kind::Redirect, Place::Veth, out)?;
+        let redirect = assemble(Kind::Redirect, Place::Veth, &relay)?;
         let redirect = load_program(ProgType::SchedCls, &redirect)?;
-        let filter = assemble(Kind::Filter, Place::Veth, out)?;
+        let filter = assemble(Kind::Filter, Place::Veth, &relay)?;
         let filter = load_program(ProgType::SocketFilter, &filter)?;
-        let tap_program = assemble(Kind::Redirect, Place::Tap, back)?;
+        let tap_program = assemble(Kind::Redirect, Place::Tap, &relay)?;
         let tap_program = load_program(ProgType::SchedCls, &tap_program)?;
+        let uplink_program = relay::uplink_program(&relay, c).map_err(io::Error::other)?;
+        let uplink_program = load_program(ProgType::SchedCls, &uplink_program)?;
         Ok(FastPath {
             stations,
             counters,
@@ -672,6 +768,12 @@ impl FastPath {
             relay,
             tap_program,
             tap_link: None,
+            uplinks: Arc::new(Uplinks {
+                program: uplink_program,
+                hooks: Vec::new(),
+                tc: None,
+                attached: Mutex::default(),
+            }),
             installed,
             hooks: Vec::new(),
             tc: None,
@@ -689,6 +791,12 @@ impl FastPath {
     #[cfg(test)]
     pub(super) fn programs(&self) -> (&OwnedFd, &OwnedFd) {
         (&self.redirect, &self.tap_program)
+    }
+
+    /// The uplinks' program, for tests that run it.
+    #[cfg(test)]
+    pub(super) fn uplink_program(&self) -> &OwnedFd {
+        &self.uplinks.program
     }
 
     /// The socket filter every packet socket of a fast-path port must carry (`SO_ATTACH_BPF`).
@@ -758,23 +866,7 @@ impl FastPath {
         ifindex: u32,
         hook: TcHook,
     ) -> Result<Attached, NetlinkError> {
-        let Some(tc) = &self.tc else {
-            return Err(NetlinkError::Protocol("no netlink socket".into()));
-        };
-        let mut nl = tc.lock().unwrap_or_else(|e| e.into_inner());
-        let own_qdisc = nl.add_clsact(ifindex)?;
-        if let Err(e) = nl.add_bpf_filter(ifindex, hook, TC_PRIO, prog.as_fd(), TC_NAME) {
-            if own_qdisc {
-                let _ = nl.delete_clsact(ifindex);
-            }
-            return Err(e);
-        }
-        Ok(Attached::Tc {
-            nl: tc.clone(),
-            ifindex,
-            hook,
-            own_qdisc,
-        })
+        attach_tc(self.tc.as_ref(), prog, ifindex, hook)
     }
 
     /// Puts the relayed connections' program on TAP `tap`'s egress (on the first hook that
@@ -782,33 +874,23 @@ impl FastPath {
     /// NAT's edge hands connections to; or says why there is no relayed fast path.
     pub fn relay(&mut self, tap: u32) -> Result<Arc<RelayMaps>, AttachError> {
         self.relay.set_tap(tap);
-        let mut last = AttachError::Tc(NetlinkError::Protocol("no hook chosen".into()));
-        for &hook in &self.hooks {
-            let attached = match hook {
-                Hook::Tcx => (tcx_attach(&self.tap_program, tap, TcHook::Egress))
-                    .map(|link| Attached::Tcx {
-                        _link: link,
-                        pin: None,
-                    })
-                    .map_err(AttachError::Tcx),
-                Hook::Tc => (self.attach_tc(&self.tap_program, tap, TcHook::Egress))
-                    .map_err(AttachError::Tc),
-            };
-            match attached {
-                Ok(how) => {
-                    if let (Attached::Tcx { .. }, Some(tc)) = (&how, &self.tc) {
-                        // A filter a killed daemon on the tc hook left would run after this
-                        // program, on its own maps.
-                        let mut nl = tc.lock().unwrap_or_else(|e| e.into_inner());
-                        remove_left_filter(&mut nl, tap, TcHook::Egress);
-                    }
-                    self.tap_link = Some(Attachment { how, kept: false });
-                    return Ok(self.relay.clone());
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let link = self.attach_unpinned(&self.tap_program, tap, TcHook::Egress)?;
+        self.tap_link = Some(link);
+        Ok(self.relay.clone())
+    }
+
+    /// Where translated connections' replies come in (see [`Uplinks`]).
+    pub fn uplinks(&self) -> Arc<Uplinks> {
+        self.uplinks.clone()
+    }
+
+    fn attach_unpinned(
+        &self,
+        prog: &OwnedFd,
+        ifindex: u32,
+        hook: TcHook,
+    ) -> Result<Attachment, AttachError> {
+        attach_unpinned(&self.hooks, self.tc.as_ref(), prog, ifindex, hook)
     }
 
     /// Leaves the TAP's program on for the next daemon, which replaces it (a hand-over): taking

@@ -7,6 +7,7 @@ pub mod fastpath;
 pub mod map;
 pub mod pins;
 pub mod relay;
+pub mod ringbuf;
 pub mod sys;
 
 #[cfg(test)]

@@ -23,25 +23,37 @@
 
 use std::io;
 use std::mem::offset_of;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 
 use vswitch_switch::PortId;
 
-use super::asm::{skb, Asm, Helper, Label, R0, R1, R10, R2, R3, R4, R5, R6, R8, R9};
-use super::fastpath::{emit_count, field, Kind, ETHERTYPE_IPV4, RX, TX};
+use super::asm::{
+    skb, Asm, AsmError, Helper, Insn, Label, R0, R1, R10, R2, R3, R4, R5, R6, R8, R9,
+};
+use super::fastpath::{emit_count, field, Kind, ETHERTYPE_IPV4, RX, STATION_USED, TC_NEXT, TX};
 use super::map::{Map, Pod};
+use super::pins::Pins;
+use super::ringbuf::RingBuf;
 
 /// Which way a segment goes, and so which map and which end of it is rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
-    /// From the container into the host (its destination is rewritten).
+    /// From the container, on its veth: into the host (a relayed connection: its destination
+    /// is rewritten) or out of an uplink (a translated one: its source is rewritten).
     Out,
-    /// From the host to the container (its source is rewritten).
+    /// From the host to the container, on the TAP's egress (its source is rewritten).
     Back,
+    /// From the outside to the container, on an uplink's ingress (a translated connection:
+    /// its destination and MACs are rewritten).
+    In,
 }
+
+/// How an entry's segments go (`Value::mode`).
+const RELAYED: i32 = 0;
+const TRANSLATED: i32 = 1;
 
 /// One direction of a relayed connection, as the daemon hands it to the kernel: the segments
 /// from `src` to `dst` get `to` written over their destination (out) or source (back).
@@ -69,6 +81,42 @@ impl Rule {
     }
 }
 
+/// A translated connection as the kernel carries it: the container's segments from
+/// `container` to `remote` leave from `host` out of `uplink`; the remote's to `host` come in by
+/// an uplink and go to the container, with `macs` (the container's, then the gateway's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Translation {
+    pub container: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub host: SocketAddrV4,
+    pub uplink: u32,
+    pub veth: u32,
+    pub port: PortId,
+    pub macs: [u8; 12],
+}
+
+impl Translation {
+    /// Its two directions as keys and rewrites: out (container → remote, source rewritten to
+    /// `host`) and in (remote → host, destination rewritten to `container`).
+    pub fn rules(&self) -> (Rule, Rule) {
+        let out = Rule {
+            src: self.container,
+            dst: self.remote,
+            to: self.host,
+            veth: self.veth,
+            port: self.port,
+        };
+        let back = Rule {
+            src: self.remote,
+            dst: self.host,
+            to: self.container,
+            veth: self.veth,
+            port: self.port,
+        };
+        (out, back)
+    }
+}
+
 type Key = [u8; 12];
 
 /// A map entry, as the programs read it.
@@ -78,34 +126,99 @@ struct Value {
     /// The address and port written over the segment's, as their bytes read as integers.
     addr: u32,
     port: u16,
-    _pad: u16,
+    /// `RELAYED` or `TRANSLATED`.
+    mode: u8,
+    /// Translated: the TCP flags its segments carried so far (set by the programs).
+    seen: u8,
     /// Out: the interface the segment must come in by (else it is the daemon's).
     from: u32,
-    /// The interface the segment is redirected to (the TAP's ingress, a veth's egress).
+    /// The interface the segment is redirected to (the TAP's ingress, an uplink, a veth).
     to: u32,
     /// The container's port, for the counters.
     port_id: u32,
-    _pad2: u32,
+    /// In: the destination and source MACs written over the frame's.
+    macs: [u8; 12],
     /// What this entry carried (bumped atomically by the program).
     packets: u64,
     bytes: u64,
+    /// Translated: the NAT's flow, named in the events (`Event`).
+    flow: u64,
 }
-const _: () = assert!(size_of::<Value>() == 40, "no padding");
+const _: () = assert!(size_of::<Value>() == 56, "no padding");
 // SAFETY: `#[repr(C)]`, integers only and no implicit padding (asserted above): any bits are a
 // valid `Value`.
 unsafe impl Pod for Value {}
 
-/// What one direction of a connection carried on the fast path so far.
+/// What one direction of a connection carried on the fast path so far, and (translated) the
+/// TCP flags its segments had.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
+    pub flags: u8,
 }
 
-/// The two maps of relayed connections, which the programs read and the daemon writes.
+/// What the programs tell the daemon at once: a translated connection's segment carried a FIN
+/// or a RST (new in its direction), so that the NAT sees the connection finish when it does.
+/// The ring's record: the flow (8 bytes), the flags seen that way so far, the direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub flow: u64,
+    pub flags: u8,
+    /// The container's segment (out), else the remote end's.
+    pub out: bool,
+}
+
+impl Event {
+    pub fn parse(record: &[u8]) -> Option<Event> {
+        let flow = u64::from_ne_bytes(record.get(..8)?.try_into().ok()?);
+        Some(Event {
+            flow,
+            flags: *record.get(8)?,
+            out: *record.get(12)? == 0,
+        })
+    }
+}
+
+/// A connection found in the maps (`RelayMaps::entries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub flow: u64,
+    pub out: Rule,
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Relayed: the way back's rule.
+    Relayed(Rule),
+    Translated(Translation),
+}
+
+/// The (source, destination) a key names.
+fn endpoints(k: &Key) -> (SocketAddrV4, SocketAddrV4) {
+    let ip = |at: usize| Ipv4Addr::new(k[at], k[at + 1], k[at + 2], k[at + 3]);
+    let port = |at: usize| u16::from_be_bytes([k[at], k[at + 1]]);
+    (
+        SocketAddrV4::new(ip(0), port(8)),
+        SocketAddrV4::new(ip(4), port(10)),
+    )
+}
+
+/// The maps' pins.
+const OUT_PIN: &str = "relay-out";
+const BACK_PIN: &str = "relay-back";
+
+/// The events' ring: room for some ten thousand (a lost one is caught up by the next report).
+const EVENTS_SIZE: usize = 256 * 1024;
+
+/// The two maps of relayed and translated connections, which the programs read and the daemon
+/// writes, and the translated connections' events.
 pub struct RelayMaps {
     out: Map<Key, Value>,
     back: Map<Key, Value>,
+    events_fd: RawFd,
+    events: std::sync::Mutex<Option<RingBuf>>,
     /// The TAP's ifindex: where outgoing segments go (set once the TAP's program is on).
     tap: AtomicU32,
 }
@@ -113,11 +226,30 @@ pub struct RelayMaps {
 impl RelayMaps {
     /// Maps for up to `entries` connections each way, whose memory follows the connections in
     /// them (a bound of tens of thousands, preallocated, would hold megabytes of kernel memory
-    /// for nothing).
-    pub fn new(entries: u32) -> io::Result<RelayMaps> {
+    /// for nothing). Pinned where there are pins, so that a next daemon carries on with the
+    /// connections in them (see `natd::offload`).
+    pub fn new(entries: u32, pins: Option<&Pins>) -> io::Result<RelayMaps> {
+        let events = RingBuf::new(EVENTS_SIZE)?;
+        let map = |name: &str| -> io::Result<Map<Key, Value>> {
+            let Some(pins) = pins else {
+                return Map::sparse_hash(entries);
+            };
+            if pins.exists(name) {
+                // Another shape (an older daemon's) is no use: made anew.
+                if let Ok(map) = Map::open_hash(&pins.path(name), entries) {
+                    return Ok(map);
+                }
+                pins.unpin(name);
+            }
+            let map = Map::sparse_hash(entries)?;
+            map.pin(&pins.path(name))?;
+            Ok(map)
+        };
         Ok(RelayMaps {
-            out: Map::sparse_hash(entries)?,
-            back: Map::sparse_hash(entries)?,
+            out: map(OUT_PIN)?,
+            back: map(BACK_PIN)?,
+            events_fd: events.fd(),
+            events: std::sync::Mutex::new(Some(events)),
             tap: AtomicU32::new(0),
         })
     }
@@ -135,22 +267,115 @@ impl RelayMaps {
         self.back.fd()
     }
 
-    /// Hands a connection's two directions to the kernel (the way back first, so that no reply
-    /// to a segment the kernel carried out has to wait for the daemon).
-    pub fn install(&self, out: &Rule, back: &Rule) -> io::Result<()> {
-        let value = |r: &Rule, from: u32, to: u32| Value {
+    pub(super) fn events_fd(&self) -> RawFd {
+        self.events_fd
+    }
+
+    /// The events' ring, for the one reader (None once taken).
+    pub fn take_events(&self) -> Option<RingBuf> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Hands relayed connection `flow`'s two directions to the kernel.
+    pub fn install(&self, out: &Rule, back: &Rule, flow: u64) -> io::Result<()> {
+        let tap = self.tap.load(Relaxed);
+        let ifs = ((out.veth, tap), (0, back.veth));
+        self.put(out, back, RELAYED, ifs.0, ifs.1, ([0; 12], flow))
+    }
+
+    /// Every connection in the maps (a previous daemon's, pinned), as `install` and
+    /// `translate` wrote it.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut all = Vec::new();
+        for key in self.out.keys().unwrap_or_default() {
+            let Ok(Some(v)) = self.out.lookup(&key) else {
+                continue;
+            };
+            let (src, dst) = endpoints(&key);
+            let to = SocketAddrV4::new(
+                Ipv4Addr::from(v.addr.to_ne_bytes()),
+                u16::from_be_bytes(v.port.to_ne_bytes()),
+            );
+            let port = PortId(v.port_id as u16);
+            let out = Rule {
+                src,
+                dst,
+                to,
+                veth: v.from,
+                port,
+            };
+            let kind = if i32::from(v.mode) == TRANSLATED {
+                let t = Translation {
+                    container: src,
+                    remote: dst,
+                    host: to,
+                    uplink: v.to,
+                    veth: v.from,
+                    port,
+                    macs: [0; 12],
+                };
+                match self.back.lookup(&t.rules().1.key()) {
+                    Ok(Some(b)) => EntryKind::Translated(Translation { macs: b.macs, ..t }),
+                    _ => continue,
+                }
+            } else {
+                EntryKind::Relayed(Rule {
+                    src: to,
+                    dst: src,
+                    to: dst,
+                    veth: v.from,
+                    port,
+                })
+            };
+            all.push(Entry {
+                flow: v.flow,
+                out,
+                kind,
+            });
+        }
+        all
+    }
+
+    /// Empties both maps (what a daemon that died left: no one follows those connections).
+    pub fn clear(&self) {
+        for map in [&self.out, &self.back] {
+            for key in map.keys().unwrap_or_default() {
+                let _ = map.delete(&key);
+            }
+        }
+    }
+
+    /// Hands translated connection `flow` to the kernel, before its first segment goes out.
+    pub fn translate(&self, t: &Translation, flow: u64) -> io::Result<()> {
+        let (out, back) = t.rules();
+        let ifs = ((t.veth, t.uplink), (0, t.veth));
+        self.put(&out, &back, TRANSLATED, ifs.0, ifs.1, (t.macs, flow))
+    }
+
+    /// Writes both entries (the way back first, so that no reply to a segment the kernel
+    /// carried out has to wait for the daemon); `(from, to)` interfaces each way.
+    fn put(
+        &self,
+        out: &Rule,
+        back: &Rule,
+        mode: i32,
+        out_ifs: (u32, u32),
+        back_ifs: (u32, u32),
+        (macs, flow): ([u8; 12], u64),
+    ) -> io::Result<()> {
+        let value = |r: &Rule, (from, to): (u32, u32)| Value {
             addr: u32::from_ne_bytes(r.to.ip().octets()),
             port: u16::from_ne_bytes(r.to.port().to_be_bytes()),
+            mode: mode as u8,
             from,
             to,
             port_id: u32::from(r.port.0),
+            macs,
+            flow,
             ..Value::default()
         };
-        self.back.update(&back.key(), &value(back, 0, back.veth))?;
-        if let Err(e) = self
-            .out
-            .update(&out.key(), &value(out, out.veth, self.tap.load(Relaxed)))
-        {
+        self.back.update(&back.key(), &value(back, back_ifs))?;
+        if let Err(e) = self.out.update(&out.key(), &value(out, out_ifs)) {
             let _ = self.back.delete(&back.key());
             return Err(e);
         }
@@ -164,6 +389,7 @@ impl RelayMaps {
             Ok(Some(v)) => Traffic {
                 packets: v.packets,
                 bytes: v.bytes.saturating_sub(14 * v.packets),
+                flags: v.seen,
             },
             _ => Traffic::default(),
         };
@@ -206,22 +432,44 @@ const TC_ACT_SHOT: i32 = 2;
 /// The TAP's port (`datapath::TAP_PORT`, a layer above).
 const TAP_PORT_ID: i32 = 0;
 
-/// Emits the relayed-segment part of a program whose context is in R6: a TCP segment of a
-/// connection in `dir`'s map is rewritten and redirected (`Kind::Redirect`) or, for the packet
-/// sockets' filter, dropped (`Kind::Filter`: the tc program takes it). Anything else jumps to
-/// `pass`. For `Dir::Out`, R8 holds the source MAC's station (marked used, like the fast path's
-/// own frames). Uses R9.
-pub(super) fn emit(a: &mut Asm, dir: Dir, kind: Kind, map: RawFd, counters: RawFd, pass: Label) {
-    const ADDR: i16 = field(offset_of!(Value, addr));
-    const PORT: i16 = field(offset_of!(Value, port));
-    const FROM: i16 = field(offset_of!(Value, from));
-    const TO: i16 = field(offset_of!(Value, to));
-    const PORT_ID: i16 = field(offset_of!(Value, port_id));
-    const PACKETS: i16 = field(offset_of!(Value, packets));
-    const BYTES: i16 = field(offset_of!(Value, bytes));
-    const USED: i16 = super::fastpath::STATION_USED;
+const ADDR: i16 = field(offset_of!(Value, addr));
+const PORT: i16 = field(offset_of!(Value, port));
+const MODE: i16 = field(offset_of!(Value, mode));
+const SEEN: i16 = field(offset_of!(Value, seen));
+const FROM: i16 = field(offset_of!(Value, from));
+const TO: i16 = field(offset_of!(Value, to));
+const PORT_ID: i16 = field(offset_of!(Value, port_id));
+const MACS: i16 = field(offset_of!(Value, macs));
+const PACKETS: i16 = field(offset_of!(Value, packets));
+const BYTES: i16 = field(offset_of!(Value, bytes));
+const FLOW: i16 = field(offset_of!(Value, flow));
+/// The stack's room for an event record, below the header's.
+const EVENT: i16 = -136;
+const _: () = assert!(EVENT % 8 == 0 && EVENT + 16 <= HDR);
+const TCP_FIN_RST: i32 = 0x01 | 0x04;
 
-    // Untagged IPv4 without options or fragments, TCP without SYN, FIN or RST.
+/// Emits the relayed and translated segments' part of a program whose context is in R6: a TCP
+/// segment of a connection in `dir`'s map is rewritten and redirected (`Kind::Redirect`) or,
+/// for the packet sockets' filter, dropped (`Kind::Filter`: the tc program takes it). Anything
+/// else jumps to `pass`. For `Dir::Out`, R8 holds the source MAC's station (marked used, like
+/// the fast path's own frames). Uses R9.
+///
+/// A relayed connection's segments with SYN, FIN or RST are the NAT's, which tracks its state
+/// by them; a translated connection's are all the kernel's (the flags they carry are noted in
+/// the entry, for the daemon).
+pub(super) fn emit(
+    a: &mut Asm,
+    dir: Dir,
+    kind: Kind,
+    maps: &RelayMaps,
+    counters: RawFd,
+    pass: Label,
+) {
+    let map = match dir {
+        Dir::Out => maps.out_fd(),
+        Dir::Back | Dir::In => maps.back_fd(),
+    };
+    // Untagged IPv4 without options or fragments, TCP.
     a.mov64_reg(R1, R6).mov64_imm(R2, 0);
     a.mov64_reg(R3, R10).add64_imm(R3, HDR.into());
     a.mov64_imm(R4, LEN).call(Helper::SkbLoadBytes);
@@ -232,8 +480,6 @@ pub(super) fn emit(a: &mut Asm, dir: Dir, kind: Kind, map: RawFd, counters: RawF
     a.ldx_h(R1, R10, IP + 6).and64_imm(R1, FRAGMENT);
     a.jne_imm(R1, 0, pass);
     a.ldx_b(R1, R10, IP + 9).jne_imm(R1, 6, pass);
-    a.ldx_b(R1, R10, TCP + 13).and64_imm(R1, STATE_FLAGS);
-    a.jne_imm(R1, 0, pass);
     // r9 = the connection's entry.
     a.ld_map_fd(R1, map);
     a.mov64_reg(R2, R10).add64_imm(R2, (IP + 12).into());
@@ -245,33 +491,121 @@ pub(super) fn emit(a: &mut Asm, dir: Dir, kind: Kind, map: RawFd, counters: RawF
         a.ldx_w(R1, R9, FROM).ldx_w(R2, R6, skb::IFINDEX);
         a.jne_reg(R1, R2, pass);
     }
+    let translated = a.label();
+    a.ldx_b(R1, R9, MODE);
+    match dir {
+        Dir::Out => a.jne_imm(R1, RELAYED, translated),
+        Dir::Back => a.jne_imm(R1, RELAYED, pass),
+        Dir::In => a.jne_imm(R1, TRANSLATED, pass),
+    };
+    if dir != Dir::In {
+        emit_relayed(a, dir, kind, counters, pass);
+    }
+    a.bind(translated);
+    if dir != Dir::Back {
+        emit_translated(a, dir, kind, counters, maps.events_fd());
+    }
+}
+
+/// A relayed connection's segment, entry in R9.
+fn emit_relayed(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, pass: Label) {
+    a.ldx_b(R1, R10, TCP + 13).and64_imm(R1, STATE_FLAGS);
+    a.jne_imm(R1, 0, pass);
     if let Kind::Filter = kind {
         a.mov32_imm(R0, 0).exit(); // the tc program's: not for the daemon
         return;
     }
-
     let shot = a.label();
-    let (ip_at, port_at, old_ip, old_port) = match dir {
-        Dir::Out => (IP_DST, TCP_DPORT, IP + 16, TCP + 2),
-        Dir::Back => (IP_SRC, TCP_SPORT, IP + 12, TCP),
+    match dir {
+        Dir::Out => emit_rewrite(a, IP_DST, TCP_DPORT, IP + 16, TCP + 2, shot),
+        _ => emit_rewrite(a, IP_SRC, TCP_SPORT, IP + 12, TCP, shot),
+    }
+    // Count: the entry, and the two ports as the switch would (rx where it came in).
+    let (container, tap) = match dir {
+        Dir::Out => (RX, TX),
+        _ => (TX, RX),
     };
-    // The checksums first, from the old values still on the stack: the IPv4 header's, then
-    // TCP's for the address (in its pseudo-header) and the port. The helpers update a partial
-    // checksum (an offloaded one, only the pseudo-header summed) as such.
+    emit_counts(a, counters, container);
+    a.mov64_imm(R1, TAP_PORT_ID);
+    emit_count(a, counters, tap);
+    let flags = match dir {
+        Dir::Out => {
+            emit_mark_used(a);
+            BPF_F_INGRESS
+        }
+        _ => 0,
+    };
+    a.ldx_w(R1, R9, TO).mov64_imm(R2, flags);
+    a.call(Helper::Redirect).exit();
+    emit_shot(a, shot);
+}
+
+/// A translated connection's segment, entry in R9: out of the uplink towards the remote end
+/// (`Dir::Out`), or out of the container's veth (`Dir::In`).
+fn emit_translated(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, events: RawFd) {
+    if let Kind::Filter = kind {
+        a.mov32_imm(R0, 0).exit(); // the tc program's: not for the daemon
+        return;
+    }
+    // Note the segment's flags (a store only when one is new: the entry's line stays shared).
+    let known = a.label();
+    a.ldx_b(R1, R10, TCP + 13).ldx_b(R2, R9, SEEN);
+    a.mov64_reg(R3, R2).or64_reg(R3, R1);
+    a.jeq_reg(R3, R2, known);
+    a.stx_b(R9, R3, SEEN);
+    // A FIN or a RST new this way: an event, so that the NAT sees the connection end now.
+    a.mov64_reg(R1, R3).and64_imm(R1, TCP_FIN_RST);
+    a.jeq_imm(R1, 0, known);
+    a.ldx_dw(R1, R9, FLOW).stx_dw(R10, R1, EVENT);
+    a.stx_dw(R10, R3, EVENT + 8);
+    a.st_w(R10, EVENT + 12, i32::from(dir != Dir::Out));
+    a.ld_map_fd(R1, events);
+    a.mov64_reg(R2, R10).add64_imm(R2, EVENT.into());
+    a.mov64_imm(R3, 16).mov64_imm(R4, 0);
+    a.call(Helper::RingbufOutput);
+    a.bind(known);
+    let shot = a.label();
+    match dir {
+        Dir::Out => emit_rewrite(a, IP_SRC, TCP_SPORT, IP + 12, TCP, shot),
+        _ => {
+            emit_rewrite(a, IP_DST, TCP_DPORT, IP + 16, TCP + 2, shot);
+            a.mov64_reg(R1, R6).mov64_imm(R2, 0);
+            a.mov64_reg(R3, R9).add64_imm(R3, MACS.into());
+            a.mov64_imm(R4, 12).mov64_imm(R5, 0);
+            a.call(Helper::SkbStoreBytes).jne_imm(R0, 0, shot);
+        }
+    }
+    match dir {
+        Dir::Out => {
+            emit_counts(a, counters, RX);
+            emit_mark_used(a);
+            // The host's routes and neighbours choose the next hop and its MAC.
+            a.ldx_w(R1, R9, TO).mov64_imm(R2, 0);
+            a.mov64_imm(R3, 0).mov64_imm(R4, 0);
+            a.call(Helper::RedirectNeigh).exit();
+        }
+        _ => {
+            emit_counts(a, counters, TX);
+            a.ldx_w(R1, R9, TO).mov64_imm(R2, 0);
+            a.call(Helper::Redirect).exit();
+        }
+    }
+    emit_shot(a, shot);
+}
+
+/// Writes the entry's (R9) address and port over the segment's at `ip_at` and `port_at`, whose
+/// old values are on the stack at `old_ip` and `old_port`, checksums first: the IPv4 header's,
+/// then TCP's for the address (in its pseudo-header) and the port. The helpers update a
+/// partial checksum (an offloaded one, only the pseudo-header summed) as such.
+fn emit_rewrite(a: &mut Asm, ip_at: i32, port_at: i32, old_ip: i16, old_port: i16, shot: Label) {
     let csum = [
-        (Helper::L3CsumReplace, IP_CSUM, old_ip, ADDR, 4),
-        (
-            Helper::L4CsumReplace,
-            TCP_CSUM,
-            old_ip,
-            ADDR,
-            BPF_F_PSEUDO_HDR | 4,
-        ),
+        (Helper::L3CsumReplace, IP_CSUM, 4),
+        (Helper::L4CsumReplace, TCP_CSUM, BPF_F_PSEUDO_HDR | 4),
     ];
-    for (helper, at, old, new, flags) in csum {
+    for (helper, at, flags) in csum {
         a.mov64_reg(R1, R6).mov64_imm(R2, at);
-        a.ldx_w(R3, R10, old)
-            .ldx_w(R4, R9, new)
+        a.ldx_w(R3, R10, old_ip)
+            .ldx_w(R4, R9, ADDR)
             .mov64_imm(R5, flags);
         a.call(helper).jne_imm(R0, 0, shot);
     }
@@ -286,33 +620,40 @@ pub(super) fn emit(a: &mut Asm, dir: Dir, kind: Kind, map: RawFd, counters: RawF
         a.mov64_imm(R4, len).mov64_imm(R5, 0);
         a.call(Helper::SkbStoreBytes).jne_imm(R0, 0, shot);
     }
+}
 
-    // Count: the entry, and the two ports as the switch would (rx where it came in).
+/// Counts the frame on the entry (R9) and on the container's port as `which`.
+fn emit_counts(a: &mut Asm, counters: RawFd, which: (i16, i16)) {
     a.mov64_imm(R1, 1).atomic_add_dw(R9, R1, PACKETS);
     a.ldx_w(R1, R6, skb::LEN).atomic_add_dw(R9, R1, BYTES);
-    let (container, tap) = match dir {
-        Dir::Out => (RX, TX),
-        Dir::Back => (TX, RX),
-    };
     a.ldx_w(R1, R9, PORT_ID);
-    emit_count(a, counters, container);
-    a.mov64_imm(R1, TAP_PORT_ID);
-    emit_count(a, counters, tap);
-    if dir == Dir::Out {
-        let marked = a.label();
-        a.ldx_w(R1, R8, USED).jne_imm(R1, 0, marked);
-        a.st_w(R8, USED, 1);
-        a.bind(marked);
-    }
-    let flags = match dir {
-        Dir::Out => BPF_F_INGRESS,
-        Dir::Back => 0,
-    };
-    a.ldx_w(R1, R9, TO).mov64_imm(R2, flags);
-    a.call(Helper::Redirect).exit();
-    // A helper failed half-way: the frame may be half rewritten, and is no one's.
+    emit_count(a, counters, which);
+}
+
+/// Marks the source's station (R8) used, as the fast path's own frames do.
+fn emit_mark_used(a: &mut Asm) {
+    let marked = a.label();
+    a.ldx_w(R1, R8, STATION_USED).jne_imm(R1, 0, marked);
+    a.st_w(R8, STATION_USED, 1);
+    a.bind(marked);
+}
+
+/// A helper failed half-way: the frame may be half rewritten, and is no one's.
+fn emit_shot(a: &mut Asm, shot: Label) {
     a.bind(shot);
     a.mov64_imm(R0, TC_ACT_SHOT).exit();
+}
+
+/// The program on an uplink's ingress: the remote ends' segments of translated connections go
+/// to their containers; everything else goes on to the host.
+pub(super) fn uplink_program(maps: &RelayMaps, counters: RawFd) -> Result<Vec<Insn>, AsmError> {
+    let mut a = Asm::new();
+    let pass = a.label();
+    a.mov64_reg(R6, R1);
+    emit(&mut a, Dir::In, Kind::Redirect, maps, counters, pass);
+    a.bind(pass);
+    a.mov64_imm(R0, TC_NEXT).exit();
+    a.finish()
 }
 
 #[cfg(test)]
@@ -448,7 +789,7 @@ mod tests {
             veth: 1,
             port: container,
         };
-        maps.install(&out, &back).unwrap();
+        maps.install(&out, &back, 7).unwrap();
         let (veth_prog, tap_prog) = fast.programs();
         const ACK: u8 = 0x10;
 
@@ -512,7 +853,7 @@ mod tests {
         );
         // Only from the container's own veth.
         let elsewhere = Rule { veth: 77, ..out };
-        maps.install(&elsewhere, &back).unwrap();
+        maps.install(&elsewhere, &back, 7).unwrap();
         let frame = segment(GATEWAY_MAC, CONTAINER_MAC, c, remote, ACK);
         assert_eq!(
             test_run_out(veth_prog, &frame, 0).unwrap().0,
@@ -525,7 +866,7 @@ mod tests {
         let (o, b) = maps.traffic(&out, &back);
         assert_eq!((o.packets, o.bytes), (0, 0), "the entry was replaced");
         assert_eq!((b.packets, b.bytes), (0, 0));
-        maps.install(&out, &back).unwrap();
+        maps.install(&out, &back, 7).unwrap();
         test_run_out(veth_prog, &frame, 0).unwrap();
         let (o, _) = maps.traffic(&out, &back);
         assert_eq!((o.packets, o.bytes), (1, len));
@@ -544,5 +885,107 @@ mod tests {
             "removed"
         );
         assert_eq!(maps.traffic(&out, &back), Default::default());
+    }
+
+    #[test]
+    fn translated_segments_leave_from_the_host_and_come_back_to_the_container() {
+        need_root();
+        let mut fast = FastPath::load(16, None).expect("the kernel accepts the programs");
+        let container = PortId(1);
+        fast.clear_counts(container).unwrap();
+        let station = Station {
+            ifindex: 1,
+            port: container,
+            check: SrcCheck::None,
+        };
+        fast.sync(&HashMap::from([(MacAddr(CONTAINER_MAC), station)]))
+            .unwrap();
+        let maps: Arc<RelayMaps> = fast.relay_maps_for_tests();
+        let (c, remote, host) = (
+            sa([10, 1, 1, 10], 5000),
+            sa([198, 51, 100, 7], 80),
+            sa([192, 0, 2, 1], 5000),
+        );
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&CONTAINER_MAC);
+        macs[6..].copy_from_slice(&GATEWAY_MAC);
+        let t = Translation {
+            container: c,
+            remote,
+            host,
+            uplink: 1,
+            veth: 1,
+            port: container,
+            macs,
+        };
+        maps.translate(&t, 42).unwrap();
+        let mut events = maps.take_events().expect("the ring");
+        let (veth_prog, tap_prog) = fast.programs();
+        let uplink_prog = fast.uplink_program();
+        const SYN: u8 = 0x02;
+        const ACK: u8 = 0x10;
+        const FIN: u8 = 0x01;
+
+        // Out, the SYN included: from the host's address and port, checksums right.
+        for flags in [SYN, ACK, FIN | ACK] {
+            let frame = segment(GATEWAY_MAC, CONTAINER_MAC, c, remote, flags);
+            let (verdict, rewritten) = test_run_out(veth_prog, &frame, 0).unwrap();
+            assert_eq!(verdict, TC_ACT_REDIRECT, "flags {flags:#x}");
+            assert_eq!(ends(&rewritten), (host, remote, true));
+            assert_eq!(rewritten[54..], frame[54..], "the payload");
+        }
+        // In: to the container, from the gateway's MAC to the container's.
+        let uplink_mac = [2, 0, 0xc0, 0, 2, 1];
+        let frame = segment(uplink_mac, [2, 0, 0, 0, 0, 0x77], remote, host, SYN | ACK);
+        let (verdict, rewritten) = test_run_out(uplink_prog, &frame, 0).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(ends(&rewritten), (remote, c, true));
+        assert_eq!(rewritten[..12], macs);
+
+        // The flags seen each way, and what went.
+        let (out, back) = t.rules();
+        let (o, b) = maps.traffic(&out, &back);
+        assert_eq!((o.packets, o.flags), (3, SYN | ACK | FIN));
+        assert_eq!((b.packets, b.flags), (1, SYN | ACK));
+        let counts = fast.counts(container);
+        assert_eq!((counts.rx_frames, counts.tx_frames), (3, 1));
+        // The FIN, new that way, was told at once; nothing else was.
+        let mut told = Vec::new();
+        events.drain(|r| told.push(Event::parse(r)));
+        let fin = Event {
+            flow: 42,
+            flags: SYN | ACK | FIN,
+            out: true,
+        };
+        assert_eq!(told, [Some(fin)]);
+        let frame = segment(uplink_mac, [2, 0, 0, 0, 0, 0x77], remote, host, 0x04);
+        test_run_out(uplink_prog, &frame, 0).unwrap();
+        events.drain(|r| told.push(Event::parse(r)));
+        let rst = Event {
+            flow: 42,
+            flags: SYN | ACK | 0x04,
+            out: false,
+        };
+        assert_eq!(told, [Some(fin), Some(rst)], "a RST back");
+
+        // The host's own traffic on the uplink, and the TAP's program, leave it alone.
+        let next = TC_NEXT as u32;
+        let other = segment(
+            uplink_mac,
+            [2, 0, 0, 0, 0, 0x77],
+            remote,
+            sa([192, 0, 2, 1], 5001),
+            ACK,
+        );
+        assert_eq!(test_run_out(uplink_prog, &other, 0).unwrap().0, next);
+        let relayish = segment(CONTAINER_MAC, GATEWAY_MAC, remote, host, ACK);
+        assert_eq!(test_run_out(tap_prog, &relayish, NAT_MARK).unwrap().0, next);
+        maps.remove(&out, &back);
+        let frame = segment(uplink_mac, [2, 0, 0, 0, 0, 0x77], remote, host, ACK);
+        assert_eq!(
+            test_run_out(uplink_prog, &frame, 0).unwrap().0,
+            next,
+            "removed"
+        );
     }
 }

@@ -37,6 +37,7 @@ fn config(control: PathBuf, args: RunArgs) -> daemon::Config {
         } else {
             args.fast_path
         },
+        tcp_nat: args.tcp_nat,
         takeover: args.takeover,
         metrics: args.metrics,
         isolate: args.security.isolate,

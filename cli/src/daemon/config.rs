@@ -33,6 +33,8 @@ pub struct Config {
     /// Forward frames between learned containers in the kernel, on which hook (see
     /// `bpf::fastpath`).
     pub fast_path: crate::bpf::fastpath::Mode,
+    /// How outgoing TCP connections reach the outside (see `natd::translate`).
+    pub tcp_nat: crate::natd::TcpNat,
     /// Take over from the daemon serving the control socket instead of starting anew (see
     /// `handover`).
     pub takeover: bool,

@@ -17,7 +17,9 @@ use crate::datapath::{Datapath, Fabric, TAP_PORT};
 use crate::kernel::netlink::{Netlink, TcHook};
 use crate::natd::budget::{open_now, FdBudget};
 use crate::natd::dns::DnsCounters;
-use crate::natd::{self, dns, resolv, NatHook, NatMailbox, NatService, Offloads};
+use crate::natd::{
+    self, dns, resolv, NatHook, NatMailbox, NatService, Offloads, TcpNat, Translator,
+};
 use crate::ports::tap::Tap;
 use crate::ports::{Counters, Port, PortIo};
 
@@ -58,9 +60,14 @@ pub fn start(
     let spread_program = spread_program(cfg);
     let mut fast_path = fast_path(cfg);
     let offloads = offloads(fast_path.as_mut(), tap_index, &mut nl);
+    if let Some(offloads) = &offloads {
+        // Connections of a daemon that died: no one follows them.
+        offloads.clear();
+    }
     let (fabric, mut datapath) = new_datapath(cfg, spread_program.clone())?;
     let (nat, nat_jobs, nat_busy) = start_nat(cfg, fd_limit, &fabric, &budget, &datapath)?;
-    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone());
+    let translator = translator(cfg, fast_path.as_ref(), &offloads, &budget, tap_index, &nat);
+    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone(), translator);
     datapath.run(Some(hook)).context("starting workers")?;
     let taps = taps.into_iter().map(|t| Box::new(t) as Box<dyn PortIo>);
     datapath.add_port(Arc::new(tap_port(cfg, taps.collect())))?;
@@ -188,6 +195,7 @@ pub(super) fn nat_hook(
     nat_jobs: &NatMailbox,
     fabric: Fabric,
     offloads: Option<Arc<Offloads>>,
+    translator: Option<Arc<Translator>>,
 ) -> Arc<NatHook> {
     Arc::new(NatHook::new(
         nat.clone(),
@@ -196,7 +204,41 @@ pub(super) fn nat_hook(
         fabric,
         cfg.workers,
         offloads,
+        translator,
     ))
+}
+
+/// What translates outgoing TCP connections in the kernel (`run --tcp-nat kernel`), where the
+/// fast path can take them; else they are relayed (said why).
+pub(super) fn translator(
+    cfg: &Config,
+    fast_path: Option<&FastPath>,
+    offloads: &Option<Arc<Offloads>>,
+    budget: &Arc<FdBudget>,
+    tap: u32,
+    nat: &Arc<Nat>,
+) -> Option<Arc<Translator>> {
+    if cfg.tcp_nat != TcpNat::Kernel {
+        return None;
+    }
+    let (Some(fast_path), Some(offloads)) = (fast_path, offloads) else {
+        tracing::warn!("--tcp-nat kernel needs the kernel fast path: TCP is relayed");
+        return None;
+    };
+    let mac = MacAddr::from_ipv4(cfg.gateway).0;
+    let uplinks = fast_path.uplinks();
+    let translator = Translator::new(offloads.clone(), uplinks, budget.clone(), mac, tap)
+        .and_then(|t| t.watch(nat.clone()).map(|()| t));
+    match translator {
+        Ok(t) => {
+            tracing::info!("outgoing TCP is translated in the kernel where it can be");
+            Some(Arc::new(t))
+        }
+        Err(e) => {
+            tracing::warn!("outgoing TCP is relayed: no translation in the kernel ({e})");
+            None
+        }
+    }
 }
 
 /// The kernel's share of relayed TCP: the fast path's program on TAP `tap`'s egress, and what

@@ -11,6 +11,7 @@ use vswitch_switch::{Millis, PortId, VNET_HDR_LEN};
 use crate::datapath::{Fabric, Hook, Token, TAP_PORT};
 
 use super::offload::Offloads;
+use super::translate::Translator;
 use super::udp::UdpBatch;
 use super::{NatJob, NatMailbox};
 
@@ -26,6 +27,8 @@ pub struct NatHook {
     pub udp_batches: Box<[WorkerSlot]>,
     /// Established relayed connections handed to the kernel, where it can carry them.
     pub offloads: Option<Arc<Offloads>>,
+    /// New outgoing connections translated in the kernel (`run --tcp-nat kernel`).
+    pub translator: Option<Arc<Translator>>,
 }
 
 /// A worker's batch of datagrams, on cache lines of its own: the workers write theirs for
@@ -42,6 +45,7 @@ impl NatHook {
         fabric: Fabric,
         workers: usize,
         offloads: Option<Arc<Offloads>>,
+        translator: Option<Arc<Translator>>,
     ) -> NatHook {
         NatHook {
             nat,
@@ -50,6 +54,7 @@ impl NatHook {
             fabric,
             udp_batches: (0..workers.max(1)).map(|_| WorkerSlot::default()).collect(),
             offloads,
+            translator,
         }
     }
 
@@ -137,6 +142,11 @@ impl Hook for NatHook {
                 false
             }
             Verdict::TcpConnect { flow, from, dst } => {
+                if let Some(t) = &self.translator {
+                    if t.translate(&self.nat, flow, from, dst, frame, now) {
+                        return false;
+                    }
+                }
                 (self.service.outbound).connect(worker, flow, from, dst, frame.to_vec());
                 false
             }

@@ -30,14 +30,16 @@ pub mod resolv;
 mod service;
 mod snapshot;
 mod sockets;
+mod translate;
 mod udp;
 
 pub use hook::NatHook;
 pub use mailbox::NatMailbox;
-pub use offload::Offloads;
+pub use offload::{KernelSnap, Offloads};
 pub use service::NatService;
 pub use snapshot::ServiceSnap;
 pub use sockets::{bind_published, bind_relays, mark_gateway_sockets};
+pub use translate::{TcpNat, Translator};
 
 /// Work the datapath and the manager hand to the NAT service.
 pub enum NatJob {

@@ -4,9 +4,15 @@
 //! installs and removes the connection's two entries, only for containers whose port the kernel
 //! fast path serves (not isolated, not captured), and reports to the NAT what the kernel
 //! carried, which counts on the flow and keeps it alive.
+//!
+//! It keeps the translated connections too (`natd::translate`), which the kernel carries from
+//! their SYN on: their flags, reported the same way, move the NAT's flow, and once a connection
+//! is over (and nothing moved for a report) its entries go; the NAT answers a new SYN on the
+//! same ports with a new flow.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +20,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vswitch_nat::{FlowId, Nat, Offload};
 use vswitch_switch::PortId;
 
-use crate::bpf::relay::{RelayMaps, Rule, Traffic};
+use serde::{Deserialize, Serialize};
+
+use crate::bpf::fastpath::Uplinks;
+use crate::bpf::relay::{EntryKind, Event, RelayMaps, Rule, Traffic, Translation};
+use crate::bpf::ringbuf::RingBuf;
+use crate::kernel::fdpass::{FdIn, FdOut};
+
+use super::budget::{FdBudget, Lease};
+
+/// The connections the kernel carries, as a hand-over describes them to the next daemon: the
+/// maps are pinned and stay as they are; a translated connection's reservation travels by
+/// index (none once it is over).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSnap {
+    pub relayed: Vec<FlowId>,
+    pub translated: Vec<(FlowId, Option<usize>)>,
+}
 
 pub struct Offloads {
     maps: Arc<RelayMaps>,
@@ -38,6 +61,18 @@ struct Entry {
     back: Rule,
     /// What the kernel had carried at the last report, each way.
     reported: (Traffic, Traffic),
+    /// A translated connection's: the host's side it holds (until it is over).
+    translated: Option<Translated>,
+}
+
+struct Translated {
+    /// The host's four-tuple (`sockets::reserve_tcp`) and the descriptor it costs.
+    reservation: Option<(OwnedFd, Lease)>,
+    /// Over at the last report, having carried this much: the entries go at the next one if
+    /// nothing moved meanwhile.
+    over: Option<(Traffic, Traffic)>,
+    /// The TCP flags its segments carried out and back, as last read or told.
+    flags: (u8, u8),
 }
 
 impl Offloads {
@@ -56,6 +91,11 @@ impl Offloads {
     /// Connections the kernel carries now.
     pub fn len(&self) -> usize {
         self.lock().flows.len()
+    }
+
+    /// The port and veth of container `ip`, if the kernel may carry its connections.
+    pub fn served(&self, ip: &Ipv4Addr) -> Option<(PortId, u32)> {
+        self.lock().served.get(ip).copied()
     }
 
     /// Whether the kernel carries flow `flow` now.
@@ -96,17 +136,47 @@ impl Offloads {
                 self.maps.remove(&e.out, &e.back);
             }
         }
-        if self.maps.install(&out, &back).is_err() {
+        if self.maps.install(&out, &back, o.flow).is_err() {
             return;
         }
         let entry = Entry {
             out,
             back,
             reported: Default::default(),
+            translated: None,
         };
         st.holder.insert((o.container, o.remote), o.flow);
         st.flows.insert(o.flow, entry);
         self.total.fetch_add(1, Relaxed);
+    }
+
+    /// Hands translated connection `flow` to the kernel before its first segment goes; it
+    /// holds `reservation` until it is over. False if the maps are full.
+    pub fn translate(&self, flow: FlowId, t: &Translation, reservation: (OwnedFd, Lease)) -> bool {
+        let mut st = self.lock();
+        let (out, back) = t.rules();
+        if let Some(old) = st.holder.remove(&(t.container, t.remote)) {
+            if let Some(e) = st.flows.remove(&old) {
+                self.maps.remove(&e.out, &e.back);
+            }
+        }
+        if self.maps.translate(t, flow).is_err() {
+            return false;
+        }
+        let entry = Entry {
+            out,
+            back,
+            reported: Default::default(),
+            translated: Some(Translated {
+                reservation: Some(reservation),
+                over: None,
+                flags: (0, 0),
+            }),
+        };
+        st.holder.insert((t.container, t.remote), flow);
+        st.flows.insert(flow, entry);
+        self.total.fetch_add(1, Relaxed);
+        true
     }
 
     /// Flow `flow` leaves ESTABLISHED: its segments cross the daemon again, and what the kernel
@@ -148,7 +218,9 @@ impl Offloads {
                 return;
             }
             st.served = served;
+            // A translated connection stays: the daemon has no way to carry it.
             (st.flows.iter())
+                .filter(|(_, e)| e.translated.is_none())
                 .filter(|(_, e)| st.served.get(e.out.src.ip()) != Some(&(e.out.port, e.out.veth)))
                 .map(|(&flow, _)| flow)
                 .collect()
@@ -173,12 +245,145 @@ impl Offloads {
             };
             let (out, back) = delta(e, carried);
             e.reported = carried;
-            drop(st);
-            if !nat.offloaded(flow, out, back, now) {
-                gone.push(flow);
+            if e.translated.is_none() {
+                drop(st);
+                if !nat.offloaded(flow, out, back, now) {
+                    gone.push(flow);
+                }
+                continue;
+            }
+            let Some(t) = e.translated.as_mut() else {
+                continue;
+            };
+            t.flags = (carried.0.flags, carried.1.flags);
+            let state = nat.translated_seen(flow, t.flags, out, back, now);
+            match state {
+                None => gone.push(flow),
+                Some(state) if state.is_closed() => {
+                    // Over: the host's side goes now; the entries once nothing moved for a
+                    // report (a last ACK, a FIN sent again).
+                    t.reservation = None;
+                    if t.over == Some(carried) {
+                        gone.push(flow);
+                    }
+                    t.over = Some(carried);
+                }
+                Some(_) => t.over = None,
             }
         }
         self.forget(gone);
+    }
+}
+
+impl Offloads {
+    /// Its connections for a hand-over, with duplicates of the reservations' descriptors (in
+    /// `fds`, kept open by the caller until they are sent: a connection that ends meanwhile
+    /// closes its own).
+    pub fn snapshot(&self, fds: &mut FdOut) -> (KernelSnap, Vec<OwnedFd>) {
+        let st = self.lock();
+        let mut snap = KernelSnap::default();
+        let mut held = Vec::new();
+        for (&flow, e) in &st.flows {
+            let Some(t) = &e.translated else {
+                snap.relayed.push(flow);
+                continue;
+            };
+            let fd = (t.reservation.as_ref()).and_then(|(fd, _)| fd.try_clone().ok());
+            let index = fd.map(|fd| {
+                let i = fds.add(&fd);
+                held.push(fd);
+                i
+            });
+            snap.translated.push((flow, index));
+        }
+        (snap, held)
+    }
+
+    /// Carries on with the connections a previous daemon handed the kernel (`snap`), from the
+    /// pinned maps: those are followed from now on (the translated ones' uplinks get this
+    /// daemon's program); any other entry in the maps goes.
+    pub fn adopt(
+        &self,
+        snap: &KernelSnap,
+        fds: &mut FdIn,
+        budget: &Arc<FdBudget>,
+        uplinks: &Uplinks,
+    ) {
+        let relayed: std::collections::HashSet<FlowId> = snap.relayed.iter().copied().collect();
+        let translated: HashMap<FlowId, Option<usize>> = snap.translated.iter().copied().collect();
+        let mut st = self.lock();
+        for found in self.maps.entries() {
+            let (flow, out) = (found.flow, found.out);
+            let entry = match found.kind {
+                EntryKind::Relayed(back) if relayed.contains(&flow) => Entry {
+                    out,
+                    back,
+                    reported: Default::default(),
+                    translated: None,
+                },
+                EntryKind::Translated(t) if translated.contains_key(&flow) => {
+                    if let Err(e) = uplinks.attach(t.uplink) {
+                        tracing::warn!(uplink = t.uplink, "no program on the uplink ({e})");
+                    }
+                    let reservation = translated[&flow]
+                        .and_then(|i| fds.take(i).ok())
+                        .map(|fd| (fd, budget.lease_held(1, Some(*t.container.ip()))));
+                    let (out, back) = t.rules();
+                    Entry {
+                        out,
+                        back,
+                        reported: Default::default(),
+                        translated: Some(Translated {
+                            reservation,
+                            over: None,
+                            flags: (0, 0),
+                        }),
+                    }
+                }
+                EntryKind::Relayed(back) => {
+                    self.maps.remove(&out, &back);
+                    continue;
+                }
+                EntryKind::Translated(t) => {
+                    let (out, back) = t.rules();
+                    self.maps.remove(&out, &back);
+                    continue;
+                }
+            };
+            // What the kernel carried before counts from here on.
+            let reported = self.maps.traffic(&entry.out, &entry.back);
+            st.holder.insert((out.src, out.dst), flow);
+            st.flows.insert(flow, Entry { reported, ..entry });
+        }
+    }
+
+    /// Empties the maps of what a daemon that died left there: no one follows those
+    /// connections any more.
+    pub fn clear(&self) {
+        self.maps.clear();
+    }
+
+    /// The events' ring of the maps (see `bpf::relay::Event`), for its one reader.
+    pub fn take_events(&self) -> Option<RingBuf> {
+        self.maps.take_events()
+    }
+
+    /// A translated connection's segment carried a new FIN or RST: the NAT's flow moves now
+    /// (finished, it gives its place in the table back), and a connection that is over gives
+    /// back the host's side.
+    pub fn event(&self, ev: &Event, nat: &Nat, now: u64) {
+        let mut st = self.lock();
+        let Some(t) = (st.flows.get_mut(&ev.flow)).and_then(|e| e.translated.as_mut()) else {
+            return;
+        };
+        match ev.out {
+            true => t.flags.0 = ev.flags,
+            false => t.flags.1 = ev.flags,
+        }
+        let state = nat.translated_seen(ev.flow, t.flags, (0, 0), (0, 0), now);
+        if state.is_none_or(|s| s.is_closed()) {
+            t.reservation = None;
+        }
     }
 }
 

@@ -202,6 +202,80 @@ pub fn bind_published(spec: &PublishSpec) -> io::Result<Listener> {
     }
 }
 
+/// Reserves the host's side of a translated connection to `dst`: a TCP socket in repair mode
+/// (`TCP_REPAIR`, CAP_NET_ADMIN), connected without a segment sent, so that it holds the
+/// host's address and a port for that four-tuple. No other connection of the host gets the
+/// same four-tuple while it stays; closed in repair mode it sends nothing either. The port is
+/// `port` if the host has it free (as a kernel NAT keeps a connection's port: a container that
+/// reuses its port for a new connection to the same destination reuses the four-tuple the
+/// remote end may still hold a TIME_WAIT of, which takes a newer SYN of the same four-tuple;
+/// another one's SYN it would answer with an ACK), else one the kernel chooses. Returns it and
+/// its address.
+pub fn reserve_tcp(dst: SocketAddrV4, port: u16) -> io::Result<(OwnedFd, SocketAddrV4)> {
+    let reserve = |port: u16| -> io::Result<OwnedFd> {
+        let fd = tcp_socket(libc::SOCK_CLOEXEC)?;
+        let on: libc::c_int = 1;
+        for (level, opt) in [
+            (libc::SOL_TCP, libc::TCP_REPAIR),
+            (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        ] {
+            // SAFETY: `on` is a live c_int of the length passed.
+            cvt(unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    level,
+                    opt,
+                    &on as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            })?;
+        }
+        if port != 0 {
+            let addr = sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+            // SAFETY: `addr` is a valid sockaddr_in of the length we pass.
+            cvt(unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+                    SOCKADDR_IN_LEN,
+                )
+            })?;
+        }
+        connect(&fd, dst)?;
+        Ok(fd)
+    };
+    let fd = reserve(port).or_else(|_| reserve(0))?;
+    let host: SockaddrIn = getsockname(fd.as_raw_fd()).map_err(io::Error::from)?;
+    Ok((fd, SocketAddrV4::new(host.ip(), host.port())))
+}
+
+/// A raw IPv4 socket that sends packets as they are given (`IPPROTO_RAW`: the header too),
+/// for the first SYN of a translated connection.
+pub fn raw_ipv4_socket() -> io::Result<OwnedFd> {
+    let flags = libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: plain system call.
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, flags, libc::IPPROTO_RAW) })?;
+    // SAFETY: `fd` is fresh and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends IPv4 packet `packet` (header included) to `dst` through raw socket `raw`.
+pub fn send_raw(raw: &impl AsRawFd, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+    let addr = sockaddr_in(SocketAddrV4::new(dst, 0));
+    // SAFETY: `packet` and `addr` are live for the call at the lengths passed.
+    cvt(unsafe {
+        libc::sendto(
+            raw.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+            SOCKADDR_IN_LEN,
+        )
+    } as libc::c_int)
+    .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,11 @@ pub(crate) enum Kind {
         relay: u16,
         connecting: bool,
     },
+    /// Container -> outside TCP that the edge translates itself from the SYN on (a kernel
+    /// path): its segments never cross the NAT again. `relay` only keeps its key unique.
+    TcpTranslated {
+        relay: u16,
+    },
     /// Outside client -> container through a published port; the host talks from `eph`.
     TcpPublished {
         eph: u16,
@@ -62,7 +67,9 @@ pub(crate) enum Kind {
 impl Kind {
     pub fn proto(self) -> Proto {
         match self {
-            Kind::TcpEgress { .. } | Kind::TcpPublished { .. } => Proto::Tcp,
+            Kind::TcpEgress { .. } | Kind::TcpTranslated { .. } | Kind::TcpPublished { .. } => {
+                Proto::Tcp
+            }
             Kind::UdpEgress | Kind::UdpPublished { .. } => Proto::Udp,
             Kind::Echo { .. } => Proto::Icmp,
         }
@@ -71,7 +78,7 @@ impl Kind {
     /// The gateway port of the translated key, for flows the host's frames reach.
     pub(super) fn gateway_port(self) -> Option<u16> {
         match self {
-            Kind::TcpEgress { relay, .. } => Some(relay),
+            Kind::TcpEgress { relay, .. } | Kind::TcpTranslated { relay } => Some(relay),
             Kind::TcpPublished { eph } => Some(eph),
             _ => None,
         }
@@ -85,7 +92,10 @@ impl Kind {
     pub(super) fn egress(self) -> bool {
         matches!(
             self,
-            Kind::TcpEgress { .. } | Kind::UdpEgress | Kind::Echo { .. }
+            Kind::TcpEgress { .. }
+                | Kind::TcpTranslated { .. }
+                | Kind::UdpEgress
+                | Kind::Echo { .. }
         )
     }
 

@@ -35,6 +35,8 @@ impl Nat {
         let dir = match flow.kind {
             Kind::TcpEgress { .. } => Dir::Reply,
             Kind::TcpPublished { .. } => Dir::Orig,
+            // The kernel carries it: the host has no side of it.
+            Kind::TcpTranslated { .. } => return self.drop(NatDrop::NoFlow),
             _ => return Verdict::Pass,
         };
         if rewrite_tcp(frame, &pkt, End::Src, flow.rip, flow.rport).is_err() {

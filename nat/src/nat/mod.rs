@@ -46,6 +46,7 @@ mod inbound;
 mod outbound;
 mod publish;
 mod relay;
+mod translated;
 
 pub use answer::ICMP_DEST_UNREACH;
 

@@ -78,7 +78,7 @@ impl Nat {
                 self.table.settle(&mut sh, slot);
                 return Verdict::Pending;
             }
-            Kind::TcpEgress { relay, .. }
+            Kind::TcpEgress { relay, .. } | Kind::TcpTranslated { relay }
                 if is_new_syn(tcp.flags) && flow.tcp.state().is_closed() =>
             {
                 // The container reuses the port for a new connection to the same destination:
@@ -88,6 +88,12 @@ impl Nat {
                 // the old flow at the next `expire`.
                 self.table.reap(&mut sh, slot);
                 return self.tcp_new(&mut sh, frame, pkt, &tcp, Some(relay), now);
+            }
+            Kind::TcpTranslated { .. } => {
+                // The kernel carries the connection; this segment came before the edge handed
+                // it over or after it took it back (a finished one's straggler).
+                self.table.refresh(flow, now);
+                return Verdict::Pending;
             }
             Kind::TcpEgress { relay, .. } => (self.gateway, relay, Dir::Orig),
             Kind::TcpPublished { eph } => (self.gateway, eph, Dir::Reply),

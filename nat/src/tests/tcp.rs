@@ -646,3 +646,61 @@ fn segments_offered(
     }
     offered
 }
+
+/// A connection the edge translates itself from its SYN on: the held SYN leaves from the
+/// host's address and port with a complete checksum (an offloaded one finished), the flow's
+/// state follows the flags the edge reports, and none of its segments crosses the NAT again:
+/// a straggler is dropped, a new SYN once it is over opens a new flow.
+#[test]
+fn a_translated_connection_follows_the_flags_the_edge_reports() {
+    use crate::TcpState;
+    let nat = nat();
+    let host = sa(Ipv4Addr::new(192, 0, 2, 1), 40000);
+    let l4 = tcp_l4(5000, 80, SYN, 1, 0, b"");
+    let mut syn = frame(C1_MAC, GW_MAC, C1, OUT, 6, l4, Some(16), Csum::Partial);
+    let Verdict::TcpConnect { flow, .. } = nat.outbound(&mut syn, T0) else {
+        panic!()
+    };
+    let packet = nat.tcp_translated(flow, &mut syn, host, T0).unwrap();
+    assert_eq!(packet, 24..syn.len());
+    let sent = check(&syn);
+    assert_eq!(sent.vnet[0] & 1, 0, "the checksum is complete");
+    assert_eq!((sent.src_sa(), sent.dst_sa()), (host, sa(OUT, 80)));
+    assert_eq!(
+        nat.tcp_translated(flow, &mut syn, host, T0),
+        Err(crate::NatError::NotConnecting(flow)),
+        "once"
+    );
+    let state = |out, back, now| nat.translated_seen(flow, (out, back), (1, 60), (1, 60), now);
+    assert_eq!(state(SYN, 0, T0), Some(TcpState::SynSent));
+    assert_eq!(state(SYN, SYN | ACK, T0), Some(TcpState::SynSent));
+    assert_eq!(state(SYN | ACK, SYN | ACK, T0), Some(TcpState::Established));
+    let view = nat.entries(T0).pop().unwrap();
+    assert_eq!(
+        (view.state, view.packets_out, view.bytes_in),
+        ("ESTABLISHED", 4, 180)
+    );
+
+    // Its segments are the kernel's: one that reaches the NAT goes no further.
+    let mut late = tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), ACK, 2, b"late");
+    assert_eq!(nat.outbound(&mut late, T0), Verdict::Pending);
+    assert_eq!(
+        state(SYN | ACK | FIN, SYN | ACK, T0),
+        Some(TcpState::FinWait)
+    );
+    assert_eq!(
+        state(SYN | ACK | FIN, SYN | ACK | FIN, T0),
+        Some(TcpState::TimeWait)
+    );
+    // Over and its entries gone: the container's next SYN on the same ports is a new flow.
+    let mut again = tcp_out(C1_MAC, sa(C1, 5000), sa(OUT, 80), SYN, 9, b"");
+    let Verdict::TcpConnect { flow: next, .. } = nat.outbound(&mut again, T0) else {
+        panic!()
+    };
+    assert_ne!(next, flow);
+    assert_eq!(nat.translated_seen(flow, (0, 0), (0, 0), (0, 0), T0), None);
+    // A refusal: the SYN out, a RST back.
+    nat.tcp_translated(next, &mut again, host, T0).unwrap();
+    let seen = nat.translated_seen(next, (SYN, RST | ACK), (1, 40), (1, 40), T0);
+    assert_eq!(seen, Some(TcpState::Close));
+}

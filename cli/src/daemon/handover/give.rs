@@ -91,7 +91,7 @@ impl Manager {
                 "pausing: the NAT service did not answer",
             ));
         };
-        let (snapshot, fds) = self.snapshot(h, service, fds);
+        let (snapshot, fds, _held) = self.snapshot(h, service, fds);
         let paused = started.elapsed();
         let offer = HandoverOffer {
             format: FORMAT,
@@ -132,7 +132,7 @@ impl Manager {
         h: &Handoff,
         service: crate::natd::ServiceSnap,
         mut fds: FdOut,
-    ) -> (Snapshot, FdOut) {
+    ) -> (Snapshot, FdOut, Vec<std::os::fd::OwnedFd>) {
         let table = self.datapath.ports();
         let queues = |id: vswitch_switch::PortId, fds: &mut FdOut| {
             (table.get(usize::from(id.0)).and_then(|p| p.as_ref()))
@@ -157,6 +157,15 @@ impl Manager {
         let dns = h.dns.map(|[udp, tcp]| [fds.add_raw(udp), fds.add_raw(tcp)]);
         let pairs = self.datapath.relays().snapshot(&mut fds);
         let now = now_ms();
+        // What the kernel carried counts on the flows before the table is described.
+        let (kernel, held) = match &self.offloads {
+            Some(offloads) => {
+                offloads.report(&self.nat, now);
+                let (snap, held) = offloads.snapshot(&mut fds);
+                (Some(snap), held)
+            }
+            None => (None, Vec::new()),
+        };
         let fdb = (self.datapath.switch().fdb_entries(now).into_iter())
             .map(|e| FdbSnap {
                 mac: e.mac.to_string(),
@@ -184,8 +193,9 @@ impl Manager {
             leased: self.budget.view().leased,
             notify_socket: systemd::socket().map(|s| s.to_string_lossy().into_owned()),
             watchdog_usec: systemd::watchdog_usec(),
+            kernel,
         };
-        (snapshot, fds)
+        (snapshot, fds, held)
     }
 }
 

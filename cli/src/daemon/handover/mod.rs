@@ -131,6 +131,10 @@ pub struct Snapshot {
     /// new one reports to it (a process started by `ExecReload=` may not be told them).
     pub notify_socket: Option<String>,
     pub watchdog_usec: Option<u64>,
+    /// The connections the kernel carries (relayed and translated); absent from an older
+    /// daemon, whose kernel connections went back to its workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::natd::KernelSnap>,
 }
 
 /// A container's port: its record (as in the state file), its sockets, its counters.

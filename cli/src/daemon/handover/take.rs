@@ -38,7 +38,7 @@ use super::super::ipam::Ipam;
 use super::super::manager::Manager;
 use super::super::startup::{
     dns_upstreams, log_fast_path, nat_config, nat_hook, new_datapath, offloads, spawn_nat_service,
-    tap_port, Parts,
+    tap_port, translator, Parts,
 };
 use super::super::systemd::{self, Watchdog};
 use super::{Handoff, Network, PortSnap, Snapshot, FORMAT, MAX_SNAPSHOT, TIMEOUT};
@@ -248,7 +248,22 @@ fn build(
     let (nat, service, nat_jobs) =
         restore_nat(cfg, fd_limit, &snap, &mut fds, &fabric, &budget, &pool)?;
     let offloads = offloads(fast_path.as_mut(), snap.tap_index, &mut nl);
-    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone());
+    match (&offloads, &snap.kernel, &fast_path) {
+        (Some(offloads), Some(kernel), Some(fast)) => {
+            offloads.adopt(kernel, &mut fds, &budget, &fast.uplinks())
+        }
+        (Some(offloads), _, _) => offloads.clear(),
+        _ => {}
+    }
+    let translator = translator(
+        cfg,
+        fast_path.as_ref(),
+        &offloads,
+        &budget,
+        snap.tap_index,
+        &nat,
+    );
+    let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone(), translator);
     datapath.add_port(Arc::new(take_tap(cfg, &snap, &mut fds)?))?;
     let dns = take_dns(&snap, &mut fds)?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();

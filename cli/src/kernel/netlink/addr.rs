@@ -157,4 +157,34 @@ impl Netlink {
         }
         Ok(out)
     }
+
+    /// The route the host takes to `dst` (`ip route get`): its type (`RTN_UNICAST`,
+    /// `RTN_LOCAL`, ...) and the interface it leaves by.
+    pub fn route_to(&mut self, dst: Ipv4Addr) -> Result<(u8, Option<u32>), NetlinkError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 32;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let replies = self.request(RouteNetlinkMessage::GetRoute(msg), 0, || {
+            format!("look up the route to {dst}")
+        })?;
+        for (kind, body) in replies {
+            let Some(header) = body.get(..RTMSG_LEN) else {
+                continue;
+            };
+            if kind != libc::RTM_NEWROUTE {
+                continue;
+            }
+            let oif = NlasIterator::new(&body[RTMSG_LEN..])
+                .map_while(Result::ok)
+                .find(|nla| nla.kind() == RTA_OIF)
+                .and_then(|nla| <[u8; 4]>::try_from(nla.value()).ok())
+                .map(u32::from_ne_bytes);
+            return Ok((header[7], oif));
+        }
+        Err(NetlinkError::Protocol(format!(
+            "no route to {dst} in the reply"
+        )))
+    }
 }
