@@ -240,10 +240,11 @@ fn client_sysctls(cmd: Command) {
     run(cmd).ok();
 }
 
-/// Container -> server in the wan, through the NAT's relay.
-fn through_the_nat(first: First) {
+/// Container -> server in the wan, through the NAT's relay (or translated in the kernel, with
+/// `args` `--tcp-nat kernel`: then the host holds no socket at all once they are over).
+fn through_the_nat(first: First, args: &[&str]) {
     let churn = Churn::build();
-    let (sb, wan) = nat_sandbox(&[], &[]);
+    let (sb, wan) = nat_sandbox(args, &[]);
     let c = Container::plain();
     sb.plug(&c, &[]);
     client_sysctls(c.cmd("sysctl", &[]));
@@ -272,12 +273,22 @@ fn through_the_nat(first: First) {
 
 #[test]
 fn short_connections_through_the_nat_server_closes_first() {
-    through_the_nat(First::Server);
+    through_the_nat(First::Server, &[]);
 }
 
 #[test]
 fn short_connections_through_the_nat_client_closes_first() {
-    through_the_nat(First::Client);
+    through_the_nat(First::Client, &[]);
+}
+
+#[test]
+fn short_connections_translated_in_the_kernel_server_closes_first() {
+    through_the_nat(First::Server, &["--tcp-nat", "kernel"]);
+}
+
+#[test]
+fn short_connections_translated_in_the_kernel_client_closes_first() {
+    through_the_nat(First::Client, &["--tcp-nat", "kernel"]);
 }
 
 /// A client in the wan -> a container's published port.
