@@ -574,8 +574,19 @@ fn conntrack(sb: &Sandbox) -> Vec<common::Json> {
 
 #[test]
 fn conntrack_delete_closes_sockets_and_resets_relayed_connections_and_flush_empties_it() {
+    conntrack_delete_and_flush("relay");
+}
+
+/// The same with the TCP connection translated in the kernel: the daemon resets both ends
+/// itself (no host socket of the connection would), from where each acknowledged last.
+#[test]
+fn conntrack_delete_resets_a_connection_translated_in_the_kernel_on_both_sides() {
+    conntrack_delete_and_flush("kernel");
+}
+
+fn conntrack_delete_and_flush(tcp_nat: &str) {
     let (sb, wan) = nat_sandbox(
-        &metrics_args(&[])
+        &metrics_args(&["--tcp-nat", tcp_nat])
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
@@ -692,7 +703,12 @@ fn conntrack_delete_closes_sockets_and_resets_relayed_connections_and_flush_empt
     let m = sb.scrape();
     assert_eq!(m.int("vswitch_nat_flows_removed_total", &[]), 3);
     assert_eq!(m.int("vswitch_nat_relays", &[]), 0);
-    assert_eq!(m.int("vswitch_nat_relays_opened_total", &[]), 1);
+    let (relayed, translated) = match tcp_nat {
+        "relay" => (1, 0),
+        _ => (0, 1),
+    };
+    assert_eq!(m.int("vswitch_nat_relays_opened_total", &[]), relayed);
+    assert_eq!(m.int("vswitch_nat_relays_in_kernel_total", &[]), translated);
     let log = sb.daemon_log();
     assert_eq!(events(&log, "deleted NAT flows").len(), 4, "{log}");
 }

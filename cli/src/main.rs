@@ -211,7 +211,7 @@ pub struct RunArgs {
     /// sockets (relay), or translated in the kernel from their SYN on, as a kernel NAT does,
     /// where the fast path serves the container and the route leaves by an interface of the
     /// host (kernel; else relayed). See ARCHITECTURE.md.
-    #[arg(long, value_enum, default_value_t = natd::TcpNat::Relay)]
+    #[arg(long, value_enum, default_value_t = natd::TcpNat::Kernel)]
     pub tcp_nat: natd::TcpNat,
     /// Take over from the daemon running on the control socket (an upgrade without loss:
     /// started with the same arguments, this process receives its sockets and tables and

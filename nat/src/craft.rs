@@ -107,6 +107,26 @@ pub(crate) fn icmp(
     Ok(total)
 }
 
+/// A RST|ACK frame from `src` to `dst` (MACs `macs`: destination, then source) with sequence
+/// number `seq` acknowledging `ack`, into `out` (at least [`TCP_RST_FRAME_LEN`] bytes); returns
+/// its length. For the edge, which ends connections the NAT never sees a segment of.
+pub fn tcp_reset_frame(
+    out: &mut [u8],
+    macs: ([u8; 6], [u8; 6]),
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    seq: u32,
+    ack: u32,
+) -> Result<usize, NatError> {
+    let e = Ends {
+        dst_mac: macs.0,
+        src_mac: macs.1,
+        src: u32::from(*src.ip()),
+        dst: u32::from(*dst.ip()),
+    };
+    tcp_rst(out, &e, src.port(), dst.port(), seq, ack)
+}
+
 /// A RST|ACK segment `sport -> dport` with sequence number `seq` acknowledging `ack`.
 pub(crate) fn tcp_rst(
     out: &mut [u8],

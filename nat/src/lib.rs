@@ -25,7 +25,10 @@ pub use conntrack::{
     ContainerStats, Expired, FlowId, FlowView, NatStats, Proto, Refusals, Shares, StateCount,
     Timeouts, DEFAULT_MAX_FLOWS,
 };
-pub use craft::{ECHO_FRAME_OVERHEAD, ICMP_ERROR_FRAME_MAX, TCP_RST_FRAME_LEN, UDP_FRAME_OVERHEAD};
+pub use craft::{
+    tcp_reset_frame, ECHO_FRAME_OVERHEAD, ICMP_ERROR_FRAME_MAX, TCP_RST_FRAME_LEN,
+    UDP_FRAME_OVERHEAD,
+};
 pub use error::{NatDrop, NatError};
 pub use nat::{
     Nat, NatConfig, Offload, RelayFlow, ReplyFrame, Verdict, ICMP_DEST_UNREACH, OFFLOAD_AFTER,

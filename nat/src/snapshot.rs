@@ -93,7 +93,7 @@ pub struct FlowSnapshot {
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub enum FlowKind {
     TcpEgress { relay: u16, connecting: bool },
-    TcpTranslated { relay: u16 },
+    TcpTranslated { relay: u16, connecting: bool },
     TcpPublished { eph: u16 },
     UdpEgress,
     UdpPublished { publish_id: u32 },

@@ -317,6 +317,10 @@ impl Asm {
     pub fn stx_b(&mut self, dst: Reg, src: Reg, off: i16) -> &mut Asm {
         self.emit(STX | MEM | B, dst, src, off, 0)
     }
+    /// `*(u16 *)(dst + off) = src`.
+    pub fn stx_h(&mut self, dst: Reg, src: Reg, off: i16) -> &mut Asm {
+        self.emit(STX | MEM | H, dst, src, off, 0)
+    }
     /// `*(u32 *)(dst + off) = src`.
     pub fn stx_w(&mut self, dst: Reg, src: Reg, off: i16) -> &mut Asm {
         self.emit(STX | MEM | W, dst, src, off, 0)

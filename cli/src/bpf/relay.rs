@@ -143,8 +143,12 @@ struct Value {
     bytes: u64,
     /// Translated: the NAT's flow, named in the events (`Event`).
     flow: u64,
+    /// Translated: the acknowledgment number of the last segment (as on the wire): where a
+    /// reset to the other end must start (`natd::offload`).
+    acked: u32,
+    _pad3: u32,
 }
-const _: () = assert!(size_of::<Value>() == 56, "no padding");
+const _: () = assert!(size_of::<Value>() == 64, "no padding");
 // SAFETY: `#[repr(C)]`, integers only and no implicit padding (asserted above): any bits are a
 // valid `Value`.
 unsafe impl Pod for Value {}
@@ -156,6 +160,8 @@ pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
     pub flags: u8,
+    /// Translated: the last acknowledgment number that way.
+    pub acked: u32,
 }
 
 /// What the programs tell the daemon at once: a translated connection's segment carried a FIN
@@ -390,6 +396,7 @@ impl RelayMaps {
                 packets: v.packets,
                 bytes: v.bytes.saturating_sub(14 * v.packets),
                 flags: v.seen,
+                acked: u32::from_be_bytes(v.acked.to_ne_bytes()),
             },
             _ => Traffic::default(),
         };
@@ -443,10 +450,16 @@ const MACS: i16 = field(offset_of!(Value, macs));
 const PACKETS: i16 = field(offset_of!(Value, packets));
 const BYTES: i16 = field(offset_of!(Value, bytes));
 const FLOW: i16 = field(offset_of!(Value, flow));
+const ACKED: i16 = field(offset_of!(Value, acked));
 /// The stack's room for an event record, below the header's.
 const EVENT: i16 = -136;
 const _: () = assert!(EVENT % 8 == 0 && EVENT + 16 <= HDR);
 const TCP_FIN_RST: i32 = 0x01 | 0x04;
+const TCP_SYN: i32 = 0x02;
+const TCP_ACK: i32 = 0x10;
+/// The stack's room for the way back's key (`emit_forget_back`), below the event's.
+const BACK_KEY: i16 = -152;
+const _: () = assert!(BACK_KEY % 4 == 0 && BACK_KEY + 12 <= EVENT);
 
 /// Emits the relayed and translated segments' part of a program whose context is in R6: a TCP
 /// segment of a connection in `dir`'s map is rewritten and redirected (`Kind::Redirect`) or,
@@ -503,7 +516,7 @@ pub(super) fn emit(
     }
     a.bind(translated);
     if dir != Dir::Back {
-        emit_translated(a, dir, kind, counters, maps.events_fd());
+        emit_translated(a, dir, kind, counters, maps);
     }
 }
 
@@ -542,24 +555,45 @@ fn emit_relayed(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, pass: Label)
 
 /// A translated connection's segment, entry in R9: out of the uplink towards the remote end
 /// (`Dir::Out`), or out of the container's veth (`Dir::In`).
-fn emit_translated(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, events: RawFd) {
+fn emit_translated(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, maps: &RelayMaps) {
     if let Kind::Filter = kind {
         a.mov32_imm(R0, 0).exit(); // the tc program's: not for the daemon
         return;
     }
-    // Note the segment's flags (a store only when one is new: the entry's line stays shared).
-    let known = a.label();
+    a.ldx_w(R1, R10, TCP + 8).stx_w(R9, R1, ACKED);
+    // Note the segment's flags (a store only when one is new). A new handshake (the
+    // container's SYN, the remote end's SYN|ACK: the ports used again for a new connection)
+    // starts the note again, the container's SYN both ways.
+    let (known, noted, more) = (a.label(), a.label(), a.label());
+    let opens = match dir {
+        Dir::Out => TCP_SYN,
+        _ => TCP_SYN | TCP_ACK,
+    };
     a.ldx_b(R1, R10, TCP + 13).ldx_b(R2, R9, SEEN);
+    a.mov64_reg(R4, R1).and64_imm(R4, TCP_SYN | TCP_ACK);
+    a.jne_imm(R4, opens, more);
+    a.jeq_reg(R1, R2, known);
+    a.stx_b(R9, R1, SEEN).mov64_reg(R3, R1);
+    if dir == Dir::Out {
+        emit_forget_back(a, maps.back_fd());
+        a.ldx_b(R3, R10, TCP + 13);
+    }
+    a.mov64_imm(R2, 0); // every flag is new
+    a.ja(noted);
+    a.bind(more);
     a.mov64_reg(R3, R2).or64_reg(R3, R1);
     a.jeq_reg(R3, R2, known);
     a.stx_b(R9, R3, SEEN);
-    // A FIN or a RST new this way: an event, so that the NAT sees the connection end now.
-    a.mov64_reg(R1, R3).and64_imm(R1, TCP_FIN_RST);
+    a.bind(noted);
+    // A handshake, a FIN or a RST new this way: an event, so that the NAT sees the
+    // connection answered, or over, now.
+    a.mov64_reg(R1, R3).xor32_reg(R1, R2);
+    a.and64_imm(R1, TCP_FIN_RST | TCP_SYN);
     a.jeq_imm(R1, 0, known);
     a.ldx_dw(R1, R9, FLOW).stx_dw(R10, R1, EVENT);
     a.stx_dw(R10, R3, EVENT + 8);
     a.st_w(R10, EVENT + 12, i32::from(dir != Dir::Out));
-    a.ld_map_fd(R1, events);
+    a.ld_map_fd(R1, maps.events_fd());
     a.mov64_reg(R2, R10).add64_imm(R2, EVENT.into());
     a.mov64_imm(R3, 16).mov64_imm(R4, 0);
     a.call(Helper::RingbufOutput);
@@ -591,6 +625,23 @@ fn emit_translated(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, events: R
         }
     }
     emit_shot(a, shot);
+}
+
+/// The container's SYN opens a new connection on the entry (R9): the way back's note of flags
+/// (an earlier connection's) goes. Its key is the segment's destination, then the entry's
+/// address and port (the host's).
+fn emit_forget_back(a: &mut Asm, back: RawFd) {
+    let absent = a.label();
+    a.ldx_w(R1, R10, IP + 16).stx_w(R10, R1, BACK_KEY);
+    a.ldx_w(R1, R9, ADDR).stx_w(R10, R1, BACK_KEY + 4);
+    a.ldx_h(R1, R10, TCP + 2).stx_h(R10, R1, BACK_KEY + 8);
+    a.ldx_h(R1, R9, PORT).stx_h(R10, R1, BACK_KEY + 10);
+    a.ld_map_fd(R1, back);
+    a.mov64_reg(R2, R10).add64_imm(R2, BACK_KEY.into());
+    a.call(Helper::MapLookupElem);
+    a.jeq_imm(R0, 0, absent);
+    a.mov64_imm(R1, 0).stx_b(R0, R1, SEEN);
+    a.bind(absent);
 }
 
 /// Writes the entry's (R9) address and port over the segment's at `ip_at` and `port_at`, whose
@@ -949,24 +1000,34 @@ mod tests {
         assert_eq!((b.packets, b.flags), (1, SYN | ACK));
         let counts = fast.counts(container);
         assert_eq!((counts.rx_frames, counts.tx_frames), (3, 1));
-        // The FIN, new that way, was told at once; nothing else was.
+        // The SYN, the FIN and the answer were told at once; nothing else was.
         let mut told = Vec::new();
         events.drain(|r| told.push(Event::parse(r)));
-        let fin = Event {
-            flow: 42,
-            flags: SYN | ACK | FIN,
-            out: true,
+        let ev = |flags, out| {
+            Some(Event {
+                flow: 42,
+                flags,
+                out,
+            })
         };
-        assert_eq!(told, [Some(fin)]);
+        let (syn, fin, answer) = (
+            ev(SYN, true),
+            ev(SYN | ACK | FIN, true),
+            ev(SYN | ACK, false),
+        );
+        assert_eq!(told, [syn, fin, answer]);
         let frame = segment(uplink_mac, [2, 0, 0, 0, 0, 0x77], remote, host, 0x04);
         test_run_out(uplink_prog, &frame, 0).unwrap();
         events.drain(|r| told.push(Event::parse(r)));
-        let rst = Event {
-            flow: 42,
-            flags: SYN | ACK | 0x04,
-            out: false,
-        };
-        assert_eq!(told, [Some(fin), Some(rst)], "a RST back");
+        let rst = ev(SYN | ACK | 0x04, false);
+        assert_eq!(told, [syn, fin, answer, rst], "a RST back");
+        // The container opens a new connection on the same ports: both notes start again.
+        let frame = segment(GATEWAY_MAC, CONTAINER_MAC, c, remote, SYN);
+        test_run_out(veth_prog, &frame, 0).unwrap();
+        let (o, b) = maps.traffic(&out, &back);
+        assert_eq!((o.flags, b.flags), (SYN, 0));
+        events.drain(|r| told.push(Event::parse(r)));
+        assert_eq!(told.last(), Some(&syn));
 
         // The host's own traffic on the uplink, and the TAP's program, leave it alone.
         let next = TC_NEXT as u32;

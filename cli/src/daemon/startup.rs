@@ -65,6 +65,7 @@ pub fn start(
         offloads.clear();
     }
     let (fabric, mut datapath) = new_datapath(cfg, spread_program.clone())?;
+    resets(&offloads, &fabric);
     let (nat, nat_jobs, nat_busy) = start_nat(cfg, fd_limit, &fabric, &budget, &datapath)?;
     let translator = translator(cfg, fast_path.as_ref(), &offloads, &budget, tap_index, &nat);
     let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone(), translator);
@@ -206,6 +207,19 @@ pub(super) fn nat_hook(
         offloads,
         translator,
     ))
+}
+
+/// Where the resets of the translated connections the daemon ends go (see
+/// `natd::Offloads::forget`).
+pub(super) fn resets(offloads: &Option<Arc<Offloads>>, fabric: &Fabric) {
+    let Some(offloads) = offloads else { return };
+    match natd::raw_ipv4_socket() {
+        Ok(raw) => offloads.reset_with(natd::Resets {
+            raw,
+            fabric: fabric.clone(),
+        }),
+        Err(e) => tracing::warn!("no raw socket: translated connections end without a reset ({e})"),
+    }
 }
 
 /// What translates outgoing TCP connections in the kernel (`run --tcp-nat kernel`), where the

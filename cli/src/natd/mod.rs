@@ -35,10 +35,10 @@ mod udp;
 
 pub use hook::NatHook;
 pub use mailbox::NatMailbox;
-pub use offload::{KernelSnap, Offloads};
+pub use offload::{KernelSnap, Offloads, Resets};
 pub use service::NatService;
 pub use snapshot::ServiceSnap;
-pub use sockets::{bind_published, bind_relays, mark_gateway_sockets};
+pub use sockets::{bind_published, bind_relays, mark_gateway_sockets, raw_ipv4_socket};
 pub use translate::{TcpNat, Translator};
 
 /// Work the datapath and the manager hand to the NAT service.

@@ -15,9 +15,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use vswitch_nat::{FlowId, Nat, Offload};
+use vswitch_nat::{tcp_reset_frame, FlowId, Nat, Offload, TCP_RST_FRAME_LEN, VNET_HDR_LEN};
 use vswitch_switch::PortId;
 
 use serde::{Deserialize, Serialize};
@@ -25,9 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::bpf::fastpath::Uplinks;
 use crate::bpf::relay::{EntryKind, Event, RelayMaps, Rule, Traffic, Translation};
 use crate::bpf::ringbuf::RingBuf;
+use crate::datapath::Fabric;
 use crate::kernel::fdpass::{FdIn, FdOut};
 
 use super::budget::{FdBudget, Lease};
+use super::sockets::send_raw;
 
 /// The connections the kernel carries, as a hand-over describes them to the next daemon: the
 /// maps are pinned and stay as they are; a translated connection's reservation travels by
@@ -42,6 +44,7 @@ pub struct KernelSnap {
 pub struct Offloads {
     maps: Arc<RelayMaps>,
     state: Mutex<State>,
+    resets: OnceLock<Resets>,
     /// Connections handed to the kernel so far.
     total: AtomicU64,
 }
@@ -73,6 +76,22 @@ struct Translated {
     over: Option<(Traffic, Traffic)>,
     /// The TCP flags its segments carried out and back, as last read or told.
     flags: (u8, u8),
+    /// The container's MAC, then the gateway's.
+    macs: [u8; 12],
+}
+
+impl Entry {
+    /// Carried by the kernel now: relayed, or translated and not over.
+    fn open(&self) -> bool {
+        (self.translated.as_ref()).is_none_or(|t| t.reservation.is_some())
+    }
+}
+
+/// Where the daemon's resets of translated connections go: the remote end's through a raw
+/// socket of the host, the container's into the switch.
+pub struct Resets {
+    pub raw: OwnedFd,
+    pub fabric: Fabric,
 }
 
 impl Offloads {
@@ -80,6 +99,7 @@ impl Offloads {
         Offloads {
             maps,
             state: Mutex::new(State::default()),
+            resets: OnceLock::new(),
             total: AtomicU64::new(0),
         }
     }
@@ -90,7 +110,7 @@ impl Offloads {
 
     /// Connections the kernel carries now.
     pub fn len(&self) -> usize {
-        self.lock().flows.len()
+        self.lock().flows.values().filter(|e| e.open()).count()
     }
 
     /// The port and veth of container `ip`, if the kernel may carry its connections.
@@ -100,7 +120,7 @@ impl Offloads {
 
     /// Whether the kernel carries flow `flow` now.
     pub fn carries(&self, flow: FlowId) -> bool {
-        self.lock().flows.contains_key(&flow)
+        self.lock().flows.get(&flow).is_some_and(Entry::open)
     }
 
     /// Connections handed to the kernel so far.
@@ -171,6 +191,7 @@ impl Offloads {
                 reservation: Some(reservation),
                 over: None,
                 flags: (0, 0),
+                macs: t.macs,
             }),
         };
         st.holder.insert((t.container, t.remote), flow);
@@ -189,9 +210,54 @@ impl Offloads {
     }
 
     /// Flows the NAT forgot (expired, reclaimed, their container gone).
+    /// A translated connection still open is reset at both ends: the daemon stops carrying
+    /// it (deleted, its container gone), and no host socket would end it as the relay's do.
     pub fn forget(&self, flows: impl IntoIterator<Item = FlowId>) {
         for flow in flows {
-            self.take(flow);
+            if let Some((e, carried)) = self.take(flow) {
+                if e.open() && e.translated.is_some() {
+                    self.reset(&e, carried);
+                }
+            }
+        }
+    }
+
+    /// Where the resets of translated connections go (see `forget`).
+    pub fn reset_with(&self, resets: Resets) {
+        let _ = self.resets.set(resets);
+    }
+
+    /// Resets both ends of translated connection `e`, each from where the other acknowledged
+    /// last (what it expects next), if both ends have spoken.
+    fn reset(&self, e: &Entry, (out, back): (Traffic, Traffic)) {
+        let (Some(r), Some(t)) = (self.resets.get(), &e.translated) else {
+            return;
+        };
+        if out.packets == 0 || back.packets == 0 {
+            return;
+        }
+        let (container, remote, host) = (e.out.src, e.out.dst, e.out.to);
+        let mut frame = [0u8; TCP_RST_FRAME_LEN];
+        let macs = (t.macs[..6].try_into(), t.macs[6..].try_into());
+        let (Ok(container_mac), Ok(gateway_mac)) = macs else {
+            return;
+        };
+        // The remote end's leaves by the host's routes, as an IPv4 packet: no MACs.
+        let rst = tcp_reset_frame(
+            &mut frame,
+            ([0; 6], [0; 6]),
+            host,
+            remote,
+            back.acked,
+            out.acked,
+        );
+        if let Ok(len) = rst {
+            let _ = send_raw(&r.raw, &frame[VNET_HDR_LEN + 14..len], *remote.ip());
+        }
+        let macs = (container_mac, gateway_mac);
+        let rst = tcp_reset_frame(&mut frame, macs, remote, container, out.acked, back.acked);
+        if let Ok(len) = rst {
+            r.fabric.to_containers(&frame[..len]);
         }
     }
 
@@ -337,6 +403,7 @@ impl Offloads {
                             reservation,
                             over: None,
                             flags: (0, 0),
+                            macs: t.macs,
                         }),
                     }
                 }
@@ -368,15 +435,18 @@ impl Offloads {
         self.maps.take_events()
     }
 
-    /// A translated connection's segment carried a new FIN or RST: the NAT's flow moves now
-    /// (finished, it gives its place in the table back), and a connection that is over gives
-    /// back the host's side.
+    /// A translated connection's segment opened it (SYN), was the answer (SYN|ACK), or carried a
+    /// new FIN or RST: the NAT's flow moves now (answered, it is no longer half-open; finished,
+    /// it gives its place in the table back), and a connection that is over gives back the
+    /// host's side.
     pub fn event(&self, ev: &Event, nat: &Nat, now: u64) {
         let mut st = self.lock();
         let Some(t) = (st.flows.get_mut(&ev.flow)).and_then(|e| e.translated.as_mut()) else {
             return;
         };
         match ev.out {
+            // The container's SYN: a new connection on the same ports, the note starts again.
+            true if ev.flags & 0x12 == 0x02 => t.flags = (ev.flags, 0),
             true => t.flags.0 = ev.flags,
             false => t.flags.1 = ev.flags,
         }

@@ -49,6 +49,7 @@ pub(crate) enum Kind {
     /// path): its segments never cross the NAT again. `relay` only keeps its key unique.
     TcpTranslated {
         relay: u16,
+        connecting: bool,
     },
     /// Outside client -> container through a published port; the host talks from `eph`.
     TcpPublished {
@@ -78,7 +79,7 @@ impl Kind {
     /// The gateway port of the translated key, for flows the host's frames reach.
     pub(super) fn gateway_port(self) -> Option<u16> {
         match self {
-            Kind::TcpEgress { relay, .. } | Kind::TcpTranslated { relay } => Some(relay),
+            Kind::TcpEgress { relay, .. } | Kind::TcpTranslated { relay, .. } => Some(relay),
             Kind::TcpPublished { eph } => Some(eph),
             _ => None,
         }
@@ -99,11 +100,15 @@ impl Kind {
         )
     }
 
-    /// A TCP connection whose connect is still in progress.
+    /// A TCP connection whose connect is still in progress (no answer from its destination
+    /// yet).
     pub(super) fn connecting(self) -> bool {
         matches!(
             self,
             Kind::TcpEgress {
+                connecting: true,
+                ..
+            } | Kind::TcpTranslated {
                 connecting: true,
                 ..
             }

@@ -124,7 +124,9 @@ fn flow_snapshot(f: &Flow, extra: &Extra) -> FlowSnapshot {
     FlowSnapshot {
         kind: match f.kind {
             Kind::TcpEgress { relay, connecting } => FlowKind::TcpEgress { relay, connecting },
-            Kind::TcpTranslated { relay } => FlowKind::TcpTranslated { relay },
+            Kind::TcpTranslated { relay, connecting } => {
+                FlowKind::TcpTranslated { relay, connecting }
+            }
             Kind::TcpPublished { eph } => FlowKind::TcpPublished { eph },
             Kind::UdpEgress => FlowKind::UdpEgress,
             Kind::UdpPublished { publish_id } => FlowKind::UdpPublished { publish_id },
@@ -193,7 +195,7 @@ fn restore_shard(
             if table.shard_of(flow.cip, flow.cport) != index {
                 return Err(RestoreError::WrongShard(id));
             }
-            if let Kind::TcpEgress { relay, .. } | Kind::TcpTranslated { relay } = flow.kind {
+            if let Kind::TcpEgress { relay, .. } | Kind::TcpTranslated { relay, .. } = flow.kind {
                 if !relay_ports.contains(&relay) {
                     return Err(RestoreError::UnknownRelayPort(id, relay));
                 }
@@ -235,7 +237,7 @@ fn restore_shard(
 fn restore_flow(id: u64, f: &FlowSnapshot) -> Result<(Flow, Extra), RestoreError> {
     let kind = match f.kind {
         FlowKind::TcpEgress { relay, connecting } => Kind::TcpEgress { relay, connecting },
-        FlowKind::TcpTranslated { relay } => Kind::TcpTranslated { relay },
+        FlowKind::TcpTranslated { relay, connecting } => Kind::TcpTranslated { relay, connecting },
         FlowKind::TcpPublished { eph } => Kind::TcpPublished { eph },
         FlowKind::UdpEgress => Kind::UdpEgress,
         FlowKind::UdpPublished { publish_id } => Kind::UdpPublished { publish_id },

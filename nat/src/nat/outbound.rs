@@ -78,7 +78,7 @@ impl Nat {
                 self.table.settle(&mut sh, slot);
                 return Verdict::Pending;
             }
-            Kind::TcpEgress { relay, .. } | Kind::TcpTranslated { relay }
+            Kind::TcpEgress { relay, .. } | Kind::TcpTranslated { relay, .. }
                 if is_new_syn(tcp.flags) && flow.tcp.state().is_closed() =>
             {
                 // The container reuses the port for a new connection to the same destination:

@@ -67,8 +67,11 @@ impl Nat {
             wr16(held_syn, at, csum);
             held_syn[0] &= !VNET_F_NEEDS_CSUM;
         }
-        f.kind = Kind::TcpTranslated { relay };
-        self.table.connect_done(f.cip);
+        // Half-open (in the container's count) until the handshake is over.
+        f.kind = Kind::TcpTranslated {
+            relay,
+            connecting: true,
+        };
         f.count_out(pkt.l3_len());
         self.table.refresh(f, now);
         Ok(IP_OFF..pkt.end)
@@ -88,9 +91,9 @@ impl Nat {
     ) -> Option<TcpState> {
         let (mut sh, slot) = self.table.lock_id(flow, None)?;
         let f = sh.flow_mut(slot)?;
-        if !matches!(f.kind, Kind::TcpTranslated { .. }) {
+        let Kind::TcpTranslated { relay, connecting } = f.kind else {
             return None;
-        }
+        };
         f.packets_out += out.0;
         f.bytes_out += out.1;
         f.packets_in += back.0;
@@ -99,6 +102,14 @@ impl Nat {
         f.tcp = tracker(out_flags, back_flags);
         f.replied |= back_flags != 0;
         let state = f.tcp.state();
+        // Answered (a SYN or a RST back), or past that: no longer half-open.
+        if connecting && (back_flags & (TCP_SYN | TCP_RST) != 0 || state != TcpState::SynSent) {
+            self.table.connect_done(f.cip);
+            f.kind = Kind::TcpTranslated {
+                relay,
+                connecting: false,
+            };
+        }
         if out.0 + back.0 > 0 || state.is_closed() != was_closed {
             self.table.refresh(f, now);
         }

@@ -87,6 +87,20 @@ fn connections_still_connecting_are_bounded_per_container() {
         nat.outbound(&mut syn, T0),
         Verdict::TcpConnect { .. }
     ));
+    // A connect the edge translates in the kernel stays half-open until the edge sees the
+    // remote end answer: no place for another SYN meanwhile.
+    let (flow, mut held) = flows.pop().unwrap();
+    let host = sa(Ipv4Addr::new(192, 0, 2, 1), 5002);
+    nat.tcp_translated(flow, &mut held, host, T0).unwrap();
+    let mut syn = tcp_out(C1_MAC, sa(C1, 6002), sa(OUT, 80), SYN, 7, b"");
+    assert!(matches!(nat.outbound(&mut syn, T0), Verdict::Reply(_)));
+    let answered = nat.translated_seen(flow, (SYN, SYN | ACK), (1, 40), (1, 40), T0);
+    assert_eq!(answered, Some(crate::TcpState::SynSent));
+    let mut syn = tcp_out(C1_MAC, sa(C1, 6003), sa(OUT, 80), SYN, 7, b"");
+    assert!(matches!(
+        nat.outbound(&mut syn, T0),
+        Verdict::TcpConnect { .. }
+    ));
     // Another container is not held back by this one's connects.
     let mut syn = tcp_out(C2_MAC, sa(C2, 5000), sa(OUT, 80), SYN, 7, b"");
     assert!(matches!(

@@ -37,8 +37,8 @@ use super::super::error::DaemonError;
 use super::super::ipam::Ipam;
 use super::super::manager::Manager;
 use super::super::startup::{
-    dns_upstreams, log_fast_path, nat_config, nat_hook, new_datapath, offloads, spawn_nat_service,
-    tap_port, translator, Parts,
+    dns_upstreams, log_fast_path, nat_config, nat_hook, new_datapath, offloads, resets,
+    spawn_nat_service, tap_port, translator, Parts,
 };
 use super::super::systemd::{self, Watchdog};
 use super::{Handoff, Network, PortSnap, Snapshot, FORMAT, MAX_SNAPSHOT, TIMEOUT};
@@ -248,6 +248,7 @@ fn build(
     let (nat, service, nat_jobs) =
         restore_nat(cfg, fd_limit, &snap, &mut fds, &fabric, &budget, &pool)?;
     let offloads = offloads(fast_path.as_mut(), snap.tap_index, &mut nl);
+    resets(&offloads, &fabric);
     match (&offloads, &snap.kernel, &fast_path) {
         (Some(offloads), Some(kernel), Some(fast)) => {
             offloads.adopt(kernel, &mut fds, &budget, &fast.uplinks())
