@@ -30,7 +30,8 @@
 #   WAN mode (--wan): host has wan0 198.51.100.1/24 <-veth-> wan:eth0 198.51.100.2/24 (the server;
 #   wan has no route back to 10.1.1.0/24, so only NAT can work)
 #     vswitch      vswitch's own NAT, host ip_forward=0, no firewall rule anywhere
-    vswitch-ktcp the same with `run --tcp-nat kernel`: outgoing TCP translated in the kernel
+#     vswitch-relay the same with `run --tcp-nat relay`: outgoing TCP relayed through the
+#                  host's sockets (the default translates it in the kernel)
 #     kbridge-nat  c1 -> br0 (10.1.1.1) -> host ip_forward=1 + nftables masquerade -> wan
 #     slirp        slirp4netns against c1 (podman-like flags)
 #     pasta        pasta (passt) against c1 (podman-like flags)
@@ -124,7 +125,7 @@ CLK_TCK=$(getconf CLK_TCK)
 L2_SCENARIOS=(vswitch vswitch-nofp vswitch-base kbridge vde)
 L2_OPT_IN=(vswitch-nofp-cap vswitch-cap vswitch-metrics vswitch-nofp-metrics)   # only when named in -s
 METRICS_ADDR=127.0.0.1:9477
-WAN_SCENARIOS=(vswitch vswitch-ktcp vswitch-base kbridge-nat slirp pasta)
+WAN_SCENARIOS=(vswitch vswitch-relay vswitch-base kbridge-nat slirp pasta)
 L2_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,host
 WAN_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,crrs,crrc
 declare -A MNAMES=([tcp1]="tcp_1stream:Gbit/s" [tcp1r]="tcp_1stream_rev:Gbit/s"
@@ -667,7 +668,7 @@ start_vswitch() {
   [[ -n $MTU ]] && args+=(--mtu "$MTU")
   [[ -n $WORKERS ]] && args+=(--workers "$WORKERS")
   [[ $SCEN == vswitch-nofp* ]] && args+=(--no-fast-path)
-  [[ $SCEN == vswitch-ktcp ]] && args+=(--tcp-nat kernel)
+  [[ $SCEN == vswitch-relay ]] && args+=(--tcp-nat relay)
   [[ $SCEN == *-metrics ]] && args+=(--metrics "$METRICS_ADDR")
   ((BUSY)) && args+=(--max-flows 20000 --max-flows-per-container 20000)
   local bin=$VSWITCH; [[ $SCEN == vswitch-base ]] && bin=$BASELINE
@@ -697,7 +698,7 @@ setup_vswitch() {
 }
 
 setup_vswitch_nofp() { setup_vswitch; }
-setup_vswitch_ktcp() { setup_vswitch; }
+setup_vswitch_relay() { setup_vswitch; }
 setup_vswitch_metrics() { setup_vswitch; }
 setup_vswitch_nofp_metrics() { setup_vswitch; }
 
@@ -978,7 +979,7 @@ run_once() {  # in a background subshell with set -e; RUNDIR/LOGP/RUNLOG/SCEN/RU
 
 scenario_available() {  # SCEN -> 0 if its tools are here (else prints why)
   case $1 in
-    vswitch|vswitch-nofp|vswitch-nofp-cap|vswitch-cap|vswitch-ktcp) return 0 ;;
+    vswitch|vswitch-nofp|vswitch-nofp-cap|vswitch-cap|vswitch-relay) return 0 ;;
     vswitch-metrics|vswitch-nofp-metrics)
       have curl || { echo "curl missing (apt-get install curl)"; return 1; } ;;
     vswitch-base) [[ -n $BASELINE ]] || { echo "no --baseline binary given"; return 1; } ;;

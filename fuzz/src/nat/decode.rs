@@ -234,9 +234,10 @@ impl World {
                 let f = self.container_frame(inp);
                 if let Verdict::TcpConnect { flow, .. } = self.outbound(&f) {
                     // The edge's connect, decided at once or later.
-                    match inp.u8() % 4 {
+                    match inp.u8() % 5 {
                         0 => self.tcp_connected(flow, &f),
                         1 => self.connect_failed(flow, &f, None, TCP_RST_FRAME_LEN),
+                        2 => self.tcp_translated(flow, &f),
                         _ => {}
                     }
                 }
@@ -247,8 +248,20 @@ impl World {
             }
             9 => {
                 let id = self.pick_id(inp);
-                let syn = self.held_syn(inp, id);
-                self.tcp_connected(id, &syn);
+                match inp.u8() % 4 {
+                    0 => {
+                        let syn = self.held_syn(inp, id);
+                        self.tcp_translated(id, &syn);
+                    }
+                    1 => {
+                        let flags = (inp.u8(), inp.u8());
+                        self.translated_seen(id, flags);
+                    }
+                    _ => {
+                        let syn = self.held_syn(inp, id);
+                        self.tcp_connected(id, &syn);
+                    }
+                }
             }
             10 => {
                 let id = self.pick_id(inp);
@@ -352,6 +365,30 @@ impl World {
                 s.build(&mut Input::new(&[]))
             };
         let roomy = self.roomy();
+        // TCP out translated by the edge: SYN handed over, answered, established.
+        let syn = frame(
+            sa(c1, 5100),
+            sa(OUT, 443),
+            TCP,
+            SYN,
+            container_mac(c1),
+            GW_MAC,
+        );
+        if let Verdict::TcpConnect { flow, .. } = self.outbound(&syn) {
+            self.tcp_translated(flow, &syn);
+            self.translated_seen(flow, (SYN | ACK, SYN | ACK));
+            let k = self.by_id(flow).map(|i| self.flows[i].kind);
+            assert!(
+                matches!(
+                    k,
+                    Some(Kind::TcpTranslated {
+                        connecting: false,
+                        ..
+                    })
+                ) || !roomy,
+                "populate: translated {k:?}"
+            );
+        }
         // TCP out: SYN held, connected, SYN-ACK from the relay, ACK.
         let syn = frame(
             sa(c1, 5000),

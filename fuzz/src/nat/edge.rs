@@ -12,7 +12,7 @@ use vswitch_nat::{
 
 use super::build::{ACK, RST, SYN};
 use super::frames::{checksums_kept, only_changed};
-use super::{in_subnet, sa, Kind, Known, World, GW, GW_MAC, MAX_UDP_PAYLOAD, SENTINEL};
+use super::{in_subnet, sa, Kind, Known, World, GW, GW_MAC, HOST, MAX_UDP_PAYLOAD, SENTINEL};
 use crate::check::{be16, ip_at, ones_sum, parse, written, Ipv4View, Parsed, ICMP, IP, TCP, UDP};
 
 fn sentinel_after(out: &[u8], len: usize, what: &str) {
@@ -74,6 +74,89 @@ impl World {
         self.flows[i].kind = Kind::TcpEgress {
             relay,
             connecting: false,
+        };
+    }
+
+    /// The edge translates connecting flow `id` in the kernel from `HOST`; `syn` is the SYN it
+    /// held. Checked as `tcp_connected`, with the source rewritten instead and the checksum
+    /// complete.
+    pub fn tcp_translated(&mut self, id: FlowId, syn: &[u8]) {
+        let mut f = syn.to_vec();
+        let res = self.nat.tcp_translated(id, &mut f, HOST, self.now);
+        let what = format!("tcp_translated({id:#x}) = {res:?} of {syn:02x?}");
+        if self.dead.contains(&id) {
+            assert!(res.is_err(), "{what}: a dead flow");
+        }
+        let Ok(packet) = res else {
+            assert_eq!(f, syn, "{what}: SYN changed");
+            return;
+        };
+        let i = self
+            .by_id(id)
+            .unwrap_or_else(|| panic!("{what}: unknown flow"));
+        let Kind::TcpEgress { relay, connecting } = self.flows[i].kind else {
+            panic!("{what}: not egress");
+        };
+        assert!(connecting && !self.flows[i].gone, "{what}");
+        let Parsed::Ipv4(p) = parse(syn) else {
+            panic!("{what}: not IPv4");
+        };
+        assert_eq!(packet, IP..p.end, "{what}: the packet");
+        let (sport, dport) = p.ports(syn).unwrap_or_default();
+        assert_eq!(
+            (sa(p.src, sport), sa(p.dst, dport)),
+            (self.flows[i].c, self.flows[i].r),
+            "{what}"
+        );
+        let allowed = [
+            0..1,
+            IP + 12..IP + 16,
+            IP + 10..IP + 12,
+            p.l4..p.l4 + 2,
+            p.l4 + 16..p.l4 + 18,
+        ];
+        only_changed(syn, &f, &allowed, &what);
+        assert_eq!(
+            sa(ip_at(&f, IP + 12), be16(&f, p.l4)),
+            HOST,
+            "{what}: the host's side"
+        );
+        // Complete, and right if it was right (offloaded or not).
+        assert_eq!(f[0] & 1, 0, "{what}: still partial");
+        checksums_kept(syn, &f, &what);
+        self.flows[i].kind = Kind::TcpTranslated {
+            relay,
+            connecting: true,
+        };
+    }
+
+    /// The edge reports the flags translated flow `id`'s segments carried each way: `None`
+    /// exactly when the fuzzer knows no live translated flow `id`; once answered it no longer
+    /// counts as connecting.
+    pub fn translated_seen(&mut self, id: FlowId, flags: (u8, u8)) {
+        let res = self
+            .nat
+            .translated_seen(id, flags, (1, 60), (1, 60), self.now);
+        let what = format!("translated_seen({id:#x}, {flags:?}) = {res:?}");
+        let i = self.by_id(id).filter(|&i| !self.flows[i].gone);
+        let known = i.map(|i| self.flows[i].kind);
+        let Some(state) = res else {
+            // Gone from the table (expired, reaped: the next expire tells) or not translated.
+            if let Some(Kind::TcpTranslated { .. }) = known {
+                assert!(
+                    self.nat.entries(self.now).iter().all(|e| e.flow != id),
+                    "{what}"
+                );
+            }
+            return;
+        };
+        let (Some(i), Some(Kind::TcpTranslated { relay, connecting })) = (i, known) else {
+            panic!("{what}: on {known:?}");
+        };
+        let answered = flags.1 & (SYN | RST) != 0 || state != vswitch_nat::TcpState::SynSent;
+        self.flows[i].kind = Kind::TcpTranslated {
+            relay,
+            connecting: connecting && !answered,
         };
     }
 

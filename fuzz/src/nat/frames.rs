@@ -265,10 +265,12 @@ impl World {
                 assert!(
                     matches!(
                         k,
-                        Some(Kind::TcpEgress {
-                            connecting: true,
-                            ..
-                        })
+                        Some(
+                            Kind::TcpEgress {
+                                connecting: true,
+                                ..
+                            } | Kind::TcpTranslated { .. }
+                        )
                     ),
                     "{what}: pending on {k:?}"
                 );
@@ -522,6 +524,11 @@ impl World {
             }
             Verdict::Drop(NatDrop::Malformed) => {
                 assert!(p.vnet_flags & 1 != 0 && !p.offload_at(16), "{what}");
+            }
+            // The kernel carries it: the host has no side of it.
+            Verdict::Drop(NatDrop::NoFlow) => {
+                let k = self.flows[i].kind;
+                assert!(matches!(k, Kind::TcpTranslated { .. }), "{what}: on {k:?}");
             }
             _ => panic!("{what}: not a from_host verdict"),
         }

@@ -52,6 +52,8 @@ const OUT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const OUT2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 const RELAYS: [u16; 3] = [40000, 40001, 40002];
+/// The host's side of the connections the edge translates itself.
+const HOST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 50000);
 /// Fills output buffers, to see what the NAT writes.
 const SENTINEL: u8 = 0xa5;
 /// Largest UDP payload that fits an IPv4 packet.
@@ -88,17 +90,33 @@ fn in_subnet(ip: Ipv4Addr) -> bool {
 /// What the fuzzer knows of a flow, and how it translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    TcpEgress { relay: u16, connecting: bool },
-    TcpPublished { eph: u16 },
+    TcpEgress {
+        relay: u16,
+        connecting: bool,
+    },
+    /// Handed to the edge at its SYN (`Nat::tcp_translated`): its segments are the edge's.
+    TcpTranslated {
+        relay: u16,
+        connecting: bool,
+    },
+    TcpPublished {
+        eph: u16,
+    },
     UdpEgress,
-    UdpPublished { publish_id: u32 },
-    Echo { nat_ident: u16 },
+    UdpPublished {
+        publish_id: u32,
+    },
+    Echo {
+        nat_ident: u16,
+    },
 }
 
 impl Kind {
     fn proto(self) -> Proto {
         match self {
-            Kind::TcpEgress { .. } | Kind::TcpPublished { .. } => Proto::Tcp,
+            Kind::TcpEgress { .. } | Kind::TcpTranslated { .. } | Kind::TcpPublished { .. } => {
+                Proto::Tcp
+            }
             Kind::UdpEgress | Kind::UdpPublished { .. } => Proto::Udp,
             Kind::Echo { .. } => Proto::Icmp,
         }
@@ -106,7 +124,7 @@ impl Kind {
 
     fn gateway_port(self) -> Option<u16> {
         match self {
-            Kind::TcpEgress { relay, .. } => Some(relay),
+            Kind::TcpEgress { relay, .. } | Kind::TcpTranslated { relay, .. } => Some(relay),
             Kind::TcpPublished { eph } => Some(eph),
             _ => None,
         }
@@ -121,7 +139,24 @@ impl Kind {
     fn egress(self) -> bool {
         matches!(
             self,
-            Kind::TcpEgress { .. } | Kind::UdpEgress | Kind::Echo { .. }
+            Kind::TcpEgress { .. }
+                | Kind::TcpTranslated { .. }
+                | Kind::UdpEgress
+                | Kind::Echo { .. }
+        )
+    }
+
+    /// A connect not answered yet: it counts against the container's half-open share.
+    fn connecting(self) -> bool {
+        matches!(
+            self,
+            Kind::TcpEgress {
+                connecting: true,
+                ..
+            } | Kind::TcpTranslated {
+                connecting: true,
+                ..
+            }
         )
     }
 }
@@ -514,12 +549,7 @@ impl World {
             };
             if k.kind.egress() && *k.c.ip() == c {
                 held += 1;
-                if let Kind::TcpEgress {
-                    connecting: true, ..
-                } = k.kind
-                {
-                    connecting += 1;
-                }
+                connecting += usize::from(k.kind.connecting());
             }
         }
         assert!(
