@@ -439,20 +439,44 @@ impl Offloads {
     /// new FIN or RST: the NAT's flow moves now (answered, it is no longer half-open; finished,
     /// it gives its place in the table back), and a connection that is over gives back the
     /// host's side.
-    pub fn event(&self, ev: &Event, nat: &Nat, now: u64) {
+    ///
+    /// Returns the (container, remote, host) ends of a finished connection whose ports the
+    /// container opened again, which holds no reservation any more: the caller reserves them
+    /// again (`reserved`).
+    pub fn event(&self, ev: &Event, nat: &Nat, now: u64) -> Option<[SocketAddrV4; 3]> {
         let mut st = self.lock();
-        let Some(t) = (st.flows.get_mut(&ev.flow)).and_then(|e| e.translated.as_mut()) else {
-            return;
-        };
-        match ev.out {
+        let e = st.flows.get_mut(&ev.flow)?;
+        let ends = [e.out.src, e.out.dst, e.out.to];
+        let t = e.translated.as_mut()?;
+        let reopened = match ev.out {
             // The container's SYN: a new connection on the same ports, the note starts again.
-            true if ev.flags & 0x12 == 0x02 => t.flags = (ev.flags, 0),
-            true => t.flags.0 = ev.flags,
-            false => t.flags.1 = ev.flags,
-        }
+            true if ev.flags & 0x12 == 0x02 => {
+                t.flags = (ev.flags, 0);
+                t.over = None;
+                true
+            }
+            true => {
+                t.flags.0 = ev.flags;
+                false
+            }
+            false => {
+                t.flags.1 = ev.flags;
+                false
+            }
+        };
         let state = nat.translated_seen(ev.flow, t.flags, (0, 0), (0, 0), now);
         if state.is_none_or(|s| s.is_closed()) {
             t.reservation = None;
+        }
+        (reopened && state.is_some() && t.reservation.is_none()).then_some(ends)
+    }
+
+    /// Flow `flow`'s host side, reserved again (see `event`).
+    pub fn reserved(&self, flow: FlowId, reservation: (OwnedFd, Lease)) {
+        let mut st = self.lock();
+        let t = (st.flows.get_mut(&flow)).and_then(|e| e.translated.as_mut());
+        if let Some(t) = t.filter(|t| t.reservation.is_none()) {
+            t.reservation = Some(reservation);
         }
     }
 }

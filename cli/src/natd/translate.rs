@@ -98,6 +98,7 @@ impl Translator {
             return Ok(());
         };
         let offloads = self.offloads.clone();
+        let budget = self.budget.clone();
         std::thread::Builder::new()
             .name("vswitch-events".into())
             .spawn(move || loop {
@@ -111,11 +112,27 @@ impl Translator {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 let now = now_ms();
+                let mut reopened = Vec::new();
                 ring.drain(|record| {
                     if let Some(ev) = Event::parse(record) {
-                        offloads.event(&ev, &nat, now);
+                        if let Some(ends) = offloads.event(&ev, &nat, now) {
+                            reopened.push((ev.flow, ends));
+                        }
                     }
                 });
+                // A connection on the ports of a finished one, whose reservation went with it:
+                // the same four-tuple again, if the host has it free.
+                for (flow, [container, remote, host]) in reopened {
+                    let owner = Some(*container.ip());
+                    let Some(lease) = budget.lease(1, owner, "a TCP connection") else {
+                        continue;
+                    };
+                    if let Ok((fd, got)) = reserve_tcp(remote, host.port()) {
+                        if got.port() == host.port() {
+                            offloads.reserved(flow, (fd, lease));
+                        }
+                    }
+                }
             })?;
         Ok(())
     }
