@@ -168,7 +168,7 @@ fn reads_links_addresses_and_routes_back() {
     nl.create_veth("vsw-h0", "eth0", container.fd.as_fd(), PEER_MAC, 1400)
         .unwrap();
     let gateway = Ipv4Addr::new(10, 88, 0, 1);
-    let (before, after, addrs, routes, missing) = run_in_netns(&container.fd, move || {
+    let (before, after, addrs, routes, missing, to) = run_in_netns(&container.fd, move || {
         let mut nl = Netlink::open().unwrap();
         let before = nl.link("eth0").unwrap().unwrap();
         nl.set_link(before.index, true, false, None, None).unwrap();
@@ -183,6 +183,10 @@ fn reads_links_addresses_and_routes_back() {
             addrs,
             nl.ipv4_routes().unwrap(),
             nl.link("eth9"),
+            [
+                nl.route_to(Ipv4Addr::new(198, 51, 100, 7)).unwrap(),
+                nl.route_to(Ipv4Addr::new(10, 88, 0, 2)).unwrap(),
+            ],
         )
     })
     .unwrap();
@@ -200,6 +204,9 @@ fn reads_links_addresses_and_routes_back() {
     let connected = routes.iter().find(|r| r.prefix_len == 24).unwrap();
     assert_eq!(connected.dst, Ipv4Addr::new(10, 88, 0, 0));
     assert_eq!(missing.unwrap(), None);
+    // `ip route get`: out of eth0 by the default route (RTN_UNICAST); its own address is local
+    // (RTN_LOCAL), through loopback.
+    assert_eq!(to, [(1, Some(after.index)), (2, Some(1))]);
 }
 
 #[test]
