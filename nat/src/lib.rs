@@ -1,5 +1,6 @@
 //! vswitch's NAT: connection tracking and translation of the containers' traffic to and from
-//! the outside, carried by the host's own sockets (no IP forwarding, no firewall rule).
+//! the outside, carried by the host's own sockets or translated by the edge (no IP forwarding,
+//! no firewall rule).
 //!
 //! Pure like the switch: frames (`[virtio_net_hdr][Ethernet][IPv4]...`, as the datapath carries
 //! them) and the time in milliseconds go in, verdicts and rewritten frames come out. No sockets,

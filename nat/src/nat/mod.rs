@@ -2,8 +2,13 @@
 //! the calls the edge makes for the flows it carries through host sockets.
 //!
 //! Nothing leaves through IP forwarding: the host's `ip_forward` stays 0 and no firewall rule is
-//! involved. Every flow is terminated or opened by the host kernel's own sockets:
-//! - TCP out: the container's segments to `OUTSIDE:DPORT` are rewritten to
+//! involved. Every flow is terminated or opened by the host kernel's own sockets, or translated
+//! by the edge itself:
+//! - TCP out, translated (`translated`): the edge takes the connection at its SYN
+//!   ([`Nat::tcp_translated`] rewrites the held SYN to come from the host's address and port)
+//!   and translates every later segment itself (a kernel fast path); it reports the flags they
+//!   carried ([`Nat::translated_seen`]), which move the flow's state.
+//! - TCP out, relayed: the container's segments to `OUTSIDE:DPORT` are rewritten to
 //!   `GATEWAY:RELAY` (a listener of the edge on the host), and the host's segments back are
 //!   rewritten to come from `OUTSIDE:DPORT`: the host kernel terminates the container's TCP
 //!   (with its offloads, window scaling, everything) and the edge splices the two sockets. The
@@ -25,6 +30,7 @@
 //! - `outbound`: a container's frames to the outside, and the flows they open;
 //! - `inbound`: what comes back: the host's TCP segments, the replies its sockets received;
 //! - `relay`: an outgoing TCP connection's relay port and its held SYN's outcome;
+//! - `translated`: an outgoing TCP connection the edge translates itself;
 //! - `publish`: connections and datagrams from clients of published ports;
 //! - `answer`: the frames the NAT writes itself, as a router: refusals, ICMP errors;
 //! - `flows`: removal, expiry and the table's views, for the edge;
@@ -145,7 +151,8 @@ pub enum Verdict {
     Pending,
     /// A new TCP flow: hold this SYN, connect to `dst` from the host, then call
     /// [`Nat::tcp_connected`] (success), [`Nat::tcp_reset_reply`] (refused) or
-    /// [`Nat::icmp_unreachable_reply`] (unreachable).
+    /// [`Nat::icmp_unreachable_reply`] (unreachable); or translate the connection itself from
+    /// here on ([`Nat::tcp_translated`]).
     TcpConnect {
         flow: FlowId,
         /// The container's address and port.

@@ -98,7 +98,8 @@ impl Nat {
         f.bytes_out += out.1;
         f.packets_in += back.0;
         f.bytes_in += back.1;
-        let was_closed = f.tcp.state().is_closed();
+        let before = f.tcp.state();
+        let was_closed = before.is_closed();
         f.tcp = tracker(out_flags, back_flags);
         f.replied |= back_flags != 0;
         let state = f.tcp.state();
@@ -110,7 +111,8 @@ impl Nat {
                 connecting: false,
             };
         }
-        if out.0 + back.0 > 0 || state.is_closed() != was_closed {
+        // Its timeout follows its state, as a segment's would move it.
+        if out.0 + back.0 > 0 || state != before {
             self.table.refresh(f, now);
         }
         if state.is_closed() != was_closed {
