@@ -427,7 +427,7 @@ impl World {
                     expires_at: 0,
                     replied: false,
                 });
-                self.created_within_bounds(*c.ip(), false, &what);
+                self.created_within_bounds(*c.ip(), false, false, &what);
             }
             // Finished TCP flows are outside the bound: at least `max_flows` flows.
             Err(NatError::TableFull) => assert!(before.flows >= self.max_flows, "{what}"),
@@ -538,7 +538,7 @@ impl World {
                     expires_at: now.saturating_add(self.timeouts.udp),
                     replied: false,
                 });
-                self.created_within_bounds(*c.ip(), false, &what);
+                self.created_within_bounds(*c.ip(), false, false, &what);
             }
         }
     }

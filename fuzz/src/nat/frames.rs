@@ -305,7 +305,7 @@ impl World {
                     expires_at: 0,
                     replied: false,
                 });
-                self.created_within_bounds(*c.ip(), true, what);
+                self.created_within_bounds(*c.ip(), true, true, what);
             }
             Verdict::Drop(NatDrop::Malformed) => {
                 assert!(partial && !p.offload_at(16), "{what}: malformed?");
@@ -379,7 +379,7 @@ impl World {
                         expires_at: now.saturating_add(self.timeouts.udp),
                         replied: false,
                     });
-                    self.created_within_bounds(*c.ip(), true, what);
+                    self.created_within_bounds(*c.ip(), true, false, what);
                 } else {
                     let i = known.unwrap_or_else(|| panic!("{what}: no such flow"));
                     assert_eq!(self.flows[i].kind, Kind::UdpEgress, "{what}");
@@ -470,7 +470,7 @@ impl World {
                             expires_at: now.saturating_add(self.timeouts.icmp),
                             replied: false,
                         });
-                        self.created_within_bounds(*c.ip(), true, what);
+                        self.created_within_bounds(*c.ip(), true, false, what);
                     }
                 }
             }

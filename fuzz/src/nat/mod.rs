@@ -311,16 +311,7 @@ impl World {
     fn share_upper_bound(&self, ip: Ipv4Addr, connecting: bool) -> usize {
         (self.flows.iter())
             .filter(|k| !k.gone && k.kind.egress() && *k.c.ip() == ip)
-            .filter(|k| {
-                !connecting
-                    || matches!(
-                        k.kind,
-                        Kind::TcpEgress {
-                            connecting: true,
-                            ..
-                        }
-                    )
-            })
+            .filter(|k| !connecting || k.kind.connecting())
             .count()
     }
 
@@ -534,10 +525,10 @@ impl World {
 
     /// Right after a flow is created (by container `c`'s frame if `egress`): the open flows
     /// (all but finished TCP connections) within `max_flows`; and for an egress flow, `c`'s
-    /// open egress flows within its share, and its connecting ones within its share of those.
-    /// Not at every step: a finished flow that opens again takes its places back, whatever the
-    /// bounds.
-    fn created_within_bounds(&self, c: Ipv4Addr, egress: bool, what: &str) {
+    /// open egress flows within its share, and (for a connect, the one creation that checks
+    /// them) its connecting ones within its share of those. Not at every step: a finished flow
+    /// that opens again takes its places back, whatever the bounds.
+    fn created_within_bounds(&self, c: Ipv4Addr, egress: bool, connect: bool, what: &str) {
         let (mut open, mut held, mut connecting) = (0, 0, 0);
         for e in self.nat.entries(self.now) {
             if matches!(e.state, "TIME_WAIT" | "CLOSE") {
@@ -559,7 +550,7 @@ impl World {
         );
         if egress {
             assert!(
-                held <= self.shares.flows && connecting <= self.shares.half_open,
+                held <= self.shares.flows && (!connect || connecting <= self.shares.half_open),
                 "{what}: {c} holds {held} flows, {connecting} connecting, over {:?}",
                 self.shares
             );

@@ -6,7 +6,7 @@
 use std::net::SocketAddrV4;
 use std::ops::Range;
 
-use crate::checksum::{finish, pseudo_header, sum};
+use crate::checksum::{finish, sum};
 use crate::conntrack::{FlowId, Kind};
 use crate::error::NatError;
 use crate::tcp_state::{Dir, TcpState, TcpTracker};
@@ -58,13 +58,10 @@ impl Nat {
         rewrite_tcp(held_syn, &pkt, End::Src, u32::from(*host.ip()), host.port())
             .map_err(|_| NatError::Malformed)?;
         if partial {
-            // No offload finishes it on the way out: the whole sum, here.
-            let at = pkt.l4 + TCP_CSUM_OFF;
-            let len = (pkt.end - pkt.l4) as u16;
-            wr16(held_syn, at, 0);
-            let pseudo = pseudo_header(u32::from(*host.ip()), pkt.dst, IPPROTO_TCP, len);
-            let csum = finish(sum(&held_syn[pkt.l4..pkt.end], pseudo));
-            wr16(held_syn, at, csum);
+            // No offload finishes it on the way out: here, as an offload would, over the
+            // segment whose field holds the (rewritten) pseudo-header's sum.
+            let csum = finish(sum(&held_syn[pkt.l4..pkt.end], 0));
+            wr16(held_syn, pkt.l4 + TCP_CSUM_OFF, csum);
             held_syn[0] &= !VNET_F_NEEDS_CSUM;
         }
         // Half-open (in the container's count) until the handshake is over.
