@@ -20,7 +20,8 @@ use common::wan::{
 };
 use common::{
     assert_mentions, command, exists, host_ip, poll, require_program, run, run_timeout,
-    tcp_transfer, Container, Json, JsonExt, Out, Proc, Sandbox, TempDir, DEADLINE, GATEWAY,
+    tcp_transfer, Container, Endpoint, Json, JsonExt, Out, Proc, Sandbox, TempDir, DEADLINE,
+    GATEWAY,
 };
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -1548,17 +1549,8 @@ fn relayed_tcp_goes_through_the_kernel(hook: &str) {
         "the TAP's egress program on {hook}: {tap_filter}"
     );
     let bytes: u64 = 16 * MB;
-    tcp_transfer(&c, &wan, WAN_IP, bytes);
-    let p = port_of(&sb, &c);
-    assert!(
-        p.num("fast_rx_bytes") >= bytes * 9 / 10,
-        "carried by the kernel on {hook}: {p}"
-    );
-    let stats = common::cni::stats(&sb);
-    assert!(
-        stats["nat"]["in_kernel_total"].as_u64() >= Some(1),
-        "{stats}"
-    );
+    let carried = (&c, "fast_rx_bytes", 1);
+    transfer_in_kernel(&sb, (&c, &wan, WAN_IP), bytes, carried, hook);
     // What the kernel carried counts on the flow within seconds.
     let flow_bytes = || {
         let flows = conntrack(&sb);
@@ -1571,16 +1563,30 @@ fn relayed_tcp_goes_through_the_kernel(hook: &str) {
     .unwrap_or_else(|| panic!("the flow counts {} of {bytes} bytes", flow_bytes()));
 
     // From the wan to the container's published port.
-    let before = port_of(&sb, &c).num("fast_tx_bytes");
-    tcp_transfer(&wan, &c, HOST_WAN_IP, bytes);
-    let p = port_of(&sb, &c);
+    let carried = (&c, "fast_tx_bytes", 2);
+    transfer_in_kernel(&sb, (&wan, &c, HOST_WAN_IP), bytes, carried, hook);
+}
+
+/// Sends `bytes` from `client` to `server` at `ip` (`tcp_transfer`: every byte arrives), and
+/// checks that nearly all of them moved `counter` of container `c`'s port (the fast path's)
+/// and that the kernel has carried at least `total` NAT connections so far.
+fn transfer_in_kernel(
+    sb: &Sandbox,
+    (client, server, ip): (&dyn Endpoint, &dyn Endpoint, &str),
+    bytes: u64,
+    (c, counter, total): (&Container, &str, u64),
+    hook: &str,
+) {
+    let before = port_of(sb, c).num(counter);
+    tcp_transfer(client, server, ip, bytes);
+    let p = port_of(sb, c);
     assert!(
-        p.num("fast_tx_bytes") - before >= bytes * 9 / 10,
-        "a published connection carried by the kernel on {hook}: {p}"
+        p.num(counter) - before >= bytes * 9 / 10,
+        "carried by the kernel on {hook} ({counter}): {p}"
     );
-    let stats = common::cni::stats(&sb);
+    let stats = common::cni::stats(sb);
     assert!(
-        stats["nat"]["in_kernel_total"].as_u64() >= Some(2),
+        stats["nat"]["in_kernel_total"].as_u64() >= Some(total),
         "{stats}"
     );
 }
@@ -1697,19 +1703,8 @@ fn translated_tcp_goes_through_the_kernel(hook: &str) {
     })
     .unwrap_or_else(|| panic!("not closed: {:?}", flow()));
 
-    let bytes: u64 = 16 * MB;
-    let before = port_of(&sb, &c).num("fast_rx_bytes");
-    tcp_transfer(&c, &wan, WAN_IP, bytes);
-    let p = port_of(&sb, &c);
-    assert!(
-        p.num("fast_rx_bytes") - before >= bytes * 9 / 10,
-        "carried by the kernel on {hook}: {p}"
-    );
-    let stats = common::cni::stats(&sb);
-    assert!(
-        stats["nat"]["in_kernel_total"].as_u64() >= Some(2),
-        "{stats}"
-    );
+    let carried = (&c, "fast_rx_bytes", 2);
+    transfer_in_kernel(&sb, (&c, &wan, WAN_IP), 16 * MB, carried, hook);
     let out = py(&c, CMD, CONNECT_PROBE, &[WAN_IP, "9", "20"]).ok();
     assert!(
         out.stdout.starts_with("refused "),

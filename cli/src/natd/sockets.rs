@@ -106,10 +106,8 @@ pub fn local_port_range() -> (u16, u16) {
     })
 }
 
-fn bound_tcp_socket_at(gateway: Ipv4Addr, port: u16) -> io::Result<(OwnedFd, u16)> {
-    let fd = tcp_socket(libc::SOCK_CLOEXEC)?;
-    mark_nat_socket(&fd)?;
-    let addr = sockaddr_in(SocketAddrV4::new(gateway, port));
+fn bind(fd: &impl AsRawFd, addr: SocketAddrV4) -> io::Result<()> {
+    let addr = sockaddr_in(addr);
     // SAFETY: `addr` is a valid sockaddr_in of the length we pass.
     cvt(unsafe {
         libc::bind(
@@ -117,7 +115,14 @@ fn bound_tcp_socket_at(gateway: Ipv4Addr, port: u16) -> io::Result<(OwnedFd, u16
             &addr as *const libc::sockaddr_in as *const libc::sockaddr,
             SOCKADDR_IN_LEN,
         )
-    })?;
+    })
+    .map(drop)
+}
+
+fn bound_tcp_socket_at(gateway: Ipv4Addr, port: u16) -> io::Result<(OwnedFd, u16)> {
+    let fd = tcp_socket(libc::SOCK_CLOEXEC)?;
+    mark_nat_socket(&fd)?;
+    bind(&fd, SocketAddrV4::new(gateway, port))?;
     // SAFETY: all-zero is a valid sockaddr_in.
     let mut local: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     let mut len = SOCKADDR_IN_LEN;
@@ -214,32 +219,10 @@ pub fn bind_published(spec: &PublishSpec) -> io::Result<Listener> {
 pub fn reserve_tcp(dst: SocketAddrV4, port: u16) -> io::Result<(OwnedFd, SocketAddrV4)> {
     let reserve = |port: u16| -> io::Result<OwnedFd> {
         let fd = tcp_socket(libc::SOCK_CLOEXEC)?;
-        let on: libc::c_int = 1;
-        for (level, opt) in [
-            (libc::SOL_TCP, libc::TCP_REPAIR),
-            (libc::SOL_SOCKET, libc::SO_REUSEADDR),
-        ] {
-            // SAFETY: `on` is a live c_int of the length passed.
-            cvt(unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    level,
-                    opt,
-                    &on as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            })?;
-        }
+        setsockopt(&fd, sockopt::TcpRepair, &1).map_err(io::Error::from)?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(io::Error::from)?;
         if port != 0 {
-            let addr = sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-            // SAFETY: `addr` is a valid sockaddr_in of the length we pass.
-            cvt(unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    &addr as *const libc::sockaddr_in as *const libc::sockaddr,
-                    SOCKADDR_IN_LEN,
-                )
-            })?;
+            bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
         }
         connect(&fd, dst)?;
         Ok(fd)

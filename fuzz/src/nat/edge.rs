@@ -23,11 +23,18 @@ fn sentinel_after(out: &[u8], len: usize, what: &str) {
 }
 
 impl World {
-    /// The edge connected flow `id`; `syn` is the SYN it held.
-    pub fn tcp_connected(&mut self, id: FlowId, syn: &[u8]) {
-        let mut f = syn.to_vec();
-        let res = self.nat.tcp_connected(id, &mut f, self.now);
-        let what = format!("tcp_connected({id:#x}) = {res:?} of {syn:02x?}");
+    /// What the edge's call on flow `id`'s held SYN (`syn`, `f` after the call) must have
+    /// done, whatever the call: a SYN that is no TCP segment is malformed, a dead flow unknown,
+    /// and a refused SYN unchanged; an accepted one was its connecting flow's. Returns that
+    /// flow, its relay port and the SYN's view.
+    fn held_syn_taken(
+        &self,
+        id: FlowId,
+        syn: &[u8],
+        f: &[u8],
+        res: Result<(), NatError>,
+        what: &str,
+    ) -> Option<(usize, u16, Ipv4View)> {
         // The frame is read first, then the flow looked up.
         let tcp = match parse(syn) {
             Parsed::Ipv4(p) if p.proto == TCP => p.tcp_hlen(syn).is_some(),
@@ -40,7 +47,7 @@ impl World {
         }
         if res.is_err() {
             assert_eq!(f, syn, "{what}: SYN changed");
-            return;
+            return None;
         }
         let i = self
             .by_id(id)
@@ -58,6 +65,17 @@ impl World {
             (self.flows[i].c, self.flows[i].r),
             "{what}"
         );
+        Some((i, relay, p))
+    }
+
+    /// The edge connected flow `id`; `syn` is the SYN it held.
+    pub fn tcp_connected(&mut self, id: FlowId, syn: &[u8]) {
+        let mut f = syn.to_vec();
+        let res = self.nat.tcp_connected(id, &mut f, self.now);
+        let what = format!("tcp_connected({id:#x}) = {res:?} of {syn:02x?}");
+        let Some((i, relay, p)) = self.held_syn_taken(id, syn, &f, res, &what) else {
+            return;
+        };
         let allowed = [
             IP + 16..IP + 20,
             IP + 10..IP + 12,
@@ -84,30 +102,11 @@ impl World {
         let mut f = syn.to_vec();
         let res = self.nat.tcp_translated(id, &mut f, HOST, self.now);
         let what = format!("tcp_translated({id:#x}) = {res:?} of {syn:02x?}");
-        if self.dead.contains(&id) {
-            assert!(res.is_err(), "{what}: a dead flow");
-        }
-        let Ok(packet) = res else {
-            assert_eq!(f, syn, "{what}: SYN changed");
+        let taken = self.held_syn_taken(id, syn, &f, res.clone().map(drop), &what);
+        let (Some((i, relay, p)), Ok(packet)) = (taken, res) else {
             return;
         };
-        let i = self
-            .by_id(id)
-            .unwrap_or_else(|| panic!("{what}: unknown flow"));
-        let Kind::TcpEgress { relay, connecting } = self.flows[i].kind else {
-            panic!("{what}: not egress");
-        };
-        assert!(connecting && !self.flows[i].gone, "{what}");
-        let Parsed::Ipv4(p) = parse(syn) else {
-            panic!("{what}: not IPv4");
-        };
         assert_eq!(packet, IP..p.end, "{what}: the packet");
-        let (sport, dport) = p.ports(syn).unwrap_or_default();
-        assert_eq!(
-            (sa(p.src, sport), sa(p.dst, dport)),
-            (self.flows[i].c, self.flows[i].r),
-            "{what}"
-        );
         let allowed = [
             0..1,
             IP + 12..IP + 16,

@@ -3,6 +3,7 @@
 //! relay, or answered with a reset or an ICMP error), and the relay's look-up of the flow.
 
 use std::net::SocketAddrV4;
+use std::sync::MutexGuard;
 
 use crate::conntrack::{outside_key, FlowId, Kind, Shard};
 use crate::craft;
@@ -68,6 +69,28 @@ impl Nat {
         held_syn: &mut [u8],
         now: u64,
     ) -> Result<(), NatError> {
+        let (pkt, mut sh, slot, relay) = self.held_connecting(flow, held_syn, now)?;
+        let f = sh.flow_mut(slot).ok_or(NatError::UnknownFlow(flow))?;
+        rewrite_tcp(held_syn, &pkt, End::Dst, self.gateway, relay)
+            .map_err(|_| NatError::Malformed)?;
+        f.kind = Kind::TcpEgress {
+            relay,
+            connecting: false,
+        };
+        self.table.connect_done(f.cip);
+        f.count_out(pkt.l3_len());
+        self.table.refresh(f, now);
+        Ok(())
+    }
+
+    /// The held SYN of flow `flow`, which must be connecting, not closed and the SYN's: its
+    /// view, the flow's shard (locked) and slot, and its relay port.
+    pub(super) fn held_connecting(
+        &self,
+        flow: FlowId,
+        held_syn: &[u8],
+        now: u64,
+    ) -> Result<(Ipv4Frame, MutexGuard<'_, Shard>, u32, u16), NatError> {
         let pkt = held_segment(held_syn)?;
         let tcp = TcpHdr::parse(pkt.l4_bytes(held_syn)).map_err(|_| NatError::Malformed)?;
         let (mut sh, slot) = self
@@ -88,16 +111,7 @@ impl Nat {
         if f.tcp.state().is_closed() {
             return Err(NatError::FlowClosed(flow));
         }
-        rewrite_tcp(held_syn, &pkt, End::Dst, self.gateway, relay)
-            .map_err(|_| NatError::Malformed)?;
-        f.kind = Kind::TcpEgress {
-            relay,
-            connecting: false,
-        };
-        self.table.connect_done(f.cip);
-        f.count_out(pkt.l3_len());
-        self.table.refresh(f, now);
-        Ok(())
+        Ok((pkt, sh, slot, relay))
     }
 
     /// For the relay, which accepted a connection from `container` on `relay_port`: the flow

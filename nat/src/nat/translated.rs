@@ -11,8 +11,7 @@ use crate::conntrack::{FlowId, Kind};
 use crate::error::NatError;
 use crate::tcp_state::{Dir, TcpState, TcpTracker};
 use crate::wire::{
-    wr16, Ipv4Frame, TcpHdr, IPPROTO_TCP, IP_OFF, TCP_ACK, TCP_CSUM_OFF, TCP_FIN, TCP_RST, TCP_SYN,
-    VNET_F_NEEDS_CSUM,
+    wr16, IP_OFF, TCP_ACK, TCP_CSUM_OFF, TCP_FIN, TCP_RST, TCP_SYN, VNET_F_NEEDS_CSUM,
 };
 
 use super::frame::{rewrite_tcp, End};
@@ -29,27 +28,9 @@ impl Nat {
         host: SocketAddrV4,
         now: u64,
     ) -> Result<Range<usize>, NatError> {
-        let pkt = match Ipv4Frame::parse(held_syn) {
-            Ok(Some(p)) if p.proto == IPPROTO_TCP => p,
-            _ => return Err(NatError::Malformed),
-        };
-        let tcp = TcpHdr::parse(pkt.l4_bytes(held_syn)).map_err(|_| NatError::Malformed)?;
-        let (mut sh, slot) = self
-            .table
-            .lock_id(flow, Some(now))
-            .ok_or(NatError::UnknownFlow(flow))?;
+        let (pkt, mut sh, slot, relay) = self.held_connecting(flow, held_syn, now)?;
         let f = sh.flow_mut(slot).ok_or(NatError::UnknownFlow(flow))?;
-        let Kind::TcpEgress {
-            relay,
-            connecting: true,
-        } = f.kind
-        else {
-            return Err(NatError::NotConnecting(flow));
-        };
-        if (pkt.src, tcp.sport, pkt.dst, tcp.dport) != (f.cip, f.cport, f.rip, f.rport) {
-            return Err(NatError::FrameMismatch(flow));
-        }
-        if f.tcp.state().is_closed() || pkt.is_gso() {
+        if pkt.is_gso() {
             return Err(NatError::FlowClosed(flow));
         }
         let partial = pkt
