@@ -56,13 +56,49 @@ impl Table {
             }
             sh.finished.pop_front();
         }
-        // Entries of flows removed meanwhile (expired, replaced) may sit behind live ones.
+        // Entries of flows removed meanwhile (expired, replaced) may sit behind live ones, and a
+        // flow that finished, opened and finished again has an entry of each finish: its last
+        // one stays (the queue's order is the order they finished in).
         if sh.finished.len() > 2 * sh.finished_count + 64 {
             let queue = std::mem::take(&mut sh.finished);
-            sh.finished = queue
-                .into_iter()
-                .filter(|&e| sh.finished_entry_live(e))
+            let mut kept = std::collections::HashSet::with_capacity(sh.finished_count);
+            let mut last: Vec<_> = (queue.into_iter().rev())
+                .filter(|&e| sh.finished_entry_live(e) && kept.insert(e.0))
                 .collect();
+            last.reverse();
+            sh.finished = last.into();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Extra, Flow, Kind, Timeouts};
+    use super::*;
+    use crate::tcp_state::{Dir, TcpState, TcpTracker};
+
+    #[test]
+    fn a_flow_that_finishes_again_and_again_is_queued_once() {
+        // Found in a profile: a translated flow whose reported state went back and forth between
+        // FIN_WAIT and TIME_WAIT queued an entry at each finish, which no compaction removed,
+        // and every later finish of the shard rescanned them all.
+        let t = Table::new(1000, Timeouts::default());
+        let mut sh = t.lock(0);
+        let kind = Kind::TcpTranslated {
+            relay: 1,
+            connecting: false,
+        };
+        let f = Flow::new(kind, 1, 2, 3, 4);
+        t.create(&mut sh, f.clone(), Extra::default(), 0).unwrap();
+        let (slot, _) = sh.get(f.inside_key()).unwrap();
+        for i in 0..=10_000 {
+            let state = [TcpState::TimeWait, TcpState::FinWait][i % 2];
+            if let Some(f) = sh.flow_mut(slot) {
+                f.tcp = TcpTracker::from_parts(state, Dir::Orig, Dir::Reply);
+            }
+            t.settle(&mut sh, slot);
+        }
+        assert!(sh.finished.len() <= 2 + 64, "{} queued", sh.finished.len());
+        assert_eq!(sh.finished_count, 1);
     }
 }
