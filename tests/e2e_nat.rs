@@ -194,6 +194,25 @@ except OSError as e:
     print("error", e.errno, ms())
 "#;
 
+/// Argv[3] connections one after the other to the echo server at argv[1]:argv[2], each sending
+/// 1000 bytes and reading them back: `N echoed`.
+const ECHO_BURST: &str = r#"
+import socket, sys
+host, port, n, ok = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), 0
+for i in range(n):
+    with socket.create_connection((host, port), timeout=10) as s:
+        data = bytes([i % 256]) * 1000
+        s.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        ok += got == data
+print(ok, "echoed")
+"#;
+
 /// UDP against an echo server argv[1]:argv[2]: one request/response (`reqresp ok`), then a
 /// stream of argv[3] numbered datagrams of 1000 bytes, at most 32 of them unanswered at a time
 /// (as a UDP protocol would pace itself; a window lost is given 2 s), `stream sent N received
@@ -1705,6 +1724,25 @@ fn translated_tcp_goes_through_the_kernel(hook: &str) {
 
     let carried = (&c, "fast_rx_bytes", 2);
     transfer_in_kernel(&sb, (&c, &wan, WAN_IP), 16 * MB, carried, hook);
+
+    // Connections to a destination the daemon found a route to in the last second the kernel
+    // opens itself, SYN included: each echoes what it sent, the NAT follows each to its end.
+    let opened = || common::cni::stats(&sb)["nat"].num("opened_in_kernel_total");
+    let before = opened();
+    let out = py(&c, CMD, ECHO_BURST, &[WAN_IP, "7007", "200"]).ok();
+    assert_eq!(out.stdout.trim(), "200 echoed", "{}", out.stderr);
+    assert!(
+        opened() - before >= 150,
+        "opened in the kernel: {} of 200",
+        opened() - before
+    );
+    poll(Duration::from_secs(15), || {
+        let flows = conntrack(&sb);
+        let flows = flows_to(&flows, "tcp", &format!("{WAN_IP}:7007"));
+        let done = (flows.iter()).filter(|f| ["TIME_WAIT", "CLOSE"].contains(&f.str("state")));
+        (done.count() >= 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the NAT did not follow them: {:?}", conntrack(&sb)));
     let out = py(&c, CMD, CONNECT_PROBE, &[WAN_IP, "9", "20"]).ok();
     assert!(
         out.stdout.starts_with("refused "),

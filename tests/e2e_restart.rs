@@ -312,6 +312,31 @@ except Exception as e:
     print("error", type(e).__name__, e, "after", i, "messages", flush=True)
 "#;
 
+/// Short connections one after the other to the echo server at argv[1]:argv[2] until a line
+/// comes on stdin, each sending 1000 bytes and reading them back: `conns N failed M`.
+const CONN_LOOP: &str = r#"
+import select, socket, sys
+print("ready", flush=True)
+ok = failed = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    try:
+        with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
+            msg = b"%08d" % ok * 125
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            ok += got == msg
+            failed += got != msg
+    except OSError as e:
+        print("failed", e, flush=True)
+        failed += 1
+print("conns", ok, "failed", failed, flush=True)
+"#;
+
 /// `ping -i 0.01 -c COUNT` in the background; `lost()` once it is done.
 struct Pinger {
     what: String,
@@ -419,6 +444,14 @@ fn upgrade_mid_download(extra: &[&str]) {
     let mut client = w.wan.cmd("python3", &["-c", ECHO_CLIENT]);
     client.args([HOST_WAN_IP, "8080"]);
     let mut client = Proc::spawn_ready(client);
+    // With the kernel translating, c2 opens short connections all along: the kernel opens
+    // most of them itself, the daemons follow.
+    let _wan_echo = w.wan.python(TCP_SERVER, &["7007", "echo"]);
+    let conns = kernel.then(|| {
+        let mut conns = c2.cmd("python3", &["-c", CONN_LOOP]);
+        conns.args([WAN_IP, "7007"]);
+        Proc::spawn_ready(conns)
+    });
     thread::sleep(Duration::from_millis(1500));
     let remote = format!("{WAN_IP}:8000");
     if kernel {
@@ -474,6 +507,25 @@ fn upgrade_mid_download(extra: &[&str]) {
         "the published-port client across the upgrade: {answer}"
     );
     eprintln!("published-port client: {answer}");
+    if let Some(mut conns) = conns {
+        conns.send("stop");
+        let answer = conns.line(Duration::from_secs(30));
+        let words: Vec<&str> = answer.split_whitespace().collect();
+        assert_eq!(
+            (words.first(), words.get(3)),
+            (Some(&"conns"), Some(&"0")),
+            "short connections across the upgrade: {answer}"
+        );
+        let stats = w.vswitch(&["stats", "--json"]).ok().stdout;
+        let opened = serde_json::from_str::<serde_json::Value>(&stats).unwrap()["nat"]
+            ["opened_in_kernel_total"]
+            .as_u64();
+        assert!(
+            opened > Some(10),
+            "opened by the kernel after the upgrade: {stats}"
+        );
+        eprintln!("short connections: {answer}, {opened:?} opened in the kernel since");
+    }
     for p in [to_c2, to_wan, to_c3] {
         let what = p.what.clone();
         let (sent, received) = p.finish();

@@ -7,7 +7,7 @@ use crate::checksum::{finish, pseudo_header, sum};
 use crate::error::NatError;
 use crate::wire::{
     ETHERTYPE_IPV4, ETH_OFF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_OFF, TCP_ACK, TCP_RST,
-    VNET_HDR_LEN,
+    TCP_SYN, VNET_HDR_LEN,
 };
 
 /// Bytes a UDP frame adds to its payload (virtio-net, Ethernet, IPv4 and UDP headers).
@@ -18,6 +18,8 @@ pub const ECHO_FRAME_OVERHEAD: usize = IP_OFF + 20 + 8;
 pub const ICMP_ERROR_FRAME_MAX: usize = IP_OFF + 20 + 8 + 60 + 8;
 /// Length of a TCP reset frame.
 pub const TCP_RST_FRAME_LEN: usize = IP_OFF + 20 + 20;
+/// Longest frame [`tcp_syn_frame`] writes (an IPv4 packet of 1500 bytes).
+pub const TCP_SYN_FRAME_MAX: usize = IP_OFF + 1500;
 
 /// TTL of the packets the NAT writes, as if sent by a host one hop away.
 const TTL: u8 = 64;
@@ -29,6 +31,22 @@ pub(crate) struct Ends {
     pub dst_mac: [u8; 6],
     pub src: u32,
     pub dst: u32,
+}
+
+impl Ends {
+    /// From `src` to `dst`, MACs `macs` (destination, then source).
+    fn of(
+        macs: ([u8; 6], [u8; 6]),
+        src: std::net::SocketAddrV4,
+        dst: std::net::SocketAddrV4,
+    ) -> Ends {
+        Ends {
+            dst_mac: macs.0,
+            src_mac: macs.1,
+            src: u32::from(*src.ip()),
+            dst: u32::from(*dst.ip()),
+        }
+    }
 }
 
 /// Writes the virtio-net, Ethernet and IPv4 headers of a packet with `l4_len` bytes of transport
@@ -118,13 +136,40 @@ pub fn tcp_reset_frame(
     seq: u32,
     ack: u32,
 ) -> Result<usize, NatError> {
-    let e = Ends {
-        dst_mac: macs.0,
-        src_mac: macs.1,
-        src: u32::from(*src.ip()),
-        dst: u32::from(*dst.ip()),
-    };
+    let e = Ends::of(macs, src, dst);
     tcp_rst(out, &e, src.port(), dst.port(), seq, ack)
+}
+
+/// The SYN `src -> dst` with sequence number `seq` of a connection an edge opened itself from
+/// the segment's headers alone, `ip_len` bytes long as an IPv4 packet (40 to 1500; its options
+/// and data written as zeros), into `out` (at least [`TCP_SYN_FRAME_MAX`] bytes; MACs `macs`:
+/// destination, then source); returns its length. For the edge to hand the NAT as the segment
+/// it stands for (`Nat::outbound`, then `Nat::tcp_translated`), so that the flow is made, and
+/// refused, as the real one's would be.
+pub fn tcp_syn_frame(
+    out: &mut [u8],
+    macs: ([u8; 6], [u8; 6]),
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    seq: u32,
+    ip_len: u16,
+) -> Result<usize, NatError> {
+    let e = Ends::of(macs, src, dst);
+    let l4_len = usize::from(ip_len).clamp(40, 1500) - 20;
+    let total = ipv4(out, &e, IPPROTO_TCP, l4_len)?;
+    let tcp = &mut out[IP_OFF + 20..total];
+    tcp.fill(0);
+    tcp[0..2].copy_from_slice(&src.port().to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    // Data offset 5, SYN, window 65535.
+    tcp[12..16].copy_from_slice(&[0x50, TCP_SYN, 0xff, 0xff]);
+    let c = finish(sum(
+        tcp,
+        pseudo_header(e.src, e.dst, IPPROTO_TCP, l4_len as u16),
+    ));
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    Ok(total)
 }
 
 /// A RST|ACK segment `sport -> dport` with sequence number `seq` acknowledging `ack`.

@@ -27,8 +27,8 @@ pub use conntrack::{
     Timeouts, DEFAULT_MAX_FLOWS,
 };
 pub use craft::{
-    tcp_reset_frame, ECHO_FRAME_OVERHEAD, ICMP_ERROR_FRAME_MAX, TCP_RST_FRAME_LEN,
-    UDP_FRAME_OVERHEAD,
+    tcp_reset_frame, tcp_syn_frame, ECHO_FRAME_OVERHEAD, ICMP_ERROR_FRAME_MAX, TCP_RST_FRAME_LEN,
+    TCP_SYN_FRAME_MAX, UDP_FRAME_OVERHEAD,
 };
 pub use error::{NatDrop, NatError};
 pub use nat::{

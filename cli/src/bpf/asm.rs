@@ -46,6 +46,12 @@ pub use Reg::*;
 pub enum Helper {
     /// `void *bpf_map_lookup_elem(map, key)`.
     MapLookupElem = 1,
+    /// `long bpf_map_update_elem(map, key, value, flags)`.
+    MapUpdateElem = 2,
+    /// `long bpf_map_delete_elem(map, key)`.
+    MapDeleteElem = 3,
+    /// `u64 bpf_ktime_get_ns(void)`: CLOCK_MONOTONIC.
+    KtimeGetNs = 5,
     /// `u32 bpf_get_smp_processor_id(void)`.
     GetSmpProcessorId = 8,
     /// `long bpf_skb_store_bytes(skb, offset, from, len, flags)`.
@@ -107,6 +113,7 @@ const ATOMIC: u8 = 0xc0;
 const K: u8 = 0x00;
 const X: u8 = 0x08;
 const ADD: u8 = 0x00;
+const SUB: u8 = 0x10;
 const OR: u8 = 0x40;
 const AND: u8 = 0x50;
 const LSH: u8 = 0x60;
@@ -117,6 +124,7 @@ const JA: u8 = 0x00;
 const JEQ: u8 = 0x10;
 const JGT: u8 = 0x20;
 const JNE: u8 = 0x50;
+const JSLE: u8 = 0xd0;
 const CALL: u8 = 0x80;
 const EXIT: u8 = 0x90;
 /// `src_reg` of a 64-bit immediate load that the kernel replaces with a map's address.
@@ -263,6 +271,10 @@ impl Asm {
     pub fn add64_imm(&mut self, dst: Reg, imm: i32) -> &mut Asm {
         self.emit(ALU64 | ADD | K, dst, R0, 0, imm)
     }
+    /// `dst -= src`.
+    pub fn sub64_reg(&mut self, dst: Reg, src: Reg) -> &mut Asm {
+        self.emit(ALU64 | SUB | X, dst, src, 0, 0)
+    }
     /// `dst |= src`.
     pub fn or64_reg(&mut self, dst: Reg, src: Reg) -> &mut Asm {
         self.emit(ALU64 | OR | X, dst, src, 0, 0)
@@ -374,6 +386,10 @@ impl Asm {
     /// `if dst != imm goto to`.
     pub fn jne_imm(&mut self, dst: Reg, imm: i32, to: Label) -> &mut Asm {
         self.jump(JNE | K, dst, R0, imm, to)
+    }
+    /// `if dst <= imm goto to` (signed).
+    pub fn jsle_imm(&mut self, dst: Reg, imm: i32, to: Label) -> &mut Asm {
+        self.jump(JSLE | K, dst, R0, imm, to)
     }
     /// `if dst > imm goto to` (unsigned).
     pub fn jgt_imm(&mut self, dst: Reg, imm: i32, to: Label) -> &mut Asm {

@@ -793,6 +793,12 @@ impl FastPath {
         (&self.redirect, &self.tap_program)
     }
 
+    /// The packet sockets' filter, for tests that run it.
+    #[cfg(test)]
+    pub(super) fn filter_for_tests(&self) -> &OwnedFd {
+        &self.filter
+    }
+
     /// The uplinks' program, for tests that run it.
     #[cfg(test)]
     pub(super) fn uplink_program(&self) -> &OwnedFd {

@@ -21,6 +21,7 @@
 //! owns the connection. What the kernel carried is counted per entry; the manager folds it into
 //! the flow's counters, which keeps the flow alive in the NAT's table.
 
+use std::collections::HashMap;
 use std::io;
 use std::mem::offset_of;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -31,7 +32,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use vswitch_switch::PortId;
 
 use super::asm::{
-    skb, Asm, AsmError, Helper, Insn, Label, R0, R1, R10, R2, R3, R4, R5, R6, R8, R9,
+    skb, Asm, AsmError, Helper, Insn, Label, Reg, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9,
 };
 use super::fastpath::{emit_count, field, Kind, ETHERTYPE_IPV4, RX, STATION_USED, TC_NEXT, TX};
 use super::map::{Map, Pod};
@@ -153,6 +154,42 @@ const _: () = assert!(size_of::<Value>() == 64, "no padding");
 // valid `Value`.
 unsafe impl Pod for Value {}
 
+/// A container whose new connections the veth's filter may open itself (`RelayMaps::serve`),
+/// keyed by its address: the veth they must come in by, its port, the gateway's MAC, its
+/// credits.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Served {
+    veth: u32,
+    port_id: u32,
+    _pad: u16,
+    gateway_mac: [u8; 6],
+    /// How many more connections the filter may open before the daemon has followed them
+    /// (`RelayMaps::grant`); each takes one (below zero by at most one per CPU, racing).
+    credits: i64,
+}
+const _: () = assert!(size_of::<Served>() == 24, "no padding");
+// SAFETY: `#[repr(C)]`, integers and bytes only, no implicit padding (asserted above).
+unsafe impl Pod for Served {}
+
+/// The host's route to a destination as the daemon last found it (`RelayMaps::route`): the
+/// uplink, the host's address on it, when (CLOCK_MONOTONIC, ns).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Route {
+    uplink: u32,
+    host: u32,
+    stamp: u64,
+}
+// SAFETY: `#[repr(C)]`, integers only, no padding (4 + 4 + 8).
+unsafe impl Pod for Route {}
+
+/// How long the filter trusts a route the daemon found (as `natd::translate` trusts its own).
+const ROUTE_TTL_NS: i32 = 1_000_000_000;
+/// Bounds of the two maps: every port; the destinations of the last second or so.
+const SERVED_ENTRIES: u32 = 4096;
+const ROUTE_ENTRIES: u32 = 4096;
+
 /// What one direction of a connection carried on the fast path so far, and (translated) the
 /// TCP flags its segments had.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -164,25 +201,67 @@ pub struct Traffic {
     pub acked: u32,
 }
 
-/// What the programs tell the daemon at once: a translated connection's segment carried a FIN
-/// or a RST (new in its direction), so that the NAT sees the connection finish when it does.
-/// The ring's record: the flow (8 bytes), the flags seen that way so far, the direction.
+/// What the programs tell the daemon at once: a translated connection's segment carried a new
+/// handshake, FIN or RST in its direction, so that the NAT sees the connection answered or
+/// finished when it is; or the veth's filter opened a connection itself (`EventKind::Opened`,
+/// see `RelayMaps::serve`). The ring's record (32 bytes): the flow (8 bytes, 0 for a connection
+/// the kernel opened), the flags seen that way so far, the SYN's IPv4 length (opened), the
+/// kind (4 bytes), the container's address and the remote end's, the container's port and the
+/// remote end's, the segment's sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     pub flow: u64,
     pub flags: u8,
-    /// The container's segment (out), else the remote end's.
-    pub out: bool,
+    pub kind: EventKind,
+    pub container: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    /// The segment's sequence number (opened: the SYN's).
+    pub seq: u32,
+    /// Opened: the SYN's length as an IPv4 packet.
+    pub len: u16,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The container's segment.
+    Out,
+    /// The remote end's.
+    In,
+    /// The container's SYN, for which the veth's filter wrote both entries (`RelayMaps::serve`):
+    /// the daemon has no flow for it yet.
+    Opened,
+}
+
+const EVENT_OUT: i32 = 0;
+const EVENT_IN: i32 = 1;
+const EVENT_OPENED: i32 = 2;
+const EVENT_LEN: i32 = 32;
 
 impl Event {
     pub fn parse(record: &[u8]) -> Option<Event> {
-        let flow = u64::from_ne_bytes(record.get(..8)?.try_into().ok()?);
+        let r: &[u8; EVENT_LEN as usize] = record.get(..EVENT_LEN as usize)?.try_into().ok()?;
+        let word = |at: usize| [r[at], r[at + 1], r[at + 2], r[at + 3]];
+        let port = |at: usize| u16::from_be_bytes([r[at], r[at + 1]]);
+        let kind = match i32::from_ne_bytes(word(12)) {
+            EVENT_OUT => EventKind::Out,
+            EVENT_IN => EventKind::In,
+            EVENT_OPENED => EventKind::Opened,
+            _ => return None,
+        };
         Some(Event {
-            flow,
-            flags: *record.get(8)?,
-            out: *record.get(12)? == 0,
+            flow: u64::from_ne_bytes(r[..8].try_into().ok()?),
+            flags: r[8],
+            kind,
+            container: SocketAddrV4::new(Ipv4Addr::from(word(16)), port(24)),
+            remote: SocketAddrV4::new(Ipv4Addr::from(word(20)), port(26)),
+            seq: u32::from_be_bytes(word(28)),
+            len: port(10),
         })
+    }
+
+    /// The container's segment (or SYN), not the remote end's.
+    pub fn out(&self) -> bool {
+        self.kind != EventKind::In
     }
 }
 
@@ -225,6 +304,12 @@ pub struct RelayMaps {
     back: Map<Key, Value>,
     events_fd: RawFd,
     events: std::sync::Mutex<Option<RingBuf>>,
+    /// The containers and routes the veth's filter opens connections for (this daemon's own:
+    /// not pinned, the next daemon's programs have theirs).
+    served: Map<[u8; 4], Served>,
+    routes: Map<[u8; 4], Route>,
+    /// Whether the events' reader sleeps until woken (`set_wake`); index 0.
+    wake: Map<u32, u32>,
     /// The TAP's ifindex: where outgoing segments go (set once the TAP's program is on).
     tap: AtomicU32,
 }
@@ -256,6 +341,9 @@ impl RelayMaps {
             back: map(BACK_PIN)?,
             events_fd: events.fd(),
             events: std::sync::Mutex::new(Some(events)),
+            served: Map::hash(SERVED_ENTRIES)?,
+            routes: Map::hash(ROUTE_ENTRIES)?,
+            wake: Map::array(1)?,
             tap: AtomicU32::new(0),
         })
     }
@@ -275,6 +363,115 @@ impl RelayMaps {
 
     pub(super) fn events_fd(&self) -> RawFd {
         self.events_fd
+    }
+
+    /// Whether the programs wake the events' reader (`take_events`) when they write one: only
+    /// when it is about to sleep. A wake-up is an interrupt the program raises in the middle of
+    /// a connection's segment (in a VM, an exit to the hypervisor): a reader that reads every
+    /// millisecond while events come needs none. Set before the reader's last look, so that no
+    /// event is left unread.
+    pub fn set_wake(&self, on: bool) {
+        let _ = self.wake.update(&0, &u32::from(on));
+    }
+
+    fn served_fd(&self) -> RawFd {
+        self.served.fd()
+    }
+
+    fn routes_fd(&self) -> RawFd {
+        self.routes.fd()
+    }
+
+    /// The containers (address → port, veth) whose new connections the veth's filter opens in
+    /// the kernel itself, to the destinations of `route`: it writes both entries, tells the
+    /// daemon (`EventKind::Opened`), and the tc program sends the SYN on. The daemon then makes
+    /// the NAT's flow and reserves the host's four-tuple, or takes the connection back with a
+    /// reset. The translated connections' answers come back through the gateway's MAC.
+    ///
+    /// The filter opens only as many connections as the daemon granted the container credits
+    /// for (`grant`): none at first.
+    pub fn serve(&self, served: &HashMap<Ipv4Addr, (PortId, u32)>, gateway_mac: [u8; 6]) {
+        for key in self.served.keys().unwrap_or_default() {
+            if !served.contains_key(&Ipv4Addr::from(key)) {
+                let _ = self.served.delete(&key);
+            }
+        }
+        for (ip, &(port, veth)) in served {
+            self.grant(*ip, (port, veth), gateway_mac, 0);
+        }
+    }
+
+    /// Container `ip` (port, veth) may have `credits` more connections opened by the filter
+    /// before the daemon grants it more: what its shares of the NAT's table and of the
+    /// descriptors have room for, so that the daemon seldom has to refuse one the kernel opened.
+    pub fn grant(
+        &self,
+        ip: Ipv4Addr,
+        (port, veth): (PortId, u32),
+        gateway_mac: [u8; 6],
+        credits: u32,
+    ) {
+        let value = Served {
+            veth,
+            port_id: u32::from(port.0),
+            gateway_mac,
+            credits: i64::from(credits),
+            ..Served::default()
+        };
+        let _ = self.served.update(&ip.octets(), &value);
+    }
+
+    /// The host's route to `dst` leaves by `uplink` from `host`, as found now: for a second,
+    /// the veth's filter opens connections to `dst` itself (`serve`).
+    pub fn route(&self, dst: Ipv4Addr, uplink: u32, host: Ipv4Addr) {
+        let route = Route {
+            uplink,
+            host: u32::from_ne_bytes(host.octets()),
+            stamp: monotonic_ns(),
+        };
+        let _ = self.routes.update(&dst.octets(), &route);
+    }
+
+    /// The translated connection from `container` to `remote` as the maps hold it.
+    pub fn translation(
+        &self,
+        container: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Option<Translation> {
+        let key = Rule {
+            src: container,
+            dst: remote,
+            to: container,
+            veth: 0,
+            port: PortId(0),
+        }
+        .key();
+        let v = self.out.lookup(&key).ok()??;
+        if i32::from(v.mode) != TRANSLATED {
+            return None;
+        }
+        self.translated(container, remote, &v)
+    }
+
+    /// A translated entry's connection, its way back read for the MACs.
+    fn translated(&self, src: SocketAddrV4, dst: SocketAddrV4, v: &Value) -> Option<Translation> {
+        let t = Translation {
+            container: src,
+            remote: dst,
+            host: SocketAddrV4::new(
+                Ipv4Addr::from(v.addr.to_ne_bytes()),
+                u16::from_be_bytes(v.port.to_ne_bytes()),
+            ),
+            uplink: v.to,
+            veth: v.from,
+            port: PortId(v.port_id as u16),
+            macs: [0; 12],
+        };
+        let back = self.back.lookup(&t.rules().1.key()).ok()??;
+        Some(Translation {
+            macs: back.macs,
+            ..t
+        })
     }
 
     /// The events' ring, for the one reader (None once taken).
@@ -311,18 +508,9 @@ impl RelayMaps {
                 port,
             };
             let kind = if i32::from(v.mode) == TRANSLATED {
-                let t = Translation {
-                    container: src,
-                    remote: dst,
-                    host: to,
-                    uplink: v.to,
-                    veth: v.from,
-                    port,
-                    macs: [0; 12],
-                };
-                match self.back.lookup(&t.rules().1.key()) {
-                    Ok(Some(b)) => EntryKind::Translated(Translation { macs: b.macs, ..t }),
-                    _ => continue,
+                match self.translated(src, dst, &v) {
+                    Some(t) => EntryKind::Translated(t),
+                    None => continue,
                 }
             } else {
                 EntryKind::Relayed(Rule {
@@ -410,6 +598,13 @@ impl RelayMaps {
     }
 }
 
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
 /// The programs' stack for a relayed segment, below the fast path's own (`fastpath`): the
 /// frame's first `LEN` bytes (Ethernet, IPv4 without options, TCP's first 14 bytes), placed so
 /// that the IPv4 header is 4-byte aligned: the key (addresses, then ports) at `IP + 12`.
@@ -451,15 +646,29 @@ const PACKETS: i16 = field(offset_of!(Value, packets));
 const BYTES: i16 = field(offset_of!(Value, bytes));
 const FLOW: i16 = field(offset_of!(Value, flow));
 const ACKED: i16 = field(offset_of!(Value, acked));
-/// The stack's room for an event record, below the header's.
-const EVENT: i16 = -136;
-const _: () = assert!(EVENT % 8 == 0 && EVENT + 16 <= HDR);
 const TCP_FIN_RST: i32 = 0x01 | 0x04;
 const TCP_SYN: i32 = 0x02;
 const TCP_ACK: i32 = 0x10;
-/// The stack's room for the way back's key (`emit_forget_back`), below the event's.
-const BACK_KEY: i16 = -152;
-const _: () = assert!(BACK_KEY % 4 == 0 && BACK_KEY + 12 <= EVENT);
+/// The stack's room below the header's: the way back's key (`emit_forget_back`, `emit_open`),
+/// an event record, an entry being written (`emit_open`).
+const BACK_KEY: i16 = -128;
+const EVENT: i16 = BACK_KEY - EVENT_LEN as i16;
+const VALUE: i16 = EVENT - size_of::<Value>() as i16;
+const _: () = assert!(BACK_KEY % 4 == 0 && BACK_KEY + 12 <= HDR);
+const _: () = assert!(EVENT % 8 == 0 && VALUE % 8 == 0 && VALUE >= -512);
+/// `bpf_ringbuf_output`'s flags: no wake-up of the reader, a wake-up whatever the ring holds.
+const BPF_RB_NO_WAKEUP: i32 = 1;
+const BPF_RB_FORCE_WAKEUP: i32 = 2;
+/// `bpf_map_update_elem`'s flag: only if the key has no element yet.
+const BPF_NOEXIST: i32 = 1;
+const S_VETH: i16 = field(offset_of!(Served, veth));
+const S_PORT_ID: i16 = field(offset_of!(Served, port_id));
+const S_GATEWAY: i16 = field(offset_of!(Served, gateway_mac));
+const S_CREDITS: i16 = field(offset_of!(Served, credits));
+const R_UPLINK: i16 = field(offset_of!(Route, uplink));
+const R_HOST: i16 = field(offset_of!(Route, host));
+const R_STAMP: i16 = field(offset_of!(Route, stamp));
+const _: () = assert!(S_GATEWAY % 2 == 0 && (S_GATEWAY + 2) % 4 == 0 && MACS % 4 == 0);
 
 /// Emits the relayed and translated segments' part of a program whose context is in R6: a TCP
 /// segment of a connection in `dir`'s map is rewritten and redirected (`Kind::Redirect`) or,
@@ -496,8 +705,10 @@ pub(super) fn emit(
     // r9 = the connection's entry.
     a.ld_map_fd(R1, map);
     a.mov64_reg(R2, R10).add64_imm(R2, (IP + 12).into());
+    let open = a.label();
+    let opens = dir == Dir::Out && matches!(kind, Kind::Filter);
     a.call(Helper::MapLookupElem);
-    a.jeq_imm(R0, 0, pass);
+    a.jeq_imm(R0, 0, if opens { open } else { pass });
     a.mov64_reg(R9, R0);
     if dir == Dir::Out {
         // Only from the container whose connection it is.
@@ -517,6 +728,10 @@ pub(super) fn emit(
     a.bind(translated);
     if dir != Dir::Back {
         emit_translated(a, dir, kind, counters, maps);
+    }
+    a.bind(open);
+    if opens {
+        emit_open(a, maps, pass);
     }
 }
 
@@ -592,11 +807,23 @@ fn emit_translated(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, maps: &Re
     a.jeq_imm(R1, 0, known);
     a.ldx_dw(R1, R9, FLOW).stx_dw(R10, R1, EVENT);
     a.stx_dw(R10, R3, EVENT + 8);
-    a.st_w(R10, EVENT + 12, i32::from(dir != Dir::Out));
-    a.ld_map_fd(R1, maps.events_fd());
-    a.mov64_reg(R2, R10).add64_imm(R2, EVENT.into());
-    a.mov64_imm(R3, 16).mov64_imm(R4, 0);
-    a.call(Helper::RingbufOutput);
+    match dir {
+        Dir::Out => {
+            a.st_w(R10, EVENT + 12, EVENT_OUT);
+            emit_tuple(
+                a,
+                (R10, IP + 12),
+                (R10, IP + 16),
+                (R10, TCP),
+                (R10, TCP + 2),
+            );
+        }
+        _ => {
+            a.st_w(R10, EVENT + 12, EVENT_IN);
+            emit_tuple(a, (R9, ADDR), (R10, IP + 12), (R9, PORT), (R10, TCP));
+        }
+    }
+    emit_event(a, maps);
     a.bind(known);
     let shot = a.label();
     match dir {
@@ -625,6 +852,136 @@ fn emit_translated(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, maps: &Re
         }
     }
     emit_shot(a, shot);
+}
+
+/// An event's connection (`Event`): the container's address and the remote end's, the
+/// container's port and the remote end's, each from (register, offset); then the segment's
+/// sequence number.
+fn emit_tuple(
+    a: &mut Asm,
+    container: (Reg, i16),
+    remote: (Reg, i16),
+    cport: (Reg, i16),
+    rport: (Reg, i16),
+) {
+    a.ldx_w(R1, container.0, container.1)
+        .stx_w(R10, R1, EVENT + 16);
+    a.ldx_w(R1, remote.0, remote.1).stx_w(R10, R1, EVENT + 20);
+    a.ldx_h(R1, cport.0, cport.1).stx_h(R10, R1, EVENT + 24);
+    a.ldx_h(R1, rport.0, rport.1).stx_h(R10, R1, EVENT + 26);
+    a.ldx_w(R1, R10, TCP + 4).stx_w(R10, R1, EVENT + 28);
+}
+
+/// The packet sockets' filter (which runs before the tc program) on a container's segment no
+/// entry has: a SYN alone, from a container the daemon serves (`RelayMaps::serve`) on its own
+/// veth with credits left, to a destination whose route the daemon found in the last second, opens the
+/// connection in the kernel. Both entries are written (neither may be there: another
+/// connection's four-tuple stays its own), the out one as having seen the SYN, and the daemon
+/// is told; then the tc program sends the SYN as it sends the connection's every segment. If
+/// anything fails, nothing stays and the SYN goes to the daemon (`pass`). Uses R7 and R9.
+fn emit_open(a: &mut Asm, maps: &RelayMaps, pass: Label) {
+    let (undo_out, undo_back) = (a.label(), a.label());
+    a.ldx_b(R1, R10, TCP + 13)
+        .and64_imm(R1, TCP_SYN | TCP_ACK | TCP_FIN_RST);
+    a.jne_imm(R1, TCP_SYN, pass);
+    // r9 = the container's `Served`, which must be of this veth.
+    a.ld_map_fd(R1, maps.served_fd());
+    a.mov64_reg(R2, R10).add64_imm(R2, (IP + 12).into());
+    a.call(Helper::MapLookupElem).jeq_imm(R0, 0, pass);
+    a.mov64_reg(R9, R0);
+    a.ldx_w(R1, R9, S_VETH).ldx_w(R2, R6, skb::IFINDEX);
+    a.jne_reg(R1, R2, pass);
+    a.ldx_dw(R1, R9, S_CREDITS).jsle_imm(R1, 0, pass);
+    // r7 = the route to the destination, found less than a second ago.
+    a.ld_map_fd(R1, maps.routes_fd());
+    a.mov64_reg(R2, R10).add64_imm(R2, (IP + 16).into());
+    a.call(Helper::MapLookupElem).jeq_imm(R0, 0, pass);
+    a.mov64_reg(R7, R0);
+    a.call(Helper::KtimeGetNs);
+    a.ldx_dw(R1, R7, R_STAMP).sub64_reg(R0, R1);
+    a.jgt_imm(R0, ROUTE_TTL_NS, pass);
+    // The way back's entry: to the container's address and port, out of its veth, with its
+    // MAC and the gateway's.
+    a.mov64_imm(R1, 0);
+    for at in (0..size_of::<Value>() as i16).step_by(8) {
+        a.stx_dw(R10, R1, VALUE + at);
+    }
+    a.ldx_w(R1, R10, IP + 12).stx_w(R10, R1, VALUE + ADDR);
+    a.ldx_h(R1, R10, TCP).stx_h(R10, R1, VALUE + PORT);
+    a.mov64_imm(R1, TRANSLATED).stx_b(R10, R1, VALUE + MODE);
+    a.ldx_w(R1, R9, S_VETH).stx_w(R10, R1, VALUE + TO);
+    a.ldx_w(R1, R9, S_PORT_ID).stx_w(R10, R1, VALUE + PORT_ID);
+    a.ldx_w(R1, R10, HDR + 6).stx_w(R10, R1, VALUE + MACS);
+    a.ldx_h(R1, R10, HDR + 10).stx_h(R10, R1, VALUE + MACS + 4);
+    a.ldx_h(R1, R9, S_GATEWAY).stx_h(R10, R1, VALUE + MACS + 6);
+    a.ldx_w(R1, R9, S_GATEWAY + 2)
+        .stx_w(R10, R1, VALUE + MACS + 8);
+    // Its key: from the destination to the host's address and the container's port.
+    a.ldx_w(R1, R10, IP + 16).stx_w(R10, R1, BACK_KEY);
+    a.ldx_w(R1, R7, R_HOST).stx_w(R10, R1, BACK_KEY + 4);
+    a.ldx_h(R1, R10, TCP + 2).stx_h(R10, R1, BACK_KEY + 8);
+    a.ldx_h(R1, R10, TCP).stx_h(R10, R1, BACK_KEY + 10);
+    emit_insert(a, maps.back_fd(), BACK_KEY);
+    a.jne_imm(R0, 0, pass);
+    // The way out's: from the host's address, into the uplink, only from this veth.
+    a.ldx_w(R1, R7, R_HOST).stx_w(R10, R1, VALUE + ADDR);
+    a.mov64_imm(R1, TCP_SYN).stx_b(R10, R1, VALUE + SEEN);
+    a.ldx_w(R1, R9, S_VETH).stx_w(R10, R1, VALUE + FROM);
+    a.ldx_w(R1, R7, R_UPLINK).stx_w(R10, R1, VALUE + TO);
+    emit_insert(a, maps.out_fd(), IP + 12);
+    a.jne_imm(R0, 0, undo_back);
+    // The daemon's event; without it, nothing of the connection stays.
+    a.mov64_imm(R1, 0).stx_dw(R10, R1, EVENT);
+    a.mov64_imm(R1, TCP_SYN).stx_dw(R10, R1, EVENT + 8);
+    a.ldx_h(R1, R10, IP + 2).stx_h(R10, R1, EVENT + 10);
+    a.st_w(R10, EVENT + 12, EVENT_OPENED);
+    emit_tuple(
+        a,
+        (R10, IP + 12),
+        (R10, IP + 16),
+        (R10, TCP),
+        (R10, TCP + 2),
+    );
+    emit_event(a, maps);
+    a.jne_imm(R0, 0, undo_out);
+    a.mov64_imm(R1, -1).atomic_add_dw(R9, R1, S_CREDITS);
+    a.mov32_imm(R0, 0).exit(); // the tc program's now: not for the daemon
+    for (label, map, key) in [
+        (undo_out, maps.out_fd(), IP + 12),
+        (undo_back, maps.back_fd(), BACK_KEY),
+    ] {
+        a.bind(label);
+        a.ld_map_fd(R1, map);
+        a.mov64_reg(R2, R10).add64_imm(R2, key.into());
+        a.call(Helper::MapDeleteElem);
+    }
+    a.ja(pass);
+}
+
+/// Writes the event on the stack (`EVENT`) into the ring, waking the reader only if it sleeps
+/// (`RelayMaps::set_wake`); its result in R0. Uses the stack's `VALUE`.
+fn emit_event(a: &mut Asm, maps: &RelayMaps) {
+    let flagged = a.label();
+    a.st_w(R10, VALUE, 0);
+    a.ld_map_fd(R1, maps.wake.fd());
+    a.mov64_reg(R2, R10).add64_imm(R2, VALUE.into());
+    a.call(Helper::MapLookupElem);
+    a.mov64_imm(R4, BPF_RB_NO_WAKEUP).jeq_imm(R0, 0, flagged);
+    a.ldx_w(R1, R0, 0).jeq_imm(R1, 0, flagged);
+    a.mov64_imm(R4, BPF_RB_FORCE_WAKEUP);
+    a.bind(flagged);
+    a.ld_map_fd(R1, maps.events_fd());
+    a.mov64_reg(R2, R10).add64_imm(R2, EVENT.into());
+    a.mov64_imm(R3, EVENT_LEN);
+    a.call(Helper::RingbufOutput);
+}
+
+/// `bpf_map_update_elem(map, stack + key, stack + VALUE, BPF_NOEXIST)`, its result in R0.
+fn emit_insert(a: &mut Asm, map: RawFd, key: i16) {
+    a.ld_map_fd(R1, map);
+    a.mov64_reg(R2, R10).add64_imm(R2, key.into());
+    a.mov64_reg(R3, R10).add64_imm(R3, VALUE.into());
+    a.mov64_imm(R4, BPF_NOEXIST).call(Helper::MapUpdateElem);
 }
 
 /// The container's SYN opens a new connection on the entry (R9): the way back's note of flags
@@ -1002,14 +1359,10 @@ mod tests {
         assert_eq!((counts.rx_frames, counts.tx_frames), (3, 1));
         // The SYN, the FIN and the answer were told at once; nothing else was.
         let mut told = Vec::new();
-        events.drain(|r| told.push(Event::parse(r)));
-        let ev = |flags, out| {
-            Some(Event {
-                flow: 42,
-                flags,
-                out,
-            })
-        };
+        let parse =
+            |r: &[u8]| Event::parse(r).map(|e| (e.flow, e.flags, e.out(), e.container, e.remote));
+        events.drain(|r| told.push(parse(r)));
+        let ev = |flags, out| Some((42, flags, out, c, remote));
         let (syn, fin, answer) = (
             ev(SYN, true),
             ev(SYN | ACK | FIN, true),
@@ -1018,7 +1371,7 @@ mod tests {
         assert_eq!(told, [syn, fin, answer]);
         let frame = segment(uplink_mac, [2, 0, 0, 0, 0, 0x77], remote, host, 0x04);
         test_run_out(uplink_prog, &frame, 0).unwrap();
-        events.drain(|r| told.push(Event::parse(r)));
+        events.drain(|r| told.push(parse(r)));
         let rst = ev(SYN | ACK | 0x04, false);
         assert_eq!(told, [syn, fin, answer, rst], "a RST back");
         // The container opens a new connection on the same ports: both notes start again.
@@ -1026,7 +1379,7 @@ mod tests {
         test_run_out(veth_prog, &frame, 0).unwrap();
         let (o, b) = maps.traffic(&out, &back);
         assert_eq!((o.flags, b.flags), (SYN, 0));
-        events.drain(|r| told.push(Event::parse(r)));
+        events.drain(|r| told.push(parse(r)));
         assert_eq!(told.last(), Some(&syn));
 
         // The host's own traffic on the uplink, and the TAP's program, leave it alone.
@@ -1048,5 +1401,137 @@ mod tests {
             next,
             "removed"
         );
+    }
+
+    /// Runs the packet sockets' filter on `frame` as a packet socket does, the Ethernet header
+    /// included (a test run of a socket filter starts at the network header: a header ahead of
+    /// the frame's is taken off first).
+    fn run_filter(fast: &FastPath, frame: &[u8]) -> u32 {
+        let mut f = frame[..14].to_vec();
+        f.extend_from_slice(frame);
+        crate::bpf::sys::test_run(fast.filter_for_tests(), &f).unwrap()
+    }
+
+    #[test]
+    fn a_served_containers_syn_opens_its_connection_in_the_kernel() {
+        need_root();
+        let mut fast = FastPath::load(16, None).expect("the kernel accepts the programs");
+        let (container, other) = (PortId(1), PortId(2));
+        let other_mac = [2, 0, 0, 0, 0, 0xb];
+        let station = |port| Station {
+            ifindex: 1,
+            port,
+            check: SrcCheck::None,
+        };
+        let stations = [
+            (MacAddr(CONTAINER_MAC), station(container)),
+            (MacAddr(other_mac), station(other)),
+        ];
+        fast.sync(&HashMap::from(stations)).unwrap();
+        let maps: Arc<RelayMaps> = fast.relay_maps_for_tests();
+        let mut events = maps.take_events().expect("the ring");
+        let (c, c2, remote) = (
+            sa([10, 1, 1, 10], 5000),
+            sa([10, 1, 1, 11], 5000),
+            sa([198, 51, 100, 7], 80),
+        );
+        let host = Ipv4Addr::new(192, 0, 2, 1);
+        let served = HashMap::from([(*c.ip(), (container, 1)), (*c2.ip(), (other, 1))]);
+        maps.serve(&served, GATEWAY_MAC);
+        maps.route(*remote.ip(), 5, host);
+        let (veth_prog, _) = fast.programs();
+        const SYN: u8 = 0x02;
+        const ACK: u8 = 0x10;
+        let (daemon, kernel) = (u32::MAX, 0);
+        // Served, but granted nothing yet: the daemon's.
+        let syn = segment(GATEWAY_MAC, CONTAINER_MAC, c, remote, SYN);
+        assert_eq!(run_filter(&fast, &syn), daemon, "no credits");
+        maps.grant(*c.ip(), (container, 1), GATEWAY_MAC, 1);
+        maps.grant(*c2.ip(), (other, 1), GATEWAY_MAC, 5);
+
+        // The SYN is the kernel's: both entries, and the daemon told.
+        assert_eq!(run_filter(&fast, &syn), kernel);
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&CONTAINER_MAC);
+        macs[6..].copy_from_slice(&GATEWAY_MAC);
+        let t = Translation {
+            container: c,
+            remote,
+            host: SocketAddrV4::new(host, c.port()),
+            uplink: 5,
+            veth: 1,
+            port: container,
+            macs,
+        };
+        assert_eq!(maps.translation(c, remote), Some(t));
+        let mut told = Vec::new();
+        events.drain(|r| told.push(Event::parse(r)));
+        let opened = Event {
+            flow: 0,
+            flags: SYN,
+            kind: EventKind::Opened,
+            container: c,
+            remote,
+            seq: 100,
+            len: (syn.len() - 14) as u16,
+        };
+        assert_eq!(told, [Some(opened)]);
+        // The tc program sends it from the host, as any of the connection's segments, and
+        // tells nothing more; the filter leaves the SYN sent again to it too.
+        let (verdict, rewritten) = test_run_out(veth_prog, &syn, 0).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(ends(&rewritten), (t.host, remote, true));
+        assert_eq!(run_filter(&fast, &syn), kernel, "the SYN again");
+        told.clear();
+        events.drain(|r| told.push(Event::parse(r)));
+        assert_eq!(told, [], "no event for the SYN sent on, or sent again");
+
+        // The daemon's: no credits left, no route found lately, not a SYN alone, another
+        // container's veth, and another connection's four-tuple on the host (c2 on the same
+        // port to the same remote).
+        let elsewhere = sa([198, 51, 100, 8], 80);
+        let c_next = sa([10, 1, 1, 10], 5003);
+        let cases = [
+            (
+                segment(GATEWAY_MAC, CONTAINER_MAC, c_next, remote, SYN),
+                "the one credit used",
+            ),
+            (
+                segment(GATEWAY_MAC, other_mac, c2, elsewhere, SYN),
+                "no route",
+            ),
+            (
+                segment(
+                    GATEWAY_MAC,
+                    CONTAINER_MAC,
+                    sa([10, 1, 1, 10], 5001),
+                    remote,
+                    ACK,
+                ),
+                "an ACK",
+            ),
+            (
+                segment(GATEWAY_MAC, other_mac, c2, remote, SYN),
+                "the host's four-tuple taken",
+            ),
+        ];
+        for (frame, what) in &cases {
+            assert_eq!(run_filter(&fast, frame), daemon, "{what}");
+        }
+        assert_eq!(
+            maps.translation(c2, remote),
+            None,
+            "nothing stays of a refusal"
+        );
+        let c3 = sa([10, 1, 1, 10], 5002);
+        maps.grant(*c.ip(), (container, 77), GATEWAY_MAC, 5);
+        let syn = segment(GATEWAY_MAC, CONTAINER_MAC, c3, remote, SYN);
+        assert_eq!(run_filter(&fast, &syn), daemon, "another veth");
+        maps.serve(&HashMap::new(), GATEWAY_MAC);
+        assert_eq!(run_filter(&fast, &syn), daemon, "not served");
+        assert_eq!(maps.translation(c3, remote), None);
+        told.clear();
+        events.drain(|r| told.push(Event::parse(r)));
+        assert_eq!(told, [], "no event for what the daemon gets");
     }
 }

@@ -80,6 +80,18 @@ impl RingBuf {
         self.fd.as_raw_fd()
     }
 
+    /// Whether a record waits (or is being written).
+    pub fn pending(&self) -> bool {
+        // SAFETY: as in `drain`.
+        let (cons_pos, prod_pos) = unsafe {
+            (
+                &*(self.consumer as *const AtomicU64),
+                &*(self.producer as *const AtomicU64),
+            )
+        };
+        cons_pos.load(Acquire) < prod_pos.load(Acquire)
+    }
+
     /// Calls `f` on each record waiting, in order, and frees their room.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
         // SAFETY: both positions are 8-byte aligned words at the start of their pages, which

@@ -1243,6 +1243,10 @@ pub struct NatCounters {
     pub in_kernel: usize,
     #[serde(default)]
     pub in_kernel_total: u64,
+    /// Of those, outgoing connections the kernel opened itself, from their SYN (the daemon
+    /// followed).
+    #[serde(default)]
+    pub opened_in_kernel_total: u64,
 }
 
 /// A histogram of durations as it travels: at each upper bound (seconds), how many

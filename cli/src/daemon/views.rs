@@ -259,6 +259,7 @@ impl Manager {
             relayed: relays.relayed(),
             in_kernel: self.offloads.as_ref().map_or(0, |o| o.len()),
             in_kernel_total: self.offloads.as_ref().map_or(0, |o| o.total()),
+            opened_in_kernel_total: (self.offloads.as_ref()).map_or(0, |o| o.opened_total()),
         }
     }
 

@@ -105,6 +105,17 @@ impl FdBudget {
         self.by_owner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many descriptors `lease` would grant container `owner` now.
+    pub fn room(&self, owner: Ipv4Addr) -> usize {
+        let reserved = self.reserved.load(Relaxed);
+        let share = self.limit.saturating_sub(reserved) / SHARE_DIVISOR;
+        let held = self.owners().get(&owner).copied().unwrap_or(0);
+        let all = self
+            .limit
+            .saturating_sub(reserved + self.leased.load(Relaxed));
+        share.saturating_sub(held).min(all)
+    }
+
     /// Leases `n` descriptors for a flow or a query of container `owner` (if it is one
     /// container's), or refuses (counted, and logged now and then) when that would spend past
     /// the limit, or past the container's share of what traffic may spend.

@@ -18,6 +18,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use vswitch_nat::{tcp_reset_frame, FlowId, Nat, Offload, TCP_RST_FRAME_LEN, VNET_HDR_LEN};
+
+/// The TCP flag of a connection's first segment.
+const TCP_SYN: u8 = 0x02;
+/// Most connections the kernel may open for one container before the daemon follows them
+/// (`Offloads::grant`): some milliseconds of a fast client's connections.
+const MAX_CREDITS: usize = 256;
 use vswitch_switch::PortId;
 
 use serde::{Deserialize, Serialize};
@@ -45,8 +51,15 @@ pub struct Offloads {
     maps: Arc<RelayMaps>,
     state: Mutex<State>,
     resets: OnceLock<Resets>,
-    /// Connections handed to the kernel so far.
+    /// The gateway's MAC, once the veth's filter may open connections itself (`open_in_kernel`).
+    opens: OnceLock<[u8; 6]>,
+    /// A hand-over is under way (`hold`): the kernel opens nothing, the events wait.
+    held: std::sync::atomic::AtomicBool,
+    /// Held by the events' reader while it reads a batch (see `hold`).
+    batch: Mutex<()>,
+    /// Connections handed to the kernel so far, and of those, the ones it opened itself.
     total: AtomicU64,
+    opened: AtomicU64,
 }
 
 #[derive(Default)]
@@ -100,7 +113,11 @@ impl Offloads {
             maps,
             state: Mutex::new(State::default()),
             resets: OnceLock::new(),
+            opens: OnceLock::new(),
+            held: Default::default(),
+            batch: Mutex::new(()),
             total: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
         }
     }
 
@@ -126,6 +143,123 @@ impl Offloads {
     /// Connections handed to the kernel so far.
     pub fn total(&self) -> u64 {
         self.total.load(Relaxed)
+    }
+
+    /// Of those, the connections the kernel opened itself (`opened`).
+    pub fn opened_total(&self) -> u64 {
+        self.opened.load(Relaxed)
+    }
+
+    /// From now on the veth's filter opens served containers' connections in the kernel, to the
+    /// destinations of `route` (see `RelayMaps::serve`); the daemon follows them (`opened`).
+    pub fn open_in_kernel(&self, gateway_mac: [u8; 6]) {
+        if self.opens.set(gateway_mac).is_ok() {
+            self.maps.serve(&self.lock().served, gateway_mac);
+        }
+    }
+
+    /// Holds the kernel's connections still while a hand-over describes them (`on`), or lets
+    /// them go on (a hand-over that failed): while held, the veth's filter opens nothing (the
+    /// SYNs wait in the paused packet sockets, for whichever daemon serves next) and the events
+    /// wait in their ring. Returns once the reader's batch under way is done.
+    pub fn hold(&self, on: bool) {
+        self.held.store(on, Relaxed);
+        if let Some(&gateway_mac) = self.opens.get() {
+            let none = HashMap::new();
+            let st = self.lock();
+            self.maps
+                .serve(if on { &none } else { &st.served }, gateway_mac);
+        }
+        drop(self.batch.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// For the events' reader: a batch may be read (None while held); the guard keeps `hold`
+    /// waiting until it is done.
+    pub fn batch(&self) -> Option<MutexGuard<'_, ()>> {
+        let guard = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        (!self.held.load(Relaxed)).then_some(guard)
+    }
+
+    /// The host's route to `dst` leaves by `uplink` from `host` (a connection the daemon
+    /// translated found it): the kernel may open the next ones itself.
+    pub fn route(&self, dst: Ipv4Addr, uplink: u32, host: Ipv4Addr) {
+        if self.opens.get().is_some() {
+            self.maps.route(dst, uplink, host);
+        }
+    }
+
+    /// The connection from `container` to `remote` the kernel carries, as its entries hold it.
+    pub fn translation(
+        &self,
+        container: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Option<Translation> {
+        self.maps.translation(container, remote)
+    }
+
+    /// The kernel opened connection `flow` (`t`) itself, having sent its SYN (counted as
+    /// `syn`): followed from now on as one the daemon handed over, holding `reservation`.
+    pub fn opened(
+        &self,
+        flow: FlowId,
+        t: &Translation,
+        reservation: (OwnedFd, Lease),
+        syn: Traffic,
+    ) {
+        let mut st = self.lock();
+        let (out, back) = t.rules();
+        // Another flow's hold on the pair is stale: the kernel had no entries for it.
+        if let Some(old) = st.holder.insert((t.container, t.remote), flow) {
+            st.flows.remove(&old);
+        }
+        let entry = Entry {
+            out,
+            back,
+            reported: (syn, Traffic::default()),
+            translated: Some(Translated {
+                reservation: Some(reservation),
+                over: None,
+                flags: (TCP_SYN, 0),
+                macs: t.macs,
+            }),
+        };
+        st.flows.insert(flow, entry);
+        self.total.fetch_add(1, Relaxed);
+        self.opened.fetch_add(1, Relaxed);
+    }
+
+    /// A connection the kernel opened that the daemon refuses (the NAT's limits, no
+    /// descriptor, the host's four-tuple taken): its entries go, and `reply` (the NAT's
+    /// refusal, or a reset; none if empty) goes to the container.
+    /// One the remote end answered already is reset at both ends instead (as `forget` resets).
+    pub fn refuse(&self, t: &Translation, reply: &[u8]) {
+        let (out, back) = t.rules();
+        let carried = self.maps.traffic(&out, &back);
+        self.maps.remove(&out, &back);
+        if carried.1.packets > 0 {
+            self.reset(&out, &t.macs, carried);
+            return;
+        }
+        match self.resets.get() {
+            Some(r) if !reply.is_empty() => r.fabric.to_containers(reply),
+            _ => {}
+        }
+    }
+
+    /// Container `ip` may have `room` more connections opened by the kernel before the daemon
+    /// follows them (at most `MAX_CREDITS`; see `RelayMaps::grant`).
+    pub fn grant(&self, ip: Ipv4Addr, room: usize) {
+        let Some(&gateway_mac) = self.opens.get() else {
+            return;
+        };
+        let st = self.lock();
+        match st.served.get(&ip) {
+            Some(&served) if !self.held.load(Relaxed) => {
+                let credits = room.min(MAX_CREDITS) as u32;
+                self.maps.grant(ip, served, gateway_mac, credits);
+            }
+            _ => {}
+        }
     }
 
     /// The NAT offers an established relayed connection: the kernel carries it if its
@@ -215,8 +349,8 @@ impl Offloads {
     pub fn forget(&self, flows: impl IntoIterator<Item = FlowId>) {
         for flow in flows {
             if let Some((e, carried)) = self.take(flow) {
-                if e.open() && e.translated.is_some() {
-                    self.reset(&e, carried);
+                if let (true, Some(t)) = (e.open(), &e.translated) {
+                    self.reset(&e.out, &t.macs, carried);
                 }
             }
         }
@@ -227,18 +361,19 @@ impl Offloads {
         let _ = self.resets.set(resets);
     }
 
-    /// Resets both ends of translated connection `e`, each from where the other acknowledged
-    /// last (what it expects next), if both ends have spoken.
-    fn reset(&self, e: &Entry, (out, back): (Traffic, Traffic)) {
-        let (Some(r), Some(t)) = (self.resets.get(), &e.translated) else {
+    /// Resets both ends of the translated connection whose way out is `rule` (MACs `macs`),
+    /// each from where the other acknowledged last (what it expects next), if both ends have
+    /// spoken.
+    fn reset(&self, rule: &Rule, macs: &[u8; 12], (out, back): (Traffic, Traffic)) {
+        let Some(r) = self.resets.get() else {
             return;
         };
         if out.packets == 0 || back.packets == 0 {
             return;
         }
-        let (container, remote, host) = (e.out.src, e.out.dst, e.out.to);
+        let (container, remote, host) = (rule.src, rule.dst, rule.to);
         let mut frame = [0u8; TCP_RST_FRAME_LEN];
-        let macs = (t.macs[..6].try_into(), t.macs[6..].try_into());
+        let macs = (macs[..6].try_into(), macs[6..].try_into());
         let (Ok(container_mac), Ok(gateway_mac)) = macs else {
             return;
         };
@@ -284,6 +419,9 @@ impl Offloads {
                 return;
             }
             st.served = served;
+            if let Some(&gateway_mac) = self.opens.get() {
+                self.maps.serve(&st.served, gateway_mac);
+            }
             // A translated connection stays: the daemon has no way to carry it.
             (st.flows.iter())
                 .filter(|(_, e)| e.translated.is_none())
@@ -295,16 +433,17 @@ impl Offloads {
     }
 
     /// Reports what the kernel carried of each connection since the last report to the NAT;
-    /// drops the entries of flows the NAT no longer has. The maps are read without the lock,
-    /// which the workers need to hand connections over and take them back.
+    /// drops the entries of flows the NAT no longer has. The lock is taken per connection (the
+    /// workers need it to hand connections over and take them back), and held while its entries
+    /// are read: an event told meanwhile would otherwise be overwritten by older flags.
     pub fn report(&self, nat: &Nat, now: u64) {
         let entries: Vec<(FlowId, Rule, Rule)> = (self.lock().flows.iter())
             .map(|(&flow, e)| (flow, e.out, e.back))
             .collect();
         let mut gone = Vec::new();
         for (flow, out, back) in entries {
-            let carried = self.maps.traffic(&out, &back);
             let mut st = self.lock();
+            let carried = self.maps.traffic(&out, &back);
             // Taken back meanwhile: `closing` counted it.
             let Some(e) = st.flows.get_mut(&flow) else {
                 continue;
@@ -368,18 +507,40 @@ impl Offloads {
     /// Carries on with the connections a previous daemon handed the kernel (`snap`), from the
     /// pinned maps: those are followed from now on (the translated ones' uplinks get this
     /// daemon's program); any other entry in the maps goes.
+    ///
+    /// Returns the connections the kernel opened that the previous daemon had not followed yet
+    /// (its events were left in its ring): their entries stay, for the translator to take them
+    /// up as it takes up any the kernel opens (`natd::Translator::adopt_opened`).
     pub fn adopt(
         &self,
         snap: &KernelSnap,
+        nat: &Nat,
         fds: &mut FdIn,
         budget: &Arc<FdBudget>,
         uplinks: &Uplinks,
-    ) {
+    ) -> Vec<Translation> {
+        let mut orphans = Vec::new();
         let relayed: std::collections::HashSet<FlowId> = snap.relayed.iter().copied().collect();
         let translated: HashMap<FlowId, Option<usize>> = snap.translated.iter().copied().collect();
         let mut st = self.lock();
         for found in self.maps.entries() {
-            let (flow, out) = (found.flow, found.out);
+            // A connection the kernel opened names no flow in its entries: the NAT's has it,
+            // unless the previous daemon never heard of it.
+            let flow = match found.kind {
+                EntryKind::Translated(t) => match nat.translated_flow(t.container, t.remote) {
+                    Some(flow) => flow,
+                    None if found.flow == 0 => {
+                        if let Err(e) = uplinks.attach(t.uplink) {
+                            tracing::warn!(uplink = t.uplink, "no program on the uplink ({e})");
+                        }
+                        orphans.push(t);
+                        continue;
+                    }
+                    None => found.flow,
+                },
+                EntryKind::Relayed(_) => found.flow,
+            };
+            let out = found.out;
             let entry = match found.kind {
                 EntryKind::Relayed(back) if relayed.contains(&flow) => Entry {
                     out,
@@ -422,12 +583,18 @@ impl Offloads {
             st.holder.insert((out.src, out.dst), flow);
             st.flows.insert(flow, Entry { reported, ..entry });
         }
+        orphans
     }
 
     /// Empties the maps of what a daemon that died left there: no one follows those
     /// connections any more.
     pub fn clear(&self) {
         self.maps.clear();
+    }
+
+    /// Whether the programs wake the events' reader (see `RelayMaps::set_wake`).
+    pub fn wake_events(&self, on: bool) {
+        self.maps.set_wake(on);
     }
 
     /// The events' ring of the maps (see `bpf::relay::Event`), for its one reader.
@@ -443,32 +610,35 @@ impl Offloads {
     /// Returns the (container, remote, host) ends of a finished connection whose ports the
     /// container opened again, which holds no reservation any more: the caller reserves them
     /// again (`reserved`).
-    pub fn event(&self, ev: &Event, nat: &Nat, now: u64) -> Option<[SocketAddrV4; 3]> {
+    pub fn event(&self, ev: &Event, nat: &Nat, now: u64) -> Option<(FlowId, [SocketAddrV4; 3])> {
         let mut st = self.lock();
-        let e = st.flows.get_mut(&ev.flow)?;
+        let flow = *st.holder.get(&(ev.container, ev.remote))?;
+        let e = st.flows.get_mut(&flow)?;
         let ends = [e.out.src, e.out.dst, e.out.to];
         let t = e.translated.as_mut()?;
-        let reopened = match ev.out {
+        let reopened = match ev.out() {
             // The container's SYN: a new connection on the same ports, the note starts again.
             true if ev.flags & 0x12 == 0x02 => {
                 t.flags = (ev.flags, 0);
                 t.over = None;
                 true
             }
+            // Flags only add up within a connection: an event that comes after a report that
+            // read more must not take them back.
             true => {
-                t.flags.0 = ev.flags;
+                t.flags.0 |= ev.flags;
                 false
             }
             false => {
-                t.flags.1 = ev.flags;
+                t.flags.1 |= ev.flags;
                 false
             }
         };
-        let state = nat.translated_seen(ev.flow, t.flags, (0, 0), (0, 0), now);
+        let state = nat.translated_seen(flow, t.flags, (0, 0), (0, 0), now);
         if state.is_none_or(|s| s.is_closed()) {
             t.reservation = None;
         }
-        (reopened && state.is_some() && t.reservation.is_none()).then_some(ends)
+        (reopened && state.is_some() && t.reservation.is_none()).then_some((flow, ends))
     }
 
     /// Flow `flow`'s host side, reserved again (see `event`).

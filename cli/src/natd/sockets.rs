@@ -211,23 +211,29 @@ pub fn bind_published(spec: &PublishSpec) -> io::Result<Listener> {
 /// (`TCP_REPAIR`, CAP_NET_ADMIN), connected without a segment sent, so that it holds the
 /// host's address and a port for that four-tuple. No other connection of the host gets the
 /// same four-tuple while it stays; closed in repair mode it sends nothing either. The port is
-/// `port` if the host has it free (as a kernel NAT keeps a connection's port: a container that
+/// `from`'s if the host has it free (as a kernel NAT keeps a connection's port: a container that
 /// reuses its port for a new connection to the same destination reuses the four-tuple the
 /// remote end may still hold a TIME_WAIT of, which takes a newer SYN of the same four-tuple;
-/// another one's SYN it would answer with an ACK), else one the kernel chooses. Returns it and
-/// its address.
-pub fn reserve_tcp(dst: SocketAddrV4, port: u16) -> io::Result<(OwnedFd, SocketAddrV4)> {
-    let reserve = |port: u16| -> io::Result<OwnedFd> {
+/// another one's SYN it would answer with an ACK). With an unspecified address in `from`, the
+/// route's, and another port if that one is taken; with an address (a connection whose
+/// four-tuple is fixed already), that address and port or nothing: bound to the one address,
+/// it shares the port with the host's sockets on others. Returns it and its address.
+pub fn reserve_tcp(dst: SocketAddrV4, from: SocketAddrV4) -> io::Result<(OwnedFd, SocketAddrV4)> {
+    let reserve = |from: SocketAddrV4| -> io::Result<OwnedFd> {
         let fd = tcp_socket(libc::SOCK_CLOEXEC)?;
         setsockopt(&fd, sockopt::TcpRepair, &1).map_err(io::Error::from)?;
         setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(io::Error::from)?;
-        if port != 0 {
-            bind(&fd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        if from.port() != 0 {
+            bind(&fd, from)?;
         }
         connect(&fd, dst)?;
         Ok(fd)
     };
-    let fd = reserve(port).or_else(|_| reserve(0))?;
+    let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    let fd = match reserve(from) {
+        Err(_) if from.ip().is_unspecified() => reserve(any)?,
+        fd => fd?,
+    };
     let host: SockaddrIn = getsockname(fd.as_raw_fd()).map_err(io::Error::from)?;
     Ok((fd, SocketAddrV4::new(host.ip(), host.port())))
 }

@@ -24,15 +24,17 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vswitch_nat::{FlowId, Nat};
+use vswitch_nat::{
+    tcp_reset_frame, tcp_syn_frame, FlowId, Nat, Verdict, TCP_RST_FRAME_LEN, TCP_SYN_FRAME_MAX,
+};
 use vswitch_switch::VNET_HDR_LEN;
 
 use crate::bpf::fastpath::Uplinks;
-use crate::bpf::relay::{Event, Translation};
+use crate::bpf::relay::{Event, EventKind, Traffic, Translation};
 use crate::datapath::now_ms;
 use crate::kernel::netlink::Netlink;
 
-use super::budget::FdBudget;
+use super::budget::{FdBudget, Lease};
 use super::offload::Offloads;
 use super::sockets::{raw_ipv4_socket, reserve_tcp, send_raw};
 
@@ -92,7 +94,7 @@ impl Translator {
     }
 
     /// Follows the programs' events (`bpf::relay::Event`) on a thread of its own, which sleeps
-    /// until one comes.
+    /// until one comes; from then on the kernel opens connections itself (`open`).
     pub fn watch(&self, nat: Arc<Nat>) -> std::io::Result<()> {
         let Some(mut ring) = self.offloads.take_events() else {
             return Ok(());
@@ -101,40 +103,94 @@ impl Translator {
         let budget = self.budget.clone();
         std::thread::Builder::new()
             .name("vswitch-events".into())
-            .spawn(move || loop {
-                let mut pfd = libc::pollfd {
-                    fd: ring.fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: `pfd` is one live pollfd.
-                if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let now = now_ms();
-                let mut reopened = Vec::new();
-                ring.drain(|record| {
-                    if let Some(ev) = Event::parse(record) {
-                        if let Some(ends) = offloads.event(&ev, &nat, now) {
-                            reopened.push((ev.flow, ends));
-                        }
-                    }
-                });
-                // A connection on the ports of a finished one, whose reservation went with it:
-                // the same four-tuple again, if the host has it free.
-                for (flow, [container, remote, host]) in reopened {
-                    let owner = Some(*container.ip());
-                    let Some(lease) = budget.lease(1, owner, "a TCP connection") else {
+            .spawn(move || {
+                // Read every millisecond while events come (the programs wake no one), asleep
+                // after ten empty looks (woken by the next event).
+                let mut empty = 0;
+                loop {
+                    let Some(_batch) = offloads.batch() else {
+                        std::thread::sleep(Duration::from_millis(1));
                         continue;
                     };
-                    if let Ok((fd, got)) = reserve_tcp(remote, host.port()) {
-                        if got.port() == host.port() {
-                            offloads.reserved(flow, (fd, lease));
+                    let now = now_ms();
+                    let mut read = 0;
+                    let mut opened = Vec::new();
+                    // One event after the other: a connection's later events (its FIN, read in
+                    // the same batch) find what its earlier ones did.
+                    ring.drain(|record| {
+                        read += 1;
+                        match Event::parse(record) {
+                            Some(ev) if ev.kind == EventKind::Opened => {
+                                open(&offloads, &budget, &ev, &nat, now);
+                                opened.push(*ev.container.ip());
+                            }
+                            Some(ev) => {
+                                // A connection on the ports of a finished one, whose reservation
+                                // went with it: the same four-tuple again, if the host has it.
+                                let reopened = offloads.event(&ev, &nat, now);
+                                if let Some((flow, [container, remote, host])) = reopened {
+                                    let reservation = reserve(&budget, container, remote, host);
+                                    if let Some(reservation) = reservation {
+                                        offloads.reserved(flow, reservation);
+                                    }
+                                }
+                            }
+                            None => {}
                         }
+                    });
+                    // The credits they used, granted again.
+                    opened.sort_unstable();
+                    opened.dedup();
+                    for ip in opened {
+                        grant(&offloads, &budget, &nat, ip);
                     }
+                    drop(_batch);
+                    empty = if read > 0 { 0 } else { empty + 1 };
+                    if empty < 10 {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    offloads.wake_events(true);
+                    if ring.pending() {
+                        offloads.wake_events(false);
+                        continue;
+                    }
+                    let mut pfd = libc::pollfd {
+                        fd: ring.fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // A program that read the flag just before it was set wakes no one: a
+                    // second at most, as the manager's reports.
+                    // SAFETY: `pfd` is one live pollfd.
+                    if unsafe { libc::poll(&mut pfd, 1, 1000) } < 0 {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    offloads.wake_events(false);
+                    empty = 0;
                 }
             })?;
+        self.offloads.open_in_kernel(self.gateway_mac);
         Ok(())
+    }
+
+    /// Takes up the connections the kernel opened that the previous daemon had not followed
+    /// yet (`Offloads::adopt`), as if their SYNs had just been told (their sequence numbers
+    /// unknown: a refusal's reset may not reach the container, whose connection then times out).
+    pub fn adopt_opened(&self, nat: &Nat, orphans: &[Translation]) {
+        let now = now_ms();
+        for t in orphans {
+            let ev = Event {
+                flow: 0,
+                flags: 0x02,
+                kind: EventKind::Opened,
+                container: t.container,
+                remote: t.remote,
+                seq: 0,
+                len: 40,
+            };
+            open(&self.offloads, &self.budget, &ev, nat, now);
+        }
     }
 
     /// Carries new connection `flow` from `from` to `dst`, whose SYN is `frame`, in the kernel
@@ -164,9 +220,14 @@ impl Translator {
         let Some(lease) = self.budget.lease(1, Some(*from.ip()), "a TCP connection") else {
             return false;
         };
-        let Ok((reservation, host)) = reserve_tcp(dst, from.port()) else {
+        let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, from.port());
+        let Ok((reservation, host)) = reserve_tcp(dst, any) else {
             return false;
         };
+        // The next connections to there the kernel opens itself, for a second, as many as the
+        // container has room for.
+        self.offloads.route(*dst.ip(), uplink, *host.ip());
+        grant(&self.offloads, &self.budget, nat, *from.ip());
         let Some(mac) = frame.get(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12) else {
             return false;
         };
@@ -221,4 +282,82 @@ impl Translator {
         routes.cache.insert(dst, (oif, Instant::now()));
         oif
     }
+}
+
+/// The host's four-tuple `host` → `remote` for `container`'s connection, with the descriptor it
+/// costs; None if the container has no descriptor to spare or the host has that four-tuple.
+fn reserve(
+    budget: &Arc<FdBudget>,
+    container: SocketAddrV4,
+    remote: SocketAddrV4,
+    host: SocketAddrV4,
+) -> Option<(OwnedFd, Lease)> {
+    let lease = budget.lease(1, Some(*container.ip()), "a TCP connection")?;
+    match reserve_tcp(remote, host) {
+        Ok((fd, got)) if got == host => Some((fd, lease)),
+        _ => None,
+    }
+}
+
+/// A connection the veth's filter opened itself (`EventKind::Opened`), its SYN sent: the NAT
+/// makes its flow from the SYN (rebuilt from the event: the same limits, the same refusals),
+/// the host's four-tuple is reserved, and the daemon follows it. Refused, its entries go and
+/// the container gets the NAT's answer, or a reset.
+fn open(offloads: &Offloads, budget: &Arc<FdBudget>, ev: &Event, nat: &Nat, now: u64) {
+    // Gone already (the container's RST, an unplug): nothing to follow.
+    let Some(t) = offloads.translation(ev.container, ev.remote) else {
+        return;
+    };
+    let (container_mac, gateway_mac) = split_macs(&t.macs);
+    let mut syn = [0u8; TCP_SYN_FRAME_MAX];
+    let macs = (gateway_mac, container_mac);
+    let Ok(len) = tcp_syn_frame(&mut syn, macs, t.container, t.remote, ev.seq, ev.len) else {
+        return;
+    };
+    let syn = &mut syn[..len];
+    let mut reset = [0u8; TCP_RST_FRAME_LEN];
+    let refuse = |reply: Option<&[u8]>, reset: &mut [u8]| match reply {
+        Some(reply) => offloads.refuse(&t, reply),
+        None => {
+            let macs = (container_mac, gateway_mac);
+            let ack = ev.seq.wrapping_add(1);
+            let rst = tcp_reset_frame(reset, macs, t.remote, t.container, 0, ack);
+            offloads.refuse(&t, rst.map_or(&[][..], |n| &reset[..n]));
+        }
+    };
+    let flow = match nat.outbound(syn, now) {
+        Verdict::TcpConnect { flow, .. } => flow,
+        Verdict::Reply(reply) => return refuse(Some(reply.bytes()), &mut reset),
+        _ => return refuse(None, &mut reset),
+    };
+    let reservation = reserve(budget, t.container, t.remote, t.host);
+    let translated = reservation.map(|r| (r, nat.tcp_translated(flow, syn, t.host, now)));
+    match translated {
+        Some((reservation, Ok(_))) => {
+            let sent = Traffic {
+                packets: 1,
+                bytes: (len - VNET_HDR_LEN - 14) as u64,
+                ..Traffic::default()
+            };
+            offloads.opened(flow, &t, reservation, sent);
+        }
+        _ => {
+            nat.remove_flow(flow);
+            refuse(None, &mut reset);
+        }
+    }
+}
+
+/// Grants container `ip` credits for connections the kernel opens (`Offloads::grant`): as many
+/// as its shares of the NAT's table and of the descriptors have room for.
+fn grant(offloads: &Offloads, budget: &FdBudget, nat: &Nat, ip: Ipv4Addr) {
+    offloads.grant(ip, nat.room(ip).min(budget.room(ip)));
+}
+
+/// A translation's MACs: the container's, the gateway's.
+fn split_macs(macs: &[u8; 12]) -> ([u8; 6], [u8; 6]) {
+    let mut pair = ([0u8; 6], [0u8; 6]);
+    pair.0.copy_from_slice(&macs[..6]);
+    pair.1.copy_from_slice(&macs[6..]);
+    pair
 }

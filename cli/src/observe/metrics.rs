@@ -385,6 +385,12 @@ fn nat_traffic(page: &mut Exposition, s: &Stats) {
         "Relayed TCP connections handed to the kernel once established, so far.",
     )
     .int(&[], n.in_kernel_total);
+    page.family(
+        "vswitch_nat_tcp_opened_in_kernel_total",
+        Kind::Counter,
+        "Outgoing TCP connections the kernel opened itself from their SYN, so far.",
+    )
+    .int(&[], n.opened_in_kernel_total);
 }
 
 fn fds(page: &mut Exposition, s: &Stats) {

@@ -38,6 +38,17 @@ impl Shares {
 }
 
 impl Table {
+    /// How many more flows container `cip` may start now, connecting TCP connections all: the
+    /// least of what the table, its share and its share of connections connecting have left.
+    pub fn room(&self, cip: u32) -> usize {
+        let table = self.max_flows.saturating_sub(self.live.load(Relaxed));
+        let q = self.quotas().get(&cip).copied().unwrap_or_default();
+        let share = self.shares.flows.saturating_sub(q.live);
+        table
+            .min(share)
+            .min(self.shares.half_open.saturating_sub(q.half_open))
+    }
+
     /// Takes a flow of `kind` from container `cip`'s share; egress flows only: published ones
     /// are the outside's doing, not the container's.
     pub(super) fn take_share(&self, cip: u32, kind: Kind) -> Result<(), CreateError> {

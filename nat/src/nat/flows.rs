@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::conntrack::{ContainerStats, Expired, FlowId, FlowView, NatStats, Refusals, StateCount};
+use crate::conntrack::{
+    inside_key, ContainerStats, Expired, FlowId, FlowView, Kind, NatStats, Proto, Refusals,
+    StateCount,
+};
 
 use super::Nat;
 
@@ -13,6 +16,22 @@ impl Nat {
     pub fn flow_inside(&self, flow: FlowId) -> Option<SocketAddrV4> {
         let (sh, slot) = self.table.lock_id(flow, None)?;
         sh.flow(slot).map(|f| f.inside())
+    }
+
+    /// The translated TCP flow from `container` to `remote`, if the table has one (how the edge
+    /// finds the flows of connections the kernel opened, whose entries do not name them).
+    pub fn translated_flow(&self, container: SocketAddrV4, remote: SocketAddrV4) -> Option<FlowId> {
+        let (cip, rip) = (u32::from(*container.ip()), u32::from(*remote.ip()));
+        let key = inside_key(Proto::Tcp, cip, container.port(), rip, remote.port());
+        let sh = self.table.lock(self.table.shard_of(cip, container.port()));
+        let (slot, id) = sh.get(key)?;
+        matches!(sh.flow(slot)?.kind, Kind::TcpTranslated { .. }).then_some(id)
+    }
+
+    /// How many more flows container `ip` may start now (see `Shares`): for an edge that lets
+    /// connections open before the NAT hears of them (a kernel path), as many as that.
+    pub fn room(&self, ip: Ipv4Addr) -> usize {
+        self.table.room(u32::from(ip))
     }
 
     /// Removes a flow on the edge's request (it gave up on it); false if it was already gone.

@@ -179,3 +179,78 @@ fn tagged_frames_are_dropped() {
     }
     assert_eq!((nat.stats().tagged, nat.stats().flows), (2, 0));
 }
+
+/// What an edge that lets the kernel open connections ahead of the NAT reads (`Nat::room`):
+/// the least of the table's, the container's share's and its half-open share's room, moving as
+/// flows come and go.
+#[test]
+fn the_room_a_container_has_left_follows_its_shares() {
+    let nat = small_shares();
+    assert_eq!(nat.room(C1), 4, "the half-open share is the smallest");
+    let mut syns = Vec::new();
+    for port in 0..3 {
+        let mut syn = tcp_out(
+            C1_MAC,
+            sa(C1, 3000 + port),
+            sa(OUT, 80),
+            crate::wire::TCP_SYN,
+            1,
+            b"",
+        );
+        let Verdict::TcpConnect { flow, .. } = nat.outbound(&mut syn, T0) else {
+            panic!()
+        };
+        syns.push(flow);
+    }
+    assert_eq!(nat.room(C1), 1);
+    assert_eq!(nat.room(C2), 4, "another container's is its own");
+    for port in 0..6 {
+        let mut f = udp_out(C1_MAC, sa(C1, 1000 + port), sa(OUT, 53), b"q");
+        assert!(matches!(nat.outbound(&mut f, T0), Verdict::UdpOut { .. }));
+    }
+    assert_eq!(nat.room(C1), 1, "nine of ten flows");
+    let mut f = udp_out(C1_MAC, sa(C1, 2000), sa(OUT, 53), b"q");
+    assert!(matches!(nat.outbound(&mut f, T0), Verdict::UdpOut { .. }));
+    assert_eq!(nat.room(C1), 0, "its whole share");
+    nat.remove_flow(syns[0]);
+    assert_eq!(nat.room(C1), 1);
+}
+
+/// A SYN an edge rebuilt from an event (`tcp_syn_frame`) is the container's SYN to the NAT:
+/// tracked as a translated connection the edge finds by its ends, or refused with a reset that
+/// acknowledges the real SYN's sequence number.
+#[test]
+fn a_syn_rebuilt_from_its_headers_is_tracked_and_refused_as_the_real_one() {
+    let nat = Nat::new(NatConfig {
+        max_flows: 1,
+        ..config()
+    });
+    let host = sa(Ipv4Addr::new(192, 0, 2, 1), 3000);
+    let mut buf = [0u8; crate::TCP_SYN_FRAME_MAX];
+    let (from, to) = (sa(C1, 3000), sa(OUT, 80));
+    let len = crate::tcp_syn_frame(&mut buf, (GW_MAC, C1_MAC), from, to, 77, 60).unwrap();
+    let syn = &mut buf[..len];
+    let seen = check(syn);
+    assert_eq!(
+        (seen.src_sa(), seen.dst_sa(), seen.l4.len()),
+        (from, to, 40)
+    );
+    let Verdict::TcpConnect { flow, .. } = nat.outbound(syn, T0) else {
+        panic!()
+    };
+    nat.tcp_translated(flow, syn, host, T0).unwrap();
+    assert_eq!(nat.translated_flow(from, to), Some(flow));
+    assert_eq!(nat.translated_flow(sa(C1, 3001), to), None);
+
+    // The table is full: the next is refused, the reset answering its SYN.
+    let from = sa(C1, 3001);
+    let len = crate::tcp_syn_frame(&mut buf, (GW_MAC, C1_MAC), from, to, 500, 40).unwrap();
+    let (_, reset) = reply_of(&nat.outbound(&mut buf[..len], T0));
+    assert_eq!((reset.src_sa(), reset.dst_sa()), (to, from));
+    assert_eq!(
+        &reset.l4[8..12],
+        &501u32.to_be_bytes(),
+        "acknowledges the SYN"
+    );
+    assert_eq!(reset.l4[13] & 0x14, 0x14, "RST|ACK");
+}

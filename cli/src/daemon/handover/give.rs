@@ -75,6 +75,10 @@ impl Manager {
             h.hold.store(false, Ordering::SeqCst);
             return Err(Failure::new(ErrorCode::Failed, format!("pausing: {e}")));
         }
+        // The kernel opens no connection the snapshot would miss: their SYNs wait with the rest.
+        let offloads = self.offloads.clone();
+        let hold = |on| offloads.as_ref().map(|o| o.hold(on));
+        hold(true);
         let (reply_tx, reply_rx) = bounded(1);
         let (resume, resumed) = bounded::<()>(1);
         self.nat_jobs.send(NatJob::Pause {
@@ -84,6 +88,7 @@ impl Manager {
         });
         let Ok((service, fds)) = reply_rx.recv_timeout(PAUSE_TIMEOUT) else {
             drop(resume);
+            hold(false);
             self.datapath.resume();
             h.hold.store(false, Ordering::SeqCst);
             return Err(Failure::new(
@@ -119,6 +124,7 @@ impl Manager {
             Err(e) => {
                 tracing::warn!("hand-over failed ({e}): resuming");
                 let _ = resume.send(());
+                hold(false);
                 self.datapath.resume();
                 h.hold.store(false, Ordering::SeqCst);
                 Ok(Reply::Handover(offer))

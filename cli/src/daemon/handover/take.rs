@@ -249,13 +249,16 @@ fn build(
         restore_nat(cfg, fd_limit, &snap, &mut fds, &fabric, &budget, &pool)?;
     let offloads = offloads(fast_path.as_mut(), snap.tap_index, &mut nl);
     resets(&offloads, &fabric);
-    match (&offloads, &snap.kernel, &fast_path) {
+    let orphans = match (&offloads, &snap.kernel, &fast_path) {
         (Some(offloads), Some(kernel), Some(fast)) => {
-            offloads.adopt(kernel, &mut fds, &budget, &fast.uplinks())
+            offloads.adopt(kernel, &nat, &mut fds, &budget, &fast.uplinks())
         }
-        (Some(offloads), _, _) => offloads.clear(),
-        _ => {}
-    }
+        (Some(offloads), _, _) => {
+            offloads.clear();
+            Vec::new()
+        }
+        _ => Vec::new(),
+    };
     let translator = translator(
         cfg,
         fast_path.as_ref(),
@@ -264,6 +267,11 @@ fn build(
         snap.tap_index,
         &nat,
     );
+    match (&translator, &offloads) {
+        (Some(t), _) => t.adopt_opened(&nat, &orphans),
+        (None, Some(offloads)) => orphans.iter().for_each(|t| offloads.refuse(t, &[])),
+        _ => {}
+    }
     let hook = nat_hook(cfg, &nat, &nat_jobs, fabric, offloads.clone(), translator);
     datapath.add_port(Arc::new(take_tap(cfg, &snap, &mut fds)?))?;
     let dns = take_dns(&snap, &mut fds)?;
