@@ -398,7 +398,10 @@ impl Offloads {
 
     /// Removes flow `flow`'s entries; returns them and what they carried in all.
     fn take(&self, flow: FlowId) -> Option<(Entry, (Traffic, Traffic))> {
-        let mut st = self.lock();
+        self.take_locked(&mut self.lock(), flow)
+    }
+
+    fn take_locked(&self, st: &mut State, flow: FlowId) -> Option<(Entry, (Traffic, Traffic))> {
         let e = st.flows.remove(&flow)?;
         let key = (e.out.src, e.out.dst);
         if st.holder.get(&key) == Some(&flow) {
@@ -467,9 +470,12 @@ impl Offloads {
                 Some(state) if state.is_closed() => {
                     // Over: the host's side goes now; the entries once nothing moved for a
                     // report (a last ACK, a FIN sent again).
+                    // Gone at once, still under the lock that read them: a new SYN on the
+                    // same ports (the entries then move) has the shortest window to be cut off.
                     t.reservation = None;
                     if t.over == Some(carried) {
-                        gone.push(flow);
+                        self.take_locked(&mut st, flow);
+                        continue;
                     }
                     t.over = Some(carried);
                 }
