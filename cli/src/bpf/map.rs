@@ -45,6 +45,7 @@ enum MapType {
     Hash = 1,
     Array = 2,
     PerCpuArray = 6,
+    LruHash = 9,
 }
 
 /// One map element command: `cmd` on `key` with `value` (null for a delete), flags `BPF_ANY`.
@@ -115,6 +116,12 @@ impl<K: Pod, V: Pod> Map<K, V> {
     /// A hash map of up to `entries` elements (needs CAP_BPF).
     pub fn hash(entries: u32) -> io::Result<Self> {
         Self::create(MapType::Hash, entries, 0)
+    }
+
+    /// A hash map of up to `entries` elements that, full, makes room for a new one by evicting
+    /// the least recently used (needs CAP_BPF).
+    pub fn lru_hash(entries: u32) -> io::Result<Self> {
+        Self::create(MapType::LruHash, entries, 0)
     }
 
     /// A hash map of up to `entries` elements whose memory is taken as they are added (needs

@@ -186,7 +186,8 @@ unsafe impl Pod for Route {}
 
 /// How long the filter trusts a route the daemon found (as `natd::translate` trusts its own).
 const ROUTE_TTL_NS: i32 = 1_000_000_000;
-/// Bounds of the two maps: every port; the destinations of the last second or so.
+/// Bounds of the two maps: every port; the destinations of the last second or so (the least
+/// recently used make room for new ones).
 const SERVED_ENTRIES: u32 = 4096;
 const ROUTE_ENTRIES: u32 = 4096;
 
@@ -342,7 +343,7 @@ impl RelayMaps {
             events_fd: events.fd(),
             events: std::sync::Mutex::new(Some(events)),
             served: Map::hash(SERVED_ENTRIES)?,
-            routes: Map::hash(ROUTE_ENTRIES)?,
+            routes: Map::lru_hash(ROUTE_ENTRIES)?,
             wake: Map::array(1)?,
             tap: AtomicU32::new(0),
         })
@@ -874,8 +875,8 @@ fn emit_tuple(
 
 /// The packet sockets' filter (which runs before the tc program) on a container's segment no
 /// entry has: a SYN alone, from a container the daemon serves (`RelayMaps::serve`) on its own
-/// veth with credits left, to a destination whose route the daemon found in the last second, opens the
-/// connection in the kernel. Both entries are written (neither may be there: another
+/// veth with credits left, to a destination whose route the daemon found in the last second,
+/// opens the connection in the kernel. Both entries are written (neither may be there: another
 /// connection's four-tuple stays its own), the out one as having seen the SYN, and the daemon
 /// is told; then the tc program sends the SYN as it sends the connection's every segment. If
 /// anything fails, nothing stays and the SYN goes to the daemon (`pass`). Uses R7 and R9.

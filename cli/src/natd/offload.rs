@@ -230,8 +230,8 @@ impl Offloads {
 
     /// A connection the kernel opened that the daemon refuses (the NAT's limits, no
     /// descriptor, the host's four-tuple taken): its entries go, and `reply` (the NAT's
-    /// refusal, or a reset; none if empty) goes to the container.
-    /// One the remote end answered already is reset at both ends instead (as `forget` resets).
+    /// refusal, or a reset; none if empty) goes to the container, or, if the remote end has
+    /// answered already, both ends are reset (as `forget` resets them).
     pub fn refuse(&self, t: &Translation, reply: &[u8]) {
         let (out, back) = t.rules();
         let carried = self.maps.traffic(&out, &back);
@@ -469,9 +469,9 @@ impl Offloads {
                 None => gone.push(flow),
                 Some(state) if state.is_closed() => {
                     // Over: the host's side goes now; the entries once nothing moved for a
-                    // report (a last ACK, a FIN sent again).
-                    // Gone at once, still under the lock that read them: a new SYN on the
-                    // same ports (the entries then move) has the shortest window to be cut off.
+                    // report (a last ACK, a FIN sent again), at once, under the lock that read
+                    // them: a new SYN on the same ports (which moves them) has the shortest
+                    // window to be cut off.
                     t.reservation = None;
                     if t.over == Some(carried) {
                         self.take_locked(&mut st, flow);
@@ -531,18 +531,19 @@ impl Offloads {
         let mut st = self.lock();
         for found in self.maps.entries() {
             // A connection the kernel opened names no flow in its entries: the NAT's has it,
-            // unless the previous daemon never heard of it.
+            // unless the previous daemon never heard of it (the NAT may then have another,
+            // finished, on the same ports).
             let flow = match found.kind {
                 EntryKind::Translated(t) => match nat.translated_flow(t.container, t.remote) {
-                    Some(flow) => flow,
-                    None if found.flow == 0 => {
+                    Some(flow) if translated.contains_key(&flow) => flow,
+                    _ if found.flow == 0 => {
                         if let Err(e) = uplinks.attach(t.uplink) {
                             tracing::warn!(uplink = t.uplink, "no program on the uplink ({e})");
                         }
                         orphans.push(t);
                         continue;
                     }
-                    None => found.flow,
+                    _ => found.flow,
                 },
                 EntryKind::Relayed(_) => found.flow,
             };
