@@ -206,9 +206,9 @@ pub struct Traffic {
 /// handshake, FIN or RST in its direction, so that the NAT sees the connection answered or
 /// finished when it is; or the veth's filter opened a connection itself (`EventKind::Opened`,
 /// see `RelayMaps::serve`). The ring's record (32 bytes): the flow (8 bytes, 0 for a connection
-/// the kernel opened), the flags seen that way so far, the SYN's IPv4 length (opened), the
-/// kind (4 bytes), the container's address and the remote end's, the container's port and the
-/// remote end's, the segment's sequence number.
+/// the kernel opened: the daemon matches events by their four-tuple), the flags seen that way so
+/// far, the SYN's IPv4 length (opened), the kind (4 bytes), the container's address and the
+/// remote end's, the container's port and the remote end's, the segment's sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     pub flow: u64,
