@@ -386,7 +386,8 @@ fn an_upgrade_mid_download_loses_no_byte_no_connection_and_at_most_one_ping() {
 }
 
 /// The same with the download translated in the kernel (`--tcp-nat kernel`): the next daemon
-/// carries on with the connection from the pinned maps, with the host's side it was handed.
+/// carries on with the connection from the pinned maps, with the host's side it was handed;
+/// and short connections all along, which the kernel opens itself, none failing across it.
 #[test]
 fn an_upgrade_mid_download_translated_in_the_kernel_loses_no_byte() {
     upgrade_mid_download(&["--tcp-nat", "kernel"]);

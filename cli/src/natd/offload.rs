@@ -23,7 +23,7 @@ use vswitch_nat::{tcp_reset_frame, FlowId, Nat, Offload, TCP_RST_FRAME_LEN, VNET
 const TCP_SYN: u8 = 0x02;
 /// Most connections the kernel may open for one container before the daemon follows them
 /// (`Offloads::grant`): some milliseconds of a fast client's connections.
-const MAX_CREDITS: usize = 256;
+pub const MAX_CREDITS: usize = 256;
 use vswitch_switch::PortId;
 
 use serde::{Deserialize, Serialize};

@@ -35,7 +35,7 @@ use crate::datapath::now_ms;
 use crate::kernel::netlink::Netlink;
 
 use super::budget::{FdBudget, Lease};
-use super::offload::Offloads;
+use super::offload::{Offloads, MAX_CREDITS};
 use super::sockets::{raw_ipv4_socket, reserve_tcp, send_raw};
 
 /// How containers' outgoing TCP connections reach the outside (`run --tcp-nat`).
@@ -107,6 +107,7 @@ impl Translator {
                 // Read every millisecond while events come (the programs wake no one), asleep
                 // after ten empty looks (woken by the next event).
                 let mut empty = 0;
+                let mut to_grant = Vec::new();
                 loop {
                     let Some(_batch) = offloads.batch() else {
                         std::thread::sleep(Duration::from_millis(1));
@@ -138,11 +139,15 @@ impl Translator {
                             None => {}
                         }
                     });
-                    // The credits they used, granted again.
-                    opened.sort_unstable();
-                    opened.dedup();
-                    for ip in opened {
-                        grant(&offloads, &budget, &nat, ip);
+                    // The credits they used, granted again once every event of the
+                    // connections opened so far is read (their flows count in the room).
+                    to_grant.extend(opened);
+                    if !ring.pending() {
+                        to_grant.sort_unstable();
+                        to_grant.dedup();
+                        for ip in to_grant.drain(..) {
+                            grant(&offloads, &budget, &nat, ip);
+                        }
                     }
                     drop(_batch);
                     empty = if read > 0 { 0 } else { empty + 1 };
@@ -348,10 +353,14 @@ fn open(offloads: &Offloads, budget: &Arc<FdBudget>, ev: &Event, nat: &Nat, now:
     }
 }
 
-/// Grants container `ip` credits for connections the kernel opens (`Offloads::grant`): as many
-/// as its shares of the NAT's table and of the descriptors have room for.
+/// Grants container `ip` credits for connections the kernel opens (`Offloads::grant`): what its
+/// shares of the NAT's table and of the descriptors have room for, but for the last
+/// `MAX_CREDITS`. A grant writes over what the programs took since the daemon last looked,
+/// so up to a grant's worth may be open that the room does not show yet; those last places
+/// are the daemon's own, where a full table refuses a SYN before it leaves.
 fn grant(offloads: &Offloads, budget: &FdBudget, nat: &Nat, ip: Ipv4Addr) {
-    offloads.grant(ip, nat.room(ip).min(budget.room(ip)));
+    let room = nat.room(ip).min(budget.room(ip));
+    offloads.grant(ip, room.saturating_sub(MAX_CREDITS));
 }
 
 /// A translation's MACs: the container's, the gateway's.
