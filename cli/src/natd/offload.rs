@@ -18,12 +18,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use vswitch_nat::{tcp_reset_frame, FlowId, Nat, Offload, TCP_RST_FRAME_LEN, VNET_HDR_LEN};
-
-/// The TCP flag of a connection's first segment.
-const TCP_SYN: u8 = 0x02;
-/// Most connections the kernel may open for one container before the daemon follows them
-/// (`Offloads::grant`): some milliseconds of a fast client's connections.
-pub const MAX_CREDITS: usize = 256;
 use vswitch_switch::PortId;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +30,13 @@ use crate::kernel::fdpass::{FdIn, FdOut};
 
 use super::budget::{FdBudget, Lease};
 use super::sockets::send_raw;
+
+/// The TCP flag of a connection's first segment.
+const TCP_SYN: u8 = 0x02;
+/// Most connections the kernel may open for one container before the daemon follows them
+/// (`Offloads::grant`): some milliseconds of a fast client's connections. As many of the last
+/// places of a container's room are the daemon's alone (`natd::translate::grant`).
+pub const MAX_CREDITS: usize = 256;
 
 /// The connections the kernel carries, as a hand-over describes them to the next daemon: the
 /// maps are pinned and stay as they are; a translated connection's reservation travels by
