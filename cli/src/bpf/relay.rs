@@ -73,13 +73,18 @@ pub struct Rule {
 impl Rule {
     /// The map key: source and destination addresses, then ports, as on the wire.
     fn key(&self) -> Key {
-        let mut k = [0u8; 12];
-        k[..4].copy_from_slice(&self.src.ip().octets());
-        k[4..8].copy_from_slice(&self.dst.ip().octets());
-        k[8..10].copy_from_slice(&self.src.port().to_be_bytes());
-        k[10..].copy_from_slice(&self.dst.port().to_be_bytes());
-        k
+        key(self.src, self.dst)
     }
+}
+
+/// The map key of the segments from `src` to `dst`: addresses, then ports, as on the wire.
+fn key(src: SocketAddrV4, dst: SocketAddrV4) -> Key {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&src.ip().octets());
+    k[4..8].copy_from_slice(&dst.ip().octets());
+    k[8..10].copy_from_slice(&src.port().to_be_bytes());
+    k[10..].copy_from_slice(&dst.port().to_be_bytes());
+    k
 }
 
 /// A translated connection as the kernel carries it: the container's segments from
@@ -142,7 +147,7 @@ struct Value {
     /// What this entry carried (bumped atomically by the program).
     packets: u64,
     bytes: u64,
-    /// Translated: the NAT's flow, named in the events (`Event`).
+    /// The NAT's flow, as the daemon wrote it (0 for a connection the kernel opened).
     flow: u64,
     /// Translated: the acknowledgment number of the last segment (as on the wire): where a
     /// reset to the other end must start (`natd::offload`).
@@ -205,13 +210,12 @@ pub struct Traffic {
 /// What the programs tell the daemon at once: a translated connection's segment carried a new
 /// handshake, FIN or RST in its direction, so that the NAT sees the connection answered or
 /// finished when it is; or the veth's filter opened a connection itself (`EventKind::Opened`,
-/// see `RelayMaps::serve`). The ring's record (32 bytes): the flow (8 bytes, 0 for a connection
-/// the kernel opened: the daemon matches events by their four-tuple), the flags seen that way so
-/// far, the SYN's IPv4 length (opened), the kind (4 bytes), the container's address and the
-/// remote end's, the container's port and the remote end's, the segment's sequence number.
+/// see `RelayMaps::serve`). The daemon matches an event to its connection by the four-tuple.
+/// The ring's record (32 bytes): 8 bytes of zeros, the flags seen that way so far, the SYN's
+/// IPv4 length (opened), the kind (4 bytes), the container's address and the remote end's,
+/// the container's port and the remote end's, the segment's sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
-    pub flow: u64,
     pub flags: u8,
     pub kind: EventKind,
     pub container: SocketAddrV4,
@@ -250,7 +254,6 @@ impl Event {
             _ => return None,
         };
         Some(Event {
-            flow: u64::from_ne_bytes(r[..8].try_into().ok()?),
             flags: r[8],
             kind,
             container: SocketAddrV4::new(Ipv4Addr::from(word(16)), port(24)),
@@ -439,15 +442,7 @@ impl RelayMaps {
         container: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Option<Translation> {
-        let key = Rule {
-            src: container,
-            dst: remote,
-            to: container,
-            veth: 0,
-            port: PortId(0),
-        }
-        .key();
-        let v = self.out.lookup(&key).ok()??;
+        let v = self.out.lookup(&key(container, remote)).ok()??;
         if i32::from(v.mode) != TRANSLATED {
             return None;
         }
@@ -645,7 +640,6 @@ const PORT_ID: i16 = field(offset_of!(Value, port_id));
 const MACS: i16 = field(offset_of!(Value, macs));
 const PACKETS: i16 = field(offset_of!(Value, packets));
 const BYTES: i16 = field(offset_of!(Value, bytes));
-const FLOW: i16 = field(offset_of!(Value, flow));
 const ACKED: i16 = field(offset_of!(Value, acked));
 const TCP_FIN_RST: i32 = 0x01 | 0x04;
 const TCP_SYN: i32 = 0x02;
@@ -806,7 +800,7 @@ fn emit_translated(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, maps: &Re
     a.mov64_reg(R1, R3).xor32_reg(R1, R2);
     a.and64_imm(R1, TCP_FIN_RST | TCP_SYN);
     a.jeq_imm(R1, 0, known);
-    a.ldx_dw(R1, R9, FLOW).stx_dw(R10, R1, EVENT);
+    a.mov64_imm(R1, 0).stx_dw(R10, R1, EVENT);
     a.stx_dw(R10, R3, EVENT + 8);
     match dir {
         Dir::Out => {
@@ -1360,10 +1354,9 @@ mod tests {
         assert_eq!((counts.rx_frames, counts.tx_frames), (3, 1));
         // The SYN, the FIN and the answer were told at once; nothing else was.
         let mut told = Vec::new();
-        let parse =
-            |r: &[u8]| Event::parse(r).map(|e| (e.flow, e.flags, e.out(), e.container, e.remote));
+        let parse = |r: &[u8]| Event::parse(r).map(|e| (e.flags, e.out(), e.container, e.remote));
         events.drain(|r| told.push(parse(r)));
-        let ev = |flags, out| Some((42, flags, out, c, remote));
+        let ev = |flags, out| Some((flags, out, c, remote));
         let (syn, fin, answer) = (
             ev(SYN, true),
             ev(SYN | ACK | FIN, true),
@@ -1468,7 +1461,6 @@ mod tests {
         let mut told = Vec::new();
         events.drain(|r| told.push(Event::parse(r)));
         let opened = Event {
-            flow: 0,
             flags: SYN,
             kind: EventKind::Opened,
             container: c,

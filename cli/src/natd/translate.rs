@@ -186,7 +186,6 @@ impl Translator {
         let now = now_ms();
         for t in orphans {
             let ev = Event {
-                flow: 0,
                 flags: 0x02,
                 kind: EventKind::Opened,
                 container: t.container,
