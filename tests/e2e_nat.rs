@@ -628,6 +628,10 @@ fn udp_request_response_stream_and_port_unreachable() {
     let p = port_of(&sb, &c);
     assert!(p.num("nat_flows") >= 1, "{p}");
     assert!(p.num("nat_packets_out") >= 2001, "{p}");
+    // The kernel carried the flow after its first datagram, and counted it on the flow (above).
+    assert_eq!(echo[0]["in_kernel"].as_bool(), Some(true), "{}", echo[0]);
+    let nat = &common::cni::stats(&sb)["nat"];
+    assert!(nat.num("datagrams_in_kernel_total") >= 2, "{nat}");
     assert_no_kernel_nat(&sb);
 }
 
@@ -689,6 +693,8 @@ fn ping_an_outside_host() {
     assert!(icmp[0].str("outside").starts_with(WAN_IP), "{}", icmp[0]);
     assert!(icmp[0].num("packets_out") >= 3, "{}", icmp[0]);
     assert!(icmp[0].num("packets_in") >= 3, "{}", icmp[0]);
+    // The kernel carried the echoes after the first.
+    assert_eq!(icmp[0]["in_kernel"].as_bool(), Some(true), "{}", icmp[0]);
     assert_no_kernel_nat(&sb);
 }
 

@@ -32,7 +32,8 @@ pub use craft::{
 };
 pub use error::{NatDrop, NatError};
 pub use nat::{
-    Nat, NatConfig, Offload, RelayFlow, ReplyFrame, Verdict, ICMP_DEST_UNREACH, OFFLOAD_AFTER,
+    DatagramFlow, Nat, NatConfig, Offload, RelayFlow, ReplyFrame, Verdict, ICMP_DEST_UNREACH,
+    OFFLOAD_AFTER,
 };
 pub use snapshot::{NatSnapshot, RestoreError};
 pub use tcp_state::TcpState;

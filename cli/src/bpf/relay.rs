@@ -20,6 +20,10 @@
 //! it leave ESTABLISHED or forgets it. A segment must come in by the veth of the container that
 //! owns the connection. What the kernel carried is counted per entry; the manager folds it into
 //! the flow's counters, which keeps the flow alive in the NAT's table.
+//!
+//! Translated connections (`natd::translate`) take the same maps from their SYN on, out of an
+//! uplink instead of into the TAP; UDP flows and echoes have maps of their own, translated the
+//! same way after their first datagram (`emit_datagram`).
 
 use std::collections::HashMap;
 use std::io;
@@ -56,10 +60,22 @@ pub enum Dir {
 const RELAYED: i32 = 0;
 const TRANSLATED: i32 = 1;
 
+/// What the maps carry: each protocol has maps of its own (a UDP flow may have a TCP
+/// connection's addresses and ports). An echo's "ports" are its identifier, the container's
+/// or the host's, and 0 for the remote end: out, (container, ident) → (remote, 0); back,
+/// (remote, 0) → (host, ident).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
 /// One direction of a relayed connection, as the daemon hands it to the kernel: the segments
 /// from `src` to `dst` get `to` written over their destination (out) or source (back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Rule {
+    pub proto: Proto,
     pub src: SocketAddrV4,
     pub dst: SocketAddrV4,
     pub to: SocketAddrV4,
@@ -87,11 +103,13 @@ fn key(src: SocketAddrV4, dst: SocketAddrV4) -> Key {
     k
 }
 
-/// A translated connection as the kernel carries it: the container's segments from
-/// `container` to `remote` leave from `host` out of `uplink`; the remote's to `host` come in by
-/// an uplink and go to the container, with `macs` (the container's, then the gateway's).
+/// A translated connection (or UDP flow, or echo) as the kernel carries it: the container's
+/// segments from `container` to `remote` leave from `host` out of `uplink`; the remote's to
+/// `host` come in by an uplink and go to the container, with `macs` (the container's, then the
+/// gateway's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Translation {
+    pub proto: Proto,
     pub container: SocketAddrV4,
     pub remote: SocketAddrV4,
     pub host: SocketAddrV4,
@@ -106,6 +124,7 @@ impl Translation {
     /// `host`) and in (remote → host, destination rewritten to `container`).
     pub fn rules(&self) -> (Rule, Rule) {
         let out = Rule {
+            proto: self.proto,
             src: self.container,
             dst: self.remote,
             to: self.host,
@@ -113,6 +132,7 @@ impl Translation {
             port: self.port,
         };
         let back = Rule {
+            proto: self.proto,
             src: self.remote,
             dst: self.host,
             to: self.container,
@@ -302,10 +322,14 @@ const BACK_PIN: &str = "relay-back";
 const EVENTS_SIZE: usize = 256 * 1024;
 
 /// The two maps of relayed and translated connections, which the programs read and the daemon
-/// writes, and the translated connections' events.
+/// writes, and the translated connections' events; two more each for UDP flows and echoes.
 pub struct RelayMaps {
     out: Map<Key, Value>,
     back: Map<Key, Value>,
+    /// UDP flows and echoes, out and back: this daemon's own (not pinned: a next daemon hands
+    /// its flows to its own maps again, `natd::Translator::carry`).
+    udp: (Map<Key, Value>, Map<Key, Value>),
+    icmp: (Map<Key, Value>, Map<Key, Value>),
     events_fd: RawFd,
     events: std::sync::Mutex<Option<RingBuf>>,
     /// The containers and routes the veth's filter opens connections for (this daemon's own:
@@ -343,6 +367,8 @@ impl RelayMaps {
         Ok(RelayMaps {
             out: map(OUT_PIN)?,
             back: map(BACK_PIN)?,
+            udp: (Map::sparse_hash(entries)?, Map::sparse_hash(entries)?),
+            icmp: (Map::sparse_hash(entries)?, Map::sparse_hash(entries)?),
             events_fd: events.fd(),
             events: std::sync::Mutex::new(Some(events)),
             served: Map::hash(SERVED_ENTRIES)?,
@@ -363,6 +389,24 @@ impl RelayMaps {
 
     pub(super) fn back_fd(&self) -> RawFd {
         self.back.fd()
+    }
+
+    /// `proto`'s maps, out and back.
+    fn pair(&self, proto: Proto) -> (&Map<Key, Value>, &Map<Key, Value>) {
+        match proto {
+            Proto::Tcp => (&self.out, &self.back),
+            Proto::Udp => (&self.udp.0, &self.udp.1),
+            Proto::Icmp => (&self.icmp.0, &self.icmp.1),
+        }
+    }
+
+    /// The map `dir`'s programs look `proto`'s segments up in.
+    fn fd(&self, proto: Proto, dir: Dir) -> RawFd {
+        let (out, back) = self.pair(proto);
+        match dir {
+            Dir::Out => out.fd(),
+            Dir::Back | Dir::In => back.fd(),
+        }
     }
 
     pub(super) fn events_fd(&self) -> RawFd {
@@ -452,6 +496,7 @@ impl RelayMaps {
     /// A translated entry's connection, its way back read for the MACs.
     fn translated(&self, src: SocketAddrV4, dst: SocketAddrV4, v: &Value) -> Option<Translation> {
         let t = Translation {
+            proto: Proto::Tcp,
             container: src,
             remote: dst,
             host: SocketAddrV4::new(
@@ -497,6 +542,7 @@ impl RelayMaps {
             );
             let port = PortId(v.port_id as u16);
             let out = Rule {
+                proto: Proto::Tcp,
                 src,
                 dst,
                 to,
@@ -510,6 +556,7 @@ impl RelayMaps {
                 }
             } else {
                 EntryKind::Relayed(Rule {
+                    proto: Proto::Tcp,
                     src: to,
                     dst: src,
                     to: dst,
@@ -526,7 +573,7 @@ impl RelayMaps {
         all
     }
 
-    /// Empties both maps (what a daemon that died left: no one follows those connections).
+    /// Empties both TCP maps (what a daemon that died left: no one follows those connections).
     pub fn clear(&self) {
         for map in [&self.out, &self.back] {
             for key in map.keys().unwrap_or_default() {
@@ -535,7 +582,8 @@ impl RelayMaps {
         }
     }
 
-    /// Hands translated connection `flow` to the kernel, before its first segment goes out.
+    /// Hands translated connection `flow` to the kernel, before its first segment goes out (a
+    /// UDP flow or an echo: before the next datagram).
     pub fn translate(&self, t: &Translation, flow: u64) -> io::Result<()> {
         let (out, back) = t.rules();
         let ifs = ((t.veth, t.uplink), (0, t.veth));
@@ -564,9 +612,10 @@ impl RelayMaps {
             flow,
             ..Value::default()
         };
-        self.back.update(&back.key(), &value(back, back_ifs))?;
-        if let Err(e) = self.out.update(&out.key(), &value(out, out_ifs)) {
-            let _ = self.back.delete(&back.key());
+        let (out_map, back_map) = self.pair(out.proto);
+        back_map.update(&back.key(), &value(back, back_ifs))?;
+        if let Err(e) = out_map.update(&out.key(), &value(out, out_ifs)) {
+            let _ = back_map.delete(&back.key());
             return Err(e);
         }
         Ok(())
@@ -584,13 +633,15 @@ impl RelayMaps {
             },
             _ => Traffic::default(),
         };
-        (read(&self.out, out), read(&self.back, back))
+        let (out_map, back_map) = self.pair(out.proto);
+        (read(out_map, out), read(back_map, back))
     }
 
     /// Takes a connection back from the kernel: its next segments cross the daemon.
     pub fn remove(&self, out: &Rule, back: &Rule) {
-        let _ = self.out.delete(&out.key());
-        let _ = self.back.delete(&back.key());
+        let (out_map, back_map) = self.pair(out.proto);
+        let _ = out_map.delete(&out.key());
+        let _ = back_map.delete(&back.key());
     }
 }
 
@@ -622,8 +673,16 @@ const TCP_CSUM: i32 = 34 + 16;
 const FRAGMENT: i32 = u16::from_ne_bytes(0x3fffu16.to_be_bytes()) as i32;
 /// TCP flags that only the NAT may see: SYN, FIN, RST.
 const STATE_FLAGS: i32 = 0x01 | 0x02 | 0x04;
-/// `bpf_l4_csum_replace`'s flag for a change in the pseudo-header (an address).
+/// `bpf_l4_csum_replace`'s flags: a change in the pseudo-header (an address); a checksum of 0
+/// is none and stays so (UDP's), a result of 0 is written as 0xffff.
 const BPF_F_PSEUDO_HDR: i32 = 1 << 4;
+const BPF_F_MARK_MANGLED_0: i32 = 1 << 5;
+const IPPROTO_ICMP: i32 = 1;
+const IPPROTO_UDP: i32 = 17;
+/// An echo request's and an echo reply's type and code, as a little-endian load of their two
+/// bytes reads them.
+const ICMP_ECHO_REQUEST: i32 = 8;
+const ICMP_ECHO_REPLY: i32 = 0;
 /// `bpf_redirect`'s flag for the interface's ingress (the host receives the frame).
 pub(super) const BPF_F_INGRESS: i32 = 1;
 const TC_ACT_SHOT: i32 = 2;
@@ -682,11 +741,8 @@ pub(super) fn emit(
     counters: RawFd,
     pass: Label,
 ) {
-    let map = match dir {
-        Dir::Out => maps.out_fd(),
-        Dir::Back | Dir::In => maps.back_fd(),
-    };
-    // Untagged IPv4 without options or fragments, TCP.
+    let map = maps.fd(Proto::Tcp, dir);
+    // Untagged IPv4 without options or fragments, TCP (UDP, ICMP: `emit_datagram`).
     a.mov64_reg(R1, R6).mov64_imm(R2, 0);
     a.mov64_reg(R3, R10).add64_imm(R3, HDR.into());
     a.mov64_imm(R4, LEN).call(Helper::SkbLoadBytes);
@@ -696,7 +752,14 @@ pub(super) fn emit(
     a.ldx_b(R1, R10, IP).jne_imm(R1, 0x45, pass);
     a.ldx_h(R1, R10, IP + 6).and64_imm(R1, FRAGMENT);
     a.jne_imm(R1, 0, pass);
-    a.ldx_b(R1, R10, IP + 9).jne_imm(R1, 6, pass);
+    let tcp = a.label();
+    a.ldx_b(R1, R10, IP + 9).jeq_imm(R1, 6, tcp);
+    if dir == Dir::Back {
+        a.ja(pass); // no UDP flow or echo crosses the TAP
+    } else {
+        emit_datagram(a, dir, kind, maps, counters, pass);
+    }
+    a.bind(tcp);
     // r9 = the connection's entry.
     a.ld_map_fd(R1, map);
     a.mov64_reg(R2, R10).add64_imm(R2, (IP + 12).into());
@@ -740,8 +803,8 @@ fn emit_relayed(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, pass: Label)
     }
     let shot = a.label();
     match dir {
-        Dir::Out => emit_rewrite(a, IP_DST, TCP_DPORT, IP + 16, TCP + 2, shot),
-        _ => emit_rewrite(a, IP_SRC, TCP_SPORT, IP + 12, TCP, shot),
+        Dir::Out => emit_rewrite(a, (IP_DST, IP + 16), TCP_L4.dst_port, &TCP_L4, shot),
+        _ => emit_rewrite(a, (IP_SRC, IP + 12), TCP_L4.src_port, &TCP_L4, shot),
     }
     // Count: the entry, and the two ports as the switch would (rx where it came in).
     let (container, tap) = match dir {
@@ -820,11 +883,18 @@ fn emit_translated(a: &mut Asm, dir: Dir, kind: Kind, counters: RawFd, maps: &Re
     }
     emit_event(a, maps);
     a.bind(known);
+    emit_translated_send(a, dir, &TCP_L4, counters);
+}
+
+/// A translated segment's (or datagram's, or echo's) rewrite, entry in R9, and where it goes:
+/// from the host's address out of the uplink (`Dir::Out`), or to the container out of its veth
+/// (`Dir::In`), MACs written.
+fn emit_translated_send(a: &mut Asm, dir: Dir, l4: &L4, counters: RawFd) {
     let shot = a.label();
     match dir {
-        Dir::Out => emit_rewrite(a, IP_SRC, TCP_SPORT, IP + 12, TCP, shot),
+        Dir::Out => emit_rewrite(a, (IP_SRC, IP + 12), l4.src_port, l4, shot),
         _ => {
-            emit_rewrite(a, IP_DST, TCP_DPORT, IP + 16, TCP + 2, shot);
+            emit_rewrite(a, (IP_DST, IP + 16), l4.dst_port, l4, shot);
             a.mov64_reg(R1, R6).mov64_imm(R2, 0);
             a.mov64_reg(R3, R9).add64_imm(R3, MACS.into());
             a.mov64_imm(R4, 12).mov64_imm(R5, 0);
@@ -996,15 +1066,114 @@ fn emit_forget_back(a: &mut Asm, back: RawFd) {
     a.bind(absent);
 }
 
-/// Writes the entry's (R9) address and port over the segment's at `ip_at` and `port_at`, whose
-/// old values are on the stack at `old_ip` and `old_port`, checksums first: the IPv4 header's,
-/// then TCP's for the address (in its pseudo-header) and the port. The helpers update a
-/// partial checksum (an offloaded one, only the pseudo-header summed) as such.
-fn emit_rewrite(a: &mut Asm, ip_at: i32, port_at: i32, old_ip: i16, old_port: i16, shot: Label) {
-    let csum = [
-        (Helper::L3CsumReplace, IP_CSUM, 4),
-        (Helper::L4CsumReplace, TCP_CSUM, BPF_F_PSEUDO_HDR | 4),
-    ];
+/// A UDP flow's datagram or an echo's (its protocol in R1) that the kernel carries, entry in R9
+/// once found: like a translated connection's segment (`emit_translated`), with no flags to
+/// note (the daemon's reports keep the flow alive). Anything else jumps to `pass`.
+fn emit_datagram(
+    a: &mut Asm,
+    dir: Dir,
+    kind: Kind,
+    maps: &RelayMaps,
+    counters: RawFd,
+    pass: Label,
+) {
+    let icmp = a.label();
+    a.jne_imm(R1, IPPROTO_UDP, icmp);
+    // UDP's ports are where TCP's are: its key is on the stack already.
+    emit_entry(a, maps.fd(Proto::Udp, dir), IP + 12, pass);
+    emit_datagram_send(a, dir, kind, &UDP_L4, counters, pass);
+    a.bind(icmp);
+    a.jne_imm(R1, IPPROTO_ICMP, pass);
+    // An echo request out, its reply in; the key: the addresses, then the identifier as the
+    // container's port (out) or the host's (in), 0 as the remote end's (see `Proto`).
+    let kind_code = match dir {
+        Dir::Out => ICMP_ECHO_REQUEST,
+        _ => ICMP_ECHO_REPLY,
+    };
+    a.ldx_h(R1, R10, IP + 20).jne_imm(R1, kind_code, pass);
+    a.ldx_w(R1, R10, IP + 12).stx_w(R10, R1, BACK_KEY);
+    a.ldx_w(R1, R10, IP + 16).stx_w(R10, R1, BACK_KEY + 4);
+    a.ldx_h(R2, R10, ICMP_L4.src_port.1).mov64_imm(R1, 0);
+    let (ident, zero) = match dir {
+        Dir::Out => (BACK_KEY + 8, BACK_KEY + 10),
+        _ => (BACK_KEY + 10, BACK_KEY + 8),
+    };
+    a.stx_h(R10, R2, ident).stx_h(R10, R1, zero);
+    emit_entry(a, maps.fd(Proto::Icmp, dir), BACK_KEY, pass);
+    emit_datagram_send(a, dir, kind, &ICMP_L4, counters, pass);
+}
+
+/// R9 = the entry of `map` under the key on the stack at `key`; none: `pass`.
+fn emit_entry(a: &mut Asm, map: RawFd, key: i16, pass: Label) {
+    a.ld_map_fd(R1, map);
+    a.mov64_reg(R2, R10).add64_imm(R2, key.into());
+    a.call(Helper::MapLookupElem).jeq_imm(R0, 0, pass);
+    a.mov64_reg(R9, R0);
+}
+
+/// The found datagram's (entry in R9) way on: out only from its container's veth.
+fn emit_datagram_send(a: &mut Asm, dir: Dir, kind: Kind, l4: &L4, counters: RawFd, pass: Label) {
+    if dir == Dir::Out {
+        a.ldx_w(R1, R9, FROM).ldx_w(R2, R6, skb::IFINDEX);
+        a.jne_reg(R1, R2, pass);
+    }
+    match kind {
+        Kind::Filter => {
+            a.mov32_imm(R0, 0).exit(); // the tc program's: not for the daemon
+        }
+        Kind::Redirect => emit_translated_send(a, dir, l4, counters),
+    }
+}
+
+/// Where a protocol's header has what a rewrite changes: its checksum (in the frame), whether
+/// that sums the addresses too (a pseudo-header) and whether 0 there means none (UDP); the
+/// source's port and the destination's, each in the frame and on the stack (`IP`).
+struct L4 {
+    csum: i32,
+    pseudo: bool,
+    optional: bool,
+    src_port: (i32, i16),
+    dst_port: (i32, i16),
+}
+
+const TCP_L4: L4 = L4 {
+    csum: TCP_CSUM,
+    pseudo: true,
+    optional: false,
+    src_port: (TCP_SPORT, TCP),
+    dst_port: (TCP_DPORT, TCP + 2),
+};
+/// UDP's ports are where TCP's are.
+const UDP_L4: L4 = L4 {
+    csum: 34 + 6,
+    optional: true,
+    ..TCP_L4
+};
+/// An echo's identifier stands for both ports.
+const ICMP_L4: L4 = L4 {
+    csum: 34 + 2,
+    pseudo: false,
+    optional: false,
+    src_port: (34 + 4, TCP + 4),
+    dst_port: (34 + 4, TCP + 4),
+};
+
+/// Writes the entry's (R9) address and port over the segment's at `ip.0` and `port.0`, whose
+/// old values are on the stack at `ip.1` and `port.1`, checksums first: the IPv4 header's, then
+/// the protocol's for the address (if in its pseudo-header) and the port. The helpers update a
+/// partial checksum (an offloaded one, only the pseudo-header summed) as such, and leave UDP's
+/// "no checksum" alone.
+fn emit_rewrite(a: &mut Asm, ip: (i32, i16), port: (i32, i16), l4: &L4, shot: Label) {
+    let ((ip_at, old_ip), (port_at, old_port)) = (ip, port);
+    let optional = if l4.optional { BPF_F_MARK_MANGLED_0 } else { 0 };
+    let mut csum = vec![(Helper::L3CsumReplace, IP_CSUM, 4)];
+    if l4.pseudo {
+        csum.push((
+            Helper::L4CsumReplace,
+            l4.csum,
+            BPF_F_PSEUDO_HDR | optional | 4,
+        ));
+    }
     for (helper, at, flags) in csum {
         a.mov64_reg(R1, R6).mov64_imm(R2, at);
         a.ldx_w(R3, R10, old_ip)
@@ -1012,10 +1181,10 @@ fn emit_rewrite(a: &mut Asm, ip_at: i32, port_at: i32, old_ip: i16, old_port: i1
             .mov64_imm(R5, flags);
         a.call(helper).jne_imm(R0, 0, shot);
     }
-    a.mov64_reg(R1, R6).mov64_imm(R2, TCP_CSUM);
+    a.mov64_reg(R1, R6).mov64_imm(R2, l4.csum);
     a.ldx_h(R3, R10, old_port)
         .ldx_h(R4, R9, PORT)
-        .mov64_imm(R5, 2);
+        .mov64_imm(R5, optional | 2);
     a.call(Helper::L4CsumReplace).jne_imm(R0, 0, shot);
     for (at, new, len) in [(ip_at, ADDR, 4), (port_at, PORT, 2)] {
         a.mov64_reg(R1, R6).mov64_imm(R2, at);
@@ -1179,6 +1348,7 @@ mod tests {
             sa([10, 1, 1, 1], 41000),
         );
         let out = Rule {
+            proto: Proto::Tcp,
             src: c,
             dst: remote,
             to: relay,
@@ -1186,6 +1356,7 @@ mod tests {
             port: container,
         };
         let back = Rule {
+            proto: Proto::Tcp,
             src: relay,
             dst: c,
             to: remote,
@@ -1290,8 +1461,9 @@ mod tests {
         assert_eq!(maps.traffic(&out, &back), Default::default());
     }
 
-    #[test]
-    fn translated_segments_leave_from_the_host_and_come_back_to_the_container() {
+    /// The programs, with one container's station (port 1) on loopback (a test run's frames
+    /// come in there), and their relay maps.
+    fn one_container() -> (FastPath, Arc<RelayMaps>, PortId) {
         need_root();
         let mut fast = FastPath::load(16, None).expect("the kernel accepts the programs");
         let container = PortId(1);
@@ -1303,7 +1475,13 @@ mod tests {
         };
         fast.sync(&HashMap::from([(MacAddr(CONTAINER_MAC), station)]))
             .unwrap();
-        let maps: Arc<RelayMaps> = fast.relay_maps_for_tests();
+        let maps = fast.relay_maps_for_tests();
+        (fast, maps, container)
+    }
+
+    #[test]
+    fn translated_segments_leave_from_the_host_and_come_back_to_the_container() {
+        let (fast, maps, container) = one_container();
         let (c, remote, host) = (
             sa([10, 1, 1, 10], 5000),
             sa([198, 51, 100, 7], 80),
@@ -1313,6 +1491,7 @@ mod tests {
         macs[..6].copy_from_slice(&CONTAINER_MAC);
         macs[6..].copy_from_slice(&GATEWAY_MAC);
         let t = Translation {
+            proto: Proto::Tcp,
             container: c,
             remote,
             host,
@@ -1397,6 +1576,195 @@ mod tests {
         );
     }
 
+    /// An Ethernet frame with a UDP datagram (`checksum`: with one, else 0) or an echo (`udp`
+    /// false: ICMP type `icmp_type`, identifier `src`'s port) from `src` to `dst`.
+    fn datagram(
+        macs: ([u8; 6], [u8; 6]),
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        l4: Datagram,
+    ) -> Vec<u8> {
+        let payload = b"datagram payload";
+        let mut f = Vec::new();
+        f.extend_from_slice(&macs.0);
+        f.extend_from_slice(&macs.1);
+        f.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + 8 + payload.len()) as u16;
+        let proto = if let Datagram::Echo(_) = l4 { 1 } else { 17 };
+        f.extend_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0]);
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&src.ip().octets());
+        f.extend_from_slice(&dst.ip().octets());
+        let ip_sum = !sum(&f[14..34]);
+        f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+        match l4 {
+            Datagram::Udp(_) => {
+                f.extend_from_slice(&src.port().to_be_bytes());
+                f.extend_from_slice(&dst.port().to_be_bytes());
+                f.extend_from_slice(&(total - 20).to_be_bytes());
+                f.extend_from_slice(&[0, 0]);
+            }
+            Datagram::Echo(kind) => {
+                f.extend_from_slice(&[kind, 0, 0, 0]);
+                f.extend_from_slice(&src.port().to_be_bytes());
+                f.extend_from_slice(&[0, 7]);
+            }
+        }
+        f.extend_from_slice(payload);
+        let l4_sum = match l4 {
+            Datagram::Udp(true) => udp_sum(&f),
+            Datagram::Udp(false) => 0,
+            Datagram::Echo(_) => !sum(&f[34..]),
+        };
+        let at = if proto == 17 { 40 } else { 36 };
+        f[at..at + 2].copy_from_slice(&l4_sum.to_be_bytes());
+        f
+    }
+
+    #[derive(Clone, Copy)]
+    enum Datagram {
+        /// With a checksum or without.
+        Udp(bool),
+        /// Its ICMP type.
+        Echo(u8),
+    }
+
+    /// The sum of a UDP datagram's pseudo-header and datagram (0xffff if its checksum is right).
+    fn udp_sum(frame: &[u8]) -> u16 {
+        let mut pseudo = Vec::from(&frame[26..34]);
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&((frame.len() - 34) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&frame[34..]);
+        !sum(&pseudo)
+    }
+
+    /// (source, destination) of a frame's datagram (an echo: its identifier as the source's
+    /// port, 0 as the destination's), and whether its checksums are right (UDP's when it has
+    /// one).
+    fn datagram_ends(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4, bool) {
+        let ip = |at: usize| Ipv4Addr::new(frame[at], frame[at + 1], frame[at + 2], frame[at + 3]);
+        let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+        let (sport, dport, l4_ok) = match frame[23] {
+            17 => (port(34), port(36), port(40) == 0 || udp_sum(frame) == 0),
+            _ => (port(38), 0, sum(&frame[34..]) == 0xffff),
+        };
+        let ok = sum(&frame[14..34]) == 0xffff && l4_ok;
+        (
+            SocketAddrV4::new(ip(26), sport),
+            SocketAddrV4::new(ip(30), dport),
+            ok,
+        )
+    }
+
+    #[test]
+    fn udp_flows_and_echoes_leave_from_the_host_and_come_back_to_the_container() {
+        let (fast, maps, container) = one_container();
+        let (veth_prog, _) = fast.programs();
+        let uplink_prog = fast.uplink_program();
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&CONTAINER_MAC);
+        macs[6..].copy_from_slice(&GATEWAY_MAC);
+        let remote_macs = ([2, 0, 0xc0, 0, 2, 1], [2, 0, 0, 0, 0, 0x77]);
+        let out_macs = (GATEWAY_MAC, CONTAINER_MAC);
+        let (next, kernel, daemon) = (TC_NEXT as u32, 0, u32::MAX);
+        // A UDP flow, and an echo (identifier 0x1234 in the container, 0x0042 on the host).
+        let udp = Translation {
+            proto: Proto::Udp,
+            container: sa([10, 1, 1, 10], 5000),
+            remote: sa([198, 51, 100, 7], 53),
+            host: sa([192, 0, 2, 1], 41000),
+            uplink: 1,
+            veth: 1,
+            port: container,
+            macs,
+        };
+        let echo = Translation {
+            proto: Proto::Icmp,
+            container: sa([10, 1, 1, 10], 0x1234),
+            remote: sa([198, 51, 100, 7], 0),
+            host: sa([192, 0, 2, 1], 0x42),
+            ..udp
+        };
+        let echo_reply = sa([198, 51, 100, 7], 0x42);
+        let cases = [
+            (udp, Datagram::Udp(true), Datagram::Udp(true), udp.remote),
+            (udp, Datagram::Udp(false), Datagram::Udp(false), udp.remote),
+            (echo, Datagram::Echo(8), Datagram::Echo(0), echo_reply),
+        ];
+        for (t, out_l4, in_l4, replier) in cases {
+            let what = format!("{:?} {}", t.proto, matches!(out_l4, Datagram::Udp(true)));
+            let request = datagram(out_macs, t.container, t.remote, out_l4);
+            assert_eq!(
+                run_filter(&fast, &request),
+                daemon,
+                "{what}: not carried yet"
+            );
+            let (verdict, _) = test_run_out(veth_prog, &request, 0).unwrap();
+            assert_eq!(verdict, next, "{what}: not carried yet");
+            maps.translate(&t, 0).unwrap();
+
+            // Out: the kernel's, from the host's address and port (identifier).
+            assert_eq!(run_filter(&fast, &request), kernel, "{what}");
+            let (verdict, rewritten) = test_run_out(veth_prog, &request, 0).unwrap();
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
+            let host = match t.proto {
+                Proto::Icmp => SocketAddrV4::new(*t.host.ip(), t.host.port()),
+                _ => t.host,
+            };
+            let remote = SocketAddrV4::new(*t.remote.ip(), t.remote.port());
+            assert_eq!(datagram_ends(&rewritten), (host, remote, true), "{what}");
+            assert_eq!(rewritten[42..], request[42..], "{what}: the payload");
+            if let Datagram::Udp(false) = out_l4 {
+                assert_eq!(rewritten[40..42], [0, 0], "no checksum stays none");
+            }
+            // In: to the container, with its MACs.
+            let reply = datagram(remote_macs, replier, t.host, in_l4);
+            let reply = match in_l4 {
+                // An echo reply's identifier is the host's (its `src` above).
+                Datagram::Echo(_) => reply,
+                _ => datagram(remote_macs, t.remote, t.host, in_l4),
+            };
+            let (verdict, rewritten) = test_run_out(uplink_prog, &reply, 0).unwrap();
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{what} back");
+            let back_to = match t.proto {
+                Proto::Icmp => (SocketAddrV4::new(*t.remote.ip(), 0x1234), *t.container.ip()),
+                _ => (t.remote, *t.container.ip()),
+            };
+            let (src, dst, ok) = datagram_ends(&rewritten);
+            assert!(ok, "{what} back: checksums");
+            assert_eq!((src, *dst.ip()), back_to, "{what} back");
+            if t.proto == Proto::Udp {
+                assert_eq!(dst, t.container, "{what} back");
+            }
+            assert_eq!(rewritten[..12], macs, "{what} back");
+            let (o, b) = maps.traffic(&t.rules().0, &t.rules().1);
+            assert_eq!((o.packets, b.packets), (1, 1), "{what}: counted");
+
+            // Not the flow's: another veth, another port, an echo's reply going out.
+            let elsewhere = Translation { veth: 77, ..t };
+            maps.translate(&elsewhere, 0).unwrap();
+            assert_eq!(run_filter(&fast, &request), daemon, "{what}: another veth");
+            maps.translate(&t, 0).unwrap();
+            let other = SocketAddrV4::new(*t.container.ip(), t.container.port() + 1);
+            let stranger = datagram(out_macs, other, t.remote, out_l4);
+            assert_eq!(run_filter(&fast, &stranger), daemon, "{what}: another flow");
+            if let Datagram::Echo(_) = out_l4 {
+                let wrong = datagram(out_macs, t.container, t.remote, Datagram::Echo(0));
+                assert_eq!(run_filter(&fast, &wrong), daemon, "an echo reply out");
+            }
+            maps.remove(&t.rules().0, &t.rules().1);
+            assert_eq!(run_filter(&fast, &request), daemon, "{what}: removed");
+            let (verdict, _) = test_run_out(uplink_prog, &reply, 0).unwrap();
+            assert_eq!(verdict, next, "{what}: removed");
+        }
+        // A TCP connection on the UDP flow's addresses and ports is not the flow.
+        maps.translate(&udp, 0).unwrap();
+        let segment = segment(GATEWAY_MAC, CONTAINER_MAC, udp.container, udp.remote, 0x10);
+        assert_eq!(run_filter(&fast, &segment), daemon, "TCP");
+        let counts = fast.counts(container);
+        assert_eq!((counts.rx_frames, counts.tx_frames), (3, 3));
+    }
+
     /// Runs the packet sockets' filter on `frame` as a packet socket does, the Ethernet header
     /// included (a test run of a socket filter starts at the network header: a header ahead of
     /// the frame's is taken off first).
@@ -1449,6 +1817,7 @@ mod tests {
         macs[..6].copy_from_slice(&CONTAINER_MAC);
         macs[6..].copy_from_slice(&GATEWAY_MAC);
         let t = Translation {
+            proto: Proto::Tcp,
             container: c,
             remote,
             host: SocketAddrV4::new(host, c.port()),

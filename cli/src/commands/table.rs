@@ -251,7 +251,8 @@ fn nat_stats(n: &NatCounters) {
     );
     println!(
         "nat traffic     out {} packets {} bytes, in {} packets {} bytes; relayed TCP {} now \
-         ({} in the kernel), {} so far ({} through the kernel, {} opened there)",
+         ({} in the kernel), {} so far ({} through the kernel, {} opened there); UDP flows and \
+         echoes through the kernel {}",
         n.packets_out,
         n.bytes_out,
         n.packets_in,
@@ -260,7 +261,8 @@ fn nat_stats(n: &NatCounters) {
         n.in_kernel,
         n.relayed,
         n.in_kernel_total,
-        n.opened_in_kernel_total
+        n.opened_in_kernel_total,
+        n.datagrams_in_kernel_total
     );
     let states: Vec<String> = (n.by_state.iter())
         .map(|c| format!("{} {} {}", c.proto, c.state, c.flows))

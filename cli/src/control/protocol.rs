@@ -1247,6 +1247,9 @@ pub struct NatCounters {
     /// followed).
     #[serde(default)]
     pub opened_in_kernel_total: u64,
+    /// UDP flows and echoes the kernel carried (every datagram after the first), so far.
+    #[serde(default)]
+    pub datagrams_in_kernel_total: u64,
 }
 
 /// A histogram of durations as it travels: at each upper bound (seconds), how many

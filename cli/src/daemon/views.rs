@@ -260,6 +260,7 @@ impl Manager {
             in_kernel: self.offloads.as_ref().map_or(0, |o| o.len()),
             in_kernel_total: self.offloads.as_ref().map_or(0, |o| o.total()),
             opened_in_kernel_total: (self.offloads.as_ref()).map_or(0, |o| o.opened_total()),
+            datagrams_in_kernel_total: (self.offloads.as_ref()).map_or(0, |o| o.datagrams_total()),
         }
     }
 

@@ -27,7 +27,8 @@ pub struct NatHook {
     pub udp_batches: Box<[WorkerSlot]>,
     /// Established relayed connections handed to the kernel, where it can carry them.
     pub offloads: Option<Arc<Offloads>>,
-    /// New outgoing connections translated in the kernel (`run --tcp-nat kernel`).
+    /// New outgoing connections translated in the kernel (`run --tcp-nat kernel`), and UDP flows
+    /// and echoes carried there.
     pub translator: Option<Arc<Translator>>,
 }
 
@@ -47,6 +48,10 @@ impl NatHook {
         offloads: Option<Arc<Offloads>>,
         translator: Option<Arc<Translator>>,
     ) -> NatHook {
+        if let Some(t) = &translator {
+            // UDP flows go to the kernel as soon as their socket is open.
+            service.udp.carry_with(t.clone(), nat.clone());
+        }
         NatHook {
             nat,
             gateway_mac,
@@ -175,13 +180,17 @@ impl Hook for NatHook {
                 false
             }
             Verdict::EchoOut {
+                flow,
                 dst,
                 ident,
                 seq,
                 payload,
-                ..
             } => {
                 self.service.send_echo(dst, ident, seq, &frame[payload]);
+                // The next echoes (and this one's reply) the kernel carries, where it can.
+                if let Some(t) = &self.translator {
+                    t.carry(&self.nat, flow, None);
+                }
                 false
             }
             Verdict::UdpToClient {

@@ -9,6 +9,9 @@
 //! their SYN on: their flags, reported the same way, move the NAT's flow, and once a connection
 //! is over (and nothing moved for a report) its entries go; the NAT answers a new SYN on the
 //! same ports with a new flow.
+//!
+//! And the UDP flows and echoes the kernel carries after their first datagram (`carry`),
+//! reported like relayed connections.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -23,7 +26,7 @@ use vswitch_switch::PortId;
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::fastpath::Uplinks;
-use crate::bpf::relay::{EntryKind, Event, RelayMaps, Rule, Traffic, Translation};
+use crate::bpf::relay::{EntryKind, Event, Proto, RelayMaps, Rule, Traffic, Translation};
 use crate::bpf::ringbuf::RingBuf;
 use crate::datapath::Fabric;
 use crate::kernel::fdpass::{FdIn, FdOut};
@@ -58,9 +61,11 @@ pub struct Offloads {
     held: std::sync::atomic::AtomicBool,
     /// Held by the events' reader while it reads a batch (see `hold`).
     batch: Mutex<()>,
-    /// Connections handed to the kernel so far, and of those, the ones it opened itself.
+    /// Connections handed to the kernel so far, and of those, the ones it opened itself; UDP
+    /// flows and echoes handed to it so far.
     total: AtomicU64,
     opened: AtomicU64,
+    datagrams: AtomicU64,
 }
 
 #[derive(Default)]
@@ -70,7 +75,7 @@ struct State {
     flows: HashMap<FlowId, Entry>,
     /// Which flow holds the entries of a (container, remote) pair: a new connection on the same
     /// ports replaces an old one's entries, which must then not go with the old one.
-    holder: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
+    holder: HashMap<(Proto, SocketAddrV4, SocketAddrV4), FlowId>,
 }
 
 struct Entry {
@@ -119,6 +124,7 @@ impl Offloads {
             batch: Mutex::new(()),
             total: AtomicU64::new(0),
             opened: AtomicU64::new(0),
+            datagrams: AtomicU64::new(0),
         }
     }
 
@@ -126,9 +132,11 @@ impl Offloads {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Connections the kernel carries now.
+    /// TCP connections the kernel carries now.
     pub fn len(&self) -> usize {
-        self.lock().flows.values().filter(|e| e.open()).count()
+        (self.lock().flows.values())
+            .filter(|e| e.open() && e.out.proto == Proto::Tcp)
+            .count()
     }
 
     /// The port and veth of container `ip`, if the kernel may carry its connections.
@@ -149,6 +157,11 @@ impl Offloads {
     /// Of those, the connections the kernel opened itself (`opened`).
     pub fn opened_total(&self) -> u64 {
         self.opened.load(Relaxed)
+    }
+
+    /// UDP flows and echoes handed to the kernel so far (`carry`).
+    pub fn datagrams_total(&self) -> u64 {
+        self.datagrams.load(Relaxed)
     }
 
     /// From now on the veth's filter opens served containers' connections in the kernel, to the
@@ -210,7 +223,7 @@ impl Offloads {
         let mut st = self.lock();
         let (out, back) = t.rules();
         // Another flow's hold on the pair is stale: the kernel had no entries for it.
-        if let Some(old) = st.holder.insert((t.container, t.remote), flow) {
+        if let Some(old) = st.holder.insert((t.proto, t.container, t.remote), flow) {
             st.flows.remove(&old);
         }
         let entry = Entry {
@@ -271,6 +284,7 @@ impl Offloads {
             return;
         };
         let out = Rule {
+            proto: Proto::Tcp,
             src: o.container,
             dst: o.remote,
             to: o.relay,
@@ -278,6 +292,7 @@ impl Offloads {
             port,
         };
         let back = Rule {
+            proto: Proto::Tcp,
             src: o.relay,
             dst: o.container,
             to: o.remote,
@@ -286,7 +301,7 @@ impl Offloads {
         };
         // A connection on the same ports that the NAT forgot without a word: its entries go
         // first (its way back may have had another relay port).
-        if let Some(old) = st.holder.remove(&(o.container, o.remote)) {
+        if let Some(old) = st.holder.remove(&(Proto::Tcp, o.container, o.remote)) {
             if let Some(e) = st.flows.remove(&old) {
                 self.maps.remove(&e.out, &e.back);
             }
@@ -300,7 +315,8 @@ impl Offloads {
             reported: Default::default(),
             translated: None,
         };
-        st.holder.insert((o.container, o.remote), o.flow);
+        st.holder
+            .insert((Proto::Tcp, o.container, o.remote), o.flow);
         st.flows.insert(o.flow, entry);
         self.total.fetch_add(1, Relaxed);
     }
@@ -310,7 +326,7 @@ impl Offloads {
     pub fn translate(&self, flow: FlowId, t: &Translation, reservation: (OwnedFd, Lease)) -> bool {
         let mut st = self.lock();
         let (out, back) = t.rules();
-        if let Some(old) = st.holder.remove(&(t.container, t.remote)) {
+        if let Some(old) = st.holder.remove(&(t.proto, t.container, t.remote)) {
             if let Some(e) = st.flows.remove(&old) {
                 self.maps.remove(&e.out, &e.back);
             }
@@ -329,9 +345,39 @@ impl Offloads {
                 macs: t.macs,
             }),
         };
-        st.holder.insert((t.container, t.remote), flow);
+        st.holder.insert((t.proto, t.container, t.remote), flow);
         st.flows.insert(flow, entry);
         self.total.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Hands UDP flow or echo `flow` (`t`) to the kernel: its next datagrams both ways no longer
+    /// cross the daemon, and reports count them on the flow, which keeps it alive (as a relayed
+    /// connection's segments). False if the kernel carries it already or the maps are full.
+    pub fn carry(&self, flow: FlowId, t: &Translation) -> bool {
+        let mut st = self.lock();
+        if st.flows.contains_key(&flow) {
+            return false;
+        }
+        let key = (t.proto, t.container, t.remote);
+        if let Some(old) = st.holder.remove(&key) {
+            if let Some(e) = st.flows.remove(&old) {
+                self.maps.remove(&e.out, &e.back);
+            }
+        }
+        if self.maps.translate(t, flow).is_err() {
+            return false;
+        }
+        let (out, back) = t.rules();
+        let entry = Entry {
+            out,
+            back,
+            reported: Default::default(),
+            translated: None,
+        };
+        st.holder.insert(key, flow);
+        st.flows.insert(flow, entry);
+        self.datagrams.fetch_add(1, Relaxed);
         true
     }
 
@@ -404,7 +450,7 @@ impl Offloads {
 
     fn take_locked(&self, st: &mut State, flow: FlowId) -> Option<(Entry, (Traffic, Traffic))> {
         let e = st.flows.remove(&flow)?;
-        let key = (e.out.src, e.out.dst);
+        let key = (e.out.proto, e.out.src, e.out.dst);
         if st.holder.get(&key) == Some(&flow) {
             st.holder.remove(&key);
         }
@@ -495,7 +541,8 @@ impl Offloads {
         let st = self.lock();
         let mut snap = KernelSnap::default();
         let mut held = Vec::new();
-        for (&flow, e) in &st.flows {
+        // A UDP flow or an echo is the next daemon's to hand to its own maps again.
+        for (&flow, e) in st.flows.iter().filter(|(_, e)| e.out.proto == Proto::Tcp) {
             let Some(t) = &e.translated else {
                 snap.relayed.push(flow);
                 continue;
@@ -588,7 +635,7 @@ impl Offloads {
             };
             // What the kernel carried before counts from here on.
             let reported = self.maps.traffic(&entry.out, &entry.back);
-            st.holder.insert((out.src, out.dst), flow);
+            st.holder.insert((out.proto, out.src, out.dst), flow);
             st.flows.insert(flow, Entry { reported, ..entry });
         }
         orphans
@@ -620,7 +667,7 @@ impl Offloads {
     /// again (`reserved`).
     pub fn event(&self, ev: &Event, nat: &Nat, now: u64) -> Option<(FlowId, [SocketAddrV4; 3])> {
         let mut st = self.lock();
-        let flow = *st.holder.get(&(ev.container, ev.remote))?;
+        let flow = *st.holder.get(&(Proto::Tcp, ev.container, ev.remote))?;
         let e = st.flows.get_mut(&flow)?;
         let ends = [e.out.src, e.out.dst, e.out.to];
         let t = e.translated.as_mut()?;

@@ -25,12 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vswitch_nat::{
-    tcp_reset_frame, tcp_syn_frame, FlowId, Nat, Verdict, TCP_RST_FRAME_LEN, TCP_SYN_FRAME_MAX,
+    tcp_reset_frame, tcp_syn_frame, FlowId, Nat, Proto as NatProto, Verdict, TCP_RST_FRAME_LEN,
+    TCP_SYN_FRAME_MAX,
 };
 use vswitch_switch::VNET_HDR_LEN;
 
 use crate::bpf::fastpath::Uplinks;
-use crate::bpf::relay::{Event, EventKind, Traffic, Translation};
+use crate::bpf::relay::{Event, EventKind, Proto, Traffic, Translation};
 use crate::datapath::now_ms;
 use crate::kernel::netlink::Netlink;
 
@@ -61,13 +62,19 @@ pub struct Translator {
     gateway_mac: [u8; 6],
     /// The TAP's and loopback's: no uplinks.
     not_uplinks: [u32; 2],
+    /// The containers' links' MTU: an uplink must be as wide (the kernel forwards what it
+    /// translates whole, or drops it).
+    mtu: u32,
 }
 
 struct Routes {
     nl: Netlink,
-    /// The interface the route to an address leaves by (None: no uplink), and when looked up.
-    cache: HashMap<Ipv4Addr, (Option<u32>, Instant)>,
+    /// The uplink the route to an address leaves by and the host's address it leaves from
+    /// (None: no uplink), and when looked up.
+    cache: HashMap<Ipv4Addr, (Option<Uplink>, Instant)>,
 }
+
+type Uplink = (u32, Option<Ipv4Addr>);
 
 impl Translator {
     /// Opens its sockets (needs CAP_NET_RAW and CAP_NET_ADMIN) in the host's namespace.
@@ -76,7 +83,7 @@ impl Translator {
         uplinks: Arc<Uplinks>,
         budget: Arc<FdBudget>,
         gateway_mac: [u8; 6],
-        tap: u32,
+        (tap, mtu): (u32, u32),
     ) -> std::io::Result<Translator> {
         let nl = Netlink::open().map_err(std::io::Error::other)?;
         Ok(Translator {
@@ -90,6 +97,7 @@ impl Translator {
             }),
             gateway_mac,
             not_uplinks: [tap, 1],
+            mtu,
         })
     }
 
@@ -211,7 +219,7 @@ impl Translator {
         let Some((port, veth)) = self.offloads.served(from.ip()) else {
             return false;
         };
-        let Some(uplink) = self.uplink_to(*dst.ip()) else {
+        let Some((uplink, _)) = self.uplink_to(*dst.ip()) else {
             return false;
         };
         if let Err(e) = self.uplinks.attach(uplink) {
@@ -239,6 +247,7 @@ impl Translator {
         macs[..6].copy_from_slice(mac);
         macs[6..].copy_from_slice(&self.gateway_mac);
         let t = Translation {
+            proto: Proto::Tcp,
             container: from,
             remote: dst,
             host,
@@ -264,27 +273,82 @@ impl Translator {
         }
     }
 
+    /// Hands UDP flow or echo `flow` to the kernel where it can: its container served, the
+    /// host's route to the remote end by an uplink (`uplink_to`). Its later datagrams both ways
+    /// are then translated by the programs, as a translated connection's segments. `host` is a
+    /// UDP flow's side on the host (its socket's address); an echo leaves from the route's
+    /// address with the NAT's identifier.
+    pub fn carry(&self, nat: &Nat, flow: FlowId, host: Option<SocketAddrV4>) {
+        if self.offloads.carries(flow) {
+            return;
+        }
+        let Some(d) = nat.datagram_flow(flow) else {
+            return;
+        };
+        let Some((port, veth)) = self.offloads.served(d.container.ip()) else {
+            return;
+        };
+        let Some((uplink, src)) = self.uplink_to(*d.remote.ip()) else {
+            return;
+        };
+        let host = match (d.proto, host, src) {
+            (NatProto::Udp, Some(host), _) => host,
+            (NatProto::Icmp, _, Some(src)) => SocketAddrV4::new(src, d.host_ident),
+            _ => return,
+        };
+        if let Err(e) = self.uplinks.attach(uplink) {
+            tracing::warn!(
+                uplink,
+                "no program on the uplink, datagrams cross the daemon ({e})"
+            );
+            return;
+        }
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&d.mac);
+        macs[6..].copy_from_slice(&self.gateway_mac);
+        let t = Translation {
+            proto: match d.proto {
+                NatProto::Udp => Proto::Udp,
+                _ => Proto::Icmp,
+            },
+            container: d.container,
+            remote: d.remote,
+            host,
+            uplink,
+            veth,
+            port,
+            macs,
+        };
+        self.offloads.carry(flow, &t);
+    }
+
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The uplink the host's route to `dst` leaves by, if it leaves the host.
-    fn uplink_to(&self, dst: Ipv4Addr) -> Option<u32> {
+    /// The uplink the host's route to `dst` leaves by, if it leaves the host by one as wide as
+    /// the containers' links, and the host's address it leaves from.
+    fn uplink_to(&self, dst: Ipv4Addr) -> Option<Uplink> {
         let mut routes = self.routes();
-        if let Some(&(oif, at)) = routes.cache.get(&dst) {
+        if let Some(&(uplink, at)) = routes.cache.get(&dst) {
             if at.elapsed() < ROUTE_TTL {
-                return oif;
+                return uplink;
             }
         }
-        let oif = match routes.nl.route_to(dst) {
-            Ok((RTN_UNICAST, Some(oif))) if !self.not_uplinks.contains(&oif) => Some(oif),
+        let uplink = match routes.nl.route_to(dst) {
+            Ok(r) if r.kind == RTN_UNICAST => (r.oif)
+                .filter(|oif| !self.not_uplinks.contains(oif))
+                .map(|oif| (oif, r.src)),
             _ => None,
         };
+        let uplink = uplink.filter(|&(oif, _)| {
+            matches!(routes.nl.link_by_index(oif), Ok(Some(l)) if l.mtu >= Some(self.mtu))
+        });
         if routes.cache.len() > 4096 {
             routes.cache.clear();
         }
-        routes.cache.insert(dst, (oif, Instant::now()));
-        oif
+        routes.cache.insert(dst, (uplink, Instant::now()));
+        uplink
     }
 }
 

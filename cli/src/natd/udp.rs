@@ -6,13 +6,18 @@
 //! socket is in [`UdpFlows`]: the workers send the flow's datagrams on it themselves, and it is
 //! in every worker's epoll set (`EPOLLEXCLUSIVE`, `Token::Udp`), so that whichever worker is
 //! awake reads the replies. A round trip crosses no thread (issue 16).
+//!
+//! Where the kernel can carry it (`Translator::carry`), a flow is handed to it as soon as its
+//! socket is open: its later datagrams, both ways, are translated by the fast path's programs
+//! and never reach the daemon; the socket stays, holding the host's port (and telling the
+//! ICMP errors the remote end sends).
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use vswitch_nat::{FlowId, Nat, ICMP_DEST_UNREACH};
 
@@ -22,6 +27,7 @@ use crate::kernel::epoll::IN;
 
 use super::budget::UDP_FLOW;
 use super::service::{Entry, NatService};
+use super::translate::Translator;
 
 /// The UDP flows' sockets the workers use, by flow (to send) and by token (to read).
 #[derive(Default)]
@@ -29,6 +35,8 @@ pub struct UdpFlows {
     maps: RwLock<FlowMaps>,
     /// Datagrams a host socket refused to send (its buffer full, a route gone, too large).
     pub send_failed: AtomicU64,
+    /// What hands the flows to the kernel, once there is one (`carry_with`).
+    kernel: OnceLock<(Arc<Translator>, Arc<Nat>)>,
 }
 
 #[derive(Default)]
@@ -42,6 +50,33 @@ impl UdpFlows {
     pub fn get(&self, flow: FlowId) -> Option<Arc<UdpSocket>> {
         let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
         maps.by_flow.get(&flow).cloned()
+    }
+
+    /// From now on every flow (those open already too) is handed to the kernel where it can
+    /// carry it, by `translator`.
+    pub fn carry_with(&self, translator: Arc<Translator>, nat: Arc<Nat>) {
+        if self.kernel.set((translator, nat)).is_err() {
+            return;
+        }
+        let flows: Vec<(FlowId, Arc<UdpSocket>)> = {
+            let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
+            (maps.by_flow.iter())
+                .map(|(f, s)| (*f, s.clone()))
+                .collect()
+        };
+        for (flow, sock) in flows {
+            self.carry(flow, &sock);
+        }
+    }
+
+    /// Hands `flow`, whose socket is `sock`, to the kernel if it can carry it.
+    fn carry(&self, flow: FlowId, sock: &UdpSocket) {
+        let Some((translator, nat)) = self.kernel.get() else {
+            return;
+        };
+        if let Ok(std::net::SocketAddr::V4(host)) = sock.local_addr() {
+            translator.carry(nat, flow, Some(host));
+        }
     }
 
     /// Hands `sock` (the service's `token`) to the workers: in every worker's epoll set. False
@@ -72,6 +107,7 @@ impl UdpFlows {
                 return false;
             }
         }
+        self.carry(flow, sock);
         true
     }
 
@@ -159,16 +195,19 @@ impl NatService {
                 if sock.connect(dst).is_err() || sock.set_nonblocking(true).is_err() {
                     return;
                 }
+                // Sent before the flow may go to the kernel (`UdpFlows::add`): the next
+                // datagrams must not overtake it. A reply waits in the socket meanwhile.
+                let failed = send_segments(|chunk| sock.send(chunk), payload, gso_size);
+                self.udp.send_failed.fetch_add(failed, Ordering::Relaxed);
                 let entry = Entry::Udp {
                     flow,
                     sock: Arc::new(sock),
                     _lease: lease,
                 };
-                let Some(token) = self.add_entry(IN, entry) else {
-                    return;
-                };
-                self.udp_by_flow.insert(flow, token);
-                token
+                if let Some(token) = self.add_entry(IN, entry) {
+                    self.udp_by_flow.insert(flow, token);
+                }
+                return;
             }
         };
         if let Some(Entry::Udp { sock, .. }) = self.entries.get(&token) {

@@ -391,6 +391,12 @@ fn nat_traffic(page: &mut Exposition, s: &Stats) {
         "Outgoing TCP connections the kernel opened itself from their SYN, so far.",
     )
     .int(&[], n.opened_in_kernel_total);
+    page.family(
+        "vswitch_nat_datagram_flows_in_kernel_total",
+        Kind::Counter,
+        "UDP flows and echoes handed to the kernel after their first datagram, so far.",
+    )
+    .int(&[], n.datagrams_in_kernel_total);
 }
 
 fn fds(page: &mut Exposition, s: &Stats) {

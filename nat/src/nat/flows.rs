@@ -11,6 +11,20 @@ use crate::conntrack::{
 
 use super::Nat;
 
+/// A UDP flow or an echo as an edge that carries it needs it (see [`Nat::datagram_flow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramFlow {
+    pub proto: Proto,
+    /// The container's address and port (an echo: its identifier).
+    pub container: SocketAddrV4,
+    /// The remote end's (an echo: port 0).
+    pub remote: SocketAddrV4,
+    /// An echo's identifier on the host's side (UDP: 0, the host's socket has the port).
+    pub host_ident: u16,
+    /// The container's MAC.
+    pub mac: [u8; 6],
+}
+
 impl Nat {
     /// The container's address and port of flow `flow`, if it exists.
     pub fn flow_inside(&self, flow: FlowId) -> Option<SocketAddrV4> {
@@ -26,6 +40,25 @@ impl Nat {
         let sh = self.table.lock(self.table.shard_of(cip, container.port()));
         let (slot, id) = sh.get(key)?;
         matches!(sh.flow(slot)?.kind, Kind::TcpTranslated { .. }).then_some(id)
+    }
+
+    /// UDP flow or echo `flow`, for an edge that carries its datagrams itself (reporting them
+    /// with [`Nat::offloaded`]); None for any other flow, or one gone.
+    pub fn datagram_flow(&self, flow: FlowId) -> Option<DatagramFlow> {
+        let (sh, slot) = self.table.lock_id(flow, None)?;
+        let f = sh.flow(slot)?;
+        let host_ident = match f.kind {
+            Kind::UdpEgress => 0,
+            Kind::Echo { nat_ident } => nat_ident,
+            _ => return None,
+        };
+        Some(DatagramFlow {
+            proto: f.kind.proto(),
+            container: f.inside(),
+            remote: f.remote(),
+            host_ident,
+            mac: sh.extra(slot).mac,
+        })
     }
 
     /// How many more flows container `ip` may start now (see `Shares`): for an edge that lets

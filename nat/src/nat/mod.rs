@@ -55,6 +55,7 @@ mod relay;
 mod translated;
 
 pub use answer::ICMP_DEST_UNREACH;
+pub use flows::DatagramFlow;
 
 /// A frame the NAT wrote in answer to a container's (see [`Verdict::Reply`]).
 #[derive(Clone, PartialEq, Eq)]
@@ -316,8 +317,9 @@ impl Nat {
         }
     }
 
-    /// What the edge translated itself of established flow `flow` since its last report (see
-    /// [`Verdict::Offload`]): segments and bytes (IPv4 packets, as the NAT counts them)
+    /// What the edge translated itself of flow `flow` since its last report (an established
+    /// connection, see [`Verdict::Offload`]; a UDP flow or an echo, see
+    /// [`Nat::datagram_flow`]): segments and bytes (IPv4 packets, as the NAT counts them)
     /// from the container and to it. Counted on the flow, and keeps it alive as those segments
     /// would have. False if the flow is gone.
     pub fn offloaded(&self, flow: FlowId, out: (u64, u64), back: (u64, u64), now: u64) -> bool {
@@ -331,6 +333,8 @@ impl Nat {
         f.bytes_out += out.1;
         f.packets_in += back.0;
         f.bytes_in += back.1;
+        // A UDP flow or an echo is answered once anything came back.
+        f.replied |= back.0 > 0;
         if out.0 + back.0 > 0 {
             self.table.refresh(f, now);
         }

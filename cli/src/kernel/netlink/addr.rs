@@ -17,10 +17,22 @@ const IFA_LOCAL: u16 = 2;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PREFSRC: u16 = 7;
 const RTA_TABLE: u16 = 15;
 /// Sizes of the fixed headers before the attributes: ifaddrmsg, rtmsg.
 const IFADDRMSG_LEN: usize = 8;
 const RTMSG_LEN: usize = 12;
+
+/// The route to an address, as `route_to` finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTo {
+    /// `RTN_UNICAST`, `RTN_LOCAL`, ...
+    pub kind: u8,
+    /// The interface it leaves by.
+    pub oif: Option<u32>,
+    /// The host's address packets to there leave from.
+    pub src: Option<Ipv4Addr>,
+}
 
 /// An IPv4 route of the main table as `ipv4_routes` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,9 +170,8 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The route the host takes to `dst` (`ip route get`): its type (`RTN_UNICAST`,
-    /// `RTN_LOCAL`, ...) and the interface it leaves by.
-    pub fn route_to(&mut self, dst: Ipv4Addr) -> Result<(u8, Option<u32>), NetlinkError> {
+    /// The route the host takes to `dst` (`ip route get`).
+    pub fn route_to(&mut self, dst: Ipv4Addr) -> Result<RouteTo, NetlinkError> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = 32;
@@ -176,12 +187,17 @@ impl Netlink {
             if kind != libc::RTM_NEWROUTE {
                 continue;
             }
-            let oif = NlasIterator::new(&body[RTMSG_LEN..])
-                .map_while(Result::ok)
-                .find(|nla| nla.kind() == RTA_OIF)
-                .and_then(|nla| <[u8; 4]>::try_from(nla.value()).ok())
-                .map(u32::from_ne_bytes);
-            return Ok((header[7], oif));
+            let word = |kind: u16| {
+                NlasIterator::new(&body[RTMSG_LEN..])
+                    .map_while(Result::ok)
+                    .find(|nla| nla.kind() == kind)
+                    .and_then(|nla| <[u8; 4]>::try_from(nla.value()).ok())
+            };
+            return Ok(RouteTo {
+                kind: header[7],
+                oif: word(RTA_OIF).map(u32::from_ne_bytes),
+                src: word(RTA_PREFSRC).map(Ipv4Addr::from),
+            });
         }
         Err(NetlinkError::Protocol(format!(
             "no route to {dst} in the reply"

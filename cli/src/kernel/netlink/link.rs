@@ -45,8 +45,19 @@ impl Netlink {
         }
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_link(msg, name)
+    }
+
+    /// The link of index `index`, or `None` if there is none.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.get_link(msg, &format!("#{index}"))
+    }
+
+    fn get_link(&mut self, msg: LinkMessage, what: &str) -> Result<Option<Link>, NetlinkError> {
         let replies = match self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
-            format!("look up link {name}")
+            format!("look up link {what}")
         }) {
             Err(e) if e.errno() == Some(libc::ENODEV) => return Ok(None),
             result => result?,
@@ -54,7 +65,7 @@ impl Netlink {
         let reply = replies
             .iter()
             .find(|(kind, _)| *kind == libc::RTM_NEWLINK)
-            .ok_or_else(|| NetlinkError::Protocol(format!("no RTM_NEWLINK reply for {name}")))?;
+            .ok_or_else(|| NetlinkError::Protocol(format!("no RTM_NEWLINK reply for {what}")))?;
         parse_link(&reply.1).map(Some)
     }
 

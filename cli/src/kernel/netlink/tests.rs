@@ -206,7 +206,9 @@ fn reads_links_addresses_and_routes_back() {
     assert_eq!(missing.unwrap(), None);
     // `ip route get`: out of eth0 by the default route (RTN_UNICAST); its own address is local
     // (RTN_LOCAL), through loopback.
-    assert_eq!(to, [(1, Some(after.index)), (2, Some(1))]);
+    let to = to.map(|r| (r.kind, r.oif, r.src));
+    let (own, lo) = (Ipv4Addr::new(10, 88, 0, 2), Some(1));
+    assert_eq!(to, [(1, Some(after.index), Some(own)), (2, lo, Some(own))]);
 }
 
 #[test]
