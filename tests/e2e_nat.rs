@@ -698,6 +698,48 @@ fn ping_an_outside_host() {
     assert_no_kernel_nat(&sb);
 }
 
+/// A container's largest datagrams, each answered in kind, over an uplink narrower than the
+/// containers' links: the kernel forwards what it translates whole (it fragments nothing), so
+/// it carries none of it; the daemon's host sockets fragment them, and every one comes back.
+#[test]
+fn an_uplink_narrower_than_the_containers_carries_nothing_in_the_kernel() {
+    const ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.settimeout(3)
+echoed = 0
+for i in range(20):
+    d = bytes([i]) * 1472
+    s.send(d)
+    try:
+        echoed += s.recv(65535) == d
+    except socket.timeout:
+        pass
+print("echoed", echoed, flush=True)
+"#;
+    let (sb, wan) = nat_sandbox(&[], &[]);
+    for (ns, link) in [(&sb.host, "wan0"), (&wan.ns, "eth0")] {
+        run(ns.cmd("ip", &["link", "set", link, "mtu", "1400"])).ok();
+    }
+    let c = Container::plain();
+    sb.plug(&c, &[]);
+    let _echo = wan.python(UDP_SERVER, &["7008", "echo"]);
+    let out = py(&c, Duration::from_secs(90), ECHO, &[WAN_IP, "7008"]).ok();
+    assert_eq!(out.stdout.trim(), "echoed 20", "{}", out.describe());
+    let ping = c.run("ping", &["-c", "3", "-i", "0.2", "-W", "3", WAN_IP]);
+    assert!(ping.stdout.contains("3 received"), "{}", ping.describe());
+    let flows = conntrack(&sb);
+    for f in flows
+        .iter()
+        .filter(|f| f.str("outside").starts_with(WAN_IP))
+    {
+        assert_eq!(f["in_kernel"].as_bool(), Some(false), "{f}");
+    }
+    let nat = &common::cni::stats(&sb)["nat"];
+    assert_eq!(nat.num("datagrams_in_kernel_total"), 0, "{nat}");
+}
+
 #[test]
 fn five_hundred_concurrent_connections_all_complete() {
     const N: usize = 500;

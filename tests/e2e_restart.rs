@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::wan::{Wan, HOST_WAN_IP, HTTP_SERVER, TCP_SERVER, WAN_IP};
+use common::wan::{Wan, HOST_WAN_IP, HTTP_SERVER, TCP_SERVER, UDP_SERVER, WAN_IP};
 use common::{
     command, json_array, parse_json, poll, run, run_timeout, signal, wait_timeout, Container, Json,
     JsonExt, NetNs, Out, Proc, TempDir, GATEWAY, VSWITCH,
@@ -337,6 +337,28 @@ while not select.select([sys.stdin], [], [], 0)[0]:
 print("conns", ok, "failed", failed, flush=True)
 "#;
 
+/// A UDP flow's request and answer every 10 ms until stdin speaks (argv: host, port); prints
+/// `udp sent N answered M`.
+const UDP_LOOP: &str = r#"
+import select, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.settimeout(0.5)
+print("ready", flush=True)
+sent = answered = 0
+while not select.select([sys.stdin], [], [], 0.01)[0]:
+    msg = b"%08d" % sent
+    s.send(msg)
+    sent += 1
+    try:
+        while s.recv(100) != msg:
+            pass
+        answered += 1
+    except socket.timeout:
+        pass
+print("udp sent", sent, "answered", answered, flush=True)
+"#;
+
 /// `ping -i 0.01 -c COUNT` in the background; `lost()` once it is done.
 struct Pinger {
     what: String,
@@ -436,6 +458,12 @@ fn upgrade_mid_download(extra: &[&str]) {
     let to_c2 = Pinger::start("c1 -> c2", c1.cmd("ping", &[]), "10.1.1.3", 800);
     let to_wan = Pinger::start("c1 -> outside", c1.cmd("ping", &[]), WAN_IP, 800);
     let to_c3 = Pinger::start("host -> c3", w.host.cmd("ping", &[]), "10.1.1.4", 800);
+    // A UDP flow from c3, which the kernel carries after its first datagram: the next daemon
+    // hands it to its own maps.
+    let _udp_echo = w.wan.python(UDP_SERVER, &["7009", "echo"]);
+    let mut udp = c3.cmd("python3", &["-c", UDP_LOOP]);
+    udp.args([WAN_IP, "7009"]);
+    let mut udp = Proc::spawn_ready(udp);
     // The download, paced at 20 MB/s so that it is in flight when the upgrade comes; a
     // client of the published port from the outside, exchanging data all along.
     let mut get = c1.cmd("python3", &["-c", SLOW_GET]);
@@ -455,9 +483,12 @@ fn upgrade_mid_download(extra: &[&str]) {
     });
     thread::sleep(Duration::from_millis(1500));
     let remote = format!("{WAN_IP}:8000");
+    let udp_remote = format!("{WAN_IP}:7009");
     if kernel {
-        let line = conntrack_line(&w, &remote);
-        assert!(line.trim_end().ends_with("kernel"), "translated: {line}");
+        for r in [&remote, &udp_remote] {
+            let line = conntrack_line(&w, r);
+            assert!(line.trim_end().ends_with("kernel"), "translated: {line}");
+        }
     }
 
     // The upgrade: a second copy of the binary takes over.
@@ -486,11 +517,13 @@ fn upgrade_mid_download(extra: &[&str]) {
     w.plug(&c4, &[]);
     assert!(c4.ping(GATEWAY) && c4.ping("10.1.1.2"), "a new plug works");
     if kernel {
-        let line = conntrack_line(&w, &remote);
-        assert!(
-            line.trim_end().ends_with("kernel"),
-            "still in the kernel: {line}"
-        );
+        for r in [&remote, &udp_remote] {
+            let line = conntrack_line(&w, r);
+            assert!(
+                line.trim_end().ends_with("kernel"),
+                "still (again) in the kernel: {line}"
+            );
+        }
     }
 
     // Everything that was in flight completes, intact.
@@ -527,6 +560,16 @@ fn upgrade_mid_download(extra: &[&str]) {
         );
         eprintln!("short connections: {answer}, {opened:?} opened in the kernel since");
     }
+    udp.send("stop");
+    let answer = udp.line(Duration::from_secs(30));
+    let words: Vec<u64> = (answer.split_whitespace())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        matches!(words[..], [sent, answered] if sent > 100 && sent - answered <= 2),
+        "a UDP flow across the upgrade: {answer}"
+    );
+    eprintln!("UDP flow across the upgrade: {answer}");
     for p in [to_c2, to_wan, to_c3] {
         let what = p.what.clone();
         let (sent, received) = p.finish();

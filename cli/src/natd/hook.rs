@@ -165,9 +165,12 @@ impl Hook for NatHook {
             } => {
                 // The flow's socket is open: send on it from here. Its first datagram (or one
                 // that raced it) goes through the service, which opens the socket.
-                if let Some(sock) = self.service.udp.get(flow) {
+                if let Some((sock, offer)) = self.service.udp.get(flow, now) {
                     self.udp_batch(worker)
                         .push(&sock, &frame[payload], gso_size);
+                    if offer {
+                        self.service.udp.carry(flow, &sock);
+                    }
                     return false;
                 }
                 *posted |= self.service.post(NatJob::UdpOut {

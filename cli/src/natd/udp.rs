@@ -8,9 +8,10 @@
 //! awake reads the replies. A round trip crosses no thread (issue 16).
 //!
 //! Where the kernel can carry it (`Translator::carry`), a flow is handed to it as soon as its
-//! socket is open: its later datagrams, both ways, are translated by the fast path's programs
-//! and never reach the daemon; the socket stays, holding the host's port (and telling the
-//! ICMP errors the remote end sends).
+//! socket is open (and again, at most once a second, while its datagrams still reach the
+//! daemon): its later datagrams, both ways, are translated by the fast path's programs and
+//! never reach the daemon; the socket stays, holding the host's port (and telling the ICMP
+//! errors the remote end sends).
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind};
@@ -41,36 +42,44 @@ pub struct UdpFlows {
 
 #[derive(Default)]
 struct FlowMaps {
-    by_flow: HashMap<FlowId, Arc<UdpSocket>>,
+    by_flow: HashMap<FlowId, FlowSocket>,
     by_token: HashMap<u64, (FlowId, Arc<UdpSocket>)>,
 }
 
+struct FlowSocket {
+    sock: Arc<UdpSocket>,
+    /// When a datagram that reaches the daemon next offers the flow to the kernel again (ms):
+    /// the kernel may not have taken it when it was opened (its container not served yet, as
+    /// just after a hand-over, or captured meanwhile).
+    offer_at: AtomicU64,
+}
+
+/// How often a flow the kernel does not carry is offered to it again.
+const OFFER_EVERY_MS: u64 = 1000;
+
 impl UdpFlows {
-    /// The socket of `flow`, if the service has opened it.
-    pub fn get(&self, flow: FlowId) -> Option<Arc<UdpSocket>> {
+    /// The socket of `flow`, if the service has opened it, and whether to offer the flow to the
+    /// kernel again now (`carry`): at most once a second.
+    pub fn get(&self, flow: FlowId, now: u64) -> Option<(Arc<UdpSocket>, bool)> {
         let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
-        maps.by_flow.get(&flow).cloned()
+        let f = maps.by_flow.get(&flow)?;
+        let at = f.offer_at.load(Ordering::Relaxed);
+        let next = now + OFFER_EVERY_MS;
+        let offer = now >= at
+            && (f.offer_at)
+                .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        Some((f.sock.clone(), offer))
     }
 
-    /// From now on every flow (those open already too) is handed to the kernel where it can
-    /// carry it, by `translator`.
+    /// From now on the flows are handed to the kernel where it can carry them, by `translator`:
+    /// each as its socket opens, those open already at their next datagram.
     pub fn carry_with(&self, translator: Arc<Translator>, nat: Arc<Nat>) {
-        if self.kernel.set((translator, nat)).is_err() {
-            return;
-        }
-        let flows: Vec<(FlowId, Arc<UdpSocket>)> = {
-            let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
-            (maps.by_flow.iter())
-                .map(|(f, s)| (*f, s.clone()))
-                .collect()
-        };
-        for (flow, sock) in flows {
-            self.carry(flow, &sock);
-        }
+        let _ = self.kernel.set((translator, nat));
     }
 
     /// Hands `flow`, whose socket is `sock`, to the kernel if it can carry it.
-    fn carry(&self, flow: FlowId, sock: &UdpSocket) {
+    pub(super) fn carry(&self, flow: FlowId, sock: &UdpSocket) {
         let Some((translator, nat)) = self.kernel.get() else {
             return;
         };
@@ -93,7 +102,11 @@ impl UdpFlows {
         }
         {
             let mut maps = self.maps.write().unwrap_or_else(|e| e.into_inner());
-            maps.by_flow.insert(flow, sock.clone());
+            let f = FlowSocket {
+                sock: sock.clone(),
+                offer_at: AtomicU64::new(0),
+            };
+            maps.by_flow.insert(flow, f);
             maps.by_token.insert(token, (flow, sock.clone()));
         }
         // Exclusive: a reply wakes one sleeping worker, not all of them.
