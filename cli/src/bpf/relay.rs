@@ -1077,6 +1077,8 @@ fn emit_datagram(
     counters: RawFd,
     pass: Label,
 ) {
+    // A datagram about to die (a traceroute's probe) is the NAT's, which answers as a router.
+    a.ldx_b(R2, R10, IP + 8).jsle_imm(R2, 1, pass);
     let icmp = a.label();
     a.jne_imm(R1, IPPROTO_UDP, icmp);
     // UDP's ports are where TCP's are: its key is on the stack already.
@@ -1752,6 +1754,9 @@ mod tests {
                 let wrong = datagram(out_macs, t.container, t.remote, Datagram::Echo(0));
                 assert_eq!(run_filter(&fast, &wrong), daemon, "an echo reply out");
             }
+            let mut dying = request.clone();
+            dying[22] = 1; // TTL (the checksum no matter: the filter reads no further)
+            assert_eq!(run_filter(&fast, &dying), daemon, "{what}: TTL 1");
             maps.remove(&t.rules().0, &t.rules().1);
             assert_eq!(run_filter(&fast, &request), daemon, "{what}: removed");
             let (verdict, _) = test_run_out(uplink_prog, &reply, 0).unwrap();

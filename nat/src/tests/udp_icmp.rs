@@ -310,3 +310,58 @@ fn icmp_errors_quote_the_containers_datagram() {
         Err(NatError::WrongFlowKind(fid))
     );
 }
+
+/// What an edge that carries a UDP flow or an echo itself needs of it, and what it carried
+/// counting as the flow's own datagrams would: the flow replied, alive for longer.
+#[test]
+fn a_datagram_flow_carried_by_the_edge_is_described_and_kept_alive_by_its_reports() {
+    let nat = nat();
+    let mut q = udp_out(C1_MAC, sa(C1, 5353), sa(OUT, 53), b"query");
+    let Verdict::UdpOut { flow, .. } = nat.outbound(&mut q, T0) else {
+        panic!("new UDP flow")
+    };
+    let d = nat.datagram_flow(flow).expect("a UDP flow");
+    assert_eq!(
+        (d.proto, d.container, d.remote, d.host_ident, d.mac),
+        (crate::Proto::Udp, sa(C1, 5353), sa(OUT, 53), 0, C1_MAC)
+    );
+    let mut p = echo_out(C2_MAC, C2, OUT, 0x1234, 1, b"ping");
+    let Verdict::EchoOut {
+        flow: echo, ident, ..
+    } = nat.outbound(&mut p, T0)
+    else {
+        panic!("new echo")
+    };
+    let d = nat.datagram_flow(echo).expect("an echo");
+    assert_eq!(
+        (d.proto, d.container, d.remote, d.host_ident, d.mac),
+        (
+            crate::Proto::Icmp,
+            sa(C2, 0x1234),
+            sa(OUT, 0),
+            ident,
+            C2_MAC
+        )
+    );
+    let mut syn = tcp_out(C1_MAC, sa(C1, 4000), sa(OUT, 80), 0x02, 1, b"");
+    let Verdict::TcpConnect { flow: tcp, .. } = nat.outbound(&mut syn, T0) else {
+        panic!("new TCP flow")
+    };
+    assert_eq!(nat.datagram_flow(tcp), None, "not a datagram flow");
+    assert_eq!(nat.datagram_flow(flow + 1000), None, "no flow");
+
+    // Unreplied: 30 s. What the edge carried both ways, reported 20 s later: replied, two
+    // minutes from then, the datagrams counted.
+    let view = |f: crate::FlowId, now: u64| {
+        let all = nat.entries(now);
+        let e = all.iter().find(|e| e.flow == f).cloned();
+        e.map(|e| (e.state, e.timeout_ms, e.packets_out, e.packets_in))
+    };
+    assert_eq!(view(flow, T0), Some(("UNREPLIED", 30_000, 1, 0)));
+    assert!(nat.offloaded(flow, (3, 99), (2, 66), T0 + 20_000));
+    assert_eq!(view(flow, T0 + 20_000), Some(("REPLIED", 120_000, 4, 2)));
+    let expired = |now: u64| nat.expire(now).iter().any(|e| e.flow == flow);
+    assert!(!expired(T0 + 139_999));
+    assert!(expired(T0 + 140_001));
+    assert!(!nat.offloaded(flow, (1, 33), (0, 0), T0 + 140_002), "gone");
+}
