@@ -517,11 +517,17 @@ fn upgrade_mid_download(extra: &[&str]) {
     w.plug(&c4, &[]);
     assert!(c4.ping(GATEWAY) && c4.ping("10.1.1.2"), "a new plug works");
     if kernel {
+        // The connection still, the UDP flow again: offered to the new daemon's maps at most a
+        // second after its container is served.
         for r in [&remote, &udp_remote] {
-            let line = conntrack_line(&w, r);
+            let in_kernel = || {
+                let line = conntrack_line(&w, r);
+                line.trim_end().ends_with("kernel").then_some(line)
+            };
             assert!(
-                line.trim_end().ends_with("kernel"),
-                "still (again) in the kernel: {line}"
+                poll(Duration::from_secs(5), in_kernel).is_some(),
+                "still (again) in the kernel: {}",
+                conntrack_line(&w, r)
             );
         }
     }
