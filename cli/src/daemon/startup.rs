@@ -241,8 +241,8 @@ pub(super) fn translator(
     };
     let mac = MacAddr::from_ipv4(cfg.gateway).0;
     let uplinks = fast_path.uplinks();
-    let ends = (tap, cfg.mtu);
-    let translator = Translator::new(offloads.clone(), uplinks, budget.clone(), mac, ends)
+    let tap_and_mtu = (tap, cfg.mtu);
+    let translator = Translator::new(offloads.clone(), uplinks, budget.clone(), mac, tap_and_mtu)
         .and_then(|t| t.watch(nat.clone()).map(|()| t));
     match translator {
         Ok(t) => {
