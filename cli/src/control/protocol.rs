@@ -975,6 +975,14 @@ pub struct PortView {
     /// The hook the kernel fast path is on for this port: "tcx", "tc" or "off".
     #[serde(default)]
     pub fast_path: String,
+    /// Receive coalescing on a port the daemon serves itself (see `ports::Coalescing`): "on"
+    /// while the kernel merges the port's small datagrams, "off", or absent where the fast path
+    /// serves the port or the kernel cannot merge datagrams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalescing: Option<String>,
+    /// How many times receive coalescing came on.
+    #[serde(default)]
+    pub coalesced: u64,
     /// Published ports, `HOSTPORT:CPORT/PROTO`.
     #[serde(default)]
     pub publish: Vec<String>,

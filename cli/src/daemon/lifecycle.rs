@@ -28,6 +28,11 @@ impl Manager {
         }
         self.reap_captures(false);
         self.sync_fast_path();
+        for port in self.datapath.ports().iter().flatten() {
+            if let Some(coalesce) = &port.coalesce {
+                coalesce.tick();
+            }
+        }
         // Expiry scans whole tables: once a second is plenty.
         let now = now_ms();
         if now < self.last_expiry + 1000 {

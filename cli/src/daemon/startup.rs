@@ -186,6 +186,7 @@ pub(super) fn tap_port(cfg: &Config, queues: Vec<Box<dyn PortIo>>) -> Port {
         by_flow: true,
         counters: Counters::default(),
         mirror: Default::default(),
+        coalesce: None,
     }
 }
 

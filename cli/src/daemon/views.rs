@@ -94,6 +94,9 @@ impl Manager {
                 .and_then(|c| c.fast_link.as_ref())
                 .map_or("off", |link| link.hook().name())
                 .to_string(),
+            coalescing: (port.and_then(|p| p.coalesce.as_ref()))
+                .map(|c| if c.is_on() { "on" } else { "off" }.to_string()),
+            coalesced: (port.and_then(|p| p.coalesce.as_ref())).map_or(0, |c| c.engaged()),
             publish: Vec::new(),
             nat_flows: 0,
             nat_packets_out: 0,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use vswitch_switch::vnet::datagrams;
 use vswitch_switch::{Action, DropReason, PortId, VNET_HDR_LEN};
 
 use crate::kernel::epoll::{Epoll, EventFd};
@@ -120,6 +121,10 @@ impl WorkerCtx {
                     return;
                 }
             };
+            if let Some(coalesce) = &port.coalesce {
+                let frames = (s.rx.bufs.iter().zip(&s.rx.lens)).map(|(buf, &len)| &buf[..len]);
+                coalesce.after_batch(frames.take(got), got == s.rx.bufs.len());
+            }
             self.switch_batch(&table, port, got, s);
             if got < s.rx.bufs.len() {
                 return;
@@ -168,7 +173,7 @@ impl WorkerCtx {
             }
             let outgoing = s.rx.outgoing[i];
             if !outgoing {
-                rx_frames += 1;
+                rx_frames += datagrams(frame);
                 rx_bytes += frame.len() - VNET_HDR_LEN;
                 if let Some(hook) = &self.hook {
                     // Port security before the NAT (and so DNS and published ports) sees the

@@ -2,6 +2,7 @@
 //! rtnetlink, and network namespaces. Nothing here knows about switching.
 
 pub mod epoll;
+pub mod ethtool;
 pub mod fdpass;
 pub mod netlink;
 pub mod netns;

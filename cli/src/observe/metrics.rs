@@ -138,6 +138,26 @@ fn ports(page: &mut Exposition, s: &Stats) {
     });
     per_port(f, &s.ports, &[("reason", "tx_failed")], |p| p.tx_failed);
     per_port(f, &s.ports, &[("reason", "kernel")], |p| p.kernel_drops);
+    // Only the ports the daemon serves itself have receive coalescing.
+    let coalescing: Vec<PortView> = (s.ports.iter())
+        .filter(|p| p.coalescing.is_some())
+        .cloned()
+        .collect();
+    let f = &mut page.family(
+        "vswitch_port_rx_coalescing",
+        Kind::Gauge,
+        "1 while the kernel merges the small datagrams a port receives before the daemon reads \
+         them (a flood is coming in), 0 otherwise.",
+    );
+    per_port(f, &coalescing, &[], |p| {
+        u64::from(p.coalescing.as_deref() == Some("on"))
+    });
+    let f = &mut page.family(
+        "vswitch_port_rx_coalesced_total",
+        Kind::Counter,
+        "Times receive coalescing came on for the port.",
+    );
+    per_port(f, &coalescing, &[], |p| p.coalesced);
 }
 
 /// What only a container's port has: spoofed frames, its NAT.
@@ -531,12 +551,15 @@ mod tests {
             "mac": "02:76:0a:01:01:02", "rx_frames": 10, "rx_bytes": 1000, "tx_frames": 8,
             "tx_bytes": 800, "drops": 3, "rx_invalid": 1, "tx_failed": 0, "kernel_drops": 2,
             "fast_rx_frames": 4, "fast_rx_bytes": 400, "fast_tx_frames": 2,
-            "fast_tx_bytes": 200, "fast_path": "tcx", "nat_flows": 2, "nat_refused": 1
+            "fast_tx_bytes": 200, "fast_path": "tcx", "nat_flows": 2, "nat_refused": 1,
+            "coalescing": "on", "coalesced": 3
         }))
         .unwrap()
     }
 
     fn stats() -> Stats {
+        let mut tap = port("tap", "vsw0");
+        tap.coalescing = None;
         let mut c = port("container", "vsw-42");
         c.pid = Some(42);
         let mut cni = port("container", "vsw3f2a9b1c0d4e");
@@ -544,7 +567,7 @@ mod tests {
         cni.container_id = Some("3f2a9b".into());
         cni.network = Some("vswitch".into());
         let mut s = Stats {
-            ports: vec![port("tap", "vsw0"), c, cni],
+            ports: vec![tap, c, cni],
             threads: vec![
                 ThreadStats {
                     name: "dp0".into(),
@@ -650,7 +673,12 @@ mod tests {
         has(
             r#"vswitch_port_info{port="vsw-42",kind="container",pid="42",ip="10.1.1.2",mac="02:76:0a:01:01:02",fast_path="tcx"} 1"#,
         );
-        // The TAP has no NAT of its own.
+        has(r#"vswitch_port_rx_coalescing{port="vsw-42",kind="container",pid="42"} 1"#);
+        has(r#"vswitch_port_rx_coalesced_total{port="vsw-42",kind="container",pid="42"} 3"#);
+        // The TAP has no NAT of its own, nor receive coalescing.
+        assert!(!s
+            .iter()
+            .any(|l| l.starts_with("vswitch_port_rx_coalesc") && l.contains("vsw0")));
         assert!(!s
             .iter()
             .any(|l| l.starts_with("vswitch_port_nat") && l.contains("vsw0")));

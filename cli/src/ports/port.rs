@@ -10,7 +10,10 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use vswitch_capture::{Direction, Mirror};
+use vswitch_switch::vnet::datagrams;
 use vswitch_switch::{flow_hash, PortId, VNET_HDR_LEN};
+
+use super::Coalescing;
 
 /// Largest frame a port can hand us: a 64 KiB GSO super-frame plus Ethernet/VLAN headers and the
 /// virtio-net header. Receive buffers are this big so that nothing is ever silently truncated.
@@ -75,6 +78,8 @@ fn realtime_ns() -> u64 {
 /// Per-port counters, updated by the workers with relaxed atomics.
 #[derive(Default)]
 pub struct Counters {
+    /// Frames received and sent, as the links count packets: a UDP super-frame counts its
+    /// datagrams (see `vnet::datagrams`).
     pub rx_frames: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub tx_frames: AtomicU64,
@@ -110,6 +115,8 @@ pub struct Port {
     pub counters: Counters,
     /// The captures running on this port (`vswitch capture`); idle, one relaxed load per batch.
     pub mirror: Mirror,
+    /// Receive coalescing, on a container's port the daemon serves itself.
+    pub coalesce: Option<Coalescing>,
 }
 
 impl Port {
@@ -138,7 +145,8 @@ impl Port {
             self.queue(hint).send_batch(frames)
         };
         let c = &self.counters;
-        c.tx_frames.fetch_add(sent as u64, Relaxed);
+        let packets: usize = frames[..sent].iter().map(|f| datagrams(f)).sum();
+        c.tx_frames.fetch_add(packets as u64, Relaxed);
         c.tx_bytes
             .fetch_add(bytes - (sent * VNET_HDR_LEN) as u64, Relaxed);
         if sent < frames.len() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use vswitch_switch::{MacAddr, PortId, PortInfo, PortPolicy};
 
 use crate::bpf::fastpath::{Attachment, MAX_PORTS};
-use crate::ports::{Counters, Port};
+use crate::ports::{Coalescing, Counters, Port};
 
 use super::undo::Made;
 use super::{DaemonError, Manager, Undo};
@@ -72,6 +72,19 @@ impl Manager {
                 })
                 .ok()
         });
+        // The daemon reads every frame of a port without the fast path: let the kernel merge
+        // a flood of small datagrams for it (see `ports::Coalescing`).
+        let coalesce = match fast_link {
+            None => (Coalescing::prepare(host_ifname, index))
+                .map_err(|e| tracing::info!(port = %host_ifname, "no receive coalescing: {e}"))
+                .ok(),
+            Some(_) => {
+                if let Err(e) = Coalescing::reset(host_ifname, index) {
+                    tracing::debug!(port = %host_ifname, "receive coalescing left as it was: {e}");
+                }
+                None
+            }
+        };
         let port = Arc::new(Port {
             id,
             name: host_ifname.to_string(),
@@ -79,6 +92,7 @@ impl Manager {
             by_flow: false,
             counters: Counters::default(),
             mirror: Default::default(),
+            coalesce,
         });
         let station = PortInfo { mac, ip: Some(ip) };
         (self.datapath.switch()).add_port_with_policy(id, station, policy.clone());
