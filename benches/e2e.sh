@@ -32,6 +32,8 @@
 #     vswitch      vswitch's own NAT, host ip_forward=0, no firewall rule anywhere
 #     vswitch-relay the same with `run --tcp-nat relay`: outgoing TCP relayed through the
 #                  host's sockets (the default translates it in the kernel)
+#     vswitch-nofp the same with --no-fast-path: every frame through the daemon, the NAT's
+#                  through its sockets, nothing translated in the kernel (only when named in -s)
 #     kbridge-nat  c1 -> br0 (10.1.1.1) -> host ip_forward=1 + nftables masquerade -> wan
 #     slirp        slirp4netns against c1 (podman-like flags)
 #     pasta        pasta (passt) against c1 (podman-like flags)
@@ -126,6 +128,7 @@ L2_SCENARIOS=(vswitch vswitch-nofp vswitch-base kbridge vde)
 L2_OPT_IN=(vswitch-nofp-cap vswitch-cap vswitch-metrics vswitch-nofp-metrics)   # only when named in -s
 METRICS_ADDR=127.0.0.1:9477
 WAN_SCENARIOS=(vswitch vswitch-relay vswitch-base kbridge-nat slirp pasta)
+WAN_OPT_IN=(vswitch-nofp)   # only when named in -s
 L2_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,host
 WAN_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,crrs,crrc
 declare -A MNAMES=([tcp1]="tcp_1stream:Gbit/s" [tcp1r]="tcp_1stream_rev:Gbit/s"
@@ -1062,7 +1065,8 @@ main() {
   if [[ -n $SCEN_ARG ]]; then
     IFS=, read -r -a SCENARIOS <<<"$SCEN_ARG"
     for s in "${SCENARIOS[@]}"; do
-      [[ " ${ALL_SCEN[*]} " == *" $s "* || ($MODE == l2 && " ${L2_OPT_IN[*]} " == *" $s "*) ]] ||
+      [[ " ${ALL_SCEN[*]} " == *" $s "* || ($MODE == l2 && " ${L2_OPT_IN[*]} " == *" $s "*) ||
+        ($MODE == wan && " ${WAN_OPT_IN[*]} " == *" $s "*) ]] ||
         die "unknown $MODE scenario '$s' (${ALL_SCEN[*]})"
       why=$(scenario_available "$s") || die "scenario $s: $why"
     done
