@@ -25,6 +25,8 @@
 #                  aside for it, the daemon switches and copies c2's frames (not default)
 #     vswitch-base (both modes, with --baseline PATH) the vswitch scenario with another binary,
 #                  e.g. a build of the commit before a change, for before/after ratios from one run
+#     vswitch-nofp-base (both modes, with --baseline PATH, only when named in -s) the same for
+#                  vswitch-nofp
 #     kbridge      Docker-bridge style: c1, c2 each a veth into Linux bridge br0 (10.1.1.1/24) in host
 #     vde          vde_switch in host with 3 taps: one stays in host (10.1.1.1/24), two moved to c1/c2
 #   WAN mode (--wan): host has wan0 198.51.100.1/24 <-veth-> wan:eth0 198.51.100.2/24 (the server;
@@ -125,10 +127,10 @@ PY=/usr/bin/python3; [[ -x $PY ]] || PY=$(command -v python3 || true)
 CLK_TCK=$(getconf CLK_TCK)
 
 L2_SCENARIOS=(vswitch vswitch-nofp vswitch-base kbridge vde)
-L2_OPT_IN=(vswitch-nofp-cap vswitch-cap vswitch-metrics vswitch-nofp-metrics)   # only when named in -s
+L2_OPT_IN=(vswitch-nofp-cap vswitch-cap vswitch-metrics vswitch-nofp-metrics vswitch-nofp-base)   # only when named in -s
 METRICS_ADDR=127.0.0.1:9477
 WAN_SCENARIOS=(vswitch vswitch-relay vswitch-base kbridge-nat slirp pasta)
-WAN_OPT_IN=(vswitch-nofp)   # only when named in -s
+WAN_OPT_IN=(vswitch-nofp vswitch-nofp-base)   # only when named in -s
 L2_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,host
 WAN_METRICS=tcp1,tcp1r,tcp4,udp64,udprr,icmp,conn,crr,crrs,crrc
 declare -A MNAMES=([tcp1]="tcp_1stream:Gbit/s" [tcp1r]="tcp_1stream_rev:Gbit/s"
@@ -674,7 +676,7 @@ start_vswitch() {
   [[ $SCEN == vswitch-relay ]] && args+=(--tcp-nat relay)
   [[ $SCEN == *-metrics ]] && args+=(--metrics "$METRICS_ADDR")
   ((BUSY)) && args+=(--max-flows 20000 --max-flows-per-container 20000)
-  local bin=$VSWITCH; [[ $SCEN == vswitch-base ]] && bin=$BASELINE
+  local bin=$VSWITCH; [[ $SCEN == *-base ]] && bin=$BASELINE
   start_daemon vswitch "$bin" "${args[@]}"
   wait_for 10 vsw ls || { warn "vswitch not ready (see $LOGP.vswitch.log)"; return 1; }
   if [[ $SCEN == *-metrics ]]; then   # a Prometheus-like scraper: every second, the whole page
@@ -715,6 +717,7 @@ start_capture() {  # PORT: `vswitch capture PORT -w /dev/null` for the whole run
 setup_vswitch_nofp_cap() { setup_vswitch; start_capture vsw0; }
 setup_vswitch_cap() { setup_vswitch; start_capture "/run/netns/$NS_C2"; }
 setup_vswitch_base() { setup_vswitch; }
+setup_vswitch_nofp_base() { setup_vswitch; }
 
 mk_bridge() {
   ip -n "$NS_HOST" link add br0 $(link_mtu) type bridge
@@ -985,7 +988,7 @@ scenario_available() {  # SCEN -> 0 if its tools are here (else prints why)
     vswitch|vswitch-nofp|vswitch-nofp-cap|vswitch-cap|vswitch-relay) return 0 ;;
     vswitch-metrics|vswitch-nofp-metrics)
       have curl || { echo "curl missing (apt-get install curl)"; return 1; } ;;
-    vswitch-base) [[ -n $BASELINE ]] || { echo "no --baseline binary given"; return 1; } ;;
+    vswitch-base|vswitch-nofp-base) [[ -n $BASELINE ]] || { echo "no --baseline binary given"; return 1; } ;;
     kbridge) return 0 ;;
     kbridge-nat) have nft || { echo "nft missing (apt-get install nftables)"; return 1; } ;;
     vde) have vde_switch || { echo "vde_switch missing (apt-get install vde2)"; return 1; }
