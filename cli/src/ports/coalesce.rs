@@ -1,5 +1,5 @@
 //! Receive coalescing on a container's port that the daemon serves itself (no kernel fast path
-//! on it): under a flood of small datagrams, the kernel merges them into UDP GSO super-frames
+//! on it): under a flood of datagrams, the kernel merges them into UDP GSO super-frames
 //! before the daemon reads them, so the daemon reads, switches and sends one frame for up to 64
 //! datagrams instead of one for each.
 //!
@@ -14,8 +14,8 @@
 //! batches is NAPI deferral (`gro_flush_timeout`, `napi_defer_hard_irqs`): the kernel holds a
 //! port's datagrams for up to [`FLUSH_NS`] and merges what came in meanwhile. That delay is what
 //! a request/response exchange must not pay, so deferral is adaptive, as a NIC's interrupt
-//! moderation is: it goes on when the daemon keeps reading full batches of small datagrams from
-//! the port (it is falling behind), and off at the first tick without a merged frame (the
+//! moderation is: it goes on when the daemon keeps reading full batches of single datagrams
+//! from the port (it is falling behind), and off at the first tick without a merged frame (the
 //! datagrams no longer come as a stream). TCP is not affected either way: a veth passes
 //! a TCP socket's segments around its NAPI.
 
@@ -32,13 +32,10 @@ use crate::kernel::ethtool;
 pub const FLUSH_NS: u32 = 50_000;
 /// Idle polls the kernel defers before it goes back to polling at once.
 const DEFER_POLLS: u32 = 2;
-/// Full batches of mostly small datagrams in a row that turn deferral on.
+/// Full batches of mostly single datagrams in a row that turn deferral on.
 const ON_AFTER: u32 = 4;
-/// Longest frame (virtio-net header excluded) counted as a small datagram.
-const SMALL: usize = 512;
-/// IP protocol numbers.
+/// IP protocol number of UDP.
 const UDP: u8 = 17;
-const ICMP: u8 = 1;
 
 /// A port's coalescing: prepared at plug, switched by the workers, and turned off by the
 /// manager's tick.
@@ -49,7 +46,7 @@ pub struct Coalescing {
     on: AtomicBool,
     /// Turning it on or off failed once: leave the port as it is.
     broken: AtomicBool,
-    /// Full batches of small datagrams in a row, while off.
+    /// Full batches of single datagrams in a row, while off.
     streak: AtomicU32,
     /// A UDP super-frame came in since the last tick (or deferral came on since).
     merged: AtomicBool,
@@ -100,7 +97,7 @@ impl Coalescing {
     }
 
     /// A worker read `frames` from the port, filling its batch if `full`. Turns deferral on
-    /// when the daemon keeps falling behind a stream of small datagrams.
+    /// when the daemon keeps falling behind a stream of datagrams.
     pub fn after_batch<'a>(&self, frames: impl Iterator<Item = &'a [u8]>, full: bool) {
         if self.on.load(Relaxed) {
             if !self.merged.load(Relaxed) && frames.into_iter().any(is_udp_super_frame) {
@@ -112,12 +109,12 @@ impl Coalescing {
             self.streak.store(0, Relaxed);
             return;
         }
-        let (mut small, mut all) = (0, 0);
+        let (mut datagrams, mut all) = (0, 0);
         for frame in frames {
             all += 1;
-            small += usize::from(is_small_datagram(frame));
+            datagrams += usize::from(is_datagram(frame));
         }
-        if 2 * small < all || self.streak.fetch_add(1, Relaxed) + 1 < ON_AFTER {
+        if 2 * datagrams < all || self.streak.fetch_add(1, Relaxed) + 1 < ON_AFTER {
             return;
         }
         // One worker switches; the others see it on.
@@ -185,13 +182,11 @@ fn set_deferral(ifname: &str, on: bool) -> io::Result<()> {
     std::fs::write(format!("{dir}/gro_flush_timeout"), flush.to_string())
 }
 
-/// A frame (with its virtio-net header) that is one short IPv4 UDP or ICMP datagram.
-fn is_small_datagram(frame: &[u8]) -> bool {
+/// A frame (with its virtio-net header) that is one IPv4 UDP datagram, not merged (GRO merges
+/// nothing else a container sends through its NAPI: deferring it would only delay it).
+fn is_datagram(frame: &[u8]) -> bool {
     let eth = frame.get(VNET_HDR_LEN..).unwrap_or_default();
-    frame.get(1) == Some(&0)
-        && eth.len() <= SMALL
-        && eth.get(12..14) == Some(&[0x08, 0x00])
-        && matches!(eth.get(23), Some(&(UDP | ICMP)))
+    frame.get(1) == Some(&0) && eth.get(12..14) == Some(&[0x08, 0x00]) && eth.get(23) == Some(&UDP)
 }
 
 /// A frame (with its virtio-net header) that the kernel merged from UDP datagrams.
@@ -224,22 +219,22 @@ mod tests {
     }
 
     #[test]
-    fn small_udp_and_icmp_datagrams_are_told_from_the_rest() {
-        assert!(is_small_datagram(&datagram(17, 106, 0)));
-        assert!(is_small_datagram(&datagram(1, 98, 0)));
-        assert!(!is_small_datagram(&datagram(6, 66, 0)), "TCP");
-        assert!(!is_small_datagram(&datagram(17, 1514, 0)), "long");
-        assert!(!is_small_datagram(&datagram(17, 106, GSO_UDP_L4)), "merged");
+    fn udp_datagrams_are_told_from_the_rest() {
+        assert!(is_datagram(&datagram(17, 106, 0)));
+        assert!(!is_datagram(&datagram(1, 98, 0)), "ICMP: nothing to merge");
+        assert!(is_datagram(&datagram(17, 1514, 0)));
+        assert!(!is_datagram(&datagram(6, 66, 0)), "TCP");
+        assert!(!is_datagram(&datagram(17, 106, GSO_UDP_L4)), "merged");
         let mut arp = datagram(17, 60, 0);
         arp[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&[0x08, 0x06]);
-        assert!(!is_small_datagram(&arp));
-        assert!(!is_small_datagram(&[0u8; 4]), "truncated");
+        assert!(!is_datagram(&arp));
+        assert!(!is_datagram(&[0u8; 4]), "truncated");
         assert!(is_udp_super_frame(&datagram(17, 3000, GSO_UDP_L4)));
         assert!(!is_udp_super_frame(&datagram(6, 3000, 1)), "TCP GSO");
     }
 
     #[test]
-    fn only_a_streak_of_full_batches_of_small_datagrams_would_turn_deferral_on() {
+    fn only_a_streak_of_full_batches_of_datagrams_would_turn_deferral_on() {
         let udp = datagram(17, 106, 0);
         let tcp = datagram(6, 66, 0);
         let p = port();
