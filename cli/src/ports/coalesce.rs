@@ -32,22 +32,25 @@ use crate::kernel::ethtool;
 pub const FLUSH_NS: u32 = 50_000;
 /// Idle polls the kernel defers before it goes back to polling at once.
 const DEFER_POLLS: u32 = 2;
-/// Full batches of mostly single datagrams in a row that turn deferral on.
+/// Full batches of mostly single datagrams in a row after which the port's socket is checked
+/// for drops: coalescing comes on only once datagrams are being lost.
 const ON_AFTER: u32 = 4;
 /// IP protocol number of UDP.
 const UDP: u8 = 17;
 
-/// A port's coalescing: prepared at plug, switched by the workers, and turned off by the
-/// manager's tick.
+/// A port's coalescing: checked at plug, switched on by the workers, and off by the manager's
+/// tick.
 #[derive(Debug)]
 pub struct Coalescing {
     ifname: String,
-    /// Deferral is on: the kernel merges the port's datagrams.
+    /// Coalescing is on: the kernel merges the port's datagrams.
     on: AtomicBool,
     /// Turning it on or off failed once: leave the port as it is.
     broken: AtomicBool,
     /// Full batches of single datagrams in a row, while off.
     streak: AtomicU32,
+    /// The port's socket drops when the streak was last checked.
+    drops_seen: AtomicU64,
     /// A UDP super-frame came in since the last tick (or deferral came on since).
     merged: AtomicBool,
     /// How many times deferral came on.
@@ -57,33 +60,29 @@ pub struct Coalescing {
 }
 
 impl Coalescing {
-    /// Turns GRO with UDP forwarding on for the host end `ifname` (ifindex `index`, in the
-    /// calling thread's namespace), deferral off. Fails where the kernel has no UDP GRO
-    /// forwarding (before 5.12) or `/sys/class/net` shows another namespace than the daemon's.
+    /// Checks that the host end `ifname` (ifindex `index`, in the calling thread's namespace)
+    /// can coalesce, and leaves it off. Fails where the kernel has no UDP GRO forwarding
+    /// (before 5.12) or `/sys/class/net` shows another namespace than the daemon's.
     pub fn prepare(ifname: &str, index: u32) -> io::Result<Coalescing> {
-        sysfs_is_ours(ifname, index)?;
-        set_deferral(ifname, false)?;
-        ethtool::set_features(ifname, &[("rx-gro", true), ("rx-udp-gro-forwarding", true)])?;
+        Coalescing::reset(ifname, index)?;
         Ok(Coalescing {
             ifname: ifname.to_string(),
             on: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             streak: AtomicU32::new(0),
+            drops_seen: AtomicU64::new(0),
             merged: AtomicBool::new(false),
             engaged: AtomicU64::new(0),
             writing: Mutex::new(()),
         })
     }
 
-    /// Undoes `prepare` on a port the kernel fast path serves (a daemon that ran without the
-    /// fast path may have left it on): its programs should see the frames as they were sent.
+    /// Turns coalescing off on `ifname` (ifindex `index`), as on a port the kernel fast path
+    /// serves: a daemon without the fast path may have left it on, and the fast path's
+    /// programs should see the frames as they were sent.
     pub fn reset(ifname: &str, index: u32) -> io::Result<()> {
         sysfs_is_ours(ifname, index)?;
-        set_deferral(ifname, false)?;
-        ethtool::set_features(
-            ifname,
-            &[("rx-gro", false), ("rx-udp-gro-forwarding", false)],
-        )
+        set(ifname, false)
     }
 
     /// Whether deferral is on now.
@@ -96,9 +95,15 @@ impl Coalescing {
         self.engaged.load(Relaxed)
     }
 
-    /// A worker read `frames` from the port, filling its batch if `full`. Turns deferral on
-    /// when the daemon keeps falling behind a stream of datagrams.
-    pub fn after_batch<'a>(&self, frames: impl Iterator<Item = &'a [u8]>, full: bool) {
+    /// A worker read `frames` from the port, filling its batch if `full`. Turns coalescing on
+    /// when the daemon keeps falling behind a stream of datagrams and the port's socket
+    /// (`drops`, read only then) has dropped some since the last check.
+    pub fn after_batch<'a>(
+        &self,
+        frames: impl Iterator<Item = &'a [u8]>,
+        full: bool,
+        drops: impl FnOnce() -> u64,
+    ) {
         if self.on.load(Relaxed) {
             if !self.merged.load(Relaxed) && frames.into_iter().any(is_udp_super_frame) {
                 self.merged.store(true, Relaxed);
@@ -115,6 +120,13 @@ impl Coalescing {
             datagrams += usize::from(is_datagram(frame));
         }
         if 2 * datagrams < all || self.streak.fetch_add(1, Relaxed) + 1 < ON_AFTER {
+            return;
+        }
+        // Behind, but losing nothing (a burst the socket's buffer holds): look again after
+        // another streak.
+        self.streak.store(0, Relaxed);
+        let drops = drops();
+        if self.drops_seen.swap(drops, Relaxed) >= drops {
             return;
         }
         // One worker switches; the others see it on.
@@ -137,14 +149,14 @@ impl Coalescing {
         }
     }
 
-    /// Writes deferral `on` to the link, unless `on` changed again meanwhile (a worker and the
-    /// tick may race): the writes are serialised, and the last one matches `self.on`.
+    /// Writes coalescing `on` to the link, unless `on` changed again meanwhile (a worker and
+    /// the tick may race): the writes are serialised, and the last one matches `self.on`.
     fn switch(&self, on: bool) {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         if self.on.load(Relaxed) != on {
             return;
         }
-        match set_deferral(&self.ifname, on) {
+        match set(&self.ifname, on) {
             Ok(()) if on => {
                 self.engaged.fetch_add(1, Relaxed);
                 tracing::debug!(port = %self.ifname, "receive coalescing on");
@@ -172,6 +184,21 @@ fn sysfs_is_ours(ifname: &str, index: u32) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Turns the host end's GRO with UDP forwarding and its NAPI deferral on or off. GRO stays off
+/// while coalescing is: it puts the veth's datagrams through a NAPI, whose counters leave out
+/// their Ethernet headers (the container's `ip -s link` would then count fewer bytes than the
+/// port), and it merges nothing without deferral anyway.
+fn set(ifname: &str, on: bool) -> io::Result<()> {
+    let features = [("rx-gro", on), ("rx-udp-gro-forwarding", on)];
+    if on {
+        ethtool::set_features(ifname, &features)?;
+        set_deferral(ifname, true)
+    } else {
+        set_deferral(ifname, false)?;
+        ethtool::set_features(ifname, &features)
+    }
 }
 
 /// Sets the host end's NAPI deferral (sysfs of the calling thread's mount namespace).
@@ -212,6 +239,7 @@ mod tests {
             on: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             streak: AtomicU32::new(0),
+            drops_seen: AtomicU64::new(0),
             merged: AtomicBool::new(false),
             engaged: AtomicU64::new(0),
             writing: Mutex::new(()),
@@ -234,41 +262,58 @@ mod tests {
     }
 
     #[test]
-    fn only_a_streak_of_full_batches_of_datagrams_would_turn_deferral_on() {
+    fn only_a_streak_of_full_batches_of_datagrams_looks_at_the_drops() {
         let udp = datagram(17, 106, 0);
         let tcp = datagram(6, 66, 0);
         let p = port();
+        let looked = std::cell::Cell::new(0);
+        let drops = || {
+            looked.set(looked.get() + 1);
+            0
+        };
         for _ in 0..ON_AFTER - 1 {
-            p.after_batch([&udp[..]; 32].into_iter(), true);
+            p.after_batch([&udp[..]; 32].into_iter(), true, drops);
         }
         assert_eq!(p.streak.load(Relaxed), ON_AFTER - 1);
-        p.after_batch([&udp[..]; 5].into_iter(), false);
+        p.after_batch([&udp[..]; 5].into_iter(), false, drops);
         assert_eq!(
             p.streak.load(Relaxed),
             0,
             "a short batch: the daemon caught up"
         );
-        for _ in 0..ON_AFTER {
-            p.after_batch([&tcp[..]; 32].into_iter(), true);
+        for _ in 0..2 * ON_AFTER {
+            p.after_batch([&tcp[..]; 32].into_iter(), true, drops);
         }
         assert_eq!(p.streak.load(Relaxed), 0, "full batches of TCP segments");
-        assert!(!p.is_on());
+        assert_eq!(
+            looked.get(),
+            0,
+            "the socket's drops are read only after a streak"
+        );
+        // A streak with no drops (a burst the socket holds): nothing, and a new streak starts.
+        for _ in 0..ON_AFTER {
+            p.after_batch([&udp[..]; 32].into_iter(), true, drops);
+        }
+        assert_eq!((looked.get(), p.streak.load(Relaxed)), (1, 0));
+        assert!(!p.is_on() && !p.broken.load(Relaxed));
     }
 
     #[test]
-    fn deferral_comes_on_after_the_streak_and_goes_off_at_a_tick_without_a_merged_frame() {
+    fn coalescing_comes_on_with_drops_and_goes_off_at_a_tick_without_a_merged_frame() {
         let udp = datagram(17, 106, 0);
         let merged = datagram(17, 3000, GSO_UDP_L4);
         let p = port();
         for _ in 0..ON_AFTER {
-            p.after_batch([&udp[..]; 32].into_iter(), true);
+            p.after_batch([&udp[..]; 32].into_iter(), true, || 7);
         }
-        // The sysfs write failed (no such link here): the port is left alone from then on.
+        // It tried (no such link here, so the write failed): the port is left alone from then
+        // on.
         assert!(!p.is_on() && p.broken.load(Relaxed) && p.engaged() == 0);
         for _ in 0..ON_AFTER {
-            p.after_batch([&udp[..]; 32].into_iter(), true);
+            p.after_batch([&udp[..]; 32].into_iter(), true, || 9);
         }
         assert!(!p.is_on());
+        assert_eq!(p.drops_seen.load(Relaxed), 7, "a broken port looks no more");
 
         // As on a link that takes it: on, kept by merged frames, off at a tick without one.
         let p = port();
@@ -276,10 +321,10 @@ mod tests {
         p.merged.store(true, Relaxed);
         p.tick();
         assert!(p.is_on(), "the first tick after coming on keeps it");
-        p.after_batch([&merged[..], &udp[..]].into_iter(), false);
+        p.after_batch([&merged[..], &udp[..]].into_iter(), false, || 0);
         p.tick();
         assert!(p.is_on(), "a merged frame came in");
-        p.after_batch([&udp[..]].into_iter(), false);
+        p.after_batch([&udp[..]].into_iter(), false, || 0);
         p.tick();
         assert!(!p.is_on(), "no merged frame since the last tick");
     }

@@ -138,6 +138,18 @@ impl Run {
             "port {ingress}, now {}, buf {buf_len}, frame {f:02x?}",
             self.now
         );
+        // The frame as a port hands it over, behind a UDP GSO header: a count of at least one
+        // datagram and at most one per byte of the frame, never a panic.
+        let gso_size = u16::from(inp.u8()).max(1);
+        let mut with_hdr = vec![0, vswitch_switch::vnet::GSO_UDP_L4, 0, 0];
+        with_hdr.extend_from_slice(&gso_size.to_le_bytes());
+        with_hdr.extend_from_slice(&[0; 4]);
+        with_hdr.extend_from_slice(&f);
+        let datagrams = vswitch_switch::vnet::datagrams(&with_hdr);
+        assert!(
+            (1..=f.len().max(1)).contains(&datagrams),
+            "datagrams({what}) = {datagrams}"
+        );
         if admit {
             let got = self.sw.admit(ingress, &f);
             assert_eq!(got, self.model.admit(ingress, &f), "admit({what})");
