@@ -9,15 +9,15 @@
 //! socket), so the sender outran the daemon and more than half of a 64-byte UDP flood was lost
 //! at the port's socket. Merged, the same flood crosses the daemon with nothing lost there.
 //!
-//! How: the veth's host end runs GRO with UDP forwarding (`rx-gro`, `rx-udp-gro-forwarding`).
-//! That alone merges little: the veth polls after each datagram, one at a time. What makes
-//! batches is NAPI deferral (`gro_flush_timeout`, `napi_defer_hard_irqs`): the kernel holds a
-//! port's datagrams for up to [`FLUSH_NS`] and merges what came in meanwhile. That delay is what
-//! a request/response exchange must not pay, so deferral is adaptive, as a NIC's interrupt
-//! moderation is: it goes on when the daemon keeps reading full batches of single datagrams
-//! from the port (it is falling behind), and off at the first tick without a merged frame (the
-//! datagrams no longer come as a stream). TCP is not affected either way: a veth passes
-//! a TCP socket's segments around its NAPI.
+//! How: GRO with UDP forwarding on the veth's host end (`rx-gro`, `rx-udp-gro-forwarding`)
+//! merges the datagrams its NAPI polls together; NAPI deferral (`gro_flush_timeout`,
+//! `napi_defer_hard_irqs`) makes it poll them together, holding them for up to [`FLUSH_NS`].
+//! Both stay off until the daemon falls behind, as a NIC's interrupt moderation comes on under
+//! load: the delay is what a request/response exchange must not pay. A worker that keeps reading
+//! full batches of single UDP datagrams from the port, while its socket drops some, turns them
+//! on; the manager's tick turns them off when no merged frame came in since the last tick (the
+//! datagrams no longer come as a stream). TCP is not affected either way: a veth passes a TCP
+//! socket's segments around its NAPI.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
