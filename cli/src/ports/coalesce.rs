@@ -51,9 +51,9 @@ pub struct Coalescing {
     streak: AtomicU32,
     /// The port's socket drops when the streak was last checked.
     drops_seen: AtomicU64,
-    /// A UDP super-frame came in since the last tick (or deferral came on since).
+    /// A UDP super-frame came in since the last tick (or coalescing came on since).
     merged: AtomicBool,
-    /// How many times deferral came on.
+    /// How many times coalescing came on.
     engaged: AtomicU64,
     /// Held while writing the link's settings.
     writing: Mutex<()>,
@@ -85,12 +85,12 @@ impl Coalescing {
         set(ifname, false)
     }
 
-    /// Whether deferral is on now.
+    /// Whether coalescing is on now.
     pub fn is_on(&self) -> bool {
         self.on.load(Relaxed)
     }
 
-    /// How many times deferral came on.
+    /// How many times coalescing came on.
     pub fn engaged(&self) -> u64 {
         self.engaged.load(Relaxed)
     }
@@ -129,7 +129,8 @@ impl Coalescing {
         if self.drops_seen.swap(drops, Relaxed) >= drops {
             return;
         }
-        // One worker switches; the others see it on.
+        // One worker switches (a few system calls, once per flood; the ioctl may wait for the
+        // rtnl lock); the others see it on.
         if self
             .on
             .compare_exchange(false, true, Relaxed, Relaxed)
@@ -140,7 +141,8 @@ impl Coalescing {
         }
     }
 
-    /// The manager's tick: deferral goes off when no merged frame came in since the last tick.
+    /// The manager's tick: coalescing goes off when no merged frame came in since the last
+    /// tick.
     pub fn tick(&self) {
         if self.on.load(Relaxed) && !self.merged.swap(false, Relaxed) {
             self.streak.store(0, Relaxed);
