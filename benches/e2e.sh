@@ -51,6 +51,8 @@
 #   udp64  udp64_rx_rate    pkt/s    iperf3 -u -l 64 -b 0: datagrams received per second
 #          udp64_tx_rate    pkt/s    datagrams sent per second
 #          udp64_loss       %        (sent - received) / sent
+#          udp64_switch_loss %       vswitch scenarios: datagrams lost at the switch's ports
+#                                    (their DROPS in `vswitch ls`) / sent
 #   udprr  udp_rtt_mean, udp_rtt_p99  us   sockperf ping-pong, 64 B, one message in flight
 #   icmp   icmp_rtt_mean, icmp_rtt_p99 us  ping -c 200 -i 0.005
 #   conn   tcp_conn_rate    conn/s   connect()+close() loop for -c SEC, one at a time; the server
@@ -353,6 +355,11 @@ def iperf_udp(path):  # -> tx_pps rx_pps loss%
     loss = 100.0 * (s['packets'] - rx) / s['packets'] if s['packets'] else 100.0
     print('%.0f %.0f %.3f' % (s['packets'] / s['seconds'], rx / r['seconds'], max(0.0, loss)))
 
+def switch_loss(before, after, iperf):  # -> % of the datagrams sent lost at the switch's ports
+    drops = lambda path: sum(int(p.get('drops', 0)) for p in json.load(open(path)))
+    sent = load_iperf(iperf)['end']['sum_sent']['packets']
+    print('%.3f' % (100.0 * max(0, drops(after) - drops(before)) / sent if sent else 0.0))
+
 def ping(path, count):
     t = [float(m.group(1)) * 1000 for m in re.finditer(r'time=([0-9.]+) ms', open(path).read())]
     if len(t) < 0.5 * int(count):
@@ -479,7 +486,7 @@ def probe(mode, host, port, secs, tmo='1.0'):
 # ---- summary: medians, ratios vswitch/reference, issue 4 targets
 ORDER = [  # metric, better ('hi', 'lo' or '' = informative)
     ('tcp_1stream', 'hi'), ('tcp_1stream_rev', 'hi'), ('tcp_4stream', 'hi'), ('tcp4_retrans', 'lo'),
-    ('udp64_rx_rate', 'hi'), ('udp64_tx_rate', ''), ('udp64_loss', 'lo'),
+    ('udp64_rx_rate', 'hi'), ('udp64_tx_rate', ''), ('udp64_loss', 'lo'), ('udp64_switch_loss', 'lo'),
     ('udp_rtt_mean', 'lo'), ('udp_rtt_p99', 'lo'), ('icmp_rtt_mean', 'lo'), ('icmp_rtt_p99', 'lo'),
     ('tcp_conn_rate', 'hi'), ('tcp_conn_fail', 'lo'), ('tcp_crr_rate', 'hi'), ('tcp_crr_fail', 'lo'),
     ('tcp_crr_sf_burst', 'hi'), ('tcp_crr_sf_rate', 'hi'), ('tcp_crr_sf_fail', 'lo'),
@@ -491,6 +498,7 @@ ORDER = [  # metric, better ('hi', 'lo' or '' = informative)
 TARGETS = {
     'kbridge': {'tcp_1stream': ('ge', 0.6), 'tcp_1stream_rev': ('ge', 0.6), 'tcp_4stream': ('ge', 0.6),
                 'udp64_rx_rate': ('ge', 0.9), 'udp64_loss': ('abs_le', 1.0),
+                'udp64_switch_loss': ('abs_le', 5.0),   # issue 16 item 4
                 'udp_rtt_mean': ('le', 1.3), 'udp_rtt_p99': ('le', 1.3),
                 'tcp_conn_rate': ('ge', 0.8), 'tcp_crr_rate': ('ge', 0.8), 'host_tcp': ('ge', 0.5)},
     # Issue 16: NAT bulk >= 0.9x kernel NAT, connection rates >= 0.6x; issue 20: sustained crr.
@@ -592,7 +600,7 @@ def summarize(raw, mdpath, scens, refs, header):
 if __name__ == '__main__':
     cmd, args = sys.argv[1], sys.argv[2:]
     {'iperf-tcp': iperf_tcp, 'iperf-udp': iperf_udp, 'ping': ping, 'sockperf': sockperf,
-     'drops': drops, 'conn-server': conn_server, 'conn-client': conn_client, 'probe': probe,
+     'drops': drops, 'switch-loss': switch_loss, 'conn-server': conn_server, 'conn-client': conn_client, 'probe': probe,
      'udp-echo': udp_echo, 'idle-flows': idle_flows,
      'summarize': summarize}[cmd](*args)
 PYEOF
@@ -874,11 +882,16 @@ m_tcp4() {  # also the retransmits: a switch that reorders a stream makes TCP re
 m_host()  { iperf_gbps host host_tcp "$NS_HOST" "$NS_C1" "$C1_IP" -P 1; }
 m_hostr() { iperf_gbps hostr host_tcp_rev "$NS_HOST" "$NS_C1" "$C1_IP" -P 1 -R; }
 m_udp64() {
-  local v
+  local v daemon=0
+  [[ $SCEN == vswitch* ]] && vsw ls --json >"$LOGP.udp64-ls-before.json" && daemon=1
   iperf_run udp64 "$NS_C1" "$SRV_NS" "$TARGET" -u -l 64 -b 0 || return 1
   v=$(H iperf-udp "$LOGP.iperf-udp64.json") || return 1
   set -- $v
   emit udp64_rx_rate "$2" pkt/s; emit udp64_tx_rate "$1" pkt/s; emit udp64_loss "$3" %
+  if ((daemon)) && vsw ls --json >"$LOGP.udp64-ls-after.json"; then
+    v=$(H switch-loss "$LOGP.udp64-ls-before.json" "$LOGP.udp64-ls-after.json" \
+      "$LOGP.iperf-udp64.json") && emit udp64_switch_loss "$v" %
+  fi
 }
 m_icmp() {
   have ping || return 1
