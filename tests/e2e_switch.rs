@@ -4,7 +4,8 @@
 //! the truth (ports, counters, MAC ages); that unplugging, or a container that exits, removes
 //! its port and frees its address; that the switch answers ARP itself; that unicast goes only
 //! where it is addressed, with and without the kernel fast path; that the workers go back to
-//! sleep when traffic stops; and that datagrams and parallel streams arrive whole and in order.
+//! sleep when traffic stops; that datagrams and parallel streams arrive whole and in order; and
+//! that a flood of datagrams is merged for a daemon that falls behind, not lost at its port.
 
 mod common;
 

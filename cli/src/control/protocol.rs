@@ -976,8 +976,8 @@ pub struct PortView {
     #[serde(default)]
     pub fast_path: String,
     /// Receive coalescing on a port the daemon serves itself (see `ports::Coalescing`): "on"
-    /// while the kernel merges the port's small datagrams, "off", or absent where the fast path
-    /// serves the port or the kernel cannot merge datagrams.
+    /// while the kernel merges the datagrams the port receives, "off", or absent where the fast
+    /// path serves the port or the kernel cannot merge datagrams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coalescing: Option<String>,
     /// How many times receive coalescing came on.

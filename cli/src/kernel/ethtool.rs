@@ -16,7 +16,7 @@ const ETH_GSTRING_LEN: usize = 32;
 const ETHTOOL_F_WISH: libc::c_int = 1 << 1;
 
 /// Turns each named feature of `ifname` (in the calling thread's namespace) on or off. Fails
-/// with `ErrorKind::Unsupported` if the kernel knows a name not, or would not set one.
+/// with `ErrorKind::Unsupported` if the kernel does not know a name, or would not set one.
 pub fn set_features(ifname: &str, wanted: &[(&str, bool)]) -> io::Result<()> {
     // SAFETY: socket(2) with constant arguments; the result is checked and owned at once.
     let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;

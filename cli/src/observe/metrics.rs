@@ -146,7 +146,7 @@ fn ports(page: &mut Exposition, s: &Stats) {
     let f = &mut page.family(
         "vswitch_port_rx_coalescing",
         Kind::Gauge,
-        "1 while the kernel merges the small datagrams a port receives before the daemon reads \
+        "1 while the kernel merges the datagrams a port receives before the daemon reads \
          them (a flood is coming in), 0 otherwise.",
     );
     per_port(f, &coalescing, &[], |p| {

@@ -73,7 +73,7 @@ impl Manager {
                 .ok()
         });
         // The daemon reads every frame of a port without the fast path: let the kernel merge
-        // a flood of small datagrams for it (see `ports::Coalescing`).
+        // a flood of datagrams for it (see `ports::Coalescing`).
         let coalesce = match fast_link {
             None => (Coalescing::prepare(host_ifname, index))
                 .map_err(|e| tracing::info!(port = %host_ifname, "no receive coalescing: {e}"))
