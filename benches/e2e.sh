@@ -52,7 +52,8 @@
 #          udp64_tx_rate    pkt/s    datagrams sent per second
 #          udp64_loss       %        (sent - received) / sent
 #          udp64_switch_loss %       vswitch scenarios: datagrams lost at the switch's ports
-#                                    (their DROPS in `vswitch ls`) / sent
+#                                    (their DROPS in `vswitch ls`, and what the host ends
+#                                    received that the ports never read) / sent
 #   udprr  udp_rtt_mean, udp_rtt_p99  us   sockperf ping-pong, 64 B, one message in flight
 #   icmp   icmp_rtt_mean, icmp_rtt_p99 us  ping -c 200 -i 0.005
 #   conn   tcp_conn_rate    conn/s   connect()+close() loop for -c SEC, one at a time; the server
@@ -355,10 +356,24 @@ def iperf_udp(path):  # -> tx_pps rx_pps loss%
     loss = 100.0 * (s['packets'] - rx) / s['packets'] if s['packets'] else 100.0
     print('%.0f %.0f %.3f' % (s['packets'] / s['seconds'], rx / r['seconds'], max(0.0, loss)))
 
-def switch_loss(before, after, iperf):  # -> % of the datagrams sent lost at the switch's ports
-    drops = lambda path: sum(int(p.get('drops', 0)) for p in json.load(open(path)))
+def lost_at_ports(ls_path, links_path):  # -> the ports' DROPS + the frames they never read
+    ports = json.load(open(ls_path))
+    links = {l['ifname']: l['stats64'] for l in json.load(open(links_path))}
+    unread = 0
+    for p in ports:
+        st = links.get(p.get('host_ifname'))
+        if not st:
+            continue
+        if p.get('kind') == 'tap':
+            unread += st['tx']['packets'] - p['rx_frames'] + st['tx']['dropped']
+        else:
+            unread += st['rx']['packets'] - p['rx_frames']
+    return sum(int(p.get('drops', 0)) for p in ports) + unread
+
+def switch_loss(ls0, links0, ls1, links1, iperf):  # -> % of the datagrams sent lost at the ports
+    lost = lost_at_ports(ls1, links1) - lost_at_ports(ls0, links0)
     sent = load_iperf(iperf)['end']['sum_sent']['packets']
-    print('%.3f' % (100.0 * max(0, drops(after) - drops(before)) / sent if sent else 0.0))
+    print('%.3f' % (100.0 * max(0, lost) / sent if sent else 0.0))
 
 def ping(path, count):
     t = [float(m.group(1)) * 1000 for m in re.finditer(r'time=([0-9.]+) ms', open(path).read())]
@@ -883,14 +898,17 @@ m_host()  { iperf_gbps host host_tcp "$NS_HOST" "$NS_C1" "$C1_IP" -P 1; }
 m_hostr() { iperf_gbps hostr host_tcp_rev "$NS_HOST" "$NS_C1" "$C1_IP" -P 1 -R; }
 m_udp64() {
   local v daemon=0
-  [[ $SCEN == vswitch* ]] && vsw ls --json >"$LOGP.udp64-ls-before.json" && daemon=1
+  [[ $SCEN == vswitch* ]] && vsw ls --json >"$LOGP.udp64-ls-before.json" &&
+    ip -n "$NS_HOST" -j -s link >"$LOGP.udp64-links-before.json" && daemon=1
   iperf_run udp64 "$NS_C1" "$SRV_NS" "$TARGET" -u -l 64 -b 0 || return 1
   v=$(H iperf-udp "$LOGP.iperf-udp64.json") || return 1
   set -- $v
   emit udp64_rx_rate "$2" pkt/s; emit udp64_tx_rate "$1" pkt/s; emit udp64_loss "$3" %
-  if ((daemon)) && vsw ls --json >"$LOGP.udp64-ls-after.json"; then
-    v=$(H switch-loss "$LOGP.udp64-ls-before.json" "$LOGP.udp64-ls-after.json" \
-      "$LOGP.iperf-udp64.json") && emit udp64_switch_loss "$v" %
+  if ((daemon)) && vsw ls --json >"$LOGP.udp64-ls-after.json" &&
+    ip -n "$NS_HOST" -j -s link >"$LOGP.udp64-links-after.json"; then
+    v=$(H switch-loss "$LOGP.udp64-ls-before.json" "$LOGP.udp64-links-before.json" \
+      "$LOGP.udp64-ls-after.json" "$LOGP.udp64-links-after.json" "$LOGP.iperf-udp64.json") &&
+      emit udp64_switch_loss "$v" %
   fi
 }
 m_icmp() {

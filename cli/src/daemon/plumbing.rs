@@ -33,6 +33,11 @@ pub struct Addressing {
     /// trusted port, `--allow-ethertype 86dd`); elsewhere the switch would drop all of it, so
     /// the container does not try it at all.
     pub ipv6: bool,
+    /// Whether the interface gets a queue (`pfifo_fast`) in place of a veth's `noqueue`: on a
+    /// port the daemon serves itself, a veth ring that fills while the kernel holds datagrams
+    /// for it (receive coalescing) then stops the container's sends, from Linux 6.16, rather
+    /// than dropping them.
+    pub queue: bool,
 }
 
 pub trait Plumbing: Send {
@@ -55,7 +60,7 @@ pub trait Plumbing: Send {
     /// Marks the host end as the daemon's, makes it inert (no IPv6, NOARP) and up.
     fn prepare_host_end(&mut self, name: &str, index: u32) -> Result<(), DaemonError>;
     /// Inside `ns`: `lo` up, IPv6 off on `ifname` unless `addressing.ipv6`, the address on
-    /// `ifname`, `ifname` up, the default route.
+    /// `ifname`, its queue if `addressing.queue`, `ifname` up, the default route.
     fn configure_container(
         &mut self,
         ns: BorrowedFd<'_>,
@@ -165,6 +170,9 @@ impl Plumbing for Kernel {
                     .map_err(|e| DaemonError::io(format!("disabling IPv6 on {ifname}"), e))?;
             }
             nl.add_address(index, a.ip, a.prefix)?;
+            if a.queue {
+                nl.set_root_pfifo_fast(index)?;
+            }
             nl.set_link(index, true, false, None, None)?;
             nl.add_default_route(a.gateway)
                 .map_err(|e| match e.errno() {

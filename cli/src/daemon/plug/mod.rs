@@ -73,6 +73,7 @@ impl Manager {
             prefix: self.ipam.net().prefix,
             gateway: self.ipam.gateway(),
             ipv6: policy.trusted || policy.allow_ethertypes.contains(&ethertype::IPV6),
+            queue: self.fast_path.is_none(),
         };
         (self.plumbing).configure_container(ns.fd.as_fd(), ifname.as_str(), addressing)?;
         let id = self.free_port_id().ok_or(DaemonError::TooManyPorts)?;

@@ -63,6 +63,19 @@ impl Netlink {
         }
     }
 
+    /// Gives link `index` a `pfifo_fast` root qdisc (a queue of `txqueuelen` frames) in place of
+    /// whatever it has, such as a veth's `noqueue`.
+    pub fn set_root_pfifo_fast(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut msg = tc_message(index, TcHandle::default(), TcHandle::ROOT);
+        msg.attributes.push(TcAttribute::Kind("pfifo_fast".into()));
+        self.request(
+            RouteNetlinkMessage::NewQueueDiscipline(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("give link {index} a pfifo_fast qdisc"),
+        )?;
+        Ok(())
+    }
+
     /// Deletes link `index`'s `clsact` qdisc and every filter on it.
     pub fn delete_clsact(&mut self, index: u32) -> Result<(), NetlinkError> {
         let msg = tc_message(index, CLSACT_HANDLE, TcHandle::CLSACT);
