@@ -123,8 +123,8 @@ impl WorkerCtx {
             };
             if let Some(coalesce) = &port.coalesce {
                 let frames = (s.rx.bufs.iter().zip(&s.rx.lens)).map(|(buf, &len)| &buf[..len]);
-                let drops = || port.kernel_drops();
-                coalesce.after_batch(frames.take(got), got == s.rx.bufs.len(), drops);
+                let pressure = || (port.kernel_drops(), port.backed_up());
+                coalesce.after_batch(frames.take(got), got == s.rx.bufs.len(), pressure);
             }
             self.switch_batch(&table, port, got, s);
             if got < s.rx.bufs.len() {

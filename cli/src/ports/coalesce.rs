@@ -32,8 +32,8 @@ use crate::kernel::ethtool;
 pub const FLUSH_NS: u32 = 50_000;
 /// Idle polls the kernel defers before it goes back to polling at once.
 const DEFER_POLLS: u32 = 2;
-/// Full batches of mostly single datagrams in a row after which the port's socket is checked
-/// for drops: coalescing comes on only once datagrams are being lost.
+/// Full batches of mostly single datagrams in a row after which the port's socket is checked:
+/// coalescing comes on only once its buffer is a quarter full, or it dropped frames.
 const ON_AFTER: u32 = 4;
 /// IP protocol number of UDP.
 const UDP: u8 = 17;
@@ -97,12 +97,13 @@ impl Coalescing {
 
     /// A worker read `frames` from the port, filling its batch if `full`. Turns coalescing on
     /// when the daemon keeps falling behind a stream of datagrams and the port's socket
-    /// (`drops`, read only then) has dropped some since the last check.
+    /// (`pressure`, read only then: its drops so far, and whether its buffer is a quarter
+    /// full) is backed up or has dropped some since the last check.
     pub fn after_batch<'a>(
         &self,
         frames: impl Iterator<Item = &'a [u8]>,
         full: bool,
-        drops: impl FnOnce() -> u64,
+        pressure: impl FnOnce() -> (u64, bool),
     ) {
         if self.on.load(Relaxed) {
             if !self.merged.load(Relaxed) && frames.into_iter().any(is_udp_super_frame) {
@@ -122,11 +123,13 @@ impl Coalescing {
         if 2 * datagrams < all || self.streak.fetch_add(1, Relaxed) + 1 < ON_AFTER {
             return;
         }
-        // Behind, but losing nothing (a burst the socket's buffer holds): look again after
-        // another streak.
+        // Behind, but by little (a burst the socket's buffer holds): look again after another
+        // streak. Not waiting for drops: a merged frame takes the buffer space of all its
+        // datagrams, and the first ones would not fit in a full buffer, each losing up to 64
+        // datagrams while the socket counts one drop.
         self.streak.store(0, Relaxed);
-        let drops = drops();
-        if self.drops_seen.swap(drops, Relaxed) >= drops {
+        let (drops, backed_up) = pressure();
+        if self.drops_seen.swap(drops, Relaxed) >= drops && !backed_up {
             return;
         }
         // One worker switches (a few system calls, once per flood; the ioctl may wait for the
@@ -264,14 +267,14 @@ mod tests {
     }
 
     #[test]
-    fn only_a_streak_of_full_batches_of_datagrams_looks_at_the_drops() {
+    fn only_a_streak_of_full_batches_of_datagrams_looks_at_the_socket() {
         let udp = datagram(17, 106, 0);
         let tcp = datagram(6, 66, 0);
         let p = port();
         let looked = std::cell::Cell::new(0);
         let drops = || {
             looked.set(looked.get() + 1);
-            0
+            (0, false)
         };
         for _ in 0..ON_AFTER - 1 {
             p.after_batch([&udp[..]; 32].into_iter(), true, drops);
@@ -298,6 +301,11 @@ mod tests {
         }
         assert_eq!((looked.get(), p.streak.load(Relaxed)), (1, 0));
         assert!(!p.is_on() && !p.broken.load(Relaxed));
+        // A streak with the buffer backed up, no drops yet: it tries (and fails here).
+        for _ in 0..ON_AFTER {
+            p.after_batch([&udp[..]; 32].into_iter(), true, || (0, true));
+        }
+        assert!(p.broken.load(Relaxed), "it tried to switch");
     }
 
     #[test]
@@ -306,13 +314,13 @@ mod tests {
         let merged = datagram(17, 3000, GSO_UDP_L4);
         let p = port();
         for _ in 0..ON_AFTER {
-            p.after_batch([&udp[..]; 32].into_iter(), true, || 7);
+            p.after_batch([&udp[..]; 32].into_iter(), true, || (7, false));
         }
         // It tried (no such link here, so the write failed): the port is left alone from then
         // on.
         assert!(!p.is_on() && p.broken.load(Relaxed) && p.engaged() == 0);
         for _ in 0..ON_AFTER {
-            p.after_batch([&udp[..]; 32].into_iter(), true, || 9);
+            p.after_batch([&udp[..]; 32].into_iter(), true, || (9, false));
         }
         assert!(!p.is_on());
         assert_eq!(p.drops_seen.load(Relaxed), 7, "a broken port looks no more");
@@ -323,10 +331,10 @@ mod tests {
         p.merged.store(true, Relaxed);
         p.tick();
         assert!(p.is_on(), "the first tick after coming on keeps it");
-        p.after_batch([&merged[..], &udp[..]].into_iter(), false, || 0);
+        p.after_batch([&merged[..], &udp[..]].into_iter(), false, || (0, false));
         p.tick();
         assert!(p.is_on(), "a merged frame came in");
-        p.after_batch([&udp[..]].into_iter(), false, || 0);
+        p.after_batch([&udp[..]].into_iter(), false, || (0, false));
         p.tick();
         assert!(!p.is_on(), "no merged frame since the last tick");
     }

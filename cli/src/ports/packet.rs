@@ -26,6 +26,9 @@ fn is_super_frame(frame: &[u8]) -> bool {
     frame.get(1).is_some_and(|&gso_type| gso_type != 0)
 }
 
+/// `SK_MEMINFO_VARS` of <linux/sock_diag.h>: how many counters `SO_MEMINFO` gives.
+const SK_MEMINFO_VARS: usize = 9;
+
 // From <linux/if_packet.h>; not in every libc release.
 const PACKET_FANOUT_CBPF: u32 = 6;
 const PACKET_FANOUT_EBPF: u32 = 7;
@@ -345,6 +348,23 @@ impl PortIo for PacketSocket {
             }
         }
         Ok(got)
+    }
+
+    fn backed_up(&self) -> bool {
+        // SO_MEMINFO: u32 counters, the first the buffer's bytes in use, the second its size.
+        let mut info = [0u32; SK_MEMINFO_VARS];
+        let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+        // SAFETY: `info` and `len` are live, and `len` is `info`'s size in bytes.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        ret == 0 && u64::from(info[0]) * 4 >= u64::from(info[1])
     }
 
     fn kernel_drops(&self) -> u64 {

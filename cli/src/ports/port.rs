@@ -67,6 +67,10 @@ pub trait PortIo: Send + Sync {
     fn kernel_drops(&self) -> u64 {
         0
     }
+    /// Whether a quarter or more of the receive buffer is taken by frames not yet read.
+    fn backed_up(&self) -> bool {
+        false
+    }
 }
 
 /// Nanoseconds since the Unix epoch: a captured frame's time.
@@ -181,5 +185,10 @@ impl Port {
     /// Frames the kernel dropped on this port's receive queues.
     pub fn kernel_drops(&self) -> u64 {
         self.queues.iter().map(|q| q.kernel_drops()).sum()
+    }
+
+    /// Whether any of the port's receive queues is backed up (see [`PortIo::backed_up`]).
+    pub fn backed_up(&self) -> bool {
+        self.queues.iter().any(|q| q.backed_up())
     }
 }
