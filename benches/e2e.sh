@@ -356,22 +356,8 @@ def iperf_udp(path):  # -> tx_pps rx_pps loss%
     loss = 100.0 * (s['packets'] - rx) / s['packets'] if s['packets'] else 100.0
     print('%.0f %.0f %.3f' % (s['packets'] / s['seconds'], rx / r['seconds'], max(0.0, loss)))
 
-def lost_at_ports(ls_path, links_path):  # -> the ports' DROPS + the frames they never read
-    ports = json.load(open(ls_path))
-    links = {l['ifname']: l['stats64'] for l in json.load(open(links_path))}
-    unread = 0
-    for p in ports:
-        st = links.get(p.get('host_ifname'))
-        if not st:
-            continue
-        if p.get('kind') == 'tap':
-            unread += st['tx']['packets'] - p['rx_frames'] + st['tx']['dropped']
-        else:
-            unread += st['rx']['packets'] - p['rx_frames']
-    return sum(int(p.get('drops', 0)) for p in ports) + unread
-
 def switch_loss(ls0, links0, ls1, links1, iperf):  # -> % of the datagrams sent lost at the ports
-    lost = lost_at_ports(ls1, links1) - lost_at_ports(ls0, links0)
+    lost = sum(drops_unread(ls1, links1)) - sum(drops_unread(ls0, links0))
     sent = load_iperf(iperf)['end']['sum_sent']['packets']
     print('%.3f' % (100.0 * max(0, lost) / sent if sent else 0.0))
 
@@ -389,8 +375,12 @@ def sockperf(path):
         sys.exit('cannot parse sockperf output')
     print('%s %s' % (avg.group(1), p99.group(1)))
 
-def drops(ls_path, links_path):
-    """`vswitch ls --json` + `ip -j -s link` of netns host -> "DROPS UNREAD": the switch's own drop
+def drops(ls_path, links_path):  # -> "DROPS UNREAD"
+    d, unread = drops_unread(ls_path, links_path)
+    print(d, max(0, unread))
+
+def drops_unread(ls_path, links_path):
+    """`vswitch ls --json` + `ip -j -s link` of netns host -> (DROPS, UNREAD): the switch's own drop
     counter, and the frames the kernel delivered to the switch's ports that the switch never read
     (AF_PACKET socket or TAP queue overflow, which the DROPS column does not see)."""
     ports = json.load(open(ls_path))
@@ -404,7 +394,7 @@ def drops(ls_path, links_path):
             unread += st['tx']['packets'] - p['rx_frames'] + st['tx']['dropped']
         else:                        # the container sends: the host end's RX side feeds the switch
             unread += st['rx']['packets'] - p['rx_frames']
-    print(sum(int(p.get('drops', 0)) for p in ports), max(0, unread))
+    return sum(int(p.get('drops', 0)) for p in ports), unread
 
 def conn_server(mode, port):
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -644,16 +644,7 @@ fn iperf3_udp_through_the_nat_arrives_in_order() {
     let (sb, wan) = nat_sandbox(&[], &[]);
     let c = Container::plain();
     sb.plug(&c, &[]);
-    let server = Proc::spawn(wan.cmd("iperf3", &["-s", "-1", "-p", "5201", "--forceflush"]));
-    let listening = poll(DEADLINE, || {
-        let line = server.try_line(Duration::from_millis(200))?;
-        line.contains("listening").then_some(line)
-    });
-    assert!(
-        listening.is_some(),
-        "iperf3 -s: {:?}",
-        server.lines_so_far()
-    );
+    let _server = common::iperf3_server(wan.cmd("iperf3", &[]));
 
     // 200-byte datagrams at 20 Mbit/s (12,500 a second) for 3 s.
     let args = [

@@ -10,9 +10,9 @@
 mod common;
 
 use common::{
-    default_mac, host_ip, ping_all, ping_cmd, poll, require_program, run_timeout, tcp_transfer,
-    wait_for, Container, Endpoint, Json, JsonExt, NetNs, Proc, Sandbox, SandboxOptions, DEADLINE,
-    GATEWAY,
+    default_mac, host_ip, iperf3_server, ping_all, ping_cmd, poll, require_program, run_timeout,
+    tcp_transfer, wait_for, Container, Endpoint, Json, JsonExt, NetNs, Proc, Sandbox,
+    SandboxOptions, DEADLINE, GATEWAY,
 };
 use std::time::{Duration, Instant};
 
@@ -823,16 +823,7 @@ fn a_flood_of_datagrams_is_merged_for_the_daemon_and_not_lost_at_its_port() {
     };
 
     for len in ["64", "1000"] {
-        let server = Proc::spawn(b.cmd("iperf3", &["-s", "-1", "-p", "5201", "--forceflush"]));
-        let listening = poll(DEADLINE, || {
-            let line = server.try_line(Duration::from_millis(200))?;
-            line.contains("listening").then_some(line)
-        });
-        assert!(
-            listening.is_some(),
-            "iperf3 -s: {:?}",
-            server.lines_so_far()
-        );
+        let _server = iperf3_server(b.cmd("iperf3", &[]));
         let (before, ring_before) = (port(&a), ring_drops());
         let args = [
             "-c",

@@ -1,7 +1,7 @@
 //! Traffic between the namespaces of a test: pings (one at a time or many at once) and bulk TCP
 //! transfers whose receiver checks byte count and SHA-256 against the sender's.
 
-use super::{read_in_thread, run, run_timeout, Container, Sandbox};
+use super::{poll, read_in_thread, run, run_timeout, Container, Proc, Sandbox, DEADLINE};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -21,6 +21,23 @@ with open(sys.argv[2], "wb") as f:
         left -= len(b)
 print(h.hexdigest())
 "#;
+
+/// `iperf3 -s -1 -p 5201` run by `cmd` (a namespace's `iperf3` command), once it listens.
+#[track_caller]
+pub fn iperf3_server(mut cmd: Command) -> Proc {
+    cmd.args(["-s", "-1", "-p", "5201", "--forceflush"]);
+    let server = Proc::spawn(cmd);
+    let listening = poll(DEADLINE, || {
+        let line = server.try_line(Duration::from_millis(200))?;
+        line.contains("listening").then_some(line)
+    });
+    assert!(
+        listening.is_some(),
+        "iperf3 -s: {:?}",
+        server.lines_so_far()
+    );
+    server
+}
 
 /// Adds the ping arguments to a `ping` command: two probes, 2 s to answer. ping exits 0 if
 /// any reply came back.

@@ -65,7 +65,12 @@ impl Coalescing {
     /// (before 5.12) or `/sys/class/net` shows another namespace than the daemon's.
     pub fn prepare(ifname: &str, index: u32) -> io::Result<Coalescing> {
         Coalescing::reset(ifname, index)?;
-        Ok(Coalescing {
+        Ok(Coalescing::off(ifname))
+    }
+
+    /// The state of a port whose coalescing is off.
+    fn off(ifname: &str) -> Coalescing {
+        Coalescing {
             ifname: ifname.to_string(),
             on: AtomicBool::new(false),
             broken: AtomicBool::new(false),
@@ -74,7 +79,7 @@ impl Coalescing {
             merged: AtomicBool::new(false),
             engaged: AtomicU64::new(0),
             writing: Mutex::new(()),
-        })
+        }
     }
 
     /// Turns coalescing off on `ifname` (ifindex `index`), as on a port the kernel fast path
@@ -239,16 +244,7 @@ mod tests {
     }
 
     fn port() -> Coalescing {
-        Coalescing {
-            ifname: "vsw-test-none".into(),
-            on: AtomicBool::new(false),
-            broken: AtomicBool::new(false),
-            streak: AtomicU32::new(0),
-            drops_seen: AtomicU64::new(0),
-            merged: AtomicBool::new(false),
-            engaged: AtomicU64::new(0),
-            writing: Mutex::new(()),
-        }
+        Coalescing::off("vsw-test-none")
     }
 
     #[test]
