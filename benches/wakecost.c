@@ -69,7 +69,10 @@ static double round_trip(int me, int other) {
             exit(1);
     double mean = (now_ns() - start) / ROUNDS;
     pthread_join(thread, NULL);
-    close(ping[0]), close(ping[1]), close(pong[0]), close(pong[1]);
+    for (int i = 0; i < 2; i++) {
+        close(ping[i]);
+        close(pong[i]);
+    }
     return mean;
 }
 
