@@ -15,9 +15,9 @@
 //! Both stay off until the daemon falls behind, as a NIC's interrupt moderation comes on under
 //! load: the delay is what a request/response exchange must not pay. A worker that keeps reading
 //! full batches of single UDP datagrams from the port, while the port's socket buffer fills (a
-//! quarter full) or drops frames, turns them on; the manager's tick turns them off when no merged frame came in since the last tick (the
-//! datagrams no longer come as a stream). TCP is not affected either way: a veth passes a TCP
-//! socket's segments around its NAPI.
+//! quarter full) or drops frames, turns them on; the manager's tick turns them off when no
+//! merged frame came in since the last tick (the datagrams no longer come as a stream). TCP is
+//! not affected either way: a veth passes a TCP socket's segments around its NAPI.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
