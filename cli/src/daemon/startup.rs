@@ -58,6 +58,7 @@ pub fn start(
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let (dns_counters, dns_fds) = start_dns(cfg, &host_resolv, &budget)?.unzip();
     let spread_program = spread_program(cfg);
+    steer_tap(&taps[0], spread_program.as_deref());
     let mut fast_path = fast_path(cfg);
     let offloads = offloads(fast_path.as_mut(), tap_index, &mut nl);
     if let Some(offloads) = &offloads {
@@ -293,6 +294,15 @@ fn spread_program(cfg: &Config) -> Option<Arc<SpreadProgram>> {
             tracing::warn!("no eBPF fanout program ({e}): small frames stay spread by CPU");
             None
         }
+    }
+}
+
+/// Spreads the frames the host sends over the TAP's queues as the fan-out program spreads a
+/// container's over its port's (small ones by CPU, bulk ones by flow), or by the kernel's flow
+/// hash without the program. Best effort: either way every frame gets through.
+fn steer_tap(tap: &Tap, program: Option<&SpreadProgram>) {
+    if let Err(e) = tap.set_steering(program.map(SpreadProgram::fd)) {
+        tracing::warn!("TAP queues stay chosen by flow hash ({e})");
     }
 }
 

@@ -69,6 +69,22 @@ impl Tap {
         cvt(ret).map(drop)
     }
 
+    /// Lets eBPF socket-filter program `prog` choose the queue of each frame the host sends (the
+    /// kernel takes its answer modulo the number of queues), or gives the choice back to the
+    /// kernel's flow hash (`None`). One call serves the whole device.
+    ///
+    /// The daemon gives it the ports' fan-out program, so that a small frame the host sends on
+    /// CPU `c` reaches the worker homed on `c` (a ping's echo, a request: no wake-up of a halted
+    /// CPU), as a container's does. The kernel's choice keeps a flow on one queue whichever CPU
+    /// its sender runs on, so half the time a ping wakes a worker on the other CPU.
+    pub fn set_steering(&self, prog: Option<RawFd>) -> io::Result<()> {
+        let fd: libc::c_int = prog.unwrap_or(-1);
+        // SAFETY: TUNSETSTEERINGEBPF reads an int (a program's descriptor, or -1) through the
+        // pointer, which is valid for the call.
+        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &fd) };
+        cvt(ret).map(drop)
+    }
+
     fn open(name: &str, multi_queue: bool, exclusive: bool) -> io::Result<Tap> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(
@@ -154,5 +170,85 @@ impl PortIo for Tap {
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {
         (&self.file).write(frame).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::fanout::SpreadProgram;
+    use crate::kernel::netlink::Netlink;
+    use crate::kernel::netns::tests::TestNetns;
+    use crate::kernel::netns::{disable_ipv6, run_in_netns};
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    /// Empties every queue; returns the one whose frames carried `marker`.
+    fn queue_of(taps: &[Tap], marker: &[u8]) -> Option<usize> {
+        let mut buf = vec![0u8; 65536 + 64];
+        let mut found = None;
+        for (q, tap) in taps.iter().enumerate() {
+            while let Ok(n) = (&tap.file).read(&mut buf) {
+                if buf[..n].windows(marker.len()).any(|w| w == marker) {
+                    found = Some(q);
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_hosts_small_frames_leave_by_their_cpus_queue_and_a_streams_by_one_queue() {
+        crate::bpf::tests::need_root();
+        let ns = TestNetns::new();
+        let program = SpreadProgram::load(1).unwrap();
+        let program = &program;
+        run_in_netns(&ns.fd, move || {
+            let taps = Tap::create_queues("vsw-steer", 2).unwrap();
+            taps[0].set_steering(Some(program.fd())).unwrap();
+            disable_ipv6("vsw-steer").unwrap();
+            let mut nl = Netlink::open().unwrap();
+            let index = nl.link_index("vsw-steer").unwrap().unwrap();
+            // No ARP: a datagram leaves at once (to the TAP's own MAC address).
+            nl.set_link(index, true, true, None, None).unwrap();
+            nl.add_address(index, Ipv4Addr::new(10, 9, 9, 1), 24)
+                .unwrap();
+            let flow = UdpSocket::bind("10.9.9.1:0").unwrap();
+            flow.connect("10.9.9.2:9").unwrap();
+
+            let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
+            let cpus: Vec<usize> = (0..CpuSet::count())
+                .filter(|&c| allowed.is_set(c).unwrap_or(false))
+                .collect();
+            let mut stream_queues = Vec::new();
+            for &cpu in &cpus {
+                let mut only = CpuSet::new();
+                only.set(cpu).unwrap();
+                sched_setaffinity(Pid::from_raw(0), &only).unwrap();
+                let small = format!("small, sent on CPU {cpu}");
+                flow.send(small.as_bytes()).unwrap();
+                assert_eq!(
+                    queue_of(&taps, small.as_bytes()),
+                    Some(cpu % taps.len()),
+                    "a small frame goes to the queue of the CPU it was sent on"
+                );
+                let mut bulk = format!("bulk, sent on CPU {cpu}").into_bytes();
+                bulk.resize(1400, b'.');
+                flow.send(&bulk).unwrap();
+                stream_queues.push(queue_of(&taps, &bulk[..24]).unwrap());
+            }
+            sched_setaffinity(Pid::from_raw(0), &allowed).unwrap();
+            assert!(
+                stream_queues.windows(2).all(|w| w[0] == w[1]),
+                "a stream's bulk frames keep to one queue whatever the CPU: {stream_queues:?}"
+            );
+
+            // Without the program, the kernel's flow hash chooses.
+            taps[0].set_steering(None).unwrap();
+            flow.send(b"after").unwrap();
+            assert!(queue_of(&taps, b"after").is_some());
+        })
+        .unwrap();
     }
 }
