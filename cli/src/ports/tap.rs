@@ -184,18 +184,22 @@ mod tests {
     use nix::unistd::Pid;
     use std::net::{Ipv4Addr, UdpSocket};
 
-    /// Empties every queue; returns the one whose frames carried `marker`.
+    /// Empties every queue; returns the one whose frames carried `marker`, waiting up to a
+    /// second for it (the queue is chosen in the sender's call, but a busy qdisc may hand the
+    /// frame over a moment later).
     fn queue_of(taps: &[Tap], marker: &[u8]) -> Option<usize> {
         let mut buf = vec![0u8; 65536 + 64];
-        let mut found = None;
-        for (q, tap) in taps.iter().enumerate() {
-            while let Ok(n) = (&tap.file).read(&mut buf) {
-                if buf[..n].windows(marker.len()).any(|w| w == marker) {
-                    found = Some(q);
+        for _ in 0..100 {
+            for (q, tap) in taps.iter().enumerate() {
+                while let Ok(n) = (&tap.file).read(&mut buf) {
+                    if buf[..n].windows(marker.len()).any(|w| w == marker) {
+                        return Some(q);
+                    }
                 }
             }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        found
+        None
     }
 
     #[test]
