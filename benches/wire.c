@@ -1,11 +1,11 @@
 // The least a userspace datapath between a container and the host can do: a two-port wire
 // between a veth's host end (a packet socket) and a TAP, with no switching, no table, no
 // counter. It moves every frame as is, the virtio-net header included (both ends speak the
-// same one), in batches, with the same waiting as vswitch's workers: an optional poll window
-// of `-p` microseconds (epoll_wait(0) + sched_yield) after the last frame, then a sleep in
-// epoll_wait. benches/hopfloor.sh runs it beside the kernel bridge and the daemon, so that
-// the daemon's own overhead shows apart from the hop's (BENCHMARKS.md, "What a daemon hop
-// costs").
+// same one), in batches, and waits as vswitch's workers do but for their home CPU: an optional
+// poll window of `-p` microseconds after the last frame (non-blocking reads and sched_yield),
+// then a sleep in epoll_wait; pin it with taskset to give it a home. benches/hopfloor.sh runs it beside the kernel bridge and the daemon, so that
+// the daemon's own overhead shows apart from the hop's (BENCHMARKS.md, "The host's frames by
+// CPU, and the least a hop can cost").
 //
 //   cc -O2 -Wall benches/wire.c -o /tmp/wire
 //   ip netns exec HOST /tmp/wire -i VETH_HOST_END -t TAPNAME [-p POLL_US]
@@ -125,7 +125,9 @@ int main(int argc, char **argv) {
             if (len < 0) break;
             iov[m].iov_len = (size_t)len;
         }
-        if (m > 0 && sendmmsg(pfd, msgs, (unsigned)m, 0) < 0 && errno != ENOBUFS) die("sendmmsg");
+        // ENOBUFS, EAGAIN: the veth or the socket's buffer is full; the batch is dropped.
+        if (m > 0 && sendmmsg(pfd, msgs, (unsigned)m, 0) < 0 && errno != ENOBUFS && errno != EAGAIN)
+            die("sendmmsg");
         for (int i = 0; i < m; i++) iov[i].iov_len = FRAME;
         moved += m;
         if (moved) {
