@@ -299,10 +299,13 @@ fn spread_program(cfg: &Config) -> Option<Arc<SpreadProgram>> {
 
 /// Spreads the frames the host sends over the TAP's queues as the fan-out program spreads a
 /// container's over its port's (small ones by CPU, bulk ones by flow), or by the kernel's flow
-/// hash without the program. Best effort: either way every frame gets through.
+/// hash without the program (taking back one an earlier daemon left). Best effort: either way
+/// every frame gets through.
 fn steer_tap(tap: &Tap, program: Option<&SpreadProgram>) {
-    if let Err(e) = tap.set_steering(program.map(SpreadProgram::fd)) {
-        tracing::warn!("TAP queues stay chosen by flow hash ({e})");
+    match (tap.set_steering(program.map(SpreadProgram::fd)), program) {
+        (Err(e), Some(_)) => tracing::warn!("TAP queues stay chosen by flow hash ({e})"),
+        (Err(e), None) => tracing::debug!("no steering program to take off the TAP ({e})"),
+        (Ok(()), _) => {}
     }
 }
 
