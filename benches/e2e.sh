@@ -900,16 +900,20 @@ m_host()  { iperf_gbps host host_tcp "$NS_HOST" "$NS_C1" "$C1_IP" -P 1; }
 m_hostr() { iperf_gbps hostr host_tcp_rev "$NS_HOST" "$NS_C1" "$C1_IP" -P 1 -R; }
 m_hosticmp() {  # the host's ping, from each CPU in turn: which worker it wakes depends on the CPU
   have ping || return 1
-  local f=$LOGP.hostping.txt v cpu n
+  local f=$LOGP.hostping.txt cpu n
   n=$(nproc)
   : >"$f"
   for ((cpu = 0; cpu < n; cpu++)); do
     nsrun "$NS_HOST" 60 taskset -c "$cpu" ping -n -c $((PING_COUNT / n)) -i "$PING_INTERVAL" -W 1 \
       "$C1_IP" >>"$f" 2>&1 || true
   done
-  v=$(H ping "$f" "$PING_COUNT" 2>>"$RUNLOG") || { warn "ping: $(tail -2 "$f" | tr '\n' ' ')"; return 1; }
+  emit_ping "$f" host_icmp_rtt
+}
+emit_ping() {  # FILE PREFIX: PREFIX_mean and PREFIX_p99 of the echoes in ping's output FILE
+  local v prefix=$2
+  v=$(H ping "$1" "$PING_COUNT" 2>>"$RUNLOG") || { warn "ping: $(tail -2 "$1" | tr '\n' ' ')"; return 1; }
   set -- $v
-  emit host_icmp_rtt_mean "$1" us; emit host_icmp_rtt_p99 "$2" us
+  emit "${prefix}_mean" "$1" us; emit "${prefix}_p99" "$2" us
 }
 m_udp64() {
   local v daemon=0
@@ -928,11 +932,9 @@ m_udp64() {
 }
 m_icmp() {
   have ping || return 1
-  local f=$LOGP.ping.txt v
+  local f=$LOGP.ping.txt
   nsrun "$NS_C1" 60 ping -n -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 "$TARGET" >"$f" 2>&1 || true
-  v=$(H ping "$f" "$PING_COUNT" 2>>"$RUNLOG") || { warn "ping: $(tail -2 "$f" | tr '\n' ' ')"; return 1; }
-  set -- $v
-  emit icmp_rtt_mean "$1" us; emit icmp_rtt_p99 "$2" us
+  emit_ping "$f" icmp_rtt
 }
 m_udprr() {
   have sockperf || return 1
